@@ -1,0 +1,124 @@
+//! The store's error type: what callers of [`crate::Store`] can see go wrong.
+//!
+//! No openraft or redb type leaks through here: consensus and disk errors are
+//! flattened into messages that say what happened and what to do.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::batch::Expect;
+
+/// Everything that can go wrong in the store.
+#[derive(thiserror::Error, Debug)]
+pub enum StoreError {
+    /// An optimistic-concurrency check of a batch failed; nothing of the batch
+    /// was written.
+    #[error(
+        "write conflict on {table}/{id}: expected {expected}, found {}; \
+         nothing of the batch was written, re-read the object and retry",
+        describe_actual(*actual)
+    )]
+    Conflict {
+        table: String,
+        id: String,
+        expected: Expect,
+        /// The version found, `None` if the object does not exist.
+        actual: Option<u64>,
+    },
+
+    /// This member is not the Raft leader, so it cannot commit.
+    #[error("this manager is not the Raft leader; retry on the leader")]
+    NotLeader,
+
+    /// `bootstrap` was called on a store that already has a Raft membership.
+    #[error("the store is already initialized (it is part of a cluster); do not bootstrap it again")]
+    AlreadyInitialized,
+
+    /// No leader was elected within the time asked for.
+    #[error("no Raft leader was elected within {0:?}; is the store bootstrapped?")]
+    LeaderTimeout(Duration),
+
+    /// The on-disk state cannot be trusted; the message names the file and
+    /// what to do.
+    #[error("{0}")]
+    Corrupt(String),
+
+    /// Another process (or another `Store` in this process) holds the file.
+    #[error(
+        "state database {0} is already open by another process; \
+         stop the other shoal process using this state directory"
+    )]
+    Locked(String),
+
+    /// An I/O error outside the database (e.g. creating the state directory).
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The embedded database failed for a reason other than corruption.
+    #[error("state database error: {0}")]
+    Database(String),
+
+    /// Consensus failed.
+    #[error("raft: {0}")]
+    Raft(String),
+
+    /// A stored object did not decode as the type asked for.
+    #[error("object {table}/{id} does not decode as the requested type: {message}")]
+    Decode {
+        table: String,
+        id: String,
+        message: String,
+    },
+
+    /// The store was shut down.
+    #[error("the store is shut down")]
+    Shutdown,
+}
+
+fn describe_actual(actual: Option<u64>) -> String {
+    match actual {
+        None => "no object".to_string(),
+        Some(v) => format!("version {v}"),
+    }
+}
+
+/// What to tell an operator when the state file cannot be read.
+pub(crate) fn corrupt(path: &Path, detail: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!(
+        "state database {} is corrupt or not a shoal store ({detail}); this manager cannot \
+         start from it: restore the state directory from a backup, or move the file away \
+         and rejoin this node to the cluster (a single-manager cluster then starts empty)",
+        path.display()
+    ))
+}
+
+/// Maps a redb error, naming `path` where the file itself is at fault.
+pub(crate) fn db_error(path: &Path, err: impl Into<redb::Error>) -> StoreError {
+    use redb::Error as E;
+    match err.into() {
+        E::Corrupted(msg) => corrupt(path, msg),
+        E::UpgradeRequired(v) => corrupt(path, format!("old redb file format {v}")),
+        e @ (E::TableTypeMismatch { .. }
+        | E::TypeDefinitionChanged { .. }
+        | E::TableIsMultimap(_)
+        | E::TableIsNotMultimap(_)) => corrupt(path, e),
+        E::DatabaseAlreadyOpen => StoreError::Locked(path.display().to_string()),
+        E::Io(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+            ) =>
+        {
+            corrupt(path, e)
+        }
+        E::Io(source) => StoreError::Io {
+            context: format!("state database {}", path.display()),
+            source,
+        },
+        other => StoreError::Database(format!("{}: {other}", path.display())),
+    }
+}
