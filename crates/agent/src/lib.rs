@@ -1,1 +1,8 @@
-//! agent
+//! The agent: what every node runs. It keeps the node's session with the managers
+//! ([`session`]: heartbeats now; assignments and task status later), describes the host
+//! ([`describe`]), and knows how to reach a manager over mTLS ([`connect`]). It never
+//! imports the manager: it only talks to it over the wire.
+
+pub mod connect;
+pub mod describe;
+pub mod session;

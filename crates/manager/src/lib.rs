@@ -1,1 +1,18 @@
-//! manager
+//! The manager: everything a manager node runs on top of the replicated store.
+//!
+//! One module per component of DESIGN.md: [`ca_server`] issues node certificates for
+//! join tokens, [`dispatcher`] keeps every node's heartbeat and liveness, [`controlapi`]
+//! is the API the CLI drives. [`server`] is the one mTLS listener they share and
+//! [`auth`] the per-RPC role checks. [`bootstrap`] creates a new cluster.
+
+pub mod auth;
+pub mod bootstrap;
+pub mod ca_server;
+pub mod controlapi;
+pub mod dispatcher;
+pub mod server;
+mod time;
+
+pub use bootstrap::{init_cluster, InitParams, InitResult};
+pub use controlapi::{ControlApi, ControlError};
+pub use server::{Manager, ManagerConfig};

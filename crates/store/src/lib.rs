@@ -1,1 +1,37 @@
-//! placeholder
+//! The manager's replicated store of cluster state.
+//!
+//! Every object of the cluster (nodes, services, tasks, the cluster itself) is
+//! kept here, keyed by table and id, with a version: the Raft log index of its
+//! last write. Callers group writes in a [`Batch`] with optimistic checks
+//! ([`Expect`]) and [`Store::commit`] it as one Raft entry; leader-only loops
+//! [`Store::watch`] a consistent [`Snapshot`] and then every committed
+//! [`Event`] after it, in order, with no gap.
+//!
+//! Under the hood the store is an [openraft] node whose log, vote, applied
+//! state and snapshots live in one redb file, `store.redb`, in the node's
+//! state directory. The Raft group has a single member for now; replicated
+//! managers will only add members (and a real transport in the `network` module). No
+//! openraft or redb type appears in this crate's API.
+//!
+//! [openraft]: https://docs.rs/openraft/0.9
+
+mod batch;
+mod db;
+mod error;
+mod hex;
+mod log_store;
+mod network;
+mod objects;
+mod raft;
+mod state_machine;
+mod store;
+pub mod watch;
+
+#[cfg(test)]
+mod conformance;
+
+pub use batch::{Batch, Expect, Object, Versioned};
+pub use error::StoreError;
+pub use prost::bytes::Bytes;
+pub use store::Store;
+pub use watch::{Change, Event, Snapshot, Watch, WATCH_CAPACITY};

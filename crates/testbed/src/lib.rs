@@ -1,1 +1,371 @@
-//! testbed
+//! The testbed: real `shoal daemon` processes, each in its own network namespace (with
+//! its own address) and UTS namespace (its own hostname), joined by a bridge that lives
+//! in a namespace of its own, so test traffic never touches the host's network.
+//!
+//! ```text
+//!   ns shoal-<tag>-hub:  bridge sb<tag> ── veth ──┬── ns shoal-<tag>-1: eth0 10.x.y.1
+//!                                               ├── ns shoal-<tag>-2: eth0 10.x.y.2
+//!                                               └── ...
+//! ```
+//!
+//! Everything made here is removed on drop, also when the test panics; a testbed left
+//! behind by a killed test process is removed by the next one that starts.
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+const PREFIX: &str = "shoal-";
+
+fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("cannot run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ip(args: &[&str]) -> Result<String> {
+    run(Command::new("ip").args(args))
+}
+
+fn in_ns(ns: &str, args: &[&str]) -> Result<String> {
+    let mut full = vec!["netns", "exec", ns];
+    full.extend_from_slice(args);
+    ip(&full)
+}
+
+/// What a CLI call printed.
+#[derive(Debug, Clone)]
+pub struct CliOutput {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for CliOutput {
+    fn from(o: Output) -> Self {
+        CliOutput {
+            success: o.status.success(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+pub struct Node {
+    pub name: String,
+    pub netns: String,
+    pub ip: String,
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+    host_veth: String,
+    child: Option<Child>,
+}
+
+impl Node {
+    /// `ip:4377`, the address other nodes reach this one at.
+    pub fn addr(&self) -> String {
+        format!("{}:4377", self.ip)
+    }
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+}
+
+pub struct Testbed {
+    pub tag: String,
+    hub: String,
+    bridge: String,
+    subnet: (u8, u8),
+    binary: PathBuf,
+    dir: tempfile::TempDir,
+    pub nodes: Vec<Node>,
+    /// Extra arguments given to every daemon.
+    pub daemon_args: Vec<String>,
+}
+
+fn pid_alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Removes namespaces left by test processes that no longer exist.
+fn sweep_stale() {
+    let Ok(list) = ip(&["netns", "list"]) else { return };
+    for line in list.lines() {
+        let Some(name) = line.split_whitespace().next() else { continue };
+        let Some(rest) = name.strip_prefix(PREFIX) else { continue };
+        let Some(tag) = rest.split('-').next() else { continue };
+        // The tag starts with the creating process's pid, in hex, before an 'x'.
+        let Some(pid) = tag.split('x').next().and_then(|p| i32::from_str_radix(p, 16).ok()) else {
+            continue;
+        };
+        if !pid_alive(pid) {
+            kill_ns_processes(name);
+            let _ = ip(&["netns", "del", name]);
+        }
+    }
+}
+
+/// Kills every process inside network namespace `ns`.
+fn kill_ns_processes(ns: &str) {
+    if let Ok(pids) = ip(&["netns", "pids", ns]) {
+        for p in pids.split_whitespace() {
+            if let Ok(pid) = p.parse::<i32>() {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+impl Testbed {
+    /// An empty testbed: the hub namespace and its bridge. `binary` is the shoal binary.
+    pub fn new(binary: &Path) -> Result<Testbed> {
+        if !nix::unistd::geteuid().is_root() {
+            bail!("the testbed needs root (network namespaces); run the tests as root");
+        }
+        sweep_stale();
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id();
+        let tag = format!("{pid:x}x{n}");
+        let hub = format!("{PREFIX}{tag}-hub");
+        let bridge = "br0".to_string();
+        // A /24 per testbed, distinct within this process and very likely across processes.
+        let subnet = (100 + (pid % 100) as u8, (n % 250) as u8 + 1);
+        let dir = tempfile::Builder::new().prefix("shoal-testbed-").tempdir()?;
+        let tb = Testbed {
+            tag,
+            hub,
+            bridge,
+            subnet,
+            binary: binary.to_path_buf(),
+            dir,
+            nodes: Vec::new(),
+            daemon_args: Vec::new(),
+        };
+        ip(&["netns", "add", &tb.hub])?;
+        in_ns(&tb.hub, &["ip", "link", "add", &tb.bridge, "type", "bridge"])?;
+        in_ns(&tb.hub, &["ip", "link", "set", &tb.bridge, "up"])?;
+        in_ns(&tb.hub, &["ip", "link", "set", "lo", "up"])?;
+        Ok(tb)
+    }
+
+    /// A testbed with `n` nodes started (not yet in a cluster).
+    pub fn with_nodes(binary: &Path, n: usize) -> Result<Testbed> {
+        let mut tb = Testbed::new(binary)?;
+        for _ in 0..n {
+            tb.add_node()?;
+        }
+        Ok(tb)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Adds a node: its namespace, its link to the bridge, and its daemon. Returns its index.
+    pub fn add_node(&mut self) -> Result<usize> {
+        let i = self.nodes.len() + 1;
+        let name = format!("node{i}");
+        let netns = format!("{PREFIX}{}-{i}", self.tag);
+        let ip_addr = format!("10.{}.{}.{i}", self.subnet.0, self.subnet.1);
+        let host_veth = format!("v{i}");
+        ip(&["netns", "add", &netns])?;
+        in_ns(&self.hub, &["ip", "link", "add", &host_veth, "type", "veth", "peer", "name", "eth0", "netns", &netns])?;
+        in_ns(&self.hub, &["ip", "link", "set", &host_veth, "master", &self.bridge, "up"])?;
+        in_ns(&netns, &["ip", "addr", "add", &format!("{ip_addr}/24"), "dev", "eth0"])?;
+        in_ns(&netns, &["ip", "link", "set", "eth0", "up"])?;
+        in_ns(&netns, &["ip", "link", "set", "lo", "up"])?;
+        let nd = self.dir.path().join(&name);
+        std::fs::create_dir_all(&nd)?;
+        self.nodes.push(Node {
+            name,
+            netns,
+            ip: ip_addr,
+            state_dir: nd.join("state"),
+            socket: nd.join("shoal.sock"),
+            log: nd.join("daemon.log"),
+            host_veth,
+            child: None,
+        });
+        let idx = self.nodes.len() - 1;
+        self.start(idx)?;
+        Ok(idx)
+    }
+
+    /// Starts node `i`'s daemon (in its namespaces, with its hostname) and waits for its socket.
+    pub fn start(&mut self, i: usize) -> Result<()> {
+        let binary = self.binary.clone();
+        let extra = self.daemon_args.join(" ");
+        let n = &mut self.nodes[i];
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&n.log)?;
+        let script = format!(
+            "hostname {host} && exec {bin} daemon --state-dir {state} --socket {sock} --listen-addr 0.0.0.0:4377 {extra}",
+            host = n.name,
+            bin = binary.display(),
+            state = n.state_dir.display(),
+            sock = n.socket.display(),
+        );
+        let child = Command::new("ip")
+            .args(["netns", "exec", &n.netns, "unshare", "--uts", "--", "sh", "-c", &script])
+            .env("SHOAL_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("cannot start shoal daemon")?;
+        n.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if std::os::unix::net::UnixStream::connect(&n.socket).is_ok() {
+                return Ok(());
+            }
+            if !n.is_running() {
+                bail!("daemon of {} exited at start:\n{}", n.name, std::fs::read_to_string(&n.log).unwrap_or_default());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("daemon of {} did not open its socket within 20 s", n.name)
+    }
+
+    fn signal(&mut self, i: usize, sig: nix::sys::signal::Signal) -> Result<()> {
+        let n = &mut self.nodes[i];
+        if let Some(mut c) = n.child.take() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig);
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                if c.try_wait()?.is_some() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        Ok(())
+    }
+
+    /// SIGKILL node `i`'s daemon.
+    pub fn kill(&mut self, i: usize) -> Result<()> {
+        self.signal(i, nix::sys::signal::Signal::SIGKILL)
+    }
+
+    /// SIGTERM node `i`'s daemon and wait for it to exit.
+    pub fn stop(&mut self, i: usize) -> Result<()> {
+        self.signal(i, nix::sys::signal::Signal::SIGTERM)
+    }
+
+    pub fn restart(&mut self, i: usize) -> Result<()> {
+        self.stop(i)?;
+        self.start(i)
+    }
+
+    /// Cuts node `i` off the network (its link to the bridge goes down).
+    pub fn cut(&self, i: usize) -> Result<()> {
+        in_ns(&self.hub, &["ip", "link", "set", &self.nodes[i].host_veth, "down"]).map(|_| ())
+    }
+
+    pub fn heal(&self, i: usize) -> Result<()> {
+        in_ns(&self.hub, &["ip", "link", "set", &self.nodes[i].host_veth, "up"]).map(|_| ())
+    }
+
+    /// Runs `shoal ARGS` against node `i`'s daemon.
+    pub fn cli(&self, i: usize, args: &[&str]) -> CliOutput {
+        let n = &self.nodes[i];
+        let out = Command::new(&self.binary)
+            .arg("-H")
+            .arg(format!("unix://{}", n.socket.display()))
+            .args(args)
+            .output();
+        match out {
+            Ok(o) => o.into(),
+            Err(e) => CliOutput {
+                success: false,
+                stdout: String::new(),
+                stderr: format!("cannot run shoal: {e}"),
+            },
+        }
+    }
+
+    /// Like [`Testbed::cli`], failing with both outputs if the command fails.
+    pub fn cli_ok(&self, i: usize, args: &[&str]) -> Result<String> {
+        let o = self.cli(i, args);
+        if !o.success {
+            bail!("shoal {} on {} failed:\n{}{}", args.join(" "), self.nodes[i].name, o.stdout, o.stderr);
+        }
+        Ok(o.stdout)
+    }
+
+    /// Runs a command inside node `i`'s network namespace.
+    pub fn exec_in(&self, i: usize, args: &[&str]) -> Result<String> {
+        in_ns(&self.nodes[i].netns, args)
+    }
+
+    /// `shoal init` on node `i`, with extra flags.
+    pub fn init(&self, i: usize, extra: &[&str]) -> Result<String> {
+        let mut args = vec!["init", "--advertise-addr", &self.nodes[i].ip];
+        args.extend_from_slice(extra);
+        self.cli_ok(i, &args)
+    }
+
+    /// Joins node `i` to the manager at node `manager` with the worker token.
+    pub fn join_worker(&self, i: usize, manager: usize) -> Result<String> {
+        let token = self.cli_ok(manager, &["join-token", "-q", "worker"])?;
+        self.cli_ok(i, &["join", "--token", token.trim(), &self.nodes[manager].addr()])
+    }
+
+    /// The daemon log of node `i`.
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
+    }
+
+    /// Every node's log, for a failure message.
+    pub fn all_logs(&self) -> String {
+        let mut s = String::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            s.push_str(&format!("===== {} ({}) =====\n{}\n", n.name, n.ip, self.log(i)));
+        }
+        s
+    }
+}
+
+/// Polls `f` until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            let _ = self.kill(i);
+        }
+        for n in &self.nodes {
+            kill_ns_processes(&n.netns);
+            let _ = ip(&["netns", "del", &n.netns]);
+        }
+        let _ = ip(&["netns", "del", &self.hub]);
+        if std::env::var_os("SHOAL_TESTBED_KEEP").is_some() {
+            eprintln!("keeping testbed files in {}", self.dir.path().display());
+            let _ = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir")).keep();
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! The node's session with the managers: a heartbeat every period, as the dispatcher
+//! asks. A missed beat is retried at once against the next manager; the dispatcher
+//! decides liveness, not us.
+
+use shoal_proto::dispatcher::dispatcher_client::DispatcherClient;
+use shoal_proto::dispatcher::HeartbeatRequest;
+use shoal_proto::objects::NodeDescription;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+pub struct Session {
+    pub channel: Channel,
+    pub description: NodeDescription,
+    pub advertise_addr: String,
+    pub period: Duration,
+}
+
+/// One heartbeat. Used at join to confirm the manager accepts our certificate: with TLS
+/// 1.3 a refused client certificate only shows on the first call.
+pub async fn heartbeat_once(
+    channel: Channel,
+    description: NodeDescription,
+    advertise_addr: String,
+) -> Result<Duration, tonic::Status> {
+    let mut c = DispatcherClient::new(channel);
+    let mut req = tonic::Request::new(HeartbeatRequest {
+        description: Some(description),
+        advertise_addr,
+    });
+    req.set_timeout(Duration::from_secs(5));
+    let resp = c.heartbeat(req).await?.into_inner();
+    Ok(Duration::from_millis(resp.period_ms.max(100)))
+}
+
+impl Session {
+    /// Heartbeats until cancelled.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let mut failures = 0u32;
+        loop {
+            let r = heartbeat_once(
+                self.channel.clone(),
+                self.description.clone(),
+                self.advertise_addr.clone(),
+            )
+            .await;
+            let wait = match r {
+                Ok(p) => {
+                    if failures > 0 {
+                        tracing::info!("heartbeat to manager restored");
+                    }
+                    failures = 0;
+                    self.period = p;
+                    p
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 || failures % 20 == 0 {
+                        tracing::warn!(code = ?e.code(), error = %e.message(), "heartbeat failed");
+                    }
+                    // Back off from 100 ms up to the period.
+                    (Duration::from_millis(100) * failures.min(50)).min(self.period)
+                }
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}

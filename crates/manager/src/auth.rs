@@ -1,0 +1,43 @@
+//! Per-RPC authorization. The caller's identity is what the TLS layer verified when the
+//! connection was made; no request field can change it.
+
+use shoal_pki::{NodeIdentity, Role};
+use std::net::SocketAddr;
+use tonic::{Request, Status};
+
+/// What the listener knows about the other end of a connection. Attached to every
+/// request by the server.
+#[derive(Clone, Debug)]
+pub struct PeerInfo {
+    pub remote_addr: Option<SocketAddr>,
+    /// Present only if the client presented a certificate that chains to this cluster's
+    /// root and carries this cluster's ID.
+    pub identity: Option<NodeIdentity>,
+}
+
+/// The verified identity of the caller, if its role is one of `allowed`.
+pub fn authorize<T>(req: &Request<T>, call: &str, allowed: &[Role]) -> Result<NodeIdentity, Status> {
+    let id = req
+        .extensions()
+        .get::<PeerInfo>()
+        .and_then(|p| p.identity.clone())
+        .ok_or_else(|| {
+            Status::unauthenticated(format!(
+                "{call} needs a node certificate of this cluster; join the cluster first with 'shoal join'"
+            ))
+        })?;
+    if !allowed.contains(&id.role()) {
+        let names: Vec<&str> = allowed.iter().map(|r| r.as_str()).collect();
+        return Err(Status::permission_denied(format!(
+            "{call} is not allowed for a {} node (allowed: {})",
+            id.role(),
+            names.join(", ")
+        )));
+    }
+    Ok(id)
+}
+
+/// The caller's network address, if known.
+pub fn remote_addr<T>(req: &Request<T>) -> Option<SocketAddr> {
+    req.extensions().get::<PeerInfo>().and_then(|p| p.remote_addr)
+}

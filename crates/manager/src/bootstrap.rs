@@ -1,0 +1,118 @@
+//! Creating a new cluster: its root CA, join tokens, settings, and the first manager's
+//! certificate and node record, all written to the store in one transaction.
+
+use crate::time::{unix, unix_now};
+use shoal_pki::{ClusterId, IssuedCert, JoinToken, NodeId, NodeKey, PkiError, RootCa, Role};
+use shoal_proto::objects::{
+    Availability, Cluster, ClusterSpec, JoinTokens, Node, NodeCertificate, NodeRole, NodeState,
+    RootCa as RootCaObject,
+};
+use shoal_store::{Batch, Expect, Store, StoreError};
+use std::time::Duration;
+
+/// Root CA life: 20 years, as swarm mode.
+pub const ROOT_CA_EXPIRY: Duration = Duration::from_secs(20 * 365 * 86400);
+pub const DEFAULT_CERT_EXPIRY: Duration = Duration::from_secs(90 * 86400);
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+
+pub struct InitParams {
+    pub advertise_addr: String,
+    pub cert_expiry: Duration,
+    pub heartbeat_period: Duration,
+    pub description: shoal_proto::objects::NodeDescription,
+}
+
+/// What the first manager keeps on its own disk.
+pub struct InitResult {
+    pub cluster_id: ClusterId,
+    pub node_id: NodeId,
+    pub root_der: Vec<u8>,
+    pub node_key: NodeKey,
+    pub node_cert: IssuedCert,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The ID the store uses for this node as a Raft member: derived from the node ID so it
+/// is stable across restarts and distinct between managers.
+pub fn raft_id(node_id: &str) -> u64 {
+    u64::from_str_radix(node_id.get(..12).unwrap_or("1"), 36).unwrap_or(1)
+}
+
+/// Creates the cluster in an empty, bootstrapped store.
+pub async fn init_cluster(
+    store: &Store,
+    node_id: NodeId,
+    params: InitParams,
+) -> Result<InitResult, InitError> {
+    let cluster_id = ClusterId::generate();
+    let root = RootCa::generate(ROOT_CA_EXPIRY)?;
+    let node_key = NodeKey::generate()?;
+    let node_cert = root.sign_node(
+        &node_key.csr_der()?,
+        &node_id,
+        Role::Manager,
+        &cluster_id,
+        params.cert_expiry,
+    )?;
+    let digest = root.digest();
+    let now = unix_now();
+    let cluster = Cluster {
+        id: cluster_id.to_string(),
+        spec: Some(ClusterSpec {
+            cert_expiry_secs: params.cert_expiry.as_secs(),
+            heartbeat_period_ms: params.heartbeat_period.as_millis() as u64,
+        }),
+        root_ca: Some(RootCaObject {
+            cert_pem: root.cert_pem(),
+            key_pem: root.key_pem(),
+            digest: digest.clone(),
+        }),
+        join_tokens: Some(JoinTokens {
+            worker: JoinToken::generate(&digest).to_string(),
+            manager: JoinToken::generate(&digest).to_string(),
+        }),
+        created_at_unix: now,
+    };
+    let node = Node {
+        id: node_id.to_string(),
+        role: NodeRole::Manager as i32,
+        availability: Availability::Active as i32,
+        description: Some(params.description),
+        state: NodeState::Unknown as i32,
+        addr: params.advertise_addr,
+        certificate: Some(NodeCertificate {
+            serial: node_cert.serial.clone(),
+            not_after_unix: unix(node_cert.not_after),
+            issued_at_unix: now,
+        }),
+        created_at_unix: now,
+        updated_at_unix: now,
+        ..Default::default()
+    };
+    let mut batch = Batch::default();
+    batch.put(&cluster, Expect::Absent).put(&node, Expect::Absent);
+    store.commit(batch).await?;
+    Ok(InitResult {
+        cluster_id,
+        node_id,
+        root_der: root.cert_der().to_vec(),
+        node_key,
+        node_cert,
+    })
+}
+
+/// The cluster object (there is exactly one in an initialized store).
+pub fn load_cluster(store: &Store) -> Result<shoal_store::Versioned<Cluster>, StoreError> {
+    store
+        .list::<Cluster>()?
+        .into_iter()
+        .next()
+        .ok_or_else(|| StoreError::Corrupt("the store holds no cluster object".into()))
+}

@@ -1,0 +1,138 @@
+//! The CA server: hands out the root certificate to anyone (it is public, and a joiner
+//! pins it by digest), and issues node certificates for a valid join token. The role of
+//! the new node comes from which token matched, its ID from here; the CSR contributes
+//! only its public key.
+
+use crate::bootstrap::load_cluster;
+use crate::time::{unix, unix_now};
+use shoal_pki::{ClusterId, JoinToken, NodeId, RootCa, Role};
+use shoal_proto::ca::ca_server::Ca;
+use shoal_proto::ca::{
+    GetRootCaCertificateRequest, GetRootCaCertificateResponse, IssueNodeCertificateRequest,
+    IssueNodeCertificateResponse,
+};
+use shoal_proto::objects::{Availability, Node, NodeCertificate, NodeRole, NodeState};
+use shoal_store::{Batch, Expect, Store};
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::{Request, Response, Status};
+
+pub struct CaServer {
+    store: Store,
+    root: Arc<RootCa>,
+    cluster_id: ClusterId,
+}
+
+impl CaServer {
+    pub fn new(store: Store, root: Arc<RootCa>, cluster_id: ClusterId) -> Self {
+        CaServer {
+            store,
+            root,
+            cluster_id,
+        }
+    }
+}
+
+pub(crate) fn store_status(e: shoal_store::StoreError) -> Status {
+    Status::unavailable(format!("cluster store: {e}"))
+}
+
+/// Addresses of the manager nodes, from the store.
+pub(crate) fn manager_addrs(store: &Store) -> Result<Vec<String>, Status> {
+    Ok(store
+        .list::<Node>()
+        .map_err(store_status)?
+        .into_iter()
+        .filter(|n| n.value.role == NodeRole::Manager as i32 && !n.value.addr.is_empty())
+        .map(|n| n.value.addr)
+        .collect())
+}
+
+#[tonic::async_trait]
+impl Ca for CaServer {
+    async fn get_root_ca_certificate(
+        &self,
+        _req: Request<GetRootCaCertificateRequest>,
+    ) -> Result<Response<GetRootCaCertificateResponse>, Status> {
+        Ok(Response::new(GetRootCaCertificateResponse {
+            cert_der: self.root.cert_der().to_vec(),
+        }))
+    }
+
+    async fn issue_node_certificate(
+        &self,
+        req: Request<IssueNodeCertificateRequest>,
+    ) -> Result<Response<IssueNodeCertificateResponse>, Status> {
+        let remote = crate::auth::remote_addr(&req);
+        let req = req.into_inner();
+        let token = JoinToken::parse(&req.token).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let ours = self.root.digest();
+        if token.ca_digest() != ours {
+            return Err(Status::permission_denied(format!(
+                "join token does not match this cluster's CA (token digest {}, CA digest {ours}): ask a manager for a fresh token with 'shoal join-token worker'",
+                token.ca_digest()
+            )));
+        }
+        let cluster = load_cluster(&self.store).map_err(store_status)?.value;
+        let tokens = cluster.join_tokens.unwrap_or_default();
+        let matches = |s: &str| JoinToken::parse(s).map(|t| t.matches(&token)).unwrap_or(false);
+        let role = if matches(&tokens.worker) {
+            Role::Worker
+        } else if matches(&tokens.manager) {
+            return Err(Status::failed_precondition(
+                "joining as a manager is not supported yet (this cluster has one manager): join with the worker token from 'shoal join-token worker'",
+            ));
+        } else {
+            tracing::warn!(?remote, "refused a join with an invalid token");
+            return Err(Status::permission_denied(
+                "invalid join token: its secret matches neither this cluster's worker nor manager token (it may have been rotated); get a current one with 'shoal join-token worker' on a manager",
+            ));
+        };
+        let expiry = Duration::from_secs(
+            cluster
+                .spec
+                .map(|s| s.cert_expiry_secs)
+                .unwrap_or(90 * 86400),
+        );
+        let node_id = NodeId::generate();
+        let cert = self
+            .root
+            .sign_node(&req.csr_der, &node_id, role, &self.cluster_id, expiry)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let addr = if req.advertise_addr.is_empty() {
+            remote.map(|a| a.ip().to_string()).unwrap_or_default()
+        } else {
+            req.advertise_addr
+        };
+        let now = unix_now();
+        let node = Node {
+            id: node_id.to_string(),
+            role: NodeRole::Worker as i32,
+            availability: Availability::Active as i32,
+            state: NodeState::Unknown as i32,
+            addr,
+            certificate: Some(NodeCertificate {
+                serial: cert.serial.clone(),
+                not_after_unix: unix(cert.not_after),
+                issued_at_unix: now,
+            }),
+            created_at_unix: now,
+            updated_at_unix: now,
+            ..Default::default()
+        };
+        let mut batch = Batch::default();
+        batch.put(&node, Expect::Absent);
+        self.store.commit(batch).await.map_err(store_status)?;
+        tracing::info!(node_id = %node_id, role = %role, "issued a certificate to a joining node");
+        let heartbeat = crate::dispatcher::heartbeat_period(&self.store);
+        Ok(Response::new(IssueNodeCertificateResponse {
+            node_id: node_id.to_string(),
+            cluster_id: self.cluster_id.to_string(),
+            role: role.as_str().to_string(),
+            cert_der: cert.cert_der,
+            root_der: self.root.cert_der().to_vec(),
+            managers: manager_addrs(&self.store)?,
+            heartbeat_period_ms: heartbeat.as_millis() as u64,
+        }))
+    }
+}

@@ -1,0 +1,180 @@
+//! The dispatcher: every node's heartbeat, and the liveness it implies.
+//!
+//! A node that heartbeats is Ready; one that misses three periods is Down. Beat times
+//! are kept in memory (they change every few seconds, so they do not belong in the
+//! replicated log); only state changes are written to the store. A new leader gives
+//! every node a full grace period before judging it.
+
+use crate::auth::{authorize, remote_addr};
+use crate::ca_server::{manager_addrs, store_status};
+use crate::time::unix_now;
+use shoal_pki::Role;
+use shoal_proto::dispatcher::dispatcher_server::Dispatcher as DispatcherRpc;
+use shoal_proto::dispatcher::{HeartbeatRequest, HeartbeatResponse};
+use shoal_proto::objects::{Cluster, Node, NodeState};
+use shoal_store::{Batch, Expect, Store, StoreError};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+/// Heartbeats missed before a node is declared Down.
+pub const GRACE_MULTIPLIER: u32 = 3;
+
+/// The cluster's heartbeat period, from the store.
+pub fn heartbeat_period(store: &Store) -> Duration {
+    let ms = store
+        .list::<Cluster>()
+        .ok()
+        .and_then(|c| c.into_iter().next())
+        .and_then(|c| c.value.spec)
+        .map(|s| s.heartbeat_period_ms)
+        .unwrap_or(5000);
+    Duration::from_millis(ms.max(100))
+}
+
+#[derive(Clone)]
+pub struct Dispatcher {
+    store: Store,
+    last_seen: Arc<Mutex<HashMap<String, Instant>>>,
+}
+
+impl Dispatcher {
+    pub fn new(store: Store) -> Self {
+        Dispatcher {
+            store,
+            last_seen: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    fn beat(&self, node_id: &str) {
+        if let Ok(mut m) = self.last_seen.lock() {
+            m.insert(node_id.to_string(), Instant::now());
+        }
+    }
+
+    /// Writes `f`'s change to a node, retrying if another writer got there first.
+    async fn update_node(
+        &self,
+        node_id: &str,
+        f: impl Fn(&mut Node) -> bool,
+    ) -> Result<Option<Node>, StoreError> {
+        for _ in 0..5 {
+            let Some(cur) = self.store.get::<Node>(node_id)? else {
+                return Ok(None);
+            };
+            let mut node = cur.value.clone();
+            if !f(&mut node) {
+                return Ok(Some(node));
+            }
+            node.updated_at_unix = unix_now();
+            let mut b = Batch::default();
+            b.put(&node, Expect::Version(cur.version));
+            match self.store.commit(b).await {
+                Ok(_) => return Ok(Some(node)),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(StoreError::Raft(format!("node {node_id} kept changing under the dispatcher")))
+    }
+
+    /// Marks Down every Ready node not heard from for `GRACE_MULTIPLIER` periods, until
+    /// cancelled. Runs on the leader.
+    pub async fn run_liveness(self, cancel: CancellationToken) {
+        let started = Instant::now();
+        loop {
+            let period = heartbeat_period(&self.store);
+            let tick = (period / 10).max(Duration::from_millis(50));
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(tick) => {}
+            }
+            let deadline = period * GRACE_MULTIPLIER;
+            let nodes = match self.store.list::<Node>() {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "liveness check cannot read nodes");
+                    continue;
+                }
+            };
+            for n in nodes {
+                if n.value.state != NodeState::Ready as i32 {
+                    continue;
+                }
+                let seen = self
+                    .last_seen
+                    .lock()
+                    .ok()
+                    .and_then(|m| m.get(&n.value.id).copied())
+                    .unwrap_or(started);
+                if seen.elapsed() > deadline {
+                    tracing::info!(node_id = %n.value.id, "node missed {GRACE_MULTIPLIER} heartbeats: down");
+                    let res = self
+                        .update_node(&n.value.id, |node| {
+                            if node.state != NodeState::Ready as i32 {
+                                return false;
+                            }
+                            node.state = NodeState::Down as i32;
+                            node.state_message = "heartbeat failure".into();
+                            true
+                        })
+                        .await;
+                    if let Err(e) = res {
+                        tracing::warn!(node_id = %n.value.id, error = %e, "cannot mark node down");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl DispatcherRpc for Dispatcher {
+    async fn heartbeat(
+        &self,
+        req: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        let id = authorize(&req, "Heartbeat", &[Role::Manager, Role::Worker])?;
+        let remote_ip = remote_addr(&req).map(|a| a.ip().to_string());
+        let req = req.into_inner();
+        let node_id = id.node_id().to_string();
+        self.beat(&node_id);
+        let addr = if req.advertise_addr.is_empty() {
+            remote_ip.unwrap_or_default()
+        } else {
+            req.advertise_addr
+        };
+        let desc = req.description;
+        let updated = self
+            .update_node(&node_id, |node| {
+                let mut changed = false;
+                if node.state != NodeState::Ready as i32 {
+                    node.state = NodeState::Ready as i32;
+                    node.state_message.clear();
+                    changed = true;
+                }
+                if desc.is_some() && node.description != desc {
+                    node.description = desc.clone();
+                    changed = true;
+                }
+                if !addr.is_empty() && node.addr != addr {
+                    node.addr = addr.clone();
+                    changed = true;
+                }
+                changed
+            })
+            .await
+            .map_err(store_status)?;
+        if updated.is_none() {
+            return Err(Status::not_found(format!(
+                "node {node_id} is not a member of this cluster (it may have been removed): join again with a token"
+            )));
+        }
+        Ok(Response::new(HeartbeatResponse {
+            period_ms: heartbeat_period(&self.store).as_millis() as u64,
+            managers: manager_addrs(&self.store)?,
+        }))
+    }
+}

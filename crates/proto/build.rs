@@ -1,0 +1,14 @@
+//! Compiles proto/ with protox (pure Rust: no protoc needed) and generates tonic code.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        "proto/shoal/objects.proto",
+        "proto/shoal/ca.proto",
+        "proto/shoal/dispatcher.proto",
+        "proto/shoal/control.proto",
+        "proto/shoal/local.proto",
+    ];
+    let fds = protox::compile(files, ["proto"])?;
+    tonic_prost_build::configure().compile_fds(fds)?;
+    println!("cargo:rerun-if-changed=proto");
+    Ok(())
+}

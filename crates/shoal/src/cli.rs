@@ -1,0 +1,411 @@
+//! The CLI side: talking to the local daemon and printing what swarm-mode users expect.
+
+use crate::daemon::{Daemon, DaemonOpts};
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use shoal_proto::control::control_client::ControlClient;
+use shoal_proto::control::{GetJoinTokenRequest, GetNodeRequest, ListNodesRequest, NodeView};
+use shoal_proto::local::local_client::LocalClient;
+use shoal_proto::local::{InfoRequest, InfoResponse, InitRequest, JoinRequest, LeaveRequest};
+use shoal_proto::objects::{Availability, Node, NodeRole, NodeState};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+pub async fn run_daemon(opts: DaemonOpts) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+        )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+    std::fs::create_dir_all(&opts.state_dir)
+        .with_context(|| format!("cannot create state dir {}", opts.state_dir.display()))?;
+    let listener = crate::socket::bind(&opts.socket)?;
+    let socket = opts.socket.clone();
+    let daemon = Arc::new(Daemon::new(opts));
+    if let Err(e) = daemon.resume().await {
+        // Keep serving the socket so the operator can see the error with 'shoal info' and fix it.
+        tracing::error!("cannot resume this node's cluster membership: {e:#}");
+    }
+    tracing::info!(socket = %socket.display(), "shoal daemon ready");
+    let stop = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    crate::socket::serve(listener, daemon.clone(), stop).await?;
+    tracing::info!("shutting down");
+    daemon.shutdown().await;
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}
+
+pub struct Client {
+    local: LocalClient<Channel>,
+    control: ControlClient<Channel>,
+}
+
+fn status_err(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}", s.message())
+}
+
+fn fmt_time(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+fn state_name(n: &Node) -> &'static str {
+    match NodeState::try_from(n.state).unwrap_or(NodeState::Unknown) {
+        NodeState::Ready => "Ready",
+        NodeState::Down => "Down",
+        NodeState::Disconnected => "Disconnected",
+        NodeState::Unknown => "Unknown",
+    }
+}
+
+fn availability_name(n: &Node) -> &'static str {
+    match Availability::try_from(n.availability).unwrap_or(Availability::Active) {
+        Availability::Active => "Active",
+        Availability::Pause => "Pause",
+        Availability::Drain => "Drain",
+    }
+}
+
+fn role_name(n: &Node) -> &'static str {
+    match NodeRole::try_from(n.role).unwrap_or(NodeRole::Unspecified) {
+        NodeRole::Manager => "manager",
+        NodeRole::Worker => "worker",
+        NodeRole::Unspecified => "unknown",
+    }
+}
+
+fn node_json(v: &NodeView) -> serde_json::Value {
+    let n = v.node.clone().unwrap_or_default();
+    let d = n.description.clone().unwrap_or_default();
+    let c = n.certificate.clone().unwrap_or_default();
+    let mut j = json!({
+        "ID": n.id,
+        "CreatedAt": fmt_time(n.created_at_unix),
+        "UpdatedAt": fmt_time(n.updated_at_unix),
+        "Spec": {
+            "Role": role_name(&n),
+            "Availability": availability_name(&n).to_lowercase(),
+            "Labels": n.labels,
+        },
+        "Description": {
+            "Hostname": d.hostname,
+            "Platform": {"OS": d.os, "Architecture": d.arch},
+            "Resources": {"NanoCPUs": u64::from(d.cpus) * 1_000_000_000, "MemoryBytes": d.memory_bytes},
+            "Engine": {"EngineVersion": d.engine_version, "Labels": d.engine_labels},
+        },
+        "Status": {
+            "State": state_name(&n).to_lowercase(),
+            "Message": n.state_message,
+            "Addr": n.addr,
+        },
+        "Certificate": {
+            "Serial": c.serial,
+            "NotAfter": fmt_time(c.not_after_unix),
+        },
+    });
+    if !v.manager_status.is_empty() {
+        j["ManagerStatus"] = json!({
+            "Leader": v.manager_status == "Leader",
+            "Reachability": if v.manager_status == "Unreachable" { "unreachable" } else { "reachable" },
+            "Addr": n.addr,
+        });
+    }
+    j
+}
+
+fn print_table(rows: &[Vec<String>]) {
+    let cols = rows.first().map(|r| r.len()).unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    for r in rows {
+        let mut line = String::new();
+        for (i, cell) in r.iter().enumerate() {
+            if i + 1 == cols {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}   ", w = widths[i]));
+            }
+        }
+        println!("{}", line.trim_end());
+    }
+}
+
+fn join_command(token: &str, managers: &[String]) -> String {
+    format!(
+        "shoal join --token {token} {}",
+        managers.first().map(String::as_str).unwrap_or("<manager-addr>")
+    )
+}
+
+impl Client {
+    pub async fn connect(socket: &Path) -> Result<Client> {
+        let path: PathBuf = socket.to_path_buf();
+        let shown = path.display().to_string();
+        let ch = Endpoint::from_static("http://localhost")
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let path = path.clone();
+                async move {
+                    let s = tokio::net::UnixStream::connect(path).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
+                }
+            }))
+            .await
+            .map_err(|e| anyhow::anyhow!(
+                "cannot reach the shoal daemon at {shown} ({}): is 'shoal daemon' running? (-H/SHOAL_HOST picks another socket)",
+                shoal_agent::connect::error_chain(&e)
+            ))?;
+        Ok(Client {
+            local: LocalClient::new(ch.clone()),
+            control: ControlClient::new(ch),
+        })
+    }
+
+    async fn info_raw(&self) -> Result<InfoResponse> {
+        Ok(self.local.clone().info(InfoRequest {}).await.map_err(status_err)?.into_inner())
+    }
+
+    pub async fn init(
+        &self,
+        advertise_addr: Option<String>,
+        cert_expiry: Option<Duration>,
+        heartbeat: Option<Duration>,
+    ) -> Result<()> {
+        let r = self
+            .local
+            .clone()
+            .init(InitRequest {
+                advertise_addr: advertise_addr.unwrap_or_default(),
+                cert_expiry_secs: cert_expiry.map(|d| d.as_secs().max(1)).unwrap_or(0),
+                heartbeat_period_ms: heartbeat.map(|d| d.as_millis() as u64).unwrap_or(0),
+            })
+            .await
+            .map_err(status_err)?
+            .into_inner();
+        println!("Cluster initialized: current node ({}) is now a manager.\n", r.node_id);
+        let t = self
+            .control
+            .clone()
+            .get_join_token(GetJoinTokenRequest { role: "worker".into(), rotate: false })
+            .await
+            .map_err(status_err)?
+            .into_inner();
+        println!("To add a worker to this cluster, run the following command:\n");
+        println!("    {}\n", join_command(&t.token, &t.managers));
+        Ok(())
+    }
+
+    pub async fn join(&self, token: String, remote: String, advertise: Option<String>) -> Result<()> {
+        let r = self
+            .local
+            .clone()
+            .join(JoinRequest {
+                token,
+                remote_addr: remote,
+                advertise_addr: advertise.unwrap_or_default(),
+            })
+            .await
+            .map_err(status_err)?
+            .into_inner();
+        println!("This node joined the cluster as a {}.", r.role);
+        Ok(())
+    }
+
+    pub async fn join_token(&self, role: &str, quiet: bool, rotate: bool) -> Result<()> {
+        let t = self
+            .control
+            .clone()
+            .get_join_token(GetJoinTokenRequest { role: role.into(), rotate })
+            .await
+            .map_err(status_err)?
+            .into_inner();
+        if quiet {
+            println!("{}", t.token);
+            return Ok(());
+        }
+        if rotate {
+            println!("Successfully rotated {role} join token.\n");
+        }
+        println!("To add a {role} to this cluster, run the following command:\n");
+        println!("    {}\n", join_command(&t.token, &t.managers));
+        Ok(())
+    }
+
+    pub async fn leave(&self, force: bool) -> Result<()> {
+        self.local.clone().leave(LeaveRequest { force }).await.map_err(status_err)?;
+        println!("Node left the cluster.");
+        Ok(())
+    }
+
+    pub async fn info(&self, format: Option<&str>) -> Result<()> {
+        let i = self.info_raw().await?;
+        if format == Some("json") {
+            println!(
+                "{}",
+                json!({
+                    "State": i.state, "NodeID": i.node_id, "ClusterID": i.cluster_id,
+                    "Role": i.role, "Managers": i.managers, "NodeAddr": i.node_addr,
+                    "CertificateExpiry": fmt_time(i.cert_not_after_unix),
+                    "CertificateSerial": i.cert_serial, "RootCADigest": i.root_ca_digest,
+                })
+            );
+            return Ok(());
+        }
+        println!("Cluster: {}", i.state);
+        if i.state != "active" {
+            return Ok(());
+        }
+        let left = i.cert_not_after_unix - time::OffsetDateTime::now_utc().unix_timestamp();
+        println!(" Cluster ID: {}", i.cluster_id);
+        println!(" Node ID: {}", i.node_id);
+        println!(" Role: {}", i.role);
+        println!(" Node Address: {}", i.node_addr);
+        println!(" Managers: {}", i.managers.len());
+        for m in &i.managers {
+            println!("  {m}");
+        }
+        println!(
+            " Certificate Expiry: {} (in {})",
+            fmt_time(i.cert_not_after_unix),
+            humantime_short(left)
+        );
+        println!(" Root CA Digest: {}", i.root_ca_digest);
+        Ok(())
+    }
+
+    pub async fn node_ls(&self, quiet: bool, format: Option<&str>) -> Result<()> {
+        let me = self.info_raw().await?.node_id;
+        let nodes = self
+            .control
+            .clone()
+            .list_nodes(ListNodesRequest {})
+            .await
+            .map_err(status_err)?
+            .into_inner()
+            .nodes;
+        if quiet {
+            for v in &nodes {
+                println!("{}", v.node.as_ref().map(|n| n.id.as_str()).unwrap_or(""));
+            }
+            return Ok(());
+        }
+        match format {
+            None | Some("table") => {
+                let mut rows = vec![vec![
+                    "ID".to_string(),
+                    "HOSTNAME".into(),
+                    "STATUS".into(),
+                    "AVAILABILITY".into(),
+                    "MANAGER STATUS".into(),
+                    "ENGINE VERSION".into(),
+                ]];
+                for v in &nodes {
+                    let n = v.node.clone().unwrap_or_default();
+                    let d = n.description.clone().unwrap_or_default();
+                    let id = if n.id == me { format!("{} *", n.id) } else { n.id.clone() };
+                    rows.push(vec![
+                        id,
+                        d.hostname,
+                        state_name(&n).into(),
+                        availability_name(&n).into(),
+                        v.manager_status.clone(),
+                        d.engine_version,
+                    ]);
+                }
+                print_table(&rows);
+            }
+            Some("json") => {
+                for v in &nodes {
+                    let n = v.node.clone().unwrap_or_default();
+                    let d = n.description.clone().unwrap_or_default();
+                    println!(
+                        "{}",
+                        json!({
+                            "ID": n.id, "Self": n.id == me, "Hostname": d.hostname,
+                            "Status": state_name(&n), "Availability": availability_name(&n),
+                            "ManagerStatus": v.manager_status, "EngineVersion": d.engine_version,
+                            "Role": role_name(&n),
+                        })
+                    );
+                }
+            }
+            Some(f) => bail!("unknown --format {f:?}: use table or json"),
+        }
+        Ok(())
+    }
+
+    pub async fn node_inspect(&self, refs: &[String], pretty: bool, format: Option<&str>) -> Result<()> {
+        if let Some(f) = format {
+            if f != "json" {
+                bail!("unknown --format {f:?}: use json");
+            }
+        }
+        let me = self.info_raw().await?.node_id;
+        let mut out = Vec::new();
+        for r in refs {
+            let reference = if r == "self" { me.clone() } else { r.clone() };
+            let v = self
+                .control
+                .clone()
+                .get_node(GetNodeRequest { reference })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            out.push(v);
+        }
+        if pretty && format.is_none() {
+            for v in &out {
+                let n = v.node.clone().unwrap_or_default();
+                let d = n.description.clone().unwrap_or_default();
+                let c = n.certificate.clone().unwrap_or_default();
+                println!("ID:\t\t\t{}", n.id);
+                println!("Hostname:\t\t{}", d.hostname);
+                println!("Joined at:\t\t{}", fmt_time(n.created_at_unix));
+                println!("Status:\n State:\t\t\t{}\n Availability:\t\t{}\n Address:\t\t{}", state_name(&n), availability_name(&n), n.addr);
+                if !n.state_message.is_empty() {
+                    println!(" Message:\t\t{}", n.state_message);
+                }
+                if !v.manager_status.is_empty() {
+                    println!("Manager Status:\n Raft Status:\t\t{}", v.manager_status);
+                }
+                println!("Platform:\n Operating System:\t{}\n Architecture:\t\t{}", d.os, d.arch);
+                println!("Resources:\n CPUs:\t\t\t{}\n Memory:\t\t{} MiB", d.cpus, d.memory_bytes / (1 << 20));
+                println!("Role:\t\t\t{}", role_name(&n));
+                println!("Certificate:\n Serial:\t\t{}\n Expires:\t\t{}", c.serial, fmt_time(c.not_after_unix));
+                println!();
+            }
+            return Ok(());
+        }
+        let arr: Vec<serde_json::Value> = out.iter().map(node_json).collect();
+        println!("{}", serde_json::to_string_pretty(&arr)?);
+        Ok(())
+    }
+}
+
+fn humantime_short(secs: i64) -> String {
+    if secs <= 0 {
+        return "expired".into();
+    }
+    let (d, h, m) = (secs / 86400, (secs % 86400) / 3600, (secs % 3600) / 60);
+    if d > 0 {
+        format!("{d}d{h}h")
+    } else if h > 0 {
+        format!("{h}h{m}m")
+    } else {
+        format!("{m}m{}s", secs % 60)
+    }
+}

@@ -1,0 +1,443 @@
+//! `shoal daemon`: the node process. It serves the local admin API on a unix socket,
+//! and once the node is in a cluster runs the agent (every node) and the manager
+//! (manager nodes), restarting both from the state directory after a restart.
+
+use crate::netaddr::{detect_ip, with_port, DEFAULT_PORT};
+use crate::statedir::{Loaded, NodeState, StateDir};
+use anyhow::{anyhow, bail, Context, Result};
+use shoal_agent::connect::{channel, error_chain, lazy_channel};
+use shoal_agent::describe::describe;
+use shoal_agent::session::{heartbeat_once, Session};
+use shoal_manager::bootstrap::{raft_id, DEFAULT_CERT_EXPIRY, DEFAULT_HEARTBEAT};
+use shoal_manager::{init_cluster, InitParams, Manager, ManagerConfig};
+use shoal_pki::{BootstrapPin, ClusterId, ClusterTrust, JoinToken, NodeId, NodeKey, Role};
+use shoal_proto::ca::ca_client::CaClient;
+use shoal_proto::ca::{GetRootCaCertificateRequest, IssueNodeCertificateRequest};
+use shoal_proto::local::{InfoResponse, InitRequest, InitResponse, JoinRequest, JoinResponse};
+use shoal_store::Store;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+pub struct DaemonOpts {
+    pub state_dir: PathBuf,
+    pub listen_addr: SocketAddr,
+    pub advertise_addr: Option<String>,
+    pub socket: PathBuf,
+}
+
+/// A node that is part of a cluster.
+struct Active {
+    state: NodeState,
+    cert_der: Vec<u8>,
+    root_der: Vec<u8>,
+    manager: Option<Manager>,
+    store: Option<Store>,
+    agent_cancel: CancellationToken,
+}
+
+pub struct Daemon {
+    pub opts: DaemonOpts,
+    dir: StateDir,
+    active: Mutex<Option<Active>>,
+}
+
+/// An error the local API returns as-is to the CLI.
+#[derive(Debug)]
+pub struct UserError(pub tonic::Code, pub String);
+
+impl std::fmt::Display for UserError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.1)
+    }
+}
+impl std::error::Error for UserError {}
+
+fn user(code: tonic::Code, msg: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(UserError(code, msg.into()))
+}
+
+fn client_tls(root_der: &[u8], cert_der: &[u8], key_pem: &str) -> Result<Arc<rustls::ClientConfig>> {
+    let key = NodeKey::from_pem(key_pem)?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from(root_der.to_vec()))?;
+    let chain = [cert_der.to_vec()];
+    Ok(Arc::new(shoal_pki::client_config(
+        Arc::new(roots),
+        Some((&chain, &key.pkcs8_der())),
+    )?))
+}
+
+impl Daemon {
+    pub fn new(opts: DaemonOpts) -> Self {
+        let dir = StateDir::new(&opts.state_dir);
+        Daemon {
+            opts,
+            dir,
+            active: Mutex::new(None),
+        }
+    }
+
+    /// Resumes the cluster membership kept in the state directory, if any.
+    pub async fn resume(&self) -> Result<()> {
+        let Some(loaded) = self.dir.load()? else {
+            tracing::info!("this node is not part of a cluster yet: run 'shoal init' or 'shoal join'");
+            return Ok(());
+        };
+        let store = if loaded.state.role == "manager" {
+            Some(self.open_store(&loaded.state.node_id).await?)
+        } else {
+            None
+        };
+        let active = self.start(loaded, store).await?;
+        tracing::info!(node_id = %active.state.node_id, role = %active.state.role, "resumed cluster membership");
+        *self.active.lock().await = Some(active);
+        Ok(())
+    }
+
+    async fn open_store(&self, node_id: &str) -> Result<Store> {
+        let dir = self.dir.raft_dir();
+        let store = Store::open(&dir, raft_id(node_id), &self.opts.listen_addr.to_string())
+            .await
+            .with_context(|| format!("cannot open the cluster store in {}", dir.display()))?;
+        Ok(store)
+    }
+
+    /// Starts the manager (if a manager) and the agent for a joined node.
+    async fn start(&self, loaded: Loaded, store: Option<Store>) -> Result<Active> {
+        let Loaded {
+            state,
+            key_pem,
+            cert_der,
+            root_der,
+        } = loaded;
+        let mut manager = None;
+        if let Some(store) = &store {
+            store
+                .wait_leader(Duration::from_secs(10))
+                .await
+                .context("the cluster store did not elect a leader")?;
+            let key = NodeKey::from_pem(&key_pem)?;
+            let m = Manager::start(ManagerConfig {
+                store: store.clone(),
+                listen_addr: self.opts.listen_addr,
+                local_node_id: state.node_id.clone(),
+                cluster_id: ClusterId::parse(&state.cluster_id)?,
+                cert_chain: vec![cert_der.clone(), root_der.clone()],
+                key_pkcs8: key.pkcs8_der(),
+            })
+            .await?;
+            manager = Some(m);
+        }
+        let tls = client_tls(&root_der, &cert_der, &key_pem)?;
+        let target = state
+            .managers
+            .first()
+            .cloned()
+            .ok_or_else(|| anyhow!("no manager address is known for this node"))?;
+        let agent_cancel = CancellationToken::new();
+        let session = Session {
+            channel: lazy_channel(&target, tls)?,
+            description: describe(&HashMap::new()),
+            advertise_addr: state.advertise_addr.clone(),
+            period: DEFAULT_HEARTBEAT,
+        };
+        tokio::spawn(session.run(agent_cancel.clone()));
+        Ok(Active {
+            state,
+            cert_der,
+            root_der,
+            manager,
+            store,
+            agent_cancel,
+        })
+    }
+
+    fn advertise(&self, requested: &str) -> Result<String> {
+        let port = self.opts.listen_addr.port();
+        let chosen = if !requested.is_empty() {
+            requested.to_string()
+        } else if let Some(a) = &self.opts.advertise_addr {
+            a.clone()
+        } else if !self.opts.listen_addr.ip().is_unspecified() {
+            self.opts.listen_addr.ip().to_string()
+        } else {
+            detect_ip()?.to_string()
+        };
+        with_port(&chosen, port).map_err(|e| user(tonic::Code::InvalidArgument, format!("--advertise-addr: {e}")))
+    }
+
+    async fn refuse_if_active(&self, active: &Option<Active>) -> Result<()> {
+        if active.is_some() {
+            bail!(user(
+                tonic::Code::FailedPrecondition,
+                "this node is already part of a cluster: leave it first with 'shoal leave'"
+            ));
+        }
+        Ok(())
+    }
+
+    pub async fn init(&self, req: InitRequest) -> Result<InitResponse> {
+        let mut guard = self.active.lock().await;
+        self.refuse_if_active(&guard).await?;
+        let advertise = self.advertise(&req.advertise_addr)?;
+        let cert_expiry = match req.cert_expiry_secs {
+            0 => DEFAULT_CERT_EXPIRY,
+            s => Duration::from_secs(s),
+        };
+        if cert_expiry < shoal_pki::MIN_CERT_EXPIRY {
+            bail!(user(
+                tonic::Code::InvalidArgument,
+                format!("--cert-expiry {}s is below the minimum of 1 minute", cert_expiry.as_secs())
+            ));
+        }
+        let heartbeat = match req.heartbeat_period_ms {
+            0 => DEFAULT_HEARTBEAT,
+            ms => Duration::from_millis(ms),
+        };
+        if heartbeat < Duration::from_millis(100) {
+            bail!(user(tonic::Code::InvalidArgument, "--dispatcher-heartbeat must be at least 100ms"));
+        }
+        let node_id = NodeId::generate();
+        let result = async {
+            let store = self.open_store(node_id.as_str()).await?;
+            store.bootstrap().await.context("cannot start the cluster store")?;
+            store.wait_leader(Duration::from_secs(10)).await?;
+            let res = init_cluster(
+                &store,
+                node_id.clone(),
+                InitParams {
+                    advertise_addr: advertise.clone(),
+                    cert_expiry,
+                    heartbeat_period: heartbeat,
+                    description: describe(&HashMap::new()),
+                },
+            )
+            .await?;
+            let state = NodeState {
+                node_id: node_id.to_string(),
+                cluster_id: res.cluster_id.to_string(),
+                role: "manager".into(),
+                managers: vec![advertise.clone()],
+                advertise_addr: advertise.clone(),
+            };
+            let key_pem = res.node_key.to_pem();
+            self.dir.save(&state, &key_pem, &res.node_cert.cert_der, &res.root_der)?;
+            let loaded = Loaded {
+                state,
+                key_pem,
+                cert_der: res.node_cert.cert_der,
+                root_der: res.root_der,
+            };
+            self.start(loaded, Some(store)).await
+        }
+        .await;
+        match result {
+            Ok(active) => {
+                let resp = InitResponse {
+                    node_id: active.state.node_id.clone(),
+                    cluster_id: active.state.cluster_id.clone(),
+                };
+                tracing::info!(node_id = %resp.node_id, cluster_id = %resp.cluster_id, "initialized a new cluster");
+                *guard = Some(active);
+                Ok(resp)
+            }
+            Err(e) => {
+                // No half state: a failed init leaves the node as it was.
+                let _ = self.dir.wipe();
+                Err(e)
+            }
+        }
+    }
+
+    pub async fn join(&self, req: JoinRequest) -> Result<JoinResponse> {
+        let mut guard = self.active.lock().await;
+        self.refuse_if_active(&guard).await?;
+        let token = JoinToken::parse(&req.token).map_err(|e| user(tonic::Code::InvalidArgument, e.to_string()))?;
+        let remote = with_port(&req.remote_addr, DEFAULT_PORT)
+            .map_err(|e| user(tonic::Code::InvalidArgument, format!("manager address: {e}")))?;
+        let advertise = self.advertise(&req.advertise_addr)?;
+
+        // 1. Reach the manager over TLS pinned to the token's CA digest.
+        let pin = BootstrapPin::new(token.ca_digest());
+        let boot = Arc::new(shoal_pki::pinned_bootstrap_client_config(pin.clone())?);
+        let ch = match channel(&remote, boot).await {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(got) = pin.presented_digest() {
+                    bail!(user(
+                        tonic::Code::PermissionDenied,
+                        format!(
+                            "join token does not match this cluster's CA (expected digest {}, got {got}): the address may not be this cluster's manager, or the token is old; ask a manager for a fresh token with 'shoal join-token worker'",
+                            token.ca_digest()
+                        )
+                    ));
+                }
+                bail!(user(
+                    tonic::Code::Unavailable,
+                    format!("cannot reach a manager at {remote}: {}", error_chain(&e))
+                ));
+            }
+        };
+        let mut ca = CaClient::new(ch);
+        let root_der = ca
+            .get_root_ca_certificate(GetRootCaCertificateRequest {})
+            .await
+            .map_err(|s| user(s.code(), format!("manager at {remote}: {}", s.message())))?
+            .into_inner()
+            .cert_der;
+        let got = shoal_pki::cert_digest(&root_der);
+        if got != token.ca_digest() {
+            bail!(user(
+                tonic::Code::PermissionDenied,
+                format!("join token does not match this cluster's CA (expected digest {}, got {got}): ask a manager for a fresh token with 'shoal join-token worker'", token.ca_digest())
+            ));
+        }
+
+        // 2. Ask for a certificate for our own key.
+        let key = NodeKey::generate()?;
+        let issued = ca
+            .issue_node_certificate(IssueNodeCertificateRequest {
+                csr_der: key.csr_der()?,
+                token: token.to_string(),
+                advertise_addr: advertise.clone(),
+            })
+            .await
+            .map_err(|s| user(s.code(), s.message().to_string()))?
+            .into_inner();
+        let cluster_id = ClusterId::parse(&issued.cluster_id)?;
+        let trust = ClusterTrust::new(cluster_id.clone(), &[root_der.clone()])?;
+        let identity = trust
+            .verify(&issued.cert_der, &[], SystemTime::now())
+            .context("the manager issued a certificate we cannot use")?;
+        if identity.role() != Role::Worker {
+            bail!("the manager issued a {} certificate for a worker join", identity.role());
+        }
+
+        // 3. Confirm the manager accepts the certificate with a real call before keeping it.
+        let key_pem = key.to_pem();
+        let tls = client_tls(&root_der, &issued.cert_der, &key_pem)?;
+        let mtls = channel(&remote, tls)
+            .await
+            .map_err(|e| user(tonic::Code::Unavailable, format!("cannot reach the manager at {remote} with our new certificate: {}", error_chain(&e))))?;
+        heartbeat_once(mtls, describe(&HashMap::new()), advertise.clone())
+            .await
+            .map_err(|s| user(s.code(), format!("the manager did not accept our new certificate: {}", s.message())))?;
+
+        let mut managers = issued.managers.clone();
+        if !managers.contains(&remote) {
+            managers.insert(0, remote.clone());
+        }
+        let state = NodeState {
+            node_id: identity.node_id().to_string(),
+            cluster_id: cluster_id.to_string(),
+            role: identity.role().to_string(),
+            managers,
+            advertise_addr: advertise,
+        };
+        self.dir.save(&state, &key_pem, &issued.cert_der, &root_der)?;
+        let active = self
+            .start(
+                Loaded {
+                    state,
+                    key_pem,
+                    cert_der: issued.cert_der,
+                    root_der,
+                },
+                None,
+            )
+            .await?;
+        let resp = JoinResponse {
+            node_id: active.state.node_id.clone(),
+            cluster_id: active.state.cluster_id.clone(),
+            role: active.state.role.clone(),
+        };
+        tracing::info!(node_id = %resp.node_id, cluster_id = %resp.cluster_id, "joined the cluster");
+        *guard = Some(active);
+        Ok(resp)
+    }
+
+    pub async fn leave(&self, force: bool) -> Result<()> {
+        let mut guard = self.active.lock().await;
+        let Some(active) = guard.as_ref() else {
+            bail!(user(tonic::Code::FailedPrecondition, "this node is not part of a cluster"));
+        };
+        if active.state.role == "manager" && !force {
+            bail!(user(
+                tonic::Code::FailedPrecondition,
+                "this node is the cluster's only manager: leaving erases the cluster's state. Use 'shoal leave --force' to do it anyway"
+            ));
+        }
+        let Some(active) = guard.take() else {
+            return Ok(());
+        };
+        stop(active).await;
+        self.dir.wipe()?;
+        tracing::info!("left the cluster");
+        Ok(())
+    }
+
+    pub async fn info(&self) -> InfoResponse {
+        let guard = self.active.lock().await;
+        let Some(a) = guard.as_ref() else {
+            return InfoResponse {
+                state: "inactive".into(),
+                ..Default::default()
+            };
+        };
+        let cert = shoal_pki::CertSummary::parse(&a.cert_der).ok();
+        InfoResponse {
+            state: "active".into(),
+            node_id: a.state.node_id.clone(),
+            cluster_id: a.state.cluster_id.clone(),
+            role: a.state.role.clone(),
+            managers: a.state.managers.clone(),
+            cert_not_after_unix: cert
+                .as_ref()
+                .and_then(|c| c.not_after.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0),
+            root_ca_digest: shoal_pki::cert_digest(&a.root_der),
+            node_addr: a.state.advertise_addr.clone(),
+            cert_serial: cert.map(|c| c.serial).unwrap_or_default(),
+        }
+    }
+
+    /// The control API of this node's manager, if it is one.
+    pub async fn control(&self) -> Result<shoal_manager::ControlApi, tonic::Status> {
+        let guard = self.active.lock().await;
+        match guard.as_ref() {
+            None => Err(tonic::Status::failed_precondition(
+                "this node is not part of a cluster: run 'shoal init' to create one or 'shoal join' to join one",
+            )),
+            Some(a) => match &a.manager {
+                Some(m) => Ok(m.control().clone()),
+                None => Err(tonic::Status::failed_precondition(
+                    "this node is not a manager: worker nodes cannot view or change cluster state; run this command on a manager node",
+                )),
+            },
+        }
+    }
+
+    pub async fn shutdown(&self) {
+        if let Some(a) = self.active.lock().await.take() {
+            stop(a).await;
+        }
+    }
+}
+
+async fn stop(active: Active) {
+    active.agent_cancel.cancel();
+    if let Some(m) = active.manager {
+        m.shutdown().await;
+    }
+    if let Some(s) = active.store {
+        if let Err(e) = s.shutdown().await {
+            tracing::warn!(error = %e, "cluster store did not shut down cleanly");
+        }
+    }
+}

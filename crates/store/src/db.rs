@@ -1,0 +1,205 @@
+//! The one redb file (`store.redb`) holding everything the store persists: the
+//! Raft log and vote, the state machine's objects with their applied index and
+//! membership, and the last snapshot.
+//!
+//! Layout:
+//! - `raft_log`: log index → JSON of the openraft entry.
+//! - `raft_meta`: `vote`, `committed`, `last_purged` → JSON.
+//! - `objects`: (table, id) → (version, prost bytes).
+//! - `sm_meta`: `last_applied`, `membership` → JSON. Written in the same
+//!   transaction as the objects, so the two never disagree after a crash.
+//! - `snapshot`: `meta` (JSON) and `data` (the snapshot bytes).
+
+use std::path::{Path, PathBuf};
+use std::sync::{RwLock, RwLockReadGuard};
+
+use redb::{Database, ReadableTable, Table, TableDefinition};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{corrupt, db_error};
+use crate::raft::{LogId, Membership};
+use crate::{Object, StoreError, Versioned};
+
+/// The file name of the database inside the state directory.
+pub(crate) const FILE_NAME: &str = "store.redb";
+
+pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+pub(crate) const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+pub(crate) const OBJECTS: TableDefinition<(&str, &str), (u64, &[u8])> =
+    TableDefinition::new("objects");
+pub(crate) const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
+pub(crate) const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
+
+pub(crate) const KEY_VOTE: &str = "vote";
+pub(crate) const KEY_COMMITTED: &str = "committed";
+pub(crate) const KEY_LAST_PURGED: &str = "last_purged";
+pub(crate) const KEY_LAST_APPLIED: &str = "last_applied";
+pub(crate) const KEY_MEMBERSHIP: &str = "membership";
+pub(crate) const KEY_SNAPSHOT_META: &str = "meta";
+pub(crate) const KEY_SNAPSHOT_DATA: &str = "data";
+
+/// The open database, shared by the log store, the state machine and the
+/// readers. `close` drops the redb handle at shutdown, so that the file lock
+/// is released even while some openraft task still holds a clone of this.
+pub(crate) struct Db {
+    path: PathBuf,
+    db: RwLock<Option<Database>>,
+}
+
+impl Db {
+    /// Opens or creates the file, creates missing tables and checks that the
+    /// metadata decodes. Blocking.
+    pub(crate) fn open(path: &Path) -> Result<Db, StoreError> {
+        // Verifying every page on open reads the whole file: cheap for a
+        // control-plane store of a few MB, and it turns a file damaged
+        // outside redb into `Corrupted` instead of a panic on first use.
+        let db = Database::builder()
+            .set_check_integrity_on_open(true)
+            .create(path)
+            .map_err(|e| db_error(path, e))?;
+        let db = Db {
+            path: path.to_path_buf(),
+            db: RwLock::new(Some(db)),
+        };
+        db.with(|d| {
+            let txn = d.begin_write().map_err(|e| db.err(e))?;
+            {
+                txn.open_table(LOG).map_err(|e| db.err(e))?;
+                txn.open_table(OBJECTS).map_err(|e| db.err(e))?;
+                txn.open_table(SNAPSHOT).map_err(|e| db.err(e))?;
+                let raft = txn.open_table(RAFT_META).map_err(|e| db.err(e))?;
+                db.get_json::<crate::raft::Vote>(&raft, KEY_VOTE)?;
+                db.get_json::<Option<LogId>>(&raft, KEY_COMMITTED)?;
+                db.get_json::<LogId>(&raft, KEY_LAST_PURGED)?;
+                let sm = txn.open_table(SM_META).map_err(|e| db.err(e))?;
+                db.last_applied(&sm)?;
+                db.get_json::<Membership>(&sm, KEY_MEMBERSHIP)?;
+            }
+            txn.commit().map_err(|e| db.err(e))
+        })?;
+        Ok(db)
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on the open database; fails with `Shutdown` once closed.
+    pub(crate) fn with<R>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let guard: RwLockReadGuard<'_, Option<Database>> =
+            self.db.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match guard.as_ref() {
+            Some(db) => f(db),
+            None => Err(StoreError::Shutdown),
+        }
+    }
+
+    /// Closes the file. Blocking: waits for running transactions.
+    pub(crate) fn close(&self) {
+        let mut guard = self
+            .db
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        guard.take();
+    }
+
+    /// Maps a redb error of this file.
+    pub(crate) fn err(&self, e: impl Into<redb::Error>) -> StoreError {
+        db_error(&self.path, e)
+    }
+
+    /// Reads and decodes a JSON value; undecodable bytes mean a corrupt file.
+    pub(crate) fn get_json<T: DeserializeOwned>(
+        &self,
+        table: &impl ReadableTable<&'static str, &'static [u8]>,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let Some(raw) = table.get(key).map_err(|e| self.err(e))? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(raw.value())
+            .map(Some)
+            .map_err(|e| corrupt(&self.path, format!("bad {key:?} record: {e}")))
+    }
+
+    pub(crate) fn put_json<T: Serialize>(
+        &self,
+        table: &mut Table<'_, &'static str, &'static [u8]>,
+        key: &str,
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let raw = serde_json::to_vec(value)
+            .map_err(|e| StoreError::Database(format!("cannot encode {key:?}: {e}")))?;
+        table
+            .insert(key, raw.as_slice())
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The state machine's last applied log id.
+    pub(crate) fn last_applied(
+        &self,
+        sm_meta: &impl ReadableTable<&'static str, &'static [u8]>,
+    ) -> Result<Option<LogId>, StoreError> {
+        Ok(self
+            .get_json::<Option<LogId>>(sm_meta, KEY_LAST_APPLIED)?
+            .flatten())
+    }
+
+    /// The state machine's applied index (0 before anything was applied).
+    pub(crate) fn applied_index(
+        &self,
+        sm_meta: &impl ReadableTable<&'static str, &'static [u8]>,
+    ) -> Result<u64, StoreError> {
+        Ok(self.last_applied(sm_meta)?.map_or(0, |id| id.index))
+    }
+
+    /// Reads one object of type `T`.
+    pub(crate) fn read_object<T: Object>(
+        &self,
+        objects: &impl ReadableTable<(&'static str, &'static str), (u64, &'static [u8])>,
+        id: &str,
+    ) -> Result<Option<Versioned<T>>, StoreError> {
+        let Some(raw) = objects.get((T::TABLE, id)).map_err(|e| self.err(e))? else {
+            return Ok(None);
+        };
+        let (version, bytes) = raw.value();
+        decode_object(T::TABLE, id, version, bytes).map(Some)
+    }
+
+    /// Reads all objects of type `T`, in id order.
+    pub(crate) fn list_objects<T: Object>(
+        &self,
+        objects: &impl ReadableTable<(&'static str, &'static str), (u64, &'static [u8])>,
+    ) -> Result<Vec<Versioned<T>>, StoreError> {
+        let mut out = Vec::new();
+        for row in objects.range((T::TABLE, "")..).map_err(|e| self.err(e))? {
+            let (key, value) = row.map_err(|e| self.err(e))?;
+            let (table, id) = key.value();
+            if table != T::TABLE {
+                break;
+            }
+            let (version, bytes) = value.value();
+            out.push(decode_object(table, id, version, bytes)?);
+        }
+        Ok(out)
+    }
+}
+
+pub(crate) fn decode_object<T: Object>(
+    table: &str,
+    id: &str,
+    version: u64,
+    bytes: &[u8],
+) -> Result<Versioned<T>, StoreError> {
+    let value = T::decode(bytes).map_err(|e| StoreError::Decode {
+        table: table.to_string(),
+        id: id.to_string(),
+        message: e.to_string(),
+    })?;
+    Ok(Versioned { version, value })
+}

@@ -1,0 +1,18 @@
+//! The object types of `shoal-proto` that the store keeps, and their tables.
+
+use crate::Object;
+use shoal_proto::objects::{Cluster, Node};
+
+impl Object for Cluster {
+    const TABLE: &'static str = "cluster";
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Object for Node {
+    const TABLE: &'static str = "nodes";
+    fn id(&self) -> &str {
+        &self.id
+    }
+}

@@ -1,0 +1,83 @@
+//! The openraft type configuration and tuning of the store's Raft group.
+//!
+//! Everything openraft-specific that is not storage or network lives here, so
+//! the rest of the crate names these aliases rather than openraft generics.
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+
+use crate::batch::{Request, Response};
+
+pub(crate) type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// The store's Raft types: a log entry carries one [`Request`] (a batch).
+    pub(crate) TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = NodeId,
+        Node = openraft::BasicNode,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+pub(crate) type LogId = openraft::LogId<NodeId>;
+pub(crate) type Vote = openraft::Vote<NodeId>;
+pub(crate) type Entry = openraft::Entry<TypeConfig>;
+pub(crate) type Membership = openraft::StoredMembership<NodeId, openraft::BasicNode>;
+pub(crate) type SnapshotMeta = openraft::SnapshotMeta<NodeId, openraft::BasicNode>;
+pub(crate) type RaftSnapshot = openraft::Snapshot<TypeConfig>;
+pub(crate) type StorageError = openraft::StorageError<NodeId>;
+pub(crate) type Raft = openraft::Raft<TypeConfig>;
+
+/// Build a new snapshot after this many applied entries.
+const SNAPSHOT_EVERY: u64 = 5000;
+/// Entries kept behind a snapshot, so a briefly lagging follower (once there
+/// are followers) catches up from the log instead of a full snapshot.
+const KEEP_BEHIND_SNAPSHOT: u64 = 1000;
+
+/// Timeouts tuned for a LAN of managers: a single member elects itself well
+/// under a second after a restart (openraft elects at once when this node is
+/// the only voter, or restores leadership from its committed vote).
+pub(crate) fn config() -> Result<openraft::Config, String> {
+    openraft::Config {
+        cluster_name: "shoal".to_string(),
+        heartbeat_interval: 100,
+        election_timeout_min: 300,
+        election_timeout_max: 600,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY),
+        max_in_snapshot_log_to_keep: KEEP_BEHIND_SNAPSHOT,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| e.to_string())
+}
+
+/// This member as the only voter of a fresh membership.
+pub(crate) fn single_member(id: NodeId, addr: &str) -> BTreeMap<NodeId, openraft::BasicNode> {
+    BTreeMap::from([(id, openraft::BasicNode::new(addr))])
+}
+
+/// Wraps an error as openraft's storage error for `subject`/`verb`.
+pub(crate) fn storage_error(
+    subject: openraft::ErrorSubject<NodeId>,
+    verb: openraft::ErrorVerb,
+    err: &(impl std::error::Error + 'static),
+) -> StorageError {
+    openraft::StorageIOError::new(subject, verb, openraft::AnyError::new(err)).into()
+}
+
+/// Runs storage work on tokio's blocking pool (redb commits fsync) and turns
+/// its error into openraft's storage error for `subject`/`verb`.
+pub(crate) async fn run_blocking<R: Send + 'static>(
+    subject: openraft::ErrorSubject<NodeId>,
+    verb: openraft::ErrorVerb,
+    work: impl FnOnce() -> Result<R, crate::StoreError> + Send + 'static,
+) -> Result<R, StorageError> {
+    let result = match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(join) => Err(crate::StoreError::Database(format!(
+            "storage task failed: {join}"
+        ))),
+    };
+    result.map_err(|e| storage_error(subject, verb, &e))
+}

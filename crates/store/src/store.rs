@@ -1,0 +1,300 @@
+//! [`Store`]: the handle the manager uses to read, commit and watch cluster
+//! state, hiding the Raft node and the redb file behind it.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, Fatal, InitializeError, RaftError};
+use openraft::ServerState;
+use redb::ReadableDatabase;
+use tracing::info;
+
+use crate::batch::{Request, Response};
+use crate::db::{Db, FILE_NAME, OBJECTS};
+use crate::error::corrupt;
+use crate::log_store::LogStore;
+use crate::network::Network;
+use crate::raft::{self, NodeId, Raft};
+use crate::state_machine::StateMachine;
+use crate::watch::{Hub, Snapshot, Watch};
+use crate::{Batch, Object, StoreError, Versioned};
+
+/// The replicated store of cluster state. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    raft_id: NodeId,
+    addr: String,
+    raft: Raft,
+    db: Arc<Db>,
+    hub: Arc<Hub>,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir` (created if missing; the redb
+    /// file `store.redb` lives inside). `raft_id` is this member's numeric
+    /// Raft id, `addr` its advertised address (stored in the membership; not
+    /// used by the network yet).
+    ///
+    /// A store that was bootstrapped before comes back with its objects,
+    /// versions and membership, and elects itself leader without a new
+    /// `bootstrap`. A garbled or truncated file gives [`StoreError::Corrupt`].
+    pub async fn open(dir: &Path, raft_id: u64, addr: &str) -> Result<Store, StoreError> {
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|source| StoreError::Io {
+                context: format!("cannot create state directory {}", dir.display()),
+                source,
+            })?;
+        let path = dir.join(FILE_NAME);
+        let db = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || Db::open(&path)).await
+        };
+        let db = match db {
+            Ok(db) => Arc::new(db?),
+            // redb asserts on some damaged files: a panic while reading the
+            // file is damage too, not a bug to crash on.
+            Err(join) if join.is_panic() => {
+                return Err(corrupt(&path, "the database library panicked reading it"))
+            }
+            Err(join) => return Err(StoreError::Database(join.to_string())),
+        };
+        let hub = Arc::new(Hub::new());
+        let config = Arc::new(raft::config().map_err(StoreError::Raft)?);
+        let raft = Raft::new(
+            raft_id,
+            config,
+            Network,
+            LogStore::new(db.clone()),
+            StateMachine::new(db.clone(), hub.clone()),
+        )
+        .await
+        .map_err(|e| {
+            StoreError::Raft(format!(
+                "cannot start raft from {}: {e}",
+                path.display()
+            ))
+        })?;
+        info!(raft_id, addr, path = %path.display(), "store opened");
+        Ok(Store {
+            inner: Arc::new(Inner {
+                raft_id,
+                addr: addr.to_string(),
+                raft,
+                db,
+                hub,
+            }),
+        })
+    }
+
+    /// First start of a new cluster: makes this member the only voter of a
+    /// new Raft membership. On a store that already has a membership (any
+    /// bootstrapped or restarted one) it fails with
+    /// [`StoreError::AlreadyInitialized`] and changes nothing; callers that
+    /// want "bootstrap if new" can treat that error as success.
+    pub async fn bootstrap(&self) -> Result<(), StoreError> {
+        let raft = &self.inner.raft;
+        if raft.is_initialized().await.map_err(fatal)? {
+            return Err(StoreError::AlreadyInitialized);
+        }
+        let members = raft::single_member(self.inner.raft_id, &self.inner.addr);
+        match raft.initialize(members).await {
+            Ok(()) => {
+                info!(raft_id = self.inner.raft_id, "bootstrapped a one-member raft group");
+                Ok(())
+            }
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
+                Err(StoreError::AlreadyInitialized)
+            }
+            Err(RaftError::APIError(e)) => Err(StoreError::Raft(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(fatal(e)),
+        }
+    }
+
+    /// Waits until this member is the leader, at most `timeout`.
+    pub async fn wait_leader(&self, timeout: Duration) -> Result<(), StoreError> {
+        let id = self.inner.raft_id;
+        let mut metrics = self.inner.raft.metrics();
+        let leading = metrics.wait_for(|m| {
+            m.state == ServerState::Leader && m.current_leader == Some(id)
+        });
+        let waited = tokio::time::timeout(timeout, leading).await;
+        match waited {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(StoreError::Shutdown),
+            Err(_) => Err(StoreError::LeaderTimeout(timeout)),
+        }
+    }
+
+    /// Whether this member is the leader now.
+    pub fn is_leader(&self) -> bool {
+        let metrics = self.inner.raft.metrics();
+        let m = metrics.borrow();
+        m.state == ServerState::Leader && m.current_leader == Some(self.inner.raft_id)
+    }
+
+    /// This member's Raft id.
+    pub fn raft_id(&self) -> u64 {
+        self.inner.raft_id
+    }
+
+    /// Reads one object from the applied state (not a linearizable read: a
+    /// follower, once there are any, may lag). A point read in redb is a few
+    /// page lookups, fine to do on an async thread.
+    pub fn get<T: Object>(&self, id: &str) -> Result<Option<Versioned<T>>, StoreError> {
+        let db = &self.inner.db;
+        db.with(|d| {
+            let txn = d.begin_read().map_err(|e| db.err(e))?;
+            let objects = txn.open_table(OBJECTS).map_err(|e| db.err(e))?;
+            db.read_object(&objects, id)
+        })
+    }
+
+    /// Reads all objects of type `T` from the applied state, in id order.
+    pub fn list<T: Object>(&self) -> Result<Vec<Versioned<T>>, StoreError> {
+        let db = &self.inner.db;
+        db.with(|d| {
+            let txn = d.begin_read().map_err(|e| db.err(e))?;
+            let objects = txn.open_table(OBJECTS).map_err(|e| db.err(e))?;
+            db.list_objects(&objects)
+        })
+    }
+
+    /// Commits `batch` through Raft, atomically: if any [`crate::Expect`]
+    /// fails, nothing is written and the error is [`StoreError::Conflict`].
+    /// Returns the Raft index the batch was applied at, which is the new
+    /// version of every object it wrote.
+    pub async fn commit(&self, batch: Batch) -> Result<u64, StoreError> {
+        let request = Request { ops: batch.ops };
+        match self.inner.raft.client_write(request).await {
+            Ok(written) => match written.data {
+                Response::Applied => Ok(written.log_id.index),
+                Response::Conflict {
+                    table,
+                    id,
+                    expected,
+                    actual,
+                } => Err(StoreError::Conflict {
+                    table,
+                    id,
+                    expected,
+                    actual,
+                }),
+            },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(StoreError::NotLeader)
+            }
+            Err(RaftError::APIError(e)) => Err(StoreError::Raft(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(fatal(e)),
+        }
+    }
+
+    /// The current state and every change committed after it, with no gap
+    /// and no duplicate between them (see [`crate::watch`] for how). Copies
+    /// all objects into the snapshot: call it when a loop (re)starts, not
+    /// per event.
+    pub fn watch(&self) -> Result<Watch, StoreError> {
+        let db = &self.inner.db;
+        db.with(|d| {
+            let (txn, events) = {
+                let publishing = self.inner.hub.lock();
+                let txn = d.begin_read().map_err(|e| db.err(e))?;
+                let events = publishing.subscribe().ok_or(StoreError::Shutdown)?;
+                (txn, events)
+            };
+            let snapshot = Snapshot::load(db, &txn)?;
+            Ok(Watch { snapshot, events })
+        })
+    }
+
+    /// Stops the Raft node, ends watches (`RecvError::Closed` after their
+    /// buffered events) and closes the file, so the directory can be opened
+    /// again. Reads and commits fail with [`StoreError::Shutdown`] afterwards.
+    pub async fn shutdown(&self) -> Result<(), StoreError> {
+        let stopped = self.inner.raft.shutdown().await;
+        self.inner.hub.close();
+        let db = self.inner.db.clone();
+        tokio::task::spawn_blocking(move || db.close())
+            .await
+            .map_err(|e| StoreError::Database(format!("closing the database failed: {e}")))?;
+        info!(raft_id = self.inner.raft_id, "store shut down");
+        stopped.map_err(|e| StoreError::Raft(format!("raft task failed: {e}")))
+    }
+}
+
+fn fatal(e: Fatal<NodeId>) -> StoreError {
+    match e {
+        Fatal::Stopped => StoreError::Shutdown,
+        other => StoreError::Raft(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Expect;
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Item {
+        #[prost(string, tag = "1")]
+        id: String,
+    }
+
+    impl Object for Item {
+        const TABLE: &'static str = "items";
+        fn id(&self) -> &str {
+            &self.id
+        }
+    }
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn restart_after_snapshot_and_purge_restores_everything() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), 3, "m3:4242").await.expect("open");
+        store.bootstrap().await.expect("bootstrap");
+        store.wait_leader(WAIT).await.expect("leader");
+        let mut last = 0;
+        for i in 0..20 {
+            let mut batch = Batch::default();
+            batch.put(&Item { id: format!("i{i}") }, Expect::Absent);
+            last = store.commit(batch).await.expect("commit");
+        }
+
+        let raft = &store.inner.raft;
+        raft.trigger().snapshot().await.expect("trigger snapshot");
+        let mut metrics = raft.metrics();
+        let built = metrics.wait_for(|m| m.snapshot.is_some_and(|s| s.index >= last));
+        tokio::time::timeout(WAIT, built)
+            .await
+            .expect("snapshot in time")
+            .expect("metrics");
+        raft.purge_log(last).await.expect("purge");
+        let purged = metrics.wait_for(|m| m.purged.is_some_and(|p| p.index >= last));
+        tokio::time::timeout(WAIT, purged)
+            .await
+            .expect("purge in time")
+            .expect("metrics");
+        store.shutdown().await.expect("shutdown");
+        drop(store);
+
+        let store = Store::open(dir.path(), 3, "m3:4242").await.expect("reopen");
+        store.wait_leader(WAIT).await.expect("leader again");
+        let items = store.list::<Item>().expect("list");
+        assert_eq!(items.len(), 20);
+        assert_eq!(
+            store.get::<Item>("i19").expect("get").map(|i| i.version),
+            Some(last)
+        );
+        let mut batch = Batch::default();
+        batch.put(&Item { id: "new".into() }, Expect::Absent);
+        assert!(store.commit(batch).await.expect("commit after restart") > last);
+        store.shutdown().await.expect("shutdown");
+    }
+}
