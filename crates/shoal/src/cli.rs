@@ -22,6 +22,8 @@ pub async fn run_daemon(opts: DaemonOpts) -> Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
+    // Everything the daemon writes (keys, the store holding the CA key) is private.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     std::fs::create_dir_all(&opts.state_dir)
         .with_context(|| format!("cannot create state dir {}", opts.state_dir.display()))?;
     let listener = crate::socket::bind(&opts.socket)?;

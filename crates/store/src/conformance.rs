@@ -29,6 +29,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for RedbBuilder {
 }
 
 #[test]
-fn redb_storage_passes_openraft_conformance_suite() -> Result<(), StorageError> {
-    Suite::test_all(RedbBuilder)
+fn redb_storage_passes_openraft_conformance_suite() {
+    if let Err(e) = Suite::test_all(RedbBuilder) {
+        panic!("openraft storage conformance failed: {e}");
+    }
 }

@@ -90,8 +90,10 @@ impl Db {
         &self,
         f: impl FnOnce(&Database) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
-        let guard: RwLockReadGuard<'_, Option<Database>> =
-            self.db.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let guard: RwLockReadGuard<'_, Option<Database>> = self
+            .db
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         match guard.as_ref() {
             Some(db) => f(db),
             None => Err(StoreError::Shutdown),
@@ -134,9 +136,7 @@ impl Db {
     ) -> Result<(), StoreError> {
         let raw = serde_json::to_vec(value)
             .map_err(|e| StoreError::Database(format!("cannot encode {key:?}: {e}")))?;
-        table
-            .insert(key, raw.as_slice())
-            .map_err(|e| self.err(e))?;
+        table.insert(key, raw.as_slice()).map_err(|e| self.err(e))?;
         Ok(())
     }
 

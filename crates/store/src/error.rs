@@ -31,7 +31,9 @@ pub enum StoreError {
     NotLeader,
 
     /// `bootstrap` was called on a store that already has a Raft membership.
-    #[error("the store is already initialized (it is part of a cluster); do not bootstrap it again")]
+    #[error(
+        "the store is already initialized (it is part of a cluster); do not bootstrap it again"
+    )]
     AlreadyInitialized,
 
     /// No leader was elected within the time asked for.

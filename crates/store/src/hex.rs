@@ -29,11 +29,11 @@ fn decode(s: &str) -> Result<Vec<u8>, String> {
             _ => Err(format!("invalid hex digit {:?}", char::from(c))),
         }
     }
-    let raw = s.as_bytes();
-    if raw.len() % 2 != 0 {
-        return Err(format!("hex string has odd length {}", raw.len()));
+    let pairs = s.as_bytes().chunks_exact(2);
+    if !pairs.remainder().is_empty() {
+        return Err(format!("hex string has odd length {}", s.len()));
     }
-    raw.chunks_exact(2)
+    pairs
         .map(|pair| Ok((nibble(pair[0])? << 4) | nibble(pair[1])?))
         .collect()
 }

@@ -32,8 +32,12 @@ impl LogStore {
 }
 
 fn decode_entry(db: &Db, index: u64, raw: &[u8]) -> Result<Entry, StoreError> {
-    serde_json::from_slice(raw)
-        .map_err(|e| corrupt(db.path(), format!("bad raft log entry at index {index}: {e}")))
+    serde_json::from_slice(raw).map_err(|e| {
+        corrupt(
+            db.path(),
+            format!("bad raft log entry at index {index}: {e}"),
+        )
+    })
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -72,7 +76,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 let last_purged_log_id = db.get_json::<LogId>(&meta, KEY_LAST_PURGED)?;
                 let log = txn.open_table(LOG).map_err(|e| db.err(e))?;
                 let last = match log.last().map_err(|e| db.err(e))? {
-                    Some((index, raw)) => Some(decode_entry(&db, index.value(), raw.value())?.log_id),
+                    Some((index, raw)) => {
+                        Some(decode_entry(&db, index.value(), raw.value())?.log_id)
+                    }
                     None => None,
                 };
                 Ok(LogState {
@@ -90,8 +96,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         let vote = *vote;
-        self.write_meta(ErrorSubject::Vote, KEY_VOTE, vote, redb::Durability::Immediate)
-            .await
+        self.write_meta(
+            ErrorSubject::Vote,
+            KEY_VOTE,
+            vote,
+            redb::Durability::Immediate,
+        )
+        .await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
@@ -102,8 +113,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Not durable on its own: the next log append or vote makes it so. A
         // committed index lost in a crash is only a hint lost (openraft then
         // re-applies less at startup), never a safety issue.
-        self.write_meta(ErrorSubject::Store, KEY_COMMITTED, committed, redb::Durability::None)
-            .await
+        self.write_meta(
+            ErrorSubject::Store,
+            KEY_COMMITTED,
+            committed,
+            redb::Durability::None,
+        )
+        .await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {

@@ -167,8 +167,7 @@ fn apply_entries(db: &Db, hub: &Hub, entries: Vec<Entry>) -> Result<Vec<Response
                 match entry.payload {
                     EntryPayload::Blank => responses.push(Response::Applied),
                     EntryPayload::Normal(request) => {
-                        let (response, changes) =
-                            apply_request(db, &mut objects, index, request)?;
+                        let (response, changes) = apply_request(db, &mut objects, index, request)?;
                         if !changes.is_empty() {
                             events.push(Event { index, changes });
                         }
@@ -448,7 +447,11 @@ mod tests {
 
         let (applied, _) = b.applied_state().await.expect("applied");
         assert_eq!(applied, snapshot.meta.last_log_id);
-        let current = b.get_current_snapshot().await.expect("read").expect("saved");
+        let current = b
+            .get_current_snapshot()
+            .await
+            .expect("read")
+            .expect("saved");
         assert_eq!(current.meta, snapshot.meta);
         let rebuilt = b.build_snapshot().await.expect("rebuild");
         assert_eq!(rebuilt.snapshot.into_inner(), current.snapshot.into_inner());

@@ -74,12 +74,7 @@ impl Store {
             StateMachine::new(db.clone(), hub.clone()),
         )
         .await
-        .map_err(|e| {
-            StoreError::Raft(format!(
-                "cannot start raft from {}: {e}",
-                path.display()
-            ))
-        })?;
+        .map_err(|e| StoreError::Raft(format!("cannot start raft from {}: {e}", path.display())))?;
         info!(raft_id, addr, path = %path.display(), "store opened");
         Ok(Store {
             inner: Arc::new(Inner {
@@ -105,7 +100,10 @@ impl Store {
         let members = raft::single_member(self.inner.raft_id, &self.inner.addr);
         match raft.initialize(members).await {
             Ok(()) => {
-                info!(raft_id = self.inner.raft_id, "bootstrapped a one-member raft group");
+                info!(
+                    raft_id = self.inner.raft_id,
+                    "bootstrapped a one-member raft group"
+                );
                 Ok(())
             }
             Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
@@ -120,9 +118,8 @@ impl Store {
     pub async fn wait_leader(&self, timeout: Duration) -> Result<(), StoreError> {
         let id = self.inner.raft_id;
         let mut metrics = self.inner.raft.metrics();
-        let leading = metrics.wait_for(|m| {
-            m.state == ServerState::Leader && m.current_leader == Some(id)
-        });
+        let leading =
+            metrics.wait_for(|m| m.state == ServerState::Leader && m.current_leader == Some(id));
         let waited = tokio::time::timeout(timeout, leading).await;
         match waited {
             Ok(Ok(_)) => Ok(()),
@@ -168,7 +165,8 @@ impl Store {
     /// Commits `batch` through Raft, atomically: if any [`crate::Expect`]
     /// fails, nothing is written and the error is [`StoreError::Conflict`].
     /// Returns the Raft index the batch was applied at, which is the new
-    /// version of every object it wrote.
+    /// version of every object it wrote. An empty batch still takes a log
+    /// index (and produces no watch event).
     pub async fn commit(&self, batch: Batch) -> Result<u64, StoreError> {
         let request = Request { ops: batch.ops };
         match self.inner.raft.client_write(request).await {
@@ -263,7 +261,12 @@ mod tests {
         let mut last = 0;
         for i in 0..20 {
             let mut batch = Batch::default();
-            batch.put(&Item { id: format!("i{i}") }, Expect::Absent);
+            batch.put(
+                &Item {
+                    id: format!("i{i}"),
+                },
+                Expect::Absent,
+            );
             last = store.commit(batch).await.expect("commit");
         }
 
@@ -275,7 +278,7 @@ mod tests {
             .await
             .expect("snapshot in time")
             .expect("metrics");
-        raft.purge_log(last).await.expect("purge");
+        raft.trigger().purge_log(last).await.expect("purge");
         let purged = metrics.wait_for(|m| m.purged.is_some_and(|p| p.index >= last));
         tokio::time::timeout(WAIT, purged)
             .await

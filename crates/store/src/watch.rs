@@ -3,7 +3,7 @@
 //! with no gap and no duplicate.
 //!
 //! How the seam is closed: the state machine commits each redb write
-//! transaction and publishes its events while holding [`Hub`]'s publish lock;
+//! transaction and publishes its events while holding the publish lock (`Hub`);
 //! [`crate::Store::watch`] takes that same lock while it opens a redb read
 //! transaction and subscribes. A read transaction sees exactly the commits
 //! made before it, and every later commit is published after the subscription,

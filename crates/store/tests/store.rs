@@ -83,7 +83,13 @@ async fn committed_objects_are_read_back_with_the_commit_index_as_version() {
     let index = store.commit(batch).await.expect("commit");
 
     let n1 = store.get::<Node>("n1").expect("get").expect("n1 exists");
-    assert_eq!(n1, Versioned { version: index, value: node("n1", "alpha") });
+    assert_eq!(
+        n1,
+        Versioned {
+            version: index,
+            value: node("n1", "alpha")
+        }
+    );
     assert_eq!(store.get::<Node>("missing").expect("get"), None);
     // Tables are separate namespaces.
     assert_eq!(store.get::<Node>("web").expect("get"), None);
@@ -146,7 +152,14 @@ async fn failed_expectation_writes_nothing_of_the_batch() {
         .put(&node("n1", "stale"), Expect::Version(v1 + 100));
     let err = store.commit(batch).await.expect_err("stale version");
     assert!(
-        matches!(&err, StoreError::Conflict { actual: None, expected: Expect::Version(_), .. }),
+        matches!(
+            &err,
+            StoreError::Conflict {
+                actual: None,
+                expected: Expect::Version(_),
+                ..
+            }
+        ),
         "the delete earlier in the batch counts for the check: {err:?}"
     );
     assert_eq!(store.get::<Node>("n2").expect("get"), None);
@@ -199,13 +212,24 @@ async fn delete_removes_an_object_and_checks_its_version() {
 }
 
 /// Applies a watch to a model of the table, checking order on the way.
-fn follow(model: &mut BTreeMap<String, (u64, String)>, last: &mut u64, index: u64, changes: &[Change]) {
-    assert!(index > *last, "event {index} after {last}: gap-free order broken");
+fn follow(
+    model: &mut BTreeMap<String, (u64, String)>,
+    last: &mut u64,
+    index: u64,
+    changes: &[Change],
+) {
+    assert!(
+        index > *last,
+        "event {index} after {last}: gap-free order broken"
+    );
     *last = index;
     for change in changes {
         match change {
             Change::Put { .. } => {
-                let n = change.decode::<Node>().expect("nodes only").expect("decodes");
+                let n = change
+                    .decode::<Node>()
+                    .expect("nodes only")
+                    .expect("decodes");
                 assert_eq!(n.version, index);
                 model.insert(n.value.id.clone(), (n.version, n.value.name));
             }
@@ -234,7 +258,10 @@ async fn watch_sees_a_snapshot_then_every_later_commit_exactly_once() {
             let mut last = 0;
             for i in 0..ROUNDS {
                 let mut batch = Batch::default();
-                batch.put(&node(&format!("n{}", i % 13), &format!("r{i}")), Expect::Any);
+                batch.put(
+                    &node(&format!("n{}", i % 13), &format!("r{i}")),
+                    Expect::Any,
+                );
                 if i % 7 == 0 {
                     batch.delete::<Node>(&format!("n{}", (i + 3) % 13), Expect::Any);
                 }
@@ -300,7 +327,9 @@ async fn watch_snapshot_reads_objects_and_events_close_at_shutdown() {
     let index = store.commit(batch).await.expect("delete");
     let event = watch.events.recv().await.expect("delete event");
     assert_eq!(event.index, index);
-    assert!(matches!(&event.changes[..], [Change::Delete { table, id }] if table == "nodes" && id == "n1"));
+    assert!(
+        matches!(&event.changes[..], [Change::Delete { table, id }] if table == "nodes" && id == "n1")
+    );
 
     store.shutdown().await.expect("shutdown");
     assert!(matches!(watch.events.recv().await, Err(RecvError::Closed)));
@@ -330,13 +359,22 @@ async fn reopened_store_keeps_data_and_versions_and_leads_again() {
         .await
         .expect("leader again without bootstrap");
     let took = started.elapsed();
-    assert!(took < Duration::from_millis(900), "took {took:?} to lead again");
+    assert!(
+        took < Duration::from_millis(900),
+        "took {took:?} to lead again"
+    );
 
     assert_eq!(
         store.get::<Node>("n1").expect("get"),
-        Some(Versioned { version: v1, value: node("n1", "alpha") })
+        Some(Versioned {
+            version: v1,
+            value: node("n1", "alpha")
+        })
     );
-    assert_eq!(store.get::<Node>("n2").expect("get").map(|n| n.version), Some(v2));
+    assert_eq!(
+        store.get::<Node>("n2").expect("get").map(|n| n.version),
+        Some(v2)
+    );
     assert!(matches!(
         store.bootstrap().await,
         Err(StoreError::AlreadyInitialized)
@@ -385,14 +423,19 @@ async fn assert_corrupt(dir: &Path) {
     let text = err.to_string();
     assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
     let file = dir.join("store.redb");
-    assert!(text.contains(&file.display().to_string()), "names the file: {text}");
+    assert!(
+        text.contains(&file.display().to_string()),
+        "names the file: {text}"
+    );
     assert!(text.contains("restore"), "says what to do: {text}");
 }
 
 #[tokio::test]
 async fn garbled_file_is_reported_corrupt_not_a_panic() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let garbage: Vec<u8> = (0..64 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let garbage: Vec<u8> = (0..64 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     std::fs::write(dir.path().join("store.redb"), garbage).expect("write garbage");
     assert_corrupt(dir.path()).await;
 }
@@ -409,7 +452,10 @@ async fn truncated_file_is_reported_corrupt_not_a_panic() {
 
     let path = dir.path().join("store.redb");
     let len = std::fs::metadata(&path).expect("stat").len();
-    let file = std::fs::OpenOptions::new().write(true).open(&path).expect("open");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open");
     file.set_len(len / 3).expect("truncate");
     drop(file);
     assert_corrupt(dir.path()).await;
@@ -422,9 +468,13 @@ async fn file_garbled_in_the_middle_is_reported_corrupt_not_a_panic() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = bootstrapped(dir.path()).await;
         for i in 0..50 {
-            put(&store, &node(&format!("n{i}"), &"x".repeat(200)), Expect::Any)
-                .await
-                .expect("put");
+            put(
+                &store,
+                &node(&format!("n{i}"), &"x".repeat(200)),
+                Expect::Any,
+            )
+            .await
+            .expect("put");
         }
         store.shutdown().await.expect("shutdown");
         drop(store);
@@ -440,7 +490,9 @@ async fn file_garbled_in_the_middle_is_reported_corrupt_not_a_panic() {
         // be reported, never panic.
         match Store::open(dir.path(), 1, "127.0.0.1:4242").await {
             Ok(store) => {
-                store.list::<Node>().expect("an undetected garble left the data readable");
+                store
+                    .list::<Node>()
+                    .expect("an undetected garble left the data readable");
                 store.shutdown().await.expect("shutdown");
             }
             Err(StoreError::Corrupt(text)) => {

@@ -215,7 +215,6 @@ impl Testbed {
         );
         let child = Command::new("ip")
             .args(["netns", "exec", &n.netns, "unshare", "--uts", "--", "sh", "-c", &script])
-            .env("SHOAL_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -309,6 +308,24 @@ impl Testbed {
     /// Runs a command inside node `i`'s network namespace.
     pub fn exec_in(&self, i: usize, args: &[&str]) -> Result<String> {
         in_ns(&self.nodes[i].netns, args)
+    }
+
+    /// Runs `f` on a thread that has entered node `i`'s network namespace, so sockets it
+    /// opens see what the node sees (for tests that speak to a node's listener directly).
+    pub fn in_netns<T: Send + 'static>(
+        &self,
+        i: usize,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T> {
+        let path = format!("/run/netns/{}", self.nodes[i].netns);
+        std::thread::spawn(move || -> Result<T> {
+            let ns = std::fs::File::open(&path).with_context(|| format!("cannot open {path}"))?;
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .with_context(|| format!("cannot enter {path}"))?;
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the thread in the node's namespace panicked"))?
     }
 
     /// `shoal init` on node `i`, with extra flags.

@@ -1,0 +1,59 @@
+//! Shared helpers for integration tests: a testbed of real nodes.
+#![allow(dead_code)]
+
+use shoal_testbed::{wait_for, Testbed};
+use std::path::Path;
+use std::time::Duration;
+
+pub fn testbed(n: usize) -> Testbed {
+    Testbed::with_nodes(Path::new(env!("CARGO_BIN_EXE_shoal")), n).expect("testbed")
+}
+
+/// A cluster: node 0 the manager, the rest workers, all Ready.
+pub fn cluster(n: usize, init_flags: &[&str]) -> Testbed {
+    let tb = testbed(n);
+    tb.init(0, init_flags).expect("init");
+    for i in 1..n {
+        tb.join_worker(i, 0).unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
+    }
+    wait_ready(&tb, n);
+    tb
+}
+
+/// `node ls --format json` on node `i`, parsed.
+pub fn nodes(tb: &Testbed, i: usize) -> Vec<serde_json::Value> {
+    let out = tb.cli_ok(i, &["node", "ls", "--format", "json"]).expect("node ls");
+    out.lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect()
+}
+
+pub fn ready_count(tb: &Testbed) -> usize {
+    nodes(tb, 0)
+        .iter()
+        .filter(|n| n["Status"] == "Ready")
+        .count()
+}
+
+pub fn wait_ready(tb: &Testbed, n: usize) {
+    if wait_for(Duration::from_secs(10), || (ready_count(tb) == n).then_some(())).is_none() {
+        panic!(
+            "expected {n} Ready nodes, got:\n{}\n{}",
+            tb.cli(0, &["node", "ls"]).stdout,
+            tb.all_logs()
+        );
+    }
+}
+
+/// The status of the node with hostname `host`, seen from node 0.
+pub fn status_of(tb: &Testbed, host: &str) -> String {
+    nodes(tb, 0)
+        .iter()
+        .find(|n| n["Hostname"] == host)
+        .map(|n| n["Status"].as_str().unwrap_or("").to_string())
+        .unwrap_or_default()
+}
+
+pub fn info(tb: &Testbed, i: usize) -> serde_json::Value {
+    serde_json::from_str(&tb.cli_ok(i, &["info", "--format", "json"]).expect("info")).expect("info json")
+}
