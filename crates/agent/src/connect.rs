@@ -45,12 +45,18 @@ fn connector(
 }
 
 /// A channel that connects on first use and reconnects by itself.
-pub fn lazy_channel(addr: &str, cfg: Arc<ClientConfig>) -> Result<Channel, tonic::transport::Error> {
+pub fn lazy_channel(
+    addr: &str,
+    cfg: Arc<ClientConfig>,
+) -> Result<Channel, tonic::transport::Error> {
     Ok(endpoint(addr)?.connect_with_connector_lazy(connector(addr.to_string(), cfg)))
 }
 
 /// A channel connected now (the TCP and TLS handshakes done).
-pub async fn channel(addr: &str, cfg: Arc<ClientConfig>) -> Result<Channel, tonic::transport::Error> {
+pub async fn channel(
+    addr: &str,
+    cfg: Arc<ClientConfig>,
+) -> Result<Channel, tonic::transport::Error> {
     endpoint(addr)?
         .connect_with_connector(connector(addr.to_string(), cfg))
         .await

@@ -55,7 +55,7 @@ impl Session {
                 }
                 Err(e) => {
                     failures += 1;
-                    if failures == 1 || failures % 20 == 0 {
+                    if failures == 1 || failures.is_multiple_of(20) {
                         tracing::warn!(code = ?e.code(), error = %e.message(), "heartbeat failed");
                     }
                     // Back off from 100 ms up to the period.

@@ -16,7 +16,11 @@ pub struct PeerInfo {
 }
 
 /// The verified identity of the caller, if its role is one of `allowed`.
-pub fn authorize<T>(req: &Request<T>, call: &str, allowed: &[Role]) -> Result<NodeIdentity, Status> {
+pub fn authorize<T>(
+    req: &Request<T>,
+    call: &str,
+    allowed: &[Role],
+) -> Result<NodeIdentity, Status> {
     let id = req
         .extensions()
         .get::<PeerInfo>()
@@ -39,5 +43,7 @@ pub fn authorize<T>(req: &Request<T>, call: &str, allowed: &[Role]) -> Result<No
 
 /// The caller's network address, if known.
 pub fn remote_addr<T>(req: &Request<T>) -> Option<SocketAddr> {
-    req.extensions().get::<PeerInfo>().and_then(|p| p.remote_addr)
+    req.extensions()
+        .get::<PeerInfo>()
+        .and_then(|p| p.remote_addr)
 }

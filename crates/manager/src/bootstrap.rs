@@ -2,7 +2,7 @@
 //! certificate and node record, all written to the store in one transaction.
 
 use crate::time::{unix, unix_now};
-use shoal_pki::{ClusterId, IssuedCert, JoinToken, NodeId, NodeKey, PkiError, RootCa, Role};
+use shoal_pki::{ClusterId, IssuedCert, JoinToken, NodeId, NodeKey, PkiError, Role, RootCa};
 use shoal_proto::objects::{
     Availability, Cluster, ClusterSpec, JoinTokens, Node, NodeCertificate, NodeRole, NodeState,
     RootCa as RootCaObject,
@@ -97,7 +97,9 @@ pub async fn init_cluster(
         ..Default::default()
     };
     let mut batch = Batch::default();
-    batch.put(&cluster, Expect::Absent).put(&node, Expect::Absent);
+    batch
+        .put(&cluster, Expect::Absent)
+        .put(&node, Expect::Absent);
     store.commit(batch).await?;
     Ok(InitResult {
         cluster_id,

@@ -5,7 +5,7 @@
 
 use crate::bootstrap::load_cluster;
 use crate::time::{unix, unix_now};
-use shoal_pki::{ClusterId, JoinToken, NodeId, RootCa, Role};
+use shoal_pki::{ClusterId, JoinToken, NodeId, Role, RootCa};
 use shoal_proto::ca::ca_server::Ca;
 use shoal_proto::ca::{
     GetRootCaCertificateRequest, GetRootCaCertificateResponse, IssueNodeCertificateRequest,
@@ -65,7 +65,8 @@ impl Ca for CaServer {
     ) -> Result<Response<IssueNodeCertificateResponse>, Status> {
         let remote = crate::auth::remote_addr(&req);
         let req = req.into_inner();
-        let token = JoinToken::parse(&req.token).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let token =
+            JoinToken::parse(&req.token).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let ours = self.root.digest();
         if token.ca_digest() != ours {
             return Err(Status::permission_denied(format!(
@@ -75,7 +76,11 @@ impl Ca for CaServer {
         }
         let cluster = load_cluster(&self.store).map_err(store_status)?.value;
         let tokens = cluster.join_tokens.unwrap_or_default();
-        let matches = |s: &str| JoinToken::parse(s).map(|t| t.matches(&token)).unwrap_or(false);
+        let matches = |s: &str| {
+            JoinToken::parse(s)
+                .map(|t| t.matches(&token))
+                .unwrap_or(false)
+        };
         let role = if matches(&tokens.worker) {
             Role::Worker
         } else if matches(&tokens.manager) {

@@ -8,8 +8,8 @@ use crate::ca_server::manager_addrs;
 use shoal_pki::{JoinToken, Role};
 use shoal_proto::control::control_server::Control;
 use shoal_proto::control::{
-    ClusterInfo, GetClusterInfoRequest, GetJoinTokenRequest, GetJoinTokenResponse,
-    GetNodeRequest, ListNodesRequest, ListNodesResponse, NodeView,
+    ClusterInfo, GetClusterInfoRequest, GetJoinTokenRequest, GetJoinTokenResponse, GetNodeRequest,
+    ListNodesRequest, ListNodesResponse, NodeView,
 };
 use shoal_proto::objects::{Node, NodeRole};
 use shoal_store::{Batch, Expect, Store, StoreError};
@@ -19,7 +19,9 @@ use tonic::{Request, Response, Status};
 pub enum ControlError {
     #[error("no such node: {0}")]
     NoSuchNode(String),
-    #[error("node reference {0:?} is ambiguous (it matches {1} nodes): use more characters of the ID")]
+    #[error(
+        "node reference {0:?} is ambiguous (it matches {1} nodes): use more characters of the ID"
+    )]
     Ambiguous(String, usize),
     #[error("unknown role {0:?}: use 'worker' or 'manager'")]
     BadRole(String),
@@ -68,9 +70,19 @@ impl ControlApi {
     }
 
     pub fn list_nodes(&self) -> Result<Vec<NodeView>, ControlError> {
-        let mut nodes: Vec<Node> = self.store.list::<Node>()?.into_iter().map(|v| v.value).collect();
+        let mut nodes: Vec<Node> = self
+            .store
+            .list::<Node>()?
+            .into_iter()
+            .map(|v| v.value)
+            .collect();
         nodes.sort_by(|a, b| {
-            let host = |n: &Node| n.description.as_ref().map(|d| d.hostname.clone()).unwrap_or_default();
+            let host = |n: &Node| {
+                n.description
+                    .as_ref()
+                    .map(|d| d.hostname.clone())
+                    .unwrap_or_default()
+            };
             host(a).cmp(&host(b)).then(a.id.cmp(&b.id))
         });
         Ok(nodes.into_iter().map(|n| self.view(n)).collect())
@@ -81,13 +93,21 @@ impl ControlApi {
         if let Some(n) = self.store.get::<Node>(reference)? {
             return Ok(self.view(n.value));
         }
-        let nodes: Vec<Node> = self.store.list::<Node>()?.into_iter().map(|v| v.value).collect();
+        let nodes: Vec<Node> = self
+            .store
+            .list::<Node>()?
+            .into_iter()
+            .map(|v| v.value)
+            .collect();
         let by_host: Vec<&Node> = nodes
             .iter()
             .filter(|n| n.description.as_ref().map(|d| d.hostname.as_str()) == Some(reference))
             .collect();
         let found: Vec<&Node> = if by_host.is_empty() && !reference.is_empty() {
-            nodes.iter().filter(|n| n.id.starts_with(reference)).collect()
+            nodes
+                .iter()
+                .filter(|n| n.id.starts_with(reference))
+                .collect()
         } else {
             by_host
         };
@@ -104,7 +124,11 @@ impl ControlApi {
         loop {
             let cur = load_cluster(&self.store)?;
             let mut cluster = cur.value.clone();
-            let digest = cluster.root_ca.as_ref().map(|r| r.digest.clone()).unwrap_or_default();
+            let digest = cluster
+                .root_ca
+                .as_ref()
+                .map(|r| r.digest.clone())
+                .unwrap_or_default();
             let tokens = cluster.join_tokens.get_or_insert_with(Default::default);
             let slot = match role {
                 Role::Worker => &mut tokens.worker,
@@ -129,7 +153,8 @@ impl ControlApi {
     }
 
     pub fn managers(&self) -> Result<Vec<String>, ControlError> {
-        manager_addrs(&self.store).map_err(|s| ControlError::Store(StoreError::Raft(s.message().to_string())))
+        manager_addrs(&self.store)
+            .map_err(|s| ControlError::Store(StoreError::Raft(s.message().to_string())))
     }
 
     pub fn cluster_info(&self) -> Result<ClusterInfo, ControlError> {

@@ -77,7 +77,9 @@ impl Dispatcher {
                 Err(e) => return Err(e),
             }
         }
-        Err(StoreError::Raft(format!("node {node_id} kept changing under the dispatcher")))
+        Err(StoreError::Raft(format!(
+            "node {node_id} kept changing under the dispatcher"
+        )))
     }
 
     /// Marks Down every Ready node not heard from for `GRACE_MULTIPLIER` periods, until

@@ -67,13 +67,21 @@ impl Connected for TlsConn {
 }
 
 impl AsyncRead for TlsConn {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for TlsConn {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -156,16 +164,19 @@ impl Manager {
         let root = Arc::new(RootCa::from_pem(&root_obj.cert_pem, &root_obj.key_pem)?);
         let trust = ClusterTrust::new(cfg.cluster_id.clone(), &[root.cert_der().to_vec()])?;
         let server_cfg = shoal_pki::server_config(&trust, &cfg.cert_chain, &cfg.key_pkcs8, None)?;
-        let listener = TcpListener::bind(cfg.listen_addr)
-            .await
+        let listener =
+            TcpListener::bind(cfg.listen_addr)
+                .await
+                .map_err(|source| ManagerError::Listen {
+                    addr: cfg.listen_addr,
+                    source,
+                })?;
+        let local_addr = listener
+            .local_addr()
             .map_err(|source| ManagerError::Listen {
                 addr: cfg.listen_addr,
                 source,
             })?;
-        let local_addr = listener.local_addr().map_err(|source| ManagerError::Listen {
-            addr: cfg.listen_addr,
-            source,
-        })?;
         let cancel = CancellationToken::new();
         let mut tasks = tokio::task::JoinSet::new();
         let (tx, rx) = tokio::sync::mpsc::channel(64);

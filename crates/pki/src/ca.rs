@@ -8,8 +8,8 @@ use crate::{ClusterId, NodeId, PkiError, Role};
 use rand::RngCore;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-    SerialNumber, PKCS_ECDSA_P256_SHA256,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    PKCS_ECDSA_P256_SHA256,
 };
 use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer};
 use std::time::{Duration, SystemTime};
@@ -129,15 +129,13 @@ impl RootCa {
                 "only ECDSA P-256 keys are accepted".to_string(),
             ));
         }
-        let mut params = CertificateParams::new(vec![
-            role.ou().to_string(),
-            node.as_str().to_string(),
-        ])
-        .map_err(sign_err)?;
+        let mut params =
+            CertificateParams::new(vec![role.ou().to_string(), node.as_str().to_string()])
+                .map_err(sign_err)?;
         let spiffe = format!("spiffe://{cluster}/node/{node}");
-        params.subject_alt_names.push(SanType::URI(
-            spiffe.try_into().map_err(sign_err)?,
-        ));
+        params
+            .subject_alt_names
+            .push(SanType::URI(spiffe.try_into().map_err(sign_err)?));
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, node.as_str());
         dn.push(DnType::OrganizationalUnitName, role.ou());

@@ -36,7 +36,9 @@ pub fn random_id() -> String {
 }
 
 fn is_id(s: &str) -> bool {
-    s.len() == ID_LEN && s.bytes().all(|c| c.is_ascii_digit() || c.is_ascii_lowercase())
+    s.len() == ID_LEN
+        && s.bytes()
+            .all(|c| c.is_ascii_digit() || c.is_ascii_lowercase())
 }
 
 macro_rules! id_type {

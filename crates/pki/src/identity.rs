@@ -98,7 +98,11 @@ impl ClusterTrust {
             .as_secs();
         let ee = CertificateDer::from(end_entity);
         self.verifier
-            .verify_client_cert(&ee, intermediates, UnixTime::since_unix_epoch(Duration::from_secs(secs)))
+            .verify_client_cert(
+                &ee,
+                intermediates,
+                UnixTime::since_unix_epoch(Duration::from_secs(secs)),
+            )
             .map_err(|e| PkiError::ForeignCert(format!("chain check failed: {e}")))?;
         let id = parse_identity(end_entity)?;
         if id.cluster_id != self.cluster_id {
@@ -124,7 +128,9 @@ fn parse_identity(der: &[u8]) -> Result<NodeIdentity, PkiError> {
             .next()
             .ok_or_else(|| PkiError::BadCert(format!("subject has no {what}")))?;
         if it.next().is_some() {
-            return Err(PkiError::BadCert(format!("subject has more than one {what}")));
+            return Err(PkiError::BadCert(format!(
+                "subject has more than one {what}"
+            )));
         }
         v.as_str()
             .map(str::to_string)
@@ -134,8 +140,8 @@ fn parse_identity(der: &[u8]) -> Result<NodeIdentity, PkiError> {
     let ou = one("OU", subject.iter_organizational_unit())?;
     let o = one("O", subject.iter_organization())?;
     let node_id = NodeId::parse(&cn)?;
-    let role = Role::from_ou(&ou)
-        .ok_or_else(|| PkiError::BadCert(format!("unknown role OU {ou:?}")))?;
+    let role =
+        Role::from_ou(&ou).ok_or_else(|| PkiError::BadCert(format!("unknown role OU {ou:?}")))?;
     let cluster_id = ClusterId::parse(&o)?;
 
     let san = cert

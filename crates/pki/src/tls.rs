@@ -14,7 +14,10 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{
+    ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -195,7 +198,10 @@ pub fn client_config(
     let mut cfg = match identity {
         Some((chain, key)) => b
             .with_client_auth_cert(
-                chain.iter().map(|c| CertificateDer::from(c.clone())).collect(),
+                chain
+                    .iter()
+                    .map(|c| CertificateDer::from(c.clone()))
+                    .collect(),
                 private_key(key),
             )
             .map_err(tls_err)?,
@@ -259,9 +265,10 @@ impl ServerCertVerifier for PinnedRootVerifier {
         };
         let mut roots = RootCertStore::empty();
         roots.add(root.clone().into_owned())?;
-        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-            .build()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
         inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
     }
     fn verify_tls12_signature(

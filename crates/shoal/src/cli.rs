@@ -61,7 +61,10 @@ fn status_err(s: tonic::Status) -> anyhow::Error {
 fn fmt_time(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_default()
 }
 
@@ -150,7 +153,10 @@ fn print_table(rows: &[Vec<String>]) {
 fn join_command(token: &str, managers: &[String]) -> String {
     format!(
         "shoal join --token {token} {}",
-        managers.first().map(String::as_str).unwrap_or("<manager-addr>")
+        managers
+            .first()
+            .map(String::as_str)
+            .unwrap_or("<manager-addr>")
     )
 }
 
@@ -178,7 +184,13 @@ impl Client {
     }
 
     async fn info_raw(&self) -> Result<InfoResponse> {
-        Ok(self.local.clone().info(InfoRequest {}).await.map_err(status_err)?.into_inner())
+        Ok(self
+            .local
+            .clone()
+            .info(InfoRequest {})
+            .await
+            .map_err(status_err)?
+            .into_inner())
     }
 
     pub async fn init(
@@ -198,11 +210,17 @@ impl Client {
             .await
             .map_err(status_err)?
             .into_inner();
-        println!("Cluster initialized: current node ({}) is now a manager.\n", r.node_id);
+        println!(
+            "Cluster initialized: current node ({}) is now a manager.\n",
+            r.node_id
+        );
         let t = self
             .control
             .clone()
-            .get_join_token(GetJoinTokenRequest { role: "worker".into(), rotate: false })
+            .get_join_token(GetJoinTokenRequest {
+                role: "worker".into(),
+                rotate: false,
+            })
             .await
             .map_err(status_err)?
             .into_inner();
@@ -211,7 +229,12 @@ impl Client {
         Ok(())
     }
 
-    pub async fn join(&self, token: String, remote: String, advertise: Option<String>) -> Result<()> {
+    pub async fn join(
+        &self,
+        token: String,
+        remote: String,
+        advertise: Option<String>,
+    ) -> Result<()> {
         let r = self
             .local
             .clone()
@@ -231,7 +254,10 @@ impl Client {
         let t = self
             .control
             .clone()
-            .get_join_token(GetJoinTokenRequest { role: role.into(), rotate })
+            .get_join_token(GetJoinTokenRequest {
+                role: role.into(),
+                rotate,
+            })
             .await
             .map_err(status_err)?
             .into_inner();
@@ -248,7 +274,11 @@ impl Client {
     }
 
     pub async fn leave(&self, force: bool) -> Result<()> {
-        self.local.clone().leave(LeaveRequest { force }).await.map_err(status_err)?;
+        self.local
+            .clone()
+            .leave(LeaveRequest { force })
+            .await
+            .map_err(status_err)?;
         println!("Node left the cluster.");
         Ok(())
     }
@@ -318,7 +348,11 @@ impl Client {
                 for v in &nodes {
                     let n = v.node.clone().unwrap_or_default();
                     let d = n.description.clone().unwrap_or_default();
-                    let id = if n.id == me { format!("{} *", n.id) } else { n.id.clone() };
+                    let id = if n.id == me {
+                        format!("{} *", n.id)
+                    } else {
+                        n.id.clone()
+                    };
                     rows.push(vec![
                         id,
                         d.hostname,
@@ -350,7 +384,12 @@ impl Client {
         Ok(())
     }
 
-    pub async fn node_inspect(&self, refs: &[String], pretty: bool, format: Option<&str>) -> Result<()> {
+    pub async fn node_inspect(
+        &self,
+        refs: &[String],
+        pretty: bool,
+        format: Option<&str>,
+    ) -> Result<()> {
         if let Some(f) = format {
             if f != "json" {
                 bail!("unknown --format {f:?}: use json");
@@ -377,17 +416,33 @@ impl Client {
                 println!("ID:\t\t\t{}", n.id);
                 println!("Hostname:\t\t{}", d.hostname);
                 println!("Joined at:\t\t{}", fmt_time(n.created_at_unix));
-                println!("Status:\n State:\t\t\t{}\n Availability:\t\t{}\n Address:\t\t{}", state_name(&n), availability_name(&n), n.addr);
+                println!(
+                    "Status:\n State:\t\t\t{}\n Availability:\t\t{}\n Address:\t\t{}",
+                    state_name(&n),
+                    availability_name(&n),
+                    n.addr
+                );
                 if !n.state_message.is_empty() {
                     println!(" Message:\t\t{}", n.state_message);
                 }
                 if !v.manager_status.is_empty() {
                     println!("Manager Status:\n Raft Status:\t\t{}", v.manager_status);
                 }
-                println!("Platform:\n Operating System:\t{}\n Architecture:\t\t{}", d.os, d.arch);
-                println!("Resources:\n CPUs:\t\t\t{}\n Memory:\t\t{} MiB", d.cpus, d.memory_bytes / (1 << 20));
+                println!(
+                    "Platform:\n Operating System:\t{}\n Architecture:\t\t{}",
+                    d.os, d.arch
+                );
+                println!(
+                    "Resources:\n CPUs:\t\t\t{}\n Memory:\t\t{} MiB",
+                    d.cpus,
+                    d.memory_bytes / (1 << 20)
+                );
                 println!("Role:\t\t\t{}", role_name(&n));
-                println!("Certificate:\n Serial:\t\t{}\n Expires:\t\t{}", c.serial, fmt_time(c.not_after_unix));
+                println!(
+                    "Certificate:\n Serial:\t\t{}\n Expires:\t\t{}",
+                    c.serial,
+                    fmt_time(c.not_after_unix)
+                );
                 println!();
             }
             return Ok(());

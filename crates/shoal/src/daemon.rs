@@ -61,7 +61,11 @@ fn user(code: tonic::Code, msg: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(UserError(code, msg.into()))
 }
 
-fn client_tls(root_der: &[u8], cert_der: &[u8], key_pem: &str) -> Result<Arc<rustls::ClientConfig>> {
+fn client_tls(
+    root_der: &[u8],
+    cert_der: &[u8],
+    key_pem: &str,
+) -> Result<Arc<rustls::ClientConfig>> {
     let key = NodeKey::from_pem(key_pem)?;
     let mut roots = rustls::RootCertStore::empty();
     roots.add(rustls::pki_types::CertificateDer::from(root_der.to_vec()))?;
@@ -85,7 +89,9 @@ impl Daemon {
     /// Resumes the cluster membership kept in the state directory, if any.
     pub async fn resume(&self) -> Result<()> {
         let Some(loaded) = self.dir.load()? else {
-            tracing::info!("this node is not part of a cluster yet: run 'shoal init' or 'shoal join'");
+            tracing::info!(
+                "this node is not part of a cluster yet: run 'shoal init' or 'shoal join'"
+            );
             return Ok(());
         };
         let store = if loaded.state.role == "manager" {
@@ -168,7 +174,12 @@ impl Daemon {
         } else {
             detect_ip()?.to_string()
         };
-        with_port(&chosen, port).map_err(|e| user(tonic::Code::InvalidArgument, format!("--advertise-addr: {e}")))
+        with_port(&chosen, port).map_err(|e| {
+            user(
+                tonic::Code::InvalidArgument,
+                format!("--advertise-addr: {e}"),
+            )
+        })
     }
 
     async fn refuse_if_active(&self, active: &Option<Active>) -> Result<()> {
@@ -192,7 +203,10 @@ impl Daemon {
         if cert_expiry < shoal_pki::MIN_CERT_EXPIRY {
             bail!(user(
                 tonic::Code::InvalidArgument,
-                format!("--cert-expiry {}s is below the minimum of 1 minute", cert_expiry.as_secs())
+                format!(
+                    "--cert-expiry {}s is below the minimum of 1 minute",
+                    cert_expiry.as_secs()
+                )
             ));
         }
         let heartbeat = match req.heartbeat_period_ms {
@@ -200,12 +214,18 @@ impl Daemon {
             ms => Duration::from_millis(ms),
         };
         if heartbeat < Duration::from_millis(100) {
-            bail!(user(tonic::Code::InvalidArgument, "--dispatcher-heartbeat must be at least 100ms"));
+            bail!(user(
+                tonic::Code::InvalidArgument,
+                "--dispatcher-heartbeat must be at least 100ms"
+            ));
         }
         let node_id = NodeId::generate();
         let result = async {
             let store = self.open_store(node_id.as_str()).await?;
-            store.bootstrap().await.context("cannot start the cluster store")?;
+            store
+                .bootstrap()
+                .await
+                .context("cannot start the cluster store")?;
             store.wait_leader(Duration::from_secs(10)).await?;
             let res = init_cluster(
                 &store,
@@ -226,7 +246,8 @@ impl Daemon {
                 advertise_addr: advertise.clone(),
             };
             let key_pem = res.node_key.to_pem();
-            self.dir.save(&state, &key_pem, &res.node_cert.cert_der, &res.root_der)?;
+            self.dir
+                .save(&state, &key_pem, &res.node_cert.cert_der, &res.root_der)?;
             let loaded = Loaded {
                 state,
                 key_pem,
@@ -257,9 +278,14 @@ impl Daemon {
     pub async fn join(&self, req: JoinRequest) -> Result<JoinResponse> {
         let mut guard = self.active.lock().await;
         self.refuse_if_active(&guard).await?;
-        let token = JoinToken::parse(&req.token).map_err(|e| user(tonic::Code::InvalidArgument, e.to_string()))?;
-        let remote = with_port(&req.remote_addr, DEFAULT_PORT)
-            .map_err(|e| user(tonic::Code::InvalidArgument, format!("manager address: {e}")))?;
+        let token = JoinToken::parse(&req.token)
+            .map_err(|e| user(tonic::Code::InvalidArgument, e.to_string()))?;
+        let remote = with_port(&req.remote_addr, DEFAULT_PORT).map_err(|e| {
+            user(
+                tonic::Code::InvalidArgument,
+                format!("manager address: {e}"),
+            )
+        })?;
         let advertise = self.advertise(&req.advertise_addr)?;
 
         // 1. Reach the manager over TLS pinned to the token's CA digest.
@@ -310,23 +336,40 @@ impl Daemon {
             .map_err(|s| user(s.code(), s.message().to_string()))?
             .into_inner();
         let cluster_id = ClusterId::parse(&issued.cluster_id)?;
-        let trust = ClusterTrust::new(cluster_id.clone(), &[root_der.clone()])?;
+        let trust = ClusterTrust::new(cluster_id.clone(), std::slice::from_ref(&root_der))?;
         let identity = trust
             .verify(&issued.cert_der, &[], SystemTime::now())
             .context("the manager issued a certificate we cannot use")?;
         if identity.role() != Role::Worker {
-            bail!("the manager issued a {} certificate for a worker join", identity.role());
+            bail!(
+                "the manager issued a {} certificate for a worker join",
+                identity.role()
+            );
         }
 
         // 3. Confirm the manager accepts the certificate with a real call before keeping it.
         let key_pem = key.to_pem();
         let tls = client_tls(&root_der, &issued.cert_der, &key_pem)?;
-        let mtls = channel(&remote, tls)
-            .await
-            .map_err(|e| user(tonic::Code::Unavailable, format!("cannot reach the manager at {remote} with our new certificate: {}", error_chain(&e))))?;
+        let mtls = channel(&remote, tls).await.map_err(|e| {
+            user(
+                tonic::Code::Unavailable,
+                format!(
+                    "cannot reach the manager at {remote} with our new certificate: {}",
+                    error_chain(&e)
+                ),
+            )
+        })?;
         heartbeat_once(mtls, describe(&HashMap::new()), advertise.clone())
             .await
-            .map_err(|s| user(s.code(), format!("the manager did not accept our new certificate: {}", s.message())))?;
+            .map_err(|s| {
+                user(
+                    s.code(),
+                    format!(
+                        "the manager did not accept our new certificate: {}",
+                        s.message()
+                    ),
+                )
+            })?;
 
         let mut managers = issued.managers.clone();
         if !managers.contains(&remote) {
@@ -339,7 +382,8 @@ impl Daemon {
             managers,
             advertise_addr: advertise,
         };
-        self.dir.save(&state, &key_pem, &issued.cert_der, &root_der)?;
+        self.dir
+            .save(&state, &key_pem, &issued.cert_der, &root_der)?;
         let active = self
             .start(
                 Loaded {
@@ -364,7 +408,10 @@ impl Daemon {
     pub async fn leave(&self, force: bool) -> Result<()> {
         let mut guard = self.active.lock().await;
         let Some(active) = guard.as_ref() else {
-            bail!(user(tonic::Code::FailedPrecondition, "this node is not part of a cluster"));
+            bail!(user(
+                tonic::Code::FailedPrecondition,
+                "this node is not part of a cluster"
+            ));
         };
         if active.state.role == "manager" && !force {
             bail!(user(

@@ -15,7 +15,11 @@ use std::time::Duration;
 pub const DEFAULT_SOCKET: &str = "/run/shoal/shoal.sock";
 
 #[derive(Parser)]
-#[command(name = "shoal", version, about = "A container orchestrator in one binary, secure by default")]
+#[command(
+    name = "shoal",
+    version,
+    about = "A container orchestrator in one binary, secure by default"
+)]
 struct Cli {
     /// Daemon socket to talk to (unix:///path).
     #[arg(short = 'H', long = "host", env = "SHOAL_HOST", global = true)]
@@ -25,7 +29,8 @@ struct Cli {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 90d, 12h, 5s or 500ms: {e}"))
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration like 90d, 12h, 5s or 500ms: {e}"))
 }
 
 #[derive(Subcommand)]
@@ -159,7 +164,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }));
     }
     let socket = socket_path(cli.host)?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let c = cli::Client::connect(&socket).await?;
         match cli.cmd {
@@ -168,20 +175,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 advertise_addr,
                 cert_expiry,
                 dispatcher_heartbeat,
-            } => c.init(advertise_addr, cert_expiry, dispatcher_heartbeat).await,
+            } => {
+                c.init(advertise_addr, cert_expiry, dispatcher_heartbeat)
+                    .await
+            }
             Cmd::Join {
                 token,
                 advertise_addr,
                 remote_addr,
             } => c.join(token, remote_addr, advertise_addr).await,
-            Cmd::JoinToken { quiet, rotate, role } => c.join_token(&role, quiet, rotate).await,
+            Cmd::JoinToken {
+                quiet,
+                rotate,
+                role,
+            } => c.join_token(&role, quiet, rotate).await,
             Cmd::Leave { force } => c.leave(force).await,
             Cmd::Info { format } => c.info(format.as_deref()).await,
             Cmd::Node { cmd } => match cmd {
                 NodeCmd::Ls { quiet, format } => c.node_ls(quiet, format.as_deref()).await,
-                NodeCmd::Inspect { pretty, format, nodes } => {
-                    c.node_inspect(&nodes, pretty, format.as_deref()).await
-                }
+                NodeCmd::Inspect {
+                    pretty,
+                    format,
+                    nodes,
+                } => c.node_inspect(&nodes, pretty, format.as_deref()).await,
             },
         }
     })

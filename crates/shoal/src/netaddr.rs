@@ -20,7 +20,9 @@ pub fn with_port(addr: &str, port: u16) -> Result<String> {
 pub fn detect_ip() -> Result<IpAddr> {
     let mut found: Vec<(String, IpAddr)> = Vec::new();
     for ifa in nix::ifaddrs::getifaddrs()? {
-        let Some(addr) = ifa.address.and_then(|a| a.as_sockaddr_in().map(|s| IpAddr::V4(s.ip())))
+        let Some(addr) = ifa
+            .address
+            .and_then(|a| a.as_sockaddr_in().map(|s| IpAddr::V4(s.ip())))
         else {
             continue;
         };
@@ -33,7 +35,9 @@ pub fn detect_ip() -> Result<IpAddr> {
     }
     match found.as_slice() {
         [(_, one)] => Ok(*one),
-        [] => bail!("this host has no non-loopback IPv4 address to advertise; pass --advertise-addr"),
+        [] => {
+            bail!("this host has no non-loopback IPv4 address to advertise; pass --advertise-addr")
+        }
         many => {
             let list: Vec<String> = many.iter().map(|(i, a)| format!("{a} on {i}")).collect();
             bail!(

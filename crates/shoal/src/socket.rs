@@ -5,13 +5,13 @@ use crate::daemon::{Daemon, UserError};
 use anyhow::{bail, Context, Result};
 use shoal_proto::control::control_server::{Control, ControlServer};
 use shoal_proto::control::{
-    ClusterInfo, GetClusterInfoRequest, GetJoinTokenRequest, GetJoinTokenResponse,
-    GetNodeRequest, ListNodesRequest, ListNodesResponse, NodeView,
+    ClusterInfo, GetClusterInfoRequest, GetJoinTokenRequest, GetJoinTokenResponse, GetNodeRequest,
+    ListNodesRequest, ListNodesResponse, NodeView,
 };
 use shoal_proto::local::local_server::{Local, LocalServer};
 use shoal_proto::local::{
-    InfoRequest, InfoResponse, InitRequest, InitResponse, JoinRequest, JoinResponse,
-    LeaveRequest, LeaveResponse,
+    InfoRequest, InfoResponse, InitRequest, InitResponse, JoinRequest, JoinResponse, LeaveRequest,
+    LeaveResponse,
 };
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -30,10 +30,18 @@ pub struct LocalApi(pub Arc<Daemon>);
 #[tonic::async_trait]
 impl Local for LocalApi {
     async fn init(&self, req: Request<InitRequest>) -> Result<Response<InitResponse>, Status> {
-        self.0.init(req.into_inner()).await.map(Response::new).map_err(status)
+        self.0
+            .init(req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(status)
     }
     async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
-        self.0.join(req.into_inner()).await.map(Response::new).map_err(status)
+        self.0
+            .join(req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(status)
     }
     async fn leave(&self, req: Request<LeaveRequest>) -> Result<Response<LeaveResponse>, Status> {
         self.0
@@ -52,15 +60,23 @@ pub struct LocalControl(pub Arc<Daemon>);
 
 #[tonic::async_trait]
 impl Control for LocalControl {
-    async fn list_nodes(&self, _req: Request<ListNodesRequest>) -> Result<Response<ListNodesResponse>, Status> {
+    async fn list_nodes(
+        &self,
+        _req: Request<ListNodesRequest>,
+    ) -> Result<Response<ListNodesResponse>, Status> {
         let c = self.0.control().await?;
-        Ok(Response::new(ListNodesResponse { nodes: c.list_nodes()? }))
+        Ok(Response::new(ListNodesResponse {
+            nodes: c.list_nodes()?,
+        }))
     }
     async fn get_node(&self, req: Request<GetNodeRequest>) -> Result<Response<NodeView>, Status> {
         let c = self.0.control().await?;
         Ok(Response::new(c.get_node(&req.into_inner().reference)?))
     }
-    async fn get_join_token(&self, req: Request<GetJoinTokenRequest>) -> Result<Response<GetJoinTokenResponse>, Status> {
+    async fn get_join_token(
+        &self,
+        req: Request<GetJoinTokenRequest>,
+    ) -> Result<Response<GetJoinTokenResponse>, Status> {
         let c = self.0.control().await?;
         let r = req.into_inner();
         Ok(Response::new(GetJoinTokenResponse {
@@ -68,7 +84,10 @@ impl Control for LocalControl {
             managers: c.managers()?,
         }))
     }
-    async fn get_cluster_info(&self, _req: Request<GetClusterInfoRequest>) -> Result<Response<ClusterInfo>, Status> {
+    async fn get_cluster_info(
+        &self,
+        _req: Request<GetClusterInfoRequest>,
+    ) -> Result<Response<ClusterInfo>, Status> {
         let c = self.0.control().await?;
         Ok(Response::new(c.cluster_info()?))
     }
@@ -80,10 +99,14 @@ pub fn bind(path: &Path) -> Result<tokio::net::UnixListener> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        bail!("another shoal daemon is already listening on {}", path.display());
+        bail!(
+            "another shoal daemon is already listening on {}",
+            path.display()
+        );
     }
     let _ = std::fs::remove_file(path);
-    let l = tokio::net::UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    let l = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot listen on {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
     Ok(l)
 }

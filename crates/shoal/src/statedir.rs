@@ -90,7 +90,13 @@ impl StateDir {
 
     /// Writes identity files first and `state.json` last, so a crash in between leaves a
     /// node that still counts as not joined.
-    pub fn save(&self, state: &NodeState, key_pem: &str, cert_der: &[u8], root_der: &[u8]) -> Result<()> {
+    pub fn save(
+        &self,
+        state: &NodeState,
+        key_pem: &str,
+        cert_der: &[u8],
+        root_der: &[u8],
+    ) -> Result<()> {
         std::fs::create_dir_all(self.certs())
             .with_context(|| format!("cannot create {}", self.certs().display()))?;
         shoal_pki::write_private(&self.key_file(), key_pem.as_bytes())?;

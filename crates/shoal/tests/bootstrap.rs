@@ -27,10 +27,16 @@ fn init_and_two_workers_join_with_ca_issued_identities() {
     }
     let me = info(&tb, 0);
     let cluster_id = me["ClusterID"].as_str().unwrap().to_string();
-    assert!(table.contains(&format!("{} *", me["NodeID"].as_str().unwrap())), "{table}");
+    assert!(
+        table.contains(&format!("{} *", me["NodeID"].as_str().unwrap())),
+        "{table}"
+    );
 
     for (i, node) in tb.nodes.iter().enumerate() {
-        let entry = list.iter().find(|n| n["Hostname"] == node.name.as_str()).expect("listed");
+        let entry = list
+            .iter()
+            .find(|n| n["Hostname"] == node.name.as_str())
+            .expect("listed");
         assert_eq!(entry["Status"], "Ready");
         assert_eq!(entry["Availability"], "Active");
         let role = if i == 0 { "manager" } else { "worker" };
@@ -43,12 +49,22 @@ fn init_and_two_workers_join_with_ca_issued_identities() {
         let id = entry["ID"].as_str().unwrap();
         assert_eq!(id.len(), 25);
         let subj = cert.subject();
-        assert_eq!(subj.iter_common_name().next().unwrap().as_str().unwrap(), id);
         assert_eq!(
-            subj.iter_organizational_unit().next().unwrap().as_str().unwrap(),
+            subj.iter_common_name().next().unwrap().as_str().unwrap(),
+            id
+        );
+        assert_eq!(
+            subj.iter_organizational_unit()
+                .next()
+                .unwrap()
+                .as_str()
+                .unwrap(),
             format!("shoal-{role}")
         );
-        assert_eq!(subj.iter_organization().next().unwrap().as_str().unwrap(), cluster_id);
+        assert_eq!(
+            subj.iter_organization().next().unwrap().as_str().unwrap(),
+            cluster_id
+        );
         let sans: Vec<String> = cert
             .subject_alternative_name()
             .unwrap()
@@ -60,10 +76,16 @@ fn init_and_two_workers_join_with_ca_issued_identities() {
             .collect();
         assert!(sans.contains(&format!("DNSName(shoal-{role})")), "{sans:?}");
         assert!(sans.contains(&format!("DNSName({id})")), "{sans:?}");
-        assert!(sans.contains(&format!("URI(spiffe://{cluster_id}/node/{id})")), "{sans:?}");
+        assert!(
+            sans.contains(&format!("URI(spiffe://{cluster_id}/node/{id})")),
+            "{sans:?}"
+        );
         let eku = cert.extended_key_usage().unwrap().unwrap().value;
         assert!(eku.server_auth && eku.client_auth);
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
         let v = cert.validity();
         assert!(v.not_before.timestamp() < now, "backdated");
         let days = (v.not_after.timestamp() - now) as f64 / 86400.0;
@@ -72,10 +94,14 @@ fn init_and_two_workers_join_with_ca_issued_identities() {
         // It chains to the cluster's root.
         let root = read_cert(&node.state_dir.join("certs/ca.crt"));
         let (_, root) = X509Certificate::from_der(&root).unwrap();
-        cert.verify_signature(Some(root.public_key())).expect("signed by the root");
+        cert.verify_signature(Some(root.public_key()))
+            .expect("signed by the root");
 
         // The private key is the node's alone.
-        let mode = std::fs::metadata(node.state_dir.join("certs/node.key")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(node.state_dir.join("certs/node.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 }
@@ -83,16 +109,22 @@ fn init_and_two_workers_join_with_ca_issued_identities() {
 #[test]
 fn restarted_nodes_keep_their_identity_without_a_token() {
     let mut tb = cluster(2, &["--dispatcher-heartbeat", "1s"]);
-    let before: Vec<String> = (0..2).map(|i| info(&tb, i)["NodeID"].as_str().unwrap().to_string()).collect();
+    let before: Vec<String> = (0..2)
+        .map(|i| info(&tb, i)["NodeID"].as_str().unwrap().to_string())
+        .collect();
 
     // The worker is killed outright and comes back.
     tb.kill(1).unwrap();
-    wait_for(Duration::from_secs(10), || (status_of(&tb, "node2") == "Down").then_some(()))
-        .expect("killed worker goes Down");
+    wait_for(Duration::from_secs(10), || {
+        (status_of(&tb, "node2") == "Down").then_some(())
+    })
+    .expect("killed worker goes Down");
     tb.start(1).unwrap();
     assert_eq!(info(&tb, 1)["NodeID"].as_str().unwrap(), before[1]);
-    wait_for(Duration::from_secs(10), || (status_of(&tb, "node2") == "Ready").then_some(()))
-        .unwrap_or_else(|| panic!("restarted worker Ready again\n{}", tb.all_logs()));
+    wait_for(Duration::from_secs(10), || {
+        (status_of(&tb, "node2") == "Ready").then_some(())
+    })
+    .unwrap_or_else(|| panic!("restarted worker Ready again\n{}", tb.all_logs()));
 
     // The manager restarts and keeps the cluster.
     tb.restart(0).unwrap();
@@ -104,11 +136,21 @@ fn restarted_nodes_keep_their_identity_without_a_token() {
 }
 
 /// Asserts a join from node `joiner` fails with `expect` in the message and changes nothing.
-fn assert_join_refused(tb: &shoal_testbed::Testbed, joiner: usize, token: &str, addr: &str, expect: &str) {
+fn assert_join_refused(
+    tb: &shoal_testbed::Testbed,
+    joiner: usize,
+    token: &str,
+    addr: &str,
+    expect: &str,
+) {
     let before = nodes(tb, 0).len();
     let out = tb.cli(joiner, &["join", "--token", token, addr]);
     assert!(!out.success, "join with {token} should fail");
-    assert!(out.stderr.contains(expect), "expected {expect:?} in: {}", out.stderr);
+    assert!(
+        out.stderr.contains(expect),
+        "expected {expect:?} in: {}",
+        out.stderr
+    );
     assert_eq!(nodes(tb, 0).len(), before, "store unchanged");
     assert_eq!(info(tb, joiner)["State"], "inactive");
     assert!(!tb.nodes[joiner].state_dir.join("state.json").exists());
@@ -119,7 +161,11 @@ fn bad_tokens_are_refused_with_clear_messages() {
     let tb = testbed(3);
     tb.init(0, &[]).unwrap();
     tb.init(2, &[]).unwrap(); // another cluster: plays the man in the middle
-    let good = tb.cli_ok(0, &["join-token", "-q", "worker"]).unwrap().trim().to_string();
+    let good = tb
+        .cli_ok(0, &["join-token", "-q", "worker"])
+        .unwrap()
+        .trim()
+        .to_string();
     let mgr = tb.nodes[0].addr();
 
     assert_join_refused(&tb, 1, "SHOAL-1-garbage", &mgr, "malformed join token");
@@ -131,11 +177,22 @@ fn bad_tokens_are_refused_with_clear_messages() {
     let before_other = nodes(&tb, 2).len();
     let out = tb.cli(1, &["join", "--token", &good, &tb.nodes[2].addr()]);
     assert!(!out.success);
-    assert!(out.stderr.contains("does not match this cluster's CA"), "{}", out.stderr);
-    assert!(out.stderr.contains(&our_digest) && out.stderr.contains(&other_digest), "both digests: {}", out.stderr);
+    assert!(
+        out.stderr.contains("does not match this cluster's CA"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(&our_digest) && out.stderr.contains(&other_digest),
+        "both digests: {}",
+        out.stderr
+    );
     assert_eq!(nodes(&tb, 2).len(), before_other);
     let secret = good.rsplit('-').next().unwrap();
-    assert!(!tb.log(2).contains(secret), "the secret never reached the other manager");
+    assert!(
+        !tb.log(2).contains(secret),
+        "the secret never reached the other manager"
+    );
 
     // Right digest, wrong secret.
     let wrong = format!("{}-{}", good.rsplit_once('-').unwrap().0, "0".repeat(25));
@@ -146,7 +203,11 @@ fn bad_tokens_are_refused_with_clear_messages() {
     assert_join_refused(&tb, 1, &good, &mgr, "invalid join token");
 
     // The manager token: refused plainly, nothing half-done.
-    let mtoken = tb.cli_ok(0, &["join-token", "-q", "manager"]).unwrap().trim().to_string();
+    let mtoken = tb
+        .cli_ok(0, &["join-token", "-q", "manager"])
+        .unwrap()
+        .trim()
+        .to_string();
     assert_join_refused(&tb, 1, &mtoken, &mgr, "not supported yet");
 
     // The new token works.
@@ -159,24 +220,42 @@ fn node_that_stops_heartbeating_is_down_then_ready() {
     let tb = cluster(2, &["--dispatcher-heartbeat", "1s"]);
     let cut = std::time::Instant::now();
     tb.cut(1).unwrap();
-    wait_for(Duration::from_secs(8), || (status_of(&tb, "node2") == "Down").then_some(()))
-        .unwrap_or_else(|| panic!("cut-off node goes Down\n{}", tb.all_logs()));
+    wait_for(Duration::from_secs(8), || {
+        (status_of(&tb, "node2") == "Down").then_some(())
+    })
+    .unwrap_or_else(|| panic!("cut-off node goes Down\n{}", tb.all_logs()));
     let took = cut.elapsed();
     // Three missed 1 s periods, plus the manager's check interval.
-    assert!(took >= Duration::from_secs(2), "not before missing beats: {took:?}");
-    assert!(took <= Duration::from_millis(4500), "within 3 periods: {took:?}");
+    assert!(
+        took >= Duration::from_secs(2),
+        "not before missing beats: {took:?}"
+    );
+    assert!(
+        took <= Duration::from_millis(4500),
+        "within 3 periods: {took:?}"
+    );
     let inspect = tb.cli_ok(0, &["node", "inspect", "node2"]).unwrap();
     assert!(inspect.contains("heartbeat failure"), "{inspect}");
     tb.heal(1).unwrap();
-    wait_for(Duration::from_secs(10), || (status_of(&tb, "node2") == "Ready").then_some(()))
-        .unwrap_or_else(|| panic!("node Ready again after heal\n{}", tb.all_logs()));
+    wait_for(Duration::from_secs(10), || {
+        (status_of(&tb, "node2") == "Ready").then_some(())
+    })
+    .unwrap_or_else(|| panic!("node Ready again after heal\n{}", tb.all_logs()));
 }
 
 #[test]
 fn no_token_key_or_secret_appears_in_logs() {
     let tb = cluster(2, &[]);
-    let worker = tb.cli_ok(0, &["join-token", "-q", "worker"]).unwrap().trim().to_string();
-    let manager = tb.cli_ok(0, &["join-token", "-q", "manager"]).unwrap().trim().to_string();
+    let worker = tb
+        .cli_ok(0, &["join-token", "-q", "worker"])
+        .unwrap()
+        .trim()
+        .to_string();
+    let manager = tb
+        .cli_ok(0, &["join-token", "-q", "manager"])
+        .unwrap()
+        .trim()
+        .to_string();
     // A refused join with a real-looking token must not log it either.
     let wrong = format!("{}-{}", worker.rsplit_once('-').unwrap().0, "1".repeat(25));
     let _ = tb.cli(1, &["join", "--token", &wrong, &tb.nodes[0].addr()]);
@@ -190,8 +269,16 @@ fn no_token_key_or_secret_appears_in_logs() {
         let key = std::fs::read_to_string(node.state_dir.join("certs/node.key")).unwrap();
         let body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
         assert!(!logs.contains(&body[..40]), "key material in logs");
-        for f in ["certs/node.key", "certs/node.crt", "certs/ca.crt", "state.json"] {
-            let mode = std::fs::metadata(node.state_dir.join(f)).unwrap().permissions().mode();
+        for f in [
+            "certs/node.key",
+            "certs/node.crt",
+            "certs/ca.crt",
+            "state.json",
+        ] {
+            let mode = std::fs::metadata(node.state_dir.join(f))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o077, 0, "{f} is private");
         }
     }
@@ -206,13 +293,30 @@ fn join_token_command_prints_the_join_line() {
     let tb = cluster(1, &[]);
     let out = tb.cli_ok(0, &["join-token", "worker"]).unwrap();
     let token = tb.cli_ok(0, &["join-token", "-q", "worker"]).unwrap();
-    assert!(out.contains(&format!("shoal join --token {} {}", token.trim(), tb.nodes[0].addr())), "{out}");
-    let rotated = tb.cli_ok(0, &["join-token", "--rotate", "-q", "worker"]).unwrap();
+    assert!(
+        out.contains(&format!(
+            "shoal join --token {} {}",
+            token.trim(),
+            tb.nodes[0].addr()
+        )),
+        "{out}"
+    );
+    let rotated = tb
+        .cli_ok(0, &["join-token", "--rotate", "-q", "worker"])
+        .unwrap();
     assert_ne!(rotated, token);
     let bad = tb.cli(0, &["join-token", "admin"]);
-    assert!(!bad.success && bad.stderr.contains("unknown role"), "{}", bad.stderr);
+    assert!(
+        !bad.success && bad.stderr.contains("unknown role"),
+        "{}",
+        bad.stderr
+    );
     // A worker cannot hand out tokens.
     let tb2 = cluster(2, &[]);
     let w = tb2.cli(1, &["join-token", "worker"]);
-    assert!(!w.success && w.stderr.contains("not a manager"), "{}", w.stderr);
+    assert!(
+        !w.success && w.stderr.contains("not a manager"),
+        "{}",
+        w.stderr
+    );
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use shoal_pki::{ClusterId, NodeId, NodeKey, RootCa, Role};
+use shoal_pki::{ClusterId, NodeId, NodeKey, Role, RootCa};
 use shoal_proto::ca::ca_client::CaClient;
 use shoal_proto::ca::GetRootCaCertificateRequest;
 use shoal_proto::control::control_client::ControlClient;
@@ -23,16 +23,23 @@ struct Outcome {
 }
 
 fn pem_der(path: &std::path::Path) -> Vec<u8> {
-    shoal_pki::pem_certs(&std::fs::read_to_string(path).unwrap()).unwrap().remove(0)
+    shoal_pki::pem_certs(&std::fs::read_to_string(path).unwrap())
+        .unwrap()
+        .remove(0)
 }
 
 /// Calls ListNodes and Heartbeat on `addr` presenting `identity` (chain, key PKCS#8).
 fn call(addr: String, root_der: Vec<u8>, identity: Option<(Vec<u8>, Vec<u8>)>) -> Outcome {
     shoal_pki::install_crypto_provider();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(rustls::pki_types::CertificateDer::from(root_der)).unwrap();
+        roots
+            .add(rustls::pki_types::CertificateDer::from(root_der))
+            .unwrap();
         let chain;
         let id = match &identity {
             Some((c, k)) => {
@@ -48,7 +55,11 @@ fn call(addr: String, root_der: Vec<u8>, identity: Option<(Vec<u8>, Vec<u8>)>) -
             Err(e) => {
                 let m = shoal_agent::connect::error_chain(&e);
                 let e = Err((tonic::Code::Unavailable, m));
-                return Outcome { list_nodes: e.clone().map(|_| 0), heartbeat: e.clone(), root_ca: e };
+                return Outcome {
+                    list_nodes: e.clone().map(|_| 0),
+                    heartbeat: e.clone(),
+                    root_ca: e,
+                };
             }
         };
         let list_nodes = tokio::time::timeout(
@@ -72,14 +83,24 @@ fn call(addr: String, root_der: Vec<u8>, identity: Option<(Vec<u8>, Vec<u8>)>) -
             .await
             .map(|_| ())
             .map_err(err);
-        Outcome { list_nodes, heartbeat, root_ca }
+        Outcome {
+            list_nodes,
+            heartbeat,
+            root_ca,
+        }
     })
 }
 
 fn forged(ca: &RootCa, cluster: &ClusterId, role: Role) -> (Vec<u8>, Vec<u8>) {
     let key = NodeKey::generate().unwrap();
     let cert = ca
-        .sign_node(&key.csr_der().unwrap(), &NodeId::generate(), role, cluster, Duration::from_secs(3600))
+        .sign_node(
+            &key.csr_der().unwrap(),
+            &NodeId::generate(),
+            role,
+            cluster,
+            Duration::from_secs(3600),
+        )
         .unwrap();
     (cert.cert_der, key.pkcs8_der())
 }
@@ -93,7 +114,8 @@ fn every_rpc_needs_a_certificate_of_this_cluster_with_the_right_role() {
     let read_identity = |i: usize| {
         let d = &tb.nodes[i].state_dir;
         let cert = pem_der(&d.join("certs/node.crt"));
-        let key = NodeKey::from_pem(&std::fs::read_to_string(d.join("certs/node.key")).unwrap()).unwrap();
+        let key =
+            NodeKey::from_pem(&std::fs::read_to_string(d.join("certs/node.key")).unwrap()).unwrap();
         (cert, key.pkcs8_der())
     };
     let run = |id: Option<(Vec<u8>, Vec<u8>)>| {
@@ -132,7 +154,11 @@ fn every_rpc_needs_a_certificate_of_this_cluster_with_the_right_role() {
         let o = run(Some(id));
         assert!(o.list_nodes.is_err() && o.heartbeat.is_err(), "{o:?}");
         let (code, _) = o.list_nodes.unwrap_err();
-        assert_ne!(code, tonic::Code::PermissionDenied, "refused before any handler ran");
+        assert_ne!(
+            code,
+            tonic::Code::PermissionDenied,
+            "refused before any handler ran"
+        );
     }
     // The forged manager never shows up as a node.
     assert_eq!(nodes(&tb, 0).len(), 2);
@@ -145,15 +171,27 @@ fn a_worker_certificate_cannot_serve_as_a_manager() {
     let root = pem_der(&tb.nodes[0].state_dir.join("certs/ca.crt"));
     let d = tb.nodes[1].state_dir.clone();
     let worker_cert = pem_der(&d.join("certs/node.crt"));
-    let worker_key = NodeKey::from_pem(&std::fs::read_to_string(d.join("certs/node.key")).unwrap()).unwrap();
+    let worker_key =
+        NodeKey::from_pem(&std::fs::read_to_string(d.join("certs/node.key")).unwrap()).unwrap();
     let cluster_id = ClusterId::parse(info(&tb, 0)["ClusterID"].as_str().unwrap()).unwrap();
-    let trust = shoal_pki::ClusterTrust::new(cluster_id, &[root.clone()]).unwrap();
-    let cfg = shoal_pki::server_config(&trust, &[worker_cert, root.clone()], &worker_key.pkcs8_der(), None).unwrap();
+    let trust = shoal_pki::ClusterTrust::new(cluster_id, std::slice::from_ref(&root)).unwrap();
+    let cfg = shoal_pki::server_config(
+        &trust,
+        &[worker_cert, root.clone()],
+        &worker_key.pkcs8_der(),
+        None,
+    )
+    .unwrap();
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls::pki_types::CertificateDer::from(root)).unwrap();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(root))
+        .unwrap();
     let client = shoal_pki::client_config(Arc::new(roots), None).unwrap();
     shoal_pki::install_crypto_provider();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -163,8 +201,13 @@ fn a_worker_certificate_cannot_serve_as_a_manager() {
                 let _ = acceptor.accept(tcp).await;
             }
         });
-        let err = shoal_agent::connect::channel(&addr.to_string(), Arc::new(client)).await.unwrap_err();
+        let err = shoal_agent::connect::channel(&addr.to_string(), Arc::new(client))
+            .await
+            .unwrap_err();
         let msg = shoal_agent::connect::error_chain(&err);
-        assert!(msg.contains("shoal-manager") || msg.contains("NotValidForName"), "{msg}");
+        assert!(
+            msg.contains("shoal-manager") || msg.contains("NotValidForName"),
+            "{msg}"
+        );
     });
 }

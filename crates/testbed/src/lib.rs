@@ -21,9 +21,14 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 const PREFIX: &str = "shoal-";
 
 fn run(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("cannot run {cmd:?}"))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
     if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -98,13 +103,25 @@ fn pid_alive(pid: i32) -> bool {
 
 /// Removes namespaces left by test processes that no longer exist.
 fn sweep_stale() {
-    let Ok(list) = ip(&["netns", "list"]) else { return };
+    let Ok(list) = ip(&["netns", "list"]) else {
+        return;
+    };
     for line in list.lines() {
-        let Some(name) = line.split_whitespace().next() else { continue };
-        let Some(rest) = name.strip_prefix(PREFIX) else { continue };
-        let Some(tag) = rest.split('-').next() else { continue };
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        let Some(rest) = name.strip_prefix(PREFIX) else {
+            continue;
+        };
+        let Some(tag) = rest.split('-').next() else {
+            continue;
+        };
         // The tag starts with the creating process's pid, in hex, before an 'x'.
-        let Some(pid) = tag.split('x').next().and_then(|p| i32::from_str_radix(p, 16).ok()) else {
+        let Some(pid) = tag
+            .split('x')
+            .next()
+            .and_then(|p| i32::from_str_radix(p, 16).ok())
+        else {
             continue;
         };
         if !pid_alive(pid) {
@@ -119,7 +136,10 @@ fn kill_ns_processes(ns: &str) {
     if let Ok(pids) = ip(&["netns", "pids", ns]) {
         for p in pids.split_whitespace() {
             if let Ok(pid) = p.parse::<i32>() {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
         }
     }
@@ -139,7 +159,9 @@ impl Testbed {
         let bridge = "br0".to_string();
         // A /24 per testbed, distinct within this process and very likely across processes.
         let subnet = (100 + (pid % 100) as u8, (n % 250) as u8 + 1);
-        let dir = tempfile::Builder::new().prefix("shoal-testbed-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("shoal-testbed-")
+            .tempdir()?;
         let tb = Testbed {
             tag,
             hub,
@@ -151,7 +173,10 @@ impl Testbed {
             daemon_args: Vec::new(),
         };
         ip(&["netns", "add", &tb.hub])?;
-        in_ns(&tb.hub, &["ip", "link", "add", &tb.bridge, "type", "bridge"])?;
+        in_ns(
+            &tb.hub,
+            &["ip", "link", "add", &tb.bridge, "type", "bridge"],
+        )?;
         in_ns(&tb.hub, &["ip", "link", "set", &tb.bridge, "up"])?;
         in_ns(&tb.hub, &["ip", "link", "set", "lo", "up"])?;
         Ok(tb)
@@ -178,9 +203,29 @@ impl Testbed {
         let ip_addr = format!("10.{}.{}.{i}", self.subnet.0, self.subnet.1);
         let host_veth = format!("v{i}");
         ip(&["netns", "add", &netns])?;
-        in_ns(&self.hub, &["ip", "link", "add", &host_veth, "type", "veth", "peer", "name", "eth0", "netns", &netns])?;
-        in_ns(&self.hub, &["ip", "link", "set", &host_veth, "master", &self.bridge, "up"])?;
-        in_ns(&netns, &["ip", "addr", "add", &format!("{ip_addr}/24"), "dev", "eth0"])?;
+        in_ns(
+            &self.hub,
+            &[
+                "ip", "link", "add", &host_veth, "type", "veth", "peer", "name", "eth0", "netns",
+                &netns,
+            ],
+        )?;
+        in_ns(
+            &self.hub,
+            &[
+                "ip",
+                "link",
+                "set",
+                &host_veth,
+                "master",
+                &self.bridge,
+                "up",
+            ],
+        )?;
+        in_ns(
+            &netns,
+            &["ip", "addr", "add", &format!("{ip_addr}/24"), "dev", "eth0"],
+        )?;
         in_ns(&netns, &["ip", "link", "set", "eth0", "up"])?;
         in_ns(&netns, &["ip", "link", "set", "lo", "up"])?;
         let nd = self.dir.path().join(&name);
@@ -205,7 +250,10 @@ impl Testbed {
         let binary = self.binary.clone();
         let extra = self.daemon_args.join(" ");
         let n = &mut self.nodes[i];
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&n.log)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&n.log)?;
         let script = format!(
             "hostname {host} && exec {bin} daemon --state-dir {state} --socket {sock} --listen-addr 0.0.0.0:4377 {extra}",
             host = n.name,
@@ -214,7 +262,9 @@ impl Testbed {
             sock = n.socket.display(),
         );
         let child = Command::new("ip")
-            .args(["netns", "exec", &n.netns, "unshare", "--uts", "--", "sh", "-c", &script])
+            .args([
+                "netns", "exec", &n.netns, "unshare", "--uts", "--", "sh", "-c", &script,
+            ])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -227,7 +277,11 @@ impl Testbed {
                 return Ok(());
             }
             if !n.is_running() {
-                bail!("daemon of {} exited at start:\n{}", n.name, std::fs::read_to_string(&n.log).unwrap_or_default());
+                bail!(
+                    "daemon of {} exited at start:\n{}",
+                    n.name,
+                    std::fs::read_to_string(&n.log).unwrap_or_default()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -271,11 +325,19 @@ impl Testbed {
 
     /// Cuts node `i` off the network (its link to the bridge goes down).
     pub fn cut(&self, i: usize) -> Result<()> {
-        in_ns(&self.hub, &["ip", "link", "set", &self.nodes[i].host_veth, "down"]).map(|_| ())
+        in_ns(
+            &self.hub,
+            &["ip", "link", "set", &self.nodes[i].host_veth, "down"],
+        )
+        .map(|_| ())
     }
 
     pub fn heal(&self, i: usize) -> Result<()> {
-        in_ns(&self.hub, &["ip", "link", "set", &self.nodes[i].host_veth, "up"]).map(|_| ())
+        in_ns(
+            &self.hub,
+            &["ip", "link", "set", &self.nodes[i].host_veth, "up"],
+        )
+        .map(|_| ())
     }
 
     /// Runs `shoal ARGS` against node `i`'s daemon.
@@ -300,7 +362,13 @@ impl Testbed {
     pub fn cli_ok(&self, i: usize, args: &[&str]) -> Result<String> {
         let o = self.cli(i, args);
         if !o.success {
-            bail!("shoal {} on {} failed:\n{}{}", args.join(" "), self.nodes[i].name, o.stdout, o.stderr);
+            bail!(
+                "shoal {} on {} failed:\n{}{}",
+                args.join(" "),
+                self.nodes[i].name,
+                o.stdout,
+                o.stderr
+            );
         }
         Ok(o.stdout)
     }
@@ -338,7 +406,10 @@ impl Testbed {
     /// Joins node `i` to the manager at node `manager` with the worker token.
     pub fn join_worker(&self, i: usize, manager: usize) -> Result<String> {
         let token = self.cli_ok(manager, &["join-token", "-q", "worker"])?;
-        self.cli_ok(i, &["join", "--token", token.trim(), &self.nodes[manager].addr()])
+        self.cli_ok(
+            i,
+            &["join", "--token", token.trim(), &self.nodes[manager].addr()],
+        )
     }
 
     /// The daemon log of node `i`.
@@ -350,7 +421,12 @@ impl Testbed {
     pub fn all_logs(&self) -> String {
         let mut s = String::new();
         for (i, n) in self.nodes.iter().enumerate() {
-            s.push_str(&format!("===== {} ({}) =====\n{}\n", n.name, n.ip, self.log(i)));
+            s.push_str(&format!(
+                "===== {} ({}) =====\n{}\n",
+                n.name,
+                n.ip,
+                self.log(i)
+            ));
         }
         s
     }

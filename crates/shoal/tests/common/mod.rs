@@ -14,7 +14,8 @@ pub fn cluster(n: usize, init_flags: &[&str]) -> Testbed {
     let tb = testbed(n);
     tb.init(0, init_flags).expect("init");
     for i in 1..n {
-        tb.join_worker(i, 0).unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
+        tb.join_worker(i, 0)
+            .unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
     }
     wait_ready(&tb, n);
     tb
@@ -22,7 +23,9 @@ pub fn cluster(n: usize, init_flags: &[&str]) -> Testbed {
 
 /// `node ls --format json` on node `i`, parsed.
 pub fn nodes(tb: &Testbed, i: usize) -> Vec<serde_json::Value> {
-    let out = tb.cli_ok(i, &["node", "ls", "--format", "json"]).expect("node ls");
+    let out = tb
+        .cli_ok(i, &["node", "ls", "--format", "json"])
+        .expect("node ls");
     out.lines()
         .map(|l| serde_json::from_str(l).expect("json line"))
         .collect()
@@ -36,7 +39,11 @@ pub fn ready_count(tb: &Testbed) -> usize {
 }
 
 pub fn wait_ready(tb: &Testbed, n: usize) {
-    if wait_for(Duration::from_secs(10), || (ready_count(tb) == n).then_some(())).is_none() {
+    if wait_for(Duration::from_secs(10), || {
+        (ready_count(tb) == n).then_some(())
+    })
+    .is_none()
+    {
         panic!(
             "expected {n} Ready nodes, got:\n{}\n{}",
             tb.cli(0, &["node", "ls"]).stdout,
@@ -55,5 +62,6 @@ pub fn status_of(tb: &Testbed, host: &str) -> String {
 }
 
 pub fn info(tb: &Testbed, i: usize) -> serde_json::Value {
-    serde_json::from_str(&tb.cli_ok(i, &["info", "--format", "json"]).expect("info")).expect("info json")
+    serde_json::from_str(&tb.cli_ok(i, &["info", "--format", "json"]).expect("info"))
+        .expect("info json")
 }

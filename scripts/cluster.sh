@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# A local 3-node shoal cluster on this machine: one manager and two workers, each a real
+# 'shoal daemon' in its own network namespace with its own hostname and address, on a
+# private bridge (in a namespace of its own, so nothing touches the host's network).
+#
+#   scripts/cluster.sh up      build shoal, start the nodes, form the cluster
+#   scripts/cluster.sh down    stop everything and remove what 'up' made
+#   scripts/cluster.sh status  node ls
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUN=/run/shoal-demo
+NAMES=(manager1 worker1 worker2)
+SUBNET=10.77.0
+BIN=$PWD/target/release/shoal
+
+sock() { echo "$RUN/$1/shoal.sock"; }
+cli() { "$BIN" -H "unix://$(sock "$1")" "${@:2}"; }
+
+down() {
+  for i in 1 2 3; do
+    ns=shoal-demo-$i
+    if ip netns list | grep -qw "$ns"; then
+      for p in $(ip netns pids "$ns" 2>/dev/null); do kill -TERM "$p" 2>/dev/null || true; done
+      sleep 0.5
+      for p in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$p" 2>/dev/null || true; done
+      ip netns del "$ns"
+    fi
+  done
+  ip netns list | grep -qw shoal-demo-hub && ip netns del shoal-demo-hub
+  rm -rf "$RUN"
+  echo "local cluster removed"
+}
+
+up() {
+  [ "$(id -u)" = 0 ] || { echo "run as root (network namespaces)" >&2; exit 1; }
+  ./scripts/deps.sh
+  export PATH="$HOME/.cargo/bin:$PATH"
+  cargo build --locked --release -p shoal
+  down >/dev/null 2>&1 || true
+  mkdir -p "$RUN"
+  ip netns add shoal-demo-hub
+  ip -n shoal-demo-hub link add br0 type bridge
+  ip -n shoal-demo-hub link set br0 up
+  for i in 1 2 3; do
+    name=${NAMES[$((i-1))]}; ns=shoal-demo-$i
+    ip netns add "$ns"
+    ip -n shoal-demo-hub link add "v$i" type veth peer name eth0 netns "$ns"
+    ip -n shoal-demo-hub link set "v$i" master br0 up
+    ip -n "$ns" addr add "$SUBNET.$i/24" dev eth0
+    ip -n "$ns" link set eth0 up
+    ip -n "$ns" link set lo up
+    mkdir -p "$RUN/$name"
+    nohup ip netns exec "$ns" unshare --uts -- sh -c \
+      "hostname $name && exec $BIN daemon --state-dir $RUN/$name/state --socket $(sock "$name")" \
+      >"$RUN/$name/daemon.log" 2>&1 &
+  done
+  for name in "${NAMES[@]}"; do
+    for _ in $(seq 100); do [ -S "$(sock "$name")" ] && break; sleep 0.1; done
+  done
+  cli manager1 init --advertise-addr "$SUBNET.1"
+  token=$(cli manager1 join-token -q worker)
+  cli worker1 join --token "$token" "$SUBNET.1:4377"
+  cli worker2 join --token "$token" "$SUBNET.1:4377"
+  sleep 1
+  echo
+  cli manager1 node ls
+  cat <<TXT
+
+The cluster is up. Talk to the manager with:
+
+    export SHOAL_HOST=unix://$(sock manager1)
+    $BIN node ls
+    $BIN info
+    $BIN node inspect --pretty worker1
+
+Logs: $RUN/<node>/daemon.log.  Tear it all down with: scripts/cluster.sh down
+TXT
+}
+
+case "${1:-up}" in
+  up) up ;;
+  down) down ;;
+  status) cli manager1 node ls ;;
+  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+esac
