@@ -32,6 +32,7 @@ pub async fn run_daemon(opts: DaemonOpts) -> Result<()> {
     if let Err(e) = daemon.resume().await {
         // Keep serving the socket so the operator can see the error with 'shoal info' and fix it.
         tracing::error!("cannot resume this node's cluster membership: {e:#}");
+        daemon.set_damaged(format!("{e:#}")).await;
     }
     tracing::info!(socket = %socket.display(), "shoal daemon ready");
     let stop = async {
@@ -289,7 +290,7 @@ impl Client {
             println!(
                 "{}",
                 json!({
-                    "State": i.state, "NodeID": i.node_id, "ClusterID": i.cluster_id,
+                    "State": i.state, "Error": i.error, "NodeID": i.node_id, "ClusterID": i.cluster_id,
                     "Role": i.role, "Managers": i.managers, "NodeAddr": i.node_addr,
                     "CertificateExpiry": fmt_time(i.cert_not_after_unix),
                     "CertificateSerial": i.cert_serial, "RootCADigest": i.root_ca_digest,
@@ -298,6 +299,9 @@ impl Client {
             return Ok(());
         }
         println!("Cluster: {}", i.state);
+        if !i.error.is_empty() {
+            println!(" Error: {}", i.error);
+        }
         if i.state != "active" {
             return Ok(());
         }

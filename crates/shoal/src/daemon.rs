@@ -28,6 +28,8 @@ pub struct DaemonOpts {
     pub listen_addr: SocketAddr,
     pub advertise_addr: Option<String>,
     pub socket: PathBuf,
+    /// Engine labels this node reports about itself (untrusted by managers).
+    pub labels: HashMap<String, String>,
 }
 
 /// A node that is part of a cluster.
@@ -44,6 +46,9 @@ pub struct Daemon {
     pub opts: DaemonOpts,
     dir: StateDir,
     active: Mutex<Option<Active>>,
+    /// Why the membership in the state directory could not be resumed. While set, init
+    /// and join refuse to run so nothing stored there is overwritten.
+    damaged: Mutex<Option<String>>,
 }
 
 /// An error the local API returns as-is to the CLI.
@@ -83,7 +88,13 @@ impl Daemon {
             opts,
             dir,
             active: Mutex::new(None),
+            damaged: Mutex::new(None),
         }
+    }
+
+    /// Records that the state directory could not be resumed.
+    pub async fn set_damaged(&self, why: String) {
+        *self.damaged.lock().await = Some(why);
     }
 
     /// Resumes the cluster membership kept in the state directory, if any.
@@ -148,7 +159,7 @@ impl Daemon {
         let agent_cancel = CancellationToken::new();
         let session = Session {
             channel: lazy_channel(&target, tls)?,
-            description: describe(&HashMap::new()),
+            description: describe(&self.opts.labels),
             advertise_addr: state.advertise_addr.clone(),
             period: DEFAULT_HEARTBEAT,
         };
@@ -183,6 +194,12 @@ impl Daemon {
     }
 
     async fn refuse_if_active(&self, active: &Option<Active>) -> Result<()> {
+        if let Some(why) = self.damaged.lock().await.as_ref() {
+            bail!(user(
+                tonic::Code::FailedPrecondition,
+                format!("this node's cluster state could not be loaded, so it is kept untouched: {why}. Repair it and restart the daemon, or discard it with 'shoal leave --force'")
+            ));
+        }
         if active.is_some() {
             bail!(user(
                 tonic::Code::FailedPrecondition,
@@ -234,7 +251,7 @@ impl Daemon {
                     advertise_addr: advertise.clone(),
                     cert_expiry,
                     heartbeat_period: heartbeat,
-                    description: describe(&HashMap::new()),
+                    description: describe(&self.opts.labels),
                 },
             )
             .await?;
@@ -359,7 +376,7 @@ impl Daemon {
                 ),
             )
         })?;
-        heartbeat_once(mtls, describe(&HashMap::new()), advertise.clone())
+        heartbeat_once(mtls, describe(&self.opts.labels), advertise.clone())
             .await
             .map_err(|s| {
                 user(
@@ -408,6 +425,13 @@ impl Daemon {
     pub async fn leave(&self, force: bool) -> Result<()> {
         let mut guard = self.active.lock().await;
         let Some(active) = guard.as_ref() else {
+            let mut damaged = self.damaged.lock().await;
+            if damaged.is_some() && force {
+                self.dir.wipe()?;
+                *damaged = None;
+                tracing::info!("discarded the damaged cluster state");
+                return Ok(());
+            }
             bail!(user(
                 tonic::Code::FailedPrecondition,
                 "this node is not part of a cluster"
@@ -431,6 +455,13 @@ impl Daemon {
     pub async fn info(&self) -> InfoResponse {
         let guard = self.active.lock().await;
         let Some(a) = guard.as_ref() else {
+            if let Some(why) = self.damaged.lock().await.clone() {
+                return InfoResponse {
+                    state: "error".into(),
+                    error: why,
+                    ..Default::default()
+                };
+            }
             return InfoResponse {
                 state: "inactive".into(),
                 ..Default::default()
@@ -451,6 +482,7 @@ impl Daemon {
             root_ca_digest: shoal_pki::cert_digest(&a.root_der),
             node_addr: a.state.advertise_addr.clone(),
             cert_serial: cert.map(|c| c.serial).unwrap_or_default(),
+            error: String::new(),
         }
     }
 

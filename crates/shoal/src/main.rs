@@ -28,6 +28,13 @@ struct Cli {
     cmd: Cmd,
 }
 
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not a KEY=VALUE label")),
+    }
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
         .map_err(|e| format!("{s:?} is not a duration like 90d, 12h, 5s or 500ms: {e}"))
@@ -46,6 +53,10 @@ enum Cmd {
         advertise_addr: Option<String>,
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
+        /// An engine label this node reports (KEY=VALUE, repeatable). Self-reported, so
+        /// untrusted: placement on trusted labels uses 'node update --label-add'.
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
     },
     /// Create a new cluster with this node as its manager.
     Init {
@@ -149,6 +160,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         listen_addr,
         advertise_addr,
         socket,
+        labels,
     } = cli.cmd
     {
         // A small fixed pool: the daemon's work is I/O, and memory matters on big fleets.
@@ -161,6 +173,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             listen_addr,
             advertise_addr,
             socket,
+            labels: labels.into_iter().collect(),
         }));
     }
     let socket = socket_path(cli.host)?;
