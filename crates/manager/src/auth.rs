@@ -30,6 +30,11 @@ pub fn authorize<T>(
                 "{call} needs a node certificate of this cluster; join the cluster first with 'shoal join'"
             ))
         })?;
+    if std::time::SystemTime::now() > id.not_after() {
+        return Err(Status::unauthenticated(format!(
+            "{call}: the node certificate expired; the node must renew or rejoin"
+        )));
+    }
     if !allowed.contains(&id.role()) {
         let names: Vec<&str> = allowed.iter().map(|r| r.as_str()).collect();
         return Err(Status::permission_denied(format!(

@@ -20,6 +20,8 @@ use time::OffsetDateTime;
 pub const CERT_BACKDATE: Duration = Duration::from_secs(120);
 /// The shortest node certificate life an operator may ask for.
 pub const MIN_CERT_EXPIRY: Duration = Duration::from_secs(60);
+/// The longest: a node certificate cannot usefully outlive the root (20 years).
+pub const MAX_CERT_EXPIRY: Duration = Duration::from_secs(20 * 365 * 86400);
 const ROOT_CN: &str = "shoal-ca";
 
 /// A node certificate just issued.
@@ -119,6 +121,9 @@ impl RootCa {
     ) -> Result<IssuedCert, PkiError> {
         if validity < MIN_CERT_EXPIRY {
             return Err(PkiError::ExpiryTooShort(validity));
+        }
+        if validity > MAX_CERT_EXPIRY {
+            return Err(PkiError::ExpiryTooLong(validity));
         }
         let csr = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(
             csr_der.to_vec(),

@@ -16,6 +16,8 @@ pub enum PkiError {
     BadKey(String),
     #[error("certificate expiry {0:?} is below the minimum of 1 minute")]
     ExpiryTooShort(std::time::Duration),
+    #[error("certificate expiry {0:?} is above the maximum of 20 years (the root CA's life)")]
+    ExpiryTooLong(std::time::Duration),
     #[error("signing failed: {0}")]
     Signing(String),
     #[error("TLS configuration: {0}")]

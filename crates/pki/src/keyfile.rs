@@ -15,7 +15,11 @@ fn io_err(path: &Path, source: std::io::Error) -> PkiError {
 
 /// Atomically writes `data` to `path` with mode 0600.
 pub fn write_private(path: &Path, data: &[u8]) -> Result<(), PkiError> {
-    let tmp = path.with_extension("tmp");
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -25,7 +29,14 @@ pub fn write_private(path: &Path, data: &[u8]) -> Result<(), PkiError> {
         .map_err(|e| io_err(&tmp, e))?;
     f.write_all(data).map_err(|e| io_err(&tmp, e))?;
     f.sync_all().map_err(|e| io_err(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))
+    std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))?;
+    // Make the rename itself durable, so files written in order stay in order.
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
 }
 
 /// Reads a private file.

@@ -172,6 +172,16 @@ fn short_expiry_and_bad_csr_are_refused() {
         .unwrap_err();
     assert!(err.to_string().contains("minimum of 1 minute"), "{err}");
     let err = ca
+        .sign_node(
+            &key.csr_der().unwrap(),
+            &n,
+            Role::Worker,
+            &c,
+            Duration::from_secs(u64::MAX / 4),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("maximum of 20 years"), "{err}");
+    let err = ca
         .sign_node(b"garbage", &n, Role::Worker, &c, DAY)
         .unwrap_err();
     assert!(matches!(err, PkiError::BadCsr(_)), "{err}");

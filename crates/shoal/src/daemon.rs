@@ -23,6 +23,9 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
+/// How long each join call may take before the join gives up.
+const JOIN_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub struct DaemonOpts {
     pub state_dir: PathBuf,
     pub listen_addr: SocketAddr,
@@ -110,7 +113,15 @@ impl Daemon {
         } else {
             None
         };
-        let active = self.start(loaded, store).await?;
+        let active = match self.start(loaded, store.clone()).await {
+            Ok(a) => a,
+            Err(e) => {
+                if let Some(s) = store {
+                    let _ = s.shutdown().await;
+                }
+                return Err(e);
+            }
+        };
         tracing::info!(node_id = %active.state.node_id, role = %active.state.role, "resumed cluster membership");
         *self.active.lock().await = Some(active);
         Ok(())
@@ -150,19 +161,30 @@ impl Daemon {
             .await?;
             manager = Some(m);
         }
-        let tls = client_tls(&root_der, &cert_der, &key_pem)?;
-        let target = state
-            .managers
-            .first()
-            .cloned()
-            .ok_or_else(|| anyhow!("no manager address is known for this node"))?;
-        let agent_cancel = CancellationToken::new();
-        let session = Session {
-            channel: lazy_channel(&target, tls)?,
-            description: describe(&self.opts.labels),
-            advertise_addr: state.advertise_addr.clone(),
-            period: DEFAULT_HEARTBEAT,
+        let session = (|| -> Result<Session> {
+            let tls = client_tls(&root_der, &cert_der, &key_pem)?;
+            let target = state
+                .managers
+                .first()
+                .cloned()
+                .ok_or_else(|| anyhow!("no manager address is known for this node"))?;
+            Ok(Session {
+                channel: lazy_channel(&target, tls)?,
+                description: describe(&self.opts.labels),
+                advertise_addr: state.advertise_addr.clone(),
+                period: DEFAULT_HEARTBEAT,
+            })
+        })();
+        let session = match session {
+            Ok(s) => s,
+            Err(e) => {
+                if let Some(m) = manager {
+                    m.shutdown().await;
+                }
+                return Err(e);
+            }
         };
+        let agent_cancel = CancellationToken::new();
         tokio::spawn(session.run(agent_cancel.clone()));
         Ok(Active {
             state,
@@ -217,6 +239,12 @@ impl Daemon {
             0 => DEFAULT_CERT_EXPIRY,
             s => Duration::from_secs(s),
         };
+        if cert_expiry > shoal_pki::MAX_CERT_EXPIRY {
+            bail!(user(
+                tonic::Code::InvalidArgument,
+                "--cert-expiry is above the maximum of 20 years (the root CA's life)"
+            ));
+        }
         if cert_expiry < shoal_pki::MIN_CERT_EXPIRY {
             bail!(user(
                 tonic::Code::InvalidArgument,
@@ -236,9 +264,19 @@ impl Daemon {
                 "--dispatcher-heartbeat must be at least 100ms"
             ));
         }
+        // Find out now, not after the cluster exists, if the port is taken.
+        std::net::TcpListener::bind(self.opts.listen_addr).map_err(|e| {
+            user(
+                tonic::Code::FailedPrecondition,
+                format!(
+                    "cannot listen on {}: {e}; stop what uses it or restart the daemon with another --listen-addr",
+                    self.opts.listen_addr
+                ),
+            )
+        })?;
         let node_id = NodeId::generate();
+        let store = self.open_store(node_id.as_str()).await?;
         let result = async {
-            let store = self.open_store(node_id.as_str()).await?;
             store
                 .bootstrap()
                 .await
@@ -271,7 +309,7 @@ impl Daemon {
                 cert_der: res.node_cert.cert_der,
                 root_der: res.root_der,
             };
-            self.start(loaded, Some(store)).await
+            self.start(loaded, Some(store.clone())).await
         }
         .await;
         match result {
@@ -286,6 +324,7 @@ impl Daemon {
             }
             Err(e) => {
                 // No half state: a failed init leaves the node as it was.
+                let _ = store.shutdown().await;
                 let _ = self.dir.wipe();
                 Err(e)
             }
@@ -327,8 +366,10 @@ impl Daemon {
             }
         };
         let mut ca = CaClient::new(ch);
+        let mut root_req = tonic::Request::new(GetRootCaCertificateRequest {});
+        root_req.set_timeout(JOIN_CALL_TIMEOUT);
         let root_der = ca
-            .get_root_ca_certificate(GetRootCaCertificateRequest {})
+            .get_root_ca_certificate(root_req)
             .await
             .map_err(|s| user(s.code(), format!("manager at {remote}: {}", s.message())))?
             .into_inner()
@@ -343,12 +384,14 @@ impl Daemon {
 
         // 2. Ask for a certificate for our own key.
         let key = NodeKey::generate()?;
+        let mut issue_req = tonic::Request::new(IssueNodeCertificateRequest {
+            csr_der: key.csr_der()?,
+            token: token.to_string(),
+            advertise_addr: advertise.clone(),
+        });
+        issue_req.set_timeout(JOIN_CALL_TIMEOUT);
         let issued = ca
-            .issue_node_certificate(IssueNodeCertificateRequest {
-                csr_der: key.csr_der()?,
-                token: token.to_string(),
-                advertise_addr: advertise.clone(),
-            })
+            .issue_node_certificate(issue_req)
             .await
             .map_err(|s| user(s.code(), s.message().to_string()))?
             .into_inner();
@@ -401,7 +444,7 @@ impl Daemon {
         };
         self.dir
             .save(&state, &key_pem, &issued.cert_der, &root_der)?;
-        let active = self
+        let started = self
             .start(
                 Loaded {
                     state,
@@ -411,7 +454,15 @@ impl Daemon {
                 },
                 None,
             )
-            .await?;
+            .await;
+        let active = match started {
+            Ok(a) => a,
+            Err(e) => {
+                // Do not resume a membership that never started on the next restart.
+                let _ = self.dir.wipe();
+                return Err(e);
+            }
+        };
         let resp = JoinResponse {
             node_id: active.state.node_id.clone(),
             cluster_id: active.state.cluster_id.clone(),

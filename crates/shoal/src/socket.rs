@@ -95,8 +95,16 @@ impl Control for LocalControl {
 
 /// Binds the socket, refusing if another daemon answers on it.
 pub fn bind(path: &Path) -> Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        if !dir.exists() {
+            // Traversable by the socket's group; the socket itself is 0660.
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
     }
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
         bail!(
@@ -104,7 +112,14 @@ pub fn bind(path: &Path) -> Result<tokio::net::UnixListener> {
             path.display()
         );
     }
-    let _ = std::fs::remove_file(path);
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(_) => bail!(
+            "{} exists and is not a socket: remove it or pick another --socket",
+            path.display()
+        ),
+        Err(_) => {}
+    }
     let l = tokio::net::UnixListener::bind(path)
         .with_context(|| format!("cannot listen on {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;

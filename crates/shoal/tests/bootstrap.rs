@@ -320,3 +320,50 @@ fn join_token_command_prints_the_join_line() {
         w.stderr
     );
 }
+
+#[test]
+fn failed_init_leaves_no_half_state() {
+    let tb = testbed(1);
+    // Another program holds the port.
+    let holder = tb
+        .in_netns(0, || std::net::TcpListener::bind("0.0.0.0:4377"))
+        .unwrap()
+        .unwrap();
+    let out = tb.cli(0, &["init"]);
+    assert!(
+        !out.success && out.stderr.contains("cannot listen on 0.0.0.0:4377"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(info(&tb, 0)["State"], "inactive");
+    assert!(!tb.nodes[0].state_dir.join("state.json").exists());
+    assert!(!tb.nodes[0].state_dir.join("raft").exists());
+    drop(holder);
+
+    for (flag, msg) in [
+        ("10000y", "maximum of 20 years"),
+        ("30s", "minimum of 1 minute"),
+    ] {
+        let out = tb.cli(0, &["init", "--cert-expiry", flag]);
+        assert!(
+            !out.success && out.stderr.contains(msg),
+            "{flag}: {}",
+            out.stderr
+        );
+        assert_eq!(info(&tb, 0)["State"], "inactive");
+    }
+    let out = tb.cli(0, &["init", "--cert-expiry", "soon"]);
+    assert!(
+        !out.success && out.stderr.contains("is not a duration"),
+        "{}",
+        out.stderr
+    );
+
+    tb.init(0, &["--cert-expiry", "2m"]).unwrap();
+    let left = info(&tb, 0)["CertificateExpiry"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(!left.is_empty());
+    wait_ready(&tb, 1);
+}
