@@ -5,4 +5,5 @@
 
 pub mod connect;
 pub mod describe;
+pub mod image;
 pub mod session;

@@ -1,0 +1,1 @@
+//! Images on this node (being written).
