@@ -27,6 +27,10 @@ down() {
     fi
   done
   ip netns list | grep -qw shoal-demo-hub && ip netns del shoal-demo-hub
+  # Container cgroups (empty once their processes are gone).
+  for h in /sys/fs/cgroup /sys/fs/cgroup/*; do
+    [ -d "$h/shoal-demo" ] && find "$h/shoal-demo" -depth -type d -exec rmdir {} + 2>/dev/null || true
+  done
   rm -rf "$RUN"
   echo "local cluster removed"
 }
@@ -51,7 +55,7 @@ up() {
     ip -n "$ns" link set lo up
     mkdir -p "$RUN/$name"
     nohup ip netns exec "$ns" unshare --uts -- sh -c \
-      "hostname $name && exec $BIN daemon --state-dir $RUN/$name/state --socket $(sock "$name")" \
+      "hostname $name && exec $BIN daemon --state-dir $RUN/$name/state --socket $(sock "$name") --cgroup-parent shoal-demo/$name" \
       >"$RUN/$name/daemon.log" 2>&1 &
   done
   for name in "${NAMES[@]}"; do
@@ -64,6 +68,27 @@ up() {
   sleep 1
   echo
   cli manager1 node ls
+
+  # A sample image on every node (a busybox root filesystem), and a container on a worker.
+  img=$RUN/busybox-rootfs
+  mkdir -p "$img/bin" "$img/etc" "$img/tmp" "$img/proc" "$img/sys" "$img/dev" "$img/www"
+  cp /bin/busybox "$img/bin/busybox"
+  for a in sh echo sleep cat ls hostname httpd wget date; do ln -sf busybox "$img/bin/$a"; done
+  echo 'root:x:0:0:root:/root:/bin/sh' >"$img/etc/passwd"
+  echo '<h1>Hello from shoal</h1>' >"$img/www/index.html"
+  tar -C "$img" -cf "$RUN/busybox.tar" .
+  for name in "${NAMES[@]}"; do cli "$name" image import "$RUN/busybox.tar" busybox:latest >/dev/null; done
+  echo
+  echo "$ shoal task run --node worker1 --name hello busybox sh -c 'echo Hello from \$(hostname) on ...'"
+  cli manager1 task run --node worker1 --name hello busybox \
+    sh -c 'echo "Hello from container $(hostname), running on a shoal worker"; date; sleep 3600'
+  sleep 0.5
+  echo
+  echo "$ shoal task ls"
+  cli manager1 task ls
+  echo
+  echo "$ shoal task logs hello"
+  cli manager1 task logs hello
   cat <<TXT
 
 The cluster is up. Talk to the manager with:
@@ -72,6 +97,8 @@ The cluster is up. Talk to the manager with:
     $BIN node ls
     $BIN info
     $BIN node inspect --pretty worker1
+    $BIN task run --node worker2 busybox echo hi      # then: $BIN task logs <ID>
+    $BIN task ls
 
 Logs: $RUN/<node>/daemon.log.  Tear it all down with: scripts/cluster.sh down
 TXT

@@ -4,6 +4,12 @@
 //! imports the manager: it only talks to it over the wire.
 
 pub mod connect;
+pub mod controller;
 pub mod describe;
 pub mod image;
+pub mod logs;
+pub mod reporter;
+pub mod runtime;
 pub mod session;
+pub mod state;
+pub mod worker;

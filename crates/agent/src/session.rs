@@ -78,3 +78,68 @@ impl Session {
         }
     }
 }
+
+/// Keeps the node's session stream open: applies assignments to the worker and serves
+/// log requests, reconnecting with backoff until cancelled.
+pub async fn run_assignments(
+    channel: Channel,
+    worker: crate::worker::Worker,
+    description: NodeDescription,
+    cancel: CancellationToken,
+) {
+    use shoal_proto::dispatcher::SessionRequest;
+    use tokio_stream::StreamExt;
+    let mut failures = 0u32;
+    loop {
+        let mut client = DispatcherClient::new(channel.clone());
+        let opened = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = client.session(SessionRequest { description: Some(description.clone()) }) => r,
+        };
+        match opened {
+            Ok(resp) => {
+                let mut stream = resp.into_inner();
+                loop {
+                    let msg = tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        m = stream.next() => m,
+                    };
+                    match msg {
+                        Some(Ok(m)) => {
+                            failures = 0;
+                            worker.apply(&m);
+                            for sub in m.log_subscriptions {
+                                if sub.close {
+                                    continue;
+                                }
+                                let known = worker.has_task(&sub.task_id);
+                                tokio::spawn(crate::logs::publish(
+                                    channel.clone(),
+                                    worker.deps().runtime.clone(),
+                                    sub,
+                                    known,
+                                ));
+                            }
+                        }
+                        Some(Err(e)) => {
+                            tracing::warn!(code = ?e.code(), error = %e.message(), "session stream broke");
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+            }
+            Err(e) => {
+                if failures == 0 {
+                    tracing::warn!(code = ?e.code(), error = %e.message(), "cannot open a session with the manager");
+                }
+            }
+        }
+        failures += 1;
+        let wait = (Duration::from_millis(100) * failures.min(20)).min(Duration::from_secs(2));
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}

@@ -8,11 +8,16 @@ use crate::ca_server::manager_addrs;
 use shoal_pki::{JoinToken, Role};
 use shoal_proto::control::control_server::Control;
 use shoal_proto::control::{
-    ClusterInfo, GetClusterInfoRequest, GetJoinTokenRequest, GetJoinTokenResponse, GetNodeRequest,
-    ListNodesRequest, ListNodesResponse, NodeView,
+    ClusterInfo, CreateTaskRequest, GetClusterInfoRequest, GetJoinTokenRequest,
+    GetJoinTokenResponse, GetNodeRequest, GetTaskRequest, ListNodesRequest, ListNodesResponse,
+    ListTasksRequest, ListTasksResponse, NodeView, RemoveTaskRequest, RemoveTaskResponse,
+    TaskLogsMessage, TaskLogsRequest,
 };
-use shoal_proto::objects::{Node, NodeRole};
+use shoal_proto::objects::{
+    Availability, ContainerSpec, Node, NodeRole, NodeState, Task, TaskState, TaskStatus,
+};
 use shoal_store::{Batch, Expect, Store, StoreError};
+use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +30,16 @@ pub enum ControlError {
     Ambiguous(String, usize),
     #[error("unknown role {0:?}: use 'worker' or 'manager'")]
     BadRole(String),
+    #[error("no such task: {0}")]
+    NoSuchTask(String),
+    #[error(
+        "task reference {0:?} is ambiguous (it matches {1} tasks): use more characters of the ID"
+    )]
+    AmbiguousTask(String, usize),
+    #[error("invalid task spec: {0}")]
+    BadSpec(String),
+    #[error("{0}")]
+    Unplaceable(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -32,10 +47,14 @@ pub enum ControlError {
 impl From<ControlError> for Status {
     fn from(e: ControlError) -> Status {
         match &e {
-            ControlError::NoSuchNode(_) => Status::not_found(e.to_string()),
-            ControlError::Ambiguous(..) | ControlError::BadRole(_) => {
-                Status::invalid_argument(e.to_string())
+            ControlError::NoSuchNode(_) | ControlError::NoSuchTask(_) => {
+                Status::not_found(e.to_string())
             }
+            ControlError::Ambiguous(..)
+            | ControlError::BadRole(_)
+            | ControlError::AmbiguousTask(..)
+            | ControlError::BadSpec(_) => Status::invalid_argument(e.to_string()),
+            ControlError::Unplaceable(_) => Status::failed_precondition(e.to_string()),
             ControlError::Store(_) => Status::unavailable(e.to_string()),
         }
     }
@@ -46,11 +65,234 @@ pub struct ControlApi {
     store: Store,
     /// The node this manager runs on.
     local_node: String,
+    logs: Arc<crate::dispatcher::logs::LogBroker>,
+}
+
+/// Docker's floor: below this runc and the kernel cannot start a container reliably.
+const MIN_MEMORY_LIMIT: i64 = 6 * 1024 * 1024;
+
+/// Checks a container spec, naming the first thing wrong.
+pub fn validate_spec(spec: &ContainerSpec) -> Result<(), ControlError> {
+    let bad = |m: String| Err(ControlError::BadSpec(m));
+    if spec.image.trim().is_empty() {
+        return bad("an image is required".into());
+    }
+    for e in &spec.env {
+        if e.split_once('=').is_none_or(|(k, _)| k.is_empty()) {
+            return bad(format!("environment entry {e:?} is not KEY=VALUE"));
+        }
+    }
+    if !spec.workdir.is_empty() && !spec.workdir.starts_with('/') {
+        return bad(format!(
+            "working directory {:?} must be an absolute path",
+            spec.workdir
+        ));
+    }
+    for m in &spec.mounts {
+        if !m.target.starts_with('/') {
+            return bad(format!(
+                "mount target {:?} must be an absolute path",
+                m.target
+            ));
+        }
+        match m.r#type.as_str() {
+            "bind" if !m.source.starts_with('/') => {
+                return bad(format!(
+                    "bind mount source {:?} must be an absolute path",
+                    m.source
+                ))
+            }
+            "bind" | "tmpfs" => {}
+            other => return bad(format!("mount type {other:?} is not bind or tmpfs")),
+        }
+    }
+    if let Some(l) = &spec.limits {
+        if l.memory_bytes != 0 && l.memory_bytes < MIN_MEMORY_LIMIT {
+            return bad(format!(
+                "memory limit {} bytes is below the minimum of 6MiB",
+                l.memory_bytes
+            ));
+        }
+        if l.nano_cpus < 0 || l.pids < 0 || l.memory_bytes < 0 {
+            return bad("resource limits cannot be negative".into());
+        }
+    }
+    Ok(())
 }
 
 impl ControlApi {
-    pub fn new(store: Store, local_node: String) -> Self {
-        ControlApi { store, local_node }
+    pub fn new(
+        store: Store,
+        local_node: String,
+        logs: Arc<crate::dispatcher::logs::LogBroker>,
+    ) -> Self {
+        ControlApi {
+            store,
+            local_node,
+            logs,
+        }
+    }
+
+    /// A task by ID, unique ID prefix, or name.
+    pub fn get_task(&self, reference: &str) -> Result<Task, ControlError> {
+        if let Some(t) = self.store.get::<Task>(reference)? {
+            return Ok(t.value);
+        }
+        let tasks: Vec<Task> = self
+            .store
+            .list::<Task>()?
+            .into_iter()
+            .map(|v| v.value)
+            .collect();
+        let by_name: Vec<&Task> = tasks.iter().filter(|t| t.name == reference).collect();
+        let found: Vec<&Task> = if by_name.is_empty() && !reference.is_empty() {
+            tasks
+                .iter()
+                .filter(|t| t.id.starts_with(reference))
+                .collect()
+        } else {
+            by_name
+        };
+        match found.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(ControlError::NoSuchTask(reference.to_string())),
+            many => Err(ControlError::AmbiguousTask(
+                reference.to_string(),
+                many.len(),
+            )),
+        }
+    }
+
+    /// Creates a one-off task on a node (`shoal task run`): the node given, or the ready,
+    /// active node running the fewest tasks.
+    pub async fn create_task(&self, req: CreateTaskRequest) -> Result<Task, ControlError> {
+        let spec = req.spec.unwrap_or_default();
+        validate_spec(&spec)?;
+        let node = if req.node.is_empty() {
+            let tasks = self.store.list::<Task>()?;
+            let load = |id: &str| {
+                tasks
+                    .iter()
+                    .filter(|t| {
+                        t.value.node_id == id && t.value.desired_state <= TaskState::Running as i32
+                    })
+                    .count()
+            };
+            self.store
+                .list::<Node>()?
+                .into_iter()
+                .map(|v| v.value)
+                .filter(|n| {
+                    n.state == NodeState::Ready as i32
+                        && n.availability == Availability::Active as i32
+                })
+                .min_by_key(|n| (load(&n.id), n.id.clone()))
+                .ok_or_else(|| {
+                    ControlError::Unplaceable("no ready, active node to run the task on".into())
+                })?
+        } else {
+            let n = self.get_node(&req.node)?.node.unwrap_or_default();
+            if n.state != NodeState::Ready as i32 {
+                return Err(ControlError::Unplaceable(format!(
+                    "node {} is not ready (it is down or disconnected)",
+                    req.node
+                )));
+            }
+            n
+        };
+        let now = crate::time::unix_now();
+        let id = shoal_pki::random_id();
+        let task = Task {
+            name: if req.name.is_empty() {
+                id[..12].to_string()
+            } else {
+                req.name
+            },
+            id,
+            node_id: node.id.clone(),
+            spec: Some(spec),
+            desired_state: TaskState::Running as i32,
+            status: Some(TaskStatus {
+                state: TaskState::Assigned as i32,
+                message: "assigned".into(),
+                timestamp_unix_ms: now * 1000,
+                ..Default::default()
+            }),
+            created_at_unix: now,
+            updated_at_unix: now,
+            ..Default::default()
+        };
+        let mut b = Batch::default();
+        b.put(&task, Expect::Absent);
+        self.store.commit(b).await?;
+        tracing::info!(task_id = %task.id, node_id = %node.id, "task created");
+        Ok(task)
+    }
+
+    pub fn list_tasks(&self, node: &str) -> Result<ListTasksResponse, ControlError> {
+        let node_id = if node.is_empty() {
+            None
+        } else {
+            Some(self.get_node(node)?.node.unwrap_or_default().id)
+        };
+        let mut tasks: Vec<Task> = self
+            .store
+            .list::<Task>()?
+            .into_iter()
+            .map(|v| v.value)
+            .filter(|t| node_id.as_ref().is_none_or(|n| &t.node_id == n))
+            .collect();
+        tasks.sort_by(|a, b| {
+            a.name
+                .cmp(&b.name)
+                .then(b.created_at_unix.cmp(&a.created_at_unix))
+        });
+        let node_names = self
+            .store
+            .list::<Node>()?
+            .into_iter()
+            .map(|v| {
+                let host = v.value.description.map(|d| d.hostname).unwrap_or_default();
+                (v.value.id, host)
+            })
+            .collect();
+        Ok(ListTasksResponse { tasks, node_names })
+    }
+
+    /// Stops a task and deletes it once its node reports it finished (at once if it has).
+    pub async fn remove_task(&self, reference: &str) -> Result<(), ControlError> {
+        loop {
+            let task = self.get_task(reference)?;
+            let Some(cur) = self.store.get::<Task>(&task.id)? else {
+                return Ok(());
+            };
+            let state = cur.value.status.as_ref().map(|s| s.state).unwrap_or(0);
+            let mut b = Batch::default();
+            if crate::dispatcher::status::is_terminal(state) {
+                b.delete::<Task>(&task.id, Expect::Version(cur.version));
+            } else {
+                let mut t = cur.value.clone();
+                t.desired_state = TaskState::Remove as i32;
+                t.updated_at_unix = crate::time::unix_now();
+                b.put(&t, Expect::Version(cur.version));
+            }
+            match self.store.commit(b).await {
+                Ok(_) => return Ok(()),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The task's output, relayed from the node that runs it.
+    pub async fn task_logs(
+        &self,
+        reference: &str,
+        follow: bool,
+        tail: u64,
+    ) -> Result<crate::dispatcher::logs::LogStream, Status> {
+        let task = self.get_task(reference)?;
+        self.logs.subscribe(&task, follow, tail).await
     }
 
     fn view(&self, node: Node) -> NodeView {
@@ -176,8 +418,46 @@ pub struct ControlService(pub ControlApi);
 
 const MANAGERS: &[Role] = &[Role::Manager];
 
+pub type TaskLogsStream = tokio_stream::wrappers::ReceiverStream<Result<TaskLogsMessage, Status>>;
+
 #[tonic::async_trait]
 impl Control for ControlService {
+    type TaskLogsStream = TaskLogsStream;
+
+    async fn create_task(&self, req: Request<CreateTaskRequest>) -> Result<Response<Task>, Status> {
+        authorize(&req, "CreateTask", MANAGERS)?;
+        Ok(Response::new(self.0.create_task(req.into_inner()).await?))
+    }
+    async fn list_tasks(
+        &self,
+        req: Request<ListTasksRequest>,
+    ) -> Result<Response<ListTasksResponse>, Status> {
+        authorize(&req, "ListTasks", MANAGERS)?;
+        Ok(Response::new(self.0.list_tasks(&req.into_inner().node)?))
+    }
+    async fn get_task(&self, req: Request<GetTaskRequest>) -> Result<Response<Task>, Status> {
+        authorize(&req, "GetTask", MANAGERS)?;
+        Ok(Response::new(self.0.get_task(&req.into_inner().reference)?))
+    }
+    async fn remove_task(
+        &self,
+        req: Request<RemoveTaskRequest>,
+    ) -> Result<Response<RemoveTaskResponse>, Status> {
+        authorize(&req, "RemoveTask", MANAGERS)?;
+        self.0.remove_task(&req.into_inner().reference).await?;
+        Ok(Response::new(RemoveTaskResponse {}))
+    }
+    async fn task_logs(
+        &self,
+        req: Request<TaskLogsRequest>,
+    ) -> Result<Response<TaskLogsStream>, Status> {
+        authorize(&req, "TaskLogs", MANAGERS)?;
+        let r = req.into_inner();
+        let rx = self.0.task_logs(&r.reference, r.follow, r.tail).await?;
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
     async fn list_nodes(
         &self,
         req: Request<ListNodesRequest>,

@@ -188,8 +188,12 @@ impl Manager {
             cancel.clone(),
         ));
 
-        let control = ControlApi::new(cfg.store.clone(), cfg.local_node_id.clone());
-        let dispatcher = Dispatcher::new(cfg.store.clone());
+        let dispatcher = Dispatcher::new(cfg.store.clone(), cancel.clone());
+        let control = ControlApi::new(
+            cfg.store.clone(),
+            cfg.local_node_id.clone(),
+            dispatcher.logs.clone(),
+        );
         tasks.spawn(dispatcher.clone().run_liveness(cancel.clone()));
         let ca = CaServer::new(cfg.store.clone(), root, cfg.cluster_id.clone());
         let router = tonic::transport::Server::builder()

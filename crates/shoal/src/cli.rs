@@ -28,7 +28,7 @@ pub async fn run_daemon(opts: DaemonOpts) -> Result<()> {
         .with_context(|| format!("cannot create state dir {}", opts.state_dir.display()))?;
     let listener = crate::socket::bind(&opts.socket)?;
     let socket = opts.socket.clone();
-    let daemon = Arc::new(Daemon::new(opts));
+    let daemon = Arc::new(Daemon::new(opts)?);
     if let Err(e) = daemon.resume().await {
         // Keep serving the socket so the operator can see the error with 'shoal info' and fix it.
         tracing::error!("cannot resume this node's cluster membership: {e:#}");
@@ -55,11 +55,11 @@ pub struct Client {
     control: ControlClient<Channel>,
 }
 
-fn status_err(s: tonic::Status) -> anyhow::Error {
+pub(crate) fn status_err(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}", s.message())
 }
 
-fn fmt_time(unix: i64) -> String {
+pub(crate) fn fmt_time(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()
         .and_then(|t| {
@@ -133,7 +133,7 @@ fn node_json(v: &NodeView) -> serde_json::Value {
     j
 }
 
-fn print_table(rows: &[Vec<String>]) {
+pub(crate) fn print_table(rows: &[Vec<String>]) {
     let cols = rows.first().map(|r| r.len()).unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
@@ -182,6 +182,13 @@ impl Client {
             local: LocalClient::new(ch.clone()),
             control: ControlClient::new(ch),
         })
+    }
+
+    pub(crate) fn local(&self) -> LocalClient<Channel> {
+        self.local.clone()
+    }
+    pub(crate) fn control(&self) -> ControlClient<Channel> {
+        self.control.clone()
     }
 
     async fn info_raw(&self) -> Result<InfoResponse> {

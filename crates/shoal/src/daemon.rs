@@ -6,8 +6,12 @@ use crate::netaddr::{detect_ip, with_port, DEFAULT_PORT};
 use crate::statedir::{Loaded, NodeState, StateDir};
 use anyhow::{anyhow, bail, Context, Result};
 use shoal_agent::connect::{channel, error_chain, lazy_channel};
+use shoal_agent::controller::Deps;
 use shoal_agent::describe::describe;
-use shoal_agent::session::{heartbeat_once, Session};
+use shoal_agent::image::{CredentialStore, ImageStore};
+use shoal_agent::runtime::{runc::Runc, Runtime};
+use shoal_agent::session::{heartbeat_once, run_assignments, Session};
+use shoal_agent::worker::Worker;
 use shoal_manager::bootstrap::{raft_id, DEFAULT_CERT_EXPIRY, DEFAULT_HEARTBEAT};
 use shoal_manager::{init_cluster, InitParams, Manager, ManagerConfig};
 use shoal_pki::{BootstrapPin, ClusterId, ClusterTrust, JoinToken, NodeId, NodeKey, Role};
@@ -33,6 +37,8 @@ pub struct DaemonOpts {
     pub socket: PathBuf,
     /// Engine labels this node reports about itself (untrusted by managers).
     pub labels: HashMap<String, String>,
+    /// The cgroup every container of this node is placed under.
+    pub cgroup_parent: String,
 }
 
 /// A node that is part of a cluster.
@@ -48,6 +54,9 @@ struct Active {
 pub struct Daemon {
     pub opts: DaemonOpts,
     dir: StateDir,
+    pub images: ImageStore,
+    pub creds: Arc<CredentialStore>,
+    runtime: Arc<dyn Runtime>,
     active: Mutex<Option<Active>>,
     /// Why the membership in the state directory could not be resumed. While set, init
     /// and join refuse to run so nothing stored there is overwritten.
@@ -85,14 +94,26 @@ fn client_tls(
 }
 
 impl Daemon {
-    pub fn new(opts: DaemonOpts) -> Self {
+    pub fn new(opts: DaemonOpts) -> Result<Self> {
         let dir = StateDir::new(&opts.state_dir);
-        Daemon {
+        let images = ImageStore::open(&opts.state_dir.join("images"))
+            .context("cannot open the image store")?;
+        let creds = Arc::new(CredentialStore::open(
+            &opts.state_dir.join("registry-auth.json"),
+        ));
+        let runtime: Arc<dyn Runtime> = Arc::new(
+            Runc::new(&opts.state_dir.join("containers"), &opts.cgroup_parent)
+                .context("cannot set up the container runtime")?,
+        );
+        Ok(Daemon {
             opts,
             dir,
+            images,
+            creds,
+            runtime,
             active: Mutex::new(None),
             damaged: Mutex::new(None),
-        }
+        })
     }
 
     /// Records that the state directory could not be resumed.
@@ -185,6 +206,19 @@ impl Daemon {
             }
         };
         let agent_cancel = CancellationToken::new();
+        let status = shoal_agent::reporter::start(session.channel.clone(), agent_cancel.clone());
+        let worker = Worker::new(Deps {
+            runtime: self.runtime.clone(),
+            images: self.images.clone(),
+            creds: self.creds.clone(),
+            status,
+        });
+        tokio::spawn(run_assignments(
+            session.channel.clone(),
+            worker,
+            session.description.clone(),
+            agent_cancel.clone(),
+        ));
         tokio::spawn(session.run(agent_cancel.clone()));
         Ok(Active {
             state,

@@ -6,6 +6,7 @@ mod daemon;
 mod netaddr;
 mod socket;
 mod statedir;
+mod tasks_cli;
 
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
@@ -35,6 +36,10 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
     }
 }
 
+pub(crate) fn parse_duration_pub(s: &str) -> Result<Duration, String> {
+    parse_duration(s)
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
         .map_err(|e| format!("{s:?} is not a duration like 90d, 12h, 5s or 500ms: {e}"))
@@ -57,6 +62,9 @@ enum Cmd {
         /// untrusted: placement on trusted labels uses 'node update --label-add'.
         #[arg(long = "label", value_parser = parse_label)]
         labels: Vec<(String, String)>,
+        /// The cgroup this node's containers go under.
+        #[arg(long, default_value = "shoal")]
+        cgroup_parent: String,
     },
     /// Create a new cluster with this node as its manager.
     Init {
@@ -105,6 +113,108 @@ enum Cmd {
         #[command(subcommand)]
         cmd: NodeCmd,
     },
+    /// Manage images on this node.
+    Image {
+        #[command(subcommand)]
+        cmd: ImageCmd,
+    },
+    /// Registry credentials of this node.
+    Registry {
+        #[command(subcommand)]
+        cmd: RegistryCmd,
+    },
+    /// Run and inspect single tasks (a debugging tool; services come later).
+    Task {
+        #[command(subcommand)]
+        cmd: TaskCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageCmd {
+    /// Make an image from a root filesystem tarball.
+    Import {
+        /// The tarball (a path on this machine).
+        file: PathBuf,
+        /// NAME[:TAG]
+        reference: String,
+    },
+    /// Load images from a 'docker save' or OCI layout archive.
+    Load {
+        #[arg(short, long)]
+        input: PathBuf,
+    },
+    /// Pull an image from a registry (credentials from 'shoal registry login').
+    Pull { reference: String },
+    /// List images.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Remove images.
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        references: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum RegistryCmd {
+    /// Check credentials with a registry and save them on this node.
+    Login {
+        #[arg(short, long)]
+        username: String,
+        /// The password (or use --password-stdin).
+        #[arg(short, long)]
+        password: Option<String>,
+        #[arg(long)]
+        password_stdin: bool,
+        /// host[:port] of the registry.
+        registry: String,
+    },
+    /// Forget a registry's credentials.
+    Logout { registry: String },
+}
+
+#[derive(Subcommand)]
+enum TaskCmd {
+    /// Run one container as a task on a node and wait until it runs.
+    Run(Box<tasks_cli::TaskRunArgs>),
+    /// List tasks.
+    #[command(alias = "list")]
+    Ls {
+        /// Only tasks on this node.
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(short, long)]
+        quiet: bool,
+        #[arg(long)]
+        no_trunc: bool,
+    },
+    /// Show tasks in detail (JSON).
+    Inspect {
+        #[arg(required = true)]
+        tasks: Vec<String>,
+    },
+    /// Remove tasks (their containers are stopped).
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        tasks: Vec<String>,
+    },
+    /// Print a task's output, from whichever node runs it.
+    Logs {
+        task: String,
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long, short = 'n')]
+        tail: Option<u64>,
+        #[arg(short, long)]
+        timestamps: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -142,6 +252,11 @@ fn socket_path(host: Option<String>) -> anyhow::Result<PathBuf> {
 }
 
 fn main() {
+    // The per-container supervisor is this binary re-executed: no async runtime, no CLI.
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some(shoal_agent::runtime::supervisor::SUBCOMMAND) {
+        shoal_agent::runtime::supervisor::main(&argv[2..]);
+    }
     shoal_pki::install_crypto_provider();
     let cli = Cli::parse();
     let code = match run(cli) {
@@ -161,6 +276,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         advertise_addr,
         socket,
         labels,
+        cgroup_parent,
     } = cli.cmd
     {
         // A small fixed pool: the daemon's work is I/O, and memory matters on big fleets.
@@ -174,6 +290,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             advertise_addr,
             socket,
             labels: labels.into_iter().collect(),
+            cgroup_parent,
         }));
     }
     let socket = socket_path(cli.host)?;
@@ -204,6 +321,44 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } => c.join_token(&role, quiet, rotate).await,
             Cmd::Leave { force } => c.leave(force).await,
             Cmd::Info { format } => c.info(format.as_deref()).await,
+            Cmd::Image { cmd } => match cmd {
+                ImageCmd::Import { file, reference } => c.image_import(&file, &reference).await,
+                ImageCmd::Load { input } => c.image_load(&input).await,
+                ImageCmd::Pull { reference } => c.image_pull(&reference).await,
+                ImageCmd::Ls { quiet } => c.image_ls(quiet).await,
+                ImageCmd::Rm { references } => c.image_rm(&references).await,
+            },
+            Cmd::Registry { cmd } => match cmd {
+                RegistryCmd::Login {
+                    username,
+                    password,
+                    password_stdin,
+                    registry,
+                } => {
+                    c.registry_login(&registry, &username, password, password_stdin)
+                        .await
+                }
+                RegistryCmd::Logout { registry } => c.registry_logout(&registry).await,
+            },
+            Cmd::Task { cmd } => match cmd {
+                TaskCmd::Run(args) => c.task_run(*args).await,
+                TaskCmd::Ls {
+                    node,
+                    quiet,
+                    no_trunc,
+                } => c.task_ls(node, quiet, no_trunc).await,
+                TaskCmd::Inspect { tasks } => c.task_inspect(&tasks).await,
+                TaskCmd::Rm { tasks } => c.task_rm(&tasks).await,
+                TaskCmd::Logs {
+                    task,
+                    follow,
+                    tail,
+                    timestamps,
+                } => {
+                    c.task_logs(&task, follow, tail.unwrap_or(0), timestamps)
+                        .await
+                }
+            },
             Cmd::Node { cmd } => match cmd {
                 NodeCmd::Ls { quiet, format } => c.node_ls(quiet, format.as_deref()).await,
                 NodeCmd::Inspect {

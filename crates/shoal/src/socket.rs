@@ -3,16 +3,24 @@
 
 use crate::daemon::{Daemon, UserError};
 use anyhow::{bail, Context, Result};
+use shoal_agent::image::{login, registry_of, Credentials, ImageError, ImageInfo};
 use shoal_proto::control::control_server::{Control, ControlServer};
 use shoal_proto::control::{
     ClusterInfo, GetClusterInfoRequest, GetJoinTokenRequest, GetJoinTokenResponse, GetNodeRequest,
     ListNodesRequest, ListNodesResponse, NodeView,
 };
+use shoal_proto::control::{
+    CreateTaskRequest, GetTaskRequest, ListTasksRequest, ListTasksResponse, RemoveTaskRequest,
+    RemoveTaskResponse, TaskLogsRequest,
+};
 use shoal_proto::local::local_server::{Local, LocalServer};
 use shoal_proto::local::{
-    InfoRequest, InfoResponse, InitRequest, InitResponse, JoinRequest, JoinResponse, LeaveRequest,
-    LeaveResponse,
+    Image, ImageImportRequest, ImageList, ImageListRequest, ImageLoadRequest, ImagePullRequest,
+    ImageRemoveRequest, ImageRemoveResponse, InfoRequest, InfoResponse, InitRequest, InitResponse,
+    JoinRequest, JoinResponse, LeaveRequest, LeaveResponse, RegistryLoginRequest,
+    RegistryLoginResponse, RegistryLogoutRequest,
 };
+use shoal_proto::objects::Task;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -53,6 +61,107 @@ impl Local for LocalApi {
     async fn info(&self, _req: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
         Ok(Response::new(self.0.info().await))
     }
+
+    async fn image_import(
+        &self,
+        req: Request<ImageImportRequest>,
+    ) -> Result<Response<Image>, Status> {
+        let r = req.into_inner();
+        let images = self.0.images.clone();
+        let info = blocking(move || images.import_rootfs(Path::new(&r.path), &r.reference)).await?;
+        Ok(Response::new(image_msg(&info)))
+    }
+    async fn image_load(
+        &self,
+        req: Request<ImageLoadRequest>,
+    ) -> Result<Response<ImageList>, Status> {
+        let r = req.into_inner();
+        let images = self.0.images.clone();
+        let list = blocking(move || images.load_archive(Path::new(&r.path))).await?;
+        Ok(Response::new(ImageList {
+            images: list.iter().map(image_msg).collect(),
+        }))
+    }
+    async fn image_pull(&self, req: Request<ImagePullRequest>) -> Result<Response<Image>, Status> {
+        let r = req.into_inner();
+        let creds = self.0.creds.get(&registry_of(&r.reference));
+        let info = self
+            .0
+            .images
+            .pull(&r.reference, creds.as_ref())
+            .await
+            .map_err(image_status)?;
+        Ok(Response::new(image_msg(&info)))
+    }
+    async fn image_list(
+        &self,
+        _req: Request<ImageListRequest>,
+    ) -> Result<Response<ImageList>, Status> {
+        let images = self.0.images.clone();
+        let list = blocking(move || images.list()).await?;
+        Ok(Response::new(ImageList {
+            images: list.iter().map(image_msg).collect(),
+        }))
+    }
+    async fn image_remove(
+        &self,
+        req: Request<ImageRemoveRequest>,
+    ) -> Result<Response<ImageRemoveResponse>, Status> {
+        let r = req.into_inner();
+        let images = self.0.images.clone();
+        blocking(move || images.remove(&r.reference)).await?;
+        Ok(Response::new(ImageRemoveResponse {}))
+    }
+    async fn registry_login(
+        &self,
+        req: Request<RegistryLoginRequest>,
+    ) -> Result<Response<RegistryLoginResponse>, Status> {
+        let r = req.into_inner();
+        let c = Credentials {
+            username: r.username,
+            password: r.password,
+        };
+        login(&r.registry, &c).await.map_err(image_status)?;
+        self.0.creds.set(&r.registry, &c).map_err(image_status)?;
+        Ok(Response::new(RegistryLoginResponse {}))
+    }
+    async fn registry_logout(
+        &self,
+        req: Request<RegistryLogoutRequest>,
+    ) -> Result<Response<RegistryLoginResponse>, Status> {
+        self.0
+            .creds
+            .remove(&req.into_inner().registry)
+            .map_err(image_status)?;
+        Ok(Response::new(RegistryLoginResponse {}))
+    }
+}
+
+fn image_status(e: ImageError) -> Status {
+    match &e {
+        ImageError::NotFound(_) => Status::not_found(e.to_string()),
+        ImageError::Unauthorized(_) => Status::permission_denied(e.to_string()),
+        _ => Status::failed_precondition(e.to_string()),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ImageError> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(image_status)
+}
+
+fn image_msg(i: &ImageInfo) -> Image {
+    Image {
+        id: i.id.clone(),
+        references: i.references.clone(),
+        size: i.size,
+        created_unix: i.created_unix,
+        layers: i.layers.len() as u32,
+    }
 }
 
 /// The control API for the local administrator, answered by this node's manager.
@@ -60,6 +169,42 @@ pub struct LocalControl(pub Arc<Daemon>);
 
 #[tonic::async_trait]
 impl Control for LocalControl {
+    type TaskLogsStream = shoal_manager::controlapi::TaskLogsStream;
+
+    async fn create_task(&self, req: Request<CreateTaskRequest>) -> Result<Response<Task>, Status> {
+        let c = self.0.control().await?;
+        Ok(Response::new(c.create_task(req.into_inner()).await?))
+    }
+    async fn list_tasks(
+        &self,
+        req: Request<ListTasksRequest>,
+    ) -> Result<Response<ListTasksResponse>, Status> {
+        let c = self.0.control().await?;
+        Ok(Response::new(c.list_tasks(&req.into_inner().node)?))
+    }
+    async fn get_task(&self, req: Request<GetTaskRequest>) -> Result<Response<Task>, Status> {
+        let c = self.0.control().await?;
+        Ok(Response::new(c.get_task(&req.into_inner().reference)?))
+    }
+    async fn remove_task(
+        &self,
+        req: Request<RemoveTaskRequest>,
+    ) -> Result<Response<RemoveTaskResponse>, Status> {
+        let c = self.0.control().await?;
+        c.remove_task(&req.into_inner().reference).await?;
+        Ok(Response::new(RemoveTaskResponse {}))
+    }
+    async fn task_logs(
+        &self,
+        req: Request<TaskLogsRequest>,
+    ) -> Result<Response<Self::TaskLogsStream>, Status> {
+        let c = self.0.control().await?;
+        let r = req.into_inner();
+        let rx = c.task_logs(&r.reference, r.follow, r.tail).await?;
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
     async fn list_nodes(
         &self,
         _req: Request<ListNodesRequest>,

@@ -16,3 +16,10 @@ impl Object for Node {
         &self.id
     }
 }
+
+impl Object for shoal_proto::objects::Task {
+    const TABLE: &'static str = "tasks";
+    fn id(&self) -> &str {
+        &self.id
+    }
+}

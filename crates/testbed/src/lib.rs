@@ -131,6 +131,33 @@ fn sweep_stale() {
     }
 }
 
+/// The cgroup under which a testbed's containers live (one sub-cgroup per node).
+pub fn cgroup_root(tag: &str) -> String {
+    format!("shoal-{tag}")
+}
+
+/// Removes a cgroup subtree (its processes must be gone) in every hierarchy.
+fn remove_cgroup_tree(rel: &str) {
+    fn rm(dir: &Path) {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    rm(&e.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(dir);
+    }
+    let base = Path::new("/sys/fs/cgroup");
+    if base.join("cgroup.controllers").exists() {
+        rm(&base.join(rel));
+    } else if let Ok(hier) = std::fs::read_dir(base) {
+        for h in hier.flatten() {
+            rm(&h.path().join(rel));
+        }
+    }
+}
+
 /// Kills every process inside network namespace `ns`.
 fn kill_ns_processes(ns: &str) {
     if let Ok(pids) = ip(&["netns", "pids", ns]) {
@@ -254,16 +281,22 @@ impl Testbed {
             .create(true)
             .append(true)
             .open(&n.log)?;
+        let cgroup = format!("{}/{}", cgroup_root(&self.tag), n.name);
         let script = format!(
-            "hostname {host} && exec {bin} daemon --state-dir {state} --socket {sock} --listen-addr 0.0.0.0:4377 {extra}",
+            "hostname {host} && exec {bin} daemon --state-dir {state} --socket {sock} --listen-addr 0.0.0.0:4377 --cgroup-parent {cg} {extra}",
+            cg = cgroup,
             host = n.name,
             bin = binary.display(),
             state = n.state_dir.display(),
             sock = n.socket.display(),
         );
-        let child = Command::new("ip")
+        // nsenter, not `ip netns exec`: the latter remounts /sys, which hides the cgroup
+        // hierarchies runc needs. The daemon gets its own mount namespace, so the
+        // container mounts it makes vanish with its processes.
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", n.netns))
             .args([
-                "netns", "exec", &n.netns, "unshare", "--uts", "--", "sh", "-c", &script,
+                "--", "unshare", "--uts", "--mount", "--", "sh", "-c", &script,
             ])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -453,6 +486,20 @@ impl Drop for Testbed {
         }
         for n in &self.nodes {
             kill_ns_processes(&n.netns);
+        }
+        // Containers die with their namespace's processes; then their cgroups can go.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline
+            && self.nodes.iter().any(|n| {
+                ip(&["netns", "pids", &n.netns])
+                    .map(|p| !p.trim().is_empty())
+                    .unwrap_or(false)
+            })
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        remove_cgroup_tree(&cgroup_root(&self.tag));
+        for n in &self.nodes {
             let _ = ip(&["netns", "del", &n.netns]);
         }
         let _ = ip(&["netns", "del", &self.hub]);

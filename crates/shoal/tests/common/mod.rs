@@ -65,3 +65,78 @@ pub fn info(tb: &Testbed, i: usize) -> serde_json::Value {
     serde_json::from_str(&tb.cli_ok(i, &["info", "--format", "json"]).expect("info"))
         .expect("info json")
 }
+
+/// A busybox root filesystem tarball, made from Debian's busybox-static.
+pub fn busybox_tar(dir: &Path) -> std::path::PathBuf {
+    let root = dir.join("busybox-rootfs");
+    let tar = dir.join("busybox.tar");
+    if tar.exists() {
+        return tar;
+    }
+    for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "root"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static is installed");
+    for app in [
+        "sh", "echo", "sleep", "cat", "ls", "dd", "head", "hostname", "id", "env", "true", "false",
+        "touch", "test", "[",
+    ] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(app)).unwrap();
+    }
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
+    let ok = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "tar");
+    tar
+}
+
+/// Imports busybox:latest on node `i`.
+pub fn import_busybox(tb: &Testbed, i: usize) {
+    let tar = busybox_tar(tb.dir());
+    tb.cli_ok(
+        i,
+        &["image", "import", tar.to_str().unwrap(), "busybox:latest"],
+    )
+    .expect("image import");
+}
+
+/// `task inspect` of `task` on node 0, parsed.
+pub fn task(tb: &Testbed, task: &str) -> serde_json::Value {
+    let out = tb
+        .cli_ok(0, &["task", "inspect", task])
+        .expect("task inspect");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    v[0].clone()
+}
+
+/// Waits until the task's state is `state` (lower case), returning the task.
+pub fn wait_task_state(
+    tb: &Testbed,
+    id: &str,
+    state: &str,
+    timeout: Duration,
+) -> serde_json::Value {
+    wait_for(timeout, || {
+        let t = task(tb, id);
+        (t["Status"]["State"] == state).then_some(t)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "task {id} never {state}: {}\n{}",
+            task(tb, id),
+            tb.all_logs()
+        )
+    })
+}

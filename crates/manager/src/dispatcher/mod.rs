@@ -5,17 +5,26 @@
 //! replicated log); only state changes are written to the store. A new leader gives
 //! every node a full grace period before judging it.
 
+pub mod logs;
+pub mod session;
+pub mod status;
+
 use crate::auth::{authorize, remote_addr};
 use crate::ca_server::{manager_addrs, store_status};
 use crate::time::unix_now;
 use shoal_pki::Role;
 use shoal_proto::dispatcher::dispatcher_server::Dispatcher as DispatcherRpc;
-use shoal_proto::dispatcher::{HeartbeatRequest, HeartbeatResponse};
+use shoal_proto::dispatcher::{
+    HeartbeatRequest, HeartbeatResponse, PublishLogsMessage, PublishLogsResponse, SessionMessage,
+    SessionRequest, UpdateTaskStatusRequest, UpdateTaskStatusResponse,
+};
+use shoal_proto::objects::Task;
 use shoal_proto::objects::{Cluster, Node, NodeState};
 use shoal_store::{Batch, Expect, Store, StoreError};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -38,13 +47,30 @@ pub fn heartbeat_period(store: &Store) -> Duration {
 pub struct Dispatcher {
     store: Store,
     last_seen: Arc<Mutex<HashMap<String, Instant>>>,
+    status: status::StatusWriter,
+    pub logs: Arc<logs::LogBroker>,
+    cancel: CancellationToken,
 }
 
+const ANY_NODE: &[Role] = &[Role::Manager, Role::Worker];
+
 impl Dispatcher {
-    pub fn new(store: Store) -> Self {
+    pub fn new(store: Store, cancel: CancellationToken) -> Self {
         Dispatcher {
+            status: status::StatusWriter::start(store.clone(), cancel.clone()),
             store,
             last_seen: Arc::new(Mutex::new(HashMap::new())),
+            logs: Arc::new(logs::LogBroker::default()),
+            cancel,
+        }
+    }
+
+    fn require_member(&self, node_id: &str) -> Result<(), Status> {
+        match self.store.get::<Node>(node_id).map_err(store_status)? {
+            Some(_) => Ok(()),
+            None => Err(Status::not_found(format!(
+                "node {node_id} is not a member of this cluster (it may have been removed): join again with a token"
+            ))),
         }
     }
 
@@ -132,13 +158,75 @@ impl Dispatcher {
     }
 }
 
+type SessionStream = tokio_stream::wrappers::ReceiverStream<Result<SessionMessage, Status>>;
+
 #[tonic::async_trait]
 impl DispatcherRpc for Dispatcher {
+    type SessionStream = SessionStream;
+
+    async fn session(
+        &self,
+        req: Request<SessionRequest>,
+    ) -> Result<Response<SessionStream>, Status> {
+        let id = authorize(&req, "Session", ANY_NODE)?;
+        let node_id = id.node_id().to_string();
+        self.require_member(&node_id)?;
+        let rx = session::start(
+            self.store.clone(),
+            self.logs.clone(),
+            node_id,
+            self.cancel.clone(),
+        )?;
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+
+    async fn update_task_status(
+        &self,
+        req: Request<UpdateTaskStatusRequest>,
+    ) -> Result<Response<UpdateTaskStatusResponse>, Status> {
+        let id = authorize(&req, "UpdateTaskStatus", ANY_NODE)?;
+        let node_id = id.node_id().as_str();
+        let updates = req.into_inner().updates;
+        for u in &updates {
+            // A node speaks only for its own tasks; a task already gone is no error.
+            if let Some(t) = self.store.get::<Task>(&u.task_id).map_err(store_status)? {
+                if t.value.node_id != node_id {
+                    return Err(Status::permission_denied(format!(
+                        "task {} is not assigned to this node",
+                        u.task_id
+                    )));
+                }
+            }
+        }
+        self.status
+            .write(updates)
+            .await
+            .map_err(Status::unavailable)?;
+        Ok(Response::new(UpdateTaskStatusResponse {}))
+    }
+
+    async fn publish_logs(
+        &self,
+        req: Request<tonic::Streaming<PublishLogsMessage>>,
+    ) -> Result<Response<PublishLogsResponse>, Status> {
+        let id = authorize(&req, "PublishLogs", ANY_NODE)?;
+        let node_id = id.node_id().to_string();
+        let mut stream = req.into_inner();
+        while let Some(msg) = stream.next().await {
+            if !self.logs.publish(&node_id, msg?).await? {
+                break;
+            }
+        }
+        Ok(Response::new(PublishLogsResponse {}))
+    }
+
     async fn heartbeat(
         &self,
         req: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
-        let id = authorize(&req, "Heartbeat", &[Role::Manager, Role::Worker])?;
+        let id = authorize(&req, "Heartbeat", ANY_NODE)?;
         let remote_ip = remote_addr(&req).map(|a| a.ip().to_string());
         let req = req.into_inner();
         let node_id = id.node_id().to_string();

@@ -1,0 +1,340 @@
+//! One task controller per task: drives a task from ASSIGNED to a final state on this
+//! node, reporting each step. Errors before the container starts make the task
+//! REJECTED, after it FAILED. A controller started after a daemon restart first looks
+//! for the task's container and re-adopts it.
+
+use crate::image::{registry_of, CredentialStore, ImageStore};
+use crate::reporter::StatusSender;
+use crate::runtime::{ContainerConfig, ContainerStatus, Exit, MountKind, MountSpec, Runtime};
+use crate::state::TaskProgress;
+use shoal_proto::objects::{Task, TaskState, TaskStatus};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
+const POLL: Duration = Duration::from_millis(50);
+
+#[derive(Clone)]
+pub struct Deps {
+    pub runtime: Arc<dyn Runtime>,
+    pub images: ImageStore,
+    pub creds: Arc<CredentialStore>,
+    pub status: StatusSender,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+struct Ctl {
+    task: Task,
+    deps: Deps,
+    progress: TaskProgress,
+    desired: watch::Receiver<i32>,
+}
+
+impl Ctl {
+    async fn report(
+        &mut self,
+        state: TaskState,
+        message: &str,
+        err: &str,
+        exit: Option<&Exit>,
+        pid: u32,
+    ) {
+        if self.progress.advance(state).is_err() {
+            return;
+        }
+        let st = TaskStatus {
+            state: state as i32,
+            message: message.to_string(),
+            err: err.to_string(),
+            exit_code: exit.map(|x| x.code).unwrap_or(0),
+            timestamp_unix_ms: now_ms(),
+            pid,
+        };
+        tracing::debug!(task_id = %self.task.id, ?state, "task state");
+        let _ = self.deps.status.send((self.task.id.clone(), st)).await;
+    }
+
+    fn wants_stop(&self) -> bool {
+        *self.desired.borrow() >= TaskState::Shutdown as i32
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(Arc<dyn Runtime>) -> T + Send + 'static,
+    ) -> T {
+        let rt = self.deps.runtime.clone();
+        match tokio::task::spawn_blocking(move || f(rt)).await {
+            Ok(v) => v,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+
+    /// Image present or pulled, container prepared. Err is a message for REJECTED.
+    async fn prepare(&mut self) -> Result<(), String> {
+        let spec = self.task.spec.clone().unwrap_or_default();
+        let images = self.deps.images.clone();
+        let reference = spec.image.clone();
+        let found = tokio::task::spawn_blocking({
+            let images = images.clone();
+            let r = reference.clone();
+            move || images.resolve(&r)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        let image = match found {
+            Some(i) => i,
+            None => {
+                let creds = self.deps.creds.get(&registry_of(&reference));
+                images
+                    .pull(&reference, creds.as_ref())
+                    .await
+                    .map_err(|e| format!("cannot pull image {reference}: {e}"))?
+            }
+        };
+        let cfg = &image.config;
+        let entrypoint = if spec.command.is_empty() {
+            cfg.entrypoint.clone()
+        } else {
+            spec.command.clone()
+        };
+        let cmd = if spec.command.is_empty() && spec.args.is_empty() {
+            cfg.cmd.clone()
+        } else {
+            spec.args.clone()
+        };
+        let args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
+        if args.is_empty() {
+            return Err(format!(
+                "no command to run: image {reference} has no default command; give one"
+            ));
+        }
+        let mut env = cfg.env.clone();
+        for e in &spec.env {
+            let key = e.split('=').next().unwrap_or("");
+            env.retain(|x| x.split('=').next() != Some(key));
+            env.push(e.clone());
+        }
+        let limits = spec.limits.unwrap_or_default();
+        let container = ContainerConfig {
+            id: self.task.id.clone(),
+            layers: images.layer_dirs(&image),
+            args,
+            env,
+            cwd: if spec.workdir.is_empty() {
+                cfg.working_dir.clone()
+            } else {
+                spec.workdir.clone()
+            },
+            user: if spec.user.is_empty() {
+                cfg.user.clone()
+            } else {
+                spec.user.clone()
+            },
+            hostname: spec.hostname.clone(),
+            readonly_rootfs: spec.readonly_rootfs,
+            mounts: spec
+                .mounts
+                .iter()
+                .map(|m| MountSpec {
+                    kind: if m.r#type == "tmpfs" {
+                        MountKind::Tmpfs
+                    } else {
+                        MountKind::Bind
+                    },
+                    source: m.source.clone(),
+                    target: m.target.clone(),
+                    readonly: m.readonly,
+                    size_bytes: m.size_bytes,
+                })
+                .collect(),
+            memory_bytes: limits.memory_bytes,
+            nano_cpus: limits.nano_cpus,
+            pids: limits.pids,
+        };
+        self.blocking(move |rt| rt.prepare(&container))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn finish(&mut self, exit: Exit, stopped: bool) {
+        if let Some(err) = &exit.error {
+            self.report(TaskState::Failed, "failed", err, Some(&exit), 0)
+                .await;
+        } else if stopped {
+            self.report(TaskState::Shutdown, "shutdown", "", Some(&exit), 0)
+                .await;
+        } else if exit.oom {
+            let e = format!(
+                "OOM: killed for using more memory than its limit (exit code {})",
+                exit.code
+            );
+            self.report(TaskState::Failed, "failed", &e, Some(&exit), 0)
+                .await;
+        } else if exit.code == 0 {
+            self.report(TaskState::Complete, "finished", "", Some(&exit), 0)
+                .await;
+        } else {
+            let e = format!("task: non-zero exit ({})", exit.code);
+            self.report(TaskState::Failed, "failed", &e, Some(&exit), 0)
+                .await;
+        }
+    }
+
+    /// Waits for the running container to exit, stopping it if asked to.
+    async fn supervise(&mut self, pid: u32) {
+        let grace = match self
+            .task
+            .spec
+            .as_ref()
+            .map(|s| s.stop_grace_period_ms)
+            .unwrap_or(0)
+        {
+            0 => DEFAULT_STOP_GRACE,
+            ms => Duration::from_millis(ms),
+        };
+        let id = self.task.id.clone();
+        let mut stopping: Option<tokio::time::Instant> = None;
+        let mut killed = false;
+        loop {
+            let st = {
+                let id = id.clone();
+                self.blocking(move |rt| rt.status(&id)).await
+            };
+            match st {
+                ContainerStatus::Running { .. } => {}
+                ContainerStatus::Exited(x) => return self.finish(x, stopping.is_some()).await,
+                ContainerStatus::Missing | ContainerStatus::Created => {
+                    let x = Exit {
+                        code: -1,
+                        oom: false,
+                        error: Some("the container disappeared".into()),
+                    };
+                    return self.finish(x, false).await;
+                }
+            }
+            if stopping.is_none() && self.wants_stop() {
+                tracing::info!(task_id = %id, pid, "stopping container");
+                let i = id.clone();
+                let _ = self
+                    .blocking(move |rt| rt.signal(&i, nix::sys::signal::Signal::SIGTERM))
+                    .await;
+                stopping = Some(tokio::time::Instant::now() + grace);
+            }
+            if let Some(deadline) = stopping {
+                if !killed && tokio::time::Instant::now() >= deadline {
+                    let i = id.clone();
+                    let _ = self
+                        .blocking(move |rt| rt.signal(&i, nix::sys::signal::Signal::SIGKILL))
+                        .await;
+                    killed = true;
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(POLL) => {}
+                _ = self.desired.changed(), if stopping.is_none() => {}
+            }
+        }
+    }
+
+    async fn run(mut self) {
+        let id = self.task.id.clone();
+        // Re-adoption: the container may already exist from before a restart.
+        let existing = {
+            let id = id.clone();
+            self.blocking(move |rt| rt.status(&id)).await
+        };
+        match existing {
+            ContainerStatus::Running { pid } => {
+                tracing::info!(task_id = %id, pid, "re-adopted running container");
+                self.report(TaskState::Running, "running", "", None, pid)
+                    .await;
+                return self.supervise(pid).await;
+            }
+            ContainerStatus::Exited(x) => {
+                self.report(TaskState::Running, "running", "", None, 0)
+                    .await;
+                return self.finish(x, self.wants_stop()).await;
+            }
+            ContainerStatus::Created => {
+                // Prepared before a restart but never started: start over.
+                let i = id.clone();
+                let _ = self.blocking(move |rt| rt.remove(&i)).await;
+            }
+            ContainerStatus::Missing => {
+                if self.progress.state() as i32 >= TaskState::Running as i32 {
+                    let x = Exit {
+                        code: -1,
+                        oom: false,
+                        error: Some("the container is gone from this node".into()),
+                    };
+                    return self.finish(x, false).await;
+                }
+            }
+        }
+        if self.wants_stop() {
+            return self
+                .report(TaskState::Shutdown, "shutdown before start", "", None, 0)
+                .await;
+        }
+        self.report(TaskState::Accepted, "accepted", "", None, 0)
+            .await;
+        self.report(TaskState::Preparing, "preparing", "", None, 0)
+            .await;
+        if let Err(e) = self.prepare().await {
+            tracing::info!(task_id = %id, error = %e, "task rejected");
+            return self
+                .report(TaskState::Rejected, "rejected", &e, None, 0)
+                .await;
+        }
+        self.report(TaskState::Ready, "prepared", "", None, 0).await;
+        if self.wants_stop() {
+            let i = id.clone();
+            let _ = self.blocking(move |rt| rt.remove(&i)).await;
+            return self
+                .report(TaskState::Shutdown, "shutdown before start", "", None, 0)
+                .await;
+        }
+        self.report(TaskState::Starting, "starting", "", None, 0)
+            .await;
+        let started = {
+            let i = id.clone();
+            self.blocking(move |rt| rt.start(&i)).await
+        };
+        match started {
+            Ok(pid) => {
+                self.report(TaskState::Running, "running", "", None, pid)
+                    .await;
+                self.supervise(pid).await;
+            }
+            Err(e) => {
+                let x = Exit {
+                    code: -1,
+                    oom: false,
+                    error: Some(e.to_string()),
+                };
+                self.finish(x, false).await;
+            }
+        }
+    }
+}
+
+/// Runs a controller for `task` until the task reaches a final state.
+pub async fn run(task: Task, desired: watch::Receiver<i32>, deps: Deps) {
+    let state = TaskState::try_from(task.status.as_ref().map(|s| s.state).unwrap_or(0))
+        .unwrap_or(TaskState::Assigned);
+    let ctl = Ctl {
+        progress: TaskProgress::new(state),
+        task,
+        deps,
+        desired,
+    };
+    ctl.run().await
+}

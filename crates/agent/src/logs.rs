@@ -1,0 +1,141 @@
+//! Publishing a task's log lines to a manager that asked for them.
+
+use crate::runtime::{ContainerStatus, Runtime};
+use shoal_proto::dispatcher::dispatcher_client::DispatcherClient;
+use shoal_proto::dispatcher::{LogLine, LogSubscription, PublishLogsMessage};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+
+/// Parses `<unix nanos> <stream> <text>` (the supervisor's format).
+pub fn parse_line(line: &str) -> Option<LogLine> {
+    let (ts, rest) = line.split_once(' ')?;
+    let (stream, text) = rest.split_once(' ').unwrap_or((rest, ""));
+    Some(LogLine {
+        timestamp_unix_nanos: ts.parse().ok()?,
+        stream: stream.to_string(),
+        data: text.as_bytes().to_vec(),
+    })
+}
+
+const BATCH: usize = 256;
+
+/// The complete lines of the log from byte `pos` on; moves `pos` past them (a line still
+/// being written is left for next time). A missing log is empty.
+fn read_lines(path: &Path, pos: &mut u64) -> std::io::Result<Vec<LogLine>> {
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    f.seek(SeekFrom::Start(*pos))?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf)?;
+    let complete = buf
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map(|i| i + 1)
+        .unwrap_or(0);
+    *pos += complete as u64;
+    Ok(String::from_utf8_lossy(&buf[..complete])
+        .lines()
+        .filter_map(parse_line)
+        .collect())
+}
+
+/// Serves one subscription: sends the last `tail` lines (all if 0), then, if following,
+/// new lines until the container has exited or the manager stops listening.
+pub async fn publish(
+    channel: Channel,
+    runtime: Arc<dyn Runtime>,
+    sub: LogSubscription,
+    known: bool,
+) {
+    let (tx, rx) = mpsc::channel::<PublishLogsMessage>(16);
+    let mut client = DispatcherClient::new(channel);
+    let call = tokio::spawn(async move {
+        client
+            .publish_logs(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    let sid = sub.id.clone();
+    let msg = |lines: Vec<LogLine>, close: bool, error: String| PublishLogsMessage {
+        subscription_id: sid.clone(),
+        lines,
+        close,
+        error,
+    };
+    if !known {
+        let _ = tx
+            .send(msg(
+                vec![],
+                true,
+                format!("task {} is not on this node", sub.task_id),
+            ))
+            .await;
+        drop(tx);
+        let _ = call.await;
+        return;
+    }
+    let path = runtime.log_path(&sub.task_id);
+    let mut pos = 0u64;
+    let mut backlog = match read_lines(&path, &mut pos) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = tx
+                .send(msg(
+                    vec![],
+                    true,
+                    format!("cannot read the task's log: {e}"),
+                ))
+                .await;
+            drop(tx);
+            let _ = call.await;
+            return;
+        }
+    };
+    if sub.tail > 0 && backlog.len() as u64 > sub.tail {
+        backlog.drain(..backlog.len() - sub.tail as usize);
+    }
+    for chunk in backlog.chunks(BATCH) {
+        if tx
+            .send(msg(chunk.to_vec(), false, String::new()))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+    if !sub.follow {
+        let _ = tx.send(msg(vec![], true, String::new())).await;
+        drop(tx);
+        let _ = call.await;
+        return;
+    }
+    loop {
+        let done = matches!(
+            runtime.status(&sub.task_id),
+            ContainerStatus::Exited(_) | ContainerStatus::Missing
+        );
+        let lines = read_lines(&path, &mut pos).unwrap_or_default();
+        for chunk in lines.chunks(BATCH) {
+            if tx
+                .send(msg(chunk.to_vec(), false, String::new()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        if done || tx.is_closed() || call.is_finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = tx.send(msg(vec![], true, String::new())).await;
+    drop(tx);
+    let _ = call.await;
+}

@@ -1,0 +1,103 @@
+//! Running containers. [`Runtime`] is what the task controllers need; [`runc::Runc`] is
+//! the backend: an OCI bundle (config.json from `oci-spec`) on an overlayfs rootfs, run
+//! by the `runc` binary under a small supervisor process per container
+//! ([`supervisor`]), our own binary re-executed. The supervisor holds the container's
+//! stdio, writes its log, and records its exit, so containers outlive the daemon.
+
+pub mod cgroup;
+pub mod runc;
+pub mod supervisor;
+
+use std::path::PathBuf;
+
+/// A bind or tmpfs mount.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MountSpec {
+    pub kind: MountKind,
+    pub source: String,
+    pub target: String,
+    pub readonly: bool,
+    pub size_bytes: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum MountKind {
+    Bind,
+    Tmpfs,
+}
+
+/// Everything needed to create one container.
+#[derive(Clone, Debug, Default)]
+pub struct ContainerConfig {
+    pub id: String,
+    /// Image layer directories, lowest first.
+    pub layers: Vec<PathBuf>,
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    /// `uid[:gid]`, or a user name from the image's /etc/passwd; empty is root.
+    pub user: String,
+    pub hostname: String,
+    pub readonly_rootfs: bool,
+    pub mounts: Vec<MountSpec>,
+    pub memory_bytes: i64,
+    pub nano_cpus: i64,
+    pub pids: i64,
+}
+
+/// How a container ended.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Exit {
+    pub code: i32,
+    /// Killed by the kernel's OOM killer for exceeding its memory limit.
+    pub oom: bool,
+    /// Set when the container could not run at all (runc refused it, the supervisor died).
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ContainerStatus {
+    /// No trace of it on this node.
+    Missing,
+    /// Prepared, not started.
+    Created,
+    Running {
+        pid: u32,
+    },
+    Exited(Exit),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Failed(String),
+}
+
+pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
+    let context = context.into();
+    move |source| RuntimeError::Io { context, source }
+}
+
+/// What task controllers need from a container runtime. Calls block (disk, processes):
+/// callers in async code use `spawn_blocking`.
+pub trait Runtime: Send + Sync + 'static {
+    /// Creates the container's filesystem and configuration.
+    fn prepare(&self, cfg: &ContainerConfig) -> Result<(), RuntimeError>;
+    /// Starts a prepared container and returns its pid once it runs.
+    fn start(&self, id: &str) -> Result<u32, RuntimeError>;
+    fn status(&self, id: &str) -> ContainerStatus;
+    /// Sends a signal to the container's init process.
+    fn signal(&self, id: &str, signal: nix::sys::signal::Signal) -> Result<(), RuntimeError>;
+    /// Removes a stopped container and everything it left (rootfs mount, bundle, log).
+    fn remove(&self, id: &str) -> Result<(), RuntimeError>;
+    /// IDs of the containers this node has on disk (for re-adoption after a restart).
+    fn list(&self) -> Vec<String>;
+    /// The container's log file (lines of `<unix nanos> <stream> <text>`).
+    fn log_path(&self, id: &str) -> PathBuf;
+}

@@ -1,0 +1,464 @@
+//! The runc backend. Per container, under `<root>/<id>/`:
+//!
+//! ```text
+//! bundle/config.json   the OCI runtime config
+//! bundle/rootfs        overlayfs: image layers (read-only) + upper/ (the container's writes)
+//! upper/ work/         overlayfs upper and work dirs
+//! container.log        output, one line per line: <unix nanos> <stdout|stderr> <text>
+//! pid                  the container's init pid, written by the supervisor once it runs
+//! exit.json            how it ended, written by the supervisor
+//! supervisor.pid       the supervisor's pid
+//! ```
+
+use super::supervisor::{self, SupervisorArgs};
+use super::{io_err, ContainerConfig, ContainerStatus, Exit, MountKind, Runtime, RuntimeError};
+use oci_spec::runtime::{
+    LinuxBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxPidsBuilder,
+    LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
+};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Runc {
+    root: PathBuf,
+    runc_root: PathBuf,
+    runc_bin: String,
+    cgroup_parent: String,
+    self_exe: PathBuf,
+}
+
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn failed(msg: impl Into<String>) -> RuntimeError {
+    RuntimeError::Failed(msg.into())
+}
+
+impl Runc {
+    /// `root`: where containers live (`<state>/containers`); `cgroup_parent`: the cgroup
+    /// every container of this node goes under.
+    pub fn new(root: &Path, cgroup_parent: &str) -> Result<Self, RuntimeError> {
+        std::fs::create_dir_all(root)
+            .map_err(io_err(format!("cannot create {}", root.display())))?;
+        let runc_root = root.join(".runc");
+        std::fs::create_dir_all(&runc_root).map_err(io_err("cannot create the runc state dir"))?;
+        let self_exe = std::env::current_exe().map_err(io_err("cannot find our own executable"))?;
+        Ok(Runc {
+            root: root.to_path_buf(),
+            runc_root,
+            runc_bin: std::env::var("SHOAL_RUNC").unwrap_or_else(|_| "runc".into()),
+            cgroup_parent: cgroup_parent.trim_matches('/').to_string(),
+            self_exe,
+        })
+    }
+
+    fn dir(&self, id: &str) -> PathBuf {
+        self.root.join(id)
+    }
+
+    fn cgroup_path(&self, id: &str) -> String {
+        format!("/{}/{id}", self.cgroup_parent)
+    }
+
+    /// Resolves `user` to uid/gid, reading names from the image's /etc/passwd.
+    fn resolve_user(rootfs: &Path, user: &str) -> Result<(u32, u32), RuntimeError> {
+        if user.is_empty() || user == "root" {
+            return Ok((0, 0));
+        }
+        let (u, g) = match user.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (user, None),
+        };
+        let passwd = std::fs::read_to_string(rootfs.join("etc/passwd")).unwrap_or_default();
+        // name:x:id:gid:... in both /etc/passwd and /etc/group (where gid is unused).
+        fn lookup(file: &str, name: &str) -> Option<(u32, u32)> {
+            file.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                if f.first() != Some(&name) {
+                    return None;
+                }
+                let id = f.get(2)?.parse().ok()?;
+                Some((id, f.get(3).and_then(|v| v.parse().ok()).unwrap_or(0)))
+            })
+        }
+        let (uid, default_gid) = match u.parse::<u32>() {
+            Ok(n) => (n, n),
+            Err(_) => lookup(&passwd, u).ok_or_else(|| {
+                failed(format!(
+                    "user {u:?} is not in the image's /etc/passwd: use a numeric uid[:gid]"
+                ))
+            })?,
+        };
+        let gid = match g {
+            None => default_gid,
+            Some(g) => match g.parse::<u32>() {
+                Ok(n) => n,
+                Err(_) => {
+                    let group =
+                        std::fs::read_to_string(rootfs.join("etc/group")).unwrap_or_default();
+                    lookup(&group, g).map(|(gid, _)| gid).ok_or_else(|| {
+                        failed(format!("group {g:?} is not in the image's /etc/group"))
+                    })?
+                }
+            },
+        };
+        Ok((uid, gid))
+    }
+
+    fn spec(&self, cfg: &ContainerConfig, rootfs: &Path) -> Result<Spec, RuntimeError> {
+        let e = |x: oci_spec::OciSpecError| failed(format!("building the container config: {x}"));
+        let (uid, gid) = Self::resolve_user(rootfs, &cfg.user)?;
+        let mut env = cfg.env.clone();
+        if !env.iter().any(|v| v.starts_with("PATH=")) {
+            env.insert(0, DEFAULT_PATH.to_string());
+        }
+        let process = ProcessBuilder::default()
+            .terminal(false)
+            .args(cfg.args.clone())
+            .env(env)
+            .cwd(if cfg.cwd.is_empty() {
+                "/".to_string()
+            } else {
+                cfg.cwd.clone()
+            })
+            .user(
+                UserBuilder::default()
+                    .uid(uid)
+                    .gid(gid)
+                    .build()
+                    .map_err(e)?,
+            )
+            .no_new_privileges(true)
+            .build()
+            .map_err(e)?;
+        let mut resources =
+            LinuxResourcesBuilder::default().devices(vec![LinuxDeviceCgroupBuilder::default()
+                .allow(false)
+                .access("rwm")
+                .build()
+                .map_err(e)?]);
+        if cfg.memory_bytes > 0 {
+            resources = resources.memory(
+                LinuxMemoryBuilder::default()
+                    .limit(cfg.memory_bytes)
+                    .swap(cfg.memory_bytes)
+                    .build()
+                    .map_err(e)?,
+            );
+        }
+        if cfg.nano_cpus > 0 {
+            let period: u64 = 100_000;
+            let quota = (cfg.nano_cpus as u128 * period as u128 / 1_000_000_000) as i64;
+            resources = resources.cpu(
+                LinuxCpuBuilder::default()
+                    .period(period)
+                    .quota(quota.max(1000))
+                    .build()
+                    .map_err(e)?,
+            );
+        }
+        if cfg.pids > 0 {
+            resources = resources.pids(
+                LinuxPidsBuilder::default()
+                    .limit(cfg.pids)
+                    .build()
+                    .map_err(e)?,
+            );
+        }
+        let defaults = oci_spec::runtime::Linux::default();
+        let namespaces: Vec<_> = defaults
+            .namespaces()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            // Containers share the node's network for now (overlay networks come later).
+            .filter(|n| n.typ() != oci_spec::runtime::LinuxNamespaceType::Network)
+            .collect();
+        let linux = LinuxBuilder::default()
+            .namespaces(namespaces)
+            .resources(resources.build().map_err(e)?)
+            .cgroups_path(PathBuf::from(self.cgroup_path(&cfg.id)))
+            .masked_paths(defaults.masked_paths().clone().unwrap_or_default())
+            .readonly_paths(defaults.readonly_paths().clone().unwrap_or_default())
+            .build()
+            .map_err(e)?;
+        let mut mounts: Vec<Mount> = oci_spec::runtime::get_default_mounts();
+        for m in &cfg.mounts {
+            let mut options = vec![];
+            let b = match m.kind {
+                MountKind::Bind => {
+                    options.push("rbind".to_string());
+                    options.push("rprivate".to_string());
+                    MountBuilder::default()
+                        .typ("bind")
+                        .source(PathBuf::from(&m.source))
+                }
+                MountKind::Tmpfs => {
+                    options.extend(["nosuid", "nodev", "noexec"].map(String::from));
+                    if m.size_bytes > 0 {
+                        options.push(format!("size={}", m.size_bytes));
+                    }
+                    MountBuilder::default()
+                        .typ("tmpfs")
+                        .source(PathBuf::from("tmpfs"))
+                }
+            };
+            options.push(if m.readonly { "ro" } else { "rw" }.to_string());
+            mounts.push(
+                b.destination(PathBuf::from(&m.target))
+                    .options(options)
+                    .build()
+                    .map_err(e)?,
+            );
+        }
+        let mut spec = Spec::default();
+        spec.set_hostname(Some(if cfg.hostname.is_empty() {
+            cfg.id.chars().take(12).collect()
+        } else {
+            cfg.hostname.clone()
+        }));
+        spec.set_process(Some(process));
+        spec.set_root(Some(
+            RootBuilder::default()
+                .path(PathBuf::from("rootfs"))
+                .readonly(cfg.readonly_rootfs)
+                .build()
+                .map_err(e)?,
+        ));
+        spec.set_linux(Some(linux));
+        spec.set_mounts(Some(mounts));
+        Ok(spec)
+    }
+
+    fn read_pid(path: &Path) -> Option<u32> {
+        std::fs::read_to_string(path).ok()?.trim().parse().ok()
+    }
+
+    fn read_exit(dir: &Path) -> Option<Exit> {
+        let text = std::fs::read(dir.join("exit.json")).ok()?;
+        match serde_json::from_slice(&text) {
+            Ok(x) => Some(x),
+            Err(e) => Some(Exit {
+                code: -1,
+                oom: false,
+                error: Some(format!(
+                    "{} is damaged: {e}",
+                    dir.join("exit.json").display()
+                )),
+            }),
+        }
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    // Signal 0 checks existence; a zombie counts as gone.
+    if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_err() {
+        return false;
+    }
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
+fn mount_overlay(
+    layers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+) -> Result<(), RuntimeError> {
+    if layers.is_empty() {
+        return Err(failed("the image has no layers"));
+    }
+    let lower: Vec<String> = layers
+        .iter()
+        .rev()
+        .map(|p| p.display().to_string())
+        .collect();
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.join(":"),
+        upper.display(),
+        work.display()
+    );
+    nix::mount::mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        nix::mount::MsFlags::empty(),
+        Some(opts.as_str()),
+    )
+    .map_err(|e| {
+        failed(format!(
+            "cannot mount the container's root filesystem (overlayfs): {e}"
+        ))
+    })
+}
+
+impl Runtime for Runc {
+    fn prepare(&self, cfg: &ContainerConfig) -> Result<(), RuntimeError> {
+        let dir = self.dir(&cfg.id);
+        let bundle = dir.join("bundle");
+        let rootfs = bundle.join("rootfs");
+        for d in [&rootfs, &dir.join("upper"), &dir.join("work")] {
+            std::fs::create_dir_all(d).map_err(io_err(format!("cannot create {}", d.display())))?;
+        }
+        let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
+        mount_overlay(&cfg.layers, &dir.join("upper"), &dir.join("work"), &rootfs)?;
+        let spec = match self.spec(cfg, &rootfs) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
+                return Err(e);
+            }
+        };
+        spec.save(bundle.join("config.json"))
+            .map_err(|e| failed(format!("cannot write config.json: {e}")))?;
+        Ok(())
+    }
+
+    fn start(&self, id: &str) -> Result<u32, RuntimeError> {
+        let dir = self.dir(id);
+        let args = SupervisorArgs {
+            id: id.to_string(),
+            dir: dir.clone(),
+            runc_root: self.runc_root.clone(),
+            runc_bin: self.runc_bin.clone(),
+            cgroup_path: self.cgroup_path(id),
+        };
+        let mut cmd = Command::new(&self.self_exe);
+        cmd.arg(supervisor::SUBCOMMAND)
+            .args(args.to_args())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // Its own session: the supervisor and its container outlive the daemon.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                nix::unistd::setsid()
+                    .map(|_| ())
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(io_err("cannot start the container supervisor"))?;
+        let deadline = Instant::now() + START_TIMEOUT;
+        let result = loop {
+            if let Some(pid) = Self::read_pid(&dir.join("pid")) {
+                break Ok(pid);
+            }
+            if let Some(x) = Self::read_exit(&dir) {
+                break Err(failed(x.error.unwrap_or_else(|| {
+                    format!("container exited at start with code {}", x.code)
+                })));
+            }
+            if let Ok(Some(st)) = child.try_wait() {
+                if Self::read_pid(&dir.join("pid")).is_none() && Self::read_exit(&dir).is_none() {
+                    break Err(failed(format!(
+                        "the container supervisor exited early ({st})"
+                    )));
+                }
+                continue;
+            }
+            if Instant::now() > deadline {
+                break Err(failed("the container did not start within 30 s"));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        // The supervisor stays our child until we exit; reap it in the background.
+        std::thread::spawn(move || {
+            let _ = child.wait();
+        });
+        result
+    }
+
+    fn status(&self, id: &str) -> ContainerStatus {
+        let dir = self.dir(id);
+        if !dir.exists() {
+            return ContainerStatus::Missing;
+        }
+        if let Some(x) = Self::read_exit(&dir) {
+            return ContainerStatus::Exited(x);
+        }
+        let Some(pid) = Self::read_pid(&dir.join("pid")) else {
+            return ContainerStatus::Created;
+        };
+        let sup = Self::read_pid(&dir.join("supervisor.pid"));
+        if sup.is_some_and(alive) {
+            return ContainerStatus::Running { pid };
+        }
+        // The supervisor died without recording an exit: it may have been killed with the
+        // container, or crashed. Check the exit file once more (it may just have landed).
+        if let Some(x) = Self::read_exit(&dir) {
+            return ContainerStatus::Exited(x);
+        }
+        ContainerStatus::Exited(Exit {
+            code: -1,
+            oom: false,
+            error: Some(if alive(pid) {
+                "the container's supervisor died; the container was left running".into()
+            } else {
+                "the container's supervisor died before recording the exit code".into()
+            }),
+        })
+    }
+
+    fn signal(&self, id: &str, signal: nix::sys::signal::Signal) -> Result<(), RuntimeError> {
+        let dir = self.dir(id);
+        if Self::read_exit(&dir).is_some() {
+            return Ok(());
+        }
+        let Some(pid) = Self::read_pid(&dir.join("pid")) else {
+            return Ok(());
+        };
+        match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+            Err(e) => Err(failed(format!("cannot signal container {id}: {e}"))),
+        }
+    }
+
+    fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        let dir = self.dir(id);
+        if !dir.exists() {
+            return Ok(());
+        }
+        // A container that never started (or whose supervisor died) may still be known to runc.
+        let _ = Command::new(&self.runc_bin)
+            .arg("--root")
+            .arg(&self.runc_root)
+            .args(["delete", "--force", id])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let rootfs = dir.join("bundle/rootfs");
+        match nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+            Err(e) => return Err(failed(format!("cannot unmount {}: {e}", rootfs.display()))),
+        }
+        super::cgroup::remove_tree(&self.cgroup_path(id));
+        std::fs::remove_dir_all(&dir).map_err(io_err(format!("cannot remove {}", dir.display())))
+    }
+
+    fn list(&self) -> Vec<String> {
+        std::fs::read_dir(&self.root)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| e.path().is_dir())
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|n| !n.starts_with('.'))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn log_path(&self, id: &str) -> PathBuf {
+        self.dir(id).join("container.log")
+    }
+}

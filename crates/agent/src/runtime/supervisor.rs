@@ -1,0 +1,299 @@
+//! The per-container supervisor: `shoal supervise-container ...`, started detached by the
+//! runtime. It becomes the subreaper of its container, creates and starts it with runc,
+//! writes its output to the log with timestamps, waits for it, records how it ended
+//! (exit code, OOM) in `exit.json`, and removes it from runc. Plain blocking code with no
+//! async runtime: it stays small, one per container.
+
+use super::Exit;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub const SUBCOMMAND: &str = "supervise-container";
+
+#[derive(Clone, Debug)]
+pub struct SupervisorArgs {
+    pub id: String,
+    pub dir: PathBuf,
+    pub runc_root: PathBuf,
+    pub runc_bin: String,
+    pub cgroup_path: String,
+}
+
+impl SupervisorArgs {
+    pub fn to_args(&self) -> Vec<String> {
+        vec![
+            self.id.clone(),
+            self.dir.display().to_string(),
+            self.runc_root.display().to_string(),
+            self.runc_bin.clone(),
+            self.cgroup_path.clone(),
+        ]
+    }
+
+    pub fn parse(args: &[String]) -> Option<Self> {
+        match args {
+            [id, dir, root, bin, cg] => Some(SupervisorArgs {
+                id: id.clone(),
+                dir: dir.into(),
+                runc_root: root.into(),
+                runc_bin: bin.clone(),
+                cgroup_path: cg.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+fn write_atomic(path: &Path, data: &[u8]) {
+    let tmp = path.with_extension("tmp");
+    if std::fs::write(&tmp, data).is_ok() {
+        let _ = std::fs::rename(&tmp, path);
+    }
+}
+
+fn record_exit(dir: &Path, exit: &Exit) {
+    let data = serde_json::to_vec(exit).unwrap_or_default();
+    write_atomic(&dir.join("exit.json"), &data);
+}
+
+fn runc(a: &SupervisorArgs) -> Command {
+    let mut c = Command::new(&a.runc_bin);
+    c.arg("--root").arg(&a.runc_root);
+    c
+}
+
+fn now_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// Appends complete lines from `buf` to the log; keeps a partial last line in `buf`.
+fn flush_lines(log: &mut File, stream: &str, buf: &mut Vec<u8>, all: bool) {
+    while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+        let line: Vec<u8> = buf.drain(..=pos).collect();
+        let _ = write!(log, "{} {stream} ", now_nanos());
+        let _ = log.write_all(&line);
+    }
+    if all && !buf.is_empty() {
+        let _ = write!(log, "{} {stream} ", now_nanos());
+        let _ = log.write_all(buf);
+        let _ = log.write_all(b"\n");
+        buf.clear();
+    }
+}
+
+/// Entry point; never returns.
+pub fn main(args: &[String]) -> ! {
+    let Some(a) = SupervisorArgs::parse(args) else {
+        eprintln!("usage: shoal {SUBCOMMAND} ID DIR RUNC_ROOT RUNC CGROUP");
+        std::process::exit(2);
+    };
+    let code = run(&a);
+    std::process::exit(code)
+}
+
+fn fail(a: &SupervisorArgs, msg: String) -> i32 {
+    record_exit(
+        &a.dir,
+        &Exit {
+            code: -1,
+            oom: false,
+            error: Some(msg),
+        },
+    );
+    let _ = runc(a)
+        .args(["delete", "--force", &a.id])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    1
+}
+
+fn run(a: &SupervisorArgs) -> i32 {
+    // Orphans of the container (its init once runc exits) become our children.
+    unsafe {
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    }
+    write_atomic(
+        &a.dir.join("supervisor.pid"),
+        std::process::id().to_string().as_bytes(),
+    );
+    let mut log = match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(a.dir.join("container.log"))
+    {
+        Ok(f) => f,
+        Err(e) => return fail(a, format!("cannot open the container log: {e}")),
+    };
+    let pipe = || nix::unistd::pipe().map_err(|e| format!("cannot make a pipe: {e}"));
+    let ((out_r, out_w), (err_r, err_w)) = match (pipe(), pipe()) {
+        (Ok(o), Ok(e)) => (o, e),
+        (Err(e), _) | (_, Err(e)) => return fail(a, e),
+    };
+    let pid_file = a.dir.join("init.pid");
+    let created = runc(a)
+        .arg("create")
+        .arg("--bundle")
+        .arg(a.dir.join("bundle"))
+        .arg("--pid-file")
+        .arg(&pid_file)
+        .arg(&a.id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out_w))
+        .stderr(Stdio::from(err_w))
+        .output();
+    // runc is gone; only the container holds the write ends now.
+    let mut out_r = File::from(out_r);
+    let mut err_r = File::from(err_r);
+    match created {
+        Ok(o) if o.status.success() => {}
+        Ok(_) | Err(_) => {
+            // runc's own complaint went to the stderr pipe.
+            let mut msg = String::new();
+            let _ = nix::fcntl::fcntl(
+                err_r.as_fd(),
+                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+            );
+            let _ = err_r.read_to_string(&mut msg);
+            let msg = msg.trim();
+            let msg = msg
+                .lines()
+                .last()
+                .unwrap_or("runc create failed")
+                .trim_start_matches("runc create failed: ")
+                .to_string();
+            return fail(a, format!("the container could not be created: {msg}"));
+        }
+    }
+    let Some(pid) = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+    else {
+        return fail(a, "runc did not report the container's pid".into());
+    };
+    let started = runc(a)
+        .arg("start")
+        .arg(&a.id)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output();
+    match started {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => {
+            return fail(
+                a,
+                format!(
+                    "the container could not be started: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ),
+            )
+        }
+        Err(e) => return fail(a, format!("cannot run runc start: {e}")),
+    }
+    write_atomic(&a.dir.join("pid"), pid.to_string().as_bytes());
+
+    let status = pump(&mut log, &mut out_r, &mut err_r, pid);
+    let oom = super::cgroup::oom_kills(&a.cgroup_path) > 0;
+    let _ = runc(a)
+        .args(["delete", "--force", &a.id])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    let _ = log.sync_all();
+    record_exit(
+        &a.dir,
+        &Exit {
+            code: status,
+            oom,
+            error: None,
+        },
+    );
+    0
+}
+
+/// Copies output to the log until the container exits, then returns its exit code
+/// (128 + signal if killed).
+fn pump(log: &mut File, out: &mut File, err: &mut File, pid: i32) -> i32 {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let mut bufs = [Vec::new(), Vec::new()];
+    let mut open = [true, true];
+    let mut exit: Option<i32> = None;
+    let mut chunk = [0u8; 8192];
+    loop {
+        // Reap everything that ended; note our container's status.
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(p, c)) if p.as_raw() == pid => exit = Some(c),
+                Ok(WaitStatus::Signaled(p, s, _)) if p.as_raw() == pid => {
+                    exit = Some(128 + s as i32)
+                }
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+        if !open[0] && !open[1] && exit.is_some() {
+            break;
+        }
+        let timeout = if exit.is_some() { 50u16 } else { 200u16 };
+        let (ready_out, ready_err) = {
+            let mut fds = Vec::new();
+            if open[0] {
+                fds.push(PollFd::new(out.as_fd(), PollFlags::POLLIN));
+            }
+            if open[1] {
+                fds.push(PollFd::new(err.as_fd(), PollFlags::POLLIN));
+            }
+            if fds.is_empty() {
+                std::thread::sleep(std::time::Duration::from_millis(timeout.into()));
+                (false, false)
+            } else {
+                let n = poll(&mut fds, PollTimeout::from(timeout)).unwrap_or(0);
+                if n <= 0 {
+                    if exit.is_some() {
+                        // The container is gone but something else holds its output open.
+                        break;
+                    }
+                    (false, false)
+                } else {
+                    let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+                    let mut it = fds.iter();
+                    let o = if open[0] {
+                        it.next().is_some_and(ready)
+                    } else {
+                        false
+                    };
+                    let e = if open[1] {
+                        it.next().is_some_and(ready)
+                    } else {
+                        false
+                    };
+                    (o, e)
+                }
+            }
+        };
+        for (i, ready) in [ready_out, ready_err].into_iter().enumerate() {
+            if !ready {
+                continue;
+            }
+            let f: &mut File = if i == 0 { out } else { err };
+            match f.read(&mut chunk) {
+                Ok(0) | Err(_) => open[i] = false,
+                Ok(n) => bufs[i].extend_from_slice(&chunk[..n]),
+            }
+            let name = if i == 0 { "stdout" } else { "stderr" };
+            flush_lines(log, name, &mut bufs[i], !open[i]);
+        }
+    }
+    flush_lines(log, "stdout", &mut bufs[0], true);
+    flush_lines(log, "stderr", &mut bufs[1], true);
+    let _ = (out.as_raw_fd(), err.as_raw_fd());
+    exit.unwrap_or(-1)
+}

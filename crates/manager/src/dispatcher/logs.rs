@@ -1,0 +1,199 @@
+//! Log relay: a manager asks the node running a task to publish its log lines, over the
+//! node's session, and forwards what the node publishes to the subscriber. A node can
+//! publish only for subscriptions on its own tasks.
+
+use shoal_proto::control::TaskLogsMessage;
+use shoal_proto::dispatcher::{LogSubscription, PublishLogsMessage};
+use shoal_proto::objects::Task;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use tokio::sync::mpsc;
+use tonic::Status;
+
+pub type LogStream = mpsc::Receiver<Result<TaskLogsMessage, Status>>;
+
+struct Sub {
+    node_id: String,
+    tx: mpsc::Sender<Result<TaskLogsMessage, Status>>,
+}
+
+#[derive(Default)]
+pub struct LogBroker {
+    nodes: Mutex<HashMap<String, mpsc::Sender<LogSubscription>>>,
+    subs: Mutex<HashMap<String, Sub>>,
+}
+
+impl LogBroker {
+    /// A node's session registers the channel its log requests go through.
+    pub fn register_node(&self, node_id: &str, tx: mpsc::Sender<LogSubscription>) {
+        if let Ok(mut m) = self.nodes.lock() {
+            m.insert(node_id.to_string(), tx);
+        }
+    }
+
+    pub fn unregister_node(&self, node_id: &str, tx: &mpsc::Sender<LogSubscription>) {
+        if let Ok(mut m) = self.nodes.lock() {
+            if m.get(node_id).is_some_and(|cur| cur.same_channel(tx)) {
+                m.remove(node_id);
+            }
+        }
+    }
+
+    /// Asks the task's node for its logs; the returned stream ends when the node is done.
+    pub async fn subscribe(
+        &self,
+        task: &Task,
+        follow: bool,
+        tail: u64,
+    ) -> Result<LogStream, Status> {
+        let node_tx = self
+            .nodes
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&task.node_id).cloned())
+            .ok_or_else(|| {
+                Status::unavailable(format!(
+                    "node {} that ran task {} is not connected: its logs cannot be read now",
+                    task.node_id, task.id
+                ))
+            })?;
+        let id = shoal_pki::random_id();
+        let (tx, rx) = mpsc::channel(64);
+        if let Ok(mut s) = self.subs.lock() {
+            s.insert(
+                id.clone(),
+                Sub {
+                    node_id: task.node_id.clone(),
+                    tx,
+                },
+            );
+        }
+        let sub = LogSubscription {
+            id: id.clone(),
+            task_id: task.id.clone(),
+            follow,
+            tail,
+            close: false,
+        };
+        if node_tx.send(sub).await.is_err() {
+            self.remove(&id);
+            return Err(Status::unavailable(format!(
+                "node {} disconnected",
+                task.node_id
+            )));
+        }
+        Ok(rx)
+    }
+
+    fn remove(&self, id: &str) -> Option<Sub> {
+        self.subs.lock().ok().and_then(|mut s| s.remove(id))
+    }
+
+    /// Lines published by `node_id`. Refused if the subscription is not for that node.
+    /// Returns false when the subscriber is gone (the node should stop).
+    pub async fn publish(&self, node_id: &str, msg: PublishLogsMessage) -> Result<bool, Status> {
+        let tx = {
+            let subs = self
+                .subs
+                .lock()
+                .map_err(|_| Status::internal("log broker poisoned"))?;
+            match subs.get(&msg.subscription_id) {
+                None => return Ok(false),
+                Some(s) if s.node_id != node_id => {
+                    return Err(Status::permission_denied(
+                        "this node may only publish logs of its own tasks",
+                    ))
+                }
+                Some(s) => s.tx.clone(),
+            }
+        };
+        if !msg.error.is_empty() {
+            let _ = tx.send(Err(Status::unavailable(msg.error.clone()))).await;
+            self.remove(&msg.subscription_id);
+            return Ok(false);
+        }
+        if !msg.lines.is_empty()
+            && tx
+                .send(Ok(TaskLogsMessage { lines: msg.lines }))
+                .await
+                .is_err()
+        {
+            self.remove(&msg.subscription_id);
+            return Ok(false);
+        }
+        if msg.close {
+            self.remove(&msg.subscription_id);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Ends every subscription served by `node_id` (its session ended).
+    pub fn drop_node_subs(&self, node_id: &str) {
+        if let Ok(mut s) = self.subs.lock() {
+            s.retain(|_, sub| sub.node_id != node_id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(id: &str, node: &str) -> Task {
+        Task {
+            id: id.into(),
+            node_id: node.into(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn only_the_tasks_node_may_publish_its_logs() {
+        let broker = LogBroker::default();
+        let (node_tx, mut node_rx) = mpsc::channel(4);
+        broker.register_node("nodeA", node_tx);
+        let mut out = broker
+            .subscribe(&task("t1", "nodeA"), false, 0)
+            .await
+            .unwrap();
+        let sub = node_rx.recv().await.unwrap();
+        assert_eq!(sub.task_id, "t1");
+
+        let line = |s: &str| shoal_proto::dispatcher::LogLine {
+            timestamp_unix_nanos: 1,
+            stream: "stdout".into(),
+            data: s.as_bytes().to_vec(),
+        };
+        let forged = PublishLogsMessage {
+            subscription_id: sub.id.clone(),
+            lines: vec![line("forged")],
+            close: false,
+            error: String::new(),
+        };
+        let err = broker.publish("nodeB", forged).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+
+        let real = PublishLogsMessage {
+            subscription_id: sub.id.clone(),
+            lines: vec![line("real")],
+            close: true,
+            error: String::new(),
+        };
+        assert!(!broker.publish("nodeA", real).await.unwrap());
+        let got = out.recv().await.unwrap().unwrap();
+        assert_eq!(got.lines[0].data, b"real");
+        assert!(out.recv().await.is_none(), "stream ends after close");
+    }
+
+    #[tokio::test]
+    async fn logs_of_a_disconnected_node_are_unavailable() {
+        let broker = LogBroker::default();
+        let err = broker
+            .subscribe(&task("t1", "gone"), false, 0)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+        assert!(err.message().contains("not connected"));
+    }
+}
