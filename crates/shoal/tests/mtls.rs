@@ -211,3 +211,77 @@ fn a_worker_certificate_cannot_serve_as_a_manager() {
         );
     });
 }
+
+#[test]
+fn a_node_speaks_only_for_its_own_tasks() {
+    use shoal_proto::control::TaskLogsRequest;
+    use shoal_proto::dispatcher::{TaskStatusUpdate, UpdateTaskStatusRequest};
+    use shoal_proto::objects::{TaskState, TaskStatus};
+    let tb = cluster(3, &[]);
+    import_busybox(&tb, 2);
+    let out = tb
+        .cli_ok(
+            0,
+            &["task", "run", "--node", "node3", "busybox", "sleep", "600"],
+        )
+        .unwrap();
+    let task_id = out.lines().next().unwrap().trim().to_string();
+    let root = pem_der(&tb.nodes[0].state_dir.join("certs/ca.crt"));
+    let d = tb.nodes[1].state_dir.clone();
+    let cert = pem_der(&d.join("certs/node.crt"));
+    let key = NodeKey::from_pem(&std::fs::read_to_string(d.join("certs/node.key")).unwrap())
+        .unwrap()
+        .pkcs8_der();
+    let addr = tb.nodes[0].addr();
+    let id = task_id.clone();
+    let (status, logs) = tb
+        .in_netns(1, move || {
+            shoal_pki::install_crypto_provider();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let mut roots = rustls::RootCertStore::empty();
+                roots
+                    .add(rustls::pki_types::CertificateDer::from(root))
+                    .unwrap();
+                let chain = vec![cert];
+                let cfg = Arc::new(
+                    shoal_pki::client_config(Arc::new(roots), Some((&chain, &key))).unwrap(),
+                );
+                let ch = shoal_agent::connect::channel(&addr, cfg).await.unwrap();
+                let status = DispatcherClient::new(ch.clone())
+                    .update_task_status(UpdateTaskStatusRequest {
+                        updates: vec![TaskStatusUpdate {
+                            task_id: id.clone(),
+                            status: Some(TaskStatus {
+                                state: TaskState::Failed as i32,
+                                err: "forged".into(),
+                                ..Default::default()
+                            }),
+                        }],
+                    })
+                    .await
+                    .unwrap_err();
+                let logs = ControlClient::new(ch)
+                    .task_logs(TaskLogsRequest {
+                        reference: id,
+                        follow: false,
+                        tail: 0,
+                    })
+                    .await
+                    .unwrap_err();
+                (status, logs)
+            })
+        })
+        .unwrap();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(
+        status.message().contains("not assigned to this node"),
+        "{status:?}"
+    );
+    assert_eq!(logs.code(), tonic::Code::PermissionDenied, "{logs:?}");
+    // The forged report changed nothing.
+    assert_eq!(task(&tb, &task_id)["Status"]["State"], "running");
+}

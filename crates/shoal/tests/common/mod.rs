@@ -1,6 +1,8 @@
 //! Shared helpers for integration tests: a testbed of real nodes.
 #![allow(dead_code)]
 
+pub mod registry;
+
 use shoal_testbed::{wait_for, Testbed};
 use std::path::Path;
 use std::time::Duration;
