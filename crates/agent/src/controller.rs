@@ -32,6 +32,8 @@ fn now_ms() -> i64 {
 
 struct Ctl {
     task: Task,
+    /// When this node received the assignment (for the start-latency figure).
+    received: std::time::Instant,
     deps: Deps,
     progress: TaskProgress,
     desired: watch::Receiver<i32>,
@@ -312,6 +314,12 @@ impl Ctl {
             Ok(pid) => {
                 self.report(TaskState::Running, "running", "", None, pid)
                     .await;
+                tracing::info!(
+                    task_id = %id,
+                    pid,
+                    startup_ms = self.received.elapsed().as_secs_f64() * 1000.0,
+                    "container running"
+                );
                 self.supervise(pid).await;
             }
             Err(e) => {
@@ -331,6 +339,7 @@ pub async fn run(task: Task, desired: watch::Receiver<i32>, deps: Deps) {
     let state = TaskState::try_from(task.status.as_ref().map(|s| s.state).unwrap_or(0))
         .unwrap_or(TaskState::Assigned);
     let ctl = Ctl {
+        received: std::time::Instant::now(),
         progress: TaskProgress::new(state),
         task,
         deps,

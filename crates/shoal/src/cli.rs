@@ -35,6 +35,16 @@ pub async fn run_daemon(opts: DaemonOpts) -> Result<()> {
         daemon.set_damaged(format!("{e:#}")).await;
     }
     tracing::info!(socket = %socket.display(), "shoal daemon ready");
+    // Hand memory freed by bursts (image unpacking, many task starts) back to the system.
+    tokio::spawn(async {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+            // SAFETY: malloc_trim only releases free heap memory.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        }
+    });
     let stop = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");

@@ -279,9 +279,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         cgroup_parent,
     } = cli.cmd
     {
+        // Few malloc arenas: the daemon's threads are few and mostly idle, and each arena
+        // keeps memory of its own.
+        // SAFETY: mallopt only sets an allocator parameter.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+        // While still single-threaded: the zygote that forks container supervisors.
+        if let Err(e) = shoal_agent::runtime::zygote::start() {
+            eprintln!("warning: no supervisor zygote ({e}); supervisors will be re-executed");
+        }
         // A small fixed pool: the daemon's work is I/O, and memory matters on big fleets.
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
+            .max_blocking_threads(16)
             .enable_all()
             .build()?;
         return rt.block_on(cli::run_daemon(daemon::DaemonOpts {

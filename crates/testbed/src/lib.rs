@@ -465,6 +465,39 @@ impl Testbed {
     }
 }
 
+/// A busybox root filesystem tarball in `dir` (made once), from Debian's busybox-static:
+/// the sample image of tests, benchmarks and the quickstart.
+pub fn busybox_rootfs_tar(dir: &Path) -> Result<PathBuf> {
+    let root = dir.join("busybox-rootfs");
+    let tar = dir.join("busybox.tar");
+    if tar.exists() {
+        return Ok(tar);
+    }
+    for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "root"] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .context("/bin/busybox is missing: install Debian's busybox-static")?;
+    for app in [
+        "sh", "echo", "sleep", "cat", "ls", "dd", "head", "hostname", "id", "env", "true", "false",
+        "touch", "test", "[", "httpd", "wget", "date",
+    ] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(app))?;
+    }
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+    )?;
+    std::fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n")?;
+    run(Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tar)
+        .arg("."))?;
+    Ok(tar)
+}
+
 /// Polls `f` until it returns `Some` or `timeout` passes.
 pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
@@ -498,7 +531,17 @@ impl Drop for Testbed {
         {
             std::thread::sleep(Duration::from_millis(20));
         }
-        remove_cgroup_tree(&cgroup_root(&self.tag));
+        // A cgroup whose last task just died can stay busy for a moment.
+        let root = cgroup_root(&self.tag);
+        for _ in 0..50 {
+            remove_cgroup_tree(&root);
+            if !Path::new("/sys/fs/cgroup/pids").join(&root).exists()
+                && !Path::new("/sys/fs/cgroup").join(&root).exists()
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         for n in &self.nodes {
             let _ = ip(&["netns", "del", &n.netns]);
         }

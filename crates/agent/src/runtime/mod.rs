@@ -7,6 +7,7 @@
 pub mod cgroup;
 pub mod runc;
 pub mod supervisor;
+pub mod zygote;
 
 use std::path::PathBuf;
 

@@ -332,23 +332,33 @@ impl Runtime for Runc {
             runc_bin: self.runc_bin.clone(),
             cgroup_path: self.cgroup_path(id),
         };
-        let mut cmd = Command::new(&self.self_exe);
-        cmd.arg(supervisor::SUBCOMMAND)
-            .args(args.to_args())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        // Its own session: the supervisor and its container outlive the daemon.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-                nix::unistd::setsid()
-                    .map(|_| ())
-                    .map_err(std::io::Error::from)
-            });
-        }
-        let mut child = cmd
-            .spawn()
-            .map_err(io_err("cannot start the container supervisor"))?;
+        let mut child = match super::zygote::get() {
+            Some(z) => {
+                z.spawn(&args)
+                    .map_err(io_err("cannot start the container supervisor"))?;
+                None
+            }
+            None => {
+                let mut cmd = Command::new(&self.self_exe);
+                cmd.arg(supervisor::SUBCOMMAND)
+                    .args(args.to_args())
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null());
+                // Its own session: the supervisor and its container outlive the daemon.
+                unsafe {
+                    std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                        nix::unistd::setsid()
+                            .map(|_| ())
+                            .map_err(std::io::Error::from)
+                    });
+                }
+                Some(
+                    cmd.spawn()
+                        .map_err(io_err("cannot start the container supervisor"))?,
+                )
+            }
+        };
         let deadline = Instant::now() + START_TIMEOUT;
         let result = loop {
             if let Some(pid) = Self::read_pid(&dir.join("pid")) {
@@ -359,7 +369,7 @@ impl Runtime for Runc {
                     format!("container exited at start with code {}", x.code)
                 })));
             }
-            if let Ok(Some(st)) = child.try_wait() {
+            if let Some(Ok(Some(st))) = child.as_mut().map(|c| c.try_wait()) {
                 if Self::read_pid(&dir.join("pid")).is_none() && Self::read_exit(&dir).is_none() {
                     break Err(failed(format!(
                         "the container supervisor exited early ({st})"
@@ -372,10 +382,12 @@ impl Runtime for Runc {
             }
             std::thread::sleep(Duration::from_millis(1));
         };
-        // The supervisor stays our child until we exit; reap it in the background.
-        std::thread::spawn(move || {
-            let _ = child.wait();
-        });
+        // A re-executed supervisor stays our child until we exit; reap it in the background.
+        if let Some(mut c) = child {
+            std::thread::spawn(move || {
+                let _ = c.wait();
+            });
+        }
         result
     }
 

@@ -115,7 +115,8 @@ fn fail(a: &SupervisorArgs, msg: String) -> i32 {
     1
 }
 
-fn run(a: &SupervisorArgs) -> i32 {
+/// Supervises one container; returns the process exit code.
+pub fn run(a: &SupervisorArgs) -> i32 {
     // Orphans of the container (its init once runc exits) become our children.
     unsafe {
         libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);

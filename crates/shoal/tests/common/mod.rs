@@ -70,38 +70,7 @@ pub fn info(tb: &Testbed, i: usize) -> serde_json::Value {
 
 /// A busybox root filesystem tarball, made from Debian's busybox-static.
 pub fn busybox_tar(dir: &Path) -> std::path::PathBuf {
-    let root = dir.join("busybox-rootfs");
-    let tar = dir.join("busybox.tar");
-    if tar.exists() {
-        return tar;
-    }
-    for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "root"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static is installed");
-    for app in [
-        "sh", "echo", "sleep", "cat", "ls", "dd", "head", "hostname", "id", "env", "true", "false",
-        "touch", "test", "[",
-    ] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(app)).unwrap();
-    }
-    std::fs::write(
-        root.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
-    )
-    .unwrap();
-    std::fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
-    let ok = std::process::Command::new("tar")
-        .arg("-C")
-        .arg(&root)
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "tar");
-    tar
+    shoal_testbed::busybox_rootfs_tar(dir).expect("busybox rootfs")
 }
 
 /// Imports busybox:latest on node `i`.

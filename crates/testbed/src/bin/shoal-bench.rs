@@ -116,6 +116,8 @@ fn main() -> Result<()> {
     }
     drop(tb);
 
+    let containers = bench_containers(&shoal, runs_containers())?;
+
     let (i0, i50, i90, i100) = stats(init);
     let (j0, j50, j90, j100) = stats(join);
     let (c0, c50, c90, c100) = stats(join_cli);
@@ -147,7 +149,142 @@ fn main() -> Result<()> {
         ));
     }
     md.push_str("\nThe \"join until Ready\" figure stops at the first `node inspect` on the manager that shows the\nnode ready; a join already marks the node Ready (its first heartbeat confirms the certificate)\nbefore the command returns.\n");
+    md.push_str(&containers);
     std::fs::write(&out, &md)?;
     print!("{md}");
     Ok(())
+}
+
+/// PSS (kB) summed over processes whose name (comm) or command line contains `needle`.
+pub fn pss_of(needle: &str) -> (usize, u64) {
+    let mut n = 0;
+    let mut total = 0;
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmd).contains(needle) || comm.trim() == needle {
+                n += 1;
+                total += kib(pid, "smaps_rollup", "Pss:");
+            }
+        }
+    }
+    (n, total)
+}
+
+fn runs_containers() -> usize {
+    std::env::var("BENCH_CONTAINERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100)
+}
+
+fn p(v: &[f64], q: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    s[((s.len() as f64 - 1.0) * q).round() as usize]
+}
+
+/// Issue #3: start latency of containers on one node, and the node's memory with them
+/// all running.
+fn bench_containers(shoal: &std::path::Path, n: usize) -> Result<String> {
+    let tb = Testbed::with_nodes(shoal, 1)?;
+    tb.init(0, &[])?;
+    let tar = shoal_testbed::busybox_rootfs_tar(tb.dir())?;
+    tb.cli_ok(
+        0,
+        &[
+            "image",
+            "import",
+            tar.to_str().context("path")?,
+            "busybox:latest",
+        ],
+    )?;
+    // One container first, so the image's layer is unpacked and caches are warm.
+    tb.cli_ok(0, &["task", "run", "--monitor", "0s", "busybox", "true"])?;
+    let mut e2e = Vec::new();
+    for _ in 0..n {
+        let t = Instant::now();
+        let out = tb.cli_ok(0, &["task", "run", "-d", "busybox", "sleep", "3600"])?;
+        let id = out.trim().to_string();
+        wait_for(Duration::from_secs(30), || {
+            let o = tb.cli(0, &["task", "inspect", &id]);
+            o.stdout.contains("\"State\": \"running\"").then_some(())
+        })
+        .context("container never running")?;
+        e2e.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    // The agent's own figure: assignment received -> RUNNING reported.
+    let log = tb.log(0);
+    let agent: Vec<f64> = log
+        .lines()
+        .filter(|l| l.contains("container running"))
+        .filter_map(|l| {
+            l.split("startup_ms=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(5));
+    let daemon_pid = tb.nodes[0].pid().context("pid")?;
+    let daemon_pss = kib(daemon_pid, "smaps_rollup", "Pss:");
+    let daemon_rss = kib(daemon_pid, "status", "VmRSS:");
+    let (forked, forked_pss) = pss_of("shoal-supervise");
+    let (execd, execd_pss) = pss_of("supervise-container");
+    let (zyg, zyg_pss) = pss_of("shoal-zygote");
+    let (sups, sup_pss) = (forked + execd + zyg, forked_pss + execd_pss + zyg_pss);
+    let running = agent.len().min(n + 1);
+    drop(tb);
+    if agent.is_empty() {
+        bail!("no start figures in the daemon log");
+    }
+    let mut md = String::new();
+    md.push_str("\n## Issue #3: containers\n\n");
+    md.push_str(&format!(
+        "{n} `busybox sleep 3600` containers started one after another on a one-node cluster \
+         (runc {}, cgroup {}), milliseconds:\n\n",
+        std::process::Command::new("runc")
+            .arg("--version")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(|l| l.trim_start_matches("runc version ").to_string()))
+            .unwrap_or_default(),
+        if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+            "v2"
+        } else {
+            "v1/hybrid"
+        },
+    ));
+    md.push_str("| measure | median | p99 | max | target |\n|---|---|---|---|---|\n");
+    md.push_str(&format!(
+        "| assignment received -> RUNNING reported (agent) | {:.1} | {:.1} | {:.1} | median < 100 |\n",
+        p(&agent, 0.5), p(&agent, 0.99), p(&agent, 1.0)
+    ));
+    md.push_str(&format!(
+        "| `shoal task run -d` -> manager shows RUNNING (end to end, CLI polling every ~20 ms) | {:.1} | {:.1} | {:.1} | |\n\n",
+        p(&e2e, 0.5), p(&e2e, 0.99), p(&e2e, 1.0)
+    ));
+    md.push_str(&format!(
+        "Memory of the node with {running} containers running (target < 60 MB for daemon + supervisors; Docker's \
+         dockerd + containerd + shims take ~750 MB PSS for 200 tasks):\n\n\
+         | part | processes | PSS (MiB) |\n|---|---|---|\n\
+         | daemon (manager + agent) | 1 | {:.1} (RSS {:.1}) |\n\
+         | supervisors (+ the zygote that forks them) | {sups} | {:.1} |\n\
+         | **daemon + supervisors** | {} | **{:.1}** |\n",
+        daemon_pss as f64 / 1024.0,
+        daemon_rss as f64 / 1024.0,
+        sup_pss as f64 / 1024.0,
+        sups + 1,
+        (daemon_pss + sup_pss) as f64 / 1024.0,
+    ));
+    Ok(md)
 }
