@@ -54,7 +54,8 @@ up() {
     ip -n "$ns" link set eth0 up
     ip -n "$ns" link set lo up
     mkdir -p "$RUN/$name"
-    nohup ip netns exec "$ns" unshare --uts -- sh -c \
+    # nsenter, not 'ip netns exec' (which remounts /sys and hides the cgroups runc needs).
+    nohup nsenter --net=/run/netns/"$ns" -- unshare --uts --mount -- sh -c \
       "hostname $name && exec $BIN daemon --state-dir $RUN/$name/state --socket $(sock "$name") --cgroup-parent shoal-demo/$name" \
       >"$RUN/$name/daemon.log" 2>&1 &
   done
