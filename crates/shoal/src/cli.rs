@@ -22,10 +22,17 @@ pub async fn run_daemon(opts: DaemonOpts) -> Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-    // Everything the daemon writes (keys, the store holding the CA key) is private.
-    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    // A known umask: image layers must keep the modes their archives give (a container
+    // running as another user must be able to enter them). What is secret is made
+    // private explicitly: the state dir is 0700, keys and the store are 0600.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     std::fs::create_dir_all(&opts.state_dir)
         .with_context(|| format!("cannot create state dir {}", opts.state_dir.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&opts.state_dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make {} private", opts.state_dir.display()))?;
+    }
     let listener = crate::socket::bind(&opts.socket)?;
     let socket = opts.socket.clone();
     let daemon = Arc::new(Daemon::new(opts)?);

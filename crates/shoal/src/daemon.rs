@@ -149,10 +149,22 @@ impl Daemon {
     }
 
     async fn open_store(&self, node_id: &str) -> Result<Store> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         let dir = self.dir.raft_dir();
+        // The store holds the CA key: private from the start.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
         let store = Store::open(&dir, raft_id(node_id), &self.opts.listen_addr.to_string())
             .await
             .with_context(|| format!("cannot open the cluster store in {}", dir.display()))?;
+        let db = dir.join("store.redb");
+        if db.exists() {
+            std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("cannot make {} private", db.display()))?;
+        }
         Ok(store)
     }
 

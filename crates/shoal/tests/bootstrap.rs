@@ -282,10 +282,17 @@ fn no_token_key_or_secret_appears_in_logs() {
             assert_eq!(mode & 0o077, 0, "{f} is private");
         }
     }
-    // The store holds the CA key; it must be private too.
+    // The store holds the CA key; it must be private too, and so is the state dir.
     let store = tb.nodes[0].state_dir.join("raft/store.redb");
     let mode = std::fs::metadata(&store).unwrap().permissions().mode();
     assert_eq!(mode & 0o077, 0, "the store file is private");
+    for dir in [
+        tb.nodes[0].state_dir.clone(),
+        tb.nodes[0].state_dir.join("raft"),
+    ] {
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{} is private", dir.display());
+    }
 }
 
 #[test]

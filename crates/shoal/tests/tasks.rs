@@ -350,3 +350,95 @@ fn garbled_image_archive_is_refused_and_the_store_is_unchanged() {
     let ls = tb.cli_ok(0, &["image", "ls"]).unwrap();
     assert!(ls.contains("busybox") && !ls.contains("broken"), "{ls}");
 }
+
+#[test]
+fn the_container_spec_is_applied() {
+    let tb = cluster(2, &[]);
+    import_busybox(&tb, 1);
+    let script = "id -u; id -g; pwd; echo FOO=$FOO; hostname; \
+        (touch /rootfile 2>/dev/null && echo rootfs-writable) || echo rootfs-readonly; \
+        touch /scratch/f && echo tmpfs-writable; \
+        cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max; \
+        cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us 2>/dev/null || cat /sys/fs/cgroup/cpu.max; \
+        cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max";
+    let id = run_task(
+        &tb,
+        &[
+            "--node",
+            "node2",
+            "-u",
+            "65534:65534",
+            "-w",
+            "/tmp",
+            "-e",
+            "FOO=bar",
+            "--hostname",
+            "box1",
+            "--read-only",
+            "--mount",
+            "type=tmpfs,target=/scratch",
+            "--pids-limit",
+            "50",
+            "--limit-cpu",
+            "0.5",
+            "--limit-memory",
+            "32m",
+            "--monitor",
+            "0s",
+            "busybox",
+            "sh",
+            "-c",
+            script,
+        ],
+    );
+    wait_task_state(&tb, &id, "complete", T);
+    let out = tb.cli_ok(0, &["task", "logs", &id]).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        &lines[..5],
+        &["65534", "65534", "/tmp", "FOO=bar", "box1"],
+        "{out}"
+    );
+    assert!(out.contains("rootfs-readonly"), "{out}");
+    assert!(out.contains("tmpfs-writable"), "{out}");
+    assert!(lines.contains(&"50"), "pids limit: {out}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("50000")),
+        "cpu quota of half a CPU: {out}"
+    );
+    assert!(lines.contains(&"33554432"), "memory limit: {out}");
+}
+
+#[test]
+fn logs_follow_and_tail() {
+    let tb = cluster(2, &[]);
+    import_busybox(&tb, 1);
+    let id = run_task(
+        &tb,
+        &[
+            "--node",
+            "node2",
+            "busybox",
+            "sh",
+            "-c",
+            "for i in 1 2 3 4 5; do echo line $i; done; sleep 2; echo late line; sleep 1",
+        ],
+    );
+    let tail = shoal_testbed::wait_for(T, || {
+        let o = tb.cli_ok(0, &["task", "logs", "--tail", "2", &id]).ok()?;
+        (o.lines().count() == 2).then_some(o)
+    })
+    .expect("tail");
+    assert_eq!(tail, "line 4\nline 5\n");
+    // Follow: returns once the container has exited, with the lines written meanwhile.
+    let started = std::time::Instant::now();
+    let all = tb.cli_ok(0, &["task", "logs", "-f", &id]).unwrap();
+    assert!(
+        all.contains("line 1") && all.ends_with("late line\n"),
+        "{all}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "it waited for new lines"
+    );
+}

@@ -309,6 +309,12 @@ impl Runtime for Runc {
         for d in [&rootfs, &dir.join("upper"), &dir.join("work")] {
             std::fs::create_dir_all(d).map_err(io_err(format!("cannot create {}", d.display())))?;
         }
+        // The upper dir gives the container's / its mode: it must be enterable by any user.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.join("upper"), std::fs::Permissions::from_mode(0o755))
+                .map_err(io_err("cannot set up the container's root directory"))?;
+        }
         let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
         mount_overlay(&cfg.layers, &dir.join("upper"), &dir.join("work"), &rootfs)?;
         let spec = match self.spec(cfg, &rootfs) {
