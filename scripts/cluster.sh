@@ -90,6 +90,19 @@ up() {
   echo
   echo "$ shoal task logs hello"
   cli manager1 task logs hello
+
+  # A sample service: 3 replicas of busybox's httpd, one per node (containers share
+  # their node's network for now, so one per node keeps port 8080 free).
+  echo
+  echo "$ shoal service create --name web --replicas 3 --replicas-max-per-node 1 busybox httpd -f -p 8080 -h /www"
+  cli manager1 service create --name web --replicas 3 --replicas-max-per-node 1 \
+    busybox httpd -f -p 8080 -h /www
+  echo
+  echo "$ shoal service ps web"
+  cli manager1 service ps web
+  echo
+  echo "$ wget -qO- http://$SUBNET.2:8080/    (from manager1's namespace)"
+  ip netns exec shoal-demo-1 busybox wget -qO- "http://$SUBNET.2:8080/" || true
   cat <<TXT
 
 The cluster is up. Talk to the manager with:
@@ -100,6 +113,9 @@ The cluster is up. Talk to the manager with:
     $BIN node inspect --pretty worker1
     $BIN task run --node worker2 busybox echo hi      # then: $BIN task logs <ID>
     $BIN task ls
+    $BIN service ls
+    $BIN service scale web=2
+    $BIN node update --availability drain worker2
 
 Logs: $RUN/<node>/daemon.log.  Tear it all down with: scripts/cluster.sh down
 TXT

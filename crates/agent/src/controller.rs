@@ -241,7 +241,13 @@ impl Ctl {
             }
             tokio::select! {
                 _ = tokio::time::sleep(POLL) => {}
-                _ = self.desired.changed(), if stopping.is_none() => {}
+                r = self.desired.changed(), if stopping.is_none() => {
+                    if r.is_err() {
+                        // The worker is gone (the daemon is shutting down): the container
+                        // keeps running and is re-adopted at the next start.
+                        return;
+                    }
+                }
             }
         }
     }

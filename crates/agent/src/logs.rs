@@ -33,7 +33,8 @@ fn read_lines(path: &Path, pos: &mut u64) -> std::io::Result<Vec<LogLine>> {
     };
     f.seek(SeekFrom::Start(*pos))?;
     let mut buf = Vec::new();
-    f.read_to_end(&mut buf)?;
+    // At most a few MiB per pass: a huge log is sent in pieces.
+    (&mut f).take(4 << 20).read_to_end(&mut buf)?;
     let complete = buf
         .iter()
         .rposition(|&b| b == b'\n')
@@ -44,6 +45,17 @@ fn read_lines(path: &Path, pos: &mut u64) -> std::io::Result<Vec<LogLine>> {
         .lines()
         .filter_map(parse_line)
         .collect())
+}
+
+/// [`read_lines`] off the async threads.
+async fn read_blocking(path: &Path, pos: &mut u64) -> std::io::Result<Vec<LogLine>> {
+    let p = path.to_path_buf();
+    let mut at = *pos;
+    let (lines, at) = tokio::task::spawn_blocking(move || read_lines(&p, &mut at).map(|l| (l, at)))
+        .await
+        .map_err(std::io::Error::other)??;
+    *pos = at;
+    Ok(lines)
 }
 
 /// Serves one subscription: sends the last `tail` lines (all if 0), then, if following,
@@ -82,25 +94,46 @@ pub async fn publish(
     }
     let path = runtime.log_path(&sub.task_id);
     let mut pos = 0u64;
-    let mut backlog = match read_lines(&path, &mut pos) {
-        Ok(l) => l,
-        Err(e) => {
-            let _ = tx
-                .send(msg(
-                    vec![],
-                    true,
-                    format!("cannot read the task's log: {e}"),
-                ))
-                .await;
-            drop(tx);
-            let _ = call.await;
-            return;
+    // The backlog, a bounded piece at a time; with --tail only the last lines are kept.
+    let mut kept: std::collections::VecDeque<LogLine> = std::collections::VecDeque::new();
+    loop {
+        let lines = match read_blocking(&path, &mut pos).await {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = tx
+                    .send(msg(
+                        vec![],
+                        true,
+                        format!("cannot read the task's log: {e}"),
+                    ))
+                    .await;
+                drop(tx);
+                let _ = call.await;
+                return;
+            }
+        };
+        if lines.is_empty() {
+            break;
         }
-    };
-    if sub.tail > 0 && backlog.len() as u64 > sub.tail {
-        backlog.drain(..backlog.len() - sub.tail as usize);
+        if sub.tail > 0 {
+            kept.extend(lines);
+            while kept.len() as u64 > sub.tail {
+                kept.pop_front();
+            }
+            continue;
+        }
+        for chunk in lines.chunks(BATCH) {
+            if tx
+                .send(msg(chunk.to_vec(), false, String::new()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
     }
-    for chunk in backlog.chunks(BATCH) {
+    let kept: Vec<LogLine> = kept.into();
+    for chunk in kept.chunks(BATCH) {
         if tx
             .send(msg(chunk.to_vec(), false, String::new()))
             .await
@@ -120,7 +153,7 @@ pub async fn publish(
             runtime.status(&sub.task_id),
             ContainerStatus::Exited(_) | ContainerStatus::Missing
         );
-        let lines = read_lines(&path, &mut pos).unwrap_or_default();
+        let lines = read_blocking(&path, &mut pos).await.unwrap_or_default();
         for chunk in lines.chunks(BATCH) {
             if tx
                 .send(msg(chunk.to_vec(), false, String::new()))

@@ -21,6 +21,15 @@ pub struct Worker {
     tasks: Arc<Mutex<HashMap<String, Entry>>>,
 }
 
+/// Task IDs name directories on this node: only base36 IDs are used as such.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|c| c.is_ascii_digit() || c.is_ascii_lowercase())
+}
+
 fn is_terminal(t: &Task) -> bool {
     t.status.as_ref().map(|s| s.state).unwrap_or(0) >= TaskState::Complete as i32
 }
@@ -59,10 +68,13 @@ impl Worker {
                 .map(|t| t.keys().cloned().collect())
                 .unwrap_or_default();
             let on_disk = self.deps.runtime.list();
-            for id in known.into_iter().chain(on_disk) {
-                if !keep.contains(&id) {
-                    self.remove(&id);
-                }
+            let gone: HashSet<String> = known
+                .into_iter()
+                .chain(on_disk)
+                .filter(|id| !keep.contains(id))
+                .collect();
+            for id in gone {
+                self.remove(&id);
             }
         }
         for a in &msg.assignments {
@@ -79,6 +91,10 @@ impl Worker {
     }
 
     fn upsert(&self, task: Task) {
+        if !valid_id(&task.id) {
+            tracing::warn!(task_id = %task.id, "ignoring an assignment with a malformed task ID");
+            return;
+        }
         let Ok(mut tasks) = self.tasks.lock() else {
             return;
         };
@@ -105,8 +121,32 @@ impl Worker {
         );
     }
 
+    /// Stops every task's container and removes them (the node leaves the cluster).
+    pub async fn remove_all(&self) {
+        let entries: Vec<(String, Entry)> = self
+            .tasks
+            .lock()
+            .map(|mut t| t.drain().collect())
+            .unwrap_or_default();
+        let mut ids: HashSet<String> = self.deps.runtime.list().into_iter().collect();
+        for (id, e) in entries {
+            let _ = e.desired.send(TaskState::Remove as i32);
+            if let Some(h) = e.handle {
+                let _ = h.await;
+            }
+            ids.insert(id);
+        }
+        for id in ids {
+            let rt = self.deps.runtime.clone();
+            let _ = tokio::task::spawn_blocking(move || rt.remove(&id)).await;
+        }
+    }
+
     /// Stops the task's container if it runs, then removes everything of it.
     fn remove(&self, id: &str) {
+        if !valid_id(id) {
+            return;
+        }
         let entry = self.tasks.lock().ok().and_then(|mut t| t.remove(id));
         let runtime = self.deps.runtime.clone();
         let id = id.to_string();

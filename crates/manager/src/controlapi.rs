@@ -13,6 +13,12 @@ use shoal_proto::control::{
     ListTasksRequest, ListTasksResponse, NodeView, RemoveTaskRequest, RemoveTaskResponse,
     TaskLogsMessage, TaskLogsRequest,
 };
+use shoal_proto::control::{
+    CreateServiceRequest, GetServiceRequest, ListServicesRequest, ListServicesResponse,
+    RemoveNodeRequest, RemoveNodeResponse, RemoveServiceRequest, RemoveServiceResponse,
+    UpdateNodeRequest, UpdateServiceRequest,
+};
+use shoal_proto::objects::Service;
 use shoal_proto::objects::{
     Availability, ContainerSpec, Node, NodeRole, NodeState, Task, TaskState, TaskStatus,
 };
@@ -40,6 +46,16 @@ pub enum ControlError {
     BadSpec(String),
     #[error("{0}")]
     Unplaceable(String),
+    #[error("no such service: {0}")]
+    NoSuchService(String),
+    #[error("service reference {0:?} is ambiguous (it matches {1} services): use more characters of the ID")]
+    AmbiguousService(String, usize),
+    #[error("{0}")]
+    Exists(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Refused(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -47,9 +63,13 @@ pub enum ControlError {
 impl From<ControlError> for Status {
     fn from(e: ControlError) -> Status {
         match &e {
-            ControlError::NoSuchNode(_) | ControlError::NoSuchTask(_) => {
-                Status::not_found(e.to_string())
-            }
+            ControlError::NoSuchNode(_)
+            | ControlError::NoSuchTask(_)
+            | ControlError::NoSuchService(_) => Status::not_found(e.to_string()),
+            ControlError::AmbiguousService(..) => Status::invalid_argument(e.to_string()),
+            ControlError::Exists(_) => Status::already_exists(e.to_string()),
+            ControlError::Conflict(_) => Status::aborted(e.to_string()),
+            ControlError::Refused(_) => Status::failed_precondition(e.to_string()),
             ControlError::Ambiguous(..)
             | ControlError::BadRole(_)
             | ControlError::AmbiguousTask(..)
@@ -131,6 +151,10 @@ impl ControlApi {
             local_node,
             logs,
         }
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
     }
 
     /// A task by ID, unique ID prefix, or name.
@@ -423,6 +447,67 @@ pub type TaskLogsStream = tokio_stream::wrappers::ReceiverStream<Result<TaskLogs
 #[tonic::async_trait]
 impl Control for ControlService {
     type TaskLogsStream = TaskLogsStream;
+
+    async fn create_service(
+        &self,
+        req: Request<CreateServiceRequest>,
+    ) -> Result<Response<Service>, Status> {
+        authorize(&req, "CreateService", MANAGERS)?;
+        Ok(Response::new(
+            self.0
+                .create_service(req.into_inner().spec.unwrap_or_default())
+                .await?,
+        ))
+    }
+    async fn update_service(
+        &self,
+        req: Request<UpdateServiceRequest>,
+    ) -> Result<Response<Service>, Status> {
+        authorize(&req, "UpdateService", MANAGERS)?;
+        Ok(Response::new(
+            self.0.update_service(req.into_inner()).await?,
+        ))
+    }
+    async fn get_service(
+        &self,
+        req: Request<GetServiceRequest>,
+    ) -> Result<Response<Service>, Status> {
+        authorize(&req, "GetService", MANAGERS)?;
+        Ok(Response::new(
+            self.0.get_service(&req.into_inner().reference)?.value,
+        ))
+    }
+    async fn list_services(
+        &self,
+        req: Request<ListServicesRequest>,
+    ) -> Result<Response<ListServicesResponse>, Status> {
+        authorize(&req, "ListServices", MANAGERS)?;
+        Ok(Response::new(self.0.list_services()?))
+    }
+    async fn remove_service(
+        &self,
+        req: Request<RemoveServiceRequest>,
+    ) -> Result<Response<RemoveServiceResponse>, Status> {
+        authorize(&req, "RemoveService", MANAGERS)?;
+        self.0.remove_service(&req.into_inner().reference).await?;
+        Ok(Response::new(RemoveServiceResponse {}))
+    }
+    async fn update_node(
+        &self,
+        req: Request<UpdateNodeRequest>,
+    ) -> Result<Response<NodeView>, Status> {
+        authorize(&req, "UpdateNode", MANAGERS)?;
+        Ok(Response::new(self.0.update_node(req.into_inner()).await?))
+    }
+    async fn remove_node(
+        &self,
+        req: Request<RemoveNodeRequest>,
+    ) -> Result<Response<RemoveNodeResponse>, Status> {
+        authorize(&req, "RemoveNode", MANAGERS)?;
+        let r = req.into_inner();
+        self.0.remove_node(&r.reference, r.force).await?;
+        Ok(Response::new(RemoveNodeResponse {}))
+    }
 
     async fn create_task(&self, req: Request<CreateTaskRequest>) -> Result<Response<Task>, Status> {
         authorize(&req, "CreateTask", MANAGERS)?;

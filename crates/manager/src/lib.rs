@@ -9,7 +9,10 @@ pub mod auth;
 pub mod bootstrap;
 pub mod ca_server;
 pub mod controlapi;
+pub mod controlapi_services;
 pub mod dispatcher;
+pub mod orchestrator;
+pub mod scheduler;
 pub mod server;
 mod time;
 

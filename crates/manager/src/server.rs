@@ -195,6 +195,7 @@ impl Manager {
             dispatcher.logs.clone(),
         );
         tasks.spawn(dispatcher.clone().run_liveness(cancel.clone()));
+        tasks.spawn(crate::orchestrator::run(cfg.store.clone(), cancel.clone()));
         let ca = CaServer::new(cfg.store.clone(), root, cfg.cluster_id.clone());
         let router = tonic::transport::Server::builder()
             .add_service(CaRpcServer::new(ca))

@@ -208,6 +208,10 @@ impl Client {
         self.control.clone()
     }
 
+    pub(crate) async fn self_id(&self) -> Result<String> {
+        Ok(self.info_raw().await?.node_id)
+    }
+
     async fn info_raw(&self) -> Result<InfoResponse> {
         Ok(self
             .local

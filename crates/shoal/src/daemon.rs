@@ -44,6 +44,7 @@ pub struct DaemonOpts {
 /// A node that is part of a cluster.
 struct Active {
     state: NodeState,
+    worker: Worker,
     cert_der: Vec<u8>,
     root_der: Vec<u8>,
     manager: Option<Manager>,
@@ -227,13 +228,14 @@ impl Daemon {
         });
         tokio::spawn(run_assignments(
             session.channel.clone(),
-            worker,
+            worker.clone(),
             session.description.clone(),
             agent_cancel.clone(),
         ));
         tokio::spawn(session.run(agent_cancel.clone()));
         Ok(Active {
             state,
+            worker,
             cert_der,
             root_der,
             manager,
@@ -543,6 +545,9 @@ impl Daemon {
         let Some(active) = guard.take() else {
             return Ok(());
         };
+        // Like swarm: a node that leaves stops its tasks' containers.
+        active.agent_cancel.cancel();
+        active.worker.remove_all().await;
         stop(active).await;
         self.dir.wipe()?;
         tracing::info!("left the cluster");

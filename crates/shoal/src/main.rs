@@ -4,6 +4,7 @@
 mod cli;
 mod daemon;
 mod netaddr;
+mod services_cli;
 mod socket;
 mod statedir;
 mod tasks_cli;
@@ -123,10 +124,71 @@ enum Cmd {
         #[command(subcommand)]
         cmd: RegistryCmd,
     },
-    /// Run and inspect single tasks (a debugging tool; services come later).
+    /// Run and inspect single tasks (a debugging tool).
     Task {
         #[command(subcommand)]
         cmd: TaskCmd,
+    },
+    /// Manage services.
+    Service {
+        #[command(subcommand)]
+        cmd: ServiceCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ServiceCmd {
+    /// Create a service and wait until it converges (unless -d).
+    Create(Box<services_cli::CreateArgs>),
+    /// Change a service and wait until it converges (unless -d).
+    Update(Box<services_cli::UpdateArgs>),
+    /// Set the replica count of services: SERVICE=N ...
+    Scale {
+        #[arg(required = true)]
+        pairs: Vec<String>,
+        #[arg(short = 'd', long)]
+        detach: bool,
+    },
+    /// List services.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// List a service's tasks.
+    Ps {
+        service: String,
+        /// desired-state=running|shutdown|..., node=NODE
+        #[arg(short, long = "filter")]
+        filters: Vec<String>,
+        #[arg(long)]
+        no_trunc: bool,
+        #[arg(short, long)]
+        quiet: bool,
+        /// table (default) or json (one object per line).
+        #[arg(long)]
+        format: Option<String>,
+    },
+    /// Show services in detail.
+    Inspect {
+        #[arg(long)]
+        pretty: bool,
+        #[arg(required = true)]
+        services: Vec<String>,
+    },
+    /// Remove services (their containers are stopped).
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        services: Vec<String>,
+    },
+    /// Every task's output, each line prefixed with its task.
+    Logs {
+        service: String,
+        #[arg(short, long)]
+        follow: bool,
+        #[arg(long, short = 'n')]
+        tail: Option<u64>,
     },
 }
 
@@ -219,6 +281,31 @@ enum TaskCmd {
 
 #[derive(Subcommand)]
 enum NodeCmd {
+    /// Change a node's availability or its (manager-set, trusted) labels.
+    Update {
+        /// active, pause or drain.
+        #[arg(long)]
+        availability: Option<String>,
+        #[arg(long = "label-add", value_parser = services_cli::parse_kv)]
+        label_add: Vec<(String, String)>,
+        #[arg(long = "label-rm")]
+        label_rm: Vec<String>,
+        node: String,
+    },
+    /// List the tasks on a node (default: this one).
+    Ps {
+        node: Option<String>,
+        #[arg(long)]
+        no_trunc: bool,
+    },
+    /// Remove nodes from the cluster (a live node needs --force).
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
     /// List nodes.
     #[command(alias = "list")]
     Ls {
@@ -370,7 +457,49 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         .await
                 }
             },
+            Cmd::Service { cmd } => match cmd {
+                ServiceCmd::Create(a) => c.service_create(*a).await,
+                ServiceCmd::Update(a) => c.service_update(*a).await,
+                ServiceCmd::Scale { pairs, detach } => c.service_scale(&pairs, detach).await,
+                ServiceCmd::Ls { quiet } => c.service_ls(quiet).await,
+                ServiceCmd::Ps {
+                    service,
+                    filters,
+                    no_trunc,
+                    quiet,
+                    format,
+                } => {
+                    c.service_ps(&service, &filters, no_trunc, quiet, format.as_deref())
+                        .await
+                }
+                ServiceCmd::Inspect { pretty, services } => {
+                    c.service_inspect(&services, pretty).await
+                }
+                ServiceCmd::Rm { services } => c.service_rm(&services).await,
+                ServiceCmd::Logs {
+                    service,
+                    follow,
+                    tail,
+                } => c.service_logs(&service, follow, tail.unwrap_or(0)).await,
+            },
             Cmd::Node { cmd } => match cmd {
+                NodeCmd::Update {
+                    availability,
+                    label_add,
+                    label_rm,
+                    node,
+                } => {
+                    c.node_update(&node, availability, label_add, label_rm)
+                        .await
+                }
+                NodeCmd::Ps { node, no_trunc } => {
+                    let node = match node {
+                        Some(n) if n != "self" => n,
+                        _ => c.self_id().await?,
+                    };
+                    c.task_ls(Some(node), false, no_trunc).await
+                }
+                NodeCmd::Rm { force, nodes } => c.node_rm(&nodes, force).await,
                 NodeCmd::Ls { quiet, format } => c.node_ls(quiet, format.as_deref()).await,
                 NodeCmd::Inspect {
                     pretty,

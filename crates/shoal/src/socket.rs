@@ -10,6 +10,11 @@ use shoal_proto::control::{
     ListNodesRequest, ListNodesResponse, NodeView,
 };
 use shoal_proto::control::{
+    CreateServiceRequest, GetServiceRequest, ListServicesRequest, ListServicesResponse,
+    RemoveNodeRequest, RemoveNodeResponse, RemoveServiceRequest, RemoveServiceResponse,
+    UpdateNodeRequest, UpdateServiceRequest,
+};
+use shoal_proto::control::{
     CreateTaskRequest, GetTaskRequest, ListTasksRequest, ListTasksResponse, RemoveTaskRequest,
     RemoveTaskResponse, TaskLogsRequest,
 };
@@ -20,6 +25,7 @@ use shoal_proto::local::{
     JoinRequest, JoinResponse, LeaveRequest, LeaveResponse, RegistryLoginRequest,
     RegistryLoginResponse, RegistryLogoutRequest,
 };
+use shoal_proto::objects::Service;
 use shoal_proto::objects::Task;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -170,6 +176,64 @@ pub struct LocalControl(pub Arc<Daemon>);
 #[tonic::async_trait]
 impl Control for LocalControl {
     type TaskLogsStream = shoal_manager::controlapi::TaskLogsStream;
+
+    async fn create_service(
+        &self,
+        req: Request<CreateServiceRequest>,
+    ) -> Result<Response<Service>, Status> {
+        let c = self.0.control().await?;
+        Ok(Response::new(
+            c.create_service(req.into_inner().spec.unwrap_or_default())
+                .await?,
+        ))
+    }
+    async fn update_service(
+        &self,
+        req: Request<UpdateServiceRequest>,
+    ) -> Result<Response<Service>, Status> {
+        let c = self.0.control().await?;
+        Ok(Response::new(c.update_service(req.into_inner()).await?))
+    }
+    async fn get_service(
+        &self,
+        req: Request<GetServiceRequest>,
+    ) -> Result<Response<Service>, Status> {
+        let c = self.0.control().await?;
+        Ok(Response::new(
+            c.get_service(&req.into_inner().reference)?.value,
+        ))
+    }
+    async fn list_services(
+        &self,
+        _req: Request<ListServicesRequest>,
+    ) -> Result<Response<ListServicesResponse>, Status> {
+        let c = self.0.control().await?;
+        Ok(Response::new(c.list_services()?))
+    }
+    async fn remove_service(
+        &self,
+        req: Request<RemoveServiceRequest>,
+    ) -> Result<Response<RemoveServiceResponse>, Status> {
+        let c = self.0.control().await?;
+        c.remove_service(&req.into_inner().reference).await?;
+        Ok(Response::new(RemoveServiceResponse {}))
+    }
+    async fn update_node(
+        &self,
+        req: Request<UpdateNodeRequest>,
+    ) -> Result<Response<NodeView>, Status> {
+        let c = self.0.control().await?;
+        Ok(Response::new(c.update_node(req.into_inner()).await?))
+    }
+    async fn remove_node(
+        &self,
+        req: Request<RemoveNodeRequest>,
+    ) -> Result<Response<RemoveNodeResponse>, Status> {
+        let c = self.0.control().await?;
+        let r = req.into_inner();
+        c.remove_node(&r.reference, r.force).await?;
+        Ok(Response::new(RemoveNodeResponse {}))
+    }
 
     async fn create_task(&self, req: Request<CreateTaskRequest>) -> Result<Response<Task>, Status> {
         let c = self.0.control().await?;

@@ -23,3 +23,10 @@ impl Object for shoal_proto::objects::Task {
         &self.id
     }
 }
+
+impl Object for shoal_proto::objects::Service {
+    const TABLE: &'static str = "services";
+    fn id(&self) -> &str {
+        &self.id
+    }
+}

@@ -351,6 +351,27 @@ impl Testbed {
         self.signal(i, nix::sys::signal::Signal::SIGTERM)
     }
 
+    /// Kills node `i` outright: its daemon and every process in its namespace (its
+    /// supervisors and containers), like a machine that loses power.
+    pub fn kill_all(&mut self, i: usize) -> Result<()> {
+        self.kill(i)?;
+        kill_ns_processes(&self.nodes[i].netns);
+        Ok(())
+    }
+
+    /// Processes in node `i`'s namespace whose name (comm) is `name`.
+    pub fn processes_named(&self, i: usize, name: &str) -> usize {
+        ip(&["netns", "pids", &self.nodes[i].netns])
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .map(|c| c.trim() == name)
+                    .unwrap_or(false)
+            })
+            .count()
+    }
+
     pub fn restart(&mut self, i: usize) -> Result<()> {
         self.stop(i)?;
         self.start(i)

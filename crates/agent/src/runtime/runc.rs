@@ -251,6 +251,24 @@ impl Runc {
     }
 }
 
+/// This boot of the host: pids recorded under another boot mean nothing now.
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Whether `pid` is one of our supervisors (not some process that reused its pid).
+fn is_supervisor(pid: u32) -> bool {
+    if !alive(pid) {
+        return false;
+    }
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    comm.trim() == "shoal-supervise"
+        || String::from_utf8_lossy(&cmdline).contains(supervisor::SUBCOMMAND)
+}
+
 fn alive(pid: u32) -> bool {
     // Signal 0 checks existence; a zombie counts as gone.
     if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_err() {
@@ -324,13 +342,17 @@ impl Runtime for Runc {
                 return Err(e);
             }
         };
-        spec.save(bundle.join("config.json"))
-            .map_err(|e| failed(format!("cannot write config.json: {e}")))?;
+        if let Err(e) = spec.save(bundle.join("config.json")) {
+            let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
+            return Err(failed(format!("cannot write config.json: {e}")));
+        }
         Ok(())
     }
 
     fn start(&self, id: &str) -> Result<u32, RuntimeError> {
         let dir = self.dir(id);
+        std::fs::write(dir.join("boot_id"), boot_id())
+            .map_err(io_err("cannot record the boot of the container"))?;
         let args = SupervisorArgs {
             id: id.to_string(),
             dir: dir.clone(),
@@ -338,13 +360,19 @@ impl Runtime for Runc {
             runc_bin: self.runc_bin.clone(),
             cgroup_path: self.cgroup_path(id),
         };
-        let mut child = match super::zygote::get() {
-            Some(z) => {
-                z.spawn(&args)
-                    .map_err(io_err("cannot start the container supervisor"))?;
-                None
-            }
-            None => {
+        let forked = match super::zygote::get() {
+            Some(z) => match z.spawn(&args) {
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "supervisor zygote failed; re-executing instead");
+                    false
+                }
+            },
+            None => false,
+        };
+        let mut child = match forked {
+            true => None,
+            false => {
                 let mut cmd = Command::new(&self.self_exe);
                 cmd.arg(supervisor::SUBCOMMAND)
                     .args(args.to_args())
@@ -405,11 +433,19 @@ impl Runtime for Runc {
         if let Some(x) = Self::read_exit(&dir) {
             return ContainerStatus::Exited(x);
         }
+        let booted = std::fs::read_to_string(dir.join("boot_id")).unwrap_or_default();
+        if !booted.is_empty() && booted.trim() != boot_id() {
+            return ContainerStatus::Exited(Exit {
+                code: -1,
+                oom: false,
+                error: Some("the host restarted while the container ran: it is gone".into()),
+            });
+        }
         let Some(pid) = Self::read_pid(&dir.join("pid")) else {
             return ContainerStatus::Created;
         };
         let sup = Self::read_pid(&dir.join("supervisor.pid"));
-        if sup.is_some_and(alive) {
+        if sup.is_some_and(is_supervisor) {
             return ContainerStatus::Running { pid };
         }
         // The supervisor died without recording an exit: it may have been killed with the
@@ -430,7 +466,9 @@ impl Runtime for Runc {
 
     fn signal(&self, id: &str, signal: nix::sys::signal::Signal) -> Result<(), RuntimeError> {
         let dir = self.dir(id);
-        if Self::read_exit(&dir).is_some() {
+        // Only a container this boot's live supervisor still watches is signalled: a
+        // recorded pid may since belong to anything.
+        if !matches!(self.status(id), ContainerStatus::Running { .. }) {
             return Ok(());
         }
         let Some(pid) = Self::read_pid(&dir.join("pid")) else {

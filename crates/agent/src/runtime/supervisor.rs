@@ -73,8 +73,13 @@ fn now_nanos() -> u128 {
         .unwrap_or(0)
 }
 
+/// A line longer than this is cut into several log lines (so a container that never
+/// writes a newline cannot grow the supervisor).
+const MAX_LINE: usize = 16 * 1024;
+
 /// Appends complete lines from `buf` to the log; keeps a partial last line in `buf`.
 fn flush_lines(log: &mut File, stream: &str, buf: &mut Vec<u8>, all: bool) {
+    let all = all || (buf.len() >= MAX_LINE && !buf.contains(&b'\n'));
     while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
         let line: Vec<u8> = buf.drain(..=pos).collect();
         let _ = write!(log, "{} {stream} ", now_nanos());
@@ -133,7 +138,10 @@ pub fn run(a: &SupervisorArgs) -> i32 {
         Ok(f) => f,
         Err(e) => return fail(a, format!("cannot open the container log: {e}")),
     };
-    let pipe = || nix::unistd::pipe().map_err(|e| format!("cannot make a pipe: {e}"));
+    let pipe = || {
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| format!("cannot make a pipe: {e}"))
+    };
     let ((out_r, out_w), (err_r, err_w)) = match (pipe(), pipe()) {
         (Ok(o), Ok(e)) => (o, e),
         (Err(e), _) | (_, Err(e)) => return fail(a, e),

@@ -19,8 +19,13 @@ pub struct Zygote {
 
 static ZYGOTE: OnceLock<Zygote> = OnceLock::new();
 
-/// The zygote, if [`start`] ran.
+static DEAD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The zygote, if [`start`] ran and it is still alive.
 pub fn get() -> Option<&'static Zygote> {
+    if DEAD.load(std::sync::atomic::Ordering::SeqCst) {
+        return None;
+    }
     ZYGOTE.get()
 }
 
@@ -37,6 +42,8 @@ pub fn start() -> std::io::Result<()> {
         }
         ForkResult::Parent { .. } => {
             drop(child);
+            // A zygote that stops answering must not hang container starts.
+            parent.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
             let reader = BufReader::new(parent.try_clone()?);
             let _ = ZYGOTE.set(Zygote {
                 sock: Mutex::new((parent, reader)),
@@ -55,10 +62,16 @@ impl Zygote {
             .map_err(|_| std::io::Error::other("zygote lock poisoned"))?;
         let (w, r) = &mut *guard;
         let line = serde_json::to_string(&args.to_args()).map_err(std::io::Error::other)?;
-        w.write_all(line.as_bytes())?;
-        w.write_all(b"\n")?;
+        let sent = w
+            .write_all(line.as_bytes())
+            .and_then(|_| w.write_all(b"\n"));
+        if let Err(e) = sent {
+            DEAD.store(true, std::sync::atomic::Ordering::SeqCst);
+            return Err(e);
+        }
         let mut reply = String::new();
         if r.read_line(&mut reply)? == 0 {
+            DEAD.store(true, std::sync::atomic::Ordering::SeqCst);
             return Err(std::io::Error::other("the supervisor zygote is gone"));
         }
         reply
@@ -114,6 +127,9 @@ fn supervisor_child(args: &SupervisorArgs, sock_fd: i32) -> ! {
         // The supervisor waits for its container: it needs SIGCHLD back.
         let _ = signal(Signal::SIGCHLD, SigHandler::SigDfl);
         libc::close(sock_fd);
+        // Nothing of the zygote's (its socket to the daemon above all) stays open here, or
+        // a dead zygote would never look dead to the daemon.
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
         let devnull = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
         if devnull >= 0 {
             libc::dup2(devnull, 0);

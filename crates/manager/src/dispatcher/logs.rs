@@ -31,12 +31,15 @@ impl LogBroker {
         }
     }
 
-    pub fn unregister_node(&self, node_id: &str, tx: &mpsc::Sender<LogSubscription>) {
+    /// Forgets a session's channel; true if it was the node's current one.
+    pub fn unregister_node(&self, node_id: &str, tx: &mpsc::Sender<LogSubscription>) -> bool {
         if let Ok(mut m) = self.nodes.lock() {
             if m.get(node_id).is_some_and(|cur| cur.same_channel(tx)) {
                 m.remove(node_id);
+                return true;
             }
         }
+        false
     }
 
     /// Asks the task's node for its logs; the returned stream ends when the node is done.

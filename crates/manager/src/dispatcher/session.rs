@@ -97,8 +97,10 @@ pub fn start(
                 },
             }
         }
-        logs.unregister_node(&node_id, &log_tx);
-        logs.drop_node_subs(&node_id);
+        // A newer session of the same node keeps its subscriptions.
+        if logs.unregister_node(&node_id, &log_tx) {
+            logs.drop_node_subs(&node_id);
+        }
     });
     Ok(rx)
 }

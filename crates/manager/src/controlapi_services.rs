@@ -1,0 +1,284 @@
+//! The control API for services and node management.
+
+use crate::controlapi::{validate_spec, ControlApi, ControlError};
+use crate::scheduler::constraint;
+use crate::time::unix_now;
+use shoal_proto::control::{
+    ListServicesResponse, NodeView, ServiceStatus, UpdateNodeRequest, UpdateServiceRequest,
+};
+use shoal_proto::objects::{
+    Availability, Node, NodeRole, NodeState, Service, ServiceMode, ServiceSpec, Task, TaskState,
+};
+use shoal_store::{Batch, Expect, StoreError};
+
+fn bad(m: String) -> ControlError {
+    ControlError::BadSpec(m)
+}
+
+/// Checks a service spec, naming the first thing wrong.
+pub fn validate_service(spec: &ServiceSpec) -> Result<(), ControlError> {
+    let name = &spec.name;
+    if name.is_empty() {
+        return Err(bad("a service needs a name (--name)".into()));
+    }
+    if name.len() > 63
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        || name.starts_with('-')
+    {
+        return Err(bad(format!(
+            "service name {name:?} must be 1-63 letters, digits, '-' or '_'"
+        )));
+    }
+    validate_spec(&spec.container.clone().unwrap_or_default())?;
+    let placement = spec.placement.clone().unwrap_or_default();
+    constraint::parse_all(&placement.constraints).map_err(|e| bad(e.to_string()))?;
+    for p in &placement.spread {
+        if !(p.starts_with("node.labels.") || p.starts_with("engine.labels.")) || p.ends_with('.') {
+            return Err(bad(format!(
+                "placement preference spread={p}: spread over node.labels.<key> (or engine.labels.<key>)"
+            )));
+        }
+    }
+    if let Some(r) = &spec.reservations {
+        if r.nano_cpus < 0 || r.memory_bytes < 0 {
+            return Err(bad("reservations cannot be negative".into()));
+        }
+    }
+    if spec.mode == ServiceMode::Global as i32 && placement.max_replicas_per_node > 0 {
+        return Err(bad(
+            "--replicas-max-per-node applies to replicated services only".into(),
+        ));
+    }
+    Ok(())
+}
+
+impl ControlApi {
+    /// A service by ID, unique ID prefix, or name.
+    pub fn get_service(
+        &self,
+        reference: &str,
+    ) -> Result<shoal_store::Versioned<Service>, ControlError> {
+        if let Some(s) = self.store().get::<Service>(reference)? {
+            return Ok(s);
+        }
+        let all = self.store().list::<Service>()?;
+        let by_name: Vec<_> = all
+            .iter()
+            .filter(|s| s.value.spec.as_ref().map(|x| x.name.as_str()) == Some(reference))
+            .collect();
+        let found: Vec<_> = if by_name.is_empty() && !reference.is_empty() {
+            all.iter()
+                .filter(|s| s.value.id.starts_with(reference))
+                .collect()
+        } else {
+            by_name
+        };
+        match found.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(ControlError::NoSuchService(reference.to_string())),
+            many => Err(ControlError::AmbiguousService(
+                reference.to_string(),
+                many.len(),
+            )),
+        }
+    }
+
+    fn name_taken(&self, name: &str, except: &str) -> Result<bool, ControlError> {
+        Ok(self.store().list::<Service>()?.iter().any(|s| {
+            s.value.id != except && s.value.spec.as_ref().map(|x| x.name.as_str()) == Some(name)
+        }))
+    }
+
+    pub async fn create_service(&self, spec: ServiceSpec) -> Result<Service, ControlError> {
+        validate_service(&spec)?;
+        if self.name_taken(&spec.name, "")? {
+            return Err(ControlError::Exists(format!(
+                "a service named {} already exists",
+                spec.name
+            )));
+        }
+        let now = unix_now();
+        let service = Service {
+            id: shoal_pki::random_id(),
+            spec: Some(spec),
+            spec_version: 1,
+            created_at_unix: now,
+            updated_at_unix: now,
+            previous_spec: None,
+        };
+        let mut b = Batch::default();
+        b.put(&service, Expect::Absent);
+        self.store().commit(b).await?;
+        tracing::info!(service_id = %service.id, "service created");
+        Ok(service)
+    }
+
+    pub async fn update_service(&self, req: UpdateServiceRequest) -> Result<Service, ControlError> {
+        let spec = req.spec.unwrap_or_default();
+        validate_service(&spec)?;
+        let cur = self.get_service(&req.reference)?;
+        if req.spec_version != 0 && req.spec_version != cur.value.spec_version {
+            return Err(ControlError::Conflict(format!(
+                "service {} changed meanwhile (version {} now, {} when read): run the update again",
+                req.reference, cur.value.spec_version, req.spec_version
+            )));
+        }
+        if cur.value.spec.as_ref().map(|s| s.mode) != Some(spec.mode) {
+            return Err(bad(
+                "a service's mode cannot change: create a new service".into()
+            ));
+        }
+        if self.name_taken(&spec.name, &cur.value.id)? {
+            return Err(ControlError::Exists(format!(
+                "a service named {} already exists",
+                spec.name
+            )));
+        }
+        let mut next = cur.value.clone();
+        let old = next.spec.clone().unwrap_or_default();
+        // Only a change to what tasks run (or --force) replaces tasks; scaling does not.
+        let mut old_cmp = old.clone();
+        old_cmp.replicas = spec.replicas;
+        if old_cmp != spec || req.force {
+            next.spec_version += 1;
+        }
+        next.previous_spec = Some(old);
+        next.spec = Some(spec);
+        next.updated_at_unix = unix_now();
+        let mut b = Batch::default();
+        b.put(&next, Expect::Version(cur.version));
+        match self.store().commit(b).await {
+            Ok(_) => Ok(next),
+            Err(StoreError::Conflict { .. }) => Err(ControlError::Conflict(
+                "the service changed meanwhile: run the update again".into(),
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn list_services(&self) -> Result<ListServicesResponse, ControlError> {
+        let services: Vec<Service> = self
+            .store()
+            .list::<Service>()?
+            .into_iter()
+            .map(|v| v.value)
+            .collect();
+        let tasks: Vec<Task> = self
+            .store()
+            .list::<Task>()?
+            .into_iter()
+            .map(|v| v.value)
+            .collect();
+        let nodes: Vec<Node> = self
+            .store()
+            .list::<Node>()?
+            .into_iter()
+            .map(|v| v.value)
+            .collect();
+        let mut status = std::collections::HashMap::new();
+        for s in &services {
+            let running = tasks
+                .iter()
+                .filter(|t| {
+                    t.service_id == s.id
+                        && t.desired_state <= TaskState::Running as i32
+                        && t.status.as_ref().map(|x| x.state) == Some(TaskState::Running as i32)
+                })
+                .count() as u64;
+            let spec = s.spec.clone().unwrap_or_default();
+            let desired = if spec.mode == ServiceMode::Global as i32 {
+                let cs = constraint::parse_all(&spec.placement.unwrap_or_default().constraints)
+                    .unwrap_or_default();
+                nodes
+                    .iter()
+                    .filter(|n| {
+                        n.state == NodeState::Ready as i32
+                            && n.availability != Availability::Drain as i32
+                            && cs.iter().all(|c| c.matches(n))
+                    })
+                    .count() as u64
+            } else {
+                spec.replicas
+            };
+            status.insert(s.id.clone(), ServiceStatus { running, desired });
+        }
+        Ok(ListServicesResponse { services, status })
+    }
+
+    pub async fn remove_service(&self, reference: &str) -> Result<(), ControlError> {
+        let s = self.get_service(reference)?;
+        let mut b = Batch::default();
+        b.delete::<Service>(&s.value.id, Expect::Version(s.version));
+        self.store().commit(b).await?;
+        tracing::info!(service_id = %s.value.id, "service removed");
+        Ok(())
+    }
+
+    pub async fn update_node(&self, req: UpdateNodeRequest) -> Result<NodeView, ControlError> {
+        let availability = match req.availability.as_str() {
+            "" => None,
+            "active" => Some(Availability::Active),
+            "pause" => Some(Availability::Pause),
+            "drain" => Some(Availability::Drain),
+            other => {
+                return Err(bad(format!(
+                    "availability {other:?}: use active, pause or drain"
+                )))
+            }
+        };
+        for k in req.labels_add.keys().chain(req.labels_rm.iter()) {
+            if k.is_empty() {
+                return Err(bad("a label key cannot be empty".into()));
+            }
+        }
+        loop {
+            let id = self.get_node(&req.reference)?.node.unwrap_or_default().id;
+            let Some(cur) = self.store().get::<Node>(&id)? else {
+                return Err(ControlError::NoSuchNode(req.reference.clone()));
+            };
+            let mut n = cur.value.clone();
+            if let Some(a) = availability {
+                n.availability = a as i32;
+            }
+            for (k, v) in &req.labels_add {
+                n.labels.insert(k.clone(), v.clone());
+            }
+            for k in &req.labels_rm {
+                n.labels.remove(k);
+            }
+            n.updated_at_unix = unix_now();
+            let mut b = Batch::default();
+            b.put(&n, Expect::Version(cur.version));
+            match self.store().commit(b).await {
+                Ok(_) => return self.get_node(&id),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    pub async fn remove_node(&self, reference: &str, force: bool) -> Result<(), ControlError> {
+        let view = self.get_node(reference)?;
+        let n = view.node.unwrap_or_default();
+        if n.role == NodeRole::Manager as i32 {
+            return Err(ControlError::Refused(format!(
+                "node {reference} is a manager: a manager cannot be removed (demote it first, once managers can be demoted)"
+            )));
+        }
+        if n.state == NodeState::Ready as i32 && !force {
+            return Err(ControlError::Refused(format!(
+                "node {reference} is ready and running: stop its daemon first, or remove it anyway with --force"
+            )));
+        }
+        let Some(cur) = self.store().get::<Node>(&n.id)? else {
+            return Ok(());
+        };
+        let mut b = Batch::default();
+        b.delete::<Node>(&n.id, Expect::Version(cur.version));
+        self.store().commit(b).await?;
+        tracing::info!(node_id = %n.id, "node removed");
+        Ok(())
+    }
+}

@@ -1,0 +1,345 @@
+//! The orchestrators: they turn services into tasks. Each is a pure reconciler from
+//! (services, tasks, nodes) to a [`Plan`] of task changes ([`replicated`], [`global`]);
+//! the scheduler then places new tasks; [`run`] is the thin loop on the leader that
+//! reads the store, plans, and commits the plan in one transaction.
+
+pub mod global;
+pub mod replicated;
+
+use crate::scheduler;
+use shoal_proto::objects::{
+    Availability, Node, NodeState, Service, ServiceMode, Task, TaskState, TaskStatus,
+};
+use shoal_store::{Batch, Expect, Store, StoreError, Versioned};
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Finished tasks kept per slot (or per node, for global services), as swarm's
+/// task history limit.
+pub const TASK_HISTORY: usize = 5;
+/// A task that failed is restarted after this delay (swarm's default).
+pub const RESTART_DELAY_MS: i64 = 5000;
+
+/// What the orchestrators see.
+pub struct World<'a> {
+    pub services: &'a [Service],
+    pub tasks: &'a [Versioned<Task>],
+    pub nodes: &'a [Node],
+    pub now_ms: i64,
+}
+
+/// Changes to make, applied in one store transaction.
+#[derive(Default, Debug)]
+pub struct Plan {
+    pub create: Vec<Task>,
+    /// Task ID -> (version read, new task).
+    pub update: BTreeMap<String, (u64, Task)>,
+    pub delete: BTreeMap<String, u64>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.create.is_empty() && self.update.is_empty() && self.delete.is_empty()
+    }
+
+    /// Raises a task's desired state (never lowers it).
+    pub fn set_desired(&mut self, t: &Versioned<Task>, desired: TaskState) {
+        let current = self
+            .update
+            .get(&t.value.id)
+            .map(|u| u.1.desired_state)
+            .unwrap_or(t.value.desired_state);
+        if current >= desired as i32 || self.delete.contains_key(&t.value.id) {
+            return;
+        }
+        let entry = self
+            .update
+            .entry(t.value.id.clone())
+            .or_insert_with(|| (t.version, t.value.clone()));
+        entry.1.desired_state = desired as i32;
+    }
+
+    pub fn delete(&mut self, t: &Versioned<Task>) {
+        self.update.remove(&t.value.id);
+        self.delete.insert(t.value.id.clone(), t.version);
+    }
+}
+
+pub fn state_of(t: &Task) -> i32 {
+    t.status.as_ref().map(|s| s.state).unwrap_or(0)
+}
+
+/// Desired to run (not being stopped or removed).
+pub fn is_live(t: &Task) -> bool {
+    t.desired_state <= TaskState::Running as i32
+}
+
+pub fn has_finished(t: &Task) -> bool {
+    state_of(t) >= TaskState::Complete as i32
+}
+
+impl World<'_> {
+    pub fn node(&self, id: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+
+    /// Why the task's node can no longer keep it, if it cannot.
+    pub fn node_problem(&self, t: &Task) -> Option<&'static str> {
+        if t.node_id.is_empty() {
+            return None;
+        }
+        match self.node(&t.node_id) {
+            None => Some("node removed"),
+            Some(n) if n.state == NodeState::Down as i32 => Some("node down"),
+            Some(n) if n.availability == Availability::Drain as i32 => Some("node drained"),
+            _ => None,
+        }
+    }
+
+    pub fn tasks_of<'b>(
+        &'b self,
+        service_id: &'b str,
+    ) -> impl Iterator<Item = &'b Versioned<Task>> + 'b {
+        self.tasks
+            .iter()
+            .filter(move |t| t.value.service_id == service_id)
+    }
+}
+
+/// A new task of `service` (placed by the scheduler unless `node_id` is given).
+pub fn new_task(service: &Service, slot: u64, node_id: &str, now_ms: i64) -> Task {
+    let spec = service.spec.clone().unwrap_or_default();
+    let id = shoal_pki::random_id();
+    let (state, message) = if node_id.is_empty() {
+        (TaskState::Pending, "pending task scheduling")
+    } else {
+        (TaskState::Assigned, "assigned")
+    };
+    let name = if node_id.is_empty() {
+        format!("{}.{slot}", spec.name)
+    } else {
+        format!("{}.{node_id}", spec.name)
+    };
+    Task {
+        id,
+        service_id: service.id.clone(),
+        slot,
+        node_id: node_id.to_string(),
+        spec: spec.container.clone(),
+        desired_state: TaskState::Running as i32,
+        status: Some(TaskStatus {
+            state: state as i32,
+            message: message.into(),
+            timestamp_unix_ms: now_ms,
+            ..Default::default()
+        }),
+        name,
+        created_at_unix: now_ms / 1000,
+        updated_at_unix: now_ms / 1000,
+        placement: spec.placement.clone(),
+        reservations: spec.reservations,
+        spec_version: service.spec_version,
+    }
+}
+
+/// Keeps the newest [`TASK_HISTORY`] finished, not-live tasks of a group; deletes the rest.
+pub fn trim_history<'a>(plan: &mut Plan, group: impl Iterator<Item = &'a Versioned<Task>>) {
+    let mut old: Vec<&Versioned<Task>> = group
+        .filter(|t| !is_live(&t.value) && has_finished(&t.value))
+        .collect();
+    if old.len() <= TASK_HISTORY {
+        return;
+    }
+    old.sort_by_key(|t| std::cmp::Reverse((t.value.created_at_unix, t.version)));
+    for t in &old[TASK_HISTORY..] {
+        plan.delete(t);
+    }
+}
+
+/// Plans all changes: orchestrators first, then the scheduler places every pending task
+/// (including the ones just planned).
+pub fn plan(world: &World<'_>) -> Plan {
+    let mut plan = Plan::default();
+    let services: HashMap<&str, &Service> =
+        world.services.iter().map(|s| (s.id.as_str(), s)).collect();
+    for s in world.services {
+        match ServiceMode::try_from(s.spec.as_ref().map(|x| x.mode).unwrap_or(0)) {
+            Ok(ServiceMode::Global) => global::reconcile(world, s, &mut plan),
+            _ => replicated::reconcile(world, s, &mut plan),
+        }
+    }
+    // Tasks on removed nodes cannot be stopped or reported by them any more: forget them
+    // (their replacements were planned above).
+    for t in world.tasks {
+        if !t.value.node_id.is_empty() && world.node(&t.value.node_id).is_none() {
+            plan.delete(t);
+        }
+    }
+    // Tasks of removed services go away.
+    for t in world.tasks {
+        if t.value.service_id.is_empty() || services.contains_key(t.value.service_id.as_str()) {
+            continue;
+        }
+        if has_finished(&t.value) || t.value.node_id.is_empty() {
+            plan.delete(t);
+        } else if is_live(&t.value) || t.value.desired_state < TaskState::Remove as i32 {
+            plan.set_desired(t, TaskState::Remove);
+        }
+    }
+    schedule(world, &mut plan);
+    plan
+}
+
+/// Places pending tasks, old and new, with the scheduler.
+fn schedule(world: &World<'_>, plan: &mut Plan) {
+    let pending_state = TaskState::Pending as i32;
+    let mut current: Vec<Task> = world
+        .tasks
+        .iter()
+        .map(|t| {
+            plan.update
+                .get(&t.value.id)
+                .map(|u| u.1.clone())
+                .unwrap_or_else(|| t.value.clone())
+        })
+        .filter(|t| !plan.delete.contains_key(&t.id))
+        .collect();
+    let mut pending: Vec<Task> = current
+        .iter()
+        .filter(|t| t.node_id.is_empty() && state_of(t) == pending_state && is_live(t))
+        .cloned()
+        .collect();
+    pending.extend(plan.create.iter().filter(|t| t.node_id.is_empty()).cloned());
+    if pending.is_empty() {
+        return;
+    }
+    current.extend(
+        plan.create
+            .iter()
+            .filter(|t| !t.node_id.is_empty())
+            .cloned(),
+    );
+    let out = scheduler::schedule(world.nodes, &current, &pending);
+    let mut apply = |id: &str, f: &dyn Fn(&mut Task) -> bool| {
+        if let Some(t) = plan.create.iter_mut().find(|t| t.id == id) {
+            f(t);
+            return;
+        }
+        if let Some(t) = world.tasks.iter().find(|t| t.value.id == id) {
+            let mut next = plan
+                .update
+                .get(id)
+                .map(|u| u.1.clone())
+                .unwrap_or_else(|| t.value.clone());
+            if f(&mut next) {
+                plan.update.insert(id.to_string(), (t.version, next));
+            }
+        }
+    };
+    for d in out.assigned {
+        let node = d.node_id.clone();
+        let now = world.now_ms;
+        apply(&d.task_id, &move |t: &mut Task| {
+            t.node_id = node.clone();
+            t.status = Some(TaskStatus {
+                state: TaskState::Assigned as i32,
+                message: "assigned".into(),
+                timestamp_unix_ms: now,
+                ..Default::default()
+            });
+            true
+        });
+    }
+    for u in out.unplaced {
+        let reason = u.reason.clone();
+        apply(&u.task_id, &move |t: &mut Task| {
+            let st = t.status.get_or_insert_with(Default::default);
+            if st.err == reason {
+                return false;
+            }
+            st.err = reason.clone();
+            st.message = "pending task scheduling".into();
+            true
+        });
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// One pass: read, plan, commit. Returns whether anything was written.
+pub async fn reconcile_once(store: &Store) -> Result<bool, StoreError> {
+    let services: Vec<Service> = store
+        .list::<Service>()?
+        .into_iter()
+        .map(|v| v.value)
+        .collect();
+    let tasks = store.list::<Task>()?;
+    let nodes: Vec<Node> = store.list::<Node>()?.into_iter().map(|v| v.value).collect();
+    let world = World {
+        services: &services,
+        tasks: &tasks,
+        nodes: &nodes,
+        now_ms: now_ms(),
+    };
+    let plan = plan(&world);
+    if plan.is_empty() {
+        return Ok(false);
+    }
+    let mut b = Batch::default();
+    for t in &plan.create {
+        b.put(t, Expect::Absent);
+    }
+    for (version, t) in plan.update.values() {
+        b.put(t, Expect::Version(*version));
+    }
+    for (id, version) in &plan.delete {
+        b.delete::<Task>(id, Expect::Version(*version));
+    }
+    store.commit(b).await?;
+    Ok(true)
+}
+
+/// The leader's orchestration loop: reconciles on every change to services, tasks or
+/// nodes (and once a second, for restart delays) until cancelled.
+pub async fn run(store: Store, cancel: CancellationToken) {
+    use shoal_store::Object;
+    let mut watch = match store.watch() {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!(error = %e, "orchestrator cannot watch the store");
+            return;
+        }
+    };
+    loop {
+        match reconcile_once(&store).await {
+            Ok(true) => continue,
+            Ok(false) => {}
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => tracing::warn!(error = %e, "orchestration pass failed"),
+        }
+        let deadline = tokio::time::sleep(Duration::from_secs(1));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = &mut deadline => break,
+                ev = watch.events.recv() => match ev {
+                    Ok(ev) => {
+                        let relevant = ev.changes.iter().any(|c| {
+                            c.table() == Service::TABLE || c.table() == Node::TABLE || c.table() == Task::TABLE
+                        });
+                        if relevant { break; }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+            }
+        }
+    }
+}

@@ -1,0 +1,830 @@
+//! CLI: services and node management.
+
+use crate::cli::{fmt_time, print_table, status_err, Client};
+use crate::tasks_cli::{parse_bytes, parse_cpus, parse_mount};
+use anyhow::{bail, Result};
+use clap::Args;
+use serde_json::json;
+use shoal_proto::control::{
+    CreateServiceRequest, GetServiceRequest, ListServicesRequest, ListTasksRequest,
+    RemoveNodeRequest, RemoveServiceRequest, TaskLogsRequest, UpdateNodeRequest,
+    UpdateServiceRequest,
+};
+use shoal_proto::objects::{
+    ContainerSpec, Mount, Placement, Resources, Service, ServiceMode, ServiceSpec, Task, TaskState,
+};
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+use tokio_stream::StreamExt;
+
+fn kv(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        None if !s.is_empty() => Ok((s.to_string(), String::new())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
+fn spread(s: &str) -> Result<String, String> {
+    match s.split_once('=') {
+        Some(("spread", v)) if !v.is_empty() => Ok(v.to_string()),
+        _ => Err(format!(
+            "placement preference {s:?}: use spread=node.labels.<key>"
+        )),
+    }
+}
+
+/// Flags shared by `service create` and `service update`.
+#[derive(Args, Clone, Default)]
+pub struct SpecFlags {
+    #[arg(short = 'e', long = "env")]
+    env: Vec<String>,
+    #[arg(short = 'w', long)]
+    workdir: Option<String>,
+    #[arg(short = 'u', long)]
+    user: Option<String>,
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Service label KEY=VALUE.
+    #[arg(short = 'l', long = "label", value_parser = kv)]
+    labels: Vec<(String, String)>,
+    /// Placement constraint, e.g. node.labels.zone==a (repeatable, all must hold).
+    #[arg(long = "constraint")]
+    constraints: Vec<String>,
+    /// spread=node.labels.KEY (repeatable, nested in order).
+    #[arg(long = "placement-pref", value_parser = spread)]
+    prefs: Vec<String>,
+    #[arg(long)]
+    replicas_max_per_node: Option<u64>,
+    #[arg(long, value_parser = parse_cpus)]
+    reserve_cpu: Option<i64>,
+    #[arg(long, value_parser = parse_bytes)]
+    reserve_memory: Option<i64>,
+    #[arg(long, value_parser = parse_cpus)]
+    limit_cpu: Option<i64>,
+    #[arg(long, value_parser = parse_bytes)]
+    limit_memory: Option<i64>,
+    #[arg(long)]
+    limit_pids: Option<i64>,
+    #[arg(long = "mount", value_parser = parse_mount)]
+    mounts: Vec<Mount>,
+    #[arg(long)]
+    read_only: bool,
+    #[arg(long, value_parser = crate::parse_duration_pub)]
+    stop_grace_period: Option<Duration>,
+    /// Replace the image's entrypoint.
+    #[arg(long)]
+    entrypoint: Option<String>,
+    /// Return at once instead of waiting for the service to converge.
+    #[arg(short = 'd', long)]
+    detach: bool,
+}
+
+#[derive(Args)]
+pub struct CreateArgs {
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long)]
+    replicas: Option<u64>,
+    /// replicated or global.
+    #[arg(long, default_value = "replicated")]
+    mode: String,
+    #[command(flatten)]
+    flags: SpecFlags,
+    image: String,
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct UpdateArgs {
+    #[arg(long)]
+    image: Option<String>,
+    #[arg(long)]
+    replicas: Option<u64>,
+    /// Replace the tasks even if nothing changed.
+    #[arg(long)]
+    force: bool,
+    #[arg(long = "env-add")]
+    env_add: Vec<String>,
+    #[arg(long = "env-rm")]
+    env_rm: Vec<String>,
+    #[arg(long = "constraint-add")]
+    constraint_add: Vec<String>,
+    #[arg(long = "constraint-rm")]
+    constraint_rm: Vec<String>,
+    #[arg(long = "label-add", value_parser = kv)]
+    label_add: Vec<(String, String)>,
+    #[arg(long = "label-rm")]
+    label_rm: Vec<String>,
+    #[arg(long = "placement-pref-add", value_parser = spread)]
+    pref_add: Vec<String>,
+    #[arg(long = "placement-pref-rm", value_parser = spread)]
+    pref_rm: Vec<String>,
+    /// New command arguments (replace the image's command).
+    #[arg(long, num_args = 1.., allow_hyphen_values = true)]
+    args: Option<Vec<String>>,
+    #[command(flatten)]
+    flags: SpecFlags,
+    service: String,
+}
+
+/// Applies the shared flags to a spec (for update, only what was given).
+fn apply(spec: &mut ServiceSpec, f: &SpecFlags) {
+    let c = spec.container.get_or_insert_with(ContainerSpec::default);
+    for e in &f.env {
+        let key = e.split('=').next().unwrap_or("");
+        c.env.retain(|x| x.split('=').next() != Some(key));
+        c.env.push(e.clone());
+    }
+    if let Some(w) = &f.workdir {
+        c.workdir = w.clone();
+    }
+    if let Some(u) = &f.user {
+        c.user = u.clone();
+    }
+    if let Some(h) = &f.hostname {
+        c.hostname = h.clone();
+    }
+    if let Some(e) = &f.entrypoint {
+        c.command = vec![e.clone()];
+    }
+    if f.read_only {
+        c.readonly_rootfs = true;
+    }
+    c.mounts.extend(f.mounts.iter().cloned());
+    if let Some(g) = f.stop_grace_period {
+        c.stop_grace_period_ms = g.as_millis() as u64;
+    }
+    let limits = c.limits.get_or_insert_with(Resources::default);
+    if let Some(v) = f.limit_cpu {
+        limits.nano_cpus = v;
+    }
+    if let Some(v) = f.limit_memory {
+        limits.memory_bytes = v;
+    }
+    if let Some(v) = f.limit_pids {
+        limits.pids = v;
+    }
+    let r = spec.reservations.get_or_insert_with(Resources::default);
+    if let Some(v) = f.reserve_cpu {
+        r.nano_cpus = v;
+    }
+    if let Some(v) = f.reserve_memory {
+        r.memory_bytes = v;
+    }
+    for (k, v) in &f.labels {
+        spec.labels.insert(k.clone(), v.clone());
+    }
+    let p = spec.placement.get_or_insert_with(Placement::default);
+    p.constraints.extend(f.constraints.iter().cloned());
+    p.spread.extend(f.prefs.iter().cloned());
+    if let Some(m) = f.replicas_max_per_node {
+        p.max_replicas_per_node = m;
+    }
+}
+
+fn mode_name(spec: &ServiceSpec) -> &'static str {
+    if spec.mode == ServiceMode::Global as i32 {
+        "global"
+    } else {
+        "replicated"
+    }
+}
+
+pub fn state_label(s: i32) -> String {
+    let name = TaskState::try_from(s)
+        .map(|s| s.as_str_name())
+        .unwrap_or("TASK_STATE_NEW")
+        .trim_start_matches("TASK_STATE_")
+        .to_lowercase();
+    let mut c = name.chars();
+    c.next()
+        .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
+        .unwrap_or_default()
+}
+
+fn ago(ms: i64) -> String {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+    let s = ((now - ms).max(0) / 1000) as u64;
+    match s {
+        0..=1 => "Less than a second ago".into(),
+        2..=59 => format!("{s} seconds ago"),
+        60..=3599 => format!("{} minutes ago", s / 60),
+        3600..=86399 => format!("{} hours ago", s / 3600),
+        _ => format!("{} days ago", s / 86400),
+    }
+}
+
+impl Client {
+    async fn service_tasks(
+        &self,
+        service: &Service,
+    ) -> Result<(Vec<Task>, HashMap<String, String>)> {
+        let r = self
+            .control()
+            .list_tasks(ListTasksRequest {
+                node: String::new(),
+            })
+            .await
+            .map_err(status_err)?
+            .into_inner();
+        let tasks = r
+            .tasks
+            .into_iter()
+            .filter(|t| t.service_id == service.id)
+            .collect();
+        Ok((tasks, r.node_names))
+    }
+
+    /// Waits until the service runs its desired tasks, all of its current version,
+    /// showing progress; fails with the reason if it cannot.
+    async fn converge(&self, id: &str) -> Result<()> {
+        let tty = std::io::stdout().is_terminal();
+        let started = Instant::now();
+        let mut last = String::new();
+        let mut stuck_since: Option<Instant> = None;
+        loop {
+            let svc = self
+                .control()
+                .get_service(GetServiceRequest {
+                    reference: id.to_string(),
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            let status = self
+                .control()
+                .list_services(ListServicesRequest {})
+                .await
+                .map_err(status_err)?
+                .into_inner()
+                .status
+                .remove(&svc.id)
+                .unwrap_or_default();
+            let (tasks, _) = self.service_tasks(&svc).await?;
+            let name = svc
+                .spec
+                .as_ref()
+                .map(|s| s.name.clone())
+                .unwrap_or_default();
+            let current: Vec<&Task> = tasks
+                .iter()
+                .filter(|t| {
+                    t.spec_version == svc.spec_version
+                        && t.desired_state <= TaskState::Running as i32
+                })
+                .collect();
+            let running = current
+                .iter()
+                .filter(|t| t.status.as_ref().map(|s| s.state) == Some(TaskState::Running as i32))
+                .count() as u64;
+            let stale = tasks.iter().any(|t| {
+                t.spec_version < svc.spec_version
+                    && t.status.as_ref().map(|s| s.state) == Some(TaskState::Running as i32)
+            });
+            let line = format!("{name}: {running}/{} tasks running", status.desired);
+            if line != last {
+                if tty {
+                    print!("\r\x1b[K{line}");
+                } else {
+                    println!("{line}");
+                }
+                let _ = std::io::stdout().flush();
+                last = line;
+            }
+            if running == status.desired && !stale && current.len() as u64 == status.desired {
+                if tty {
+                    println!();
+                }
+                println!("{name}: converged");
+                return Ok(());
+            }
+            // Why it cannot converge: a task that failed, or one nothing can take.
+            if let Some(t) = current.iter().find(|t| {
+                let st = t.status.as_ref().map(|s| s.state).unwrap_or(0);
+                st == TaskState::Failed as i32 || st == TaskState::Rejected as i32
+            }) {
+                if tty {
+                    println!();
+                }
+                let err = t.status.as_ref().map(|s| s.err.clone()).unwrap_or_default();
+                bail!(
+                    "service {name} cannot converge: task {} {}: {err}",
+                    t.name,
+                    state_label(t.status.as_ref().map(|s| s.state).unwrap_or(0)).to_lowercase()
+                );
+            }
+            let unplaced = current.iter().find(|t| {
+                t.node_id.is_empty() && t.status.as_ref().is_some_and(|s| !s.err.is_empty())
+            });
+            match (unplaced, stuck_since) {
+                (Some(_), None) => stuck_since = Some(Instant::now()),
+                (Some(t), Some(since)) if since.elapsed() > Duration::from_secs(2) => {
+                    if tty {
+                        println!();
+                    }
+                    let err = t.status.as_ref().map(|s| s.err.clone()).unwrap_or_default();
+                    bail!(
+                        "service {name} cannot converge: task {} is pending: {err}",
+                        t.name
+                    );
+                }
+                (None, _) => stuck_since = None,
+                _ => {}
+            }
+            if started.elapsed() > Duration::from_secs(300) {
+                bail!(
+                    "service {name} did not converge within 5 minutes ({running}/{} running)",
+                    status.desired
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn service_create(&self, a: CreateArgs) -> Result<()> {
+        let mode = match a.mode.as_str() {
+            "replicated" => ServiceMode::Replicated,
+            "global" => ServiceMode::Global,
+            m => bail!("--mode {m:?}: use replicated or global"),
+        };
+        if mode == ServiceMode::Global && a.replicas.is_some() {
+            bail!("--replicas cannot be used with --mode global");
+        }
+        let mut spec = ServiceSpec {
+            name: a.name.unwrap_or_default(),
+            mode: mode as i32,
+            replicas: a.replicas.unwrap_or(1),
+            container: Some(ContainerSpec {
+                image: a.image,
+                args: a.args,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        if spec.name.is_empty() {
+            // Like swarm: a random name when none is given.
+            spec.name = format!("svc-{}", &shoal_pki::random_id()[..8]);
+        }
+        apply(&mut spec, &a.flags);
+        let s = self
+            .control()
+            .create_service(CreateServiceRequest { spec: Some(spec) })
+            .await
+            .map_err(status_err)?
+            .into_inner();
+        println!("{}", s.id);
+        if a.flags.detach {
+            return Ok(());
+        }
+        self.converge(&s.id).await
+    }
+
+    pub async fn service_update(&self, a: UpdateArgs) -> Result<()> {
+        let cur = self
+            .control()
+            .get_service(GetServiceRequest {
+                reference: a.service.clone(),
+            })
+            .await
+            .map_err(status_err)?
+            .into_inner();
+        let mut spec = cur.spec.clone().unwrap_or_default();
+        {
+            let c = spec.container.get_or_insert_with(ContainerSpec::default);
+            if let Some(i) = &a.image {
+                c.image = i.clone();
+            }
+            if let Some(args) = &a.args {
+                c.args = args.clone();
+            }
+            for k in &a.env_rm {
+                c.env.retain(|e| e.split('=').next() != Some(k.as_str()));
+            }
+        }
+        let mut flags = a.flags.clone();
+        flags.env.extend(a.env_add.iter().cloned());
+        flags.constraints.extend(a.constraint_add.iter().cloned());
+        flags.labels.extend(a.label_add.iter().cloned());
+        flags.prefs.extend(a.pref_add.iter().cloned());
+        {
+            let p = spec.placement.get_or_insert_with(Placement::default);
+            let norm = |s: &str| s.split_whitespace().collect::<String>();
+            p.constraints
+                .retain(|c| !a.constraint_rm.iter().any(|r| norm(r) == norm(c)));
+            p.spread.retain(|s| !a.pref_rm.contains(s));
+            for k in &a.label_rm {
+                spec.labels.remove(k);
+            }
+        }
+        apply(&mut spec, &flags);
+        if let Some(r) = a.replicas {
+            if spec.mode == ServiceMode::Global as i32 {
+                bail!("--replicas cannot be used with a global service");
+            }
+            spec.replicas = r;
+        }
+        let s = self
+            .control()
+            .update_service(UpdateServiceRequest {
+                reference: cur.id.clone(),
+                spec: Some(spec),
+                spec_version: cur.spec_version,
+                force: a.force,
+            })
+            .await
+            .map_err(status_err)?
+            .into_inner();
+        println!("{}", s.spec.as_ref().map(|x| x.name.as_str()).unwrap_or(""));
+        if a.flags.detach {
+            return Ok(());
+        }
+        self.converge(&s.id).await
+    }
+
+    pub async fn service_scale(&self, pairs: &[String], detach: bool) -> Result<()> {
+        let mut ids = Vec::new();
+        for p in pairs {
+            let Some((name, n)) = p.split_once('=') else {
+                bail!("{p:?}: use SERVICE=REPLICAS");
+            };
+            let Ok(n) = n.parse::<u64>() else {
+                bail!("{p:?}: the replica count must be a number");
+            };
+            let cur = self
+                .control()
+                .get_service(GetServiceRequest {
+                    reference: name.to_string(),
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            let mut spec = cur.spec.clone().unwrap_or_default();
+            if spec.mode == ServiceMode::Global as i32 {
+                bail!("{name}: scale can only be used with replicated services");
+            }
+            spec.replicas = n;
+            self.control()
+                .update_service(UpdateServiceRequest {
+                    reference: cur.id.clone(),
+                    spec: Some(spec),
+                    spec_version: cur.spec_version,
+                    force: false,
+                })
+                .await
+                .map_err(status_err)?;
+            println!("{name} scaled to {n}");
+            ids.push(cur.id);
+        }
+        if !detach {
+            for id in ids {
+                self.converge(&id).await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn service_ls(&self, quiet: bool) -> Result<()> {
+        let r = self
+            .control()
+            .list_services(ListServicesRequest {})
+            .await
+            .map_err(status_err)?
+            .into_inner();
+        if quiet {
+            for s in &r.services {
+                println!("{}", s.id);
+            }
+            return Ok(());
+        }
+        let mut rows = vec![["ID", "NAME", "MODE", "REPLICAS", "IMAGE"]
+            .map(String::from)
+            .to_vec()];
+        let mut services = r.services.clone();
+        services.sort_by(|a, b| {
+            a.spec
+                .as_ref()
+                .map(|s| &s.name)
+                .cmp(&b.spec.as_ref().map(|s| &s.name))
+        });
+        for s in &services {
+            let spec = s.spec.clone().unwrap_or_default();
+            let st = r.status.get(&s.id).cloned().unwrap_or_default();
+            rows.push(vec![
+                s.id.chars().take(12).collect(),
+                spec.name.clone(),
+                mode_name(&spec).into(),
+                format!("{}/{}", st.running, st.desired),
+                spec.container.map(|c| c.image).unwrap_or_default(),
+            ]);
+        }
+        print_table(&rows);
+        Ok(())
+    }
+
+    pub async fn service_ps(
+        &self,
+        service: &str,
+        filters: &[String],
+        no_trunc: bool,
+        quiet: bool,
+        format: Option<&str>,
+    ) -> Result<()> {
+        let svc = self
+            .control()
+            .get_service(GetServiceRequest {
+                reference: service.to_string(),
+            })
+            .await
+            .map_err(status_err)?
+            .into_inner();
+        let (mut tasks, names) = self.service_tasks(&svc).await?;
+        for f in filters {
+            match f.split_once('=') {
+                Some(("desired-state", v)) => {
+                    let want = v.to_lowercase();
+                    tasks.retain(|t| state_label(t.desired_state).to_lowercase() == want);
+                }
+                Some(("node", v)) => tasks.retain(|t| {
+                    names.get(&t.node_id).map(String::as_str) == Some(v) || t.node_id.starts_with(v)
+                }),
+                _ => bail!(
+                    "unknown filter {f:?}: use desired-state=running|shutdown|... or node=NODE"
+                ),
+            }
+        }
+        tasks.sort_by(|a, b| {
+            (a.slot, &a.node_id, std::cmp::Reverse(a.created_at_unix)).cmp(&(
+                b.slot,
+                &b.node_id,
+                std::cmp::Reverse(b.created_at_unix),
+            ))
+        });
+        if quiet {
+            for t in &tasks {
+                println!("{}", t.id);
+            }
+            return Ok(());
+        }
+        match format {
+            None | Some("table") => {}
+            Some("json") => {
+                for t in &tasks {
+                    let st = t.status.clone().unwrap_or_default();
+                    println!(
+                        "{}",
+                        json!({
+                            "ID": t.id, "Name": t.name, "Node": names.get(&t.node_id).cloned().unwrap_or_default(),
+                            "NodeID": t.node_id, "Slot": t.slot,
+                            "DesiredState": state_label(t.desired_state), "CurrentState": state_label(st.state),
+                            "Error": st.err, "SpecVersion": t.spec_version,
+                        })
+                    );
+                }
+                return Ok(());
+            }
+            Some(f) => bail!("unknown --format {f:?}: use table or json"),
+        }
+        let cut = |s: &str, n: usize| {
+            if no_trunc {
+                s.to_string()
+            } else {
+                s.chars().take(n).collect()
+            }
+        };
+        let mut rows = vec![[
+            "ID",
+            "NAME",
+            "IMAGE",
+            "NODE",
+            "DESIRED STATE",
+            "CURRENT STATE",
+            "ERROR",
+        ]
+        .map(String::from)
+        .to_vec()];
+        let mut prev_group: Option<(u64, String)> = None;
+        for t in &tasks {
+            let st = t.status.clone().unwrap_or_default();
+            let group = (
+                t.slot,
+                if t.slot == 0 {
+                    t.node_id.clone()
+                } else {
+                    String::new()
+                },
+            );
+            let name = if prev_group.as_ref() == Some(&group) {
+                format!(" \\_ {}", t.name)
+            } else {
+                t.name.clone()
+            };
+            prev_group = Some(group);
+            let err = if st.err.is_empty() {
+                String::new()
+            } else if no_trunc {
+                format!("\"{}\"", st.err)
+            } else {
+                format!("\"{}\"", cut(&st.err, 40))
+            };
+            rows.push(vec![
+                cut(&t.id, 12),
+                name,
+                t.spec.as_ref().map(|s| s.image.clone()).unwrap_or_default(),
+                names.get(&t.node_id).cloned().unwrap_or_default(),
+                state_label(t.desired_state),
+                format!("{} {}", state_label(st.state), ago(st.timestamp_unix_ms)),
+                err,
+            ]);
+        }
+        print_table(&rows);
+        Ok(())
+    }
+
+    pub async fn service_inspect(&self, refs: &[String], pretty: bool) -> Result<()> {
+        let mut out = Vec::new();
+        for r in refs {
+            let s = self
+                .control()
+                .get_service(GetServiceRequest {
+                    reference: r.clone(),
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            let spec = s.spec.clone().unwrap_or_default();
+            let c = spec.container.clone().unwrap_or_default();
+            let p = spec.placement.clone().unwrap_or_default();
+            let res = spec.reservations.unwrap_or_default();
+            let lim = c.limits.unwrap_or_default();
+            if pretty {
+                println!(
+                    "ID:\t\t{}\nName:\t\t{}\nService Mode:\t{}",
+                    s.id,
+                    spec.name,
+                    mode_name(&spec)
+                );
+                if spec.mode != ServiceMode::Global as i32 {
+                    println!(" Replicas:\t{}", spec.replicas);
+                }
+                println!("Placement:");
+                for con in &p.constraints {
+                    println!(" Constraint:\t{con}");
+                }
+                for pr in &p.spread {
+                    println!(" Preference:\tspread={pr}");
+                }
+                if p.max_replicas_per_node > 0 {
+                    println!(" Max Replicas Per Node:\t{}", p.max_replicas_per_node);
+                }
+                println!("ContainerSpec:\n Image:\t\t{}", c.image);
+                if !c.args.is_empty() {
+                    println!(" Args:\t\t{}", c.args.join(" "));
+                }
+                if !c.env.is_empty() {
+                    println!(" Env:\t\t{}", c.env.join(" "));
+                }
+                println!(
+                    "Resources:\n Reservations:\tCPU {} Memory {}\n Limits:\tCPU {} Memory {}",
+                    res.nano_cpus as f64 / 1e9,
+                    res.memory_bytes,
+                    lim.nano_cpus as f64 / 1e9,
+                    lim.memory_bytes
+                );
+                println!();
+                continue;
+            }
+            out.push(json!({
+                "ID": s.id, "Version": {"Index": s.spec_version},
+                "CreatedAt": fmt_time(s.created_at_unix), "UpdatedAt": fmt_time(s.updated_at_unix),
+                "Spec": {
+                    "Name": spec.name, "Labels": spec.labels,
+                    "Mode": if spec.mode == ServiceMode::Global as i32 { json!({"Global": {}}) } else { json!({"Replicated": {"Replicas": spec.replicas}}) },
+                    "TaskTemplate": {
+                        "ContainerSpec": {"Image": c.image, "Command": c.command, "Args": c.args, "Env": c.env, "Dir": c.workdir, "User": c.user, "Hostname": c.hostname, "ReadOnly": c.readonly_rootfs,
+                            "Mounts": c.mounts.iter().map(|m| json!({"Type": m.r#type, "Source": m.source, "Target": m.target, "ReadOnly": m.readonly})).collect::<Vec<_>>()},
+                        "Resources": {"Limits": {"NanoCPUs": lim.nano_cpus, "MemoryBytes": lim.memory_bytes, "Pids": lim.pids}, "Reservations": {"NanoCPUs": res.nano_cpus, "MemoryBytes": res.memory_bytes}},
+                        "Placement": {"Constraints": p.constraints, "Preferences": p.spread.iter().map(|x| json!({"Spread": {"SpreadDescriptor": x}})).collect::<Vec<_>>(), "MaxReplicas": p.max_replicas_per_node},
+                    },
+                },
+            }));
+        }
+        if !pretty {
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        Ok(())
+    }
+
+    pub async fn service_rm(&self, refs: &[String]) -> Result<()> {
+        for r in refs {
+            self.control()
+                .remove_service(RemoveServiceRequest {
+                    reference: r.clone(),
+                })
+                .await
+                .map_err(status_err)?;
+            println!("{r}");
+        }
+        Ok(())
+    }
+
+    pub async fn service_logs(&self, service: &str, follow: bool, tail: u64) -> Result<()> {
+        let svc = self
+            .control()
+            .get_service(GetServiceRequest {
+                reference: service.to_string(),
+            })
+            .await
+            .map_err(status_err)?
+            .into_inner();
+        let (tasks, names) = self.service_tasks(&svc).await?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(bool, String)>(256);
+        let mut handles = Vec::new();
+        for t in tasks.into_iter().filter(|t| {
+            !t.node_id.is_empty()
+                && t.status.as_ref().map(|s| s.state).unwrap_or(0) >= TaskState::Running as i32
+        }) {
+            let prefix = format!(
+                "{}.{}@{}",
+                t.name,
+                t.id.chars().take(12).collect::<String>(),
+                names.get(&t.node_id).cloned().unwrap_or_default()
+            );
+            let mut control = self.control();
+            let tx = tx.clone();
+            handles.push(tokio::spawn(async move {
+                let Ok(resp) = control
+                    .task_logs(TaskLogsRequest {
+                        reference: t.id.clone(),
+                        follow,
+                        tail,
+                    })
+                    .await
+                else {
+                    return;
+                };
+                let mut stream = resp.into_inner();
+                while let Some(Ok(msg)) = stream.next().await {
+                    for l in msg.lines {
+                        let text = format!("{prefix}    | {}", String::from_utf8_lossy(&l.data));
+                        if tx.send((l.stream == "stderr", text)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }));
+        }
+        drop(tx);
+        while let Some((err, line)) = rx.recv().await {
+            if err {
+                eprintln!("{line}");
+            } else {
+                println!("{line}");
+            }
+        }
+        for h in handles {
+            let _ = h.await;
+        }
+        Ok(())
+    }
+
+    pub async fn node_update(
+        &self,
+        node: &str,
+        availability: Option<String>,
+        add: Vec<(String, String)>,
+        rm: Vec<String>,
+    ) -> Result<()> {
+        self.control()
+            .update_node(UpdateNodeRequest {
+                reference: node.to_string(),
+                availability: availability.unwrap_or_default(),
+                labels_add: add.into_iter().collect(),
+                labels_rm: rm,
+            })
+            .await
+            .map_err(status_err)?;
+        println!("{node}");
+        Ok(())
+    }
+
+    pub async fn node_rm(&self, nodes: &[String], force: bool) -> Result<()> {
+        for n in nodes {
+            self.control()
+                .remove_node(RemoveNodeRequest {
+                    reference: n.clone(),
+                    force,
+                })
+                .await
+                .map_err(status_err)?;
+            println!("{n}");
+        }
+        Ok(())
+    }
+}
+
+pub fn parse_kv(s: &str) -> Result<(String, String), String> {
+    kv(s)
+}
