@@ -81,7 +81,11 @@ pub fn has_finished(t: &Task) -> bool {
 
 impl World<'_> {
     pub fn node(&self, id: &str) -> Option<&Node> {
-        self.nodes.iter().find(|n| n.id == id)
+        // Nodes are few next to tasks; the store lists them sorted by ID.
+        match self.nodes.binary_search_by(|n| n.id.as_str().cmp(id)) {
+            Ok(i) => Some(&self.nodes[i]),
+            Err(_) => self.nodes.iter().find(|n| n.id == id),
+        }
     }
 
     /// Why the task's node can no longer keep it, if it cannot.
@@ -221,12 +225,24 @@ fn schedule(world: &World<'_>, plan: &mut Plan) {
             .cloned(),
     );
     let out = scheduler::schedule(world.nodes, &current, &pending);
+    // Indexes: many thousands of decisions must not each scan every task.
+    let created: HashMap<String, usize> = plan
+        .create
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.id.clone(), i))
+        .collect();
+    let existing: HashMap<&str, &Versioned<Task>> = world
+        .tasks
+        .iter()
+        .map(|t| (t.value.id.as_str(), t))
+        .collect();
     let mut apply = |id: &str, f: &dyn Fn(&mut Task) -> bool| {
-        if let Some(t) = plan.create.iter_mut().find(|t| t.id == id) {
-            f(t);
+        if let Some(&i) = created.get(id) {
+            f(&mut plan.create[i]);
             return;
         }
-        if let Some(t) = world.tasks.iter().find(|t| t.value.id == id) {
+        if let Some(t) = existing.get(id) {
             let mut next = plan
                 .update
                 .get(id)
