@@ -14,6 +14,17 @@ pub struct Session {
     pub description: NodeDescription,
     pub advertise_addr: String,
     pub period: Duration,
+    /// Notified when a manager says this node was removed from the cluster.
+    pub removed: Option<std::sync::Arc<tokio::sync::Notify>>,
+}
+
+/// Whether a refusal means this node is no longer a member of the cluster.
+pub fn means_removed(s: &tonic::Status) -> bool {
+    matches!(
+        s.code(),
+        tonic::Code::PermissionDenied | tonic::Code::NotFound
+    ) && (s.message().contains("node removed from cluster")
+        || s.message().contains("is not a member of this cluster"))
 }
 
 /// One heartbeat. Used at join to confirm the manager accepts our certificate: with TLS
@@ -61,6 +72,13 @@ impl Session {
                     failures = 0;
                     self.period = p;
                     jitter(p)
+                }
+                Err(e) if means_removed(&e) => {
+                    tracing::warn!(error = %e.message(), "a manager says this node was removed from the cluster");
+                    if let Some(n) = &self.removed {
+                        n.notify_one();
+                    }
+                    return;
                 }
                 Err(e) => {
                     failures += 1;

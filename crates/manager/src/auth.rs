@@ -13,6 +13,9 @@ pub struct PeerInfo {
     /// Present only if the client presented a certificate that chains to this cluster's
     /// root and carries this cluster's ID.
     pub identity: Option<NodeIdentity>,
+    /// Revoked certificates, checked on every call (a revocation applies at once, also
+    /// to connections already open).
+    pub revoked: Option<std::sync::Arc<crate::revocation::RevocationSet>>,
 }
 
 /// The verified identity of the caller, if its role is one of `allowed`.
@@ -21,9 +24,20 @@ pub fn authorize<T>(
     call: &str,
     allowed: &[Role],
 ) -> Result<NodeIdentity, Status> {
-    let id = req
-        .extensions()
-        .get::<PeerInfo>()
+    let peer = req.extensions().get::<PeerInfo>();
+    if let (Some(id), Some(set)) = (
+        peer.and_then(|p| p.identity.as_ref()),
+        peer.and_then(|p| p.revoked.as_ref()),
+    ) {
+        if let Some(reason) = set.check(id) {
+            return Err(Status::permission_denied(format!(
+                "{call} refused: {reason} (certificate {} of node {})",
+                id.serial(),
+                id.node_id()
+            )));
+        }
+    }
+    let id = peer
         .and_then(|p| p.identity.clone())
         .ok_or_else(|| {
             Status::unauthenticated(format!(

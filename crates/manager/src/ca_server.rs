@@ -81,18 +81,30 @@ impl Ca for CaServer {
                 .map(|t| t.matches(&token))
                 .unwrap_or(false)
         };
+        let mut limited = None;
         let role = if matches(&tokens.worker) {
             Role::Worker
         } else if matches(&tokens.manager) {
-            return Err(Status::failed_precondition(
-                "joining as a manager is not supported yet (this cluster has one manager): join with the worker token from 'shoal join-token worker'",
-            ));
+            Role::Manager
+        } else if let Some(t) = crate::tokens::find(&self.store, &token).map_err(store_status)? {
+            if let Some(why) = crate::tokens::exhausted(&t.value, unix_now()) {
+                tracing::warn!(?remote, token_id = %t.value.id, "refused a join with a spent limited token");
+                return Err(Status::permission_denied(why));
+            }
+            let role = Role::parse(&t.value.role).unwrap_or(Role::Worker);
+            limited = Some(t);
+            role
         } else {
             tracing::warn!(?remote, "refused a join with an invalid token");
             return Err(Status::permission_denied(
                 "invalid join token: its secret matches neither this cluster's worker nor manager token (it may have been rotated); get a current one with 'shoal join-token worker' on a manager",
             ));
         };
+        if role == Role::Manager {
+            return Err(Status::failed_precondition(
+                "joining as a manager is not supported yet (this cluster has one manager): join with the worker token from 'shoal join-token worker'",
+            ));
+        }
         let expiry = Duration::from_secs(
             cluster
                 .spec
@@ -127,7 +139,18 @@ impl Ca for CaServer {
         };
         let mut batch = Batch::default();
         batch.put(&node, Expect::Absent);
-        self.store.commit(batch).await.map_err(store_status)?;
+        if let Some(t) = &limited {
+            // Counted in the same transaction: two joins cannot both take the last use.
+            let mut used = t.value.clone();
+            used.uses += 1;
+            batch.put(&used, Expect::Version(t.version));
+        }
+        self.store.commit(batch).await.map_err(|e| match e {
+            shoal_store::StoreError::Conflict { .. } => Status::aborted(
+                "the join token was used by another node at the same moment: try again",
+            ),
+            e => store_status(e),
+        })?;
         tracing::info!(node_id = %node_id, role = %role, "issued a certificate to a joining node");
         let heartbeat = crate::dispatcher::heartbeat_period(&self.store);
         Ok(Response::new(IssueNodeCertificateResponse {

@@ -253,7 +253,11 @@ impl ControlApi {
         Ok(task)
     }
 
-    pub fn list_tasks(&self, node: &str) -> Result<ListTasksResponse, ControlError> {
+    pub fn list_tasks(
+        &self,
+        node: &str,
+        service_id: &str,
+    ) -> Result<ListTasksResponse, ControlError> {
         let node_id = if node.is_empty() {
             None
         } else {
@@ -265,6 +269,7 @@ impl ControlApi {
             .into_iter()
             .map(|v| v.value)
             .filter(|t| node_id.as_ref().is_none_or(|n| &t.node_id == n))
+            .filter(|t| service_id.is_empty() || t.service_id == service_id)
             .collect();
         tasks.sort_by(|a, b| {
             a.name
@@ -518,7 +523,8 @@ impl Control for ControlService {
         req: Request<ListTasksRequest>,
     ) -> Result<Response<ListTasksResponse>, Status> {
         authorize(&req, "ListTasks", MANAGERS)?;
-        Ok(Response::new(self.0.list_tasks(&req.into_inner().node)?))
+        let r = req.into_inner();
+        Ok(Response::new(self.0.list_tasks(&r.node, &r.service_id)?))
     }
     async fn get_task(&self, req: Request<GetTaskRequest>) -> Result<Response<Task>, Status> {
         authorize(&req, "GetTask", MANAGERS)?;
@@ -561,11 +567,9 @@ impl Control for ControlService {
         req: Request<GetJoinTokenRequest>,
     ) -> Result<Response<GetJoinTokenResponse>, Status> {
         authorize(&req, "GetJoinToken", MANAGERS)?;
-        let r = req.into_inner();
-        Ok(Response::new(GetJoinTokenResponse {
-            token: self.0.join_token(&r.role, r.rotate).await?,
-            managers: self.0.managers()?,
-        }))
+        Ok(Response::new(
+            self.0.join_token_req(req.into_inner()).await?,
+        ))
     }
     async fn get_cluster_info(
         &self,

@@ -138,10 +138,12 @@ impl ControlApi {
         }
         let mut next = cur.value.clone();
         let old = next.spec.clone().unwrap_or_default();
-        // Only a change to what tasks run (or --force) replaces tasks; scaling does not.
-        let mut old_cmp = old.clone();
-        old_cmp.replicas = spec.replicas;
-        if old_cmp != spec || req.force {
+        // Only a change to what tasks run or where (or --force) replaces tasks; scaling,
+        // renaming and service labels do not.
+        let task_changed = old.container != spec.container
+            || old.reservations != spec.reservations
+            || old.placement != spec.placement;
+        if task_changed || req.force {
             next.spec_version += 1;
         }
         next.previous_spec = Some(old);
@@ -191,12 +193,21 @@ impl ControlApi {
             let desired = if spec.mode == ServiceMode::Global as i32 {
                 let cs = constraint::parse_all(&spec.placement.unwrap_or_default().constraints)
                     .unwrap_or_default();
+                let holds_live = |n: &Node| {
+                    tasks.iter().any(|t| {
+                        t.service_id == s.id
+                            && t.node_id == n.id
+                            && t.desired_state <= TaskState::Running as i32
+                    })
+                };
+                // Paused nodes count only for the task they already run.
                 nodes
                     .iter()
                     .filter(|n| {
                         n.state == NodeState::Ready as i32
-                            && n.availability != Availability::Drain as i32
                             && cs.iter().all(|c| c.matches(n))
+                            && (n.availability == Availability::Active as i32
+                                || (n.availability == Availability::Pause as i32 && holds_live(n)))
                     })
                     .count() as u64
             } else {
@@ -267,9 +278,9 @@ impl ControlApi {
                 "node {reference} is a manager: a manager cannot be removed (demote it first, once managers can be demoted)"
             )));
         }
-        if n.state == NodeState::Ready as i32 && !force {
+        if n.state != NodeState::Down as i32 && !force {
             return Err(ControlError::Refused(format!(
-                "node {reference} is ready and running: stop its daemon first, or remove it anyway with --force"
+                "node {reference} is not down (it may still be running): stop its daemon first, or remove it anyway with --force"
             )));
         }
         let Some(cur) = self.store().get::<Node>(&n.id)? else {
@@ -277,8 +288,23 @@ impl ControlApi {
         };
         let mut b = Batch::default();
         b.delete::<Node>(&n.id, Expect::Version(cur.version));
+        // Its certificate stops working at once, on every manager, and stays refused
+        // until it would have expired anyway.
+        if let Some(c) = &cur.value.certificate {
+            if !c.serial.is_empty() {
+                b.put(
+                    &crate::revocation::record(
+                        &c.serial,
+                        &n.id,
+                        c.not_after_unix,
+                        crate::revocation::REMOVED,
+                    ),
+                    Expect::Any,
+                );
+            }
+        }
         self.store().commit(b).await?;
-        tracing::info!(node_id = %n.id, "node removed");
+        tracing::info!(node_id = %n.id, "node removed; its certificate is revoked");
         Ok(())
     }
 }

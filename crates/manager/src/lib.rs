@@ -12,9 +12,11 @@ pub mod controlapi;
 pub mod controlapi_services;
 pub mod dispatcher;
 pub mod orchestrator;
+pub mod revocation;
 pub mod scheduler;
 pub mod server;
 mod time;
+pub mod tokens;
 
 pub use bootstrap::{init_cluster, InitParams, InitResult};
 pub use controlapi::{ControlApi, ControlError};

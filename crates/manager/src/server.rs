@@ -108,6 +108,7 @@ async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     trust: ClusterTrust,
+    revoked: Arc<crate::revocation::RevocationSet>,
     tx: tokio::sync::mpsc::Sender<Result<TlsConn, io::Error>>,
     cancel: CancellationToken,
 ) {
@@ -126,6 +127,7 @@ async fn accept_loop(
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let trust = trust.clone();
+        let revoked = revoked.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -149,6 +151,7 @@ async fn accept_loop(
                 info: PeerInfo {
                     remote_addr: Some(remote),
                     identity,
+                    revoked: Some(revoked),
                 },
             };
             let _ = tx.send(Ok(conn)).await;
@@ -180,10 +183,13 @@ impl Manager {
         let cancel = CancellationToken::new();
         let mut tasks = tokio::task::JoinSet::new();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let revoked = Arc::new(crate::revocation::RevocationSet::default());
+        tasks.spawn(revoked.clone().follow(cfg.store.clone(), cancel.clone()));
         tasks.spawn(accept_loop(
             listener,
             TlsAcceptor::from(Arc::new(server_cfg)),
             trust,
+            revoked,
             tx,
             cancel.clone(),
         ));

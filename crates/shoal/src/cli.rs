@@ -42,6 +42,15 @@ pub async fn run_daemon(opts: DaemonOpts) -> Result<()> {
         daemon.set_damaged(format!("{e:#}")).await;
     }
     tracing::info!(socket = %socket.display(), "shoal daemon ready");
+    {
+        let d = daemon.clone();
+        tokio::spawn(async move {
+            loop {
+                d.removed.notified().await;
+                d.handle_removed().await;
+            }
+        });
+    }
     // Hand memory freed by bursts (image unpacking, many task starts) back to the system.
     tokio::spawn(async {
         loop {
@@ -195,9 +204,10 @@ impl Client {
                 "cannot reach the shoal daemon at {shown} ({}): is 'shoal daemon' running? (-H/SHOAL_HOST picks another socket)",
                 shoal_agent::connect::error_chain(&e)
             ))?;
+        // Big clusters make big listings: allow up to 256 MiB replies.
         Ok(Client {
-            local: LocalClient::new(ch.clone()),
-            control: ControlClient::new(ch),
+            local: LocalClient::new(ch.clone()).max_decoding_message_size(256 << 20),
+            control: ControlClient::new(ch).max_decoding_message_size(256 << 20),
         })
     }
 
@@ -248,7 +258,7 @@ impl Client {
             .clone()
             .get_join_token(GetJoinTokenRequest {
                 role: "worker".into(),
-                rotate: false,
+                ..Default::default()
             })
             .await
             .map_err(status_err)?
@@ -279,13 +289,67 @@ impl Client {
         Ok(())
     }
 
-    pub async fn join_token(&self, role: &str, quiet: bool, rotate: bool) -> Result<()> {
+    pub async fn join_token(
+        &self,
+        role: Option<&str>,
+        quiet: bool,
+        rotate: bool,
+        ttl: Option<Duration>,
+        max_uses: Option<u64>,
+        list: bool,
+    ) -> Result<()> {
+        if list {
+            let t = self
+                .control
+                .clone()
+                .get_join_token(GetJoinTokenRequest {
+                    list: true,
+                    ..Default::default()
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            let mut rows = vec![["ID", "ROLE", "KIND", "EXPIRES", "USES LEFT"]
+                .map(String::from)
+                .to_vec()];
+            for k in t.tokens {
+                if role.is_some_and(|r| r != k.role) {
+                    continue;
+                }
+                rows.push(vec![
+                    k.id,
+                    k.role,
+                    k.kind,
+                    if k.expires_at_unix == 0 {
+                        "never".into()
+                    } else {
+                        fmt_time(k.expires_at_unix)
+                    },
+                    if k.max_uses == 0 {
+                        "unlimited".into()
+                    } else {
+                        (k.max_uses - k.uses.min(k.max_uses)).to_string()
+                    },
+                ]);
+            }
+            print_table(&rows);
+            return Ok(());
+        }
+        let Some(role) = role else {
+            bail!("say which token: 'shoal join-token worker' or 'shoal join-token manager'");
+        };
+        if ttl.is_some_and(|d| d.as_secs() == 0) {
+            bail!("--ttl must be at least 1s");
+        }
         let t = self
             .control
             .clone()
             .get_join_token(GetJoinTokenRequest {
                 role: role.into(),
                 rotate,
+                ttl_secs: ttl.map(|d| d.as_secs()).unwrap_or(0),
+                max_uses: max_uses.unwrap_or(0),
+                list: false,
             })
             .await
             .map_err(status_err)?
@@ -297,7 +361,21 @@ impl Client {
         if rotate {
             println!("Successfully rotated {role} join token.\n");
         }
-        println!("To add a {role} to this cluster, run the following command:\n");
+        let limits: Vec<String> = [
+            ttl.map(|d| format!("valid for {}", humantime::format_duration(d))),
+            max_uses.map(|n| format!("usable {n} time(s)")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if limits.is_empty() {
+            println!("To add a {role} to this cluster, run the following command:\n");
+        } else {
+            println!(
+                "To add a {role} to this cluster with this limited token ({}), run:\n",
+                limits.join(", ")
+            );
+        }
         println!("    {}\n", join_command(&t.token, &t.managers));
         Ok(())
     }

@@ -62,6 +62,10 @@ pub struct Daemon {
     /// Why the membership in the state directory could not be resumed. While set, init
     /// and join refuse to run so nothing stored there is overwritten.
     damaged: Mutex<Option<String>>,
+    /// Notified when a manager says this node was removed.
+    pub removed: Arc<tokio::sync::Notify>,
+    /// Shown by `info` after the node was removed, until it joins again.
+    note: Mutex<Option<String>>,
 }
 
 /// An error the local API returns as-is to the CLI.
@@ -114,6 +118,8 @@ impl Daemon {
             runtime,
             active: Mutex::new(None),
             damaged: Mutex::new(None),
+            removed: Arc::new(tokio::sync::Notify::new()),
+            note: Mutex::new(None),
         })
     }
 
@@ -207,6 +213,7 @@ impl Daemon {
                 description: describe(&self.opts.labels),
                 advertise_addr: state.advertise_addr.clone(),
                 period: DEFAULT_HEARTBEAT,
+                removed: Some(self.removed.clone()),
             })
         })();
         let session = match session {
@@ -368,6 +375,8 @@ impl Daemon {
                 };
                 tracing::info!(node_id = %resp.node_id, cluster_id = %resp.cluster_id, "initialized a new cluster");
                 *guard = Some(active);
+                *self.note.lock().await = None;
+                *self.note.lock().await = None;
                 Ok(resp)
             }
             Err(e) => {
@@ -518,7 +527,29 @@ impl Daemon {
         };
         tracing::info!(node_id = %resp.node_id, cluster_id = %resp.cluster_id, "joined the cluster");
         *guard = Some(active);
+        *self.note.lock().await = None;
         Ok(resp)
+    }
+
+    /// A manager removed this node: stop its containers and forget the cluster.
+    pub async fn handle_removed(&self) {
+        let mut guard = self.active.lock().await;
+        let Some(active) = guard.take() else {
+            return;
+        };
+        *self.note.lock().await = Some(
+            "node removed from cluster: a manager removed this node; its containers were stopped. Join again with a token".into(),
+        );
+        active.agent_cancel.cancel();
+        active.worker.remove_all().await;
+        stop(active).await;
+        if let Err(e) = self.dir.wipe() {
+            tracing::error!("cannot forget the cluster state: {e:#}");
+        }
+        drop(guard);
+        tracing::warn!(
+            "this node was removed from the cluster: containers stopped, cluster state forgotten"
+        );
     }
 
     pub async fn leave(&self, force: bool) -> Result<()> {
@@ -561,6 +592,13 @@ impl Daemon {
                 return InfoResponse {
                     state: "error".into(),
                     error: why,
+                    ..Default::default()
+                };
+            }
+            if let Some(note) = self.note.lock().await.clone() {
+                return InfoResponse {
+                    state: "inactive".into(),
+                    error: note,
                     ..Default::default()
                 };
             }

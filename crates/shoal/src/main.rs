@@ -87,16 +87,26 @@ enum Cmd {
         /// A manager's address (IP or IP:PORT; port 4377 by default).
         remote_addr: String,
     },
-    /// Print (or rotate) a join token.
+    /// Print (or rotate) a join token, make a limited one, or list the live ones.
     JoinToken {
         /// Print the token only.
         #[arg(short, long)]
         quiet: bool,
-        /// Replace the token; the old one stops working for new joins.
+        /// Replace the token (and cancel the role's limited tokens); the old one stops
+        /// working for new joins.
         #[arg(long)]
         rotate: bool,
+        /// Make a NEW token that expires after this long (e.g. 24h).
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+        /// Make a NEW token that admits at most this many nodes.
+        #[arg(long)]
+        max_uses: Option<u64>,
+        /// List the live tokens (never their secrets).
+        #[arg(long)]
+        list: bool,
         /// worker or manager
-        role: String,
+        role: Option<String>,
     },
     /// Leave the cluster.
     Leave {
@@ -415,8 +425,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Cmd::JoinToken {
                 quiet,
                 rotate,
+                ttl,
+                max_uses,
+                list,
                 role,
-            } => c.join_token(&role, quiet, rotate).await,
+            } => {
+                c.join_token(role.as_deref(), quiet, rotate, ttl, max_uses, list)
+                    .await
+            }
             Cmd::Leave { force } => c.leave(force).await,
             Cmd::Info { format } => c.info(format.as_deref()).await,
             Cmd::Image { cmd } => match cmd {

@@ -226,6 +226,7 @@ impl Client {
             .control()
             .list_tasks(ListTasksRequest {
                 node: String::new(),
+                service_id: service.id.clone(),
             })
             .await
             .map_err(status_err)?
@@ -263,7 +264,33 @@ impl Client {
                 .status
                 .remove(&svc.id)
                 .unwrap_or_default();
-            let (tasks, _) = self.service_tasks(&svc).await?;
+            let (mut tasks, _) = self.service_tasks(&svc).await?;
+            // Like Docker's CLI: tasks on nodes that are down (or, for old versions, paused)
+            // cannot move, so they do not hold convergence up.
+            let nodes = self
+                .control()
+                .list_nodes(shoal_proto::control::ListNodesRequest {})
+                .await
+                .map_err(status_err)?
+                .into_inner()
+                .nodes;
+            let node_state = |id: &str| {
+                nodes
+                    .iter()
+                    .filter_map(|v| v.node.as_ref())
+                    .find(|n| n.id == id)
+                    .map(|n| (n.state, n.availability))
+            };
+            tasks.retain(|t| {
+                t.node_id.is_empty()
+                    || node_state(&t.node_id)
+                        .is_some_and(|(st, _)| st != shoal_proto::objects::NodeState::Down as i32)
+            });
+            // A paused node keeps the task it has, whatever its version.
+            let on_paused = |t: &Task| {
+                node_state(&t.node_id)
+                    .is_some_and(|(_, av)| av == shoal_proto::objects::Availability::Pause as i32)
+            };
             let name = svc
                 .spec
                 .as_ref()
@@ -272,7 +299,7 @@ impl Client {
             let current: Vec<&Task> = tasks
                 .iter()
                 .filter(|t| {
-                    t.spec_version == svc.spec_version
+                    (t.spec_version == svc.spec_version || on_paused(t))
                         && t.desired_state <= TaskState::Running as i32
                 })
                 .collect();
@@ -282,6 +309,7 @@ impl Client {
                 .count() as u64;
             let stale = tasks.iter().any(|t| {
                 t.spec_version < svc.spec_version
+                    && !on_paused(t)
                     && t.status.as_ref().map(|s| s.state) == Some(TaskState::Running as i32)
             });
             let line = format!("{name}: {running}/{} tasks running", status.desired);

@@ -244,7 +244,8 @@ impl Control for LocalControl {
         req: Request<ListTasksRequest>,
     ) -> Result<Response<ListTasksResponse>, Status> {
         let c = self.0.control().await?;
-        Ok(Response::new(c.list_tasks(&req.into_inner().node)?))
+        let r = req.into_inner();
+        Ok(Response::new(c.list_tasks(&r.node, &r.service_id)?))
     }
     async fn get_task(&self, req: Request<GetTaskRequest>) -> Result<Response<Task>, Status> {
         let c = self.0.control().await?;
@@ -287,11 +288,7 @@ impl Control for LocalControl {
         req: Request<GetJoinTokenRequest>,
     ) -> Result<Response<GetJoinTokenResponse>, Status> {
         let c = self.0.control().await?;
-        let r = req.into_inner();
-        Ok(Response::new(GetJoinTokenResponse {
-            token: c.join_token(&r.role, r.rotate).await?,
-            managers: c.managers()?,
-        }))
+        Ok(Response::new(c.join_token_req(req.into_inner()).await?))
     }
     async fn get_cluster_info(
         &self,

@@ -377,6 +377,7 @@ impl Client {
             .control()
             .list_tasks(ListTasksRequest {
                 node: node.unwrap_or_default(),
+                service_id: String::new(),
             })
             .await
             .map_err(status_err)?

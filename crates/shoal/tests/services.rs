@@ -557,3 +557,42 @@ fn service_logs_and_update() {
     let ps = tb.cli_ok(0, &["service", "ps", "talk"]).unwrap();
     assert!(ps.contains("\\_ talk.1") && ps.contains("Shutdown"), "{ps}");
 }
+
+#[test]
+fn updates_converge_with_a_node_down_or_paused() {
+    let mut tb = services_cluster(3, &["--dispatcher-heartbeat", "1s"]);
+    create_ok(
+        &tb,
+        &["--name", "g", "--mode", "global", "busybox", "sleep", "600"],
+    );
+    create_ok(
+        &tb,
+        &["--name", "r", "--replicas", "3", "busybox", "sleep", "600"],
+    );
+    tb.kill_all(2).unwrap();
+    wait_for(T, || (status_of(&tb, "node3") == "Down").then_some(())).expect("node3 down");
+    let started = std::time::Instant::now();
+    tb.cli_ok(0, &["service", "update", "--env-add", "X=1", "g"])
+        .unwrap();
+    tb.cli_ok(0, &["service", "update", "--env-add", "X=1", "r"])
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(per_node(&tb, "r").values().sum::<usize>(), 3);
+
+    // A paused node keeps its global task through an update (and gets no new one).
+    tb.cli_ok(0, &["node", "update", "--availability", "pause", "node2"])
+        .unwrap();
+    tb.cli_ok(0, &["service", "update", "--env-add", "Y=1", "g"])
+        .unwrap();
+    let m = per_node(&tb, "g");
+    assert_eq!(m.get("node2"), Some(&1), "{m:?}");
+    assert_eq!(
+        tb.processes_named(1, "sleep"),
+        2,
+        "node2 runs its g and r tasks"
+    );
+}

@@ -30,3 +30,17 @@ impl Object for shoal_proto::objects::Service {
         &self.id
     }
 }
+
+impl Object for shoal_proto::objects::LimitedToken {
+    const TABLE: &'static str = "join_tokens";
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Object for shoal_proto::objects::RevokedCert {
+    const TABLE: &'static str = "revoked_certs";
+    fn id(&self) -> &str {
+        &self.serial
+    }
+}

@@ -75,6 +75,14 @@ pub fn start(
                     if tx.send(Ok(msg)).await.is_err() { break; }
                 }
                 ev = watch.events.recv() => match ev {
+                    Ok(ev) if ev.changes.iter().any(|c| {
+                        matches!(c, shoal_store::Change::Delete { .. })
+                            && c.table() == shoal_proto::objects::Node::TABLE
+                            && c.id() == node_id
+                    }) => {
+                        let _ = tx.send(Err(Status::permission_denied(crate::revocation::REMOVED))).await;
+                        break;
+                    }
                     Ok(ev) => {
                         let a = changes(&node_id, &mut known, &ev.changes);
                         if !a.is_empty() && !send(&tx, false, a).await { break; }

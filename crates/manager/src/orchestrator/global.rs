@@ -11,8 +11,12 @@ use std::collections::BTreeMap;
 
 pub fn reconcile(world: &World<'_>, service: &Service, plan: &mut Plan) {
     let spec = service.spec.clone().unwrap_or_default();
-    let constraints =
-        constraint::parse_all(&spec.placement.unwrap_or_default().constraints).unwrap_or_default();
+    // A placement that does not parse places nothing (the control API refuses such specs;
+    // this guards against anything older in the store).
+    let Ok(constraints) = constraint::parse_all(&spec.placement.unwrap_or_default().constraints)
+    else {
+        return;
+    };
     let mut by_node: BTreeMap<&str, Vec<&Versioned<Task>>> = BTreeMap::new();
     for t in world.tasks_of(&service.id) {
         by_node.entry(t.value.node_id.as_str()).or_default().push(t);
@@ -30,8 +34,15 @@ pub fn reconcile(world: &World<'_>, service: &Service, plan: &mut Plan) {
             continue;
         }
         if node.state == NodeState::Down as i32 {
+            // Like swarm: the task of a down node is shut down (not replaced there), so
+            // updates do not wait on it; the node gets a new one when it returns.
+            for t in &live {
+                plan.set_desired(t, TaskState::Shutdown);
+            }
+            trim_history(plan, tasks.iter().copied());
             continue;
         }
+        let paused = node.availability == Availability::Pause as i32;
         let can_place = node.state == NodeState::Ready as i32
             && node.availability == Availability::Active as i32;
         match live.first() {
@@ -48,7 +59,9 @@ pub fn reconcile(world: &World<'_>, service: &Service, plan: &mut Plan) {
                     .as_ref()
                     .map(|s| s.timestamp_unix_ms)
                     .unwrap_or(0);
-                let replace = outdated || (finished && world.now_ms - at >= RESTART_DELAY_MS);
+                // A paused node gets no new or updated tasks: it keeps what it runs.
+                let replace =
+                    !paused && (outdated || (finished && world.now_ms - at >= RESTART_DELAY_MS));
                 if replace {
                     plan.set_desired(t, TaskState::Shutdown);
                     if can_place {

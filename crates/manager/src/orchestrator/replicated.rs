@@ -41,7 +41,13 @@ pub fn reconcile(world: &World<'_>, service: &Service, plan: &mut Plan) {
             None => plan.create.push(new_task(service, slot, "", world.now_ms)),
             Some(t) => {
                 if needs_replacement(world, service, &t.value) == Some(true) {
-                    plan.set_desired(t, TaskState::Shutdown);
+                    // A task no node has taken yet has nothing to stop: it just goes.
+                    if t.value.node_id.is_empty() && state_of(&t.value) <= TaskState::Pending as i32
+                    {
+                        plan.delete(t);
+                    } else {
+                        plan.set_desired(t, TaskState::Shutdown);
+                    }
                     plan.create.push(new_task(service, slot, "", world.now_ms));
                 }
             }
