@@ -9,13 +9,12 @@ use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 pub type StatusSender = mpsc::Sender<(String, TaskStatus)>;
 
-pub fn start(channel: Channel, cancel: CancellationToken) -> StatusSender {
+pub fn start(channels: crate::session::Channels, cancel: CancellationToken) -> StatusSender {
     let (tx, rx) = mpsc::channel(4096);
-    tokio::spawn(run(channel, rx, cancel));
+    tokio::spawn(run(channels, rx, cancel));
     tx
 }
 
@@ -29,11 +28,10 @@ fn merge(pending: &mut HashMap<String, TaskStatus>, id: String, st: TaskStatus) 
 }
 
 async fn run(
-    channel: Channel,
+    channels: crate::session::Channels,
     mut rx: mpsc::Receiver<(String, TaskStatus)>,
     cancel: CancellationToken,
 ) {
-    let mut client = DispatcherClient::new(channel);
     let mut pending: HashMap<String, TaskStatus> = HashMap::new();
     loop {
         if pending.is_empty() {
@@ -58,6 +56,7 @@ async fn run(
             .collect();
         let mut req = tonic::Request::new(UpdateTaskStatusRequest { updates });
         req.set_timeout(Duration::from_secs(10));
+        let mut client = DispatcherClient::new(channels.borrow().clone());
         match client.update_task_status(req).await {
             Ok(_) => pending.clear(),
             Err(e) => {

@@ -9,8 +9,11 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
+/// The node's current channel to the managers; replaced when its certificate is renewed.
+pub type Channels = tokio::sync::watch::Receiver<Channel>;
+
 pub struct Session {
-    pub channel: Channel,
+    pub channels: Channels,
     pub description: NodeDescription,
     pub advertise_addr: String,
     pub period: Duration,
@@ -58,8 +61,9 @@ impl Session {
     pub async fn run(mut self, cancel: CancellationToken) {
         let mut failures = 0u32;
         loop {
+            let channel = self.channels.borrow().clone();
             let r = heartbeat_once(
-                self.channel.clone(),
+                channel,
                 self.description.clone(),
                 self.advertise_addr.clone(),
             )
@@ -100,7 +104,7 @@ impl Session {
 /// Keeps the node's session stream open: applies assignments to the worker and serves
 /// log requests, reconnecting with backoff until cancelled.
 pub async fn run_assignments(
-    channel: Channel,
+    mut channels: Channels,
     worker: crate::worker::Worker,
     description: NodeDescription,
     cancel: CancellationToken,
@@ -109,6 +113,8 @@ pub async fn run_assignments(
     use tokio_stream::StreamExt;
     let mut failures = 0u32;
     loop {
+        channels.mark_unchanged();
+        let channel = channels.borrow().clone();
         let mut client = DispatcherClient::new(channel.clone());
         let opened = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -120,6 +126,8 @@ pub async fn run_assignments(
                 loop {
                     let msg = tokio::select! {
                         _ = cancel.cancelled() => return,
+                        // A renewed certificate: reopen the session with it.
+                        _ = channels.changed() => break,
                         m = stream.next() => m,
                     };
                     match msg {
@@ -132,7 +140,7 @@ pub async fn run_assignments(
                                 }
                                 let known = worker.has_task(&sub.task_id);
                                 tokio::spawn(crate::logs::publish(
-                                    channel.clone(),
+                                    channels.borrow().clone(),
                                     worker.deps().runtime.clone(),
                                     sub,
                                     known,

@@ -91,6 +91,7 @@ pub async fn init_cluster(
             serial: node_cert.serial.clone(),
             not_after_unix: unix(node_cert.not_after),
             issued_at_unix: now,
+            previous: vec![],
         }),
         created_at_unix: now,
         updated_at_unix: now,

@@ -9,7 +9,7 @@ use shoal_pki::{ClusterId, JoinToken, NodeId, Role, RootCa};
 use shoal_proto::ca::ca_server::Ca;
 use shoal_proto::ca::{
     GetRootCaCertificateRequest, GetRootCaCertificateResponse, IssueNodeCertificateRequest,
-    IssueNodeCertificateResponse,
+    IssueNodeCertificateResponse, RenewNodeCertificateRequest,
 };
 use shoal_proto::objects::{Availability, Node, NodeCertificate, NodeRole, NodeState};
 use shoal_store::{Batch, Expect, Store};
@@ -48,8 +48,84 @@ pub(crate) fn manager_addrs(store: &Store) -> Result<Vec<String>, Status> {
         .collect())
 }
 
+/// Superseded certificates remembered per node (for revocation by serial).
+const PREVIOUS_KEPT: usize = 5;
+
 #[tonic::async_trait]
 impl Ca for CaServer {
+    async fn renew_node_certificate(
+        &self,
+        req: Request<RenewNodeCertificateRequest>,
+    ) -> Result<Response<IssueNodeCertificateResponse>, Status> {
+        let id =
+            crate::auth::authorize(&req, "RenewNodeCertificate", &[Role::Manager, Role::Worker])?;
+        let csr = req.into_inner().csr_der;
+        let node_id = id.node_id().clone();
+        let cluster = load_cluster(&self.store).map_err(store_status)?.value;
+        let expiry = Duration::from_secs(
+            cluster
+                .spec
+                .map(|s| s.cert_expiry_secs)
+                .unwrap_or(90 * 86400),
+        );
+        loop {
+            let Some(cur) = self
+                .store
+                .get::<Node>(node_id.as_str())
+                .map_err(store_status)?
+            else {
+                return Err(Status::permission_denied(crate::revocation::REMOVED));
+            };
+            // The role is what the managers hold, never what the old certificate said.
+            let role = if cur.value.role == NodeRole::Manager as i32 {
+                Role::Manager
+            } else {
+                Role::Worker
+            };
+            let cert = self
+                .root
+                .sign_node(&csr, &node_id, role, &self.cluster_id, expiry)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            let now = unix_now();
+            let mut node = cur.value.clone();
+            let mut c = node.certificate.take().unwrap_or_default();
+            if !c.serial.is_empty() {
+                c.previous.insert(
+                    0,
+                    shoal_proto::objects::PreviousCertificate {
+                        serial: c.serial.clone(),
+                        not_after_unix: c.not_after_unix,
+                    },
+                );
+            }
+            c.previous.retain(|p| p.not_after_unix > now);
+            c.previous.truncate(PREVIOUS_KEPT);
+            c.serial = cert.serial.clone();
+            c.not_after_unix = unix(cert.not_after);
+            c.issued_at_unix = now;
+            node.certificate = Some(c);
+            node.updated_at_unix = now;
+            let mut b = Batch::default();
+            b.put(&node, Expect::Version(cur.version));
+            match self.store.commit(b).await {
+                Ok(_) => {}
+                Err(shoal_store::StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(store_status(e)),
+            }
+            tracing::info!(node_id = %node_id, serial = %cert.serial, "renewed a node certificate");
+            let heartbeat = crate::dispatcher::heartbeat_period(&self.store);
+            return Ok(Response::new(IssueNodeCertificateResponse {
+                node_id: node_id.to_string(),
+                cluster_id: self.cluster_id.to_string(),
+                role: role.as_str().to_string(),
+                cert_der: cert.cert_der,
+                root_der: self.root.cert_der().to_vec(),
+                managers: manager_addrs(&self.store)?,
+                heartbeat_period_ms: heartbeat.as_millis() as u64,
+            }));
+        }
+    }
+
     async fn get_root_ca_certificate(
         &self,
         _req: Request<GetRootCaCertificateRequest>,
@@ -132,6 +208,7 @@ impl Ca for CaServer {
                 serial: cert.serial.clone(),
                 not_after_unix: unix(cert.not_after),
                 issued_at_unix: now,
+                previous: vec![],
             }),
             created_at_unix: now,
             updated_at_unix: now,

@@ -504,6 +504,28 @@ impl Control for ControlService {
         authorize(&req, "UpdateNode", MANAGERS)?;
         Ok(Response::new(self.0.update_node(req.into_inner()).await?))
     }
+    async fn update_cluster(
+        &self,
+        req: Request<shoal_proto::control::UpdateClusterRequest>,
+    ) -> Result<Response<ClusterInfo>, Status> {
+        authorize(&req, "UpdateCluster", MANAGERS)?;
+        Ok(Response::new(
+            self.0
+                .update_cluster(req.into_inner().cert_expiry_secs)
+                .await?,
+        ))
+    }
+    async fn revoke_certificate(
+        &self,
+        req: Request<shoal_proto::control::RevokeCertificateRequest>,
+    ) -> Result<Response<shoal_proto::control::RevokeCertificateResponse>, Status> {
+        authorize(&req, "RevokeCertificate", MANAGERS)?;
+        let r = req.into_inner();
+        self.0.revoke_certificate(&r.node, &r.serial).await?;
+        Ok(Response::new(
+            shoal_proto::control::RevokeCertificateResponse {},
+        ))
+    }
     async fn remove_node(
         &self,
         req: Request<RemoveNodeRequest>,

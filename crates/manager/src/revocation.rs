@@ -86,3 +86,63 @@ pub fn record(serial: &str, node_id: &str, not_after_unix: i64, reason: &str) ->
 }
 
 pub const REMOVED: &str = "node removed from cluster";
+
+impl crate::controlapi::ControlApi {
+    /// Revokes one certificate of a node (its current one or one it superseded).
+    pub async fn revoke_certificate(
+        &self,
+        node: &str,
+        serial: &str,
+    ) -> Result<(), crate::controlapi::ControlError> {
+        use crate::controlapi::ControlError;
+        let n = self.get_node(node)?.node.unwrap_or_default();
+        let c = n.certificate.clone().unwrap_or_default();
+        let serial = serial.to_lowercase();
+        let not_after = if c.serial == serial {
+            c.not_after_unix
+        } else if let Some(p) = c.previous.iter().find(|p| p.serial == serial) {
+            p.not_after_unix
+        } else {
+            return Err(ControlError::BadSpec(format!(
+                "certificate {serial} is not a live certificate of node {node} (see 'shoal node inspect {node}')"
+            )));
+        };
+        let mut b = Batch::default();
+        b.put(
+            &record(&serial, &n.id, not_after, "certificate revoked"),
+            Expect::Any,
+        );
+        self.store().commit(b).await?;
+        tracing::info!(node_id = %n.id, serial = %serial, "certificate revoked");
+        Ok(())
+    }
+
+    /// Changes the life of certificates issued from now on.
+    pub async fn update_cluster(
+        &self,
+        cert_expiry_secs: u64,
+    ) -> Result<shoal_proto::control::ClusterInfo, crate::controlapi::ControlError> {
+        use crate::controlapi::ControlError;
+        if cert_expiry_secs != 0 {
+            let d = Duration::from_secs(cert_expiry_secs);
+            if d < shoal_pki::MIN_CERT_EXPIRY || d > shoal_pki::MAX_CERT_EXPIRY {
+                return Err(ControlError::BadSpec(format!(
+                    "--cert-expiry {cert_expiry_secs}s: use between 1 minute and 20 years"
+                )));
+            }
+            loop {
+                let cur = crate::bootstrap::load_cluster(self.store())?;
+                let mut c = cur.value.clone();
+                c.spec.get_or_insert_with(Default::default).cert_expiry_secs = cert_expiry_secs;
+                let mut b = Batch::default();
+                b.put(&c, Expect::Version(cur.version));
+                match self.store().commit(b).await {
+                    Ok(_) => break,
+                    Err(shoal_store::StoreError::Conflict { .. }) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        self.cluster_info()
+    }
+}

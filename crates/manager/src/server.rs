@@ -38,6 +38,8 @@ pub struct ManagerConfig {
 /// A running manager. Dropping it does not stop it: call [`Manager::shutdown`].
 pub struct Manager {
     cancel: CancellationToken,
+    acceptor: Arc<std::sync::RwLock<TlsAcceptor>>,
+    trust: ClusterTrust,
     control: ControlApi,
     tasks: tokio::task::JoinSet<()>,
     pub local_addr: SocketAddr,
@@ -106,7 +108,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn accept_loop(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    acceptor: Arc<std::sync::RwLock<TlsAcceptor>>,
     trust: ClusterTrust,
     revoked: Arc<crate::revocation::RevocationSet>,
     tx: tokio::sync::mpsc::Sender<Result<TlsConn, io::Error>>,
@@ -125,7 +127,9 @@ async fn accept_loop(
             },
         };
         let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
+        let Ok(acceptor) = acceptor.read().map(|a| a.clone()) else {
+            continue;
+        };
         let trust = trust.clone();
         let revoked = revoked.clone();
         let tx = tx.clone();
@@ -185,9 +189,13 @@ impl Manager {
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let revoked = Arc::new(crate::revocation::RevocationSet::default());
         tasks.spawn(revoked.clone().follow(cfg.store.clone(), cancel.clone()));
+        let acceptor = Arc::new(std::sync::RwLock::new(TlsAcceptor::from(Arc::new(
+            server_cfg,
+        ))));
+        let trust_for_swap = trust.clone();
         tasks.spawn(accept_loop(
             listener,
-            TlsAcceptor::from(Arc::new(server_cfg)),
+            acceptor.clone(),
             trust,
             revoked,
             tx,
@@ -220,6 +228,8 @@ impl Manager {
         tracing::info!(addr = %local_addr, "manager listening");
         Ok(Manager {
             cancel,
+            acceptor,
+            trust: trust_for_swap,
             control,
             tasks,
             local_addr,
@@ -234,5 +244,31 @@ impl Manager {
     pub async fn shutdown(mut self) {
         self.cancel.cancel();
         while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// A handle that swaps the certificate a manager's listener serves (after a renewal).
+#[derive(Clone)]
+pub struct IdentityHandle {
+    acceptor: Arc<std::sync::RwLock<TlsAcceptor>>,
+    trust: ClusterTrust,
+}
+
+impl IdentityHandle {
+    pub fn set(&self, cert_chain: &[Vec<u8>], key_pkcs8: &[u8]) -> Result<(), ManagerError> {
+        let cfg = shoal_pki::server_config(&self.trust, cert_chain, key_pkcs8, None)?;
+        if let Ok(mut a) = self.acceptor.write() {
+            *a = TlsAcceptor::from(Arc::new(cfg));
+        }
+        Ok(())
+    }
+}
+
+impl Manager {
+    pub fn identity_handle(&self) -> IdentityHandle {
+        IdentityHandle {
+            acceptor: self.acceptor.clone(),
+            trust: self.trust.clone(),
+        }
     }
 }

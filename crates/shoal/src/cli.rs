@@ -147,6 +147,7 @@ fn node_json(v: &NodeView) -> serde_json::Value {
         "Certificate": {
             "Serial": c.serial,
             "NotAfter": fmt_time(c.not_after_unix),
+            "Previous": c.previous.iter().map(|p| json!({"Serial": p.serial, "NotAfter": fmt_time(p.not_after_unix)})).collect::<Vec<_>>(),
         },
     });
     if !v.manager_status.is_empty() {
@@ -380,6 +381,37 @@ impl Client {
         Ok(())
     }
 
+    pub async fn update_cluster(&self, cert_expiry: Option<Duration>) -> Result<()> {
+        let Some(d) = cert_expiry else {
+            bail!("nothing to change: give --cert-expiry");
+        };
+        self.control
+            .clone()
+            .update_cluster(shoal_proto::control::UpdateClusterRequest {
+                cert_expiry_secs: d.as_secs().max(1),
+            })
+            .await
+            .map_err(status_err)?;
+        println!(
+            "Cluster updated: certificates issued from now on live {}.",
+            humantime::format_duration(d)
+        );
+        Ok(())
+    }
+
+    pub async fn revoke_certificate(&self, node: &str, serial: &str) -> Result<()> {
+        self.control
+            .clone()
+            .revoke_certificate(shoal_proto::control::RevokeCertificateRequest {
+                node: node.to_string(),
+                serial: serial.to_string(),
+            })
+            .await
+            .map_err(status_err)?;
+        println!("Certificate {serial} of node {node} revoked.");
+        Ok(())
+    }
+
     pub async fn leave(&self, force: bool) -> Result<()> {
         self.local
             .clone()
@@ -400,6 +432,9 @@ impl Client {
                     "Role": i.role, "Managers": i.managers, "NodeAddr": i.node_addr,
                     "CertificateExpiry": fmt_time(i.cert_not_after_unix),
                     "CertificateSerial": i.cert_serial, "RootCADigest": i.root_ca_digest,
+                    "CertificateRenewals": i.cert_renewals,
+                    "CertificateRenewalError": i.cert_renewal_error,
+                    "CertificateNextRenewal": fmt_time(i.cert_renewal_next_unix),
                 })
             );
             return Ok(());
@@ -425,6 +460,16 @@ impl Client {
             fmt_time(i.cert_not_after_unix),
             humantime_short(left)
         );
+        if i.cert_renewal_next_unix != 0 {
+            println!(
+                " Certificate Renewal: next at {} ({} so far)",
+                fmt_time(i.cert_renewal_next_unix),
+                i.cert_renewals
+            );
+        }
+        if !i.cert_renewal_error.is_empty() {
+            println!(" Certificate Renewal Error: {}", i.cert_renewal_error);
+        }
         println!(" Root CA Digest: {}", i.root_ca_digest);
         Ok(())
     }

@@ -4,7 +4,7 @@
 
 use crate::netaddr::{detect_ip, with_port, DEFAULT_PORT};
 use crate::statedir::{Loaded, NodeState, StateDir};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use shoal_agent::connect::{channel, error_chain, lazy_channel};
 use shoal_agent::controller::Deps;
 use shoal_agent::describe::describe;
@@ -45,7 +45,9 @@ pub struct DaemonOpts {
 struct Active {
     state: NodeState,
     worker: Worker,
-    cert_der: Vec<u8>,
+    /// The current certificate (renewal replaces it).
+    cert: Arc<std::sync::Mutex<Vec<u8>>>,
+    renewal: Arc<std::sync::Mutex<crate::renewal::RenewalInfo>>,
     root_der: Vec<u8>,
     manager: Option<Manager>,
     store: Option<Store>,
@@ -83,7 +85,7 @@ fn user(code: tonic::Code, msg: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(UserError(code, msg.into()))
 }
 
-fn client_tls(
+pub(crate) fn client_tls(
     root_der: &[u8],
     cert_der: &[u8],
     key_pem: &str,
@@ -201,15 +203,17 @@ impl Daemon {
             .await?;
             manager = Some(m);
         }
+        let mut channel_tx = None;
+        let target = state.managers.first().cloned().unwrap_or_default();
         let session = (|| -> Result<Session> {
             let tls = client_tls(&root_der, &cert_der, &key_pem)?;
-            let target = state
-                .managers
-                .first()
-                .cloned()
-                .ok_or_else(|| anyhow!("no manager address is known for this node"))?;
+            if target.is_empty() {
+                bail!("no manager address is known for this node");
+            }
+            let (tx, channels) = tokio::sync::watch::channel(lazy_channel(&target, tls)?);
+            channel_tx = Some(tx);
             Ok(Session {
-                channel: lazy_channel(&target, tls)?,
+                channels,
                 description: describe(&self.opts.labels),
                 advertise_addr: state.advertise_addr.clone(),
                 period: DEFAULT_HEARTBEAT,
@@ -226,7 +230,7 @@ impl Daemon {
             }
         };
         let agent_cancel = CancellationToken::new();
-        let status = shoal_agent::reporter::start(session.channel.clone(), agent_cancel.clone());
+        let status = shoal_agent::reporter::start(session.channels.clone(), agent_cancel.clone());
         let worker = Worker::new(Deps {
             runtime: self.runtime.clone(),
             images: self.images.clone(),
@@ -234,16 +238,33 @@ impl Daemon {
             status,
         });
         tokio::spawn(run_assignments(
-            session.channel.clone(),
+            session.channels.clone(),
             worker.clone(),
             session.description.clone(),
             agent_cancel.clone(),
         ));
         tokio::spawn(session.run(agent_cancel.clone()));
+        let cert = Arc::new(std::sync::Mutex::new(cert_der));
+        let renewal = Arc::new(std::sync::Mutex::new(crate::renewal::RenewalInfo::default()));
+        if let Some(channels) = channel_tx {
+            let renewer = crate::renewal::Renewer {
+                dir: self.dir.clone(),
+                node_id: state.node_id.clone(),
+                cluster_id: state.cluster_id.clone(),
+                root_der: root_der.clone(),
+                target,
+                cert: cert.clone(),
+                info: renewal.clone(),
+                channels,
+                manager: manager.as_ref().map(|m| m.identity_handle()),
+            };
+            tokio::spawn(renewer.run(agent_cancel.clone()));
+        }
         Ok(Active {
             state,
             worker,
-            cert_der,
+            cert,
+            renewal,
             root_der,
             manager,
             store,
@@ -607,7 +628,9 @@ impl Daemon {
                 ..Default::default()
             };
         };
-        let cert = shoal_pki::CertSummary::parse(&a.cert_der).ok();
+        let cert_der = a.cert.lock().map(|c| c.clone()).unwrap_or_default();
+        let cert = shoal_pki::CertSummary::parse(&cert_der).ok();
+        let renewal = a.renewal.lock().map(|r| r.clone()).unwrap_or_default();
         InfoResponse {
             state: "active".into(),
             node_id: a.state.node_id.clone(),
@@ -623,6 +646,13 @@ impl Daemon {
             node_addr: a.state.advertise_addr.clone(),
             cert_serial: cert.map(|c| c.serial).unwrap_or_default(),
             error: String::new(),
+            cert_renewal_next_unix: renewal
+                .next_at
+                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0),
+            cert_renewal_error: renewal.last_error.unwrap_or_default(),
+            cert_renewals: renewal.renewals,
         }
     }
 

@@ -4,6 +4,7 @@
 mod cli;
 mod daemon;
 mod netaddr;
+mod renewal;
 mod services_cli;
 mod socket;
 mod statedir;
@@ -113,6 +114,12 @@ enum Cmd {
         /// Leave even if this is the cluster's only manager (erases the cluster).
         #[arg(short, long)]
         force: bool,
+    },
+    /// Change cluster settings.
+    Update {
+        /// Life of certificates issued from now on (renewals included).
+        #[arg(long, value_parser = parse_duration)]
+        cert_expiry: Option<Duration>,
     },
     /// Show this node's cluster membership.
     Info {
@@ -302,6 +309,8 @@ enum NodeCmd {
         label_rm: Vec<String>,
         node: String,
     },
+    /// Revoke one certificate of a node (its current one or one it superseded).
+    RevokeCertificate { node: String, serial: String },
     /// List the tasks on a node (default: this one).
     Ps {
         node: Option<String>,
@@ -435,6 +444,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Cmd::Leave { force } => c.leave(force).await,
             Cmd::Info { format } => c.info(format.as_deref()).await,
+            Cmd::Update { cert_expiry } => c.update_cluster(cert_expiry).await,
             Cmd::Image { cmd } => match cmd {
                 ImageCmd::Import { file, reference } => c.image_import(&file, &reference).await,
                 ImageCmd::Load { input } => c.image_load(&input).await,
@@ -516,6 +526,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     c.task_ls(Some(node), false, no_trunc).await
                 }
                 NodeCmd::Rm { force, nodes } => c.node_rm(&nodes, force).await,
+                NodeCmd::RevokeCertificate { node, serial } => {
+                    c.revoke_certificate(&node, &serial).await
+                }
                 NodeCmd::Ls { quiet, format } => c.node_ls(quiet, format.as_deref()).await,
                 NodeCmd::Inspect {
                     pretty,

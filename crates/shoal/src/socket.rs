@@ -225,6 +225,26 @@ impl Control for LocalControl {
         let c = self.0.control().await?;
         Ok(Response::new(c.update_node(req.into_inner()).await?))
     }
+    async fn update_cluster(
+        &self,
+        req: Request<shoal_proto::control::UpdateClusterRequest>,
+    ) -> Result<Response<ClusterInfo>, Status> {
+        let c = self.0.control().await?;
+        Ok(Response::new(
+            c.update_cluster(req.into_inner().cert_expiry_secs).await?,
+        ))
+    }
+    async fn revoke_certificate(
+        &self,
+        req: Request<shoal_proto::control::RevokeCertificateRequest>,
+    ) -> Result<Response<shoal_proto::control::RevokeCertificateResponse>, Status> {
+        let c = self.0.control().await?;
+        let r = req.into_inner();
+        c.revoke_certificate(&r.node, &r.serial).await?;
+        Ok(Response::new(
+            shoal_proto::control::RevokeCertificateResponse {},
+        ))
+    }
     async fn remove_node(
         &self,
         req: Request<RemoveNodeRequest>,

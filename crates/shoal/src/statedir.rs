@@ -29,6 +29,7 @@ pub struct Loaded {
     pub root_der: Vec<u8>,
 }
 
+#[derive(Clone)]
 pub struct StateDir {
     pub root: PathBuf,
 }
@@ -103,6 +104,21 @@ impl StateDir {
         shoal_pki::write_private(&self.cert_file(), shoal_pki::cert_pem(cert_der).as_bytes())?;
         shoal_pki::write_private(&self.ca_file(), shoal_pki::cert_pem(root_der).as_bytes())?;
         self.save_state(state)
+    }
+
+    /// Replaces the node's key and certificate (a renewal): the key first, so a crash in
+    /// between leaves the old pair unusable rather than mismatched silently.
+    pub fn save_identity(&self, key_pem: &str, cert_der: &[u8]) -> Result<()> {
+        // Write both to temporary names, then rename the certificate last.
+        let key_tmp = self.certs().join("node.key.new");
+        let cert_tmp = self.certs().join("node.crt.new");
+        shoal_pki::write_private(&key_tmp, key_pem.as_bytes())?;
+        shoal_pki::write_private(&cert_tmp, shoal_pki::cert_pem(cert_der).as_bytes())?;
+        std::fs::rename(&key_tmp, self.key_file())
+            .with_context(|| format!("cannot replace {}", self.key_file().display()))?;
+        std::fs::rename(&cert_tmp, self.cert_file())
+            .with_context(|| format!("cannot replace {}", self.cert_file().display()))?;
+        Ok(())
     }
 
     pub fn save_state(&self, state: &NodeState) -> Result<()> {

@@ -199,3 +199,130 @@ fn limited_join_tokens_expire_and_run_out() {
     tb.join_worker(2, 0).unwrap();
     wait_ready(&tb, 3);
 }
+
+fn copy_certs(tb: &shoal_testbed::Testbed, i: usize, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for f in ["ca.crt", "node.crt", "node.key"] {
+        std::fs::copy(tb.nodes[i].state_dir.join("certs").join(f), to.join(f)).unwrap();
+    }
+}
+
+fn cert_life_secs(path: &std::path::Path) -> i64 {
+    use x509_parser::prelude::*;
+    let der = pem_der(path);
+    let (_, c) = X509Certificate::from_der(&der).unwrap();
+    c.validity().not_after.timestamp() - c.validity().not_before.timestamp()
+}
+
+#[test]
+fn a_superseded_certificate_can_be_revoked_while_the_current_one_works() {
+    let tb = cluster(2, &["--cert-expiry", "1m", "--dispatcher-heartbeat", "1s"]);
+    let old = tb.dir().join("node2-old");
+    copy_certs(&tb, 1, &old);
+    let old_serial = info(&tb, 1)["CertificateSerial"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Certificates issued from now on live 2 minutes.
+    tb.cli_ok(0, &["update", "--cert-expiry", "2m"]).unwrap();
+
+    // Renewal comes between 50 % and 80 % of the 1-minute life.
+    shoal_testbed::wait_for(Duration::from_secs(75), || {
+        (info(&tb, 1)["CertificateRenewals"].as_u64()? >= 1).then_some(())
+    })
+    .unwrap_or_else(|| panic!("node2 renewed\n{}", tb.log(1)));
+    let i = info(&tb, 1);
+    let new_serial = i["CertificateSerial"].as_str().unwrap().to_string();
+    assert_ne!(new_serial, old_serial);
+    assert_ne!(
+        std::fs::read(old.join("node.key")).unwrap(),
+        std::fs::read(tb.nodes[1].state_dir.join("certs/node.key")).unwrap(),
+        "a fresh key"
+    );
+    let life = cert_life_secs(&tb.nodes[1].state_dir.join("certs/node.crt"));
+    assert!(
+        (life - 120 - 120).abs() <= 5,
+        "new life is 2 minutes (+ backdate): {life}"
+    );
+    let insp: serde_json::Value =
+        serde_json::from_str(&tb.cli_ok(0, &["node", "inspect", "node2"]).unwrap()).unwrap();
+    assert_eq!(insp[0]["Certificate"]["Serial"], new_serial.as_str());
+    assert_eq!(
+        insp[0]["Certificate"]["Previous"][0]["Serial"],
+        old_serial.as_str()
+    );
+
+    // Both certificates work until the old one is revoked...
+    assert!(heartbeat_as(&tb, 1, &old).is_ok());
+    tb.cli_ok(0, &["node", "revoke-certificate", "node2", &old_serial])
+        .unwrap();
+    let t = std::time::Instant::now();
+    let err = shoal_testbed::wait_for(Duration::from_secs(1), || heartbeat_as(&tb, 1, &old).err())
+        .expect("old certificate refused within 1 s");
+    assert!(t.elapsed() <= Duration::from_secs(1));
+    assert!(err.message().contains("certificate revoked"), "{err:?}");
+    // ...while the current one keeps working.
+    let current = tb.dir().join("node2-current");
+    copy_certs(&tb, 1, &current);
+    assert!(heartbeat_as(&tb, 1, &current).is_ok());
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(status_of(&tb, "node2"), "Ready");
+    // A serial that is not the node's is refused with a reason.
+    let out = tb.cli(0, &["node", "revoke-certificate", "node2", "00"]);
+    assert!(
+        !out.success && out.stderr.contains("not a live certificate"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn nodes_renew_for_minutes_without_a_failed_call() {
+    let tb = cluster(3, &["--cert-expiry", "2m"]);
+    for i in 0..3 {
+        import_busybox(&tb, i);
+    }
+    tb.cli_ok(
+        0,
+        &[
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--replicas",
+            "3",
+            "busybox",
+            "sleep",
+            "3600",
+        ],
+    )
+    .unwrap();
+    let keys: Vec<Vec<u8>> = (0..3)
+        .map(|i| std::fs::read(tb.nodes[i].state_dir.join("certs/node.key")).unwrap())
+        .collect();
+    let until = std::time::Instant::now() + Duration::from_secs(8 * 60);
+    while std::time::Instant::now() < until {
+        assert_eq!(ready_count(&tb), 3, "{}", tb.cli(0, &["node", "ls"]).stdout);
+        let ls = tb.cli_ok(0, &["service", "ls"]).unwrap();
+        assert!(ls.contains("3/3"), "{ls}");
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    for (i, key) in keys.iter().enumerate() {
+        let n = info(&tb, i)["CertificateRenewals"].as_u64().unwrap();
+        assert!(n >= 2, "node{} renewed {n} times\n{}", i + 1, tb.log(i));
+        assert_ne!(
+            key,
+            &std::fs::read(tb.nodes[i].state_dir.join("certs/node.key")).unwrap()
+        );
+    }
+    let logs = tb.all_logs();
+    for bad in [
+        "heartbeat failed",
+        "session stream broke",
+        "task status not delivered",
+        "renewal failed",
+        "cannot open a session",
+    ] {
+        assert!(!logs.contains(bad), "a call failed ({bad}):\n{logs}");
+    }
+}
