@@ -193,29 +193,7 @@ fn mode_name(spec: &ServiceSpec) -> &'static str {
     }
 }
 
-pub fn state_label(s: i32) -> String {
-    let name = TaskState::try_from(s)
-        .map(|s| s.as_str_name())
-        .unwrap_or("TASK_STATE_NEW")
-        .trim_start_matches("TASK_STATE_")
-        .to_lowercase();
-    let mut c = name.chars();
-    c.next()
-        .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
-        .unwrap_or_default()
-}
-
-fn ago(ms: i64) -> String {
-    let now = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
-    let s = ((now - ms).max(0) / 1000) as u64;
-    match s {
-        0..=1 => "Less than a second ago".into(),
-        2..=59 => format!("{s} seconds ago"),
-        60..=3599 => format!("{} minutes ago", s / 60),
-        3600..=86399 => format!("{} hours ago", s / 3600),
-        _ => format!("{} days ago", s / 86400),
-    }
-}
+pub use crate::tasks_cli::{ago, state_name as state_label};
 
 impl Client {
     async fn service_tasks(

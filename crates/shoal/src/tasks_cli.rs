@@ -122,7 +122,8 @@ fn state_of(t: &Task) -> TaskState {
     TaskState::try_from(t.status.as_ref().map(|s| s.state).unwrap_or(0)).unwrap_or(TaskState::New)
 }
 
-fn state_name(s: i32) -> String {
+/// A task state as swarm shows it: "Running", "Pending", ...
+pub fn state_name(s: i32) -> String {
     let name = TaskState::try_from(s)
         .map(|s| s.as_str_name())
         .unwrap_or("TASK_STATE_NEW")
@@ -134,7 +135,8 @@ fn state_name(s: i32) -> String {
         .unwrap_or_default()
 }
 
-fn ago(ms: i64) -> String {
+/// "5 seconds ago", from a unix time in milliseconds.
+pub fn ago(ms: i64) -> String {
     let now = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
     let s = ((now - ms).max(0) / 1000) as u64;
     match s {
