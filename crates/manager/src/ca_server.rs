@@ -48,6 +48,115 @@ pub(crate) fn manager_addrs(store: &Store) -> Result<Vec<String>, Status> {
         .collect())
 }
 
+impl CaServer {
+    /// A node whose certificate expired while it was off comes back with a join token,
+    /// its expired certificate, and a CSR signed with that certificate's key: it keeps its
+    /// node ID (and so its labels and history).
+    async fn rejoin(
+        &self,
+        req: IssueNodeCertificateRequest,
+        limited: Option<shoal_store::Versioned<shoal_proto::objects::LimitedToken>>,
+    ) -> Result<Response<IssueNodeCertificateResponse>, Status> {
+        let old = shoal_pki::CertSummary::parse(&req.rejoin_cert_der)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let trust =
+            shoal_pki::ClusterTrust::new(self.cluster_id.clone(), &[self.root.cert_der().to_vec()])
+                .map_err(|e| Status::internal(e.to_string()))?;
+        // The old certificate must be ours; it may have expired, so check it at a moment
+        // it was valid.
+        let id = trust
+            .verify(
+                &req.rejoin_cert_der,
+                &[],
+                old.not_before + shoal_pki::CERT_BACKDATE,
+            )
+            .map_err(|e| {
+                Status::permission_denied(format!(
+                    "the certificate to rejoin with is not this cluster's: {e}"
+                ))
+            })?;
+        if !shoal_pki::csr_matches_cert(&req.csr_der, &req.rejoin_cert_der)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?
+        {
+            return Err(Status::permission_denied(
+                "the rejoin request is not signed with the old certificate's key",
+            ));
+        }
+        if self
+            .store
+            .get::<shoal_proto::objects::RevokedCert>(id.serial())
+            .map_err(store_status)?
+            .is_some()
+        {
+            return Err(Status::permission_denied(format!(
+                "certificate {} was revoked: this node cannot rejoin as {}; join as a new node without --rejoin",
+                id.serial(),
+                id.node_id()
+            )));
+        }
+        let node_id = id.node_id().clone();
+        let cluster = load_cluster(&self.store).map_err(store_status)?.value;
+        let expiry = Duration::from_secs(
+            cluster
+                .spec
+                .map(|s| s.cert_expiry_secs)
+                .unwrap_or(90 * 86400),
+        );
+        loop {
+            let Some(cur) = self
+                .store
+                .get::<Node>(node_id.as_str())
+                .map_err(store_status)?
+            else {
+                return Err(Status::not_found(format!(
+                    "node {node_id} is no longer a member of this cluster (it was removed): join as a new node without --rejoin"
+                )));
+            };
+            let role = if cur.value.role == NodeRole::Manager as i32 {
+                Role::Manager
+            } else {
+                Role::Worker
+            };
+            let cert = self
+                .root
+                .sign_node(&req.csr_der, &node_id, role, &self.cluster_id, expiry)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            let now = unix_now();
+            let mut node = cur.value.clone();
+            let mut c = node.certificate.take().unwrap_or_default();
+            c.previous.retain(|p| p.not_after_unix > now);
+            c.serial = cert.serial.clone();
+            c.not_after_unix = unix(cert.not_after);
+            c.issued_at_unix = now;
+            node.certificate = Some(c);
+            node.updated_at_unix = now;
+            let mut b = Batch::default();
+            b.put(&node, Expect::Version(cur.version));
+            if let Some(t) = &limited {
+                let mut used = t.value.clone();
+                used.uses += 1;
+                b.put(&used, Expect::Version(t.version));
+            }
+            match self.store.commit(b).await {
+                Ok(_) => {}
+                Err(shoal_store::StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(store_status(e)),
+            }
+            tracing::info!(node_id = %node_id, "node rejoined with its expired identity");
+            let heartbeat = crate::dispatcher::heartbeat_period(&self.store);
+            return Ok(Response::new(IssueNodeCertificateResponse {
+                node_id: node_id.to_string(),
+                cluster_id: self.cluster_id.to_string(),
+                role: role.as_str().to_string(),
+                cert_der: cert.cert_der,
+                root_der: self.root.cert_der().to_vec(),
+                managers: manager_addrs(&self.store)?,
+                heartbeat_period_ms: heartbeat.as_millis() as u64,
+            }));
+        }
+    }
+}
+
 /// Superseded certificates remembered per node (for revocation by serial).
 const PREVIOUS_KEPT: usize = 5;
 
@@ -180,6 +289,9 @@ impl Ca for CaServer {
             return Err(Status::failed_precondition(
                 "joining as a manager is not supported yet (this cluster has one manager): join with the worker token from 'shoal join-token worker'",
             ));
+        }
+        if !req.rejoin_cert_der.is_empty() {
+            return self.rejoin(req, limited).await;
         }
         let expiry = Duration::from_secs(
             cluster

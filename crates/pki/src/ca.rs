@@ -58,6 +58,20 @@ fn sign_err(e: rcgen::Error) -> PkiError {
     PkiError::Signing(e.to_string())
 }
 
+/// Whether the CSR carries the same public key as the certificate (a rejoin proves it
+/// holds the expired certificate's key by signing the CSR with it).
+pub fn csr_matches_cert(csr_der: &[u8], cert_der: &[u8]) -> Result<bool, PkiError> {
+    use x509_parser::prelude::FromDer;
+    let csr = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(
+        csr_der.to_vec(),
+    ))
+    .map_err(|e| PkiError::BadCsr(e.to_string()))?;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(cert_der)
+        .map_err(|e| PkiError::BadCert(format!("cannot parse certificate: {e}")))?;
+    use rcgen::PublicKeyData;
+    Ok(csr.public_key.der_bytes() == cert.public_key().subject_public_key.data.as_ref())
+}
+
 impl RootCa {
     /// A new self-signed ECDSA P-256 root, valid for `validity` from now.
     pub fn generate(validity: Duration) -> Result<Self, PkiError> {

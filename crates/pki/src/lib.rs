@@ -16,7 +16,9 @@ mod role;
 mod tls;
 mod token;
 
-pub use ca::{IssuedCert, RootCa, CERT_BACKDATE, MAX_CERT_EXPIRY, MIN_CERT_EXPIRY};
+pub use ca::{
+    csr_matches_cert, IssuedCert, RootCa, CERT_BACKDATE, MAX_CERT_EXPIRY, MIN_CERT_EXPIRY,
+};
 pub use error::PkiError;
 pub use id::{base36_encode, random_id, ClusterId, NodeId};
 pub use identity::{CertSummary, ClusterTrust, NodeIdentity};

@@ -199,3 +199,22 @@ fn root_round_trips_through_pem() {
     let trust = ClusterTrust::new(cluster, &[ca.cert_der().to_vec()]).unwrap();
     assert!(trust.verify(&cert.cert_der, &[], SystemTime::now()).is_ok());
 }
+
+#[test]
+fn csr_key_matches_only_its_own_certificate() {
+    let ca = RootCa::generate(DAY).unwrap();
+    let cluster = ClusterId::generate();
+    let key = NodeKey::generate().unwrap();
+    let cert = ca
+        .sign_node(
+            &key.csr_der().unwrap(),
+            &NodeId::generate(),
+            Role::Worker,
+            &cluster,
+            DAY,
+        )
+        .unwrap();
+    assert!(csr_matches_cert(&key.csr_der().unwrap(), &cert.cert_der).unwrap());
+    let other = NodeKey::generate().unwrap();
+    assert!(!csr_matches_cert(&other.csr_der().unwrap(), &cert.cert_der).unwrap());
+}

@@ -274,6 +274,7 @@ impl Client {
         token: String,
         remote: String,
         advertise: Option<String>,
+        rejoin: bool,
     ) -> Result<()> {
         let r = self
             .local
@@ -282,11 +283,19 @@ impl Client {
                 token,
                 remote_addr: remote,
                 advertise_addr: advertise.unwrap_or_default(),
+                rejoin,
             })
             .await
             .map_err(status_err)?
             .into_inner();
-        println!("This node joined the cluster as a {}.", r.role);
+        if rejoin {
+            println!(
+                "This node rejoined the cluster as {} ({}).",
+                r.node_id, r.role
+            );
+        } else {
+            println!("This node joined the cluster as a {}.", r.role);
+        }
         Ok(())
     }
 

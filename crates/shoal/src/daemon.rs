@@ -68,6 +68,9 @@ pub struct Daemon {
     pub removed: Arc<tokio::sync::Notify>,
     /// Shown by `info` after the node was removed, until it joins again.
     note: Mutex<Option<String>>,
+    /// A membership whose certificate expired while the node was off, kept for
+    /// `shoal join --rejoin`: (state, key, certificate).
+    expired: Mutex<Option<(NodeState, String, Vec<u8>)>>,
 }
 
 /// An error the local API returns as-is to the CLI.
@@ -122,6 +125,7 @@ impl Daemon {
             damaged: Mutex::new(None),
             removed: Arc::new(tokio::sync::Notify::new()),
             note: Mutex::new(None),
+            expired: Mutex::new(None),
         })
     }
 
@@ -138,6 +142,22 @@ impl Daemon {
             );
             return Ok(());
         };
+        if let Ok(c) = shoal_pki::CertSummary::parse(&loaded.cert_der) {
+            if c.not_after <= SystemTime::now() && loaded.state.role != "manager" {
+                let at = c
+                    .not_after
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(0);
+                tracing::warn!(
+                    node_id = %loaded.state.node_id,
+                    "this node's certificate expired (at unix {at}) while it was off: rejoin with 'shoal join --token <worker token> --rejoin {}' to keep the node ID",
+                    loaded.state.managers.first().map(String::as_str).unwrap_or("<manager>")
+                );
+                *self.expired.lock().await = Some((loaded.state, loaded.key_pem, loaded.cert_der));
+                return Ok(());
+            }
+        }
         let store = if loaded.state.role == "manager" {
             Some(self.open_store(&loaded.state.node_id).await?)
         } else {
@@ -411,7 +431,22 @@ impl Daemon {
 
     pub async fn join(&self, req: JoinRequest) -> Result<JoinResponse> {
         let mut guard = self.active.lock().await;
-        self.refuse_if_active(&guard).await?;
+        let rejoin = self.expired.lock().await.clone();
+        match (&rejoin, req.rejoin) {
+            (Some(_), true) => {}
+            (None, true) => bail!(user(
+                tonic::Code::FailedPrecondition,
+                "nothing to rejoin with: this node has no expired identity; join without --rejoin"
+            )),
+            (Some((s, _, _)), false) => bail!(user(
+                tonic::Code::FailedPrecondition,
+                format!(
+                    "this node's certificate expired while it was off: rejoin with 'shoal join --token <worker token> --rejoin {}' to keep its node ID",
+                    s.managers.first().map(String::as_str).unwrap_or("<manager>")
+                )
+            )),
+            (None, false) => self.refuse_if_active(&guard).await?,
+        }
         let token = JoinToken::parse(&req.token)
             .map_err(|e| user(tonic::Code::InvalidArgument, e.to_string()))?;
         let remote = with_port(&req.remote_addr, DEFAULT_PORT).map_err(|e| {
@@ -460,12 +495,17 @@ impl Daemon {
             ));
         }
 
-        // 2. Ask for a certificate for our own key.
-        let key = NodeKey::generate()?;
+        // 2. Ask for a certificate for our own key (for a rejoin: the old key, which
+        //    proves we are the node the expired certificate names).
+        let key = match &rejoin {
+            Some((_, key_pem, _)) => NodeKey::from_pem(key_pem)?,
+            None => NodeKey::generate()?,
+        };
         let mut issue_req = tonic::Request::new(IssueNodeCertificateRequest {
             csr_der: key.csr_der()?,
             token: token.to_string(),
             advertise_addr: advertise.clone(),
+            rejoin_cert_der: rejoin.as_ref().map(|r| r.2.clone()).unwrap_or_default(),
         });
         issue_req.set_timeout(JOIN_CALL_TIMEOUT);
         let issued = ca
@@ -483,6 +523,15 @@ impl Daemon {
                 "the manager issued a {} certificate for a worker join",
                 identity.role()
             );
+        }
+        if let Some((s, _, _)) = &rejoin {
+            if identity.node_id().as_str() != s.node_id {
+                bail!(
+                    "the manager issued a certificate for node {} instead of {}",
+                    identity.node_id(),
+                    s.node_id
+                );
+            }
         }
 
         // 3. Confirm the manager accepts the certificate with a real call before keeping it.
@@ -522,6 +571,7 @@ impl Daemon {
         };
         self.dir
             .save(&state, &key_pem, &issued.cert_der, &root_der)?;
+        *self.expired.lock().await = None;
         let started = self
             .start(
                 Loaded {
@@ -613,6 +663,25 @@ impl Daemon {
                 return InfoResponse {
                     state: "error".into(),
                     error: why,
+                    ..Default::default()
+                };
+            }
+            if let Some((st, _, cert)) = self.expired.lock().await.clone() {
+                let at = shoal_pki::CertSummary::parse(&cert)
+                    .ok()
+                    .and_then(|c| c.not_after.duration_since(SystemTime::UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(0);
+                return InfoResponse {
+                    state: "error".into(),
+                    node_id: st.node_id.clone(),
+                    cluster_id: st.cluster_id.clone(),
+                    cert_not_after_unix: at,
+                    error: format!(
+                        "this node's certificate expired while it was off: rejoin with 'shoal join --token <worker token> --rejoin {}' to keep node ID {}",
+                        st.managers.first().map(String::as_str).unwrap_or("<manager>"),
+                        st.node_id
+                    ),
                     ..Default::default()
                 };
             }

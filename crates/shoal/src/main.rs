@@ -85,6 +85,9 @@ enum Cmd {
         token: String,
         #[arg(long)]
         advertise_addr: Option<String>,
+        /// Rejoin with this node's expired identity: it keeps its node ID and labels.
+        #[arg(long)]
+        rejoin: bool,
         /// A manager's address (IP or IP:PORT; port 4377 by default).
         remote_addr: String,
     },
@@ -429,8 +432,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Cmd::Join {
                 token,
                 advertise_addr,
+                rejoin,
                 remote_addr,
-            } => c.join(token, remote_addr, advertise_addr).await,
+            } => c.join(token, remote_addr, advertise_addr, rejoin).await,
             Cmd::JoinToken {
                 quiet,
                 rotate,

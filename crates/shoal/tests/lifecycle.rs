@@ -326,3 +326,59 @@ fn nodes_renew_for_minutes_without_a_failed_call() {
         assert!(!logs.contains(bad), "a call failed ({bad}):\n{logs}");
     }
 }
+
+#[test]
+fn a_node_off_past_its_certificate_expiry_rejoins_and_keeps_its_id() {
+    use x509_parser::prelude::*;
+    let mut tb = cluster(2, &["--cert-expiry", "1m", "--dispatcher-heartbeat", "1s"]);
+    tb.cli_ok(0, &["node", "update", "--label-add", "zone=a", "node2"])
+        .unwrap();
+    let id = info(&tb, 1)["NodeID"].as_str().unwrap().to_string();
+    tb.stop(1).unwrap();
+    let der = pem_der(&tb.nodes[1].state_dir.join("certs/node.crt"));
+    let (_, cert) = X509Certificate::from_der(&der).unwrap();
+    let not_after = cert.validity().not_after.timestamp();
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    };
+    while now() <= not_after + 1 {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    tb.start(1).unwrap();
+    let i = info(&tb, 1);
+    assert_eq!(i["State"], "error", "{i}");
+    assert!(i["Error"].as_str().unwrap().contains("--rejoin"), "{i}");
+
+    let token = tb
+        .cli_ok(0, &["join-token", "-q", "worker"])
+        .unwrap()
+        .trim()
+        .to_string();
+    let mgr = tb.nodes[0].addr();
+    let out = tb.cli(1, &["join", "--token", &token, &mgr]);
+    assert!(
+        !out.success && out.stderr.contains("--rejoin"),
+        "{}",
+        out.stderr
+    );
+    let out = tb
+        .cli_ok(1, &["join", "--token", &token, "--rejoin", &mgr])
+        .unwrap();
+    assert!(out.contains(&id), "{out}");
+    assert_eq!(info(&tb, 1)["NodeID"], id.as_str());
+    shoal_testbed::wait_for(Duration::from_secs(10), || {
+        (status_of(&tb, "node2") == "Ready").then_some(())
+    })
+    .unwrap_or_else(|| panic!("rejoined node Ready\n{}", tb.log(1)));
+    let insp: serde_json::Value =
+        serde_json::from_str(&tb.cli_ok(0, &["node", "inspect", "node2"]).unwrap()).unwrap();
+    assert_eq!(insp[0]["ID"], id.as_str());
+    assert_eq!(insp[0]["Spec"]["Labels"]["zone"], "a", "labels kept");
+    assert_eq!(nodes(&tb, 0).len(), 2, "no second node record");
+    // --rejoin with nothing to rejoin is refused plainly.
+    let out = tb.cli(1, &["join", "--token", &token, "--rejoin", &mgr]);
+    assert!(!out.success, "{}", out.stdout);
+}
