@@ -95,97 +95,45 @@ impl CaServer {
             )));
         }
         let node_id = id.node_id().clone();
-        let cluster = load_cluster(&self.store).map_err(store_status)?.value;
-        let expiry = Duration::from_secs(
-            cluster
-                .spec
-                .map(|s| s.cert_expiry_secs)
-                .unwrap_or(90 * 86400),
-        );
-        loop {
-            let Some(cur) = self
-                .store
-                .get::<Node>(node_id.as_str())
-                .map_err(store_status)?
-            else {
-                return Err(Status::not_found(format!(
-                    "node {node_id} is no longer a member of this cluster (it was removed): join as a new node without --rejoin"
-                )));
-            };
-            let role = if cur.value.role == NodeRole::Manager as i32 {
-                Role::Manager
-            } else {
-                Role::Worker
-            };
-            let cert = self
-                .root
-                .sign_node(&req.csr_der, &node_id, role, &self.cluster_id, expiry)
-                .map_err(|e| Status::invalid_argument(e.to_string()))?;
-            let now = unix_now();
-            let mut node = cur.value.clone();
-            let mut c = node.certificate.take().unwrap_or_default();
-            c.previous.retain(|p| p.not_after_unix > now);
-            c.serial = cert.serial.clone();
-            c.not_after_unix = unix(cert.not_after);
-            c.issued_at_unix = now;
-            node.certificate = Some(c);
-            node.updated_at_unix = now;
-            let mut b = Batch::default();
-            b.put(&node, Expect::Version(cur.version));
-            if let Some(t) = &limited {
-                let mut used = t.value.clone();
-                used.uses += 1;
-                b.put(&used, Expect::Version(t.version));
-            }
-            match self.store.commit(b).await {
-                Ok(_) => {}
-                Err(shoal_store::StoreError::Conflict { .. }) => continue,
-                Err(e) => return Err(store_status(e)),
-            }
-            tracing::info!(node_id = %node_id, "node rejoined with its expired identity");
-            let heartbeat = crate::dispatcher::heartbeat_period(&self.store);
-            return Ok(Response::new(IssueNodeCertificateResponse {
-                node_id: node_id.to_string(),
-                cluster_id: self.cluster_id.to_string(),
-                role: role.as_str().to_string(),
-                cert_der: cert.cert_der,
-                root_der: self.root.cert_der().to_vec(),
-                managers: manager_addrs(&self.store)?,
-                heartbeat_period_ms: heartbeat.as_millis() as u64,
-            }));
-        }
+        let missing = Status::not_found(format!(
+            "node {node_id} is no longer a member of this cluster (it was removed): join as a new node without --rejoin"
+        ));
+        let (cert, role) = self
+            .reissue(&node_id, &req.csr_der, missing, limited.as_ref())
+            .await?;
+        tracing::info!(node_id = %node_id, "node rejoined with its expired identity");
+        self.response(&node_id, role, cert.cert_der)
     }
-}
 
-/// Superseded certificates remembered per node (for revocation by serial).
-const PREVIOUS_KEPT: usize = 5;
-
-#[tonic::async_trait]
-impl Ca for CaServer {
-    async fn renew_node_certificate(
-        &self,
-        req: Request<RenewNodeCertificateRequest>,
-    ) -> Result<Response<IssueNodeCertificateResponse>, Status> {
-        let id =
-            crate::auth::authorize(&req, "RenewNodeCertificate", &[Role::Manager, Role::Worker])?;
-        let csr = req.into_inner().csr_der;
-        let node_id = id.node_id().clone();
+    fn cert_expiry(&self) -> Result<Duration, Status> {
         let cluster = load_cluster(&self.store).map_err(store_status)?.value;
-        let expiry = Duration::from_secs(
+        Ok(Duration::from_secs(
             cluster
                 .spec
                 .map(|s| s.cert_expiry_secs)
                 .unwrap_or(90 * 86400),
-        );
+        ))
+    }
+
+    /// A new certificate for an existing node (renewal or rejoin): the role is what the
+    /// managers hold, never what an old certificate said; the superseded certificate is
+    /// remembered for revocation by serial. `missing` is the answer if the node is gone.
+    async fn reissue(
+        &self,
+        node_id: &NodeId,
+        csr: &[u8],
+        missing: Status,
+        limited: Option<&shoal_store::Versioned<shoal_proto::objects::LimitedToken>>,
+    ) -> Result<(shoal_pki::IssuedCert, Role), Status> {
+        let expiry = self.cert_expiry()?;
         loop {
             let Some(cur) = self
                 .store
                 .get::<Node>(node_id.as_str())
                 .map_err(store_status)?
             else {
-                return Err(Status::permission_denied(crate::revocation::REMOVED));
+                return Err(missing);
             };
-            // The role is what the managers hold, never what the old certificate said.
             let role = if cur.value.role == NodeRole::Manager as i32 {
                 Role::Manager
             } else {
@@ -193,7 +141,7 @@ impl Ca for CaServer {
             };
             let cert = self
                 .root
-                .sign_node(&csr, &node_id, role, &self.cluster_id, expiry)
+                .sign_node(csr, node_id, role, &self.cluster_id, expiry)
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
             let now = unix_now();
             let mut node = cur.value.clone();
@@ -216,23 +164,56 @@ impl Ca for CaServer {
             node.updated_at_unix = now;
             let mut b = Batch::default();
             b.put(&node, Expect::Version(cur.version));
+            if let Some(t) = limited {
+                let mut used = t.value.clone();
+                used.uses += 1;
+                b.put(&used, Expect::Version(t.version));
+            }
             match self.store.commit(b).await {
-                Ok(_) => {}
+                Ok(_) => return Ok((cert, role)),
                 Err(shoal_store::StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(store_status(e)),
             }
-            tracing::info!(node_id = %node_id, serial = %cert.serial, "renewed a node certificate");
-            let heartbeat = crate::dispatcher::heartbeat_period(&self.store);
-            return Ok(Response::new(IssueNodeCertificateResponse {
-                node_id: node_id.to_string(),
-                cluster_id: self.cluster_id.to_string(),
-                role: role.as_str().to_string(),
-                cert_der: cert.cert_der,
-                root_der: self.root.cert_der().to_vec(),
-                managers: manager_addrs(&self.store)?,
-                heartbeat_period_ms: heartbeat.as_millis() as u64,
-            }));
         }
+    }
+
+    /// What a node gets with a new certificate.
+    fn response(
+        &self,
+        node_id: &NodeId,
+        role: Role,
+        cert_der: Vec<u8>,
+    ) -> Result<Response<IssueNodeCertificateResponse>, Status> {
+        let heartbeat = crate::dispatcher::heartbeat_period(&self.store);
+        Ok(Response::new(IssueNodeCertificateResponse {
+            node_id: node_id.to_string(),
+            cluster_id: self.cluster_id.to_string(),
+            role: role.as_str().to_string(),
+            cert_der,
+            root_der: self.root.cert_der().to_vec(),
+            managers: manager_addrs(&self.store)?,
+            heartbeat_period_ms: heartbeat.as_millis() as u64,
+        }))
+    }
+}
+
+/// Superseded certificates remembered per node (for revocation by serial).
+const PREVIOUS_KEPT: usize = 5;
+
+#[tonic::async_trait]
+impl Ca for CaServer {
+    async fn renew_node_certificate(
+        &self,
+        req: Request<RenewNodeCertificateRequest>,
+    ) -> Result<Response<IssueNodeCertificateResponse>, Status> {
+        let id =
+            crate::auth::authorize(&req, "RenewNodeCertificate", &[Role::Manager, Role::Worker])?;
+        let csr = req.into_inner().csr_der;
+        let node_id = id.node_id().clone();
+        let missing = Status::permission_denied(crate::revocation::REMOVED);
+        let (cert, role) = self.reissue(&node_id, &csr, missing, None).await?;
+        tracing::info!(node_id = %node_id, serial = %cert.serial, "renewed a node certificate");
+        self.response(&node_id, role, cert.cert_der)
     }
 
     async fn get_root_ca_certificate(
@@ -293,12 +274,7 @@ impl Ca for CaServer {
         if !req.rejoin_cert_der.is_empty() {
             return self.rejoin(req, limited).await;
         }
-        let expiry = Duration::from_secs(
-            cluster
-                .spec
-                .map(|s| s.cert_expiry_secs)
-                .unwrap_or(90 * 86400),
-        );
+        let expiry = self.cert_expiry()?;
         let node_id = NodeId::generate();
         let cert = self
             .root
@@ -341,15 +317,6 @@ impl Ca for CaServer {
             e => store_status(e),
         })?;
         tracing::info!(node_id = %node_id, role = %role, "issued a certificate to a joining node");
-        let heartbeat = crate::dispatcher::heartbeat_period(&self.store);
-        Ok(Response::new(IssueNodeCertificateResponse {
-            node_id: node_id.to_string(),
-            cluster_id: self.cluster_id.to_string(),
-            role: role.as_str().to_string(),
-            cert_der: cert.cert_der,
-            root_der: self.root.cert_der().to_vec(),
-            managers: manager_addrs(&self.store)?,
-            heartbeat_period_ms: heartbeat.as_millis() as u64,
-        }))
+        self.response(&node_id, role, cert.cert_der)
     }
 }

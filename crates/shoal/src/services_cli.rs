@@ -194,6 +194,7 @@ fn mode_name(spec: &ServiceSpec) -> &'static str {
 }
 
 pub use crate::tasks_cli::{ago, state_name as state_label};
+use crate::tasks_cli::{task_table_header, truncate};
 
 impl Client {
     async fn service_tasks(
@@ -593,24 +594,8 @@ impl Client {
             }
             Some(f) => bail!("unknown --format {f:?}: use table or json"),
         }
-        let cut = |s: &str, n: usize| {
-            if no_trunc {
-                s.to_string()
-            } else {
-                s.chars().take(n).collect()
-            }
-        };
-        let mut rows = vec![[
-            "ID",
-            "NAME",
-            "IMAGE",
-            "NODE",
-            "DESIRED STATE",
-            "CURRENT STATE",
-            "ERROR",
-        ]
-        .map(String::from)
-        .to_vec()];
+        let cut = |s: &str, n: usize| truncate(s, n, no_trunc);
+        let mut rows = vec![task_table_header()];
         let mut prev_group: Option<(u64, String)> = None;
         for t in &tasks {
             let st = t.status.clone().unwrap_or_default();

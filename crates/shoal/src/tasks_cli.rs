@@ -135,6 +135,30 @@ pub fn state_name(s: i32) -> String {
         .unwrap_or_default()
 }
 
+/// The columns of task listings (`task ls`, `service ps`, `node ps`), as swarm's.
+pub fn task_table_header() -> Vec<String> {
+    [
+        "ID",
+        "NAME",
+        "IMAGE",
+        "NODE",
+        "DESIRED STATE",
+        "CURRENT STATE",
+        "ERROR",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// The first `n` characters of `s`, unless `no_trunc`.
+pub fn truncate(s: &str, n: usize, no_trunc: bool) -> String {
+    if no_trunc {
+        s.to_string()
+    } else {
+        s.chars().take(n).collect()
+    }
+}
+
 /// "5 seconds ago", from a unix time in milliseconds.
 pub fn ago(ms: i64) -> String {
     let now = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
@@ -390,24 +414,8 @@ impl Client {
             }
             return Ok(());
         }
-        let cut = |s: &str, n: usize| {
-            if no_trunc {
-                s.to_string()
-            } else {
-                s.chars().take(n).collect()
-            }
-        };
-        let mut rows = vec![[
-            "ID",
-            "NAME",
-            "IMAGE",
-            "NODE",
-            "DESIRED STATE",
-            "CURRENT STATE",
-            "ERROR",
-        ]
-        .map(String::from)
-        .to_vec()];
+        let cut = |s: &str, n: usize| truncate(s, n, no_trunc);
+        let mut rows = vec![task_table_header()];
         for t in &r.tasks {
             let st = t.status.clone().unwrap_or_default();
             let err = if st.err.is_empty() {
