@@ -3,7 +3,7 @@
 //! decides liveness, not us.
 
 use shoal_proto::dispatcher::dispatcher_client::DispatcherClient;
-use shoal_proto::dispatcher::HeartbeatRequest;
+use shoal_proto::dispatcher::{HeartbeatRequest, HeartbeatResponse};
 use shoal_proto::objects::NodeDescription;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -19,7 +19,35 @@ pub struct Session {
     pub period: Duration,
     /// Notified when a manager says this node was removed from the cluster.
     pub removed: Option<std::sync::Arc<tokio::sync::Notify>>,
+    /// Notified when the managers' certificates stop verifying against the roots this
+    /// node trusts (the cluster's root was rotated while the node was away).
+    pub untrusted: Option<std::sync::Arc<tokio::sync::Notify>>,
+    /// The node's last certificate renewal failure, reported with every beat.
+    pub renewal_error: Option<std::sync::Arc<dyn Fn() -> String + Send + Sync>>,
+    /// Sees every answer (roots the cluster trusts, whether to renew now).
+    pub on_beat: Option<OnBeat>,
 }
+
+/// What the node does with a heartbeat's answer.
+pub type OnBeat = std::sync::Arc<dyn Fn(&HeartbeatResponse) + Send + Sync>;
+
+/// Whether a failed call means the manager's certificate does not chain to a root this
+/// node trusts.
+pub fn means_untrusted_manager(s: &tonic::Status) -> bool {
+    let text = format!("{} {}", s.message(), error_chain_of(s));
+    text.contains("UnknownIssuer")
+}
+
+fn error_chain_of(s: &tonic::Status) -> String {
+    use std::error::Error;
+    s.source()
+        .map(crate::connect::error_chain)
+        .unwrap_or_default()
+}
+
+/// Consecutive beats refused for an unknown issuer before the node gives up on its
+/// identity (a passing network glitch never looks like this).
+const UNTRUSTED_BEATS: u32 = 3;
 
 /// Whether a refusal means this node is no longer a member of the cluster.
 pub fn means_removed(s: &tonic::Status) -> bool {
@@ -37,14 +65,26 @@ pub async fn heartbeat_once(
     description: NodeDescription,
     advertise_addr: String,
 ) -> Result<Duration, tonic::Status> {
-    let mut c = DispatcherClient::new(channel);
-    let mut req = tonic::Request::new(HeartbeatRequest {
-        description: Some(description),
-        advertise_addr,
-    });
-    req.set_timeout(Duration::from_secs(5));
-    let resp = c.heartbeat(req).await?.into_inner();
+    let resp = heartbeat_call(
+        channel,
+        HeartbeatRequest {
+            description: Some(description),
+            advertise_addr,
+            cert_renewal_error: String::new(),
+        },
+    )
+    .await?;
     Ok(Duration::from_millis(resp.period_ms.max(100)))
+}
+
+async fn heartbeat_call(
+    channel: Channel,
+    req: HeartbeatRequest,
+) -> Result<HeartbeatResponse, tonic::Status> {
+    let mut c = DispatcherClient::new(channel);
+    let mut req = tonic::Request::new(req);
+    req.set_timeout(Duration::from_secs(5));
+    Ok(c.heartbeat(req).await?.into_inner())
 }
 
 /// A beat a little early, at a random point in the last tenth of the period, so a
@@ -60,22 +100,39 @@ impl Session {
     /// Heartbeats until cancelled.
     pub async fn run(mut self, cancel: CancellationToken) {
         let mut failures = 0u32;
+        let mut untrusted = 0u32;
         loop {
             let channel = self.channels.borrow().clone();
-            let r = heartbeat_once(
-                channel,
-                self.description.clone(),
-                self.advertise_addr.clone(),
-            )
-            .await;
+            let req = HeartbeatRequest {
+                description: Some(self.description.clone()),
+                advertise_addr: self.advertise_addr.clone(),
+                cert_renewal_error: self.renewal_error.as_ref().map(|f| f()).unwrap_or_default(),
+            };
+            let r = heartbeat_call(channel, req).await;
             let wait = match r {
-                Ok(p) => {
+                Ok(resp) => {
                     if failures > 0 {
                         tracing::info!("heartbeat to manager restored");
                     }
                     failures = 0;
+                    untrusted = 0;
+                    if let Some(f) = &self.on_beat {
+                        f(&resp);
+                    }
+                    let p = Duration::from_millis(resp.period_ms.max(100));
                     self.period = p;
                     jitter(p)
+                }
+                Err(e) if means_untrusted_manager(&e) && self.untrusted.is_some() => {
+                    untrusted += 1;
+                    tracing::warn!(error = %error_chain_of(&e), "the manager's certificate is not signed by a root this node trusts");
+                    if untrusted >= UNTRUSTED_BEATS {
+                        if let Some(n) = &self.untrusted {
+                            n.notify_one();
+                        }
+                        return;
+                    }
+                    self.period.min(Duration::from_secs(1))
                 }
                 Err(e) if means_removed(&e) => {
                     tracing::warn!(error = %e.message(), "a manager says this node was removed from the cluster");

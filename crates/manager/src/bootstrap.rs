@@ -79,6 +79,7 @@ pub async fn init_cluster(
             manager: JoinToken::generate(&digest).to_string(),
         }),
         created_at_unix: now,
+        ..Default::default()
     };
     let node = Node {
         id: node_id.to_string(),
@@ -92,6 +93,10 @@ pub async fn init_cluster(
             not_after_unix: unix(node_cert.not_after),
             issued_at_unix: now,
             previous: vec![],
+            root_digest: digest.clone(),
+            key_digest: shoal_pki::cert_key_digest(&node_cert.cert_der)?,
+            renewal_error: String::new(),
+            ..Default::default()
         }),
         created_at_unix: now,
         updated_at_unix: now,

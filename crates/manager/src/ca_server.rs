@@ -4,8 +4,9 @@
 //! only its public key.
 
 use crate::bootstrap::load_cluster;
+use crate::rootca::CaHandle;
 use crate::time::{unix, unix_now};
-use shoal_pki::{ClusterId, JoinToken, NodeId, Role, RootCa};
+use shoal_pki::{JoinToken, NodeId, Role};
 use shoal_proto::ca::ca_server::Ca;
 use shoal_proto::ca::{
     GetRootCaCertificateRequest, GetRootCaCertificateResponse, IssueNodeCertificateRequest,
@@ -13,23 +14,17 @@ use shoal_proto::ca::{
 };
 use shoal_proto::objects::{Availability, Node, NodeCertificate, NodeRole, NodeState};
 use shoal_store::{Batch, Expect, Store};
-use std::sync::Arc;
 use std::time::Duration;
 use tonic::{Request, Response, Status};
 
 pub struct CaServer {
     store: Store,
-    root: Arc<RootCa>,
-    cluster_id: ClusterId,
+    ca: CaHandle,
 }
 
 impl CaServer {
-    pub fn new(store: Store, root: Arc<RootCa>, cluster_id: ClusterId) -> Self {
-        CaServer {
-            store,
-            root,
-            cluster_id,
-        }
+    pub fn new(store: Store, ca: CaHandle) -> Self {
+        CaServer { store, ca }
     }
 }
 
@@ -59,22 +54,6 @@ impl CaServer {
     ) -> Result<Response<IssueNodeCertificateResponse>, Status> {
         let old = shoal_pki::CertSummary::parse(&req.rejoin_cert_der)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let trust =
-            shoal_pki::ClusterTrust::new(self.cluster_id.clone(), &[self.root.cert_der().to_vec()])
-                .map_err(|e| Status::internal(e.to_string()))?;
-        // The old certificate must be ours; it may have expired, so check it at a moment
-        // it was valid.
-        let id = trust
-            .verify(
-                &req.rejoin_cert_der,
-                &[],
-                old.not_before + shoal_pki::CERT_BACKDATE,
-            )
-            .map_err(|e| {
-                Status::permission_denied(format!(
-                    "the certificate to rejoin with is not this cluster's: {e}"
-                ))
-            })?;
         if !shoal_pki::csr_matches_cert(&req.csr_der, &req.rejoin_cert_der)
             .map_err(|e| Status::invalid_argument(e.to_string()))?
         {
@@ -82,19 +61,31 @@ impl CaServer {
                 "the rejoin request is not signed with the old certificate's key",
             ));
         }
+        // The old certificate must be ours; it may have expired, so check it at a moment
+        // it was valid.
+        let ca = self.ca.get();
+        let (node_id, serial) = match ca.trust.verify(
+            &req.rejoin_cert_der,
+            &[],
+            old.not_before + shoal_pki::CERT_BACKDATE,
+        ) {
+            Ok(id) => (id.node_id().clone(), id.serial().to_string()),
+            Err(e) => self.rejoin_by_key(&req, &old).map_err(|why| {
+                Status::permission_denied(format!(
+                    "the certificate to rejoin with is not this cluster's: {e}{why}"
+                ))
+            })?,
+        };
         if self
             .store
-            .get::<shoal_proto::objects::RevokedCert>(id.serial())
+            .get::<shoal_proto::objects::RevokedCert>(&serial)
             .map_err(store_status)?
             .is_some()
         {
             return Err(Status::permission_denied(format!(
-                "certificate {} was revoked: this node cannot rejoin as {}; join as a new node without --rejoin",
-                id.serial(),
-                id.node_id()
+                "certificate {serial} was revoked: this node cannot rejoin as {node_id}; join as a new node without --rejoin",
             )));
         }
-        let node_id = id.node_id().clone();
         let missing = Status::not_found(format!(
             "node {node_id} is no longer a member of this cluster (it was removed): join as a new node without --rejoin"
         ));
@@ -103,6 +94,39 @@ impl CaServer {
             .await?;
         tracing::info!(node_id = %node_id, "node rejoined with its expired identity");
         self.response(&node_id, role, cert.cert_der)
+    }
+
+    /// A node whose certificate comes from a root rotated away while it was down proves
+    /// who it is with its key: the store remembers the public key of the certificate
+    /// each node was last seen using, and the rejoin request is signed with the matching
+    /// private key. A stolen old root key is no help here. Returns (node ID, serial).
+    fn rejoin_by_key(
+        &self,
+        req: &IssueNodeCertificateRequest,
+        old: &shoal_pki::CertSummary,
+    ) -> Result<(NodeId, String), String> {
+        let ca = self.ca.get();
+        if old.organization != ca.cluster_id.as_str() {
+            return Err(String::new());
+        }
+        let node_id = NodeId::parse(&old.common_name).map_err(|e| format!("; {e}"))?;
+        let node = self
+            .store
+            .get::<Node>(node_id.as_str())
+            .ok()
+            .flatten()
+            .map(|n| n.value)
+            .ok_or_else(String::new)?;
+        let c = node.certificate.unwrap_or_default();
+        let key = shoal_pki::csr_key_digest(&req.csr_der).map_err(|e| format!("; {e}"))?;
+        if c.confirmed_key_digest.is_empty()
+            || c.confirmed_key_digest != key
+            || c.confirmed_serial != old.serial
+        {
+            return Err(String::new());
+        }
+        tracing::info!(node_id = %node_id, "a node with a certificate from a retired root proved its key");
+        Ok((node_id, old.serial.clone()))
     }
 
     fn cert_expiry(&self) -> Result<Duration, Status> {
@@ -126,7 +150,10 @@ impl CaServer {
         limited: Option<&shoal_store::Versioned<shoal_proto::objects::LimitedToken>>,
     ) -> Result<(shoal_pki::IssuedCert, Role), Status> {
         let expiry = self.cert_expiry()?;
+        let key_digest =
+            shoal_pki::csr_key_digest(csr).map_err(|e| Status::invalid_argument(e.to_string()))?;
         loop {
+            let ca = self.ca.get();
             let Some(cur) = self
                 .store
                 .get::<Node>(node_id.as_str())
@@ -139,9 +166,9 @@ impl CaServer {
             } else {
                 Role::Worker
             };
-            let cert = self
-                .root
-                .sign_node(csr, node_id, role, &self.cluster_id, expiry)
+            let cert = ca
+                .signer
+                .sign_node(csr, node_id, role, &ca.cluster_id, expiry)
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
             let now = unix_now();
             let mut node = cur.value.clone();
@@ -160,6 +187,9 @@ impl CaServer {
             c.serial = cert.serial.clone();
             c.not_after_unix = unix(cert.not_after);
             c.issued_at_unix = now;
+            c.root_digest = ca.signer_digest.clone();
+            c.key_digest = key_digest.clone();
+            c.renewal_error.clear();
             node.certificate = Some(c);
             node.updated_at_unix = now;
             let mut b = Batch::default();
@@ -185,14 +215,17 @@ impl CaServer {
         cert_der: Vec<u8>,
     ) -> Result<Response<IssueNodeCertificateResponse>, Status> {
         let heartbeat = crate::dispatcher::heartbeat_period(&self.store);
+        let ca = self.ca.get();
         Ok(Response::new(IssueNodeCertificateResponse {
             node_id: node_id.to_string(),
-            cluster_id: self.cluster_id.to_string(),
+            cluster_id: ca.cluster_id.to_string(),
             role: role.as_str().to_string(),
             cert_der,
-            root_der: self.root.cert_der().to_vec(),
+            root_der: ca.root.cert_der().to_vec(),
             managers: manager_addrs(&self.store)?,
             heartbeat_period_ms: heartbeat.as_millis() as u64,
+            roots_der: ca.roots.clone(),
+            intermediates_der: ca.intermediates.clone(),
         }))
     }
 }
@@ -221,7 +254,7 @@ impl Ca for CaServer {
         _req: Request<GetRootCaCertificateRequest>,
     ) -> Result<Response<GetRootCaCertificateResponse>, Status> {
         Ok(Response::new(GetRootCaCertificateResponse {
-            cert_der: self.root.cert_der().to_vec(),
+            cert_der: self.ca.get().root.cert_der().to_vec(),
         }))
     }
 
@@ -233,7 +266,8 @@ impl Ca for CaServer {
         let req = req.into_inner();
         let token =
             JoinToken::parse(&req.token).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let ours = self.root.digest();
+        let ca = self.ca.get();
+        let ours = ca.root.digest();
         if token.ca_digest() != ours {
             return Err(Status::permission_denied(format!(
                 "join token does not match this cluster's CA (token digest {}, CA digest {ours}): ask a manager for a fresh token with 'shoal join-token worker'",
@@ -276,9 +310,11 @@ impl Ca for CaServer {
         }
         let expiry = self.cert_expiry()?;
         let node_id = NodeId::generate();
-        let cert = self
-            .root
-            .sign_node(&req.csr_der, &node_id, role, &self.cluster_id, expiry)
+        let cert = ca
+            .signer
+            .sign_node(&req.csr_der, &node_id, role, &ca.cluster_id, expiry)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let key_digest = shoal_pki::csr_key_digest(&req.csr_der)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let addr = if req.advertise_addr.is_empty() {
             remote.map(|a| a.ip().to_string()).unwrap_or_default()
@@ -297,6 +333,10 @@ impl Ca for CaServer {
                 not_after_unix: unix(cert.not_after),
                 issued_at_unix: now,
                 previous: vec![],
+                root_digest: ca.signer_digest.clone(),
+                key_digest,
+                renewal_error: String::new(),
+                ..Default::default()
             }),
             created_at_unix: now,
             updated_at_unix: now,

@@ -526,6 +526,23 @@ impl Control for ControlService {
             shoal_proto::control::RevokeCertificateResponse {},
         ))
     }
+    async fn get_ca(
+        &self,
+        req: Request<shoal_proto::control::GetCaRequest>,
+    ) -> Result<Response<shoal_proto::control::CaStatus>, Status> {
+        authorize(&req, "GetCa", MANAGERS)?;
+        Ok(Response::new(self.0.ca_status()?))
+    }
+    async fn rotate_ca(
+        &self,
+        req: Request<shoal_proto::control::RotateCaRequest>,
+    ) -> Result<Response<shoal_proto::control::CaStatus>, Status> {
+        authorize(&req, "RotateCa", MANAGERS)?;
+        let r = req.into_inner();
+        Ok(Response::new(
+            self.0.rotate_ca(r.force, &r.cert_pem, &r.key_pem).await?,
+        ))
+    }
     async fn remove_node(
         &self,
         req: Request<RemoveNodeRequest>,

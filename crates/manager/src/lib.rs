@@ -13,6 +13,7 @@ pub mod controlapi_services;
 pub mod dispatcher;
 pub mod orchestrator;
 pub mod revocation;
+pub mod rootca;
 pub mod scheduler;
 pub mod server;
 mod time;

@@ -7,7 +7,8 @@ use crate::bootstrap::load_cluster;
 use crate::ca_server::CaServer;
 use crate::controlapi::{ControlApi, ControlService};
 use crate::dispatcher::Dispatcher;
-use shoal_pki::{ClusterId, ClusterTrust, RootCa};
+use crate::rootca::{CaHandle, CaState};
+use shoal_pki::ClusterId;
 use shoal_proto::ca::ca_server::CaServer as CaRpcServer;
 use shoal_proto::control::control_server::ControlServer;
 use shoal_proto::dispatcher::dispatcher_server::DispatcherServer;
@@ -30,16 +31,15 @@ pub struct ManagerConfig {
     pub listen_addr: SocketAddr,
     pub local_node_id: String,
     pub cluster_id: ClusterId,
-    /// This node's certificate chain (node certificate, then root) and PKCS#8 key.
-    pub cert_chain: Vec<Vec<u8>>,
+    /// This node's certificate and PKCS#8 key.
+    pub cert_der: Vec<u8>,
     pub key_pkcs8: Vec<u8>,
 }
 
 /// A running manager. Dropping it does not stop it: call [`Manager::shutdown`].
 pub struct Manager {
     cancel: CancellationToken,
-    acceptor: Arc<std::sync::RwLock<TlsAcceptor>>,
-    trust: ClusterTrust,
+    identity: IdentityHandle,
     control: ControlApi,
     tasks: tokio::task::JoinSet<()>,
     pub local_addr: SocketAddr,
@@ -109,7 +109,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 async fn accept_loop(
     listener: TcpListener,
     acceptor: Arc<std::sync::RwLock<TlsAcceptor>>,
-    trust: ClusterTrust,
+    ca: CaHandle,
     revoked: Arc<crate::revocation::RevocationSet>,
     tx: tokio::sync::mpsc::Sender<Result<TlsConn, io::Error>>,
     cancel: CancellationToken,
@@ -130,7 +130,7 @@ async fn accept_loop(
         let Ok(acceptor) = acceptor.read().map(|a| a.clone()) else {
             continue;
         };
-        let trust = trust.clone();
+        let trust = ca.get().trust.clone();
         let revoked = revoked.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
@@ -167,10 +167,19 @@ impl Manager {
     /// Starts the listener, the services and the leader loops.
     pub async fn start(cfg: ManagerConfig) -> Result<Manager, ManagerError> {
         let cluster = load_cluster(&cfg.store)?.value;
-        let root_obj = cluster.root_ca.unwrap_or_default();
-        let root = Arc::new(RootCa::from_pem(&root_obj.cert_pem, &root_obj.key_pem)?);
-        let trust = ClusterTrust::new(cfg.cluster_id.clone(), &[root.cert_der().to_vec()])?;
-        let server_cfg = shoal_pki::server_config(&trust, &cfg.cert_chain, &cfg.key_pkcs8, None)?;
+        let ca = CaHandle::new(CaState::from_cluster(&cluster, &cfg.cluster_id)?);
+        let identity = IdentityHandle {
+            acceptor: Arc::new(std::sync::RwLock::new(acceptor_for(
+                &ca.get(),
+                &cfg.cert_der,
+                &cfg.key_pkcs8,
+            )?)),
+            ca: ca.clone(),
+            current: Arc::new(std::sync::Mutex::new((
+                cfg.cert_der.clone(),
+                cfg.key_pkcs8.clone(),
+            ))),
+        };
         let listener =
             TcpListener::bind(cfg.listen_addr)
                 .await
@@ -189,20 +198,19 @@ impl Manager {
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let revoked = Arc::new(crate::revocation::RevocationSet::default());
         tasks.spawn(revoked.clone().follow(cfg.store.clone(), cancel.clone()));
-        let acceptor = Arc::new(std::sync::RwLock::new(TlsAcceptor::from(Arc::new(
-            server_cfg,
-        ))));
-        let trust_for_swap = trust.clone();
+        tasks.spawn(ca.clone().follow(cfg.store.clone(), cancel.clone()));
+        tasks.spawn(identity.clone().follow(cancel.clone()));
+        tasks.spawn(crate::rootca::run(cfg.store.clone(), cancel.clone()));
         tasks.spawn(accept_loop(
             listener,
-            acceptor.clone(),
-            trust,
+            identity.acceptor.clone(),
+            ca.clone(),
             revoked,
             tx,
             cancel.clone(),
         ));
 
-        let dispatcher = Dispatcher::new(cfg.store.clone(), cancel.clone());
+        let dispatcher = Dispatcher::new(cfg.store.clone(), ca.clone(), cancel.clone());
         let control = ControlApi::new(
             cfg.store.clone(),
             cfg.local_node_id.clone(),
@@ -210,9 +218,8 @@ impl Manager {
         );
         tasks.spawn(dispatcher.clone().run_liveness(cancel.clone()));
         tasks.spawn(crate::orchestrator::run(cfg.store.clone(), cancel.clone()));
-        let ca = CaServer::new(cfg.store.clone(), root, cfg.cluster_id.clone());
         let router = tonic::transport::Server::builder()
-            .add_service(CaRpcServer::new(ca))
+            .add_service(CaRpcServer::new(CaServer::new(cfg.store.clone(), ca)))
             .add_service(DispatcherServer::new(dispatcher))
             .add_service(ControlServer::new(ControlService(control.clone())));
         let stop = cancel.clone();
@@ -228,8 +235,7 @@ impl Manager {
         tracing::info!(addr = %local_addr, "manager listening");
         Ok(Manager {
             cancel,
-            acceptor,
-            trust: trust_for_swap,
+            identity,
             control,
             tasks,
             local_addr,
@@ -247,28 +253,52 @@ impl Manager {
     }
 }
 
-/// A handle that swaps the certificate a manager's listener serves (after a renewal).
+fn acceptor_for(ca: &CaState, leaf: &[u8], key_pkcs8: &[u8]) -> Result<TlsAcceptor, ManagerError> {
+    let cfg = shoal_pki::server_config(&ca.trust, &ca.server_chain(leaf), key_pkcs8, None)?;
+    Ok(TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// What a manager's listener serves and trusts: its certificate (swapped after a
+/// renewal) and the cluster's roots (swapped when a root rotation starts or ends).
 #[derive(Clone)]
 pub struct IdentityHandle {
     acceptor: Arc<std::sync::RwLock<TlsAcceptor>>,
-    trust: ClusterTrust,
+    ca: CaHandle,
+    /// The certificate and PKCS#8 key served now.
+    current: Arc<std::sync::Mutex<(Vec<u8>, Vec<u8>)>>,
 }
 
 impl IdentityHandle {
-    pub fn set(&self, cert_chain: &[Vec<u8>], key_pkcs8: &[u8]) -> Result<(), ManagerError> {
-        let cfg = shoal_pki::server_config(&self.trust, cert_chain, key_pkcs8, None)?;
-        if let Ok(mut a) = self.acceptor.write() {
-            *a = TlsAcceptor::from(Arc::new(cfg));
+    /// Serves a new certificate (after a renewal).
+    pub fn set(&self, cert_der: &[u8], key_pkcs8: &[u8]) -> Result<(), ManagerError> {
+        let a = acceptor_for(&self.ca.get(), cert_der, key_pkcs8)?;
+        if let Ok(mut cur) = self.current.lock() {
+            *cur = (cert_der.to_vec(), key_pkcs8.to_vec());
+        }
+        if let Ok(mut w) = self.acceptor.write() {
+            *w = a;
         }
         Ok(())
+    }
+
+    /// Rebuilds the listener's configuration whenever the cluster's roots change.
+    async fn follow(self, cancel: CancellationToken) {
+        let mut rx = self.ca.subscribe();
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = rx.changed() => if r.is_err() { return },
+            }
+            let (leaf, key) = self.current.lock().map(|c| c.clone()).unwrap_or_default();
+            if let Err(e) = self.set(&leaf, &key) {
+                tracing::error!(error = %e, "cannot serve the new root CA chain");
+            }
+        }
     }
 }
 
 impl Manager {
     pub fn identity_handle(&self) -> IdentityHandle {
-        IdentityHandle {
-            acceptor: self.acceptor.clone(),
-            trust: self.trust.clone(),
-        }
+        self.identity.clone()
     }
 }

@@ -18,6 +18,8 @@ pub enum PkiError {
     ExpiryTooShort(std::time::Duration),
     #[error("certificate expiry {0:?} is above the maximum of 20 years (the root CA's life)")]
     ExpiryTooLong(std::time::Duration),
+    #[error("unusable root CA: {0}")]
+    BadRoot(String),
     #[error("signing failed: {0}")]
     Signing(String),
     #[error("TLS configuration: {0}")]

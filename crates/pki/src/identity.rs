@@ -20,6 +20,7 @@ pub struct NodeIdentity {
     cluster_id: ClusterId,
     serial: String,
     not_after: SystemTime,
+    key_digest: String,
 }
 
 impl NodeIdentity {
@@ -38,6 +39,10 @@ impl NodeIdentity {
     }
     pub fn not_after(&self) -> SystemTime {
         self.not_after
+    }
+    /// SHA-256 (hex) of the certificate's public key.
+    pub fn key_digest(&self) -> &str {
+        &self.key_digest
     }
 }
 
@@ -185,6 +190,7 @@ fn parse_identity(der: &[u8]) -> Result<NodeIdentity, PkiError> {
         cluster_id,
         serial,
         not_after,
+        key_digest: crate::ca::key_digest(cert.public_key().subject_public_key.data.as_ref()),
     })
 }
 
@@ -195,6 +201,20 @@ pub struct CertSummary {
     pub not_before: SystemTime,
     pub not_after: SystemTime,
     pub serial: String,
+    pub subject: String,
+    pub issuer: String,
+    /// The subject's CN and O, as written (for a node certificate: node and cluster ID).
+    pub common_name: String,
+    pub organization: String,
+}
+
+fn first<'a>(
+    mut it: impl Iterator<Item = &'a x509_parser::x509::AttributeTypeAndValue<'a>>,
+) -> String {
+    it.next()
+        .and_then(|a| a.as_str().ok())
+        .unwrap_or_default()
+        .to_string()
 }
 
 impl CertSummary {
@@ -210,6 +230,10 @@ impl CertSummary {
                 .iter()
                 .map(|b| format!("{b:02x}"))
                 .collect(),
+            subject: cert.subject().to_string(),
+            issuer: cert.issuer().to_string(),
+            common_name: first(cert.subject().iter_common_name()),
+            organization: first(cert.subject().iter_organization()),
         })
     }
 }

@@ -17,7 +17,8 @@ mod tls;
 mod token;
 
 pub use ca::{
-    csr_matches_cert, IssuedCert, RootCa, CERT_BACKDATE, MAX_CERT_EXPIRY, MIN_CERT_EXPIRY,
+    cert_key_digest, csr_key_digest, csr_matches_cert, IssuedCert, RootCa, CERT_BACKDATE,
+    MAX_CERT_EXPIRY, MIN_CERT_EXPIRY, MIN_ROOT_LIFE,
 };
 pub use error::PkiError;
 pub use id::{base36_encode, random_id, ClusterId, NodeId};

@@ -218,3 +218,92 @@ fn csr_key_matches_only_its_own_certificate() {
     let other = NodeKey::generate().unwrap();
     assert!(!csr_matches_cert(&other.csr_der().unwrap(), &cert.cert_der).unwrap());
 }
+
+#[test]
+fn a_rotated_roots_leaves_verify_through_the_cross_signed_root() {
+    let cluster = ClusterId::generate();
+    let old = RootCa::generate(20 * 365 * DAY).unwrap();
+    let new = RootCa::generate_named(20 * 365 * DAY, "shoal-ca 2").unwrap();
+    let cross = old.cross_sign(&new).unwrap();
+    let (_, leaf) = issue(&new, &cluster, Role::Worker);
+    let (_, old_leaf) = issue(&old, &cluster, Role::Worker);
+    let now = SystemTime::now();
+    let only_old = ClusterTrust::new(cluster.clone(), &[old.cert_der().to_vec()]).unwrap();
+    let only_new = ClusterTrust::new(cluster.clone(), &[new.cert_der().to_vec()]).unwrap();
+    let both = ClusterTrust::new(
+        cluster.clone(),
+        &[old.cert_der().to_vec(), new.cert_der().to_vec()],
+    )
+    .unwrap();
+    let cross_der = rustls::pki_types::CertificateDer::from(cross.clone());
+    // A node that trusts only the old root accepts the new root's leaf with the
+    // cross-signed certificate, and not without it.
+    only_old
+        .verify(&leaf.cert_der, std::slice::from_ref(&cross_der), now)
+        .unwrap();
+    assert!(only_old.verify(&leaf.cert_der, &[], now).is_err());
+    only_new.verify(&leaf.cert_der, &[], now).unwrap();
+    both.verify(&leaf.cert_der, &[], now).unwrap();
+    both.verify(&old_leaf.cert_der, &[], now).unwrap();
+    // Once the old root is dropped, its leaves are refused.
+    assert!(only_new.verify(&old_leaf.cert_der, &[], now).is_err());
+    // The cross-signed certificate names the new root's key and subject.
+    assert_eq!(
+        cert_key_digest(&cross).unwrap(),
+        cert_key_digest(new.cert_der()).unwrap()
+    );
+    let c = CertSummary::parse(&cross).unwrap();
+    assert!(c.subject.contains("shoal-ca 2"), "{}", c.subject);
+    assert!(c.issuer.contains("CN=shoal-ca") && !c.issuer.contains("2"));
+}
+
+#[test]
+fn an_operator_root_must_be_one_ca_certificate_with_its_key_and_a_year_of_life() {
+    let a = RootCa::generate(20 * 365 * DAY).unwrap();
+    let b = RootCa::generate(20 * 365 * DAY).unwrap();
+    let ok = RootCa::from_operator_pem(&a.cert_pem(), &a.key_pem()).unwrap();
+    assert!(ok.same_key(&a));
+    assert!(!ok.same_key(&b));
+    let err = |r: Result<RootCa, PkiError>| r.err().map(|e| e.to_string()).unwrap_or_default();
+    let two = format!("{}{}", a.cert_pem(), b.cert_pem());
+    assert!(err(RootCa::from_operator_pem(&two, &a.key_pem())).contains("holds 2 certificates"));
+    assert!(
+        err(RootCa::from_operator_pem(&a.cert_pem(), &b.key_pem())).contains("key does not belong")
+    );
+    let short = RootCa::generate(30 * DAY).unwrap();
+    assert!(err(RootCa::from_operator_pem(
+        &short.cert_pem(),
+        &short.key_pem()
+    ))
+    .contains("expires within a year"));
+    let cluster = ClusterId::generate();
+    let (_, leaf) = issue(&a, &cluster, Role::Worker);
+    assert!(err(RootCa::from_operator_pem(&leaf.cert_pem, &a.key_pem()))
+        .contains("not a CA certificate"));
+    assert!(err(RootCa::from_operator_pem("garbage", &a.key_pem())).contains("CERTIFICATE"));
+}
+
+#[test]
+fn key_digests_of_a_csr_and_its_certificate_agree() {
+    let ca = RootCa::generate(20 * 365 * DAY).unwrap();
+    let key = NodeKey::generate().unwrap();
+    let csr = key.csr_der().unwrap();
+    let cert = ca
+        .sign_node(
+            &csr,
+            &NodeId::generate(),
+            Role::Worker,
+            &ClusterId::generate(),
+            DAY,
+        )
+        .unwrap();
+    assert_eq!(
+        csr_key_digest(&csr).unwrap(),
+        cert_key_digest(&cert.cert_der).unwrap()
+    );
+    let other = NodeKey::generate().unwrap().csr_der().unwrap();
+    assert_ne!(
+        csr_key_digest(&other).unwrap(),
+        cert_key_digest(&cert.cert_der).unwrap()
+    );
+}

@@ -50,6 +50,13 @@ pub async fn run_daemon(opts: DaemonOpts) -> Result<()> {
                 d.handle_removed().await;
             }
         });
+        let d = daemon.clone();
+        tokio::spawn(async move {
+            loop {
+                d.untrusted.notified().await;
+                d.handle_untrusted().await;
+            }
+        });
     }
     // Hand memory freed by bursts (image unpacking, many task starts) back to the system.
     tokio::spawn(async {
@@ -78,7 +85,7 @@ pub async fn run_daemon(opts: DaemonOpts) -> Result<()> {
 
 pub struct Client {
     local: LocalClient<Channel>,
-    control: ControlClient<Channel>,
+    pub(crate) control: ControlClient<Channel>,
 }
 
 pub(crate) fn status_err(s: tonic::Status) -> anyhow::Error {
@@ -147,6 +154,8 @@ fn node_json(v: &NodeView) -> serde_json::Value {
         "Certificate": {
             "Serial": c.serial,
             "NotAfter": fmt_time(c.not_after_unix),
+            "RootDigest": c.root_digest,
+            "RenewalError": c.renewal_error,
             "Previous": c.previous.iter().map(|p| json!({"Serial": p.serial, "NotAfter": fmt_time(p.not_after_unix)})).collect::<Vec<_>>(),
         },
     });
@@ -607,6 +616,9 @@ impl Client {
                     c.serial,
                     fmt_time(c.not_after_unix)
                 );
+                if !c.renewal_error.is_empty() {
+                    println!(" Renewal Error:\t{}", c.renewal_error);
+                }
                 println!();
             }
             return Ok(());

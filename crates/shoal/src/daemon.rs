@@ -45,10 +45,9 @@ pub struct DaemonOpts {
 struct Active {
     state: NodeState,
     worker: Worker,
-    /// The current certificate (renewal replaces it).
-    cert: Arc<std::sync::Mutex<Vec<u8>>>,
+    /// The node's key, certificate and roots (renewal and root rotation replace them).
+    creds: Arc<crate::renewal::Creds>,
     renewal: Arc<std::sync::Mutex<crate::renewal::RenewalInfo>>,
-    root_der: Vec<u8>,
     manager: Option<Manager>,
     store: Option<Store>,
     agent_cancel: CancellationToken,
@@ -68,10 +67,40 @@ pub struct Daemon {
     pub removed: Arc<tokio::sync::Notify>,
     /// Shown by `info` after the node was removed, until it joins again.
     note: Mutex<Option<String>>,
-    /// A membership whose certificate expired while the node was off, kept for
-    /// `shoal join --rejoin`: (state, key, certificate).
-    expired: Mutex<Option<(NodeState, String, Vec<u8>)>>,
+    /// A membership whose certificate can no longer be used (it expired while the node
+    /// was off, or its root was rotated away), kept for `shoal join --rejoin`.
+    expired: Mutex<Option<Stale>>,
+    /// Notified when the managers' certificates stop verifying against our roots.
+    pub untrusted: Arc<tokio::sync::Notify>,
 }
+
+/// An identity kept only to rejoin with.
+#[derive(Clone)]
+struct Stale {
+    state: NodeState,
+    key_pem: String,
+    cert_der: Vec<u8>,
+    /// What happened, for `info` and `join`.
+    why: String,
+}
+
+impl Stale {
+    fn advice(&self) -> String {
+        format!(
+            "{}: rejoin with 'shoal join --token <worker token> --rejoin {}' to keep node ID {}",
+            self.why,
+            self.state
+                .managers
+                .first()
+                .map(String::as_str)
+                .unwrap_or("<manager>"),
+            self.state.node_id
+        )
+    }
+}
+
+const EXPIRED_WHY: &str = "this node's certificate expired while it was off";
+const UNTRUSTED_WHY: &str = "the managers' certificates no longer chain to a root this node trusts (the cluster's root CA was rotated while this node was away)";
 
 /// An error the local API returns as-is to the CLI.
 #[derive(Debug)]
@@ -89,13 +118,15 @@ fn user(code: tonic::Code, msg: impl Into<String>) -> anyhow::Error {
 }
 
 pub(crate) fn client_tls(
-    root_der: &[u8],
+    root_ders: &[Vec<u8>],
     cert_der: &[u8],
     key_pem: &str,
 ) -> Result<Arc<rustls::ClientConfig>> {
     let key = NodeKey::from_pem(key_pem)?;
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls::pki_types::CertificateDer::from(root_der.to_vec()))?;
+    for r in root_ders {
+        roots.add(rustls::pki_types::CertificateDer::from(r.clone()))?;
+    }
     let chain = [cert_der.to_vec()];
     Ok(Arc::new(shoal_pki::client_config(
         Arc::new(roots),
@@ -126,6 +157,7 @@ impl Daemon {
             removed: Arc::new(tokio::sync::Notify::new()),
             note: Mutex::new(None),
             expired: Mutex::new(None),
+            untrusted: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
@@ -154,7 +186,12 @@ impl Daemon {
                     "this node's certificate expired (at unix {at}) while it was off: rejoin with 'shoal join --token <worker token> --rejoin {}' to keep the node ID",
                     loaded.state.managers.first().map(String::as_str).unwrap_or("<manager>")
                 );
-                *self.expired.lock().await = Some((loaded.state, loaded.key_pem, loaded.cert_der));
+                *self.expired.lock().await = Some(Stale {
+                    state: loaded.state,
+                    key_pem: loaded.key_pem,
+                    cert_der: loaded.cert_der,
+                    why: EXPIRED_WHY.into(),
+                });
                 return Ok(());
             }
         }
@@ -203,7 +240,7 @@ impl Daemon {
             state,
             key_pem,
             cert_der,
-            root_der,
+            roots,
         } = loaded;
         let mut manager = None;
         if let Some(store) = &store {
@@ -217,37 +254,74 @@ impl Daemon {
                 listen_addr: self.opts.listen_addr,
                 local_node_id: state.node_id.clone(),
                 cluster_id: ClusterId::parse(&state.cluster_id)?,
-                cert_chain: vec![cert_der.clone(), root_der.clone()],
+                cert_der: cert_der.clone(),
                 key_pkcs8: key.pkcs8_der(),
             })
             .await?;
             manager = Some(m);
         }
-        let mut channel_tx = None;
         let target = state.managers.first().cloned().unwrap_or_default();
-        let session = (|| -> Result<Session> {
-            let tls = client_tls(&root_der, &cert_der, &key_pem)?;
+        let creds = (|| -> Result<crate::renewal::Creds> {
+            let tls = client_tls(&roots, &cert_der, &key_pem)?;
             if target.is_empty() {
                 bail!("no manager address is known for this node");
             }
-            let (tx, channels) = tokio::sync::watch::channel(lazy_channel(&target, tls)?);
-            channel_tx = Some(tx);
-            Ok(Session {
+            let (channels, _) = tokio::sync::watch::channel(lazy_channel(&target, tls)?);
+            Ok(crate::renewal::Creds {
+                dir: self.dir.clone(),
+                cluster_id: ClusterId::parse(&state.cluster_id)?,
+                target: target.clone(),
+                current: std::sync::Mutex::new(crate::renewal::Current {
+                    key_pem: key_pem.clone(),
+                    cert_der: cert_der.clone(),
+                    roots: roots.clone(),
+                }),
                 channels,
-                description: describe(&self.opts.labels),
-                advertise_addr: state.advertise_addr.clone(),
-                period: DEFAULT_HEARTBEAT,
-                removed: Some(self.removed.clone()),
+                manager: manager.as_ref().map(|m| m.identity_handle()),
             })
         })();
-        let session = match session {
-            Ok(s) => s,
+        let creds = match creds {
+            Ok(c) => Arc::new(c),
             Err(e) => {
                 if let Some(m) = manager {
                     m.shutdown().await;
                 }
                 return Err(e);
             }
+        };
+        let renewal = Arc::new(std::sync::Mutex::new(crate::renewal::RenewalInfo::default()));
+        let renew_now = Arc::new(tokio::sync::Notify::new());
+        let on_beat = {
+            let creds = creds.clone();
+            let renew_now = renew_now.clone();
+            Arc::new(move |resp: &shoal_proto::dispatcher::HeartbeatResponse| {
+                if let Err(e) = creds.adopt_roots(&resp.roots_der) {
+                    tracing::warn!(error = %format!("{e:#}"), "not adopting the roots the managers sent");
+                }
+                if resp.renew_certificate {
+                    renew_now.notify_one();
+                }
+            })
+        };
+        let renewal_error = {
+            let renewal = renewal.clone();
+            Arc::new(move || {
+                renewal
+                    .lock()
+                    .ok()
+                    .and_then(|r| r.last_error.clone())
+                    .unwrap_or_default()
+            })
+        };
+        let session = Session {
+            channels: creds.channels.subscribe(),
+            description: describe(&self.opts.labels),
+            advertise_addr: state.advertise_addr.clone(),
+            period: DEFAULT_HEARTBEAT,
+            removed: Some(self.removed.clone()),
+            untrusted: (state.role != "manager").then(|| self.untrusted.clone()),
+            renewal_error: Some(renewal_error),
+            on_beat: Some(on_beat),
         };
         let agent_cancel = CancellationToken::new();
         let status = shoal_agent::reporter::start(session.channels.clone(), agent_cancel.clone());
@@ -264,28 +338,18 @@ impl Daemon {
             agent_cancel.clone(),
         ));
         tokio::spawn(session.run(agent_cancel.clone()));
-        let cert = Arc::new(std::sync::Mutex::new(cert_der));
-        let renewal = Arc::new(std::sync::Mutex::new(crate::renewal::RenewalInfo::default()));
-        if let Some(channels) = channel_tx {
-            let renewer = crate::renewal::Renewer {
-                dir: self.dir.clone(),
-                node_id: state.node_id.clone(),
-                cluster_id: state.cluster_id.clone(),
-                root_der: root_der.clone(),
-                target,
-                cert: cert.clone(),
-                info: renewal.clone(),
-                channels,
-                manager: manager.as_ref().map(|m| m.identity_handle()),
-            };
-            tokio::spawn(renewer.run(agent_cancel.clone()));
-        }
+        let renewer = crate::renewal::Renewer {
+            creds: creds.clone(),
+            node_id: state.node_id.clone(),
+            info: renewal.clone(),
+            renew_now,
+        };
+        tokio::spawn(renewer.run(agent_cancel.clone()));
         Ok(Active {
             state,
             worker,
-            cert,
+            creds,
             renewal,
-            root_der,
             manager,
             store,
             agent_cancel,
@@ -397,13 +461,17 @@ impl Daemon {
                 advertise_addr: advertise.clone(),
             };
             let key_pem = res.node_key.to_pem();
-            self.dir
-                .save(&state, &key_pem, &res.node_cert.cert_der, &res.root_der)?;
+            self.dir.save(
+                &state,
+                &key_pem,
+                &res.node_cert.cert_der,
+                std::slice::from_ref(&res.root_der),
+            )?;
             let loaded = Loaded {
                 state,
                 key_pem,
                 cert_der: res.node_cert.cert_der,
-                root_der: res.root_der,
+                roots: vec![res.root_der],
             };
             self.start(loaded, Some(store.clone())).await
         }
@@ -438,13 +506,7 @@ impl Daemon {
                 tonic::Code::FailedPrecondition,
                 "nothing to rejoin with: this node has no expired identity; join without --rejoin"
             )),
-            (Some((s, _, _)), false) => bail!(user(
-                tonic::Code::FailedPrecondition,
-                format!(
-                    "this node's certificate expired while it was off: rejoin with 'shoal join --token <worker token> --rejoin {}' to keep its node ID",
-                    s.managers.first().map(String::as_str).unwrap_or("<manager>")
-                )
-            )),
+            (Some(s), false) => bail!(user(tonic::Code::FailedPrecondition, s.advice())),
             (None, false) => self.refuse_if_active(&guard).await?,
         }
         let token = JoinToken::parse(&req.token)
@@ -498,14 +560,17 @@ impl Daemon {
         // 2. Ask for a certificate for our own key (for a rejoin: the old key, which
         //    proves we are the node the expired certificate names).
         let key = match &rejoin {
-            Some((_, key_pem, _)) => NodeKey::from_pem(key_pem)?,
+            Some(s) => NodeKey::from_pem(&s.key_pem)?,
             None => NodeKey::generate()?,
         };
         let mut issue_req = tonic::Request::new(IssueNodeCertificateRequest {
             csr_der: key.csr_der()?,
             token: token.to_string(),
             advertise_addr: advertise.clone(),
-            rejoin_cert_der: rejoin.as_ref().map(|r| r.2.clone()).unwrap_or_default(),
+            rejoin_cert_der: rejoin
+                .as_ref()
+                .map(|r| r.cert_der.clone())
+                .unwrap_or_default(),
         });
         issue_req.set_timeout(JOIN_CALL_TIMEOUT);
         let issued = ca
@@ -515,28 +580,40 @@ impl Daemon {
             .into_inner();
         let cluster_id = ClusterId::parse(&issued.cluster_id)?;
         let trust = ClusterTrust::new(cluster_id.clone(), std::slice::from_ref(&root_der))?;
+        let intermediates: Vec<rustls::pki_types::CertificateDer<'_>> = issued
+            .intermediates_der
+            .iter()
+            .map(|c| rustls::pki_types::CertificateDer::from(c.as_slice()))
+            .collect();
         let identity = trust
-            .verify(&issued.cert_der, &[], SystemTime::now())
+            .verify(&issued.cert_der, &intermediates, SystemTime::now())
             .context("the manager issued a certificate we cannot use")?;
+        // Trust what the cluster trusts now (both roots during a rotation), as long as
+        // the pinned root is one of them.
+        let roots = if issued.roots_der.contains(&root_der) {
+            issued.roots_der.clone()
+        } else {
+            vec![root_der.clone()]
+        };
         if identity.role() != Role::Worker {
             bail!(
                 "the manager issued a {} certificate for a worker join",
                 identity.role()
             );
         }
-        if let Some((s, _, _)) = &rejoin {
-            if identity.node_id().as_str() != s.node_id {
+        if let Some(s) = &rejoin {
+            if identity.node_id().as_str() != s.state.node_id {
                 bail!(
                     "the manager issued a certificate for node {} instead of {}",
                     identity.node_id(),
-                    s.node_id
+                    s.state.node_id
                 );
             }
         }
 
         // 3. Confirm the manager accepts the certificate with a real call before keeping it.
         let key_pem = key.to_pem();
-        let tls = client_tls(&root_der, &issued.cert_der, &key_pem)?;
+        let tls = client_tls(&roots, &issued.cert_der, &key_pem)?;
         let mtls = channel(&remote, tls).await.map_err(|e| {
             user(
                 tonic::Code::Unavailable,
@@ -569,8 +646,7 @@ impl Daemon {
             managers,
             advertise_addr: advertise,
         };
-        self.dir
-            .save(&state, &key_pem, &issued.cert_der, &root_der)?;
+        self.dir.save(&state, &key_pem, &issued.cert_der, &roots)?;
         *self.expired.lock().await = None;
         let started = self
             .start(
@@ -578,7 +654,7 @@ impl Daemon {
                     state,
                     key_pem,
                     cert_der: issued.cert_der,
-                    root_der,
+                    roots,
                 },
                 None,
             )
@@ -621,6 +697,26 @@ impl Daemon {
         tracing::warn!(
             "this node was removed from the cluster: containers stopped, cluster state forgotten"
         );
+    }
+
+    /// The managers' certificates no longer chain to our roots: the cluster's root was
+    /// rotated while this node was away. Stop the agent (containers keep running until
+    /// the node rejoins and learns which to keep) and keep the identity for `--rejoin`.
+    pub async fn handle_untrusted(&self) {
+        let mut guard = self.active.lock().await;
+        let Some(active) = guard.take() else {
+            return;
+        };
+        let c = active.creds.get();
+        let stale = Stale {
+            state: active.state.clone(),
+            key_pem: c.key_pem,
+            cert_der: c.cert_der,
+            why: UNTRUSTED_WHY.into(),
+        };
+        tracing::warn!("{}", stale.advice());
+        stop(active).await;
+        *self.expired.lock().await = Some(stale);
     }
 
     pub async fn leave(&self, force: bool) -> Result<()> {
@@ -666,22 +762,18 @@ impl Daemon {
                     ..Default::default()
                 };
             }
-            if let Some((st, _, cert)) = self.expired.lock().await.clone() {
-                let at = shoal_pki::CertSummary::parse(&cert)
+            if let Some(stale) = self.expired.lock().await.clone() {
+                let at = shoal_pki::CertSummary::parse(&stale.cert_der)
                     .ok()
                     .and_then(|c| c.not_after.duration_since(SystemTime::UNIX_EPOCH).ok())
                     .map(|d| d.as_secs() as i64)
                     .unwrap_or(0);
                 return InfoResponse {
                     state: "error".into(),
-                    node_id: st.node_id.clone(),
-                    cluster_id: st.cluster_id.clone(),
+                    node_id: stale.state.node_id.clone(),
+                    cluster_id: stale.state.cluster_id.clone(),
                     cert_not_after_unix: at,
-                    error: format!(
-                        "this node's certificate expired while it was off: rejoin with 'shoal join --token <worker token> --rejoin {}' to keep node ID {}",
-                        st.managers.first().map(String::as_str).unwrap_or("<manager>"),
-                        st.node_id
-                    ),
+                    error: stale.advice(),
                     ..Default::default()
                 };
             }
@@ -697,8 +789,8 @@ impl Daemon {
                 ..Default::default()
             };
         };
-        let cert_der = a.cert.lock().map(|c| c.clone()).unwrap_or_default();
-        let cert = shoal_pki::CertSummary::parse(&cert_der).ok();
+        let creds = a.creds.get();
+        let cert = shoal_pki::CertSummary::parse(&creds.cert_der).ok();
         let renewal = a.renewal.lock().map(|r| r.clone()).unwrap_or_default();
         InfoResponse {
             state: "active".into(),
@@ -711,7 +803,12 @@ impl Daemon {
                 .and_then(|c| c.not_after.duration_since(SystemTime::UNIX_EPOCH).ok())
                 .map(|d| d.as_secs() as i64)
                 .unwrap_or(0),
-            root_ca_digest: shoal_pki::cert_digest(&a.root_der),
+            root_ca_digest: creds
+                .roots
+                .iter()
+                .map(|r| shoal_pki::cert_digest(r))
+                .collect::<Vec<_>>()
+                .join(", "),
             node_addr: a.state.advertise_addr.clone(),
             cert_serial: cert.map(|c| c.serial).unwrap_or_default(),
             error: String::new(),

@@ -7,6 +7,7 @@
 use crate::statedir::StateDir;
 use anyhow::{bail, Context, Result};
 use rand::Rng;
+use rustls::pki_types::CertificateDer;
 use shoal_agent::connect::lazy_channel;
 use shoal_pki::{ClusterId, ClusterTrust, NodeKey};
 use shoal_proto::ca::ca_client::CaClient;
@@ -25,18 +26,70 @@ pub struct RenewalInfo {
     pub renewals: u64,
 }
 
-/// Everything the loop needs; shared with the daemon.
-pub struct Renewer {
+/// The node's key, certificate and trusted roots: what its connections to the managers
+/// present and trust. Renewal replaces the first two, a root rotation the roots.
+pub struct Creds {
     pub dir: StateDir,
-    pub node_id: String,
-    pub cluster_id: String,
-    pub root_der: Vec<u8>,
+    pub cluster_id: ClusterId,
     pub target: String,
-    /// The node's current certificate (shared with `info`).
-    pub cert: Arc<Mutex<Vec<u8>>>,
-    pub info: Arc<Mutex<RenewalInfo>>,
+    pub current: Mutex<Current>,
     pub channels: watch::Sender<Channel>,
+    /// On a manager: what its listener serves.
     pub manager: Option<shoal_manager::server::IdentityHandle>,
+}
+
+#[derive(Clone)]
+pub struct Current {
+    pub key_pem: String,
+    pub cert_der: Vec<u8>,
+    pub roots: Vec<Vec<u8>>,
+}
+
+impl Creds {
+    pub fn get(&self) -> Current {
+        self.current
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    fn reconnect(&self, c: &Current) -> Result<()> {
+        let tls = crate::daemon::client_tls(&c.roots, &c.cert_der, &c.key_pem)?;
+        let _ = self.channels.send(lazy_channel(&self.target, tls)?);
+        Ok(())
+    }
+
+    /// Adopts the roots the managers say the cluster trusts, if they differ from ours
+    /// and our own certificate chains to them (so adopting them never locks us out).
+    pub fn adopt_roots(&self, roots: &[Vec<u8>]) -> Result<bool> {
+        let mut c = self.get();
+        if roots.is_empty() || c.roots == roots {
+            return Ok(false);
+        }
+        ClusterTrust::new(self.cluster_id.clone(), roots)?
+            .verify(&c.cert_der, &[], SystemTime::now())
+            .context("this node's certificate does not chain to the roots the managers sent")?;
+        self.dir.save_roots(roots)?;
+        c.roots = roots.to_vec();
+        self.reconnect(&c)?;
+        if let Ok(mut cur) = self.current.lock() {
+            cur.roots = c.roots.clone();
+        }
+        tracing::info!(
+            roots = roots.len(),
+            "now trusting the cluster's current root CAs"
+        );
+        Ok(true)
+    }
+}
+
+/// Renews the node's certificate when it is due, or at once when the managers ask (a
+/// root rotation).
+pub struct Renewer {
+    pub creds: Arc<Creds>,
+    pub node_id: String,
+    pub info: Arc<Mutex<RenewalInfo>>,
+    pub renew_now: Arc<tokio::sync::Notify>,
 }
 
 /// When to renew a certificate valid from `not_before` (backdated) to `not_after`.
@@ -46,11 +99,11 @@ pub fn renew_at(not_before: SystemTime, not_after: SystemTime, fraction: f64) ->
     issued + life.mul_f64(fraction.clamp(0.5, 0.8))
 }
 
-impl Renewer {
-    fn current(&self) -> Vec<u8> {
-        self.cert.lock().map(|c| c.clone()).unwrap_or_default()
-    }
+/// A request to renew at once that comes this soon after a renewal is a stale echo of
+/// the state before it.
+const RENEW_NOW_QUIET: Duration = Duration::from_secs(5);
 
+impl Renewer {
     fn set_info(&self, f: impl FnOnce(&mut RenewalInfo)) {
         if let Ok(mut i) = self.info.lock() {
             f(&mut i);
@@ -60,7 +113,7 @@ impl Renewer {
     /// One renewal: new key, CSR, the CA's answer, then swap everything over.
     async fn renew_once(&self) -> Result<()> {
         let key = NodeKey::generate()?;
-        let channel = self.channels.borrow().clone();
+        let channel = self.creds.channels.borrow().clone();
         let mut req = tonic::Request::new(RenewNodeCertificateRequest {
             csr_der: key.csr_der()?,
         });
@@ -70,12 +123,14 @@ impl Renewer {
             .await
             .map_err(|s| anyhow::anyhow!("the manager refused to renew: {}", s.message()))?
             .into_inner();
-        let trust = ClusterTrust::new(
-            ClusterId::parse(&self.cluster_id)?,
-            std::slice::from_ref(&self.root_der),
-        )?;
-        let id = trust
-            .verify(&resp.cert_der, &[], SystemTime::now())
+        let cur = self.creds.get();
+        let intermediates: Vec<CertificateDer<'_>> = resp
+            .intermediates_der
+            .iter()
+            .map(|c| CertificateDer::from(c.as_slice()))
+            .collect();
+        let id = ClusterTrust::new(self.creds.cluster_id.clone(), &cur.roots)?
+            .verify(&resp.cert_der, &intermediates, SystemTime::now())
             .context("the renewed certificate does not verify")?;
         if id.node_id().as_str() != self.node_id {
             bail!(
@@ -84,18 +139,33 @@ impl Renewer {
                 self.node_id
             );
         }
+        // The roots to trust from now on: the cluster's, if our new certificate chains
+        // to them directly (during a rotation they include the new root).
+        let roots = if !resp.roots_der.is_empty()
+            && ClusterTrust::new(self.creds.cluster_id.clone(), &resp.roots_der)?
+                .verify(&resp.cert_der, &[], SystemTime::now())
+                .is_ok()
+        {
+            resp.roots_der.clone()
+        } else {
+            cur.roots.clone()
+        };
         let key_pem = key.to_pem();
-        self.dir.save_identity(&key_pem, &resp.cert_der)?;
-        let tls = crate::daemon::client_tls(&self.root_der, &resp.cert_der, &key_pem)?;
-        let _ = self.channels.send(lazy_channel(&self.target, tls)?);
-        if let Some(m) = &self.manager {
-            m.set(
-                &[resp.cert_der.clone(), self.root_der.clone()],
-                &key.pkcs8_der(),
-            )?;
+        self.creds.dir.save_identity(&key_pem, &resp.cert_der)?;
+        if roots != cur.roots {
+            self.creds.dir.save_roots(&roots)?;
         }
-        if let Ok(mut c) = self.cert.lock() {
-            *c = resp.cert_der;
+        let next = Current {
+            key_pem,
+            cert_der: resp.cert_der.clone(),
+            roots,
+        };
+        self.creds.reconnect(&next)?;
+        if let Some(m) = &self.creds.manager {
+            m.set(&resp.cert_der, &key.pkcs8_der())?;
+        }
+        if let Ok(mut c) = self.creds.current.lock() {
+            *c = next;
         }
         tracing::info!(serial = %id.serial(), "certificate renewed");
         Ok(())
@@ -103,8 +173,9 @@ impl Renewer {
 
     pub async fn run(self, cancel: CancellationToken) {
         let mut failures = 0u32;
+        let mut last_renewal: Option<std::time::Instant> = None;
         loop {
-            let cert = self.current();
+            let cert = self.creds.get().cert_der;
             let wait = match shoal_pki::CertSummary::parse(&cert) {
                 Ok(c) => {
                     let fraction = rand::rng().random_range(0.5..0.8);
@@ -119,14 +190,24 @@ impl Renewer {
                     Duration::from_secs(300)
                 }
             };
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(wait) => {}
+            let deadline = tokio::time::Instant::now() + wait;
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep_until(deadline) => break,
+                    _ = self.renew_now.notified() => {
+                        if last_renewal.is_none_or(|t| t.elapsed() > RENEW_NOW_QUIET) {
+                            tracing::info!("the managers asked for a renewal now (root CA rotation)");
+                            break;
+                        }
+                    }
+                }
             }
             loop {
                 match self.renew_once().await {
                     Ok(()) => {
                         failures = 0;
+                        last_renewal = Some(std::time::Instant::now());
                         self.set_info(|i| {
                             i.last_error = None;
                             i.renewals += 1;

@@ -317,6 +317,23 @@ impl Control for LocalControl {
         let c = self.0.control().await?;
         Ok(Response::new(c.cluster_info()?))
     }
+    async fn get_ca(
+        &self,
+        _req: Request<shoal_proto::control::GetCaRequest>,
+    ) -> Result<Response<shoal_proto::control::CaStatus>, Status> {
+        let c = self.0.control().await?;
+        Ok(Response::new(c.ca_status()?))
+    }
+    async fn rotate_ca(
+        &self,
+        req: Request<shoal_proto::control::RotateCaRequest>,
+    ) -> Result<Response<shoal_proto::control::CaStatus>, Status> {
+        let c = self.0.control().await?;
+        let r = req.into_inner();
+        Ok(Response::new(
+            c.rotate_ca(r.force, &r.cert_pem, &r.key_pem).await?,
+        ))
+    }
 }
 
 /// Binds the socket, refusing if another daemon answers on it.

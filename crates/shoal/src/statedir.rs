@@ -4,7 +4,7 @@
 //! state.json        node ID, cluster ID, role, managers, advertise address
 //! certs/node.key    the node's private key (0600)
 //! certs/node.crt    its certificate
-//! certs/ca.crt      the cluster's root CA certificate
+//! certs/ca.crt      the cluster's root CA certificates (two during a root rotation)
 //! raft/             the replicated store (managers only)
 //! ```
 
@@ -26,7 +26,8 @@ pub struct Loaded {
     pub state: NodeState,
     pub key_pem: String,
     pub cert_der: Vec<u8>,
-    pub root_der: Vec<u8>,
+    /// The roots this node trusts.
+    pub roots: Vec<Vec<u8>>,
 }
 
 #[derive(Clone)]
@@ -80,12 +81,17 @@ impl StateDir {
         };
         let key_pem = read_pem(self.key_file())?;
         let cert_der = first_cert(&read_pem(self.cert_file())?, &self.cert_file())?;
-        let root_der = first_cert(&read_pem(self.ca_file())?, &self.ca_file())?;
+        let roots = shoal_pki::pem_certs(&read_pem(self.ca_file())?).with_context(|| {
+            format!(
+                "{} is damaged; restore it from a backup, or run 'shoal leave --force' and join again",
+                self.ca_file().display()
+            )
+        })?;
         Ok(Some(Loaded {
             state,
             key_pem,
             cert_der,
-            root_der,
+            roots,
         }))
     }
 
@@ -96,14 +102,24 @@ impl StateDir {
         state: &NodeState,
         key_pem: &str,
         cert_der: &[u8],
-        root_der: &[u8],
+        roots: &[Vec<u8>],
     ) -> Result<()> {
         std::fs::create_dir_all(self.certs())
             .with_context(|| format!("cannot create {}", self.certs().display()))?;
         shoal_pki::write_private(&self.key_file(), key_pem.as_bytes())?;
         shoal_pki::write_private(&self.cert_file(), shoal_pki::cert_pem(cert_der).as_bytes())?;
-        shoal_pki::write_private(&self.ca_file(), shoal_pki::cert_pem(root_der).as_bytes())?;
+        self.save_roots(roots)?;
         self.save_state(state)
+    }
+
+    /// Replaces the trusted roots (a root rotation), atomically.
+    pub fn save_roots(&self, roots: &[Vec<u8>]) -> Result<()> {
+        let pem: String = roots.iter().map(|r| shoal_pki::cert_pem(r)).collect();
+        let tmp = self.certs().join("ca.crt.new");
+        shoal_pki::write_private(&tmp, pem.as_bytes())?;
+        std::fs::rename(&tmp, self.ca_file())
+            .with_context(|| format!("cannot replace {}", self.ca_file().display()))?;
+        Ok(())
     }
 
     /// Replaces the node's key and certificate (a renewal): the key first, so a crash in

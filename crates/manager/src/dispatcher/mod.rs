@@ -49,14 +49,16 @@ pub struct Dispatcher {
     last_seen: Arc<Mutex<HashMap<String, Instant>>>,
     status: status::StatusWriter,
     pub logs: Arc<logs::LogBroker>,
+    ca: crate::rootca::CaHandle,
     cancel: CancellationToken,
 }
 
 const ANY_NODE: &[Role] = &[Role::Manager, Role::Worker];
 
 impl Dispatcher {
-    pub fn new(store: Store, cancel: CancellationToken) -> Self {
+    pub fn new(store: Store, ca: crate::rootca::CaHandle, cancel: CancellationToken) -> Self {
         Dispatcher {
+            ca,
             status: status::StatusWriter::start(store.clone(), cancel.clone()),
             store,
             last_seen: Arc::new(Mutex::new(HashMap::new())),
@@ -237,6 +239,7 @@ impl DispatcherRpc for Dispatcher {
             req.advertise_addr
         };
         let desc = req.description;
+        let renewal_error = req.cert_renewal_error;
         let updated = self
             .update_node(&node_id, |node| {
                 let mut changed = false;
@@ -253,18 +256,33 @@ impl DispatcherRpc for Dispatcher {
                     node.addr = addr.clone();
                     changed = true;
                 }
+                let c = node.certificate.get_or_insert_with(Default::default);
+                if c.renewal_error != renewal_error {
+                    c.renewal_error = renewal_error.clone();
+                    changed = true;
+                }
+                if c.confirmed_serial != id.serial() {
+                    c.confirmed_serial = id.serial().to_string();
+                    c.confirmed_key_digest = id.key_digest().to_string();
+                    changed = true;
+                }
                 changed
             })
             .await
             .map_err(store_status)?;
-        if updated.is_none() {
+        let Some(node) = updated else {
             return Err(Status::not_found(format!(
                 "node {node_id} is not a member of this cluster (it may have been removed): join again with a token"
             )));
-        }
+        };
+        let cluster = crate::bootstrap::load_cluster(&self.store)
+            .map_err(store_status)?
+            .value;
         Ok(Response::new(HeartbeatResponse {
             period_ms: heartbeat_period(&self.store).as_millis() as u64,
             managers: manager_addrs(&self.store)?,
+            roots_der: self.ca.get().roots.clone(),
+            renew_certificate: crate::rootca::needs_rotation(&cluster, &node),
         }))
     }
 }

@@ -1,0 +1,388 @@
+//! The cluster's root CA as the managers use it, and its rotation.
+//!
+//! A rotation stores a new root, cross-signed by the current one, beside it. From that
+//! moment every manager trusts both roots and signs new node certificates with the new
+//! key; a node that still trusts only the old root accepts them through the
+//! cross-signed certificate, which managers serve in their chain. Heartbeats tell each
+//! node whose certificate comes from the old root to renew. When every node that counts
+//! has a certificate from the new root, [`run`] makes it the only root and draws new join
+//! tokens (the old ones pin the old root). Nodes that are down do not count once the
+//! operator passes `--force`; they rejoin later with a token, proving their node ID with
+//! the key the store remembers for them.
+
+use crate::bootstrap::load_cluster;
+use crate::controlapi::{ControlApi, ControlError};
+use crate::time::unix_now;
+use shoal_pki::{ClusterId, ClusterTrust, JoinToken, PkiError, RootCa};
+use shoal_proto::control::{CaNodeProgress, CaStatus};
+use shoal_proto::objects::{
+    Cluster, JoinTokens, LimitedToken, Node, NodeState, RootCa as RootCaObject, RootRotation,
+};
+use shoal_store::{Batch, Expect, Object, Store, StoreError};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// The root CA material in force, derived from the cluster object.
+pub struct CaState {
+    pub cluster_id: ClusterId,
+    /// The root join tokens pin.
+    pub root: Arc<RootCa>,
+    /// The key new node certificates are signed with: the new root's during a rotation.
+    pub signer: Arc<RootCa>,
+    pub signer_digest: String,
+    /// Every root trusted now (two during a rotation).
+    pub roots: Vec<Vec<u8>>,
+    /// Between a certificate the signer issued and the current root: the cross-signed new
+    /// root during a rotation, else nothing.
+    pub intermediates: Vec<Vec<u8>>,
+    pub trust: ClusterTrust,
+    /// The digest of the root being rotated to.
+    pub rotating_to: Option<String>,
+}
+
+impl CaState {
+    pub fn from_cluster(c: &Cluster, cluster_id: &ClusterId) -> Result<Self, PkiError> {
+        let r = c.root_ca.clone().unwrap_or_default();
+        let root = Arc::new(RootCa::from_pem(&r.cert_pem, &r.key_pem)?);
+        let mut roots = vec![root.cert_der().to_vec()];
+        let (signer, intermediates, rotating_to) = match &c.root_rotation {
+            Some(rot) => {
+                let new = Arc::new(RootCa::from_pem(&rot.cert_pem, &rot.key_pem)?);
+                roots.push(new.cert_der().to_vec());
+                let cross = shoal_pki::pem_certs(&rot.cross_signed_pem)?;
+                (new, cross, Some(rot.digest.clone()))
+            }
+            None => (root.clone(), vec![], None),
+        };
+        Ok(CaState {
+            cluster_id: cluster_id.clone(),
+            trust: ClusterTrust::new(cluster_id.clone(), &roots)?,
+            signer_digest: signer.digest(),
+            root,
+            signer,
+            roots,
+            intermediates,
+            rotating_to,
+        })
+    }
+
+    /// What a manager's listener serves: its certificate, the cross-signed new root
+    /// during a rotation, and the current root (which joining nodes pin by digest).
+    pub fn server_chain(&self, leaf: &[u8]) -> Vec<Vec<u8>> {
+        let mut chain = vec![leaf.to_vec()];
+        chain.extend(self.intermediates.iter().cloned());
+        chain.push(self.root.cert_der().to_vec());
+        chain
+    }
+
+    fn same_as(&self, other: &CaState) -> bool {
+        self.roots == other.roots
+            && self.signer_digest == other.signer_digest
+            && self.intermediates == other.intermediates
+    }
+}
+
+/// The CA state every part of a manager reads; replaced when the cluster's root changes.
+#[derive(Clone)]
+pub struct CaHandle {
+    tx: Arc<watch::Sender<Arc<CaState>>>,
+}
+
+impl CaHandle {
+    pub fn new(state: CaState) -> Self {
+        CaHandle {
+            tx: Arc::new(watch::channel(Arc::new(state)).0),
+        }
+    }
+
+    pub fn get(&self) -> Arc<CaState> {
+        self.tx.borrow().clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<CaState>> {
+        self.tx.subscribe()
+    }
+
+    fn reload(&self, store: &Store) {
+        let cur = self.get();
+        let next = load_cluster(store)
+            .map_err(|e| e.to_string())
+            .and_then(|c| {
+                CaState::from_cluster(&c.value, &cur.cluster_id).map_err(|e| e.to_string())
+            });
+        match next {
+            Ok(next) if !next.same_as(&cur) => {
+                tracing::info!(
+                    roots = next.roots.len(),
+                    signer = %next.signer_digest,
+                    "the cluster's root CA changed"
+                );
+                self.tx.send_replace(Arc::new(next));
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "the root CA in the store is unusable"),
+        }
+    }
+
+    /// Keeps the state equal to the store's cluster object until cancelled.
+    pub async fn follow(self, store: Store, cancel: CancellationToken) {
+        let Ok(mut watch) = store.watch() else { return };
+        self.reload(&store);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                ev = watch.events.recv() => match ev {
+                    Ok(ev) => {
+                        if ev.changes.iter().any(|c| c.table() == Cluster::TABLE) {
+                            self.reload(&store);
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.reload(&store),
+                    Err(_) => return,
+                },
+            }
+        }
+    }
+}
+
+/// Whether a node still uses a certificate from a root other than the rotation's. Only
+/// a certificate the node was seen using counts: one issued that the node failed to
+/// store does not.
+pub fn needs_rotation(cluster: &Cluster, node: &Node) -> bool {
+    let Some(rot) = &cluster.root_rotation else {
+        return false;
+    };
+    let c = node.certificate.clone().unwrap_or_default();
+    !(c.root_digest == rot.digest && !c.serial.is_empty() && c.confirmed_serial == c.serial)
+}
+
+fn state_name(n: &Node) -> String {
+    NodeState::try_from(n.state)
+        .map(|s| {
+            s.as_str_name()
+                .trim_start_matches("NODE_STATE_")
+                .to_lowercase()
+        })
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Progress of a rotation: (converged, counted, every node with its state). Nodes that are
+/// down are not counted when the rotation is forced.
+fn progress(cluster: &Cluster, nodes: &[Node]) -> (u32, u32, Vec<CaNodeProgress>) {
+    let force = cluster.root_rotation.as_ref().is_some_and(|r| r.force);
+    let (mut done, mut total) = (0, 0);
+    let mut out = Vec::new();
+    for n in nodes {
+        let converged = !needs_rotation(cluster, n);
+        let down = n.state == NodeState::Down as i32;
+        if !(force && down) {
+            total += 1;
+            if converged {
+                done += 1;
+            }
+        }
+        out.push(CaNodeProgress {
+            node_id: n.id.clone(),
+            hostname: n
+                .description
+                .as_ref()
+                .map(|d| d.hostname.clone())
+                .unwrap_or_default(),
+            state: state_name(n),
+            converged,
+        });
+    }
+    (done, total, out)
+}
+
+/// Finishes a rotation whose counted nodes all converged: the new root becomes the only
+/// one, join tokens are drawn anew and limited tokens (which pin the old root) are
+/// dropped. Returns whether it finished.
+async fn finish_if_done(store: &Store) -> Result<bool, StoreError> {
+    let cur = load_cluster(store)?;
+    let Some(rot) = cur.value.root_rotation.clone() else {
+        return Ok(false);
+    };
+    let nodes: Vec<Node> = store.list::<Node>()?.into_iter().map(|n| n.value).collect();
+    let (done, total, list) = progress(&cur.value, &nodes);
+    if done < total {
+        return Ok(false);
+    }
+    let mut c = cur.value.clone();
+    c.root_ca = Some(RootCaObject {
+        cert_pem: rot.cert_pem.clone(),
+        key_pem: rot.key_pem.clone(),
+        digest: rot.digest.clone(),
+    });
+    c.join_tokens = Some(JoinTokens {
+        worker: JoinToken::generate(&rot.digest).to_string(),
+        manager: JoinToken::generate(&rot.digest).to_string(),
+    });
+    c.root_rotation = None;
+    c.last_rotation_unix = unix_now();
+    c.last_rotation_left_out = list
+        .iter()
+        .filter(|n| !n.converged)
+        .map(|n| n.node_id.clone())
+        .collect();
+    let mut b = Batch::default();
+    b.put(&c, Expect::Version(cur.version));
+    for t in store.list::<LimitedToken>()? {
+        b.delete::<LimitedToken>(&t.value.id, Expect::Version(t.version));
+    }
+    store.commit(b).await?;
+    tracing::info!(
+        root = %rot.digest,
+        left_out = ?c.last_rotation_left_out,
+        "root CA rotation finished: the old root is no longer trusted and the join tokens changed"
+    );
+    Ok(true)
+}
+
+/// Watches a running rotation and finishes it once every counted node converged.
+pub async fn run(store: Store, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match finish_if_done(&store).await {
+            Ok(_) | Err(StoreError::Conflict { .. }) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot finish the root CA rotation yet"),
+        }
+    }
+}
+
+fn root_summary(der: &[u8]) -> (String, i64) {
+    shoal_pki::CertSummary::parse(der)
+        .map(|c| {
+            let t = c
+                .not_after
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            (c.subject, t)
+        })
+        .unwrap_or_default()
+}
+
+impl ControlApi {
+    /// The root CA and the state of its rotation.
+    pub fn ca_status(&self) -> Result<CaStatus, ControlError> {
+        let c = load_cluster(self.store())?.value;
+        let root = c.root_ca.clone().unwrap_or_default();
+        let der = shoal_pki::pem_certs(&root.cert_pem)
+            .ok()
+            .and_then(|v| v.into_iter().next())
+            .unwrap_or_default();
+        let (subject, not_after) = root_summary(&der);
+        let nodes: Vec<Node> = self
+            .store()
+            .list::<Node>()?
+            .into_iter()
+            .map(|n| n.value)
+            .collect();
+        let mut s = CaStatus {
+            root_pem: root.cert_pem,
+            root_digest: root.digest,
+            root_subject: subject,
+            root_not_after_unix: not_after,
+            last_rotation_unix: c.last_rotation_unix,
+            last_rotation_left_out: c.last_rotation_left_out.clone(),
+            ..Default::default()
+        };
+        if let Some(rot) = &c.root_rotation {
+            let (converged, total, list) = progress(&c, &nodes);
+            s.rotating = true;
+            s.new_root_pem = rot.cert_pem.clone();
+            s.new_root_digest = rot.digest.clone();
+            s.rotation_started_at_unix = rot.started_at_unix;
+            s.force = rot.force;
+            s.converged = converged;
+            s.total = total;
+            s.nodes = list;
+        }
+        Ok(s)
+    }
+
+    /// Starts a root rotation to a new root (generated, or the operator's), or with
+    /// `force` lets the running one finish without the nodes that are down.
+    pub async fn rotate_ca(
+        &self,
+        force: bool,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> Result<CaStatus, ControlError> {
+        if cert_pem.is_empty() != key_pem.is_empty() {
+            return Err(ControlError::BadSpec(
+                "--ca-cert and --ca-key go together: give both, or neither to generate a new root"
+                    .into(),
+            ));
+        }
+        let supplied = if cert_pem.is_empty() {
+            None
+        } else {
+            Some(
+                RootCa::from_operator_pem(cert_pem, key_pem)
+                    .map_err(|e| ControlError::BadSpec(e.to_string()))?,
+            )
+        };
+        loop {
+            let cur = load_cluster(self.store())?;
+            let mut c = cur.value.clone();
+            if let Some(rot) = c.root_rotation.as_mut() {
+                if supplied.is_some() || !force {
+                    let s = self.ca_status()?;
+                    return Err(ControlError::Refused(format!(
+                        "a root CA rotation is already running ({}/{} nodes): wait for it ('shoal ca' shows its progress), or finish it without the nodes that are down with 'shoal ca --rotate --force'",
+                        s.converged, s.total
+                    )));
+                }
+                rot.force = true;
+            } else {
+                let r = c.root_ca.clone().unwrap_or_default();
+                let old = RootCa::from_pem(&r.cert_pem, &r.key_pem)
+                    .map_err(|e| ControlError::Refused(format!("the current root CA: {e}")))?;
+                let new = match &supplied {
+                    Some(s) => {
+                        if s.same_key(&old) {
+                            return Err(ControlError::BadSpec(
+                                "the supplied root uses the current root's key: a rotation needs a new key".into(),
+                            ));
+                        }
+                        RootCa::from_pem(&s.cert_pem(), &s.key_pem())
+                            .map_err(|e| ControlError::BadSpec(e.to_string()))?
+                    }
+                    None => RootCa::generate_named(
+                        crate::bootstrap::ROOT_CA_EXPIRY,
+                        &format!("shoal-ca {}", &shoal_pki::random_id()[..8]),
+                    )
+                    .map_err(|e| ControlError::Refused(e.to_string()))?,
+                };
+                let cross = old
+                    .cross_sign(&new)
+                    .map_err(|e| ControlError::BadSpec(e.to_string()))?;
+                c.root_rotation = Some(RootRotation {
+                    cert_pem: new.cert_pem(),
+                    key_pem: new.key_pem(),
+                    cross_signed_pem: shoal_pki::cert_pem(&cross),
+                    digest: new.digest(),
+                    started_at_unix: unix_now(),
+                    force,
+                });
+            }
+            let mut b = Batch::default();
+            b.put(&c, Expect::Version(cur.version));
+            match self.store().commit(b).await {
+                Ok(_) => break,
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        tracing::info!(force, "root CA rotation started or forced");
+        self.ca_status()
+    }
+}
