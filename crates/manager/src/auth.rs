@@ -16,6 +16,9 @@ pub struct PeerInfo {
     /// Revoked certificates, checked on every call (a revocation applies at once, also
     /// to connections already open).
     pub revoked: Option<std::sync::Arc<crate::revocation::RevocationSet>>,
+    /// The roots trusted now (a root rotation may have retired the one that signed the
+    /// connection's certificate).
+    pub ca: Option<crate::rootca::CaHandle>,
 }
 
 /// The verified identity of the caller, if its role is one of `allowed`.
@@ -33,6 +36,17 @@ pub fn authorize<T>(
             return Err(Status::permission_denied(format!(
                 "{call} refused: {reason} (certificate {} of node {})",
                 id.serial(),
+                id.node_id()
+            )));
+        }
+    }
+    if let (Some(id), Some(ca)) = (
+        peer.and_then(|p| p.identity.as_ref()),
+        peer.and_then(|p| p.ca.as_ref()),
+    ) {
+        if !ca.get().root_subjects.iter().any(|s| s == id.issuer()) {
+            return Err(Status::unauthenticated(format!(
+                "{call} refused: the certificate of node {} comes from a root CA this cluster no longer trusts (it was rotated); rejoin with 'shoal join --token <worker token> --rejoin <manager>'",
                 id.node_id()
             )));
         }

@@ -40,6 +40,10 @@ pub struct CaState {
     pub trust: ClusterTrust,
     /// The digest of the root being rotated to.
     pub rotating_to: Option<String>,
+    /// The subjects of `roots`: a certificate whose issuer is none of them comes from
+    /// a root no longer trusted (checked on every call, so connections made before a
+    /// rotation finished are refused too).
+    pub root_subjects: Vec<String>,
 }
 
 impl CaState {
@@ -56,7 +60,12 @@ impl CaState {
             }
             None => (root.clone(), vec![], None),
         };
+        let root_subjects = roots
+            .iter()
+            .map(|r| shoal_pki::root_subject(r))
+            .collect::<Result<_, _>>()?;
         Ok(CaState {
+            root_subjects,
             cluster_id: cluster_id.clone(),
             trust: ClusterTrust::new(cluster_id.clone(), &roots)?,
             signer_digest: signer.digest(),
@@ -88,6 +97,12 @@ impl CaState {
 #[derive(Clone)]
 pub struct CaHandle {
     tx: Arc<watch::Sender<Arc<CaState>>>,
+}
+
+impl std::fmt::Debug for CaHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CaHandle({})", self.get().signer_digest)
+    }
 }
 
 impl CaHandle {
@@ -384,5 +399,117 @@ impl ControlApi {
         }
         tracing::info!(force, "root CA rotation started or forced");
         self.ca_status()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{authorize, PeerInfo};
+    use shoal_pki::{NodeId, NodeKey, Role};
+
+    fn root_obj(r: &RootCa) -> RootCaObject {
+        RootCaObject {
+            cert_pem: r.cert_pem(),
+            key_pem: r.key_pem(),
+            digest: r.digest(),
+        }
+    }
+
+    fn call_with(id: &shoal_pki::NodeIdentity, ca: &CaState) -> Result<(), tonic::Status> {
+        let handle = CaHandle::new(CaState::from_cluster(&cluster_of(ca), &ca.cluster_id).unwrap());
+        let mut req = tonic::Request::new(());
+        req.extensions_mut().insert(PeerInfo {
+            remote_addr: None,
+            identity: Some(id.clone()),
+            revoked: None,
+            ca: Some(handle),
+        });
+        authorize(&req, "Heartbeat", &[Role::Worker]).map(|_| ())
+    }
+
+    fn cluster_of(ca: &CaState) -> Cluster {
+        Cluster {
+            id: ca.cluster_id.to_string(),
+            root_ca: Some(root_obj(&ca.root)),
+            root_rotation: (!Arc::ptr_eq(&ca.root, &ca.signer)).then(|| RootRotation {
+                cert_pem: ca.signer.cert_pem(),
+                key_pem: ca.signer.key_pem(),
+                cross_signed_pem: ca
+                    .intermediates
+                    .iter()
+                    .map(|c| shoal_pki::cert_pem(c))
+                    .collect(),
+                digest: ca.signer.digest(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_connection_from_a_retired_root_is_refused_on_its_next_call() {
+        let cluster_id = ClusterId::generate();
+        let old = RootCa::generate(Duration::from_secs(86400 * 400)).unwrap();
+        let new = RootCa::generate_named(Duration::from_secs(86400 * 400), "shoal-ca 2").unwrap();
+        let cross = old.cross_sign(&new).unwrap();
+        let key = NodeKey::generate().unwrap();
+        let leaf = old
+            .sign_node(
+                &key.csr_der().unwrap(),
+                &NodeId::generate(),
+                Role::Worker,
+                &cluster_id,
+                Duration::from_secs(3600),
+            )
+            .unwrap();
+        let before = CaState::from_cluster(
+            &Cluster {
+                id: cluster_id.to_string(),
+                root_ca: Some(root_obj(&old)),
+                ..Default::default()
+            },
+            &cluster_id,
+        )
+        .unwrap();
+        let id = before
+            .trust
+            .verify(&leaf.cert_der, &[], SystemTime::now())
+            .unwrap();
+        call_with(&id, &before).unwrap();
+
+        // During the rotation both roots are trusted: still fine.
+        let during = CaState::from_cluster(
+            &Cluster {
+                id: cluster_id.to_string(),
+                root_ca: Some(root_obj(&old)),
+                root_rotation: Some(RootRotation {
+                    cert_pem: new.cert_pem(),
+                    key_pem: new.key_pem(),
+                    cross_signed_pem: shoal_pki::cert_pem(&cross),
+                    digest: new.digest(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            &cluster_id,
+        )
+        .unwrap();
+        assert_eq!(during.roots.len(), 2);
+        call_with(&id, &during).unwrap();
+
+        // After it, the same connection's identity is refused with what to do.
+        let after = CaState::from_cluster(
+            &Cluster {
+                id: cluster_id.to_string(),
+                root_ca: Some(root_obj(&new)),
+                ..Default::default()
+            },
+            &cluster_id,
+        )
+        .unwrap();
+        let e = call_with(&id, &after).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        assert!(e.message().contains("no longer trusts"), "{}", e.message());
     }
 }

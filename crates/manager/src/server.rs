@@ -131,6 +131,7 @@ async fn accept_loop(
             continue;
         };
         let trust = ca.get().trust.clone();
+        let ca = ca.clone();
         let revoked = revoked.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
@@ -156,6 +157,7 @@ async fn accept_loop(
                     remote_addr: Some(remote),
                     identity,
                     revoked: Some(revoked),
+                    ca: Some(ca),
                 },
             };
             let _ = tx.send(Ok(conn)).await;

@@ -21,6 +21,7 @@ pub struct NodeIdentity {
     serial: String,
     not_after: SystemTime,
     key_digest: String,
+    issuer: String,
 }
 
 impl NodeIdentity {
@@ -43,6 +44,10 @@ impl NodeIdentity {
     /// SHA-256 (hex) of the certificate's public key.
     pub fn key_digest(&self) -> &str {
         &self.key_digest
+    }
+    /// The issuer's name, as [`root_subject`] writes a root's.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
     }
 }
 
@@ -191,7 +196,15 @@ fn parse_identity(der: &[u8]) -> Result<NodeIdentity, PkiError> {
         serial,
         not_after,
         key_digest: crate::ca::key_digest(cert.public_key().subject_public_key.data.as_ref()),
+        issuer: cert.issuer().to_string(),
     })
+}
+
+/// A root certificate's subject name, comparable with [`NodeIdentity::issuer`].
+pub fn root_subject(der: &[u8]) -> Result<String, PkiError> {
+    let (_, cert) = X509Certificate::from_der(der)
+        .map_err(|e| PkiError::BadCert(format!("cannot parse certificate: {e}")))?;
+    Ok(cert.subject().to_string())
 }
 
 /// What a node's own certificate on disk says, for display (`shoal info`). Not an

@@ -22,7 +22,7 @@ pub use ca::{
 };
 pub use error::PkiError;
 pub use id::{base36_encode, random_id, ClusterId, NodeId};
-pub use identity::{CertSummary, ClusterTrust, NodeIdentity};
+pub use identity::{root_subject, CertSummary, ClusterTrust, NodeIdentity};
 pub use keyfile::{read_private, write_private};
 pub use node_key::NodeKey;
 pub use role::Role;

@@ -307,3 +307,80 @@ fn key_digests_of_a_csr_and_its_certificate_agree() {
         cert_key_digest(&cert.cert_der).unwrap()
     );
 }
+
+/// A leaf signed by a root whose key the test holds, with names the test chooses.
+fn crafted_leaf(
+    root_cert: &rcgen::Certificate,
+    root_key: &rcgen::KeyPair,
+    cn: &str,
+    ou: &str,
+    o: &str,
+    dns: &[&str],
+) -> Vec<u8> {
+    use rcgen::{CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, Issuer};
+    let mut p =
+        CertificateParams::new(dns.iter().map(|d| d.to_string()).collect::<Vec<_>>()).unwrap();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    dn.push(DnType::OrganizationalUnitName, ou);
+    dn.push(DnType::OrganizationName, o);
+    p.distinguished_name = dn;
+    p.subject_alt_names.push(rcgen::SanType::URI(
+        format!("spiffe://{o}/node/{cn}").try_into().unwrap(),
+    ));
+    p.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let issuer = Issuer::from_ca_cert_der(root_cert.der(), root_key).unwrap();
+    p.signed_by(&key, &issuer).unwrap().der().to_vec()
+}
+
+#[test]
+fn a_forged_or_inconsistent_role_is_refused_even_under_a_trusted_root() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa};
+    let root_key = rcgen::KeyPair::generate().unwrap();
+    let mut rp = CertificateParams::new(Vec::<String>::new()).unwrap();
+    rp.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let root = rp.self_signed(&root_key).unwrap();
+    let cluster = ClusterId::generate();
+    let trust = ClusterTrust::new(cluster.clone(), &[root.der().to_vec()]).unwrap();
+    let node = NodeId::generate();
+    let (n, c) = (node.as_str(), cluster.as_str());
+    let now = SystemTime::now();
+    let check = |der: Vec<u8>| trust.verify(&der, &[], now).map_err(|e| e.to_string());
+
+    // Consistent names under the trusted root: accepted (the harness is sound).
+    let ok = check(crafted_leaf(
+        &root,
+        &root_key,
+        n,
+        "shoal-worker",
+        c,
+        &["shoal-worker", n],
+    ));
+    assert_eq!(ok.unwrap().role(), Role::Worker);
+    // OU says manager, SANs say worker.
+    let e = check(crafted_leaf(
+        &root,
+        &root_key,
+        n,
+        "shoal-manager",
+        c,
+        &["shoal-worker", n],
+    ))
+    .unwrap_err();
+    assert!(e.contains("does not match role"), "{e}");
+    // A role that does not exist.
+    let e = check(crafted_leaf(
+        &root,
+        &root_key,
+        n,
+        "shoal-admin",
+        c,
+        &["shoal-admin", n],
+    ))
+    .unwrap_err();
+    assert!(e.contains("unknown role OU"), "{e}");
+}
