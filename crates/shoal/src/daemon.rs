@@ -100,7 +100,7 @@ impl Stale {
 }
 
 const EXPIRED_WHY: &str = "this node's certificate expired while it was off";
-const UNTRUSTED_WHY: &str = "the managers' certificates no longer chain to a root this node trusts (the cluster's root CA was rotated while this node was away)";
+const UNTRUSTED_WHY: &str = "the managers' certificates no longer chain to a root this node trusts (the cluster's root CA was most likely rotated while this node was away)";
 
 /// An error the local API returns as-is to the CLI.
 #[derive(Debug)]
