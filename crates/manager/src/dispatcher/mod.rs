@@ -47,6 +47,7 @@ pub fn heartbeat_period(store: &Store) -> Duration {
 pub struct Dispatcher {
     store: Store,
     last_seen: Arc<Mutex<HashMap<String, Instant>>>,
+    renew_pacer: Arc<Mutex<Pacer>>,
     status: status::StatusWriter,
     pub logs: Arc<logs::LogBroker>,
     ca: crate::rootca::CaHandle,
@@ -55,6 +56,35 @@ pub struct Dispatcher {
 
 const ANY_NODE: &[Role] = &[Role::Manager, Role::Worker];
 
+/// Nodes told to renew per second during a root rotation, so a large cluster does not
+/// all renew in the same heartbeat period; the others are told on a later beat.
+pub const ROTATION_RENEWALS_PER_SEC: u32 = 100;
+
+/// A fixed one-second window counter.
+#[derive(Default)]
+struct Pacer {
+    window: Option<Instant>,
+    used: u32,
+}
+
+impl Pacer {
+    fn admit(&mut self, now: Instant) -> bool {
+        match self.window {
+            Some(w) if now.duration_since(w) < Duration::from_secs(1) => {}
+            _ => {
+                self.window = Some(now);
+                self.used = 0;
+            }
+        }
+        if self.used < ROTATION_RENEWALS_PER_SEC {
+            self.used += 1;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 impl Dispatcher {
     pub fn new(store: Store, ca: crate::rootca::CaHandle, cancel: CancellationToken) -> Self {
         Dispatcher {
@@ -62,6 +92,7 @@ impl Dispatcher {
             status: status::StatusWriter::start(store.clone(), cancel.clone()),
             store,
             last_seen: Arc::new(Mutex::new(HashMap::new())),
+            renew_pacer: Arc::new(Mutex::new(Pacer::default())),
             logs: Arc::new(logs::LogBroker::default()),
             cancel,
         }
@@ -282,7 +313,28 @@ impl DispatcherRpc for Dispatcher {
             period_ms: heartbeat_period(&self.store).as_millis() as u64,
             managers: manager_addrs(&self.store)?,
             roots_der: self.ca.get().roots.clone(),
-            renew_certificate: crate::rootca::needs_rotation(&cluster, &node),
+            renew_certificate: crate::rootca::needs_rotation(&cluster, &node)
+                && self
+                    .renew_pacer
+                    .lock()
+                    .is_ok_and(|mut p| p.admit(Instant::now())),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_renewals_are_paced_per_second() {
+        let mut p = Pacer::default();
+        let t0 = Instant::now();
+        let admitted = (0..ROTATION_RENEWALS_PER_SEC + 50)
+            .filter(|_| p.admit(t0))
+            .count();
+        assert_eq!(admitted, ROTATION_RENEWALS_PER_SEC as usize);
+        assert!(!p.admit(t0 + Duration::from_millis(999)));
+        assert!(p.admit(t0 + Duration::from_secs(1)), "a new second");
     }
 }
