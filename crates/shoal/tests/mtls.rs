@@ -144,8 +144,10 @@ fn every_rpc_needs_a_certificate_of_this_cluster_with_the_right_role() {
         assert!(msg.contains("needs a node certificate"), "{msg}");
     }
 
-    // Another CA with the same name, issuing this cluster's subject (a forged manager),
-    // and a certificate of that CA for another cluster: refused at the handshake.
+    // Another CA with the same name, issuing this cluster's subject with a forged
+    // manager OU, and a certificate of that CA for another cluster: refused at the
+    // handshake. (Names that contradict each other under the real root are refused
+    // too: see pki's `a_forged_or_inconsistent_role_is_refused_even_under_a_trusted_root`.)
     let other_ca = RootCa::generate(Duration::from_secs(86400)).unwrap();
     for id in [
         forged(&other_ca, &cluster_id, Role::Manager),
