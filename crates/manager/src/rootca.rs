@@ -368,6 +368,14 @@ impl ControlApi {
                                 "the supplied root uses the current root's key: a rotation needs a new key".into(),
                             ));
                         }
+                        let subject =
+                            |r: &RootCa| shoal_pki::root_subject(r.cert_der()).unwrap_or_default();
+                        if subject(s) == subject(&old) {
+                            return Err(ControlError::BadSpec(format!(
+                                "the supplied root has the same subject as the current root ({}): give the new root a name of its own, so certificates of the two roots are told apart",
+                                subject(&old)
+                            )));
+                        }
                         RootCa::from_pem(&s.cert_pem(), &s.key_pem())
                             .map_err(|e| ControlError::BadSpec(e.to_string()))?
                     }

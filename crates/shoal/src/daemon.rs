@@ -278,6 +278,7 @@ impl Daemon {
                 }),
                 channels,
                 manager: manager.as_ref().map(|m| m.identity_handle()),
+                wanted_root: std::sync::Mutex::new(None),
             })
         })();
         let creds = match creds {
@@ -298,7 +299,11 @@ impl Daemon {
                 if let Err(e) = creds.adopt_roots(&resp.roots_der) {
                     tracing::warn!(error = %format!("{e:#}"), "not adopting the roots the managers sent");
                 }
-                if resp.renew_certificate {
+                if let Ok(mut w) = creds.wanted_root.lock() {
+                    *w = (!resp.rotation_root_digest.is_empty())
+                        .then(|| resp.rotation_root_digest.clone());
+                }
+                if resp.renew_certificate && creds.rotation_pending() {
                     renew_now.notify_one();
                 }
             })

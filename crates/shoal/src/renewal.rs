@@ -36,6 +36,8 @@ pub struct Creds {
     pub channels: watch::Sender<Channel>,
     /// On a manager: what its listener serves.
     pub manager: Option<shoal_manager::server::IdentityHandle>,
+    /// The root the managers asked this node to renew onto (a rotation), if any.
+    pub wanted_root: Mutex<Option<String>>,
 }
 
 #[derive(Clone)]
@@ -57,6 +59,31 @@ impl Creds {
         let tls = crate::daemon::client_tls(&c.roots, &c.cert_der, &c.key_pem)?;
         let _ = self.channels.send(lazy_channel(&self.target, tls)?);
         Ok(())
+    }
+
+    /// Whether the current certificate was issued by the trusted root with this digest.
+    pub fn issued_by(&self, root_digest: &str) -> bool {
+        let c = self.get();
+        let Some(root) = c
+            .roots
+            .iter()
+            .find(|r| shoal_pki::cert_digest(r) == root_digest)
+        else {
+            return false;
+        };
+        match (
+            shoal_pki::CertSummary::parse(&c.cert_der),
+            shoal_pki::root_subject(root),
+        ) {
+            (Ok(cert), Ok(subject)) => cert.issuer == subject,
+            _ => false,
+        }
+    }
+
+    /// Whether the managers want a renewal this node has not done yet.
+    pub fn rotation_pending(&self) -> bool {
+        let wanted = self.wanted_root.lock().ok().and_then(|w| w.clone());
+        wanted.is_some_and(|d| !self.issued_by(&d))
     }
 
     /// Adopts the roots the managers say the cluster trusts, if they differ from ours
@@ -98,10 +125,6 @@ pub fn renew_at(not_before: SystemTime, not_after: SystemTime, fraction: f64) ->
     let life = not_after.duration_since(issued).unwrap_or_default();
     issued + life.mul_f64(fraction.clamp(0.5, 0.8))
 }
-
-/// A request to renew at once that comes this soon after a renewal is a stale echo of
-/// the state before it.
-const RENEW_NOW_QUIET: Duration = Duration::from_secs(5);
 
 impl Renewer {
     fn set_info(&self, f: impl FnOnce(&mut RenewalInfo)) {
@@ -173,7 +196,6 @@ impl Renewer {
 
     pub async fn run(self, cancel: CancellationToken) {
         let mut failures = 0u32;
-        let mut last_renewal: Option<std::time::Instant> = None;
         loop {
             let cert = self.creds.get().cert_der;
             let wait = match shoal_pki::CertSummary::parse(&cert) {
@@ -196,7 +218,8 @@ impl Renewer {
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::sleep_until(deadline) => break,
                     _ = self.renew_now.notified() => {
-                        if last_renewal.is_none_or(|t| t.elapsed() > RENEW_NOW_QUIET) {
+                        // A request that raced with a renewal just done is already met.
+                        if self.creds.rotation_pending() {
                             tracing::info!("the managers asked for a renewal now (root CA rotation)");
                             break;
                         }
@@ -207,7 +230,6 @@ impl Renewer {
                 match self.renew_once().await {
                     Ok(()) => {
                         failures = 0;
-                        last_renewal = Some(std::time::Instant::now());
                         self.set_info(|i| {
                             i.last_error = None;
                             i.renewals += 1;

@@ -179,6 +179,28 @@ fn an_operator_root_and_a_renewal_failure_the_managers_can_see() {
         out.stderr
     );
     assert_eq!(ca_status(&tb), before);
+    // A root named like the current one is refused: the two must be told apart.
+    let same_name = shoal_pki::RootCa::generate(Duration::from_secs(5 * 365 * 86400)).unwrap();
+    let (sn_cert, sn_key) = (dir.join("same.pem"), dir.join("same.key"));
+    std::fs::write(&sn_cert, same_name.cert_pem()).unwrap();
+    std::fs::write(&sn_key, same_name.key_pem()).unwrap();
+    let out = tb.cli(
+        0,
+        &[
+            "ca",
+            "--rotate",
+            "--ca-cert",
+            &s(&sn_cert),
+            "--ca-key",
+            &s(&sn_key),
+        ],
+    );
+    assert!(
+        !out.success && out.stderr.contains("same subject"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(ca_status(&tb), before);
     let out = tb.cli(0, &["ca", "--rotate", "--ca-cert", &s(&cert)]);
     assert!(
         !out.success && out.stderr.contains("go together"),
@@ -260,4 +282,19 @@ fn an_operator_root_and_a_renewal_failure_the_managers_can_see() {
         "{}",
         out.stderr
     );
+
+    // Right after, a generated root: the CLI waits, shows progress and finishes.
+    let token = worker_token(&tb);
+    let out = tb.cli(0, &["ca", "--rotate"]);
+    assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("2 nodes"), "{}", out.stdout);
+    assert!(out.stdout.contains("Root CA rotated"), "{}", out.stdout);
+    let status = ca_status(&tb);
+    assert!(
+        field(&status, "Subject:").starts_with("CN=shoal-ca "),
+        "{status}"
+    );
+    assert_ne!(worker_token(&tb), token);
+    assert!(issuer_of(&tb, 1).starts_with("CN=shoal-ca "));
+    wait_ready(&tb, 2);
 }

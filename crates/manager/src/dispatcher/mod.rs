@@ -313,6 +313,7 @@ impl DispatcherRpc for Dispatcher {
             period_ms: heartbeat_period(&self.store).as_millis() as u64,
             managers: manager_addrs(&self.store)?,
             roots_der: self.ca.get().roots.clone(),
+            rotation_root_digest: self.ca.get().rotating_to.clone().unwrap_or_default(),
             renew_certificate: crate::rootca::needs_rotation(&cluster, &node)
                 && self
                     .renew_pacer
