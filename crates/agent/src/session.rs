@@ -26,6 +26,9 @@ pub struct Session {
     pub renewal_error: Option<std::sync::Arc<dyn Fn() -> String + Send + Sync>>,
     /// Sees every answer (roots the cluster trusts, whether to renew now).
     pub on_beat: Option<OnBeat>,
+    /// Notified to beat at once (after a renewal, so the managers see the new
+    /// certificate in use without waiting a period).
+    pub beat_now: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
 
 /// What the node does with a heartbeat's answer.
@@ -150,9 +153,11 @@ impl Session {
                     (Duration::from_millis(100) * failures.min(50)).min(self.period)
                 }
             };
+            let now = self.beat_now.clone();
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
+                _ = async { match &now { Some(n) => n.notified().await, None => std::future::pending().await } } => {}
             }
         }
     }

@@ -292,6 +292,7 @@ impl Daemon {
         };
         let renewal = Arc::new(std::sync::Mutex::new(crate::renewal::RenewalInfo::default()));
         let renew_now = Arc::new(tokio::sync::Notify::new());
+        let beat_now = Arc::new(tokio::sync::Notify::new());
         let on_beat = {
             let creds = creds.clone();
             let renew_now = renew_now.clone();
@@ -327,6 +328,7 @@ impl Daemon {
             untrusted: (state.role != "manager").then(|| self.untrusted.clone()),
             renewal_error: Some(renewal_error),
             on_beat: Some(on_beat),
+            beat_now: Some(beat_now.clone()),
         };
         let agent_cancel = CancellationToken::new();
         let status = shoal_agent::reporter::start(session.channels.clone(), agent_cancel.clone());
@@ -348,6 +350,7 @@ impl Daemon {
             node_id: state.node_id.clone(),
             info: renewal.clone(),
             renew_now,
+            beat_now,
         };
         tokio::spawn(renewer.run(agent_cancel.clone()));
         Ok(Active {

@@ -117,6 +117,8 @@ pub struct Renewer {
     pub node_id: String,
     pub info: Arc<Mutex<RenewalInfo>>,
     pub renew_now: Arc<tokio::sync::Notify>,
+    /// Tells the heartbeat loop to beat at once with the new certificate.
+    pub beat_now: Arc<tokio::sync::Notify>,
 }
 
 /// When to renew a certificate valid from `not_before` (backdated) to `not_after`.
@@ -230,6 +232,7 @@ impl Renewer {
                 match self.renew_once().await {
                     Ok(()) => {
                         failures = 0;
+                        self.beat_now.notify_one();
                         self.set_info(|i| {
                             i.last_error = None;
                             i.renewals += 1;
