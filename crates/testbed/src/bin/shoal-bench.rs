@@ -453,7 +453,7 @@ fn bench_rotation(shoal: &std::path::Path) -> Result<String> {
     }
     let mut md = String::new();
     md.push_str("\n## Issue #5: root CA rotation\n\n");
-    md.push_str(&format!("{NODES} real nodes (1 manager, {} workers); `shoal ca --rotate` until it returns, 3 rotations each; seconds. Each node renews on its first heartbeat after the rotation starts, so the time is about one heartbeat period plus a renewal and one more beat to confirm it.\n\n", NODES - 1));
+    md.push_str(&format!("{NODES} real nodes (1 manager, {} workers); `shoal ca --rotate` until it returns, 3 rotations each; seconds. Each node renews on its first heartbeat after the rotation starts and beats again at once to show the new certificate in use, so the time is about one heartbeat period (the CLI checks progress every 0.5 s).\n\n", NODES - 1));
     md.push_str("| heartbeat | min | median | max |\n|---|---|---|---|\n");
     for (hb, (a, b, _, d)) in rows {
         md.push_str(&format!(
