@@ -283,28 +283,41 @@ impl ControlApi {
                 "node {reference} is not down (it may still be running): stop its daemon first, or remove it anyway with --force"
             )));
         }
-        let Some(cur) = self.store().get::<Node>(&n.id)? else {
-            return Ok(());
-        };
-        let mut b = Batch::default();
-        b.delete::<Node>(&n.id, Expect::Version(cur.version));
-        // Its certificate stops working at once, on every manager, and stays refused
-        // until it would have expired anyway.
-        if let Some(c) = &cur.value.certificate {
-            if !c.serial.is_empty() {
+        // A heartbeat may update the node between our read and our write: re-read and
+        // retry rather than fail the operator's command.
+        loop {
+            let Some(cur) = self.store().get::<Node>(&n.id)? else {
+                return Ok(());
+            };
+            let mut b = Batch::default();
+            b.delete::<Node>(&n.id, Expect::Version(cur.version));
+            // Its certificates (the current one and those it superseded that have not
+            // expired) stop working at once, on every manager, and stay refused until
+            // they would have expired anyway.
+            let c = cur.value.certificate.clone().unwrap_or_default();
+            let live = std::iter::once((c.serial.clone(), c.not_after_unix)).chain(
+                c.previous
+                    .iter()
+                    .map(|p| (p.serial.clone(), p.not_after_unix)),
+            );
+            for (serial, not_after) in live.filter(|(s, _)| !s.is_empty()) {
                 b.put(
                     &crate::revocation::record(
-                        &c.serial,
+                        &serial,
                         &n.id,
-                        c.not_after_unix,
+                        not_after,
                         crate::revocation::REMOVED,
                     ),
                     Expect::Any,
                 );
             }
+            match self.store().commit(b).await {
+                Ok(_) => break,
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
         }
-        self.store().commit(b).await?;
-        tracing::info!(node_id = %n.id, "node removed; its certificate is revoked");
+        tracing::info!(node_id = %n.id, "node removed; its certificates are revoked");
         Ok(())
     }
 }

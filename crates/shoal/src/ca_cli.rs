@@ -6,12 +6,29 @@ use shoal_proto::control::{CaStatus, GetCaRequest, RotateCaRequest};
 use std::path::PathBuf;
 use std::time::Duration;
 
+#[derive(clap::Args, Debug)]
 pub struct CaArgs {
+    /// Rotate to a new root (generated, or the one --ca-cert/--ca-key give): nodes
+    /// renew onto it, then the old root and the join tokens are retired. Waits and
+    /// shows progress unless --detach.
+    #[arg(long)]
     pub rotate: bool,
+    /// With --rotate: finish without the nodes that are down (they rejoin later with a
+    /// token). Also forces a rotation already running.
+    #[arg(long)]
     pub force: bool,
+    /// With --rotate: the new root's certificate (PEM, one CA certificate valid for at
+    /// least a year, named apart from the current root).
+    #[arg(long, value_name = "FILE")]
     pub ca_cert: Option<PathBuf>,
+    /// With --rotate: the new root's private key (PEM).
+    #[arg(long, value_name = "FILE")]
     pub ca_key: Option<PathBuf>,
+    /// With --rotate: return once the rotation started.
+    #[arg(short, long)]
     pub detach: bool,
+    /// Print the root certificate only (with --rotate: print nothing).
+    #[arg(short, long)]
     pub quiet: bool,
 }
 
@@ -78,18 +95,22 @@ fn print_status(s: &CaStatus) {
 }
 
 impl Client {
+    async fn get_ca(&self) -> Result<CaStatus> {
+        Ok(self
+            .control
+            .clone()
+            .get_ca(GetCaRequest {})
+            .await
+            .map_err(status_err)?
+            .into_inner())
+    }
+
     pub async fn ca(&self, a: CaArgs) -> Result<()> {
         if !a.rotate {
             if a.force || a.ca_cert.is_some() || a.ca_key.is_some() || a.detach {
                 bail!("--force, --ca-cert, --ca-key and --detach go with --rotate");
             }
-            let s = self
-                .control
-                .clone()
-                .get_ca(GetCaRequest {})
-                .await
-                .map_err(status_err)?
-                .into_inner();
+            let s = self.get_ca().await?;
             if a.quiet {
                 print!("{}", s.root_pem);
             } else {
@@ -133,13 +154,7 @@ impl Client {
         let mut last = String::new();
         let mut told_down = false;
         loop {
-            let s = self
-                .control
-                .clone()
-                .get_ca(GetCaRequest {})
-                .await
-                .map_err(status_err)?
-                .into_inner();
+            let s = self.get_ca().await?;
             if !s.rotating {
                 if s.root_digest != target {
                     bail!(

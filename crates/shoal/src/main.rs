@@ -120,30 +120,7 @@ enum Cmd {
         force: bool,
     },
     /// Show the cluster's root CA and its rotation, or rotate it.
-    Ca {
-        /// Rotate to a new root (generated, or the one --ca-cert/--ca-key give): nodes
-        /// renew onto it, then the old root and the join tokens are retired. Waits and
-        /// shows progress unless --detach.
-        #[arg(long)]
-        rotate: bool,
-        /// With --rotate: finish without the nodes that are down (they rejoin later
-        /// with a token). Also forces a rotation already running.
-        #[arg(long)]
-        force: bool,
-        /// With --rotate: the new root's certificate (PEM, one CA certificate valid for
-        /// at least a year).
-        #[arg(long, value_name = "FILE")]
-        ca_cert: Option<PathBuf>,
-        /// With --rotate: the new root's private key (PEM).
-        #[arg(long, value_name = "FILE")]
-        ca_key: Option<PathBuf>,
-        /// With --rotate: return once the rotation started.
-        #[arg(short, long)]
-        detach: bool,
-        /// Print the root certificate only (with --rotate: print nothing).
-        #[arg(short, long)]
-        quiet: bool,
-    },
+    Ca(ca_cli::CaArgs),
     /// Change cluster settings.
     Update {
         /// Life of certificates issued from now on (renewals included).
@@ -475,24 +452,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Cmd::Leave { force } => c.leave(force).await,
             Cmd::Info { format } => c.info(format.as_deref()).await,
             Cmd::Update { cert_expiry } => c.update_cluster(cert_expiry).await,
-            Cmd::Ca {
-                rotate,
-                force,
-                ca_cert,
-                ca_key,
-                detach,
-                quiet,
-            } => {
-                c.ca(ca_cli::CaArgs {
-                    rotate,
-                    force,
-                    ca_cert,
-                    ca_key,
-                    detach,
-                    quiet,
-                })
-                .await
-            }
+            Cmd::Ca(a) => c.ca(a).await,
             Cmd::Image { cmd } => match cmd {
                 ImageCmd::Import { file, reference } => c.image_import(&file, &reference).await,
                 ImageCmd::Load { input } => c.image_load(&input).await,

@@ -24,6 +24,22 @@ fn issuer_of(tb: &Testbed, i: usize) -> String {
     shoal_pki::CertSummary::parse(&der).unwrap().issuer
 }
 
+/// `shoal ca --rotate --ca-cert CERT --ca-key KEY`, expected to be refused with `why`.
+fn refused_rotation(tb: &Testbed, cert: &std::path::Path, key: &std::path::Path, why: &str) {
+    let out = tb.cli(
+        0,
+        &[
+            "ca",
+            "--rotate",
+            "--ca-cert",
+            cert.to_str().unwrap(),
+            "--ca-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert!(!out.success && out.stderr.contains(why), "{}", out.stderr);
+}
+
 fn worker_token(tb: &Testbed) -> String {
     tb.cli_ok(0, &["join-token", "-q", "worker"])
         .unwrap()
@@ -162,44 +178,14 @@ fn an_operator_root_and_a_renewal_failure_the_managers_can_see() {
 
     // A key that is not the certificate's is refused and changes nothing.
     let before = ca_status(&tb);
-    let out = tb.cli(
-        0,
-        &[
-            "ca",
-            "--rotate",
-            "--ca-cert",
-            &s(&cert),
-            "--ca-key",
-            &s(&bad_key),
-        ],
-    );
-    assert!(
-        !out.success && out.stderr.contains("key does not belong"),
-        "{}",
-        out.stderr
-    );
+    refused_rotation(&tb, &cert, &bad_key, "key does not belong");
     assert_eq!(ca_status(&tb), before);
     // A root named like the current one is refused: the two must be told apart.
     let same_name = shoal_pki::RootCa::generate(Duration::from_secs(5 * 365 * 86400)).unwrap();
     let (sn_cert, sn_key) = (dir.join("same.pem"), dir.join("same.key"));
     std::fs::write(&sn_cert, same_name.cert_pem()).unwrap();
     std::fs::write(&sn_key, same_name.key_pem()).unwrap();
-    let out = tb.cli(
-        0,
-        &[
-            "ca",
-            "--rotate",
-            "--ca-cert",
-            &s(&sn_cert),
-            "--ca-key",
-            &s(&sn_key),
-        ],
-    );
-    assert!(
-        !out.success && out.stderr.contains("same subject"),
-        "{}",
-        out.stderr
-    );
+    refused_rotation(&tb, &sn_cert, &sn_key, "same subject");
     assert_eq!(ca_status(&tb), before);
     let out = tb.cli(0, &["ca", "--rotate", "--ca-cert", &s(&cert)]);
     assert!(
@@ -266,22 +252,7 @@ fn an_operator_root_and_a_renewal_failure_the_managers_can_see() {
     wait_ready(&tb, 2);
 
     // Rotating to the same key again is refused.
-    let out = tb.cli(
-        0,
-        &[
-            "ca",
-            "--rotate",
-            "--ca-cert",
-            &s(&cert),
-            "--ca-key",
-            &s(&key),
-        ],
-    );
-    assert!(
-        !out.success && out.stderr.contains("current root's key"),
-        "{}",
-        out.stderr
-    );
+    refused_rotation(&tb, &cert, &key, "current root's key");
 
     // Right after, a generated root: the CLI waits, shows progress and finishes.
     let token = worker_token(&tb);
