@@ -87,7 +87,7 @@ struct Stale {
 impl Stale {
     fn advice(&self) -> String {
         format!(
-            "{}: rejoin with 'shoal join --token <worker token> --rejoin {}' to keep node ID {}",
+            "{}: rejoin with 'shoal join --token <worker token> --rejoin {}' to keep node ID {} (or give it up with 'shoal leave' and join as a new node)",
             self.why,
             self.state
                 .managers
@@ -727,8 +727,43 @@ impl Daemon {
         *self.expired.lock().await = Some(stale);
     }
 
+    /// Stops and removes every container this node has, without a running agent (a
+    /// node leaving from a membership it could not resume).
+    async fn remove_containers(&self) {
+        use shoal_agent::runtime::ContainerStatus;
+        let rt = self.runtime.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for id in rt.list() {
+                if let ContainerStatus::Running { .. } = rt.status(&id) {
+                    let _ = rt.signal(&id, nix::sys::signal::Signal::SIGKILL);
+                    for _ in 0..50 {
+                        if !matches!(rt.status(&id), ContainerStatus::Running { .. }) {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+                if let Err(e) = rt.remove(&id) {
+                    tracing::warn!(container = %id, error = %e, "cannot remove a container");
+                }
+            }
+        })
+        .await;
+    }
+
     pub async fn leave(&self, force: bool) -> Result<()> {
         let mut guard = self.active.lock().await;
+        if guard.is_none() {
+            let mut stale = self.expired.lock().await;
+            if let Some(s) = stale.take() {
+                // A membership kept only for --rejoin: leaving gives it up, and its
+                // containers with it, like any leave.
+                self.remove_containers().await;
+                self.dir.wipe()?;
+                tracing::info!(node_id = %s.state.node_id, "left the cluster (gave up the identity kept for --rejoin)");
+                return Ok(());
+            }
+        }
         let Some(active) = guard.as_ref() else {
             let mut damaged = self.damaged.lock().await;
             if damaged.is_some() && force {

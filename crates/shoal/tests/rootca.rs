@@ -269,3 +269,58 @@ fn an_operator_root_and_a_renewal_failure_the_managers_can_see() {
     assert!(issuer_of(&tb, 1).starts_with("CN=shoal-ca "));
     wait_ready(&tb, 2);
 }
+
+#[test]
+fn a_node_left_out_of_a_rotation_can_leave_and_join_as_a_new_node() {
+    let mut tb = cluster(2, &["--dispatcher-heartbeat", "1s"]);
+    import_busybox(&tb, 1);
+    tb.cli_ok(
+        0,
+        &[
+            "service",
+            "create",
+            "--name",
+            "idle",
+            "--mode",
+            "global",
+            "--constraint",
+            "node.role==worker",
+            "busybox",
+            "sleep",
+            "600",
+        ],
+    )
+    .unwrap();
+    assert_eq!(tb.processes_named(1, "sleep"), 1);
+    let old_id = info(&tb, 1)["NodeID"].as_str().unwrap().to_string();
+    tb.stop(1).unwrap();
+    wait_for(Duration::from_secs(10), || {
+        (status_of(&tb, "node2") == "Down").then_some(())
+    })
+    .expect("node2 Down");
+    tb.cli_ok(0, &["ca", "--rotate", "--force"]).unwrap();
+    tb.start(1).unwrap();
+    let i = wait_for(Duration::from_secs(20), || {
+        let i = info(&tb, 1);
+        (i["State"] == "error").then_some(i)
+    })
+    .unwrap_or_else(|| panic!("node2 error state\n{}", tb.log(1)));
+    assert!(i["Error"].as_str().unwrap().contains("shoal leave"), "{i}");
+    // A plain join says what to do instead of overwriting the kept identity.
+    let token = worker_token(&tb);
+    let mgr = tb.nodes[0].addr();
+    let out = tb.cli(1, &["join", "--token", &token, &mgr]);
+    assert!(
+        !out.success && out.stderr.contains("--rejoin"),
+        "{}",
+        out.stderr
+    );
+    // Leaving gives the identity up and stops the container it still ran.
+    tb.cli_ok(1, &["leave"]).unwrap();
+    assert_eq!(info(&tb, 1)["State"], "inactive");
+    assert_eq!(tb.processes_named(1, "sleep"), 0, "its container stopped");
+    let out = tb.cli_ok(1, &["join", "--token", &token, &mgr]).unwrap();
+    let new_id = info(&tb, 1)["NodeID"].as_str().unwrap().to_string();
+    assert_ne!(new_id, old_id, "{out}");
+    assert!(issuer_of(&tb, 1).starts_with("CN=shoal-ca "));
+}
