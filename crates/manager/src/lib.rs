@@ -1,8 +1,9 @@
 //! The manager: everything a manager node runs on top of the replicated store.
 //!
 //! One module per component of DESIGN.md: [`ca_server`] issues node certificates for
-//! join tokens, [`dispatcher`] keeps every node's heartbeat and liveness, [`controlapi`]
-//! is the API the CLI drives. [`server`] is the one mTLS listener they share and
+//! join tokens, [`rootca`] holds the root CA in force and runs its rotation,
+//! [`revocation`] refuses revoked certificates, [`dispatcher`] keeps every node's
+//! heartbeat and liveness, [`controlapi`] is the API the CLI drives. [`server`] is the one mTLS listener they share and
 //! [`auth`] the per-RPC role checks. [`bootstrap`] creates a new cluster.
 
 pub mod auth;
