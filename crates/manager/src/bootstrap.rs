@@ -94,7 +94,7 @@ pub async fn init_cluster(
             issued_at_unix: now,
             previous: vec![],
             root_digest: digest.clone(),
-            key_digest: shoal_pki::cert_key_digest(&node_cert.cert_der)?,
+            key_digest: node_cert.key_digest.clone(),
             renewal_error: String::new(),
             ..Default::default()
         }),

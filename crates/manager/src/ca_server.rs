@@ -150,8 +150,6 @@ impl CaServer {
         limited: Option<&shoal_store::Versioned<shoal_proto::objects::LimitedToken>>,
     ) -> Result<(shoal_pki::IssuedCert, Role), Status> {
         let expiry = self.cert_expiry()?;
-        let key_digest =
-            shoal_pki::csr_key_digest(csr).map_err(|e| Status::invalid_argument(e.to_string()))?;
         loop {
             let ca = self.ca.get();
             let Some(cur) = self
@@ -188,7 +186,7 @@ impl CaServer {
             c.not_after_unix = unix(cert.not_after);
             c.issued_at_unix = now;
             c.root_digest = ca.signer_digest.clone();
-            c.key_digest = key_digest.clone();
+            c.key_digest = cert.key_digest.clone();
             c.renewal_error.clear();
             node.certificate = Some(c);
             node.updated_at_unix = now;
@@ -314,8 +312,6 @@ impl Ca for CaServer {
             .signer
             .sign_node(&req.csr_der, &node_id, role, &ca.cluster_id, expiry)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let key_digest = shoal_pki::csr_key_digest(&req.csr_der)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let addr = if req.advertise_addr.is_empty() {
             remote.map(|a| a.ip().to_string()).unwrap_or_default()
         } else {
@@ -334,7 +330,7 @@ impl Ca for CaServer {
                 issued_at_unix: now,
                 previous: vec![],
                 root_digest: ca.signer_digest.clone(),
-                key_digest,
+                key_digest: cert.key_digest.clone(),
                 renewal_error: String::new(),
                 ..Default::default()
             }),

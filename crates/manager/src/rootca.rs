@@ -162,15 +162,15 @@ impl CaHandle {
     }
 }
 
-/// Whether a node still uses a certificate from a root other than the rotation's. Only
-/// a certificate the node was seen using counts: one issued that the node failed to
-/// store does not.
-pub fn needs_rotation(cluster: &Cluster, node: &Node) -> bool {
-    let Some(rot) = &cluster.root_rotation else {
+/// Whether a node still uses a certificate from a root other than `target`, the root
+/// being rotated to (none: no rotation). Only a certificate the node was seen using
+/// counts: one issued that the node failed to store does not.
+pub fn needs_rotation(target: Option<&str>, node: &Node) -> bool {
+    let Some(target) = target else {
         return false;
     };
     let c = node.certificate.clone().unwrap_or_default();
-    !(c.root_digest == rot.digest && !c.serial.is_empty() && c.confirmed_serial == c.serial)
+    !(c.root_digest == target && !c.serial.is_empty() && c.confirmed_serial == c.serial)
 }
 
 fn state_name(n: &Node) -> String {
@@ -186,11 +186,12 @@ fn state_name(n: &Node) -> String {
 /// Progress of a rotation: (converged, counted, every node with its state). Nodes that are
 /// down are not counted when the rotation is forced.
 fn progress(cluster: &Cluster, nodes: &[Node]) -> (u32, u32, Vec<CaNodeProgress>) {
-    let force = cluster.root_rotation.as_ref().is_some_and(|r| r.force);
+    let rot = cluster.root_rotation.as_ref();
+    let (target, force) = (rot.map(|r| r.digest.as_str()), rot.is_some_and(|r| r.force));
     let (mut done, mut total) = (0, 0);
     let mut out = Vec::new();
     for n in nodes {
-        let converged = !needs_rotation(cluster, n);
+        let converged = !needs_rotation(target, n);
         let down = n.state == NodeState::Down as i32;
         if !(force && down) {
             total += 1;

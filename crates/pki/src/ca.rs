@@ -34,6 +34,8 @@ pub struct IssuedCert {
     /// Serial number, lower-case hex.
     pub serial: String,
     pub not_after: SystemTime,
+    /// SHA-256 (hex) of the certificate's public key (see [`cert_key_digest`]).
+    pub key_digest: String,
 }
 
 /// The root CA: certificate plus signing key. The key is only ever written into the store
@@ -323,6 +325,7 @@ impl RootCa {
             cert_pem: cert.pem(),
             serial: serial_hex,
             not_after,
+            key_digest: key_digest(rcgen::PublicKeyData::der_bytes(&csr.public_key)),
         })
     }
 }

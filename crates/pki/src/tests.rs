@@ -301,6 +301,7 @@ fn key_digests_of_a_csr_and_its_certificate_agree() {
         csr_key_digest(&csr).unwrap(),
         cert_key_digest(&cert.cert_der).unwrap()
     );
+    assert_eq!(cert.key_digest, cert_key_digest(&cert.cert_der).unwrap());
     let other = NodeKey::generate().unwrap().csr_der().unwrap();
     assert_ne!(
         csr_key_digest(&other).unwrap(),

@@ -69,7 +69,7 @@ pub struct Daemon {
     note: Mutex<Option<String>>,
     /// A membership whose certificate can no longer be used (it expired while the node
     /// was off, or its root was rotated away), kept for `shoal join --rejoin`.
-    expired: Mutex<Option<Stale>>,
+    stale: Mutex<Option<Stale>>,
     /// Notified when the managers' certificates stop verifying against our roots.
     pub untrusted: Arc<tokio::sync::Notify>,
 }
@@ -156,7 +156,7 @@ impl Daemon {
             damaged: Mutex::new(None),
             removed: Arc::new(tokio::sync::Notify::new()),
             note: Mutex::new(None),
-            expired: Mutex::new(None),
+            stale: Mutex::new(None),
             untrusted: Arc::new(tokio::sync::Notify::new()),
         })
     }
@@ -186,7 +186,7 @@ impl Daemon {
                     "this node's certificate expired (at unix {at}) while it was off: rejoin with 'shoal join --token <worker token> --rejoin {}' to keep the node ID",
                     loaded.state.managers.first().map(String::as_str).unwrap_or("<manager>")
                 );
-                *self.expired.lock().await = Some(Stale {
+                *self.stale.lock().await = Some(Stale {
                     state: loaded.state,
                     key_pem: loaded.key_pem,
                     cert_der: loaded.cert_der,
@@ -507,12 +507,12 @@ impl Daemon {
 
     pub async fn join(&self, req: JoinRequest) -> Result<JoinResponse> {
         let mut guard = self.active.lock().await;
-        let rejoin = self.expired.lock().await.clone();
+        let rejoin = self.stale.lock().await.clone();
         match (&rejoin, req.rejoin) {
             (Some(_), true) => {}
             (None, true) => bail!(user(
                 tonic::Code::FailedPrecondition,
-                "nothing to rejoin with: this node has no expired identity; join without --rejoin"
+                "nothing to rejoin with: this node keeps no identity for --rejoin (it rejoins only after its certificate expired or its root CA was rotated away); join without --rejoin"
             )),
             (Some(s), false) => bail!(user(tonic::Code::FailedPrecondition, s.advice())),
             (None, false) => self.refuse_if_active(&guard).await?,
@@ -655,7 +655,7 @@ impl Daemon {
             advertise_addr: advertise,
         };
         self.dir.save(&state, &key_pem, &issued.cert_der, &roots)?;
-        *self.expired.lock().await = None;
+        *self.stale.lock().await = None;
         let started = self
             .start(
                 Loaded {
@@ -724,7 +724,7 @@ impl Daemon {
         };
         tracing::warn!("{}", stale.advice());
         stop(active).await;
-        *self.expired.lock().await = Some(stale);
+        *self.stale.lock().await = Some(stale);
     }
 
     /// Stops and removes every container this node has, without a running agent (a
@@ -754,7 +754,7 @@ impl Daemon {
     pub async fn leave(&self, force: bool) -> Result<()> {
         let mut guard = self.active.lock().await;
         if guard.is_none() {
-            let mut stale = self.expired.lock().await;
+            let mut stale = self.stale.lock().await;
             if let Some(s) = stale.take() {
                 // A membership kept only for --rejoin: leaving gives it up, and its
                 // containers with it, like any leave.
@@ -805,7 +805,7 @@ impl Daemon {
                     ..Default::default()
                 };
             }
-            if let Some(stale) = self.expired.lock().await.clone() {
+            if let Some(stale) = self.stale.lock().await.clone() {
                 let at = shoal_pki::CertSummary::parse(&stale.cert_der)
                     .ok()
                     .and_then(|c| c.not_after.duration_since(SystemTime::UNIX_EPOCH).ok())

@@ -306,15 +306,13 @@ impl DispatcherRpc for Dispatcher {
                 "node {node_id} is not a member of this cluster (it may have been removed): join again with a token"
             )));
         };
-        let cluster = crate::bootstrap::load_cluster(&self.store)
-            .map_err(store_status)?
-            .value;
+        let ca = self.ca.get();
         Ok(Response::new(HeartbeatResponse {
             period_ms: heartbeat_period(&self.store).as_millis() as u64,
             managers: manager_addrs(&self.store)?,
-            roots_der: self.ca.get().roots.clone(),
-            rotation_root_digest: self.ca.get().rotating_to.clone().unwrap_or_default(),
-            renew_certificate: crate::rootca::needs_rotation(&cluster, &node)
+            roots_der: ca.roots.clone(),
+            rotation_root_digest: ca.rotating_to.clone().unwrap_or_default(),
+            renew_certificate: crate::rootca::needs_rotation(ca.rotating_to.as_deref(), &node)
                 && self
                     .renew_pacer
                     .lock()
