@@ -28,7 +28,7 @@ pub struct Session {
     pub on_beat: Option<OnBeat>,
     /// Notified to beat at once (after a renewal, so the managers see the new
     /// certificate in use without waiting a period).
-    pub beat_now: Option<std::sync::Arc<tokio::sync::Notify>>,
+    pub beat_now: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// What the node does with a heartbeat's answer.
@@ -153,11 +153,10 @@ impl Session {
                     (Duration::from_millis(100) * failures.min(50)).min(self.period)
                 }
             };
-            let now = self.beat_now.clone();
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
-                _ = async { match &now { Some(n) => n.notified().await, None => std::future::pending().await } } => {}
+                _ = self.beat_now.notified() => {}
             }
         }
     }

@@ -362,7 +362,8 @@ impl ControlApi {
                 let r = c.root_ca.clone().unwrap_or_default();
                 let old = RootCa::from_pem(&r.cert_pem, &r.key_pem)
                     .map_err(|e| ControlError::Refused(format!("the current root CA: {e}")))?;
-                let new = match &supplied {
+                let generated;
+                let new: &RootCa = match &supplied {
                     Some(s) => {
                         if s.same_key(&old) {
                             return Err(ControlError::BadSpec(
@@ -377,17 +378,19 @@ impl ControlApi {
                                 subject(&old)
                             )));
                         }
-                        RootCa::from_pem(&s.cert_pem(), &s.key_pem())
-                            .map_err(|e| ControlError::BadSpec(e.to_string()))?
+                        s
                     }
-                    None => RootCa::generate_named(
-                        crate::bootstrap::ROOT_CA_EXPIRY,
-                        &format!("shoal-ca {}", &shoal_pki::random_id()[..8]),
-                    )
-                    .map_err(|e| ControlError::Refused(e.to_string()))?,
+                    None => {
+                        generated = RootCa::generate_named(
+                            crate::bootstrap::ROOT_CA_EXPIRY,
+                            &format!("shoal-ca {}", &shoal_pki::random_id()[..8]),
+                        )
+                        .map_err(|e| ControlError::Refused(e.to_string()))?;
+                        &generated
+                    }
                 };
                 let cross = old
-                    .cross_sign(&new)
+                    .cross_sign(new)
                     .map_err(|e| ControlError::BadSpec(e.to_string()))?;
                 c.root_rotation = Some(RootRotation {
                     cert_pem: new.cert_pem(),

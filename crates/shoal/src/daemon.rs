@@ -328,7 +328,7 @@ impl Daemon {
             untrusted: (state.role != "manager").then(|| self.untrusted.clone()),
             renewal_error: Some(renewal_error),
             on_beat: Some(on_beat),
-            beat_now: Some(beat_now.clone()),
+            beat_now: beat_now.clone(),
         };
         let agent_cancel = CancellationToken::new();
         let status = shoal_agent::reporter::start(session.channels.clone(), agent_cancel.clone());
