@@ -34,6 +34,8 @@ pub enum ControlError {
         "node reference {0:?} is ambiguous (it matches {1} nodes): use more characters of the ID"
     )]
     Ambiguous(String, usize),
+    #[error("hostname {0:?} is shared by several nodes ({1}): use a node ID")]
+    AmbiguousHostname(String, String),
     #[error("unknown role {0:?}: use 'worker' or 'manager'")]
     BadRole(String),
     #[error("no such task: {0}")]
@@ -44,6 +46,11 @@ pub enum ControlError {
     AmbiguousTask(String, usize),
     #[error("invalid task spec: {0}")]
     BadSpec(String),
+    #[error("invalid service spec: {0}")]
+    BadService(String),
+    /// Bad input that is not a spec: a cluster setting, a serial, a name.
+    #[error("{0}")]
+    BadRequest(String),
     #[error("{0}")]
     Unplaceable(String),
     #[error("no such service: {0}")]
@@ -71,9 +78,12 @@ impl From<ControlError> for Status {
             ControlError::Conflict(_) => Status::aborted(e.to_string()),
             ControlError::Refused(_) => Status::failed_precondition(e.to_string()),
             ControlError::Ambiguous(..)
+            | ControlError::AmbiguousHostname(..)
             | ControlError::BadRole(_)
             | ControlError::AmbiguousTask(..)
-            | ControlError::BadSpec(_) => Status::invalid_argument(e.to_string()),
+            | ControlError::BadSpec(_)
+            | ControlError::BadService(_)
+            | ControlError::BadRequest(_) => Status::invalid_argument(e.to_string()),
             ControlError::Unplaceable(_) => Status::failed_precondition(e.to_string()),
             ControlError::Store(_) => Status::unavailable(e.to_string()),
         }
@@ -88,6 +98,13 @@ pub struct ControlApi {
     logs: Arc<crate::dispatcher::logs::LogBroker>,
 }
 
+/// Why a node says it cannot run containers (empty: it can).
+fn runtime_error(n: &Node) -> &str {
+    n.description
+        .as_ref()
+        .map_or("", |d| d.runtime_error.as_str())
+}
+
 /// Docker's floor: below this runc and the kernel cannot start a container reliably.
 const MIN_MEMORY_LIMIT: i64 = 6 * 1024 * 1024;
 
@@ -96,6 +113,16 @@ pub fn validate_spec(spec: &ContainerSpec) -> Result<(), ControlError> {
     let bad = |m: String| Err(ControlError::BadSpec(m));
     if spec.image.trim().is_empty() {
         return bad("an image is required".into());
+    }
+    if spec.image.len() > shoal_proto::limits::MAX_SHORT_STRING {
+        return bad(format!(
+            "image reference is {} bytes: the limit is {} bytes",
+            spec.image.len(),
+            shoal_proto::limits::MAX_SHORT_STRING
+        ));
+    }
+    if let Err(e) = shoal_proto::limits::check_spec_size(spec) {
+        return bad(e.0);
     }
     for e in &spec.env {
         if e.split_once('=').is_none_or(|(k, _)| k.is_empty()) {
@@ -192,6 +219,10 @@ impl ControlApi {
     pub async fn create_task(&self, req: CreateTaskRequest) -> Result<Task, ControlError> {
         let spec = req.spec.unwrap_or_default();
         validate_spec(&spec)?;
+        if !req.name.is_empty() {
+            shoal_proto::limits::check_name("task name", &req.name)
+                .map_err(ControlError::BadRequest)?;
+        }
         let node = if req.node.is_empty() {
             let tasks = self.store.list::<Task>()?;
             let load = |id: &str| {
@@ -209,6 +240,7 @@ impl ControlApi {
                 .filter(|n| {
                     n.state == NodeState::Ready as i32
                         && n.availability == Availability::Active as i32
+                        && runtime_error(n).is_empty()
                 })
                 .min_by_key(|n| (load(&n.id), n.id.clone()))
                 .ok_or_else(|| {
@@ -220,6 +252,13 @@ impl ControlApi {
                 return Err(ControlError::Unplaceable(format!(
                     "node {} is not ready (it is down or disconnected)",
                     req.node
+                )));
+            }
+            if !runtime_error(&n).is_empty() {
+                return Err(ControlError::Unplaceable(format!(
+                    "node {} cannot run containers: {}",
+                    req.node,
+                    runtime_error(&n)
                 )));
             }
             n
@@ -374,6 +413,15 @@ impl ControlApi {
             .iter()
             .filter(|n| n.description.as_ref().map(|d| d.hostname.as_str()) == Some(reference))
             .collect();
+        if by_host.len() > 1 {
+            // Hostnames are what nodes said when they joined: two nodes may share one,
+            // and neither may then be picked by it.
+            let ids: Vec<&str> = by_host.iter().map(|n| n.id.as_str()).collect();
+            return Err(ControlError::AmbiguousHostname(
+                reference.to_string(),
+                ids.join(", "),
+            ));
+        }
         let found: Vec<&Node> = if by_host.is_empty() && !reference.is_empty() {
             nodes
                 .iter()

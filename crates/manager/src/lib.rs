@@ -2,10 +2,12 @@
 //!
 //! One module per component of DESIGN.md: [`ca_server`] issues node certificates for
 //! join tokens, [`rootca`] holds the root CA in force and runs its rotation,
-//! [`revocation`] refuses revoked certificates, [`dispatcher`] keeps every node's
+//! [`access`] is the live list of who may call (members, their usable certificates,
+//! revocations) and [`revocation`] keeps the revocation records, [`dispatcher`] keeps every node's
 //! heartbeat and liveness, [`controlapi`] is the API the CLI drives. [`server`] is the one mTLS listener they share and
 //! [`auth`] the per-RPC role checks. [`bootstrap`] creates a new cluster.
 
+pub mod access;
 pub mod auth;
 pub mod bootstrap;
 pub mod ca_server;

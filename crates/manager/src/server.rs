@@ -2,7 +2,8 @@
 //! gRPC. The verified client identity is computed once per connection and attached to
 //! every request on it as [`PeerInfo`].
 
-use crate::auth::PeerInfo;
+use crate::access::AccessList;
+use crate::auth::{Gate, PeerInfo};
 use crate::bootstrap::load_cluster;
 use crate::ca_server::CaServer;
 use crate::controlapi::{ControlApi, ControlService};
@@ -59,6 +60,52 @@ pub enum ManagerError {
 pub struct TlsConn {
     inner: TlsStream<TcpStream>,
     info: PeerInfo,
+    /// Held while the connection lives: counts toward its address's limit.
+    _slot: ConnSlot,
+}
+
+/// Connections (handshakes included) one peer address may hold at once. A node needs a
+/// handful; the bound keeps one address from exhausting the manager's sockets and memory.
+pub const MAX_CONNS_PER_ADDR: u32 = 64;
+
+/// Open connections per peer address.
+#[derive(Default)]
+struct ConnLimiter {
+    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, u32>>,
+}
+
+/// One counted connection; dropping it frees the slot.
+pub struct ConnSlot {
+    limiter: Arc<ConnLimiter>,
+    ip: std::net::IpAddr,
+}
+
+impl ConnLimiter {
+    fn acquire(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<ConnSlot> {
+        let mut open = self.open.lock().ok()?;
+        let n = open.entry(ip).or_insert(0);
+        if *n >= MAX_CONNS_PER_ADDR {
+            return None;
+        }
+        *n += 1;
+        Some(ConnSlot {
+            limiter: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.limiter.open.lock() {
+            if let Some(n) = open.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    open.remove(&self.ip);
+                }
+            }
+        }
+    }
 }
 
 impl Connected for TlsConn {
@@ -109,11 +156,12 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 async fn accept_loop(
     listener: TcpListener,
     acceptor: Arc<std::sync::RwLock<TlsAcceptor>>,
-    ca: CaHandle,
-    revoked: Arc<crate::revocation::RevocationSet>,
+    gate: Gate,
     tx: tokio::sync::mpsc::Sender<Result<TlsConn, io::Error>>,
     cancel: CancellationToken,
 ) {
+    let limiter = Arc::new(ConnLimiter::default());
+    let mut last_refusal_log: Option<std::time::Instant> = None;
     loop {
         let (tcp, remote) = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -126,13 +174,20 @@ async fn accept_loop(
                 }
             },
         };
+        let Some(slot) = limiter.acquire(remote.ip()) else {
+            // Dropping the socket refuses it; log at most once a second.
+            if last_refusal_log.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
+                tracing::warn!(%remote, limit = MAX_CONNS_PER_ADDR, "refused a connection: too many open from this address");
+                last_refusal_log = Some(std::time::Instant::now());
+            }
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let Ok(acceptor) = acceptor.read().map(|a| a.clone()) else {
             continue;
         };
-        let trust = ca.get().trust.clone();
-        let ca = ca.clone();
-        let revoked = revoked.clone();
+        let trust = gate.ca.get().trust.clone();
+        let gate = gate.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -156,9 +211,9 @@ async fn accept_loop(
                 info: PeerInfo {
                     remote_addr: Some(remote),
                     identity,
-                    revoked: Some(revoked),
-                    ca: Some(ca),
+                    gate,
                 },
+                _slot: slot,
             };
             let _ = tx.send(Ok(conn)).await;
         });
@@ -198,16 +253,27 @@ impl Manager {
         let cancel = CancellationToken::new();
         let mut tasks = tokio::task::JoinSet::new();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
-        let revoked = Arc::new(crate::revocation::RevocationSet::default());
-        tasks.spawn(revoked.clone().follow(cfg.store.clone(), cancel.clone()));
+        let (access, access_watch) = AccessList::start(&cfg.store)?;
+        tasks.spawn(
+            access
+                .clone()
+                .follow(cfg.store.clone(), access_watch, cancel.clone()),
+        );
+        tasks.spawn(crate::revocation::run_pruner(
+            cfg.store.clone(),
+            cancel.clone(),
+        ));
         tasks.spawn(ca.clone().follow(cfg.store.clone(), cancel.clone()));
         tasks.spawn(identity.clone().follow(cancel.clone()));
         tasks.spawn(crate::rootca::run(cfg.store.clone(), cancel.clone()));
+        let gate = Gate {
+            access: access.clone(),
+            ca: ca.clone(),
+        };
         tasks.spawn(accept_loop(
             listener,
             identity.acceptor.clone(),
-            ca.clone(),
-            revoked,
+            gate,
             tx,
             cancel.clone(),
         ));

@@ -575,6 +575,7 @@ impl Daemon {
             csr_der: key.csr_der()?,
             token: token.to_string(),
             advertise_addr: advertise.clone(),
+            hostname: shoal_agent::describe::hostname(),
             rejoin_cert_der: rejoin
                 .as_ref()
                 .map(|r| r.cert_der.clone())
@@ -862,6 +863,7 @@ impl Daemon {
                 .unwrap_or(0),
             cert_renewal_error: renewal.last_error.unwrap_or_default(),
             cert_renewals: renewal.renewals,
+            runtime_error: String::new(),
         }
     }
 

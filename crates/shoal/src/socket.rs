@@ -65,7 +65,9 @@ impl Local for LocalApi {
             .map_err(status)
     }
     async fn info(&self, _req: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
-        Ok(Response::new(self.0.info().await))
+        let mut info = self.0.info().await;
+        info.runtime_error = shoal_agent::runtime::runc::runtime_error().unwrap_or_default();
+        Ok(Response::new(info))
     }
 
     async fn image_import(
