@@ -224,7 +224,7 @@ pub async fn run_assignments(
                                 }
                                 let known = worker.has_task(&sub.task_id);
                                 tokio::spawn(crate::logs::publish(
-                                    channels.borrow().clone(),
+                                    channels.clone(),
                                     worker.deps().runtime.clone(),
                                     sub,
                                     known,

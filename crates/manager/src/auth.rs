@@ -75,6 +75,39 @@ impl Caller {
     }
 }
 
+/// Forwards a server stream to `caller` until it may no longer be served: then the
+/// stream ends with the reason, and nothing more is sent.
+pub fn guard_stream<T: Send + 'static>(
+    caller: Caller,
+    mut rx: tokio::sync::mpsc::Receiver<Result<T, Status>>,
+) -> tokio::sync::mpsc::Receiver<Result<T, Status>> {
+    let (tx, out) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        let cut = caller.cut();
+        tokio::pin!(cut);
+        loop {
+            tokio::select! {
+                s = &mut cut => {
+                    let _ = tx.send(Err(s)).await;
+                    return;
+                }
+                _ = tx.closed() => return,
+                m = rx.recv() => {
+                    let Some(m) = m else { return };
+                    if let Err(s) = caller.check() {
+                        let _ = tx.send(Err(s)).await;
+                        return;
+                    }
+                    if tx.send(m).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    out
+}
+
 /// The verified caller, if its certificate may be used now and its role is one of
 /// `allowed`.
 pub fn authorize<T>(

@@ -629,11 +629,11 @@ impl Control for ControlService {
         &self,
         req: Request<TaskLogsRequest>,
     ) -> Result<Response<TaskLogsStream>, Status> {
-        authorize(&req, "TaskLogs", MANAGERS)?;
+        let caller = authorize(&req, "TaskLogs", MANAGERS)?;
         let r = req.into_inner();
         let rx = self.0.task_logs(&r.reference, r.follow, r.tail).await?;
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
-            rx,
+            crate::auth::guard_stream(caller, rx),
         )))
     }
     async fn list_nodes(

@@ -370,3 +370,29 @@ impl Manager {
         self.identity.clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_are_bounded_per_address_and_freed_on_close() {
+        let limiter = Arc::new(ConnLimiter::default());
+        let a: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        let b: std::net::IpAddr = "10.0.0.2".parse().unwrap();
+        let held: Vec<ConnSlot> = (0..MAX_CONNS_PER_ADDR)
+            .map(|_| limiter.acquire(a).expect("under the limit"))
+            .collect();
+        assert!(limiter.acquire(a).is_none(), "one over the limit");
+        assert!(
+            limiter.acquire(b).is_some(),
+            "another address is not affected"
+        );
+        drop(held);
+        assert!(
+            limiter.acquire(a).is_some(),
+            "closed connections free their slots"
+        );
+        assert!(limiter.open.lock().unwrap().len() <= 1);
+    }
+}

@@ -68,6 +68,11 @@ fn open_sessions_are_cut_within_a_second_of_revocation_removal_and_expiry() {
         );
     }
 
+    // A log stream held open with node2's certificate.
+    let publishing = raw::open_publish(&tb, 1, &ids[0]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(publishing.try_recv().is_err(), "the log stream is open");
+
     // Revocation of node2's certificate.
     tb.cli_ok(
         0,
@@ -84,6 +89,12 @@ fn open_sessions_are_cut_within_a_second_of_revocation_removal_and_expiry() {
         "certificate revoked",
         &late,
     );
+    let (at, r) = publishing
+        .recv_timeout(Duration::from_secs(3))
+        .expect("the log stream ends");
+    assert!(at.saturating_duration_since(revoked_at) <= Duration::from_secs(1));
+    let err = r.unwrap_err();
+    assert!(err.message().contains("certificate revoked"), "{err:?}");
 
     // Removal of node3.
     tb.cli_ok(0, &["node", "rm", "--force", "node3"]).unwrap();
@@ -323,6 +334,19 @@ fn oversized_input_is_refused_naming_the_limit_and_nothing_is_stored() {
     assert_eq!(raw::dir_size(&store_dir), size0, "the store did not grow");
     let t = common::task(&tb, &task);
     assert_eq!(t["Status"]["State"], "assigned", "{t}");
+
+    // Certificate requests from one address are rate-limited (before any token check).
+    let root = raw::pem_der(&tb.nodes[0].state_dir.join("certs/ca.crt"));
+    let limited = (0..60).find_map(|_| {
+        raw::join(&tb, 1, &root, "SHOAL-1-x-y", "flood")
+            .err()
+            .filter(|e| e.code() == tonic::Code::ResourceExhausted)
+    });
+    let err = limited.expect("rate-limited within 60 requests");
+    assert!(
+        err.message().contains("too many certificate requests"),
+        "{err:?}"
+    );
 }
 
 /// A task placed on node2 while `id` holds it Ready by heartbeats (its daemon is gone).

@@ -332,3 +332,34 @@ pub fn dir_size(dir: &Path) -> u64 {
     }
     total
 }
+
+/// A PublishLogs stream held open (sending nothing) in the background; `rx` gets when
+/// and how it ended.
+pub fn open_publish(tb: &Testbed, i: usize, id: &Identity) -> mpsc::Receiver<(Instant, Call<()>)> {
+    let addr = tb.nodes[0].addr();
+    let path = format!("/run/netns/{}", tb.nodes[i].netns);
+    let id = id.clone();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let r = match channel(&addr, &id).await {
+                Ok(ch) => {
+                    let (_keep, msgs) = tokio::sync::mpsc::channel::<PublishLogsMessage>(1);
+                    DispatcherClient::new(ch)
+                        .publish_logs(tokio_stream::wrappers::ReceiverStream::new(msgs))
+                        .await
+                        .map(|_| ())
+                }
+                Err(s) => Err(s),
+            };
+            let _ = tx.send((Instant::now(), r));
+        });
+    });
+    rx
+}
