@@ -259,13 +259,8 @@ impl Manager {
                 .clone()
                 .follow(cfg.store.clone(), access_watch, cancel.clone()),
         );
-        tasks.spawn(crate::revocation::run_pruner(
-            cfg.store.clone(),
-            cancel.clone(),
-        ));
         tasks.spawn(ca.clone().follow(cfg.store.clone(), cancel.clone()));
         tasks.spawn(identity.clone().follow(cancel.clone()));
-        tasks.spawn(crate::rootca::run(cfg.store.clone(), cancel.clone()));
         let gate = Gate {
             access: access.clone(),
             ca: ca.clone(),
@@ -284,8 +279,9 @@ impl Manager {
             cfg.local_node_id.clone(),
             dispatcher.logs.clone(),
         );
-        tasks.spawn(dispatcher.clone().run_liveness(cancel.clone()));
-        tasks.spawn(crate::orchestrator::run(cfg.store.clone(), cancel.clone()));
+        let loops = leader_loops(&cfg.store, &dispatcher);
+        let leadership = crate::leader::follow_store(&cfg.store, cancel.clone());
+        tasks.spawn(crate::leader::supervise(leadership, loops, cancel.clone()));
         let router = tonic::transport::Server::builder()
             .add_service(CaRpcServer::new(CaServer::new(cfg.store.clone(), ca)))
             .add_service(DispatcherServer::new(dispatcher))
@@ -319,6 +315,25 @@ impl Manager {
         self.cancel.cancel();
         while self.tasks.join_next().await.is_some() {}
     }
+}
+
+/// Every loop that writes to the store: run by [`crate::leader::supervise`] only while
+/// this manager leads.
+fn leader_loops(store: &Store, dispatcher: &Dispatcher) -> Vec<crate::leader::LeaderLoop> {
+    use crate::leader::LeaderLoop;
+    let (s1, s2, s3) = (store.clone(), store.clone(), store.clone());
+    let (d1, d2) = (dispatcher.clone(), dispatcher.clone());
+    vec![
+        LeaderLoop::new("liveness", move |c| d1.clone().run_liveness(c)),
+        LeaderLoop::new("status writer", move |c| d2.clone().run_status_writer(c)),
+        LeaderLoop::new("orchestrator", move |c| {
+            crate::orchestrator::run(s1.clone(), c)
+        }),
+        LeaderLoop::new("root rotation", move |c| crate::rootca::run(s2.clone(), c)),
+        LeaderLoop::new("revocation pruning", move |c| {
+            crate::revocation::run_pruner(s3.clone(), c)
+        }),
+    ]
 }
 
 fn acceptor_for(ca: &CaState, leaf: &[u8], key_pkcs8: &[u8]) -> Result<TlsAcceptor, ManagerError> {

@@ -33,5 +33,5 @@ mod conformance;
 pub use batch::{Batch, Expect, Object, Versioned};
 pub use error::StoreError;
 pub use prost::bytes::Bytes;
-pub use store::Store;
+pub use store::{Leadership, LeadershipWatch, Store};
 pub use watch::{Change, Event, Snapshot, Watch, WATCH_CAPACITY};

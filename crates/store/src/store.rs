@@ -128,6 +128,14 @@ impl Store {
         }
     }
 
+    /// This member's leadership, as a stream: "leader since term T" or "follower".
+    pub fn leadership(&self) -> LeadershipWatch {
+        LeadershipWatch {
+            rx: self.inner.raft.metrics(),
+            id: self.inner.raft_id,
+        }
+    }
+
     /// Whether this member is the leader now.
     pub fn is_leader(&self) -> bool {
         let metrics = self.inner.raft.metrics();
@@ -222,6 +230,49 @@ impl Store {
             .map_err(|e| StoreError::Database(format!("closing the database failed: {e}")))?;
         info!(raft_id = self.inner.raft_id, "store shut down");
         stopped.map_err(|e| StoreError::Raft(format!("raft task failed: {e}")))
+    }
+}
+
+/// Whether this member leads, and since which term.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leadership {
+    /// Leader since `term`: writes go through this member.
+    Leader { term: u64 },
+    /// Not leading; `leader` is the member that does, if one is known.
+    Follower { leader: Option<u64> },
+}
+
+/// A stream of [`Leadership`] changes, read off the Raft node's metrics.
+pub struct LeadershipWatch {
+    rx: tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, openraft::BasicNode>>,
+    id: NodeId,
+}
+
+impl LeadershipWatch {
+    /// The leadership now.
+    pub fn current(&self) -> Leadership {
+        let m = self.rx.borrow();
+        if m.state == ServerState::Leader && m.current_leader == Some(self.id) {
+            Leadership::Leader {
+                term: m.current_term,
+            }
+        } else {
+            Leadership::Follower {
+                leader: m.current_leader,
+            }
+        }
+    }
+
+    /// Waits until the leadership differs from `last`, and returns it; `None` once the
+    /// store has shut down.
+    pub async fn changed(&mut self, last: Leadership) -> Option<Leadership> {
+        loop {
+            let now = self.current();
+            if now != last {
+                return Some(now);
+            }
+            self.rx.changed().await.ok()?;
+        }
     }
 }
 

@@ -91,7 +91,7 @@ impl Dispatcher {
     pub fn new(store: Store, ca: crate::rootca::CaHandle, cancel: CancellationToken) -> Self {
         Dispatcher {
             ca,
-            status: status::StatusWriter::start(store.clone(), cancel.clone()),
+            status: status::StatusWriter::new(),
             store,
             last_seen: Arc::new(Mutex::new(HashMap::new())),
             renew_pacer: Arc::new(Mutex::new(Pacer::default())),
@@ -144,6 +144,11 @@ impl Dispatcher {
         Err(StoreError::Raft(format!(
             "node {node_id} kept changing under the dispatcher"
         )))
+    }
+
+    /// Writes the task status nodes report, until cancelled. Runs on the leader.
+    pub async fn run_status_writer(self, cancel: CancellationToken) {
+        self.status.clone().run(self.store.clone(), cancel).await
     }
 
     /// Marks Down every Ready node not heard from for `GRACE_MULTIPLIER` periods, until
