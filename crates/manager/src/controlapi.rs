@@ -490,10 +490,34 @@ impl ControlApi {
     }
 }
 
-/// The control API over mTLS: manager certificates only.
+/// The control API: one implementation, whatever the transport. Its callers are a
+/// manager over mTLS (checked like every node call) or the node's local administrator on
+/// the unix socket.
 pub struct ControlService(pub ControlApi);
 
 const MANAGERS: &[Role] = &[Role::Manager];
+
+/// Marks a request that came in on the node's unix socket. Only the socket's server
+/// inserts it; nothing that arrives over the network can.
+#[derive(Clone, Copy, Debug)]
+pub struct LocalAdmin;
+
+/// Who is calling the control API.
+pub enum ControlCaller {
+    /// Whoever may open the node's unix socket (root or the socket's group).
+    LocalAdmin,
+    /// A manager node, verified and checked like every node call.
+    Node(crate::auth::Caller),
+}
+
+/// The caller of a control API request: the local administrator, or a manager whose
+/// certificate passes every check.
+fn control_caller<T>(req: &Request<T>, call: &'static str) -> Result<ControlCaller, Status> {
+    if req.extensions().get::<LocalAdmin>().is_some() {
+        return Ok(ControlCaller::LocalAdmin);
+    }
+    authorize(req, call, MANAGERS).map(ControlCaller::Node)
+}
 
 pub type TaskLogsStream = tokio_stream::wrappers::ReceiverStream<Result<TaskLogsMessage, Status>>;
 
@@ -505,7 +529,7 @@ impl Control for ControlService {
         &self,
         req: Request<CreateServiceRequest>,
     ) -> Result<Response<Service>, Status> {
-        authorize(&req, "CreateService", MANAGERS)?;
+        control_caller(&req, "CreateService")?;
         Ok(Response::new(
             self.0
                 .create_service(req.into_inner().spec.unwrap_or_default())
@@ -516,7 +540,7 @@ impl Control for ControlService {
         &self,
         req: Request<UpdateServiceRequest>,
     ) -> Result<Response<Service>, Status> {
-        authorize(&req, "UpdateService", MANAGERS)?;
+        control_caller(&req, "UpdateService")?;
         Ok(Response::new(
             self.0.update_service(req.into_inner()).await?,
         ))
@@ -525,7 +549,7 @@ impl Control for ControlService {
         &self,
         req: Request<GetServiceRequest>,
     ) -> Result<Response<Service>, Status> {
-        authorize(&req, "GetService", MANAGERS)?;
+        control_caller(&req, "GetService")?;
         Ok(Response::new(
             self.0.get_service(&req.into_inner().reference)?.value,
         ))
@@ -534,14 +558,14 @@ impl Control for ControlService {
         &self,
         req: Request<ListServicesRequest>,
     ) -> Result<Response<ListServicesResponse>, Status> {
-        authorize(&req, "ListServices", MANAGERS)?;
+        control_caller(&req, "ListServices")?;
         Ok(Response::new(self.0.list_services()?))
     }
     async fn remove_service(
         &self,
         req: Request<RemoveServiceRequest>,
     ) -> Result<Response<RemoveServiceResponse>, Status> {
-        authorize(&req, "RemoveService", MANAGERS)?;
+        control_caller(&req, "RemoveService")?;
         self.0.remove_service(&req.into_inner().reference).await?;
         Ok(Response::new(RemoveServiceResponse {}))
     }
@@ -549,14 +573,14 @@ impl Control for ControlService {
         &self,
         req: Request<UpdateNodeRequest>,
     ) -> Result<Response<NodeView>, Status> {
-        authorize(&req, "UpdateNode", MANAGERS)?;
+        control_caller(&req, "UpdateNode")?;
         Ok(Response::new(self.0.update_node(req.into_inner()).await?))
     }
     async fn update_cluster(
         &self,
         req: Request<shoal_proto::control::UpdateClusterRequest>,
     ) -> Result<Response<ClusterInfo>, Status> {
-        authorize(&req, "UpdateCluster", MANAGERS)?;
+        control_caller(&req, "UpdateCluster")?;
         Ok(Response::new(
             self.0
                 .update_cluster(req.into_inner().cert_expiry_secs)
@@ -567,7 +591,7 @@ impl Control for ControlService {
         &self,
         req: Request<shoal_proto::control::RevokeCertificateRequest>,
     ) -> Result<Response<shoal_proto::control::RevokeCertificateResponse>, Status> {
-        authorize(&req, "RevokeCertificate", MANAGERS)?;
+        control_caller(&req, "RevokeCertificate")?;
         let r = req.into_inner();
         self.0.revoke_certificate(&r.node, &r.serial).await?;
         Ok(Response::new(
@@ -578,14 +602,14 @@ impl Control for ControlService {
         &self,
         req: Request<shoal_proto::control::GetCaRequest>,
     ) -> Result<Response<shoal_proto::control::CaStatus>, Status> {
-        authorize(&req, "GetCa", MANAGERS)?;
+        control_caller(&req, "GetCa")?;
         Ok(Response::new(self.0.ca_status()?))
     }
     async fn rotate_ca(
         &self,
         req: Request<shoal_proto::control::RotateCaRequest>,
     ) -> Result<Response<shoal_proto::control::CaStatus>, Status> {
-        authorize(&req, "RotateCa", MANAGERS)?;
+        control_caller(&req, "RotateCa")?;
         let r = req.into_inner();
         Ok(Response::new(
             self.0.rotate_ca(r.force, &r.cert_pem, &r.key_pem).await?,
@@ -595,33 +619,33 @@ impl Control for ControlService {
         &self,
         req: Request<RemoveNodeRequest>,
     ) -> Result<Response<RemoveNodeResponse>, Status> {
-        authorize(&req, "RemoveNode", MANAGERS)?;
+        control_caller(&req, "RemoveNode")?;
         let r = req.into_inner();
         self.0.remove_node(&r.reference, r.force).await?;
         Ok(Response::new(RemoveNodeResponse {}))
     }
 
     async fn create_task(&self, req: Request<CreateTaskRequest>) -> Result<Response<Task>, Status> {
-        authorize(&req, "CreateTask", MANAGERS)?;
+        control_caller(&req, "CreateTask")?;
         Ok(Response::new(self.0.create_task(req.into_inner()).await?))
     }
     async fn list_tasks(
         &self,
         req: Request<ListTasksRequest>,
     ) -> Result<Response<ListTasksResponse>, Status> {
-        authorize(&req, "ListTasks", MANAGERS)?;
+        control_caller(&req, "ListTasks")?;
         let r = req.into_inner();
         Ok(Response::new(self.0.list_tasks(&r.node, &r.service_id)?))
     }
     async fn get_task(&self, req: Request<GetTaskRequest>) -> Result<Response<Task>, Status> {
-        authorize(&req, "GetTask", MANAGERS)?;
+        control_caller(&req, "GetTask")?;
         Ok(Response::new(self.0.get_task(&req.into_inner().reference)?))
     }
     async fn remove_task(
         &self,
         req: Request<RemoveTaskRequest>,
     ) -> Result<Response<RemoveTaskResponse>, Status> {
-        authorize(&req, "RemoveTask", MANAGERS)?;
+        control_caller(&req, "RemoveTask")?;
         self.0.remove_task(&req.into_inner().reference).await?;
         Ok(Response::new(RemoveTaskResponse {}))
     }
@@ -629,31 +653,35 @@ impl Control for ControlService {
         &self,
         req: Request<TaskLogsRequest>,
     ) -> Result<Response<TaskLogsStream>, Status> {
-        let caller = authorize(&req, "TaskLogs", MANAGERS)?;
+        let caller = control_caller(&req, "TaskLogs")?;
         let r = req.into_inner();
         let rx = self.0.task_logs(&r.reference, r.follow, r.tail).await?;
+        let rx = match caller {
+            ControlCaller::Node(c) => crate::auth::guard_stream(c, rx),
+            ControlCaller::LocalAdmin => rx,
+        };
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
-            crate::auth::guard_stream(caller, rx),
+            rx,
         )))
     }
     async fn list_nodes(
         &self,
         req: Request<ListNodesRequest>,
     ) -> Result<Response<ListNodesResponse>, Status> {
-        authorize(&req, "ListNodes", MANAGERS)?;
+        control_caller(&req, "ListNodes")?;
         Ok(Response::new(ListNodesResponse {
             nodes: self.0.list_nodes()?,
         }))
     }
     async fn get_node(&self, req: Request<GetNodeRequest>) -> Result<Response<NodeView>, Status> {
-        authorize(&req, "GetNode", MANAGERS)?;
+        control_caller(&req, "GetNode")?;
         Ok(Response::new(self.0.get_node(&req.into_inner().reference)?))
     }
     async fn get_join_token(
         &self,
         req: Request<GetJoinTokenRequest>,
     ) -> Result<Response<GetJoinTokenResponse>, Status> {
-        authorize(&req, "GetJoinToken", MANAGERS)?;
+        control_caller(&req, "GetJoinToken")?;
         Ok(Response::new(
             self.0.join_token_req(req.into_inner()).await?,
         ))
@@ -662,7 +690,7 @@ impl Control for ControlService {
         &self,
         req: Request<GetClusterInfoRequest>,
     ) -> Result<Response<ClusterInfo>, Status> {
-        authorize(&req, "GetClusterInfo", MANAGERS)?;
+        control_caller(&req, "GetClusterInfo")?;
         Ok(Response::new(self.0.cluster_info()?))
     }
 }

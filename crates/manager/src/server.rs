@@ -42,6 +42,7 @@ pub struct Manager {
     cancel: CancellationToken,
     identity: IdentityHandle,
     control: ControlApi,
+    control_server: ControlServer<ControlService>,
     tasks: tokio::task::JoinSet<()>,
     pub local_addr: SocketAddr,
 }
@@ -282,10 +283,11 @@ impl Manager {
         let loops = leader_loops(&cfg.store, &dispatcher);
         let leadership = crate::leader::follow_store(&cfg.store, cancel.clone());
         tasks.spawn(crate::leader::supervise(leadership, loops, cancel.clone()));
+        let control_server = ControlServer::new(ControlService(control.clone()));
         let router = tonic::transport::Server::builder()
             .add_service(CaRpcServer::new(CaServer::new(cfg.store.clone(), ca)))
             .add_service(DispatcherServer::new(dispatcher))
-            .add_service(ControlServer::new(ControlService(control.clone())));
+            .add_service(control_server.clone());
         let stop = cancel.clone();
         tasks.spawn(async move {
             let incoming = tokio_stream::wrappers::ReceiverStream::new(rx);
@@ -301,14 +303,21 @@ impl Manager {
             cancel,
             identity,
             control,
+            control_server,
             tasks,
             local_addr,
         })
     }
 
-    /// The control API, for the local socket.
+    /// The control API.
     pub fn control(&self) -> &ControlApi {
         &self.control
+    }
+
+    /// The control API's gRPC service, for the local socket to route to (with
+    /// [`crate::controlapi::LocalAdmin`] on each request).
+    pub fn control_server(&self) -> ControlServer<ControlService> {
+        self.control_server.clone()
     }
 
     pub async fn shutdown(mut self) {
