@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/shoal/dispatcher.proto",
         "proto/shoal/control.proto",
         "proto/shoal/local.proto",
+        "proto/shoal/raft.proto",
     ];
     let fds = protox::compile(files, ["proto"])?;
     tonic_prost_build::configure().compile_fds(fds)?;

@@ -29,7 +29,24 @@ pub struct Session {
     /// Notified to beat at once (after a renewal, so the managers see the new
     /// certificate in use without waiting a period).
     pub beat_now: std::sync::Arc<tokio::sync::Notify>,
+    /// Switches managers: to the leader a follower named, or (`None`) to the next
+    /// manager when this one cannot be reached.
+    pub on_redirect: Option<Redirect>,
 }
+
+/// See [`Session::on_redirect`].
+pub type Redirect = std::sync::Arc<dyn Fn(Option<String>) + Send + Sync>;
+
+/// The leader's address a follower's refusal names, if it does.
+pub fn leader_pointer(s: &tonic::Status) -> Option<String> {
+    s.metadata()
+        .get("shoal-leader")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// Unanswered beats before trying another manager.
+const UNREACHABLE_BEATS: u32 = 3;
 
 /// What the node does with a heartbeat's answer.
 pub type OnBeat = std::sync::Arc<dyn Fn(&HeartbeatResponse) + Send + Sync>;
@@ -155,10 +172,23 @@ impl Session {
                     }
                     return;
                 }
+                Err(e) if leader_pointer(&e).is_some() && self.on_redirect.is_some() => {
+                    if let (Some(f), Some(l)) = (&self.on_redirect, leader_pointer(&e)) {
+                        f(Some(l));
+                    }
+                    Duration::from_millis(10)
+                }
                 Err(e) => {
                     failures += 1;
                     if failures == 1 || failures.is_multiple_of(20) {
                         tracing::warn!(code = ?e.code(), error = %e.message(), "heartbeat failed");
+                    }
+                    if e.code() == tonic::Code::Unavailable
+                        && failures.is_multiple_of(UNREACHABLE_BEATS)
+                    {
+                        if let Some(f) = &self.on_redirect {
+                            f(None);
+                        }
                     }
                     // Back off from 100 ms up to the period.
                     (Duration::from_millis(100) * failures.min(50)).min(self.period)

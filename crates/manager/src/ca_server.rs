@@ -243,6 +243,9 @@ impl CaServer {
             match self.store.commit(b).await {
                 Ok(_) => return Ok((cert, role)),
                 Err(shoal_store::StoreError::Conflict { .. }) => continue,
+                Err(shoal_store::StoreError::NotLeader) => {
+                    return Err(crate::raft_service::not_leader(&self.store))
+                }
                 Err(e) => return Err(store_status(e)),
             }
         }
@@ -363,11 +366,6 @@ impl Ca for CaServer {
                 "invalid join token: its secret matches neither this cluster's worker nor manager token (it may have been rotated); get a current one with 'shoal join-token worker' on a manager",
             ));
         };
-        if role == Role::Manager {
-            return Err(Status::failed_precondition(
-                "joining as a manager is not supported yet (this cluster has one manager): join with the worker token from 'shoal join-token worker'",
-            ));
-        }
         if !req.rejoin_cert_der.is_empty() {
             return self.rejoin(req, limited).await;
         }
@@ -397,7 +395,11 @@ impl Ca for CaServer {
         let now = unix_now();
         let node = Node {
             id: node_id.to_string(),
-            role: NodeRole::Worker as i32,
+            role: if role == Role::Manager {
+                NodeRole::Manager as i32
+            } else {
+                NodeRole::Worker as i32
+            },
             availability: Availability::Active as i32,
             state: NodeState::Unknown as i32,
             description: Some(shoal_proto::objects::NodeDescription {
@@ -431,6 +433,7 @@ impl Ca for CaServer {
             shoal_store::StoreError::Conflict { .. } => Status::aborted(
                 "the join token was used by another node at the same moment: try again",
             ),
+            shoal_store::StoreError::NotLeader => crate::raft_service::not_leader(&self.store),
             e => store_status(e),
         })?;
         tracing::info!(node_id = %node_id, role = %role, "issued a certificate to a joining node");

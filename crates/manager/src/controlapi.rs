@@ -85,6 +85,9 @@ impl From<ControlError> for Status {
             | ControlError::BadService(_)
             | ControlError::BadRequest(_) => Status::invalid_argument(e.to_string()),
             ControlError::Unplaceable(_) => Status::failed_precondition(e.to_string()),
+            ControlError::Store(StoreError::NotLeader) => Status::unavailable(
+                "this manager is not the leader: run the command on the leader (the manager 'shoal node ls' shows as Leader)",
+            ),
             ControlError::Store(_) => Status::unavailable(e.to_string()),
         }
     }
@@ -93,8 +96,6 @@ impl From<ControlError> for Status {
 #[derive(Clone)]
 pub struct ControlApi {
     store: Store,
-    /// The node this manager runs on.
-    local_node: String,
     logs: Arc<crate::dispatcher::logs::LogBroker>,
 }
 
@@ -168,16 +169,8 @@ pub fn validate_spec(spec: &ContainerSpec) -> Result<(), ControlError> {
 }
 
 impl ControlApi {
-    pub fn new(
-        store: Store,
-        local_node: String,
-        logs: Arc<crate::dispatcher::logs::LogBroker>,
-    ) -> Self {
-        ControlApi {
-            store,
-            local_node,
-            logs,
-        }
+    pub fn new(store: Store, logs: Arc<crate::dispatcher::logs::LogBroker>) -> Self {
+        ControlApi { store, logs }
     }
 
     pub(crate) fn store(&self) -> &Store {
@@ -364,11 +357,14 @@ impl ControlApi {
     }
 
     fn view(&self, node: Node) -> NodeView {
+        let raft_id = crate::bootstrap::raft_id(&node.id);
         let manager_status = if node.role != NodeRole::Manager as i32 {
             String::new()
-        } else if node.id == self.local_node && self.store.is_leader() {
+        } else if self.store.leader() == Some(raft_id) {
             "Leader".to_string()
-        } else if node.state == shoal_proto::objects::NodeState::Ready as i32 {
+        } else if node.state == shoal_proto::objects::NodeState::Ready as i32
+            && self.store.members().iter().any(|m| m.id == raft_id)
+        {
             "Reachable".to_string()
         } else {
             "Unreachable".to_string()

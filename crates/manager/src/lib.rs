@@ -19,6 +19,7 @@ pub mod controlapi_services;
 pub mod dispatcher;
 pub mod leader;
 pub mod orchestrator;
+pub mod raft_service;
 pub mod revocation;
 pub mod rootca;
 pub mod scheduler;

@@ -57,10 +57,11 @@ pub enum ManagerError {
     Pki(#[from] shoal_pki::PkiError),
 }
 
-/// A TLS connection with what we verified about its client.
-pub struct TlsConn {
+/// A TLS connection with what we verified about its client (`I`: what the listener
+/// attaches to each request).
+pub struct TlsConn<I> {
     inner: TlsStream<TcpStream>,
-    info: PeerInfo,
+    info: I,
     /// Held while the connection lives: counts toward its address's limit.
     _slot: ConnSlot,
 }
@@ -109,14 +110,36 @@ impl Drop for ConnSlot {
     }
 }
 
-impl Connected for TlsConn {
-    type ConnectInfo = PeerInfo;
-    fn connect_info(&self) -> PeerInfo {
+impl<I: Clone + Send + Sync + 'static> Connected for TlsConn<I> {
+    type ConnectInfo = I;
+    fn connect_info(&self) -> I {
         self.info.clone()
     }
 }
 
-impl AsyncRead for TlsConn {
+/// What a listener checks clients against and attaches to their requests.
+pub trait Admission: Clone + Send + Sync + 'static {
+    type Info: Clone + Send + Sync + 'static;
+    /// The roots and cluster client certificates must chain to now.
+    fn trust(&self) -> shoal_pki::ClusterTrust;
+    fn info(&self, remote: SocketAddr, identity: Option<shoal_pki::NodeIdentity>) -> Self::Info;
+}
+
+impl Admission for Gate {
+    type Info = PeerInfo;
+    fn trust(&self) -> shoal_pki::ClusterTrust {
+        self.ca.get().trust.clone()
+    }
+    fn info(&self, remote: SocketAddr, identity: Option<shoal_pki::NodeIdentity>) -> PeerInfo {
+        PeerInfo {
+            remote_addr: Some(remote),
+            identity,
+            gate: self.clone(),
+        }
+    }
+}
+
+impl<I: Unpin> AsyncRead for TlsConn<I> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -126,7 +149,7 @@ impl AsyncRead for TlsConn {
     }
 }
 
-impl AsyncWrite for TlsConn {
+impl<I: Unpin> AsyncWrite for TlsConn<I> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -152,13 +175,16 @@ impl AsyncWrite for TlsConn {
     }
 }
 
+/// Raft messages can carry many entries or a snapshot chunk.
+const RAFT_MAX_MESSAGE: usize = 64 << 20;
+
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn accept_loop(
+async fn accept_loop<A: Admission>(
     listener: TcpListener,
     acceptor: Arc<std::sync::RwLock<TlsAcceptor>>,
-    gate: Gate,
-    tx: tokio::sync::mpsc::Sender<Result<TlsConn, io::Error>>,
+    gate: A,
+    tx: tokio::sync::mpsc::Sender<Result<TlsConn<A::Info>, io::Error>>,
     cancel: CancellationToken,
 ) {
     let limiter = Arc::new(ConnLimiter::default());
@@ -187,7 +213,7 @@ async fn accept_loop(
         let Ok(acceptor) = acceptor.read().map(|a| a.clone()) else {
             continue;
         };
-        let trust = gate.ca.get().trust.clone();
+        let trust = gate.trust();
         let gate = gate.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
@@ -209,16 +235,57 @@ async fn accept_loop(
                 .and_then(|(ee, rest)| trust.verify(ee, rest, SystemTime::now()).ok());
             let conn = TlsConn {
                 inner: tls,
-                info: PeerInfo {
-                    remote_addr: Some(remote),
-                    identity,
-                    gate,
-                },
+                info: gate.info(remote, identity),
                 _slot: slot,
             };
             let _ = tx.send(Ok(conn)).await;
         });
     }
+}
+
+/// The listener of a manager that is joining the Raft group: until its store holds the
+/// cluster, it serves only Raft, to managers of this cluster. Stop it (cancel and await)
+/// before [`Manager::start`] takes the address.
+pub async fn serve_joining(
+    listen_addr: SocketAddr,
+    trust: shoal_pki::ClusterTrust,
+    server_chain: Vec<Vec<u8>>,
+    key_pkcs8: Vec<u8>,
+    store: Store,
+    cancel: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, ManagerError> {
+    use crate::raft_service::{JoiningAdmission, JoiningRaftService};
+    let cfg = shoal_pki::server_config(&trust, &server_chain, &key_pkcs8, None)?;
+    let acceptor = Arc::new(std::sync::RwLock::new(TlsAcceptor::from(Arc::new(cfg))));
+    let listener = TcpListener::bind(listen_addr)
+        .await
+        .map_err(|source| ManagerError::Listen {
+            addr: listen_addr,
+            source,
+        })?;
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let accept = tokio::spawn(accept_loop(
+        listener,
+        acceptor,
+        JoiningAdmission { trust },
+        tx,
+        cancel.clone(),
+    ));
+    Ok(tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let r = tonic::transport::Server::builder()
+            .add_service(
+                shoal_proto::raft::raft_server::RaftServer::new(JoiningRaftService { store })
+                    .max_decoding_message_size(RAFT_MAX_MESSAGE)
+                    .max_encoding_message_size(RAFT_MAX_MESSAGE),
+            )
+            .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned())
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "the joining manager's raft listener stopped");
+        }
+        let _ = accept.await;
+    }))
 }
 
 impl Manager {
@@ -275,11 +342,7 @@ impl Manager {
         ));
 
         let dispatcher = Dispatcher::new(cfg.store.clone(), ca.clone(), cancel.clone());
-        let control = ControlApi::new(
-            cfg.store.clone(),
-            cfg.local_node_id.clone(),
-            dispatcher.logs.clone(),
-        );
+        let control = ControlApi::new(cfg.store.clone(), dispatcher.logs.clone());
         let loops = leader_loops(&cfg.store, &dispatcher);
         let leadership = crate::leader::follow_store(&cfg.store, cancel.clone());
         tasks.spawn(crate::leader::supervise(leadership, loops, cancel.clone()));
@@ -287,6 +350,13 @@ impl Manager {
         let router = tonic::transport::Server::builder()
             .add_service(CaRpcServer::new(CaServer::new(cfg.store.clone(), ca)))
             .add_service(DispatcherServer::new(dispatcher))
+            .add_service(
+                shoal_proto::raft::raft_server::RaftServer::new(crate::raft_service::RaftService {
+                    store: cfg.store.clone(),
+                })
+                .max_decoding_message_size(RAFT_MAX_MESSAGE)
+                .max_encoding_message_size(RAFT_MAX_MESSAGE),
+            )
             .add_service(control_server.clone());
         let stop = cancel.clone();
         tasks.spawn(async move {

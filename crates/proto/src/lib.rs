@@ -21,5 +21,8 @@ pub mod control {
 pub mod local {
     tonic::include_proto!("shoal.local");
 }
+pub mod raft {
+    tonic::include_proto!("shoal.raft");
+}
 
 pub mod limits;

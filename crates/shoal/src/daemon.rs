@@ -72,6 +72,8 @@ pub struct Daemon {
     stale: Mutex<Option<Stale>>,
     /// Notified when the managers' certificates stop verifying against our roots.
     pub untrusted: Arc<tokio::sync::Notify>,
+    /// The Raft transport of this node's store, when it is a manager.
+    raft: std::sync::Mutex<Option<Arc<crate::raft_transport::GrpcTransport>>>,
 }
 
 /// An identity kept only to rejoin with.
@@ -158,6 +160,7 @@ impl Daemon {
             note: Mutex::new(None),
             stale: Mutex::new(None),
             untrusted: Arc::new(tokio::sync::Notify::new()),
+            raft: std::sync::Mutex::new(None),
         })
     }
 
@@ -196,7 +199,15 @@ impl Daemon {
             }
         }
         let store = if loaded.state.role == "manager" {
-            Some(self.open_store(&loaded.state.node_id).await?)
+            let tls = client_tls(&loaded.roots, &loaded.cert_der, &loaded.key_pem)?;
+            Some(
+                self.open_store(
+                    &loaded.state.node_id,
+                    &loaded.state.advertise_addr,
+                    Some(tls),
+                )
+                .await?,
+            )
         } else {
             None
         };
@@ -214,7 +225,14 @@ impl Daemon {
         Ok(())
     }
 
-    async fn open_store(&self, node_id: &str) -> Result<Store> {
+    /// Opens this manager's store, with a Raft transport presenting `tls` (none yet
+    /// during `init`, which makes the certificate).
+    async fn open_store(
+        &self,
+        node_id: &str,
+        advertise: &str,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<Store> {
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         let dir = self.dir.raft_dir();
         // The store holds the CA key: private from the start.
@@ -223,9 +241,14 @@ impl Daemon {
             .mode(0o700)
             .create(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
-        let store = Store::open(&dir, raft_id(node_id), &self.opts.listen_addr.to_string())
+        let transport = crate::raft_transport::GrpcTransport::new(tls);
+        let store = Store::open_with(&dir, raft_id(node_id), advertise, transport.clone())
             .await
             .with_context(|| format!("cannot open the cluster store in {}", dir.display()))?;
+        transport.set_store(&store);
+        if let Ok(mut r) = self.raft.lock() {
+            *r = Some(transport);
+        }
         let db = dir.join("store.redb");
         if db.exists() {
             std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600))
@@ -244,10 +267,14 @@ impl Daemon {
         } = loaded;
         let mut manager = None;
         if let Some(store) = &store {
-            store
-                .wait_leader(Duration::from_secs(10))
-                .await
-                .context("the cluster store did not elect a leader")?;
+            // A lone manager leads at once; with several, this one may follow, and the
+            // others may still be starting: it serves as soon as its own store is open.
+            if store.members().len() <= 1 {
+                store
+                    .wait_leader(Duration::from_secs(10))
+                    .await
+                    .context("the cluster store did not elect a leader")?;
+            }
             let key = NodeKey::from_pem(&key_pem)?;
             let m = Manager::start(ManagerConfig {
                 store: store.clone(),
@@ -261,8 +288,16 @@ impl Daemon {
             manager = Some(m);
         }
         let target = state.managers.first().cloned().unwrap_or_default();
+        let raft = if manager.is_some() {
+            self.raft.lock().ok().and_then(|r| r.clone())
+        } else {
+            None
+        };
         let creds = (|| -> Result<crate::renewal::Creds> {
             let tls = client_tls(&roots, &cert_der, &key_pem)?;
+            if let Some(r) = &raft {
+                r.set_tls(tls.clone());
+            }
             if target.is_empty() {
                 bail!("no manager address is known for this node");
             }
@@ -270,7 +305,8 @@ impl Daemon {
             Ok(crate::renewal::Creds {
                 dir: self.dir.clone(),
                 cluster_id: ClusterId::parse(&state.cluster_id)?,
-                target: target.clone(),
+                target: std::sync::Mutex::new(target.clone()),
+                managers: std::sync::Mutex::new(state.managers.clone()),
                 current: std::sync::Mutex::new(crate::renewal::Current {
                     key_pem: key_pem.clone(),
                     cert_der: cert_der.clone(),
@@ -278,6 +314,7 @@ impl Daemon {
                 }),
                 channels,
                 manager: manager.as_ref().map(|m| m.identity_handle()),
+                raft: raft.clone(),
                 wanted_root: std::sync::Mutex::new(None),
             })
         })();
@@ -297,6 +334,13 @@ impl Daemon {
             let creds = creds.clone();
             let renew_now = renew_now.clone();
             Arc::new(move |resp: &shoal_proto::dispatcher::HeartbeatResponse| {
+                if !resp.managers.is_empty() {
+                    if let Ok(mut m) = creds.managers.lock() {
+                        if *m != resp.managers {
+                            *m = resp.managers.clone();
+                        }
+                    }
+                }
                 if let Err(e) = creds.adopt_roots(&resp.roots_der) {
                     tracing::warn!(error = %format!("{e:#}"), "not adopting the roots the managers sent");
                 }
@@ -319,7 +363,20 @@ impl Daemon {
                     .unwrap_or_default()
             })
         };
+        let on_redirect = {
+            let creds = creds.clone();
+            Arc::new(move |leader: Option<String>| {
+                let r = match leader {
+                    Some(addr) => creds.switch_to(&addr),
+                    None => creds.try_next_manager(),
+                };
+                if let Err(e) = r {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot switch managers");
+                }
+            })
+        };
         let session = Session {
+            on_redirect: Some(on_redirect),
             channels: creds.channels.subscribe(),
             description: describe(&self.opts.labels),
             advertise_addr: state.advertise_addr.clone(),
@@ -443,7 +500,7 @@ impl Daemon {
             )
         })?;
         let node_id = NodeId::generate();
-        let store = self.open_store(node_id.as_str()).await?;
+        let store = self.open_store(node_id.as_str(), &advertise, None).await?;
         let result = async {
             store
                 .bootstrap()
@@ -604,11 +661,12 @@ impl Daemon {
         } else {
             vec![root_der.clone()]
         };
-        if identity.role() != Role::Worker {
-            bail!(
-                "the manager issued a {} certificate for a worker join",
-                identity.role()
-            );
+        let as_manager = identity.role() == Role::Manager;
+        if as_manager && rejoin.is_some() {
+            bail!(user(
+                tonic::Code::InvalidArgument,
+                "--rejoin takes a worker token: a node rejoins in the role the managers hold for it"
+            ));
         }
         if let Some(s) = &rejoin {
             if identity.node_id().as_str() != s.state.node_id {
@@ -623,7 +681,7 @@ impl Daemon {
         // 3. Confirm the manager accepts the certificate with a real call before keeping it.
         let key_pem = key.to_pem();
         let tls = client_tls(&roots, &issued.cert_der, &key_pem)?;
-        let mtls = channel(&remote, tls).await.map_err(|e| {
+        let mtls = channel(&remote, tls.clone()).await.map_err(|e| {
             user(
                 tonic::Code::Unavailable,
                 format!(
@@ -632,17 +690,26 @@ impl Daemon {
                 ),
             )
         })?;
-        heartbeat_once(mtls, describe(&self.opts.labels), advertise.clone())
-            .await
-            .map_err(|s| {
-                user(
-                    s.code(),
-                    format!(
-                        "the manager did not accept our new certificate: {}",
-                        s.message()
-                    ),
-                )
-            })?;
+        let mut beat = heartbeat_once(mtls, describe(&self.opts.labels), advertise.clone()).await;
+        // A follower (or a manager that just lost an election) points to the leader.
+        if let Some(leader) = beat
+            .as_ref()
+            .err()
+            .and_then(shoal_agent::session::leader_pointer)
+        {
+            if let Ok(ch) = channel(&leader, tls.clone()).await {
+                beat = heartbeat_once(ch, describe(&self.opts.labels), advertise.clone()).await;
+            }
+        }
+        beat.map_err(|s| {
+            user(
+                s.code(),
+                format!(
+                    "the manager did not accept our new certificate: {}",
+                    s.message()
+                ),
+            )
+        })?;
 
         let mut managers = issued.managers.clone();
         if !managers.contains(&remote) {
@@ -657,6 +724,20 @@ impl Daemon {
         };
         self.dir.save(&state, &key_pem, &issued.cert_der, &roots)?;
         *self.stale.lock().await = None;
+        let store = if as_manager {
+            let joined = self
+                .join_raft(&state, &remote, &issued.cert_der, &key, &roots, tls.clone())
+                .await;
+            match joined {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    let _ = self.dir.wipe();
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
         let started = self
             .start(
                 Loaded {
@@ -665,9 +746,14 @@ impl Daemon {
                     cert_der: issued.cert_der,
                     roots,
                 },
-                None,
+                store.clone(),
             )
             .await;
+        if started.is_err() {
+            if let Some(s) = &store {
+                let _ = s.shutdown().await;
+            }
+        }
         let active = match started {
             Ok(a) => a,
             Err(e) => {
@@ -685,6 +771,104 @@ impl Daemon {
         *guard = Some(active);
         *self.note.lock().await = None;
         Ok(resp)
+    }
+
+    /// Makes this new manager a member of the Raft group: opens its (empty) store, serves
+    /// Raft alone on its listener, asks the leader to add it (as a learner until it has
+    /// caught up, then as a voter), and waits until its store holds the cluster.
+    async fn join_raft(
+        &self,
+        state: &NodeState,
+        remote: &str,
+        cert_der: &[u8],
+        key: &NodeKey,
+        roots: &[Vec<u8>],
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Result<Store> {
+        use shoal_proto::raft::raft_client::RaftClient;
+        use shoal_proto::raft::JoinRaftRequest;
+        let store = self
+            .open_store(&state.node_id, &state.advertise_addr, Some(tls.clone()))
+            .await?;
+        let cancel = CancellationToken::new();
+        let result = async {
+            let trust = ClusterTrust::new(ClusterId::parse(&state.cluster_id)?, roots)?;
+            let mut chain = vec![cert_der.to_vec()];
+            chain.extend(roots.iter().cloned());
+            let server = shoal_manager::server::serve_joining(
+                self.opts.listen_addr,
+                trust,
+                chain,
+                key.pkcs8_der(),
+                store.clone(),
+                cancel.clone(),
+            )
+            .await?;
+            let mut target = remote.to_string();
+            let mut hops = 0;
+            loop {
+                let ch = channel(&target, tls.clone()).await.map_err(|e| {
+                    user(
+                        tonic::Code::Unavailable,
+                        format!("cannot reach the manager at {target}: {}", error_chain(&e)),
+                    )
+                })?;
+                let mut req = tonic::Request::new(JoinRaftRequest {
+                    addr: state.advertise_addr.clone(),
+                });
+                req.set_timeout(Duration::from_secs(120));
+                match RaftClient::new(ch).join(req).await {
+                    Ok(_) => break,
+                    Err(s) => {
+                        let leader = s
+                            .metadata()
+                            .get(shoal_manager::raft_service::LEADER_KEY)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_string);
+                        match leader {
+                            Some(l) if hops < 3 && l != target => {
+                                target = l;
+                                hops += 1;
+                            }
+                            _ => bail!(user(
+                                s.code(),
+                                format!(
+                                    "the managers could not add this node to the raft group: {}",
+                                    s.message()
+                                )
+                            )),
+                        }
+                    }
+                }
+            }
+            // The leader added us once we had caught up; the cluster is in our store.
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while shoal_manager::bootstrap::load_cluster(&store).is_err() {
+                if std::time::Instant::now() > deadline {
+                    bail!(
+                        "this manager joined the raft group but its store did not fill within 30 s"
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            cancel.cancel();
+            if tokio::time::timeout(Duration::from_secs(5), server)
+                .await
+                .is_err()
+            {
+                tracing::warn!("the joining raft listener took long to stop");
+            }
+            Ok(())
+        }
+        .await;
+        cancel.cancel();
+        match result {
+            Ok(()) => Ok(store),
+            Err(e) => {
+                let _ = store.shutdown().await;
+                Err(e)
+            }
+        }
     }
 
     /// A manager removed this node: stop its containers and forget the cluster.

@@ -5,6 +5,7 @@ mod ca_cli;
 mod cli;
 mod daemon;
 mod netaddr;
+mod raft_transport;
 mod renewal;
 mod services_cli;
 mod socket;

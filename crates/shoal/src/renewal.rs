@@ -31,11 +31,16 @@ pub struct RenewalInfo {
 pub struct Creds {
     pub dir: StateDir,
     pub cluster_id: ClusterId,
-    pub target: String,
+    /// The manager this node talks to (the leader, once one has told it where that is).
+    pub target: Mutex<String>,
+    /// Every manager the cluster has, as the last heartbeat said.
+    pub managers: Mutex<Vec<String>>,
     pub current: Mutex<Current>,
     pub channels: watch::Sender<Channel>,
     /// On a manager: what its listener serves.
     pub manager: Option<shoal_manager::server::IdentityHandle>,
+    /// On a manager: the Raft transport, which presents this node's certificate too.
+    pub raft: Option<Arc<crate::raft_transport::GrpcTransport>>,
     /// The root the managers asked this node to renew onto (a rotation), if any.
     pub wanted_root: Mutex<Option<String>>,
 }
@@ -57,8 +62,40 @@ impl Creds {
 
     fn reconnect(&self, c: &Current) -> Result<()> {
         let tls = crate::daemon::client_tls(&c.roots, &c.cert_der, &c.key_pem)?;
-        let _ = self.channels.send(lazy_channel(&self.target, tls)?);
+        if let Some(r) = &self.raft {
+            r.set_tls(tls.clone());
+        }
+        let target = self.target.lock().map(|t| t.clone()).unwrap_or_default();
+        let _ = self.channels.send(lazy_channel(&target, tls)?);
         Ok(())
+    }
+
+    /// Talks to the manager at `addr` from now on (the leader, as a follower said).
+    pub fn switch_to(&self, addr: &str) -> Result<()> {
+        {
+            let mut t = self
+                .target
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned"))?;
+            if *t == addr {
+                return Ok(());
+            }
+            *t = addr.to_string();
+        }
+        tracing::info!(manager = %addr, "now talking to the manager at {addr}");
+        self.reconnect(&self.get())
+    }
+
+    /// The manager is unreachable: try the next one the cluster has.
+    pub fn try_next_manager(&self) -> Result<()> {
+        let managers = self.managers.lock().map(|m| m.clone()).unwrap_or_default();
+        if managers.len() < 2 {
+            return Ok(());
+        }
+        let cur = self.target.lock().map(|t| t.clone()).unwrap_or_default();
+        let i = managers.iter().position(|m| *m == cur).map_or(0, |i| i + 1);
+        let next = managers[i % managers.len()].clone();
+        self.switch_to(&next)
     }
 
     /// Whether the current certificate was issued by the trusted root with this digest.

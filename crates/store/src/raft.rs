@@ -35,15 +35,16 @@ const SNAPSHOT_EVERY: u64 = 5000;
 /// are followers) catches up from the log instead of a full snapshot.
 const KEEP_BEHIND_SNAPSHOT: u64 = 1000;
 
-/// Timeouts tuned for a LAN of managers: a single member elects itself well
-/// under a second after a restart (openraft elects at once when this node is
-/// the only voter, or restores leadership from its committed vote).
+/// Timeouts tuned for a LAN of managers: an election about a second after the leader
+/// falls silent (a busy machine's pauses of a few hundred milliseconds do not depose a
+/// working leader), and a single member elects itself at once after a restart (openraft
+/// does when this node is the only voter).
 pub(crate) fn config() -> Result<openraft::Config, String> {
     openraft::Config {
         cluster_name: "shoal".to_string(),
-        heartbeat_interval: 100,
-        election_timeout_min: 300,
-        election_timeout_max: 600,
+        heartbeat_interval: 150,
+        election_timeout_min: 800,
+        election_timeout_max: 1200,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY),
         max_in_snapshot_log_to_keep: KEEP_BEHIND_SNAPSHOT,
         ..Default::default()

@@ -101,6 +101,16 @@ impl Dispatcher {
         }
     }
 
+    /// Sessions, heartbeats and reports are served by the leader; a follower points the
+    /// node to it.
+    fn lead(&self) -> Result<(), Status> {
+        if self.store.is_leader() {
+            Ok(())
+        } else {
+            Err(crate::raft_service::not_leader(&self.store))
+        }
+    }
+
     /// Registers a new session of `node_id`, ending the one it replaces.
     fn replace_session(&self, node_id: &str) -> CancellationToken {
         let token = CancellationToken::new();
@@ -274,6 +284,7 @@ impl DispatcherRpc for Dispatcher {
         req: Request<SessionRequest>,
     ) -> Result<Response<SessionStream>, Status> {
         let caller = authorize(&req, "Session", ANY_NODE)?;
+        self.lead()?;
         let replaced = self.replace_session(caller.node_id().as_str());
         let rx = session::start(
             self.store.clone(),
@@ -292,6 +303,7 @@ impl DispatcherRpc for Dispatcher {
         req: Request<UpdateTaskStatusRequest>,
     ) -> Result<Response<UpdateTaskStatusResponse>, Status> {
         let id = authorize(&req, "UpdateTaskStatus", ANY_NODE)?;
+        self.lead()?;
         let node_id = id.node_id().as_str();
         let updates = req.into_inner().updates;
         check_status_updates(&updates)?;
@@ -318,6 +330,7 @@ impl DispatcherRpc for Dispatcher {
         req: Request<tonic::Streaming<PublishLogsMessage>>,
     ) -> Result<Response<PublishLogsResponse>, Status> {
         let caller = authorize(&req, "PublishLogs", ANY_NODE)?;
+        self.lead()?;
         let node_id = caller.node_id().to_string();
         let mut stream = req.into_inner();
         let cut = caller.cut();
@@ -343,6 +356,7 @@ impl DispatcherRpc for Dispatcher {
         req: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
         let id = authorize(&req, "Heartbeat", ANY_NODE)?;
+        self.lead()?;
         let remote_ip = remote_addr(&req).map(|a| a.ip().to_string());
         let req = req.into_inner();
         check_heartbeat(&req)?;

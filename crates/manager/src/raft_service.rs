@@ -1,0 +1,160 @@
+//! Raft between managers over the mTLS listener: the receiving side of the store's
+//! transport, and the leader's answer to a manager asking to join the Raft group. Only
+//! manager certificates may call, checked like every other call; a manager that is still
+//! joining (its store holds nothing yet, so it knows no members) checks the role alone.
+
+use crate::auth::authorize;
+use shoal_pki::Role;
+use shoal_proto::raft::raft_server::Raft;
+use shoal_proto::raft::{JoinRaftRequest, JoinRaftResponse, RaftMessage};
+use shoal_store::{RaftRpc, Store, StoreError};
+use tonic::{Request, Response, Status};
+
+const MANAGERS: &[Role] = &[Role::Manager];
+
+pub struct RaftService {
+    pub store: Store,
+}
+
+/// The Raft service of a manager that is joining: its listener has no access list yet.
+pub struct JoiningRaftService {
+    pub store: Store,
+}
+
+fn store_err(store: &Store, e: StoreError) -> Status {
+    match e {
+        StoreError::NotLeader => not_leader(store),
+        e => Status::unavailable(format!("raft: {e}")),
+    }
+}
+
+/// The metadata key a follower's refusal names the leader's address under.
+pub const LEADER_KEY: &str = "shoal-leader";
+
+/// The advertised address of the manager that leads now, if one is known.
+pub fn leader_addr(store: &Store) -> Option<String> {
+    let id = store.leader()?;
+    store
+        .list::<shoal_proto::objects::Node>()
+        .ok()?
+        .into_iter()
+        .map(|n| n.value)
+        .find(|n| crate::bootstrap::raft_id(&n.id) == id)
+        .map(|n| n.addr)
+        .filter(|a| !a.is_empty())
+}
+
+/// A follower's answer to a call only the leader serves: where the leader is (in the
+/// message, and under [`LEADER_KEY`] for agents to follow).
+pub fn not_leader(store: &Store) -> Status {
+    match leader_addr(store) {
+        Some(addr) => {
+            let mut s = Status::unavailable(format!(
+                "this manager is not the leader; the leader is at {addr}"
+            ));
+            if let Ok(v) = addr.parse() {
+                s.metadata_mut().insert(LEADER_KEY, v);
+            }
+            s
+        }
+        None => Status::unavailable(
+            "this manager is not the leader and no leader is known now (an election may be under way, or too few managers are reachable): try again",
+        ),
+    }
+}
+
+async fn call(store: &Store, m: RaftMessage) -> Result<Response<RaftMessage>, Status> {
+    let rpc = RaftRpc::from_u32(m.rpc)
+        .ok_or_else(|| Status::invalid_argument(format!("unknown raft call {}", m.rpc)))?;
+    let body = store
+        .handle_raft(rpc, &m.body)
+        .await
+        .map_err(|e| store_err(store, e))?;
+    Ok(Response::new(RaftMessage { rpc: m.rpc, body }))
+}
+
+#[tonic::async_trait]
+impl Raft for RaftService {
+    async fn call(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        authorize(&req, "Raft", MANAGERS)?;
+        call(&self.store, req.into_inner()).await
+    }
+
+    async fn join(
+        &self,
+        req: Request<JoinRaftRequest>,
+    ) -> Result<Response<JoinRaftResponse>, Status> {
+        let caller = authorize(&req, "JoinRaft", MANAGERS)?;
+        let addr = req.into_inner().addr;
+        if addr.is_empty() || addr.len() > shoal_proto::limits::MAX_HOSTNAME + 6 {
+            return Err(Status::invalid_argument(
+                "JoinRaft needs the joining manager's address (host:port)",
+            ));
+        }
+        let id = crate::bootstrap::raft_id(caller.node_id().as_str());
+        if self.store.members().iter().any(|m| m.id == id && m.voter) {
+            return Ok(Response::new(JoinRaftResponse {}));
+        }
+        tracing::info!(node_id = %caller.node_id(), raft_id = id, %addr, "adding a manager to the raft group");
+        if !self.store.is_leader() {
+            return Err(not_leader(&self.store));
+        }
+        self.store
+            .add_voter(id, &addr)
+            .await
+            .map_err(|e| store_err(&self.store, e))?;
+        Ok(Response::new(JoinRaftResponse {}))
+    }
+}
+
+#[tonic::async_trait]
+impl Raft for JoiningRaftService {
+    async fn call(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        // Verified by the TLS layer as a certificate of this cluster; the role is all a
+        // manager with an empty store can check.
+        let role = req
+            .extensions()
+            .get::<JoiningPeer>()
+            .and_then(|p| p.0.as_ref())
+            .map(|i| i.role());
+        if role != Some(Role::Manager) {
+            return Err(Status::permission_denied(
+                "Raft is for manager certificates only",
+            ));
+        }
+        call(&self.store, req.into_inner()).await
+    }
+
+    async fn join(
+        &self,
+        _req: Request<JoinRaftRequest>,
+    ) -> Result<Response<JoinRaftResponse>, Status> {
+        Err(Status::failed_precondition(
+            "this manager is still joining: ask the leader",
+        ))
+    }
+}
+
+/// What a joining manager's listener knows of a caller: its verified identity, if any.
+#[derive(Clone, Debug)]
+pub struct JoiningPeer(pub Option<shoal_pki::NodeIdentity>);
+
+/// The admission of a joining manager's listener: the cluster's roots, nothing more.
+#[derive(Clone)]
+pub struct JoiningAdmission {
+    pub trust: shoal_pki::ClusterTrust,
+}
+
+impl crate::server::Admission for JoiningAdmission {
+    type Info = JoiningPeer;
+    fn trust(&self) -> shoal_pki::ClusterTrust {
+        self.trust.clone()
+    }
+    fn info(
+        &self,
+        _remote: std::net::SocketAddr,
+        identity: Option<shoal_pki::NodeIdentity>,
+    ) -> JoiningPeer {
+        JoiningPeer(identity)
+    }
+}

@@ -1,0 +1,133 @@
+//! Several managers in one Raft group, on real daemons in their own network namespaces:
+//! joining with the manager token, who leads, and a new leader after the leader dies,
+//! with the workers following it.
+
+mod common;
+
+use common::*;
+use shoal_testbed::wait_for;
+use std::time::{Duration, Instant};
+
+/// `node ls` on node `i` as (hostname, manager status).
+fn manager_status(tb: &shoal_testbed::Testbed, i: usize) -> Vec<(String, String)> {
+    let out = tb.cli_ok(i, &["node", "ls", "--format", "json"]).unwrap();
+    out.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|n| {
+            (
+                n["Hostname"].as_str().unwrap_or("").to_string(),
+                n["ManagerStatus"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+fn join_manager(tb: &shoal_testbed::Testbed, i: usize, via: usize) {
+    let token = tb.cli_ok(via, &["join-token", "-q", "manager"]).unwrap();
+    tb.cli_ok(i, &["join", "--token", token.trim(), &tb.nodes[via].addr()])
+        .unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
+}
+
+#[test]
+fn three_managers_survive_the_loss_of_the_leader() {
+    let mut tb = testbed(4);
+    tb.init(0, &["--dispatcher-heartbeat", "1s"]).unwrap();
+    join_manager(&tb, 1, 0);
+    join_manager(&tb, 2, 0);
+    tb.join_worker(3, 0)
+        .unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
+    wait_ready(&tb, 4);
+    let st = manager_status(&tb, 1);
+    let of = |st: &[(String, String)], h: &str| {
+        st.iter()
+            .find(|(n, _)| n == h)
+            .map(|(_, s)| s.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(of(&st, "node1"), "Leader", "{st:?}");
+    assert_eq!(of(&st, "node2"), "Reachable", "{st:?}");
+    assert_eq!(of(&st, "node3"), "Reachable", "{st:?}");
+    assert_eq!(of(&st, "node4"), "", "{st:?}");
+    let info2 = info(&tb, 1);
+    assert_eq!(info2["Role"], "manager", "{info2}");
+
+    // A service on the worker only, through the leader.
+    import_busybox(&tb, 3);
+    tb.cli_ok(
+        0,
+        &[
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--replicas",
+            "1",
+            "--constraint",
+            "node.role==worker",
+            "busybox",
+            "sleep",
+            "3600",
+        ],
+    )
+    .unwrap();
+    assert_eq!(tb.processes_named(3, "sleep"), 1);
+    // Followers answer reads from their copy, and refuse writes with where to go.
+    let ls = tb.cli_ok(2, &["service", "ls"]).unwrap();
+    assert!(ls.contains("web"), "{ls}");
+    let out = tb.cli(2, &["service", "scale", "web=2", "-d"]);
+    assert!(
+        !out.success && out.stderr.contains("not the leader"),
+        "{}",
+        out.stderr
+    );
+
+    // The leader dies.
+    tb.kill(0).unwrap();
+    let killed = Instant::now();
+    let leader = wait_for(Duration::from_secs(10), || {
+        let st = manager_status(&tb, 1);
+        ["node2", "node3"]
+            .iter()
+            .position(|h| of(&st, h) == "Leader")
+            .map(|p| p + 1)
+    })
+    .unwrap_or_else(|| panic!("no new leader\n{}", tb.all_logs()));
+    eprintln!("new leader after {:?}", killed.elapsed());
+    assert!(killed.elapsed() < Duration::from_secs(5));
+
+    // Writes work through the new leader; the worker moves to it and its task runs on.
+    tb.cli_ok(
+        leader,
+        &[
+            "service",
+            "create",
+            "--name",
+            "after",
+            "--replicas",
+            "1",
+            "--constraint",
+            "node.role==worker",
+            "busybox",
+            "sleep",
+            "3600",
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
+    assert_eq!(
+        tb.processes_named(3, "sleep"),
+        2,
+        "the first container was untouched"
+    );
+    wait_for(Duration::from_secs(15), || {
+        let out = tb
+            .cli_ok(leader, &["node", "ls", "--format", "json"])
+            .ok()?;
+        out.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .any(|n| n["Hostname"] == "node4" && n["Status"] == "Ready")
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("the worker reports to the new leader\n{}", tb.all_logs()));
+    let ps = tb.cli_ok(leader, &["service", "ps", "web"]).unwrap();
+    assert!(ps.contains("Running"), "{ps}");
+}
