@@ -504,7 +504,14 @@ pub enum ControlCaller {
     LocalAdmin,
     /// A manager node, verified and checked like every node call.
     Node(crate::auth::Caller),
+    /// The local administrator of another manager, whose call that manager (a follower)
+    /// forwarded to this one; `by` is the forwarding manager, checked like any caller.
+    Forwarded { by: crate::auth::Caller },
 }
+
+/// The header a follower adds when it forwards its local administrator's call to the
+/// leader. Believed only from a manager certificate, and never forwarded again.
+pub const FORWARDED_HEADER: &str = "shoal-forwarded-for";
 
 /// The caller of a control API request: the local administrator, or a manager whose
 /// certificate passes every check.
@@ -512,7 +519,12 @@ fn control_caller<T>(req: &Request<T>, call: &'static str) -> Result<ControlCall
     if req.extensions().get::<LocalAdmin>().is_some() {
         return Ok(ControlCaller::LocalAdmin);
     }
-    authorize(req, call, MANAGERS).map(ControlCaller::Node)
+    let caller = authorize(req, call, MANAGERS)?;
+    if req.metadata().get(FORWARDED_HEADER).is_some() {
+        tracing::debug!(by = %caller.node_id(), call, "a call forwarded by a follower");
+        return Ok(ControlCaller::Forwarded { by: caller });
+    }
+    Ok(ControlCaller::Node(caller))
 }
 
 pub type TaskLogsStream = tokio_stream::wrappers::ReceiverStream<Result<TaskLogsMessage, Status>>;
@@ -653,7 +665,9 @@ impl Control for ControlService {
         let r = req.into_inner();
         let rx = self.0.task_logs(&r.reference, r.follow, r.tail).await?;
         let rx = match caller {
-            ControlCaller::Node(c) => crate::auth::guard_stream(c, rx),
+            ControlCaller::Node(c) | ControlCaller::Forwarded { by: c } => {
+                crate::auth::guard_stream(c, rx)
+            }
             ControlCaller::LocalAdmin => rx,
         };
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(

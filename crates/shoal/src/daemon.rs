@@ -76,6 +76,17 @@ pub struct Daemon {
     raft: std::sync::Mutex<Option<Arc<crate::raft_transport::GrpcTransport>>>,
 }
 
+/// See [`Daemon::control_route`].
+pub enum ControlRoute {
+    Local(
+        shoal_proto::control::control_server::ControlServer<
+            shoal_manager::controlapi::ControlService,
+        >,
+    ),
+    /// The leader's address and a channel to it.
+    Leader(tonic::transport::Channel, String),
+}
+
 /// An identity kept only to rejoin with.
 #[derive(Clone)]
 struct Stale {
@@ -587,7 +598,7 @@ impl Daemon {
         // 1. Reach the manager over TLS pinned to the token's CA digest.
         let pin = BootstrapPin::new(token.ca_digest());
         let boot = Arc::new(shoal_pki::pinned_bootstrap_client_config(pin.clone())?);
-        let ch = match channel(&remote, boot).await {
+        let ch = match channel(&remote, boot.clone()).await {
             Ok(c) => c,
             Err(e) => {
                 if let Some(got) = pin.presented_digest() {
@@ -639,9 +650,23 @@ impl Daemon {
                 .unwrap_or_default(),
         });
         issue_req.set_timeout(JOIN_CALL_TIMEOUT);
-        let issued = ca
-            .issue_node_certificate(issue_req)
-            .await
+        let retry = issue_req.get_ref().clone();
+        let mut issued = ca.issue_node_certificate(issue_req).await;
+        // Any manager's address works: a follower names the leader, which issues it.
+        let mut remote = remote;
+        if let Some(leader) = issued
+            .as_ref()
+            .err()
+            .and_then(shoal_agent::session::leader_pointer)
+        {
+            if let Ok(ch) = channel(&leader, boot.clone()).await {
+                let mut r = tonic::Request::new(retry);
+                r.set_timeout(JOIN_CALL_TIMEOUT);
+                issued = CaClient::new(ch).issue_node_certificate(r).await;
+                remote = leader;
+            }
+        }
+        let issued = issued
             .map_err(|s| user(s.code(), s.message().to_string()))?
             .into_inner();
         let cluster_id = ClusterId::parse(&issued.cluster_id)?;
@@ -851,12 +876,16 @@ impl Daemon {
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            // Stop at once, connections and all: the full listener takes over the
+            // address, and the leader must not go unheard long enough for an election.
             cancel.cancel();
-            if tokio::time::timeout(Duration::from_secs(5), server)
+            let mut server = server;
+            if tokio::time::timeout(Duration::from_millis(100), &mut server)
                 .await
                 .is_err()
             {
-                tracing::warn!("the joining raft listener took long to stop");
+                server.abort();
+                let _ = server.await;
             }
             Ok(())
         }
@@ -1052,27 +1081,32 @@ impl Daemon {
     }
 
     /// The control API of this node's manager, if it is one.
-    /// The control API's gRPC service of this node's manager.
-    pub async fn control_server(
-        &self,
-    ) -> Result<
-        shoal_proto::control::control_server::ControlServer<
-            shoal_manager::controlapi::ControlService,
-        >,
-        tonic::Status,
-    > {
+    /// Where this node's local administrator's control calls go: this manager's own
+    /// service for reads, or when it leads (or no leader is known), else the leader, over
+    /// mTLS, one hop.
+    pub async fn control_route(&self, read: bool) -> Result<ControlRoute, tonic::Status> {
         let guard = self.active.lock().await;
-        match guard.as_ref() {
-            None => Err(tonic::Status::failed_precondition(
+        let Some(a) = guard.as_ref() else {
+            return Err(tonic::Status::failed_precondition(
                 "this node is not part of a cluster: run 'shoal init' to create one or 'shoal join' to join one",
-            )),
-            Some(a) => match &a.manager {
-                Some(m) => Ok(m.control_server()),
-                None => Err(tonic::Status::failed_precondition(
-                    "this node is not a manager: worker nodes cannot view or change cluster state; run this command on a manager node",
-                )),
-            },
+            ));
+        };
+        let (Some(m), Some(store)) = (&a.manager, &a.store) else {
+            return Err(tonic::Status::failed_precondition(
+                "this node is not a manager: worker nodes cannot view or change cluster state; run this command on a manager node",
+            ));
+        };
+        if read || store.is_leader() || store.leader().is_none() {
+            return Ok(ControlRoute::Local(m.control_server()));
         }
+        let Some(addr) = shoal_manager::raft_service::leader_addr(store) else {
+            return Ok(ControlRoute::Local(m.control_server()));
+        };
+        let c = a.creds.get();
+        let channel = client_tls(&c.roots, &c.cert_der, &c.key_pem)
+            .and_then(|tls| Ok(lazy_channel(&addr, tls)?))
+            .map_err(|e| tonic::Status::internal(format!("{e:#}")))?;
+        Ok(ControlRoute::Leader(channel, addr))
     }
 
     pub async fn shutdown(&self) {

@@ -182,12 +182,35 @@ impl tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>> f
 
     fn call(&mut self, mut req: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
         let daemon = self.0.clone();
+        // Reads answer from this manager's copy (so they work without a leader too);
+        // writes, and log streams (served where the nodes' sessions are), go to the leader.
+        let method = req.uri().path().rsplit('/').next().unwrap_or("");
+        let read = method.starts_with("Get") || method.starts_with("List");
         Box::pin(async move {
-            match daemon.control_server().await {
-                Ok(mut svc) => {
+            match daemon.control_route(read).await {
+                Ok(crate::daemon::ControlRoute::Local(mut svc)) => {
                     req.extensions_mut()
                         .insert(shoal_manager::controlapi::LocalAdmin);
                     tonic::codegen::Service::call(&mut svc, req).await
+                }
+                Ok(crate::daemon::ControlRoute::Leader(mut channel, addr)) => {
+                    req.headers_mut().insert(
+                        shoal_manager::controlapi::FORWARDED_HEADER,
+                        tonic::codegen::http::HeaderValue::from_static("local-admin"),
+                    );
+                    // A channel must be ready before each call (it buffers requests).
+                    let sent = match tower::ServiceExt::ready(&mut channel).await {
+                        Ok(ch) => tonic::codegen::Service::call(ch, req).await,
+                        Err(e) => Err(e),
+                    };
+                    match sent {
+                        Ok(resp) => Ok(resp),
+                        Err(e) => Ok(Status::unavailable(format!(
+                            "this manager is a follower and cannot reach the leader at {addr}: {}",
+                            shoal_agent::connect::error_chain(&e)
+                        ))
+                        .into_http()),
+                    }
                 }
                 Err(status) => Ok(status.into_http()),
             }

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 /// `node ls` on node `i` as (hostname, manager status).
 fn manager_status(tb: &shoal_testbed::Testbed, i: usize) -> Vec<(String, String)> {
-    let out = tb.cli_ok(i, &["node", "ls", "--format", "json"]).unwrap();
+    let out = tb
+        .cli_ok(i, &["node", "ls", "--format", "json"])
+        .unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
     out.lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .map(|n| {
@@ -64,6 +66,8 @@ fn three_managers_survive_the_loss_of_the_leader() {
             "1",
             "--constraint",
             "node.role==worker",
+            "--stop-grace-period",
+            "300ms",
             "busybox",
             "sleep",
             "3600",
@@ -71,15 +75,30 @@ fn three_managers_survive_the_loss_of_the_leader() {
     )
     .unwrap();
     assert_eq!(tb.processes_named(3, "sleep"), 1);
-    // Followers answer reads from their copy, and refuse writes with where to go.
+    // A follower forwards its administrator's calls to the leader, reads and writes.
     let ls = tb.cli_ok(2, &["service", "ls"]).unwrap();
     assert!(ls.contains("web"), "{ls}");
-    let out = tb.cli(2, &["service", "scale", "web=2", "-d"]);
-    assert!(
-        !out.success && out.stderr.contains("not the leader"),
-        "{}",
-        out.stderr
-    );
+    tb.cli_ok(2, &["service", "scale", "web=2"])
+        .unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
+    assert_eq!(tb.processes_named(3, "sleep"), 2);
+    tb.cli_ok(1, &["service", "scale", "web=1"]).unwrap();
+    wait_for(Duration::from_secs(10), || {
+        (tb.processes_named(3, "sleep") == 1).then_some(())
+    })
+    .expect("scaled back down through the other follower");
+    // A worker's certificate cannot pass for a forwarding manager.
+    let worker = common::raw::Identity::of_node(&tb, 3);
+    let err = common::raw::with_channel(&tb, 3, &worker, |ch| async move {
+        let mut req = tonic::Request::new(shoal_proto::control::ListNodesRequest {});
+        req.metadata_mut()
+            .insert("shoal-forwarded-for", "local-admin".parse().unwrap());
+        shoal_proto::control::control_client::ControlClient::new(ch)
+            .list_nodes(req)
+            .await
+            .map(|_| ())
+    })
+    .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
 
     // The leader dies.
     tb.kill(0).unwrap();

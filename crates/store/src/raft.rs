@@ -43,8 +43,8 @@ pub(crate) fn config() -> Result<openraft::Config, String> {
     openraft::Config {
         cluster_name: "shoal".to_string(),
         heartbeat_interval: 150,
-        election_timeout_min: 800,
-        election_timeout_max: 1200,
+        election_timeout_min: 600,
+        election_timeout_max: 900,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY),
         max_in_snapshot_log_to_keep: KEEP_BEHIND_SNAPSHOT,
         ..Default::default()
