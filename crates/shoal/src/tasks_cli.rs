@@ -347,6 +347,8 @@ impl Client {
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
             labels: Default::default(),
+            cap_add: vec![],
+            cap_drop: vec![],
         };
         let t = self
             .control()
