@@ -6,6 +6,7 @@ mod cli;
 mod daemon;
 mod netaddr;
 mod renewal;
+mod security_cli;
 mod services_cli;
 mod socket;
 mod statedir;
