@@ -51,10 +51,13 @@ impl Ctl {
         if self.progress.advance(state).is_err() {
             return;
         }
+        let (mut message, mut err) = (message.to_string(), err.to_string());
+        shoal_proto::limits::truncate(&mut message, shoal_proto::limits::MAX_STATUS_TEXT);
+        shoal_proto::limits::truncate(&mut err, shoal_proto::limits::MAX_STATUS_TEXT);
         let st = TaskStatus {
             state: state as i32,
-            message: message.to_string(),
-            err: err.to_string(),
+            message,
+            err,
             exit_code: exit.map(|x| x.code).unwrap_or(0),
             timestamp_unix_ms: now_ms(),
             pid,

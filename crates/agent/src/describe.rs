@@ -32,5 +32,6 @@ pub fn describe(engine_labels: &HashMap<String, String>) -> NodeDescription {
         memory_bytes: memory_bytes(),
         engine_labels: engine_labels.clone(),
         engine_version: env!("CARGO_PKG_VERSION").to_string(),
+        runtime_error: crate::runtime::runc::runtime_error().unwrap_or_default(),
     }
 }

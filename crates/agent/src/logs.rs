@@ -8,7 +8,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
 
 /// Parses `<unix nanos> <stream> <text>` (the supervisor's format).
 pub fn parse_line(line: &str) -> Option<LogLine> {
@@ -58,21 +57,63 @@ async fn read_blocking(path: &Path, pos: &mut u64) -> std::io::Result<Vec<LogLin
     Ok(lines)
 }
 
+/// One subscription's stream of PublishLogs messages. It follows the node's channel: after
+/// a certificate renewal the next message goes out on a new stream made with the new
+/// certificate (the managers stop accepting the old one shortly after), and the old
+/// stream is closed cleanly. The managers keep the subscription across the switch.
+struct Stream {
+    channels: crate::session::Channels,
+    tx: mpsc::Sender<PublishLogsMessage>,
+    call: tokio::task::JoinHandle<
+        Result<tonic::Response<shoal_proto::dispatcher::PublishLogsResponse>, tonic::Status>,
+    >,
+}
+
+impl Stream {
+    fn open(mut channels: crate::session::Channels) -> Stream {
+        channels.mark_unchanged();
+        let (tx, rx) = mpsc::channel::<PublishLogsMessage>(16);
+        let mut client = DispatcherClient::new(channels.borrow().clone());
+        let call = tokio::spawn(async move {
+            client
+                .publish_logs(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+        });
+        Stream { channels, tx, call }
+    }
+
+    /// Sends `m`; false once the manager stopped listening.
+    async fn send(&mut self, m: PublishLogsMessage) -> bool {
+        if self.channels.has_changed().unwrap_or(false) {
+            let next = Stream::open(self.channels.clone());
+            let old = std::mem::replace(self, next);
+            drop(old.tx);
+            let _ = old.call.await;
+        }
+        self.tx.send(m).await.is_ok()
+    }
+
+    fn finished(&self) -> bool {
+        self.tx.is_closed() || self.call.is_finished()
+    }
+
+    /// Sends the last message and waits for the call to end.
+    async fn close(mut self, last: PublishLogsMessage) {
+        let _ = self.send(last).await;
+        drop(self.tx);
+        let _ = self.call.await;
+    }
+}
+
 /// Serves one subscription: sends the last `tail` lines (all if 0), then, if following,
 /// new lines until the container has exited or the manager stops listening.
 pub async fn publish(
-    channel: Channel,
+    channels: crate::session::Channels,
     runtime: Arc<dyn Runtime>,
     sub: LogSubscription,
     known: bool,
 ) {
-    let (tx, rx) = mpsc::channel::<PublishLogsMessage>(16);
-    let mut client = DispatcherClient::new(channel);
-    let call = tokio::spawn(async move {
-        client
-            .publish_logs(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-    });
+    let mut out = Stream::open(channels);
     let sid = sub.id.clone();
     let msg = |lines: Vec<LogLine>, close: bool, error: String| PublishLogsMessage {
         subscription_id: sid.clone(),
@@ -81,15 +122,12 @@ pub async fn publish(
         error,
     };
     if !known {
-        let _ = tx
-            .send(msg(
-                vec![],
-                true,
-                format!("task {} is not on this node", sub.task_id),
-            ))
-            .await;
-        drop(tx);
-        let _ = call.await;
+        out.close(msg(
+            vec![],
+            true,
+            format!("task {} is not on this node", sub.task_id),
+        ))
+        .await;
         return;
     }
     let path = runtime.log_path(&sub.task_id);
@@ -100,15 +138,12 @@ pub async fn publish(
         let lines = match read_blocking(&path, &mut pos).await {
             Ok(l) => l,
             Err(e) => {
-                let _ = tx
-                    .send(msg(
-                        vec![],
-                        true,
-                        format!("cannot read the task's log: {e}"),
-                    ))
-                    .await;
-                drop(tx);
-                let _ = call.await;
+                out.close(msg(
+                    vec![],
+                    true,
+                    format!("cannot read the task's log: {e}"),
+                ))
+                .await;
                 return;
             }
         };
@@ -123,29 +158,19 @@ pub async fn publish(
             continue;
         }
         for chunk in lines.chunks(BATCH) {
-            if tx
-                .send(msg(chunk.to_vec(), false, String::new()))
-                .await
-                .is_err()
-            {
+            if !out.send(msg(chunk.to_vec(), false, String::new())).await {
                 return;
             }
         }
     }
     let kept: Vec<LogLine> = kept.into();
     for chunk in kept.chunks(BATCH) {
-        if tx
-            .send(msg(chunk.to_vec(), false, String::new()))
-            .await
-            .is_err()
-        {
+        if !out.send(msg(chunk.to_vec(), false, String::new())).await {
             return;
         }
     }
     if !sub.follow {
-        let _ = tx.send(msg(vec![], true, String::new())).await;
-        drop(tx);
-        let _ = call.await;
+        out.close(msg(vec![], true, String::new())).await;
         return;
     }
     loop {
@@ -155,20 +180,14 @@ pub async fn publish(
         );
         let lines = read_blocking(&path, &mut pos).await.unwrap_or_default();
         for chunk in lines.chunks(BATCH) {
-            if tx
-                .send(msg(chunk.to_vec(), false, String::new()))
-                .await
-                .is_err()
-            {
+            if !out.send(msg(chunk.to_vec(), false, String::new())).await {
                 return;
             }
         }
-        if done || tx.is_closed() || call.is_finished() {
+        if done || out.finished() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _ = tx.send(msg(vec![], true, String::new())).await;
-    drop(tx);
-    let _ = call.await;
+    out.close(msg(vec![], true, String::new())).await;
 }

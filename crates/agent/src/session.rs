@@ -106,10 +106,21 @@ impl Session {
         let mut untrusted = 0u32;
         loop {
             let channel = self.channels.borrow().clone();
+            // Installing runc while the daemon runs clears the error at the next beat.
+            self.description.runtime_error =
+                crate::runtime::runc::runtime_error().unwrap_or_default();
             let req = HeartbeatRequest {
                 description: Some(self.description.clone()),
                 advertise_addr: self.advertise_addr.clone(),
-                cert_renewal_error: self.renewal_error.as_ref().map(|f| f()).unwrap_or_default(),
+                cert_renewal_error: self
+                    .renewal_error
+                    .as_ref()
+                    .map(|f| {
+                        let mut e = f();
+                        shoal_proto::limits::truncate(&mut e, shoal_proto::limits::MAX_STATUS_TEXT);
+                        e
+                    })
+                    .unwrap_or_default(),
             };
             let r = heartbeat_call(channel, req).await;
             let wait = match r {
@@ -184,6 +195,8 @@ pub async fn run_assignments(
         match opened {
             Ok(resp) => {
                 let mut stream = resp.into_inner();
+                // Assignments split over several messages, applied once all are here.
+                let mut split: Option<shoal_proto::dispatcher::SessionMessage> = None;
                 loop {
                     let msg = tokio::select! {
                         _ = cancel.cancelled() => return,
@@ -192,8 +205,18 @@ pub async fn run_assignments(
                         m = stream.next() => m,
                     };
                     match msg {
-                        Some(Ok(m)) => {
+                        Some(Ok(mut m)) => {
                             failures = 0;
+                            if let Some(mut first) = split.take() {
+                                first.assignments.append(&mut m.assignments);
+                                first.log_subscriptions.append(&mut m.log_subscriptions);
+                                first.more = m.more;
+                                m = first;
+                            }
+                            if m.more {
+                                split = Some(m);
+                                continue;
+                            }
                             worker.apply(&m);
                             for sub in m.log_subscriptions {
                                 if sub.close {
@@ -201,7 +224,7 @@ pub async fn run_assignments(
                                 }
                                 let known = worker.has_task(&sub.task_id);
                                 tokio::spawn(crate::logs::publish(
-                                    channels.borrow().clone(),
+                                    channels.clone(),
                                     worker.deps().runtime.clone(),
                                     sub,
                                     known,

@@ -1,8 +1,14 @@
 //! Per-RPC authorization. The caller's identity is what the TLS layer verified when the
-//! connection was made; no request field can change it.
+//! connection was made; no request field can change it. Every call, unary or streaming,
+//! is checked the same way: a certificate of this cluster, from a root trusted now, not
+//! expired, of a member node, not revoked or superseded, with an allowed role. A stream
+//! keeps its [`Caller`] and is cut as soon as the caller would be refused.
 
+use crate::access::AccessList;
+use crate::rootca::CaHandle;
 use shoal_pki::{NodeIdentity, Role};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use tonic::{Request, Status};
 
 /// What the listener knows about the other end of a connection. Attached to every
@@ -13,65 +19,138 @@ pub struct PeerInfo {
     /// Present only if the client presented a certificate that chains to this cluster's
     /// root and carries this cluster's ID.
     pub identity: Option<NodeIdentity>,
-    /// Revoked certificates, checked on every call (a revocation applies at once, also
-    /// to connections already open).
-    pub revoked: Option<std::sync::Arc<crate::revocation::RevocationSet>>,
-    /// The roots trusted now (a root rotation may have retired the one that signed the
-    /// connection's certificate).
-    pub ca: Option<crate::rootca::CaHandle>,
+    /// What every call is checked against (there is no way to build a `PeerInfo`
+    /// without it, so no call can skip the checks).
+    pub gate: Gate,
 }
 
-/// The verified identity of the caller, if its role is one of `allowed`.
+/// The manager's live view of who may call.
+#[derive(Clone, Debug)]
+pub struct Gate {
+    /// Members, their usable certificates, revocations.
+    pub access: Arc<AccessList>,
+    /// The roots trusted now (a root rotation may have retired the one that signed the
+    /// connection's certificate).
+    pub ca: CaHandle,
+}
+
+/// A verified, authorized caller. For streams it also tells when to cut them.
+pub struct Caller {
+    pub id: NodeIdentity,
+    call: &'static str,
+    access: Arc<AccessList>,
+}
+
+impl std::ops::Deref for Caller {
+    type Target = NodeIdentity;
+    fn deref(&self) -> &NodeIdentity {
+        &self.id
+    }
+}
+
+impl Caller {
+    /// Whether the caller may still be served; checked before each message a stream
+    /// sends, so nothing goes out after a revocation.
+    pub fn check(&self) -> Result<(), Status> {
+        self.access
+            .check(&self.id)
+            .map_err(|r| r.status(self.call, &self.id))
+    }
+
+    /// Resolves, with what to tell the caller, when it may no longer be served (removal,
+    /// revocation, superseding, expiry).
+    pub async fn cut(&self) -> Status {
+        self.access
+            .revoked(&self.id)
+            .await
+            .status(self.call, &self.id)
+    }
+
+    /// Waits until the access list reflects the store up to `index`, then checks: a
+    /// stream that sends what it read at `index` sends nothing a revocation committed
+    /// before it should have stopped.
+    pub async fn check_at(&self, index: u64) -> Result<(), Status> {
+        self.access.wait_applied(index).await?;
+        self.check()
+    }
+}
+
+/// Forwards a server stream to `caller` until it may no longer be served: then the
+/// stream ends with the reason, and nothing more is sent.
+pub fn guard_stream<T: Send + 'static>(
+    caller: Caller,
+    mut rx: tokio::sync::mpsc::Receiver<Result<T, Status>>,
+) -> tokio::sync::mpsc::Receiver<Result<T, Status>> {
+    let (tx, out) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        let cut = caller.cut();
+        tokio::pin!(cut);
+        loop {
+            tokio::select! {
+                s = &mut cut => {
+                    let _ = tx.send(Err(s)).await;
+                    return;
+                }
+                _ = tx.closed() => return,
+                m = rx.recv() => {
+                    let Some(m) = m else { return };
+                    if let Err(s) = caller.check() {
+                        let _ = tx.send(Err(s)).await;
+                        return;
+                    }
+                    if tx.send(m).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    out
+}
+
+/// The verified caller, if its certificate may be used now and its role is one of
+/// `allowed`.
 pub fn authorize<T>(
     req: &Request<T>,
-    call: &str,
+    call: &'static str,
     allowed: &[Role],
-) -> Result<NodeIdentity, Status> {
-    let peer = req.extensions().get::<PeerInfo>();
-    if let (Some(id), Some(set)) = (
-        peer.and_then(|p| p.identity.as_ref()),
-        peer.and_then(|p| p.revoked.as_ref()),
-    ) {
-        if let Some(reason) = set.check(id) {
-            return Err(Status::permission_denied(format!(
-                "{call} refused: {reason} (certificate {} of node {})",
-                id.serial(),
-                id.node_id()
-            )));
-        }
-    }
-    if let (Some(id), Some(ca)) = (
-        peer.and_then(|p| p.identity.as_ref()),
-        peer.and_then(|p| p.ca.as_ref()),
-    ) {
-        if !ca.get().root_subjects.iter().any(|s| s == id.issuer()) {
-            return Err(Status::unauthenticated(format!(
-                "{call} refused: the certificate of node {} comes from a root CA this cluster no longer trusts (it was rotated); rejoin with 'shoal join --token <worker token> --rejoin <manager>'",
-                id.node_id()
-            )));
-        }
-    }
-    let id = peer
-        .and_then(|p| p.identity.clone())
-        .ok_or_else(|| {
-            Status::unauthenticated(format!(
-                "{call} needs a node certificate of this cluster; join the cluster first with 'shoal join'"
-            ))
-        })?;
-    if std::time::SystemTime::now() > id.not_after() {
+) -> Result<Caller, Status> {
+    let peer = req.extensions().get::<PeerInfo>().ok_or_else(|| {
+        Status::unauthenticated(format!("{call} refused: the connection was not verified"))
+    })?;
+    let id = peer.identity.clone().ok_or_else(|| {
+        Status::unauthenticated(format!(
+            "{call} needs a node certificate of this cluster; join the cluster first with 'shoal join'"
+        ))
+    })?;
+    if !peer
+        .gate
+        .ca
+        .get()
+        .root_subjects
+        .iter()
+        .any(|s| s == id.issuer())
+    {
         return Err(Status::unauthenticated(format!(
-            "{call}: the node certificate expired; the node must renew or rejoin"
+            "{call} refused: the certificate of node {} comes from a root CA this cluster no longer trusts (it was rotated); rejoin with 'shoal join --token <worker token> --rejoin <manager>'",
+            id.node_id()
         )));
     }
-    if !allowed.contains(&id.role()) {
+    let caller = Caller {
+        id,
+        call,
+        access: peer.gate.access.clone(),
+    };
+    caller.check()?;
+    if !allowed.contains(&caller.role()) {
         let names: Vec<&str> = allowed.iter().map(|r| r.as_str()).collect();
         return Err(Status::permission_denied(format!(
             "{call} is not allowed for a {} node (allowed: {})",
-            id.role(),
+            caller.role(),
             names.join(", ")
         )));
     }
-    Ok(id)
+    Ok(caller)
 }
 
 /// The caller's network address, if known.

@@ -17,14 +17,57 @@ use shoal_store::{Batch, Expect, Store};
 use std::time::Duration;
 use tonic::{Request, Response, Status};
 
+type Limiter<K> = governor::DefaultKeyedRateLimiter<K>;
+
 pub struct CaServer {
     store: Store,
     ca: CaHandle,
+    /// Renewals per node (a root rotation's request is not counted).
+    renewals: Limiter<String>,
+    /// Certificates issued (joins and rejoins) per peer address.
+    issuance: Limiter<std::net::IpAddr>,
 }
+
+/// Renewals a node may make per minute: a node renews at half its certificate's life
+/// (at least 30 s), plus a few retries after failures.
+pub const RENEWALS_PER_MINUTE: u32 = 6;
+/// Certificates one address may be issued per second, and in a burst.
+pub const ISSUANCE_PER_SEC: u32 = 10;
+pub const ISSUANCE_BURST: u32 = 20;
 
 impl CaServer {
     pub fn new(store: Store, ca: CaHandle) -> Self {
-        CaServer { store, ca }
+        use governor::Quota;
+        use std::num::NonZeroU32;
+        let nz = |n: u32| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
+        CaServer {
+            store,
+            ca,
+            renewals: governor::RateLimiter::keyed(Quota::per_minute(nz(RENEWALS_PER_MINUTE))),
+            issuance: governor::RateLimiter::keyed(
+                Quota::per_second(nz(ISSUANCE_PER_SEC)).allow_burst(nz(ISSUANCE_BURST)),
+            ),
+        }
+    }
+
+    /// Refuses a call over `limiter`'s quota for `key`, saying when to retry.
+    fn limit<K: std::hash::Hash + Eq + Clone>(
+        limiter: &Limiter<K>,
+        key: &K,
+        what: impl FnOnce() -> String,
+    ) -> Result<(), Status> {
+        if limiter.len() > 10_000 {
+            limiter.retain_recent();
+        }
+        limiter.check_key(key).map_err(|not_until| {
+            use governor::clock::Clock;
+            let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+            Status::resource_exhausted(format!(
+                "{}: try again in {} s",
+                what(),
+                wait.as_secs().max(1)
+            ))
+        })
     }
 }
 
@@ -241,6 +284,20 @@ impl Ca for CaServer {
             crate::auth::authorize(&req, "RenewNodeCertificate", &[Role::Manager, Role::Worker])?;
         let csr = req.into_inner().csr_der;
         let node_id = id.node_id().clone();
+        let asked_by_rotation = self
+            .store
+            .get::<Node>(node_id.as_str())
+            .map_err(store_status)?
+            .is_some_and(|n| {
+                crate::rootca::needs_rotation(self.ca.get().rotating_to.as_deref(), &n.value)
+            });
+        if !asked_by_rotation {
+            Self::limit(&self.renewals, &node_id.to_string(), || {
+                format!(
+                    "RenewNodeCertificate refused: node {node_id} renews too often (limit {RENEWALS_PER_MINUTE} per minute)"
+                )
+            })?;
+        }
         let missing = Status::permission_denied(crate::revocation::REMOVED);
         let (cert, role) = self.reissue(&node_id, &csr, missing, None).await?;
         tracing::info!(node_id = %node_id, serial = %cert.serial, "renewed a node certificate");
@@ -261,6 +318,14 @@ impl Ca for CaServer {
         req: Request<IssueNodeCertificateRequest>,
     ) -> Result<Response<IssueNodeCertificateResponse>, Status> {
         let remote = crate::auth::remote_addr(&req);
+        if let Some(addr) = remote {
+            Self::limit(&self.issuance, &addr.ip(), || {
+                format!(
+                    "IssueNodeCertificate refused: too many certificate requests from {} (limit {ISSUANCE_PER_SEC} per second)",
+                    addr.ip()
+                )
+            })?;
+        }
         let req = req.into_inner();
         let token =
             JoinToken::parse(&req.token).map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -306,6 +371,18 @@ impl Ca for CaServer {
         if !req.rejoin_cert_der.is_empty() {
             return self.rejoin(req, limited).await;
         }
+        let hostname = req.hostname.trim().to_string();
+        if hostname.len() > shoal_proto::limits::MAX_HOSTNAME
+            || hostname
+                .chars()
+                .any(|c| c.is_control() || c.is_whitespace())
+        {
+            return Err(Status::invalid_argument(format!(
+                "hostname {:?} is not a host name (at most {} bytes, no spaces)",
+                shoal_proto::limits::short(&hostname),
+                shoal_proto::limits::MAX_HOSTNAME
+            )));
+        }
         let expiry = self.cert_expiry()?;
         let node_id = NodeId::generate();
         let cert = ca
@@ -323,6 +400,10 @@ impl Ca for CaServer {
             role: NodeRole::Worker as i32,
             availability: Availability::Active as i32,
             state: NodeState::Unknown as i32,
+            description: Some(shoal_proto::objects::NodeDescription {
+                hostname,
+                ..Default::default()
+            }),
             addr,
             certificate: Some(NodeCertificate {
                 serial: cert.serial.clone(),

@@ -34,6 +34,8 @@ pub enum ControlError {
         "node reference {0:?} is ambiguous (it matches {1} nodes): use more characters of the ID"
     )]
     Ambiguous(String, usize),
+    #[error("hostname {0:?} is shared by several nodes ({1}): use a node ID")]
+    AmbiguousHostname(String, String),
     #[error("unknown role {0:?}: use 'worker' or 'manager'")]
     BadRole(String),
     #[error("no such task: {0}")]
@@ -44,6 +46,11 @@ pub enum ControlError {
     AmbiguousTask(String, usize),
     #[error("invalid task spec: {0}")]
     BadSpec(String),
+    #[error("invalid service spec: {0}")]
+    BadService(String),
+    /// Bad input that is not a spec: a cluster setting, a serial, a name.
+    #[error("{0}")]
+    BadRequest(String),
     #[error("{0}")]
     Unplaceable(String),
     #[error("no such service: {0}")]
@@ -71,9 +78,12 @@ impl From<ControlError> for Status {
             ControlError::Conflict(_) => Status::aborted(e.to_string()),
             ControlError::Refused(_) => Status::failed_precondition(e.to_string()),
             ControlError::Ambiguous(..)
+            | ControlError::AmbiguousHostname(..)
             | ControlError::BadRole(_)
             | ControlError::AmbiguousTask(..)
-            | ControlError::BadSpec(_) => Status::invalid_argument(e.to_string()),
+            | ControlError::BadSpec(_)
+            | ControlError::BadService(_)
+            | ControlError::BadRequest(_) => Status::invalid_argument(e.to_string()),
             ControlError::Unplaceable(_) => Status::failed_precondition(e.to_string()),
             ControlError::Store(_) => Status::unavailable(e.to_string()),
         }
@@ -88,6 +98,13 @@ pub struct ControlApi {
     logs: Arc<crate::dispatcher::logs::LogBroker>,
 }
 
+/// Why a node says it cannot run containers (empty: it can).
+fn runtime_error(n: &Node) -> &str {
+    n.description
+        .as_ref()
+        .map_or("", |d| d.runtime_error.as_str())
+}
+
 /// Docker's floor: below this runc and the kernel cannot start a container reliably.
 const MIN_MEMORY_LIMIT: i64 = 6 * 1024 * 1024;
 
@@ -96,6 +113,16 @@ pub fn validate_spec(spec: &ContainerSpec) -> Result<(), ControlError> {
     let bad = |m: String| Err(ControlError::BadSpec(m));
     if spec.image.trim().is_empty() {
         return bad("an image is required".into());
+    }
+    if spec.image.len() > shoal_proto::limits::MAX_SHORT_STRING {
+        return bad(format!(
+            "image reference is {} bytes: the limit is {} bytes",
+            spec.image.len(),
+            shoal_proto::limits::MAX_SHORT_STRING
+        ));
+    }
+    if let Err(e) = shoal_proto::limits::check_spec_size(spec) {
+        return bad(e.0);
     }
     for e in &spec.env {
         if e.split_once('=').is_none_or(|(k, _)| k.is_empty()) {
@@ -192,6 +219,10 @@ impl ControlApi {
     pub async fn create_task(&self, req: CreateTaskRequest) -> Result<Task, ControlError> {
         let spec = req.spec.unwrap_or_default();
         validate_spec(&spec)?;
+        if !req.name.is_empty() {
+            shoal_proto::limits::check_name("task name", &req.name)
+                .map_err(ControlError::BadRequest)?;
+        }
         let node = if req.node.is_empty() {
             let tasks = self.store.list::<Task>()?;
             let load = |id: &str| {
@@ -209,6 +240,7 @@ impl ControlApi {
                 .filter(|n| {
                     n.state == NodeState::Ready as i32
                         && n.availability == Availability::Active as i32
+                        && runtime_error(n).is_empty()
                 })
                 .min_by_key(|n| (load(&n.id), n.id.clone()))
                 .ok_or_else(|| {
@@ -220,6 +252,13 @@ impl ControlApi {
                 return Err(ControlError::Unplaceable(format!(
                     "node {} is not ready (it is down or disconnected)",
                     req.node
+                )));
+            }
+            if !runtime_error(&n).is_empty() {
+                return Err(ControlError::Unplaceable(format!(
+                    "node {} cannot run containers: {}",
+                    req.node,
+                    runtime_error(&n)
                 )));
             }
             n
@@ -374,6 +413,15 @@ impl ControlApi {
             .iter()
             .filter(|n| n.description.as_ref().map(|d| d.hostname.as_str()) == Some(reference))
             .collect();
+        if by_host.len() > 1 {
+            // Hostnames are what nodes said when they joined: two nodes may share one,
+            // and neither may then be picked by it.
+            let ids: Vec<&str> = by_host.iter().map(|n| n.id.as_str()).collect();
+            return Err(ControlError::AmbiguousHostname(
+                reference.to_string(),
+                ids.join(", "),
+            ));
+        }
         let found: Vec<&Node> = if by_host.is_empty() && !reference.is_empty() {
             nodes
                 .iter()
@@ -442,10 +490,34 @@ impl ControlApi {
     }
 }
 
-/// The control API over mTLS: manager certificates only.
+/// The control API: one implementation, whatever the transport. Its callers are a
+/// manager over mTLS (checked like every node call) or the node's local administrator on
+/// the unix socket.
 pub struct ControlService(pub ControlApi);
 
 const MANAGERS: &[Role] = &[Role::Manager];
+
+/// Marks a request that came in on the node's unix socket. Only the socket's server
+/// inserts it; nothing that arrives over the network can.
+#[derive(Clone, Copy, Debug)]
+pub struct LocalAdmin;
+
+/// Who is calling the control API.
+pub enum ControlCaller {
+    /// Whoever may open the node's unix socket (root or the socket's group).
+    LocalAdmin,
+    /// A manager node, verified and checked like every node call.
+    Node(crate::auth::Caller),
+}
+
+/// The caller of a control API request: the local administrator, or a manager whose
+/// certificate passes every check.
+fn control_caller<T>(req: &Request<T>, call: &'static str) -> Result<ControlCaller, Status> {
+    if req.extensions().get::<LocalAdmin>().is_some() {
+        return Ok(ControlCaller::LocalAdmin);
+    }
+    authorize(req, call, MANAGERS).map(ControlCaller::Node)
+}
 
 pub type TaskLogsStream = tokio_stream::wrappers::ReceiverStream<Result<TaskLogsMessage, Status>>;
 
@@ -457,7 +529,7 @@ impl Control for ControlService {
         &self,
         req: Request<CreateServiceRequest>,
     ) -> Result<Response<Service>, Status> {
-        authorize(&req, "CreateService", MANAGERS)?;
+        control_caller(&req, "CreateService")?;
         Ok(Response::new(
             self.0
                 .create_service(req.into_inner().spec.unwrap_or_default())
@@ -468,7 +540,7 @@ impl Control for ControlService {
         &self,
         req: Request<UpdateServiceRequest>,
     ) -> Result<Response<Service>, Status> {
-        authorize(&req, "UpdateService", MANAGERS)?;
+        control_caller(&req, "UpdateService")?;
         Ok(Response::new(
             self.0.update_service(req.into_inner()).await?,
         ))
@@ -477,7 +549,7 @@ impl Control for ControlService {
         &self,
         req: Request<GetServiceRequest>,
     ) -> Result<Response<Service>, Status> {
-        authorize(&req, "GetService", MANAGERS)?;
+        control_caller(&req, "GetService")?;
         Ok(Response::new(
             self.0.get_service(&req.into_inner().reference)?.value,
         ))
@@ -486,14 +558,14 @@ impl Control for ControlService {
         &self,
         req: Request<ListServicesRequest>,
     ) -> Result<Response<ListServicesResponse>, Status> {
-        authorize(&req, "ListServices", MANAGERS)?;
+        control_caller(&req, "ListServices")?;
         Ok(Response::new(self.0.list_services()?))
     }
     async fn remove_service(
         &self,
         req: Request<RemoveServiceRequest>,
     ) -> Result<Response<RemoveServiceResponse>, Status> {
-        authorize(&req, "RemoveService", MANAGERS)?;
+        control_caller(&req, "RemoveService")?;
         self.0.remove_service(&req.into_inner().reference).await?;
         Ok(Response::new(RemoveServiceResponse {}))
     }
@@ -501,14 +573,14 @@ impl Control for ControlService {
         &self,
         req: Request<UpdateNodeRequest>,
     ) -> Result<Response<NodeView>, Status> {
-        authorize(&req, "UpdateNode", MANAGERS)?;
+        control_caller(&req, "UpdateNode")?;
         Ok(Response::new(self.0.update_node(req.into_inner()).await?))
     }
     async fn update_cluster(
         &self,
         req: Request<shoal_proto::control::UpdateClusterRequest>,
     ) -> Result<Response<ClusterInfo>, Status> {
-        authorize(&req, "UpdateCluster", MANAGERS)?;
+        control_caller(&req, "UpdateCluster")?;
         Ok(Response::new(
             self.0
                 .update_cluster(req.into_inner().cert_expiry_secs)
@@ -519,7 +591,7 @@ impl Control for ControlService {
         &self,
         req: Request<shoal_proto::control::RevokeCertificateRequest>,
     ) -> Result<Response<shoal_proto::control::RevokeCertificateResponse>, Status> {
-        authorize(&req, "RevokeCertificate", MANAGERS)?;
+        control_caller(&req, "RevokeCertificate")?;
         let r = req.into_inner();
         self.0.revoke_certificate(&r.node, &r.serial).await?;
         Ok(Response::new(
@@ -530,14 +602,14 @@ impl Control for ControlService {
         &self,
         req: Request<shoal_proto::control::GetCaRequest>,
     ) -> Result<Response<shoal_proto::control::CaStatus>, Status> {
-        authorize(&req, "GetCa", MANAGERS)?;
+        control_caller(&req, "GetCa")?;
         Ok(Response::new(self.0.ca_status()?))
     }
     async fn rotate_ca(
         &self,
         req: Request<shoal_proto::control::RotateCaRequest>,
     ) -> Result<Response<shoal_proto::control::CaStatus>, Status> {
-        authorize(&req, "RotateCa", MANAGERS)?;
+        control_caller(&req, "RotateCa")?;
         let r = req.into_inner();
         Ok(Response::new(
             self.0.rotate_ca(r.force, &r.cert_pem, &r.key_pem).await?,
@@ -547,33 +619,33 @@ impl Control for ControlService {
         &self,
         req: Request<RemoveNodeRequest>,
     ) -> Result<Response<RemoveNodeResponse>, Status> {
-        authorize(&req, "RemoveNode", MANAGERS)?;
+        control_caller(&req, "RemoveNode")?;
         let r = req.into_inner();
         self.0.remove_node(&r.reference, r.force).await?;
         Ok(Response::new(RemoveNodeResponse {}))
     }
 
     async fn create_task(&self, req: Request<CreateTaskRequest>) -> Result<Response<Task>, Status> {
-        authorize(&req, "CreateTask", MANAGERS)?;
+        control_caller(&req, "CreateTask")?;
         Ok(Response::new(self.0.create_task(req.into_inner()).await?))
     }
     async fn list_tasks(
         &self,
         req: Request<ListTasksRequest>,
     ) -> Result<Response<ListTasksResponse>, Status> {
-        authorize(&req, "ListTasks", MANAGERS)?;
+        control_caller(&req, "ListTasks")?;
         let r = req.into_inner();
         Ok(Response::new(self.0.list_tasks(&r.node, &r.service_id)?))
     }
     async fn get_task(&self, req: Request<GetTaskRequest>) -> Result<Response<Task>, Status> {
-        authorize(&req, "GetTask", MANAGERS)?;
+        control_caller(&req, "GetTask")?;
         Ok(Response::new(self.0.get_task(&req.into_inner().reference)?))
     }
     async fn remove_task(
         &self,
         req: Request<RemoveTaskRequest>,
     ) -> Result<Response<RemoveTaskResponse>, Status> {
-        authorize(&req, "RemoveTask", MANAGERS)?;
+        control_caller(&req, "RemoveTask")?;
         self.0.remove_task(&req.into_inner().reference).await?;
         Ok(Response::new(RemoveTaskResponse {}))
     }
@@ -581,9 +653,13 @@ impl Control for ControlService {
         &self,
         req: Request<TaskLogsRequest>,
     ) -> Result<Response<TaskLogsStream>, Status> {
-        authorize(&req, "TaskLogs", MANAGERS)?;
+        let caller = control_caller(&req, "TaskLogs")?;
         let r = req.into_inner();
         let rx = self.0.task_logs(&r.reference, r.follow, r.tail).await?;
+        let rx = match caller {
+            ControlCaller::Node(c) => crate::auth::guard_stream(c, rx),
+            ControlCaller::LocalAdmin => rx,
+        };
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
             rx,
         )))
@@ -592,20 +668,20 @@ impl Control for ControlService {
         &self,
         req: Request<ListNodesRequest>,
     ) -> Result<Response<ListNodesResponse>, Status> {
-        authorize(&req, "ListNodes", MANAGERS)?;
+        control_caller(&req, "ListNodes")?;
         Ok(Response::new(ListNodesResponse {
             nodes: self.0.list_nodes()?,
         }))
     }
     async fn get_node(&self, req: Request<GetNodeRequest>) -> Result<Response<NodeView>, Status> {
-        authorize(&req, "GetNode", MANAGERS)?;
+        control_caller(&req, "GetNode")?;
         Ok(Response::new(self.0.get_node(&req.into_inner().reference)?))
     }
     async fn get_join_token(
         &self,
         req: Request<GetJoinTokenRequest>,
     ) -> Result<Response<GetJoinTokenResponse>, Status> {
-        authorize(&req, "GetJoinToken", MANAGERS)?;
+        control_caller(&req, "GetJoinToken")?;
         Ok(Response::new(
             self.0.join_token_req(req.into_inner()).await?,
         ))
@@ -614,7 +690,7 @@ impl Control for ControlService {
         &self,
         req: Request<GetClusterInfoRequest>,
     ) -> Result<Response<ClusterInfo>, Status> {
-        authorize(&req, "GetClusterInfo", MANAGERS)?;
+        control_caller(&req, "GetClusterInfo")?;
         Ok(Response::new(self.0.cluster_info()?))
     }
 }

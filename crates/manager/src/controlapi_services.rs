@@ -13,7 +13,7 @@ use shoal_proto::objects::{
 use shoal_store::{Batch, Expect, StoreError};
 
 fn bad(m: String) -> ControlError {
-    ControlError::BadSpec(m)
+    ControlError::BadService(m)
 }
 
 /// Checks a service spec, naming the first thing wrong.
@@ -22,18 +22,32 @@ pub fn validate_service(spec: &ServiceSpec) -> Result<(), ControlError> {
     if name.is_empty() {
         return Err(bad("a service needs a name (--name)".into()));
     }
-    if name.len() > 63
+    if name.len() > shoal_proto::limits::MAX_NAME
         || !name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         || name.starts_with('-')
     {
         return Err(bad(format!(
-            "service name {name:?} must be 1-63 letters, digits, '-' or '_'"
+            "service name {:?} must be 1-63 letters, digits, '-' or '_'",
+            shoal_proto::limits::short(name)
         )));
     }
-    validate_spec(&spec.container.clone().unwrap_or_default())?;
-    validate_capabilities(&spec.container.clone().unwrap_or_default())?;
+    validate_spec(&spec.container.clone().unwrap_or_default()).map_err(|e| match e {
+        ControlError::BadSpec(m) => bad(m),
+        e => e,
+    })?;
+    shoal_proto::limits::check_labels("service label", &spec.labels).map_err(|e| bad(e.0))?;
+    let size = prost::Message::encoded_len(spec);
+    if size > 2 * shoal_proto::limits::MAX_SPEC_BYTES {
+        return Err(bad(format!(
+            "the service spec is {size} bytes: the limit is {} bytes",
+            2 * shoal_proto::limits::MAX_SPEC_BYTES
+        )));
+    }
+    if let Some(c) = &spec.container {
+        validate_capabilities(c)?;
+    }
     let placement = spec.placement.clone().unwrap_or_default();
     constraint::parse_all(&placement.constraints).map_err(|e| bad(e.to_string()))?;
     for p in &placement.spread {
@@ -102,8 +116,40 @@ impl ControlApi {
         }))
     }
 
+    /// Refuses a `node.hostname==NAME` constraint that matches more than one node:
+    /// hostnames are claims, and a shared one cannot pick a node.
+    fn refuse_ambiguous_hostnames(&self, spec: &ServiceSpec) -> Result<(), ControlError> {
+        let placement = spec.placement.clone().unwrap_or_default();
+        let constraints =
+            constraint::parse_all(&placement.constraints).map_err(|e| bad(e.to_string()))?;
+        let nodes: Vec<Node> = self
+            .store()
+            .list::<Node>()?
+            .into_iter()
+            .map(|v| v.value)
+            .collect();
+        for c in constraints.iter().filter(|c| {
+            matches!(c.key(), constraint::Key::Hostname) && c.op() == constraint::Op::Eq
+        }) {
+            let ids: Vec<&str> = nodes
+                .iter()
+                .filter(|n| c.matches(n))
+                .map(|n| n.id.as_str())
+                .collect();
+            if ids.len() > 1 {
+                return Err(bad(format!(
+                    "constraint {c} matches {} nodes ({}): hostnames are not unique; use node.id==<ID>",
+                    ids.len(),
+                    ids.join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
     pub async fn create_service(&self, spec: ServiceSpec) -> Result<Service, ControlError> {
         validate_service(&spec)?;
+        self.refuse_ambiguous_hostnames(&spec)?;
         if self.name_taken(&spec.name, "")? {
             return Err(ControlError::Exists(format!(
                 "a service named {} already exists",
@@ -129,6 +175,7 @@ impl ControlApi {
     pub async fn update_service(&self, req: UpdateServiceRequest) -> Result<Service, ControlError> {
         let spec = req.spec.unwrap_or_default();
         validate_service(&spec)?;
+        self.refuse_ambiguous_hostnames(&spec)?;
         let cur = self.get_service(&req.reference)?;
         if req.spec_version != 0 && req.spec_version != cur.value.spec_version {
             return Err(ControlError::Conflict(format!(
@@ -245,14 +292,17 @@ impl ControlApi {
             "pause" => Some(Availability::Pause),
             "drain" => Some(Availability::Drain),
             other => {
-                return Err(bad(format!(
-                    "availability {other:?}: use active, pause or drain"
+                return Err(ControlError::BadRequest(format!(
+                    "availability {:?}: use active, pause or drain",
+                    shoal_proto::limits::short(other)
                 )))
             }
         };
         for k in req.labels_add.keys().chain(req.labels_rm.iter()) {
             if k.is_empty() {
-                return Err(bad("a label key cannot be empty".into()));
+                return Err(ControlError::BadRequest(
+                    "a label key cannot be empty".into(),
+                ));
             }
         }
         loop {
@@ -270,6 +320,8 @@ impl ControlApi {
             for k in &req.labels_rm {
                 n.labels.remove(k);
             }
+            shoal_proto::limits::check_labels("node label", &n.labels)
+                .map_err(|e| ControlError::BadRequest(e.0))?;
             n.updated_at_unix = unix_now();
             let mut b = Batch::default();
             b.put(&n, Expect::Version(cur.version));

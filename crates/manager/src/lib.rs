@@ -2,16 +2,22 @@
 //!
 //! One module per component of DESIGN.md: [`ca_server`] issues node certificates for
 //! join tokens, [`rootca`] holds the root CA in force and runs its rotation,
-//! [`revocation`] refuses revoked certificates, [`dispatcher`] keeps every node's
-//! heartbeat and liveness, [`controlapi`] is the API the CLI drives. [`server`] is the one mTLS listener they share and
+//! [`access`] is the live list of who may call (members, their usable certificates,
+//! revocations) and [`revocation`] keeps the revocation records, [`dispatcher`] keeps every node's
+//! heartbeat and liveness, [`controlapi`] is the API the CLI drives. [`leader`] starts
+//! every loop that writes (liveness, status writer, orchestrator, rotation finishing,
+//! revocation pruning) when this manager becomes leader and stops them when it steps
+//! down. [`server`] is the one mTLS listener they share and
 //! [`auth`] the per-RPC role checks. [`bootstrap`] creates a new cluster.
 
+pub mod access;
 pub mod auth;
 pub mod bootstrap;
 pub mod ca_server;
 pub mod controlapi;
 pub mod controlapi_services;
 pub mod dispatcher;
+pub mod leader;
 pub mod orchestrator;
 pub mod revocation;
 pub mod rootca;

@@ -1,57 +1,21 @@
 //! Revoked certificates. Records live in the store (table `revoked_certs`, one per
 //! serial, so they are not one ever-growing object), survive restarts, and are pruned
-//! once the certificate they cover has expired anyway. Every manager keeps them in memory,
-//! fed by a store watch, and refuses a revoked certificate on its next call.
+//! once the certificate they cover has expired anyway. The managers refuse them through
+//! [`crate::access::AccessList`], on every call and on open streams.
 
 use crate::time::unix_now;
-use shoal_pki::NodeIdentity;
 use shoal_proto::objects::RevokedCert;
-use shoal_store::{Batch, Expect, Object, Store};
-use std::collections::HashMap;
-use std::sync::RwLock;
+use shoal_store::{Batch, Expect, Store};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-#[derive(Default, Debug)]
-pub struct RevocationSet {
-    /// Serial -> reason.
-    revoked: RwLock<HashMap<String, String>>,
-}
-
-impl RevocationSet {
-    /// The reason `id`'s certificate is revoked, if it is.
-    pub fn check(&self, id: &NodeIdentity) -> Option<String> {
-        self.revoked.read().ok()?.get(id.serial()).cloned()
-    }
-
-    fn load(&self, store: &Store) {
-        if let (Ok(list), Ok(mut m)) = (store.list::<RevokedCert>(), self.revoked.write()) {
-            m.clear();
-            for r in list {
-                m.insert(r.value.serial, r.value.reason);
-            }
-        }
-    }
-
-    /// Keeps the set equal to the store's records, and prunes expired ones, until cancelled.
-    pub async fn follow(self: std::sync::Arc<Self>, store: Store, cancel: CancellationToken) {
-        let Ok(mut watch) = store.watch() else { return };
-        self.load(&store);
-        let mut prune = tokio::time::interval(Duration::from_secs(60));
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = prune.tick() => prune_expired(&store).await,
-                ev = watch.events.recv() => match ev {
-                    Ok(ev) => {
-                        if ev.changes.iter().any(|c| c.table() == RevokedCert::TABLE) {
-                            self.load(&store);
-                        }
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.load(&store),
-                    Err(_) => return,
-                },
-            }
+/// Prunes records of certificates that have expired anyway, every minute until cancelled.
+pub async fn run_pruner(store: Store, cancel: CancellationToken) {
+    let mut prune = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = prune.tick() => prune_expired(&store).await,
         }
     }
 }
@@ -88,24 +52,32 @@ pub fn record(serial: &str, node_id: &str, not_after_unix: i64, reason: &str) ->
 pub const REMOVED: &str = "node removed from cluster";
 
 impl crate::controlapi::ControlApi {
-    /// Revokes one certificate of a node (its current one or one it superseded).
+    /// Revokes one certificate of a node: its current one, one it superseded, or any
+    /// other serial issued to it (those are refused anyway, since a node may only use its
+    /// current certificate; the record makes that explicit and survives a renewal).
     pub async fn revoke_certificate(
         &self,
         node: &str,
         serial: &str,
     ) -> Result<(), crate::controlapi::ControlError> {
         use crate::controlapi::ControlError;
+        let serial = serial.trim().to_lowercase();
+        if serial.is_empty() || serial.len() > 64 || !serial.chars().all(|c| c.is_ascii_hexdigit())
+        {
+            return Err(ControlError::BadRequest(format!(
+                "certificate serial {serial:?} is not a serial: give the hexadecimal serial that 'shoal node inspect {node}' shows"
+            )));
+        }
         let n = self.get_node(node)?.node.unwrap_or_default();
         let c = n.certificate.clone().unwrap_or_default();
-        let serial = serial.to_lowercase();
         let not_after = if c.serial == serial {
             c.not_after_unix
         } else if let Some(p) = c.previous.iter().find(|p| p.serial == serial) {
             p.not_after_unix
         } else {
-            return Err(ControlError::BadSpec(format!(
-                "certificate {serial} is not a live certificate of node {node} (see 'shoal node inspect {node}')"
-            )));
+            // Not a certificate the managers list any more: it cannot outlive the
+            // longest life a certificate may have.
+            unix_now() + shoal_pki::MAX_CERT_EXPIRY.as_secs() as i64
         };
         let mut b = Batch::default();
         b.put(
@@ -126,7 +98,7 @@ impl crate::controlapi::ControlApi {
         if cert_expiry_secs != 0 {
             let d = Duration::from_secs(cert_expiry_secs);
             if d < shoal_pki::MIN_CERT_EXPIRY || d > shoal_pki::MAX_CERT_EXPIRY {
-                return Err(ControlError::BadSpec(format!(
+                return Err(ControlError::BadRequest(format!(
                     "--cert-expiry {cert_expiry_secs}s: use between 1 minute and 20 years"
                 )));
             }

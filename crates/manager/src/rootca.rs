@@ -431,11 +431,21 @@ mod tests {
     fn call_with(id: &shoal_pki::NodeIdentity, ca: &CaState) -> Result<(), tonic::Status> {
         let handle = CaHandle::new(CaState::from_cluster(&cluster_of(ca), &ca.cluster_id).unwrap());
         let mut req = tonic::Request::new(());
+        let member = shoal_proto::objects::Node {
+            id: id.node_id().to_string(),
+            certificate: Some(shoal_proto::objects::NodeCertificate {
+                serial: id.serial().to_string(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
         req.extensions_mut().insert(PeerInfo {
             remote_addr: None,
             identity: Some(id.clone()),
-            revoked: None,
-            ca: Some(handle),
+            gate: crate::auth::Gate {
+                access: crate::access::AccessList::with_nodes(&[member]),
+                ca: handle,
+            },
         });
         authorize(&req, "Heartbeat", &[Role::Worker]).map(|_| ())
     }

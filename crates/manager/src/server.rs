@@ -2,7 +2,8 @@
 //! gRPC. The verified client identity is computed once per connection and attached to
 //! every request on it as [`PeerInfo`].
 
-use crate::auth::PeerInfo;
+use crate::access::AccessList;
+use crate::auth::{Gate, PeerInfo};
 use crate::bootstrap::load_cluster;
 use crate::ca_server::CaServer;
 use crate::controlapi::{ControlApi, ControlService};
@@ -41,6 +42,7 @@ pub struct Manager {
     cancel: CancellationToken,
     identity: IdentityHandle,
     control: ControlApi,
+    control_server: ControlServer<ControlService>,
     tasks: tokio::task::JoinSet<()>,
     pub local_addr: SocketAddr,
 }
@@ -59,6 +61,52 @@ pub enum ManagerError {
 pub struct TlsConn {
     inner: TlsStream<TcpStream>,
     info: PeerInfo,
+    /// Held while the connection lives: counts toward its address's limit.
+    _slot: ConnSlot,
+}
+
+/// Connections (handshakes included) one peer address may hold at once. A node needs a
+/// handful; the bound keeps one address from exhausting the manager's sockets and memory.
+pub const MAX_CONNS_PER_ADDR: u32 = 64;
+
+/// Open connections per peer address.
+#[derive(Default)]
+struct ConnLimiter {
+    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, u32>>,
+}
+
+/// One counted connection; dropping it frees the slot.
+pub struct ConnSlot {
+    limiter: Arc<ConnLimiter>,
+    ip: std::net::IpAddr,
+}
+
+impl ConnLimiter {
+    fn acquire(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<ConnSlot> {
+        let mut open = self.open.lock().ok()?;
+        let n = open.entry(ip).or_insert(0);
+        if *n >= MAX_CONNS_PER_ADDR {
+            return None;
+        }
+        *n += 1;
+        Some(ConnSlot {
+            limiter: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.limiter.open.lock() {
+            if let Some(n) = open.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    open.remove(&self.ip);
+                }
+            }
+        }
+    }
 }
 
 impl Connected for TlsConn {
@@ -109,11 +157,12 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 async fn accept_loop(
     listener: TcpListener,
     acceptor: Arc<std::sync::RwLock<TlsAcceptor>>,
-    ca: CaHandle,
-    revoked: Arc<crate::revocation::RevocationSet>,
+    gate: Gate,
     tx: tokio::sync::mpsc::Sender<Result<TlsConn, io::Error>>,
     cancel: CancellationToken,
 ) {
+    let limiter = Arc::new(ConnLimiter::default());
+    let mut last_refusal_log: Option<std::time::Instant> = None;
     loop {
         let (tcp, remote) = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -126,13 +175,20 @@ async fn accept_loop(
                 }
             },
         };
+        let Some(slot) = limiter.acquire(remote.ip()) else {
+            // Dropping the socket refuses it; log at most once a second.
+            if last_refusal_log.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
+                tracing::warn!(%remote, limit = MAX_CONNS_PER_ADDR, "refused a connection: too many open from this address");
+                last_refusal_log = Some(std::time::Instant::now());
+            }
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let Ok(acceptor) = acceptor.read().map(|a| a.clone()) else {
             continue;
         };
-        let trust = ca.get().trust.clone();
-        let ca = ca.clone();
-        let revoked = revoked.clone();
+        let trust = gate.ca.get().trust.clone();
+        let gate = gate.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -156,9 +212,9 @@ async fn accept_loop(
                 info: PeerInfo {
                     remote_addr: Some(remote),
                     identity,
-                    revoked: Some(revoked),
-                    ca: Some(ca),
+                    gate,
                 },
+                _slot: slot,
             };
             let _ = tx.send(Ok(conn)).await;
         });
@@ -198,16 +254,22 @@ impl Manager {
         let cancel = CancellationToken::new();
         let mut tasks = tokio::task::JoinSet::new();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
-        let revoked = Arc::new(crate::revocation::RevocationSet::default());
-        tasks.spawn(revoked.clone().follow(cfg.store.clone(), cancel.clone()));
+        let (access, access_watch) = AccessList::start(&cfg.store)?;
+        tasks.spawn(
+            access
+                .clone()
+                .follow(cfg.store.clone(), access_watch, cancel.clone()),
+        );
         tasks.spawn(ca.clone().follow(cfg.store.clone(), cancel.clone()));
         tasks.spawn(identity.clone().follow(cancel.clone()));
-        tasks.spawn(crate::rootca::run(cfg.store.clone(), cancel.clone()));
+        let gate = Gate {
+            access: access.clone(),
+            ca: ca.clone(),
+        };
         tasks.spawn(accept_loop(
             listener,
             identity.acceptor.clone(),
-            ca.clone(),
-            revoked,
+            gate,
             tx,
             cancel.clone(),
         ));
@@ -218,12 +280,14 @@ impl Manager {
             cfg.local_node_id.clone(),
             dispatcher.logs.clone(),
         );
-        tasks.spawn(dispatcher.clone().run_liveness(cancel.clone()));
-        tasks.spawn(crate::orchestrator::run(cfg.store.clone(), cancel.clone()));
+        let loops = leader_loops(&cfg.store, &dispatcher);
+        let leadership = crate::leader::follow_store(&cfg.store, cancel.clone());
+        tasks.spawn(crate::leader::supervise(leadership, loops, cancel.clone()));
+        let control_server = ControlServer::new(ControlService(control.clone()));
         let router = tonic::transport::Server::builder()
             .add_service(CaRpcServer::new(CaServer::new(cfg.store.clone(), ca)))
             .add_service(DispatcherServer::new(dispatcher))
-            .add_service(ControlServer::new(ControlService(control.clone())));
+            .add_service(control_server.clone());
         let stop = cancel.clone();
         tasks.spawn(async move {
             let incoming = tokio_stream::wrappers::ReceiverStream::new(rx);
@@ -239,20 +303,46 @@ impl Manager {
             cancel,
             identity,
             control,
+            control_server,
             tasks,
             local_addr,
         })
     }
 
-    /// The control API, for the local socket.
+    /// The control API.
     pub fn control(&self) -> &ControlApi {
         &self.control
+    }
+
+    /// The control API's gRPC service, for the local socket to route to (with
+    /// [`crate::controlapi::LocalAdmin`] on each request).
+    pub fn control_server(&self) -> ControlServer<ControlService> {
+        self.control_server.clone()
     }
 
     pub async fn shutdown(mut self) {
         self.cancel.cancel();
         while self.tasks.join_next().await.is_some() {}
     }
+}
+
+/// Every loop that writes to the store: run by [`crate::leader::supervise`] only while
+/// this manager leads.
+fn leader_loops(store: &Store, dispatcher: &Dispatcher) -> Vec<crate::leader::LeaderLoop> {
+    use crate::leader::LeaderLoop;
+    let (s1, s2, s3) = (store.clone(), store.clone(), store.clone());
+    let (d1, d2) = (dispatcher.clone(), dispatcher.clone());
+    vec![
+        LeaderLoop::new("liveness", move |c| d1.clone().run_liveness(c)),
+        LeaderLoop::new("status writer", move |c| d2.clone().run_status_writer(c)),
+        LeaderLoop::new("orchestrator", move |c| {
+            crate::orchestrator::run(s1.clone(), c)
+        }),
+        LeaderLoop::new("root rotation", move |c| crate::rootca::run(s2.clone(), c)),
+        LeaderLoop::new("revocation pruning", move |c| {
+            crate::revocation::run_pruner(s3.clone(), c)
+        }),
+    ]
 }
 
 fn acceptor_for(ca: &CaState, leaf: &[u8], key_pkcs8: &[u8]) -> Result<TlsAcceptor, ManagerError> {
@@ -302,5 +392,31 @@ impl IdentityHandle {
 impl Manager {
     pub fn identity_handle(&self) -> IdentityHandle {
         self.identity.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_are_bounded_per_address_and_freed_on_close() {
+        let limiter = Arc::new(ConnLimiter::default());
+        let a: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        let b: std::net::IpAddr = "10.0.0.2".parse().unwrap();
+        let held: Vec<ConnSlot> = (0..MAX_CONNS_PER_ADDR)
+            .map(|_| limiter.acquire(a).expect("under the limit"))
+            .collect();
+        assert!(limiter.acquire(a).is_none(), "one over the limit");
+        assert!(
+            limiter.acquire(b).is_some(),
+            "another address is not affected"
+        );
+        drop(held);
+        assert!(
+            limiter.acquire(a).is_some(),
+            "closed connections free their slots"
+        );
+        assert!(limiter.open.lock().unwrap().len() <= 1);
     }
 }

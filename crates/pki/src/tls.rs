@@ -125,7 +125,14 @@ impl ClientCertVerifier for ClusterClientVerifier {
         let id = self
             .trust
             .verify(end_entity, intermediates, now)
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
+            .map_err(|e| {
+                // Say whose certificate it was: a foreign CA's client is then visible in
+                // the manager's log by name, not only as "BadSignature".
+                rustls::Error::General(format!(
+                    "client certificate refused ({}): {e}",
+                    describe_cert(end_entity)
+                ))
+            })?;
         if let Some(check) = &self.revoked {
             if let Some(why) = check(&id) {
                 return Err(rustls::Error::General(why));
@@ -321,4 +328,13 @@ pub fn pinned_bootstrap_client_config(pin: BootstrapPin) -> Result<ClientConfig,
         .with_no_client_auth();
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     Ok(cfg)
+}
+
+/// "subject \"…\", issuer \"…\"" of a certificate, for messages about refused ones.
+fn describe_cert(der: &[u8]) -> String {
+    use x509_parser::prelude::*;
+    match X509Certificate::from_der(der) {
+        Ok((_, c)) => format!("subject \"{}\", issuer \"{}\"", c.subject(), c.issuer()),
+        Err(_) => "unparsable certificate".to_string(),
+    }
 }

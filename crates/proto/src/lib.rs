@@ -24,3 +24,5 @@ pub mod control {
 pub mod local {
     tonic::include_proto!("shoal.local");
 }
+
+pub mod limits;

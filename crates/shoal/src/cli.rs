@@ -22,6 +22,9 @@ pub async fn run_daemon(opts: DaemonOpts) -> Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
+    if let Some(e) = shoal_agent::runtime::runc::runtime_error() {
+        tracing::error!("this node cannot run containers until that is fixed: {e}");
+    }
     // A known umask: image layers must keep the modes their archives give (a container
     // running as another user must be able to enter them). What is secret is made
     // private explicitly: the state dir is 0700, keys and the store are 0600.
@@ -142,9 +145,11 @@ fn node_json(v: &NodeView) -> serde_json::Value {
         },
         "Description": {
             "Hostname": d.hostname,
+            "ReportedHostname": n.reported_hostname,
             "Platform": {"OS": d.os, "Architecture": d.arch},
             "Resources": {"NanoCPUs": u64::from(d.cpus) * 1_000_000_000, "MemoryBytes": d.memory_bytes},
             "Engine": {"EngineVersion": d.engine_version, "Labels": d.engine_labels},
+            "RuntimeError": d.runtime_error,
         },
         "Status": {
             "State": state_name(&n).to_lowercase(),
@@ -210,10 +215,18 @@ impl Client {
                 }
             }))
             .await
-            .map_err(|e| anyhow::anyhow!(
-                "cannot reach the shoal daemon at {shown} ({}): is 'shoal daemon' running? (-H/SHOAL_HOST picks another socket)",
-                shoal_agent::connect::error_chain(&e)
-            ))?;
+            .map_err(|e| {
+                let why = shoal_agent::connect::error_chain(&e);
+                if why.contains("Permission denied") || why.contains("permission denied") {
+                    anyhow::anyhow!(
+                        "permission denied on the shoal daemon's socket {shown}: run as root or as a member of the socket's group"
+                    )
+                } else {
+                    anyhow::anyhow!(
+                        "cannot reach the shoal daemon at {shown} ({why}): is 'shoal daemon' running? (-H/SHOAL_HOST picks another socket)"
+                    )
+                }
+            })?;
         // Big clusters make big listings: allow up to 256 MiB replies.
         Ok(Client {
             local: LocalClient::new(ch.clone()).max_decoding_message_size(256 << 20),
@@ -253,7 +266,7 @@ impl Client {
             .clone()
             .init(InitRequest {
                 advertise_addr: advertise_addr.unwrap_or_default(),
-                cert_expiry_secs: cert_expiry.map(|d| d.as_secs().max(1)).unwrap_or(0),
+                cert_expiry_secs: cert_expiry.map(cert_expiry_secs).transpose()?.unwrap_or(0),
                 heartbeat_period_ms: heartbeat.map(|d| d.as_millis() as u64).unwrap_or(0),
             })
             .await
@@ -406,7 +419,7 @@ impl Client {
         self.control
             .clone()
             .update_cluster(shoal_proto::control::UpdateClusterRequest {
-                cert_expiry_secs: d.as_secs().max(1),
+                cert_expiry_secs: cert_expiry_secs(d)?,
             })
             .await
             .map_err(status_err)?;
@@ -453,9 +466,13 @@ impl Client {
                     "CertificateRenewals": i.cert_renewals,
                     "CertificateRenewalError": i.cert_renewal_error,
                     "CertificateNextRenewal": fmt_time(i.cert_renewal_next_unix),
+                    "RuntimeError": i.runtime_error,
                 })
             );
             return Ok(());
+        }
+        if !i.runtime_error.is_empty() {
+            println!("Runtime Error: {}", i.runtime_error);
         }
         println!("Cluster: {}", i.state);
         if !i.error.is_empty() {
@@ -588,6 +605,12 @@ impl Client {
                 let c = n.certificate.clone().unwrap_or_default();
                 println!("ID:\t\t\t{}", n.id);
                 println!("Hostname:\t\t{}", d.hostname);
+                if !n.reported_hostname.is_empty() {
+                    println!(
+                        "Reported Hostname:\t{} (not used: the hostname was fixed when the node joined)",
+                        n.reported_hostname
+                    );
+                }
                 println!("Joined at:\t\t{}", fmt_time(n.created_at_unix));
                 println!(
                     "Status:\n State:\t\t\t{}\n Availability:\t\t{}\n Address:\t\t{}",
@@ -597,6 +620,9 @@ impl Client {
                 );
                 if !n.state_message.is_empty() {
                     println!(" Message:\t\t{}", n.state_message);
+                }
+                if !d.runtime_error.is_empty() {
+                    println!(" Runtime Error:\t\t{}", d.runtime_error);
                 }
                 if !v.manager_status.is_empty() {
                     println!("Manager Status:\n Raft Status:\t\t{}", v.manager_status);
@@ -641,4 +667,16 @@ fn humantime_short(secs: i64) -> String {
     } else {
         format!("{m}m{}s", secs % 60)
     }
+}
+
+/// `--cert-expiry` in whole seconds. Zero means "unset" on the wire, so a zero (or
+/// sub-second) value is refused here, with the value the user gave.
+fn cert_expiry_secs(d: Duration) -> Result<u64> {
+    if d.as_secs() == 0 {
+        bail!(
+            "--cert-expiry {}: use between 1 minute and 20 years",
+            humantime::format_duration(d)
+        );
+    }
+    Ok(d.as_secs())
 }

@@ -575,6 +575,7 @@ impl Daemon {
             csr_der: key.csr_der()?,
             token: token.to_string(),
             advertise_addr: advertise.clone(),
+            hostname: shoal_agent::describe::hostname(),
             rejoin_cert_der: rejoin
                 .as_ref()
                 .map(|r| r.cert_der.clone())
@@ -862,18 +863,27 @@ impl Daemon {
                 .unwrap_or(0),
             cert_renewal_error: renewal.last_error.unwrap_or_default(),
             cert_renewals: renewal.renewals,
+            runtime_error: String::new(),
         }
     }
 
     /// The control API of this node's manager, if it is one.
-    pub async fn control(&self) -> Result<shoal_manager::ControlApi, tonic::Status> {
+    /// The control API's gRPC service of this node's manager.
+    pub async fn control_server(
+        &self,
+    ) -> Result<
+        shoal_proto::control::control_server::ControlServer<
+            shoal_manager::controlapi::ControlService,
+        >,
+        tonic::Status,
+    > {
         let guard = self.active.lock().await;
         match guard.as_ref() {
             None => Err(tonic::Status::failed_precondition(
                 "this node is not part of a cluster: run 'shoal init' to create one or 'shoal join' to join one",
             )),
             Some(a) => match &a.manager {
-                Some(m) => Ok(m.control().clone()),
+                Some(m) => Ok(m.control_server()),
                 None => Err(tonic::Status::failed_precondition(
                     "this node is not a manager: worker nodes cannot view or change cluster state; run this command on a manager node",
                 )),

@@ -92,7 +92,7 @@ pub struct SpecFlags {
 pub struct CreateArgs {
     #[arg(long)]
     name: Option<String>,
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_replicas)]
     replicas: Option<u64>,
     /// replicated or global.
     #[arg(long, default_value = "replicated")]
@@ -108,7 +108,7 @@ pub struct CreateArgs {
 pub struct UpdateArgs {
     #[arg(long)]
     image: Option<String>,
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_replicas)]
     replicas: Option<u64>,
     /// Replace the tasks even if nothing changed.
     #[arg(long)]
@@ -829,4 +829,12 @@ impl Client {
 
 pub fn parse_kv(s: &str) -> Result<(String, String), String> {
     kv(s)
+}
+
+/// `--replicas N`: a whole number of tasks; "-1" and the like get a message of their own
+/// instead of clap's "unexpected argument".
+fn parse_replicas(s: &str) -> Result<u64, String> {
+    s.trim()
+        .parse::<u64>()
+        .map_err(|_| format!("--replicas takes a whole number of tasks, 0 or more (got {s:?})"))
 }

@@ -4,20 +4,6 @@
 use crate::daemon::{Daemon, UserError};
 use anyhow::{bail, Context, Result};
 use shoal_agent::image::{login, registry_of, Credentials, ImageError, ImageInfo};
-use shoal_proto::control::control_server::{Control, ControlServer};
-use shoal_proto::control::{
-    ClusterInfo, GetClusterInfoRequest, GetJoinTokenRequest, GetJoinTokenResponse, GetNodeRequest,
-    ListNodesRequest, ListNodesResponse, NodeView,
-};
-use shoal_proto::control::{
-    CreateServiceRequest, GetServiceRequest, ListServicesRequest, ListServicesResponse,
-    RemoveNodeRequest, RemoveNodeResponse, RemoveServiceRequest, RemoveServiceResponse,
-    UpdateNodeRequest, UpdateServiceRequest,
-};
-use shoal_proto::control::{
-    CreateTaskRequest, GetTaskRequest, ListTasksRequest, ListTasksResponse, RemoveTaskRequest,
-    RemoveTaskResponse, TaskLogsRequest,
-};
 use shoal_proto::local::local_server::{Local, LocalServer};
 use shoal_proto::local::{
     Image, ImageImportRequest, ImageList, ImageListRequest, ImageLoadRequest, ImagePullRequest,
@@ -25,8 +11,6 @@ use shoal_proto::local::{
     JoinRequest, JoinResponse, LeaveRequest, LeaveResponse, RegistryLoginRequest,
     RegistryLoginResponse, RegistryLogoutRequest,
 };
-use shoal_proto::objects::Service;
-use shoal_proto::objects::Task;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -65,7 +49,9 @@ impl Local for LocalApi {
             .map_err(status)
     }
     async fn info(&self, _req: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
-        Ok(Response::new(self.0.info().await))
+        let mut info = self.0.info().await;
+        info.runtime_error = shoal_agent::runtime::runc::runtime_error().unwrap_or_default();
+        Ok(Response::new(info))
     }
 
     async fn image_import(
@@ -170,169 +156,42 @@ fn image_msg(i: &ImageInfo) -> Image {
     }
 }
 
-/// The control API for the local administrator, answered by this node's manager.
+/// The control API on the unix socket: requests go to this node's manager's one
+/// implementation, marked as coming from the local administrator.
+#[derive(Clone)]
 pub struct LocalControl(pub Arc<Daemon>);
 
-#[tonic::async_trait]
-impl Control for LocalControl {
-    type TaskLogsStream = shoal_manager::controlapi::TaskLogsStream;
+type ControlGrpc =
+    shoal_proto::control::control_server::ControlServer<shoal_manager::controlapi::ControlService>;
 
-    async fn create_service(
-        &self,
-        req: Request<CreateServiceRequest>,
-    ) -> Result<Response<Service>, Status> {
-        let c = self.0.control().await?;
-        Ok(Response::new(
-            c.create_service(req.into_inner().spec.unwrap_or_default())
-                .await?,
-        ))
-    }
-    async fn update_service(
-        &self,
-        req: Request<UpdateServiceRequest>,
-    ) -> Result<Response<Service>, Status> {
-        let c = self.0.control().await?;
-        Ok(Response::new(c.update_service(req.into_inner()).await?))
-    }
-    async fn get_service(
-        &self,
-        req: Request<GetServiceRequest>,
-    ) -> Result<Response<Service>, Status> {
-        let c = self.0.control().await?;
-        Ok(Response::new(
-            c.get_service(&req.into_inner().reference)?.value,
-        ))
-    }
-    async fn list_services(
-        &self,
-        _req: Request<ListServicesRequest>,
-    ) -> Result<Response<ListServicesResponse>, Status> {
-        let c = self.0.control().await?;
-        Ok(Response::new(c.list_services()?))
-    }
-    async fn remove_service(
-        &self,
-        req: Request<RemoveServiceRequest>,
-    ) -> Result<Response<RemoveServiceResponse>, Status> {
-        let c = self.0.control().await?;
-        c.remove_service(&req.into_inner().reference).await?;
-        Ok(Response::new(RemoveServiceResponse {}))
-    }
-    async fn update_node(
-        &self,
-        req: Request<UpdateNodeRequest>,
-    ) -> Result<Response<NodeView>, Status> {
-        let c = self.0.control().await?;
-        Ok(Response::new(c.update_node(req.into_inner()).await?))
-    }
-    async fn update_cluster(
-        &self,
-        req: Request<shoal_proto::control::UpdateClusterRequest>,
-    ) -> Result<Response<ClusterInfo>, Status> {
-        let c = self.0.control().await?;
-        Ok(Response::new(
-            c.update_cluster(req.into_inner().cert_expiry_secs).await?,
-        ))
-    }
-    async fn revoke_certificate(
-        &self,
-        req: Request<shoal_proto::control::RevokeCertificateRequest>,
-    ) -> Result<Response<shoal_proto::control::RevokeCertificateResponse>, Status> {
-        let c = self.0.control().await?;
-        let r = req.into_inner();
-        c.revoke_certificate(&r.node, &r.serial).await?;
-        Ok(Response::new(
-            shoal_proto::control::RevokeCertificateResponse {},
-        ))
-    }
-    async fn remove_node(
-        &self,
-        req: Request<RemoveNodeRequest>,
-    ) -> Result<Response<RemoveNodeResponse>, Status> {
-        let c = self.0.control().await?;
-        let r = req.into_inner();
-        c.remove_node(&r.reference, r.force).await?;
-        Ok(Response::new(RemoveNodeResponse {}))
+impl tonic::server::NamedService for LocalControl {
+    const NAME: &'static str = <ControlGrpc as tonic::server::NamedService>::NAME;
+}
+
+impl tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>> for LocalControl {
+    type Response = tonic::codegen::http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
     }
 
-    async fn create_task(&self, req: Request<CreateTaskRequest>) -> Result<Response<Task>, Status> {
-        let c = self.0.control().await?;
-        Ok(Response::new(c.create_task(req.into_inner()).await?))
-    }
-    async fn list_tasks(
-        &self,
-        req: Request<ListTasksRequest>,
-    ) -> Result<Response<ListTasksResponse>, Status> {
-        let c = self.0.control().await?;
-        let r = req.into_inner();
-        Ok(Response::new(c.list_tasks(&r.node, &r.service_id)?))
-    }
-    async fn get_task(&self, req: Request<GetTaskRequest>) -> Result<Response<Task>, Status> {
-        let c = self.0.control().await?;
-        Ok(Response::new(c.get_task(&req.into_inner().reference)?))
-    }
-    async fn remove_task(
-        &self,
-        req: Request<RemoveTaskRequest>,
-    ) -> Result<Response<RemoveTaskResponse>, Status> {
-        let c = self.0.control().await?;
-        c.remove_task(&req.into_inner().reference).await?;
-        Ok(Response::new(RemoveTaskResponse {}))
-    }
-    async fn task_logs(
-        &self,
-        req: Request<TaskLogsRequest>,
-    ) -> Result<Response<Self::TaskLogsStream>, Status> {
-        let c = self.0.control().await?;
-        let r = req.into_inner();
-        let rx = c.task_logs(&r.reference, r.follow, r.tail).await?;
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
-            rx,
-        )))
-    }
-    async fn list_nodes(
-        &self,
-        _req: Request<ListNodesRequest>,
-    ) -> Result<Response<ListNodesResponse>, Status> {
-        let c = self.0.control().await?;
-        Ok(Response::new(ListNodesResponse {
-            nodes: c.list_nodes()?,
-        }))
-    }
-    async fn get_node(&self, req: Request<GetNodeRequest>) -> Result<Response<NodeView>, Status> {
-        let c = self.0.control().await?;
-        Ok(Response::new(c.get_node(&req.into_inner().reference)?))
-    }
-    async fn get_join_token(
-        &self,
-        req: Request<GetJoinTokenRequest>,
-    ) -> Result<Response<GetJoinTokenResponse>, Status> {
-        let c = self.0.control().await?;
-        Ok(Response::new(c.join_token_req(req.into_inner()).await?))
-    }
-    async fn get_cluster_info(
-        &self,
-        _req: Request<GetClusterInfoRequest>,
-    ) -> Result<Response<ClusterInfo>, Status> {
-        let c = self.0.control().await?;
-        Ok(Response::new(c.cluster_info()?))
-    }
-    async fn get_ca(
-        &self,
-        _req: Request<shoal_proto::control::GetCaRequest>,
-    ) -> Result<Response<shoal_proto::control::CaStatus>, Status> {
-        let c = self.0.control().await?;
-        Ok(Response::new(c.ca_status()?))
-    }
-    async fn rotate_ca(
-        &self,
-        req: Request<shoal_proto::control::RotateCaRequest>,
-    ) -> Result<Response<shoal_proto::control::CaStatus>, Status> {
-        let c = self.0.control().await?;
-        let r = req.into_inner();
-        Ok(Response::new(
-            c.rotate_ca(r.force, &r.cert_pem, &r.key_pem).await?,
-        ))
+    fn call(&mut self, mut req: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
+        let daemon = self.0.clone();
+        Box::pin(async move {
+            match daemon.control_server().await {
+                Ok(mut svc) => {
+                    req.extensions_mut()
+                        .insert(shoal_manager::controlapi::LocalAdmin);
+                    tonic::codegen::Service::call(&mut svc, req).await
+                }
+                Err(status) => Ok(status.into_http()),
+            }
+        })
     }
 }
 
@@ -377,7 +236,7 @@ pub async fn serve(
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     tonic::transport::Server::builder()
         .add_service(LocalServer::new(LocalApi(daemon.clone())))
-        .add_service(ControlServer::new(LocalControl(daemon)))
+        .add_service(LocalControl(daemon))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())

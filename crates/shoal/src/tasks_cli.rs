@@ -165,6 +165,15 @@ pub fn truncate(s: &str, n: usize, no_trunc: bool) -> String {
     }
 }
 
+/// "1 minute ago", "5 minutes ago".
+fn plural(n: u64, unit: &str) -> String {
+    if n == 1 {
+        format!("1 {unit} ago")
+    } else {
+        format!("{n} {unit}s ago")
+    }
+}
+
 /// "5 seconds ago", from a unix time in milliseconds.
 pub fn ago(ms: i64) -> String {
     let now = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
@@ -172,9 +181,9 @@ pub fn ago(ms: i64) -> String {
     match s {
         0..=1 => "Less than a second ago".into(),
         2..=59 => format!("{s} seconds ago"),
-        60..=3599 => format!("{} minutes ago", s / 60),
-        3600..=86399 => format!("{} hours ago", s / 3600),
-        _ => format!("{} days ago", s / 86400),
+        60..=3599 => plural(s / 60, "minute"),
+        3600..=86399 => plural(s / 3600, "hour"),
+        _ => plural(s / 86400, "day"),
     }
 }
 

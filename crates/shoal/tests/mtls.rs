@@ -164,6 +164,12 @@ fn every_rpc_needs_a_certificate_of_this_cluster_with_the_right_role() {
     }
     // The forged manager never shows up as a node.
     assert_eq!(nodes(&tb, 0).len(), 2);
+    // The manager's log names the refused certificate's subject and issuer.
+    let log = tb.log(0);
+    assert!(
+        log.contains("client certificate refused (subject") && log.contains("issuer"),
+        "{log}"
+    );
 }
 
 #[test]

@@ -20,7 +20,7 @@ mod db;
 mod error;
 mod hex;
 mod log_store;
-mod network;
+pub mod network;
 mod objects;
 mod raft;
 mod state_machine;
@@ -32,6 +32,7 @@ mod conformance;
 
 pub use batch::{Batch, Expect, Object, Versioned};
 pub use error::StoreError;
+pub use network::{RaftRpc, RaftTransport, TransportError, TransportFuture};
 pub use prost::bytes::Bytes;
-pub use store::Store;
+pub use store::{Leadership, LeadershipWatch, Member, Store};
 pub use watch::{Change, Event, Snapshot, Watch, WATCH_CAPACITY};

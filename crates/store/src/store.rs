@@ -44,6 +44,16 @@ impl Store {
     /// versions and membership, and elects itself leader without a new
     /// `bootstrap`. A garbled or truncated file gives [`StoreError::Corrupt`].
     pub async fn open(dir: &Path, raft_id: u64, addr: &str) -> Result<Store, StoreError> {
+        Self::open_with(dir, raft_id, addr, Arc::new(crate::network::NoTransport)).await
+    }
+
+    /// [`Store::open`] with a transport to the other managers.
+    pub async fn open_with(
+        dir: &Path,
+        raft_id: u64,
+        addr: &str,
+        transport: Arc<dyn crate::network::RaftTransport>,
+    ) -> Result<Store, StoreError> {
         tokio::fs::create_dir_all(dir)
             .await
             .map_err(|source| StoreError::Io {
@@ -69,7 +79,7 @@ impl Store {
         let raft = Raft::new(
             raft_id,
             config,
-            Network,
+            Network { transport },
             LogStore::new(db.clone()),
             StateMachine::new(db.clone(), hub.clone()),
         )
@@ -125,6 +135,102 @@ impl Store {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(_)) => Err(StoreError::Shutdown),
             Err(_) => Err(StoreError::LeaderTimeout(timeout)),
+        }
+    }
+
+    /// Serves one Raft call from another manager (the transport's receiving side):
+    /// `body` is what [`crate::network::RaftTransport::call`] sent; the reply is what it
+    /// returns.
+    pub async fn handle_raft(
+        &self,
+        rpc: crate::network::RaftRpc,
+        body: &[u8],
+    ) -> Result<Vec<u8>, StoreError> {
+        use crate::network::RaftRpc;
+        let raft = &self.inner.raft;
+        let bad = |e: serde_json::Error| StoreError::Raft(format!("malformed raft message: {e}"));
+        let reply = match rpc {
+            RaftRpc::AppendEntries => {
+                let req = serde_json::from_slice(body).map_err(bad)?;
+                serde_json::to_vec(&raft.append_entries(req).await)
+            }
+            RaftRpc::Vote => {
+                let req = serde_json::from_slice(body).map_err(bad)?;
+                serde_json::to_vec(&raft.vote(req).await)
+            }
+            RaftRpc::InstallSnapshot => {
+                let req = serde_json::from_slice(body).map_err(bad)?;
+                serde_json::to_vec(&raft.install_snapshot(req).await)
+            }
+        };
+        reply.map_err(|e| StoreError::Raft(format!("cannot encode a raft reply: {e}")))
+    }
+
+    /// The Raft members: ID, address, and whether it votes.
+    pub fn members(&self) -> Vec<Member> {
+        let metrics = self.inner.raft.metrics();
+        let m = metrics.borrow();
+        let config = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<NodeId> = config.voter_ids().collect();
+        config
+            .nodes()
+            .map(|(id, node)| Member {
+                id: *id,
+                addr: node.addr.clone(),
+                voter: voters.contains(id),
+            })
+            .collect()
+    }
+
+    /// The member that leads now, if one is known.
+    pub fn leader(&self) -> Option<u64> {
+        self.inner.raft.metrics().borrow().current_leader
+    }
+
+    /// Adds a manager: first as a learner, until it has caught up (from a snapshot if the
+    /// log was compacted), then as a voter. Only on the leader.
+    pub async fn add_voter(&self, id: u64, addr: &str) -> Result<(), StoreError> {
+        let raft = &self.inner.raft;
+        raft.add_learner(id, openraft::BasicNode::new(addr), true)
+            .await
+            .map_err(membership_err)?;
+        let mut voters: std::collections::BTreeSet<NodeId> = self
+            .members()
+            .into_iter()
+            .filter(|m| m.voter)
+            .map(|m| m.id)
+            .collect();
+        voters.insert(id);
+        raft.change_membership(voters, false)
+            .await
+            .map_err(membership_err)?;
+        info!(raft_id = id, addr, "manager added to the raft group");
+        Ok(())
+    }
+
+    /// Removes a member from the Raft group (it stops voting and receiving the log). Only
+    /// on the leader.
+    pub async fn remove_member(&self, id: u64) -> Result<(), StoreError> {
+        let voters: std::collections::BTreeSet<NodeId> = self
+            .members()
+            .into_iter()
+            .filter(|m| m.voter && m.id != id)
+            .map(|m| m.id)
+            .collect();
+        self.inner
+            .raft
+            .change_membership(voters, false)
+            .await
+            .map_err(membership_err)?;
+        info!(raft_id = id, "member removed from the raft group");
+        Ok(())
+    }
+
+    /// This member's leadership, as a stream: "leader since term T" or "follower".
+    pub fn leadership(&self) -> LeadershipWatch {
+        LeadershipWatch {
+            rx: self.inner.raft.metrics(),
+            id: self.inner.raft_id,
         }
     }
 
@@ -222,6 +328,67 @@ impl Store {
             .map_err(|e| StoreError::Database(format!("closing the database failed: {e}")))?;
         info!(raft_id = self.inner.raft_id, "store shut down");
         stopped.map_err(|e| StoreError::Raft(format!("raft task failed: {e}")))
+    }
+}
+
+/// One member of the Raft group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub id: u64,
+    pub addr: String,
+    pub voter: bool,
+}
+
+fn membership_err(
+    e: RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>,
+) -> StoreError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => StoreError::NotLeader,
+        RaftError::APIError(e) => StoreError::Raft(e.to_string()),
+        RaftError::Fatal(e) => fatal(e),
+    }
+}
+
+/// Whether this member leads, and since which term.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leadership {
+    /// Leader since `term`: writes go through this member.
+    Leader { term: u64 },
+    /// Not leading; `leader` is the member that does, if one is known.
+    Follower { leader: Option<u64> },
+}
+
+/// A stream of [`Leadership`] changes, read off the Raft node's metrics.
+pub struct LeadershipWatch {
+    rx: tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, openraft::BasicNode>>,
+    id: NodeId,
+}
+
+impl LeadershipWatch {
+    /// The leadership now.
+    pub fn current(&self) -> Leadership {
+        let m = self.rx.borrow();
+        if m.state == ServerState::Leader && m.current_leader == Some(self.id) {
+            Leadership::Leader {
+                term: m.current_term,
+            }
+        } else {
+            Leadership::Follower {
+                leader: m.current_leader,
+            }
+        }
+    }
+
+    /// Waits until the leadership differs from `last`, and returns it; `None` once the
+    /// store has shut down.
+    pub async fn changed(&mut self, last: Leadership) -> Option<Leadership> {
+        loop {
+            let now = self.current();
+            if now != last {
+                return Some(now);
+            }
+            self.rx.changed().await.ok()?;
+        }
     }
 }
 

@@ -95,6 +95,8 @@ pub struct Testbed {
     pub nodes: Vec<Node>,
     /// Extra arguments given to every daemon.
     pub daemon_args: Vec<String>,
+    /// Environment (`NAME=value`) given to one node's daemon, by node index.
+    pub node_env: std::collections::HashMap<usize, Vec<String>>,
 }
 
 fn pid_alive(pid: i32) -> bool {
@@ -198,6 +200,7 @@ impl Testbed {
             dir,
             nodes: Vec::new(),
             daemon_args: Vec::new(),
+            node_env: Default::default(),
         };
         ip(&["netns", "add", &tb.hub])?;
         in_ns(
@@ -276,6 +279,11 @@ impl Testbed {
     pub fn start(&mut self, i: usize) -> Result<()> {
         let binary = self.binary.clone();
         let extra = self.daemon_args.join(" ");
+        let env = self
+            .node_env
+            .get(&i)
+            .map(|v| v.join(" "))
+            .unwrap_or_default();
         let n = &mut self.nodes[i];
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -283,7 +291,7 @@ impl Testbed {
             .open(&n.log)?;
         let cgroup = format!("{}/{}", cgroup_root(&self.tag), n.name);
         let script = format!(
-            "hostname {host} && exec {bin} daemon --state-dir {state} --socket {sock} --listen-addr 0.0.0.0:4377 --cgroup-parent {cg} {extra}",
+            "hostname {host} && exec env {env} {bin} daemon --state-dir {state} --socket {sock} --listen-addr 0.0.0.0:4377 --cgroup-parent {cg} {extra}",
             cg = cgroup,
             host = n.name,
             bin = binary.display(),

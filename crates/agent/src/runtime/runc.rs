@@ -36,6 +36,33 @@ fn failed(msg: impl Into<String>) -> RuntimeError {
     RuntimeError::Failed(msg.into())
 }
 
+/// The runc binary this node uses: `SHOAL_RUNC`, else `runc` from PATH.
+fn runc_bin() -> String {
+    std::env::var("SHOAL_RUNC").unwrap_or_else(|_| "runc".into())
+}
+
+/// Why this node cannot run containers, if it cannot: its runc is missing.
+pub fn runtime_error() -> Option<String> {
+    let bin = runc_bin();
+    let runnable = |p: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if bin.contains('/') {
+        return (!runnable(Path::new(&bin))).then(|| {
+            format!(
+                "runc not found at {bin} (SHOAL_RUNC): install the runc package or fix SHOAL_RUNC"
+            )
+        });
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if std::env::split_paths(&path).any(|d| runnable(&d.join(&bin))) {
+        return None;
+    }
+    Some(format!("{bin} not found in PATH: install the runc package"))
+}
+
 impl Runc {
     /// `root`: where containers live (`<state>/containers`); `cgroup_parent`: the cgroup
     /// every container of this node goes under.
@@ -48,7 +75,7 @@ impl Runc {
         Ok(Runc {
             root: root.to_path_buf(),
             runc_root,
-            runc_bin: std::env::var("SHOAL_RUNC").unwrap_or_else(|_| "runc".into()),
+            runc_bin: runc_bin(),
             cgroup_parent: cgroup_parent.trim_matches('/').to_string(),
             self_exe,
         })
@@ -330,6 +357,9 @@ fn mount_overlay(
 
 impl Runtime for Runc {
     fn prepare(&self, cfg: &ContainerConfig) -> Result<(), RuntimeError> {
+        if let Some(e) = runtime_error() {
+            return Err(failed(e));
+        }
         let dir = self.dir(&cfg.id);
         let bundle = dir.join("bundle");
         let rootfs = bundle.join("rootfs");

@@ -50,6 +50,8 @@ pub struct Dispatcher {
     renew_pacer: Arc<Mutex<Pacer>>,
     status: status::StatusWriter,
     pub logs: Arc<logs::LogBroker>,
+    /// Each node's open session, cancelled when a newer one replaces it.
+    sessions: Arc<Mutex<HashMap<String, CancellationToken>>>,
     ca: crate::rootca::CaHandle,
     cancel: CancellationToken,
 }
@@ -89,22 +91,25 @@ impl Dispatcher {
     pub fn new(store: Store, ca: crate::rootca::CaHandle, cancel: CancellationToken) -> Self {
         Dispatcher {
             ca,
-            status: status::StatusWriter::start(store.clone(), cancel.clone()),
+            status: status::StatusWriter::new(),
             store,
             last_seen: Arc::new(Mutex::new(HashMap::new())),
             renew_pacer: Arc::new(Mutex::new(Pacer::default())),
             logs: Arc::new(logs::LogBroker::default()),
+            sessions: Arc::new(Mutex::new(HashMap::new())),
             cancel,
         }
     }
 
-    fn require_member(&self, node_id: &str) -> Result<(), Status> {
-        match self.store.get::<Node>(node_id).map_err(store_status)? {
-            Some(_) => Ok(()),
-            None => Err(Status::not_found(format!(
-                "node {node_id} is not a member of this cluster (it may have been removed): join again with a token"
-            ))),
+    /// Registers a new session of `node_id`, ending the one it replaces.
+    fn replace_session(&self, node_id: &str) -> CancellationToken {
+        let token = CancellationToken::new();
+        if let Ok(mut m) = self.sessions.lock() {
+            if let Some(old) = m.insert(node_id.to_string(), token.clone()) {
+                old.cancel();
+            }
         }
+        token
     }
 
     fn beat(&self, node_id: &str) {
@@ -139,6 +144,11 @@ impl Dispatcher {
         Err(StoreError::Raft(format!(
             "node {node_id} kept changing under the dispatcher"
         )))
+    }
+
+    /// Writes the task status nodes report, until cancelled. Runs on the leader.
+    pub async fn run_status_writer(self, cancel: CancellationToken) {
+        self.status.clone().run(self.store.clone(), cancel).await
     }
 
     /// Marks Down every Ready node not heard from for `GRACE_MULTIPLIER` periods, until
@@ -191,6 +201,68 @@ impl Dispatcher {
     }
 }
 
+/// Refuses a heartbeat carrying more than the store should keep, naming the limit.
+fn check_heartbeat(req: &HeartbeatRequest) -> Result<(), Status> {
+    use shoal_proto::limits;
+    let refuse = |e: String| Status::invalid_argument(format!("Heartbeat refused: {e}"));
+    if let Some(d) = &req.description {
+        limits::check_description(d).map_err(|e| refuse(e.0))?;
+    }
+    if req.advertise_addr.len() > limits::MAX_HOSTNAME + 6 {
+        return Err(refuse(format!(
+            "the advertised address is {} bytes: the limit is {} bytes",
+            req.advertise_addr.len(),
+            limits::MAX_HOSTNAME + 6
+        )));
+    }
+    if req.cert_renewal_error.len() > limits::MAX_STATUS_TEXT {
+        return Err(refuse(format!(
+            "the renewal error is {} bytes: the limit is {} bytes",
+            req.cert_renewal_error.len(),
+            limits::MAX_STATUS_TEXT
+        )));
+    }
+    Ok(())
+}
+
+/// Updates one call may carry.
+pub const MAX_STATUS_UPDATES: usize = 2000;
+
+/// Refuses status reports that are too large, or states an agent never reports (only
+/// the agent's own states, ACCEPTED to REJECTED, come from a node).
+fn check_status_updates(
+    updates: &[shoal_proto::dispatcher::TaskStatusUpdate],
+) -> Result<(), Status> {
+    use shoal_proto::objects::TaskState;
+    let refuse = |e: String| Status::invalid_argument(format!("UpdateTaskStatus refused: {e}"));
+    if updates.len() > MAX_STATUS_UPDATES {
+        return Err(refuse(format!(
+            "{} updates in one call: the limit is {MAX_STATUS_UPDATES}",
+            updates.len()
+        )));
+    }
+    for u in updates {
+        let Some(s) = &u.status else { continue };
+        shoal_proto::limits::check_status(s).map_err(|e| {
+            refuse(format!(
+                "task {}: {e}",
+                shoal_proto::limits::short(&u.task_id)
+            ))
+        })?;
+        let reportable = TaskState::try_from(s.state).is_ok_and(|st| {
+            (TaskState::Accepted as i32..=TaskState::Rejected as i32).contains(&(st as i32))
+        });
+        if !reportable {
+            return Err(refuse(format!(
+                "task {}: state {} is not one a node reports",
+                shoal_proto::limits::short(&u.task_id),
+                s.state
+            )));
+        }
+    }
+    Ok(())
+}
+
 type SessionStream = tokio_stream::wrappers::ReceiverStream<Result<SessionMessage, Status>>;
 
 #[tonic::async_trait]
@@ -201,13 +273,13 @@ impl DispatcherRpc for Dispatcher {
         &self,
         req: Request<SessionRequest>,
     ) -> Result<Response<SessionStream>, Status> {
-        let id = authorize(&req, "Session", ANY_NODE)?;
-        let node_id = id.node_id().to_string();
-        self.require_member(&node_id)?;
+        let caller = authorize(&req, "Session", ANY_NODE)?;
+        let replaced = self.replace_session(caller.node_id().as_str());
         let rx = session::start(
             self.store.clone(),
             self.logs.clone(),
-            node_id,
+            caller,
+            replaced,
             self.cancel.clone(),
         )?;
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
@@ -222,6 +294,7 @@ impl DispatcherRpc for Dispatcher {
         let id = authorize(&req, "UpdateTaskStatus", ANY_NODE)?;
         let node_id = id.node_id().as_str();
         let updates = req.into_inner().updates;
+        check_status_updates(&updates)?;
         for u in &updates {
             // A node speaks only for its own tasks; a task already gone is no error.
             if let Some(t) = self.store.get::<Task>(&u.task_id).map_err(store_status)? {
@@ -244,11 +317,21 @@ impl DispatcherRpc for Dispatcher {
         &self,
         req: Request<tonic::Streaming<PublishLogsMessage>>,
     ) -> Result<Response<PublishLogsResponse>, Status> {
-        let id = authorize(&req, "PublishLogs", ANY_NODE)?;
-        let node_id = id.node_id().to_string();
+        let caller = authorize(&req, "PublishLogs", ANY_NODE)?;
+        let node_id = caller.node_id().to_string();
         let mut stream = req.into_inner();
-        while let Some(msg) = stream.next().await {
-            if !self.logs.publish(&node_id, msg?).await? {
+        let cut = caller.cut();
+        tokio::pin!(cut);
+        loop {
+            let msg = tokio::select! {
+                s = &mut cut => return Err(s),
+                m = stream.next() => match m {
+                    Some(m) => m?,
+                    None => break,
+                },
+            };
+            caller.check()?;
+            if !self.logs.publish(&node_id, msg).await? {
                 break;
             }
         }
@@ -262,6 +345,7 @@ impl DispatcherRpc for Dispatcher {
         let id = authorize(&req, "Heartbeat", ANY_NODE)?;
         let remote_ip = remote_addr(&req).map(|a| a.ip().to_string());
         let req = req.into_inner();
+        check_heartbeat(&req)?;
         let node_id = id.node_id().to_string();
         self.beat(&node_id);
         let addr = if req.advertise_addr.is_empty() {
@@ -279,9 +363,27 @@ impl DispatcherRpc for Dispatcher {
                     node.state_message.clear();
                     changed = true;
                 }
-                if desc.is_some() && node.description != desc {
-                    node.description = desc.clone();
-                    changed = true;
+                if let Some(mut d) = desc.clone() {
+                    // The hostname was fixed when the node joined; a different one
+                    // reported now is kept apart, for display only.
+                    let fixed = node
+                        .description
+                        .as_ref()
+                        .map(|d| d.hostname.clone())
+                        .unwrap_or_default();
+                    let reported = if fixed.is_empty() || d.hostname == fixed {
+                        String::new()
+                    } else {
+                        std::mem::replace(&mut d.hostname, fixed)
+                    };
+                    if node.reported_hostname != reported {
+                        node.reported_hostname = reported;
+                        changed = true;
+                    }
+                    if node.description.as_ref() != Some(&d) {
+                        node.description = Some(d);
+                        changed = true;
+                    }
                 }
                 if !addr.is_empty() && node.addr != addr {
                     node.addr = addr.clone();
@@ -292,12 +394,7 @@ impl DispatcherRpc for Dispatcher {
                     c.renewal_error = renewal_error.clone();
                     changed = true;
                 }
-                if c.confirmed_serial != id.serial() {
-                    c.confirmed_serial = id.serial().to_string();
-                    c.confirmed_key_digest = id.key_digest().to_string();
-                    changed = true;
-                }
-                changed
+                crate::access::confirm(node, &id) || changed
             })
             .await
             .map_err(store_status)?;

@@ -3,6 +3,7 @@
 //! changes is missed.
 
 use super::logs::LogBroker;
+use crate::auth::Caller;
 use shoal_proto::dispatcher::assignment::Action;
 use shoal_proto::dispatcher::{Assignment, LogSubscription, SessionMessage};
 use shoal_proto::objects::Task;
@@ -16,12 +17,17 @@ use tonic::Status;
 
 type Tx = mpsc::Sender<Result<SessionMessage, Status>>;
 
+/// A node's assignments at one store index, with the watch that follows it and what the
+/// node is told about each task.
+struct CompleteSet {
+    watch: shoal_store::Watch,
+    known: HashMap<String, i32>,
+    assignments: Vec<Assignment>,
+}
+
 /// What the node was last told about a task: only desired-state changes (and new or
 /// removed tasks) are news to an agent; status changes are its own.
-fn complete_set(
-    store: &Store,
-    node_id: &str,
-) -> Result<(shoal_store::Watch, HashMap<String, i32>, SessionMessage), Status> {
+fn complete_set(store: &Store, node_id: &str) -> Result<CompleteSet, Status> {
     let watch = store
         .watch()
         .map_err(|e| Status::unavailable(format!("cluster store: {e}")))?;
@@ -43,57 +49,86 @@ fn complete_set(
             task_id: String::new(),
         });
     }
-    let msg = SessionMessage {
-        complete: true,
+    Ok(CompleteSet {
+        watch,
+        known,
         assignments,
-        log_subscriptions: Vec::new(),
-    };
-    Ok((watch, known, msg))
+    })
 }
 
+/// Starts a node's session. It ends, with the reason, when the caller may no longer be
+/// served (removed, revoked, superseded, expired: checked against the store state of
+/// each event before anything of it is sent), when `replaced` is cancelled (a newer
+/// session of the node), or when the manager stops.
 pub fn start(
     store: Store,
     logs: Arc<LogBroker>,
-    node_id: String,
+    caller: Caller,
+    replaced: CancellationToken,
     cancel: CancellationToken,
 ) -> Result<mpsc::Receiver<Result<SessionMessage, Status>>, Status> {
+    let node_id = caller.node_id().to_string();
     let (tx, rx) = mpsc::channel(64);
-    let (mut watch, mut known, first) = complete_set(&store, &node_id)?;
+    let CompleteSet {
+        mut watch,
+        mut known,
+        assignments: first,
+    } = complete_set(&store, &node_id)?;
     let (log_tx, mut log_rx) = mpsc::channel::<LogSubscription>(64);
     logs.register_node(&node_id, log_tx.clone());
     tokio::spawn(async move {
-        if tx.send(Ok(first)).await.is_err() {
-            return;
-        }
+        let cut = caller.cut();
+        tokio::pin!(cut);
+        let mut pending = Some((watch.snapshot.index(), first));
         loop {
+            // The complete set, in messages the agent's decoder accepts.
+            if let Some((index, set)) = pending.take() {
+                if let Err(s) = caller.check_at(index).await {
+                    let _ = tx.send(Err(s)).await;
+                    break;
+                }
+                if !send_chunked(&tx, true, set).await {
+                    break;
+                }
+            }
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = tx.closed() => break,
+                _ = replaced.cancelled() => {
+                    let _ = tx.send(Err(Status::aborted("a newer session of this node replaced this one"))).await;
+                    break;
+                }
+                s = &mut cut => {
+                    let _ = tx.send(Err(s)).await;
+                    break;
+                }
                 sub = log_rx.recv() => {
                     let Some(sub) = sub else { break };
-                    let msg = SessionMessage { complete: false, assignments: vec![], log_subscriptions: vec![sub] };
+                    if let Err(s) = caller.check() {
+                        let _ = tx.send(Err(s)).await;
+                        break;
+                    }
+                    let msg = SessionMessage { complete: false, assignments: vec![], log_subscriptions: vec![sub], more: false };
                     if tx.send(Ok(msg)).await.is_err() { break; }
                 }
                 ev = watch.events.recv() => match ev {
-                    Ok(ev) if ev.changes.iter().any(|c| {
-                        matches!(c, shoal_store::Change::Delete { .. })
-                            && c.table() == shoal_proto::objects::Node::TABLE
-                            && c.id() == node_id
-                    }) => {
-                        let _ = tx.send(Err(Status::permission_denied(crate::revocation::REMOVED))).await;
-                        break;
-                    }
                     Ok(ev) => {
+                        if ev.changes.iter().any(crate::access::touches_access) {
+                            if let Err(s) = caller.check_at(ev.index).await {
+                                let _ = tx.send(Err(s)).await;
+                                break;
+                            }
+                        }
                         let a = changes(&node_id, &mut known, &ev.changes);
-                        if !a.is_empty() && !send(&tx, false, a).await { break; }
+                        if !a.is_empty() && !send_chunked(&tx, false, a).await { break; }
                     }
                     Err(RecvError::Lagged(_)) => {
                         // Too far behind to trust the gaps: start over with a complete set.
                         match complete_set(&store, &node_id) {
-                            Ok((w, k, msg)) => {
-                                watch = w;
-                                known = k;
-                                if tx.send(Ok(msg)).await.is_err() { break; }
+                            Ok(c) => {
+                                pending = Some((c.watch.snapshot.index(), c.assignments));
+                                watch = c.watch;
+                                known = c.known;
                             }
                             Err(s) => { let _ = tx.send(Err(s)).await; break; }
                         }
@@ -113,14 +148,49 @@ pub fn start(
     Ok(rx)
 }
 
-async fn send(tx: &Tx, complete: bool, assignments: Vec<Assignment>) -> bool {
-    tx.send(Ok(SessionMessage {
-        complete,
-        assignments,
-        log_subscriptions: Vec::new(),
-    }))
-    .await
-    .is_ok()
+/// Largest encoded session message the dispatcher sends: well under the 4 MiB a gRPC
+/// decoder accepts by default, whatever the number of tasks.
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
+/// Splits `assignments` into messages of at most [`MAX_MESSAGE_BYTES`] (a single task
+/// is far smaller: specs are bounded). Every message but the last says `more`, so a
+/// complete set is applied only once it has all arrived.
+pub fn chunk(complete: bool, assignments: Vec<Assignment>) -> Vec<SessionMessage> {
+    use prost::Message;
+    let mut out = Vec::new();
+    let mut cur = Vec::new();
+    let mut size = 0usize;
+    for a in assignments {
+        let len = a.encoded_len() + 8;
+        if !cur.is_empty() && size + len > MAX_MESSAGE_BYTES {
+            out.push(std::mem::take(&mut cur));
+            size = 0;
+        }
+        size += len;
+        cur.push(a);
+    }
+    if !cur.is_empty() || out.is_empty() {
+        out.push(cur);
+    }
+    let n = out.len();
+    out.into_iter()
+        .enumerate()
+        .map(|(i, assignments)| SessionMessage {
+            complete,
+            assignments,
+            log_subscriptions: Vec::new(),
+            more: i + 1 < n,
+        })
+        .collect()
+}
+
+async fn send_chunked(tx: &Tx, complete: bool, assignments: Vec<Assignment>) -> bool {
+    for msg in chunk(complete, assignments) {
+        if tx.send(Ok(msg)).await.is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 fn changes(node_id: &str, known: &mut HashMap<String, i32>, changes: &[Change]) -> Vec<Assignment> {

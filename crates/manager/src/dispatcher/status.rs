@@ -14,9 +14,11 @@ const BATCH_WINDOW: Duration = Duration::from_millis(5);
 
 type Job = (Vec<TaskStatusUpdate>, oneshot::Sender<Result<(), String>>);
 
+/// The queue of status reports; [`StatusWriter::run`] (a leader-only loop) writes them.
 #[derive(Clone)]
 pub struct StatusWriter {
     tx: mpsc::Sender<Job>,
+    rx: std::sync::Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>,
 }
 
 /// Whether a task in `state` has finished (nothing more will happen to it).
@@ -25,10 +27,18 @@ pub fn is_terminal(state: i32) -> bool {
 }
 
 impl StatusWriter {
-    pub fn start(store: Store, cancel: CancellationToken) -> Self {
+    pub fn new() -> Self {
         let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(run(store, rx, cancel));
-        StatusWriter { tx }
+        StatusWriter {
+            tx,
+            rx: std::sync::Arc::new(tokio::sync::Mutex::new(rx)),
+        }
+    }
+
+    /// Writes queued reports in batches until cancelled (one term of leadership).
+    pub async fn run(self, store: Store, cancel: CancellationToken) {
+        let mut rx = self.rx.lock().await;
+        run(store, &mut rx, cancel).await
     }
 
     /// Queues already-authorized updates and waits until they are committed.
@@ -43,7 +53,13 @@ impl StatusWriter {
     }
 }
 
-async fn run(store: Store, mut rx: mpsc::Receiver<Job>, cancel: CancellationToken) {
+impl Default for StatusWriter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+async fn run(store: Store, rx: &mut mpsc::Receiver<Job>, cancel: CancellationToken) {
     loop {
         let first = tokio::select! {
             _ = cancel.cancelled() => return,

@@ -12,7 +12,7 @@
 //!
 //! (Swarm mode's plugin, host-port and volume filters have nothing to check here yet.)
 
-use super::constraint::{all_match, Constraint};
+use super::constraint::{all_match, Constraint, Key, Op};
 use super::nodeset::{NodeInfo, NodeSet, Reservation};
 
 /// The filter a node failed, with the resources split by kind so the message can say
@@ -85,11 +85,26 @@ impl TaskFilter {
         max_replicas: u64,
         constraints: &[Constraint],
     ) -> TaskFilter {
-        let constraint_ok: Vec<bool> = set
+        let mut constraint_ok: Vec<bool> = set
             .nodes()
             .iter()
             .map(|n| all_match(constraints, n.node))
             .collect();
+        // A hostname is a claim made at join: when `node.hostname==NAME` matches more
+        // than one node it picks none of them.
+        for c in constraints
+            .iter()
+            .filter(|c| matches!(c.key(), Key::Hostname) && c.op() == Op::Eq)
+        {
+            let matching: Vec<usize> = (0..set.nodes().len())
+                .filter(|&i| c.matches(set.nodes()[i].node))
+                .collect();
+            if matching.len() > 1 {
+                for i in matching {
+                    constraint_ok[i] = false;
+                }
+            }
+        }
         let static_ok = set
             .nodes()
             .iter()

@@ -130,7 +130,11 @@ impl<'a> NodeInfo<'a> {
         let desc = node.description.as_ref();
         NodeInfo {
             node,
-            available: node.state() == NodeState::Ready
+            available: node
+                .description
+                .as_ref()
+                .is_none_or(|d| d.runtime_error.is_empty())
+                && node.state() == NodeState::Ready
                 && node.availability() == Availability::Active,
             capacity: Reservation {
                 nano_cpus: desc.map_or(0, |d| i128::from(d.cpus) * NANO),

@@ -1,6 +1,7 @@
 //! Shared helpers for integration tests: a testbed of real nodes.
 #![allow(dead_code)]
 
+pub mod raw;
 pub mod registry;
 
 use shoal_testbed::{wait_for, Testbed};

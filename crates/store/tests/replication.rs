@@ -1,0 +1,124 @@
+//! Three real stores (openraft over redb files) replicating through an in-process
+//! transport that calls the receiving store's `handle_raft`, as the manager's gRPC
+//! transport does over mTLS: membership changes, replication, and a new leader after the
+//! old one stops.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use shoal_store::{
+    Batch, Expect, Leadership, Object, RaftRpc, RaftTransport, Store, TransportError,
+    TransportFuture,
+};
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct Item {
+    #[prost(string, tag = "1")]
+    id: String,
+}
+
+impl Object for Item {
+    const TABLE: &'static str = "items";
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// Delivers each call to the store registered under the target's ID; a missing store
+/// is unreachable (a stopped manager).
+#[derive(Default, Clone)]
+struct InProcess {
+    stores: Arc<Mutex<HashMap<u64, Store>>>,
+}
+
+impl RaftTransport for InProcess {
+    fn call(&self, target: u64, _addr: &str, rpc: RaftRpc, body: Vec<u8>) -> TransportFuture {
+        let store = self.stores.lock().unwrap().get(&target).cloned();
+        Box::pin(async move {
+            let store =
+                store.ok_or_else(|| TransportError::Unreachable(format!("{target} is down")))?;
+            store
+                .handle_raft(rpc, &body)
+                .await
+                .map_err(|e| TransportError::Refused(e.to_string()))
+        })
+    }
+}
+
+async fn put(store: &Store, id: &str) -> Result<u64, shoal_store::StoreError> {
+    let mut b = Batch::default();
+    b.put(&Item { id: id.into() }, Expect::Absent);
+    store.commit(b).await
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_managers_replicate_and_elect_a_new_leader_when_one_stops() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let net = InProcess::default();
+    let mut stores = Vec::new();
+    for (i, d) in dirs.iter().enumerate() {
+        let id = i as u64 + 1;
+        let s = Store::open_with(d.path(), id, &format!("m{id}"), Arc::new(net.clone()))
+            .await
+            .unwrap();
+        net.stores.lock().unwrap().insert(id, s.clone());
+        stores.push(s);
+    }
+    stores[0].bootstrap().await.unwrap();
+    stores[0].wait_leader(Duration::from_secs(5)).await.unwrap();
+    put(&stores[0], "before-join").await.unwrap();
+    stores[0].add_voter(2, "m2").await.unwrap();
+    stores[0].add_voter(3, "m3").await.unwrap();
+    let members = stores[0].members();
+    assert_eq!(members.iter().filter(|m| m.voter).count(), 3, "{members:?}");
+
+    // Writes reach every member, the ones from before the join too.
+    put(&stores[0], "after-join").await.unwrap();
+    for s in &stores {
+        wait_until("replication", Duration::from_secs(5), || {
+            s.get::<Item>("after-join").unwrap().is_some()
+                && s.get::<Item>("before-join").unwrap().is_some()
+        })
+        .await;
+    }
+    // A follower refuses writes: they go through the leader.
+    assert!(matches!(
+        put(&stores[1], "on-a-follower").await,
+        Err(shoal_store::StoreError::NotLeader)
+    ));
+    assert_eq!(stores[1].leader(), Some(1));
+
+    // The leader stops: one of the other two leads within a few seconds and takes writes.
+    net.stores.lock().unwrap().remove(&1);
+    stores[0].shutdown().await.unwrap();
+    let started = Instant::now();
+    let mut new_leader = None;
+    while new_leader.is_none() {
+        assert!(started.elapsed() < Duration::from_secs(5), "no new leader");
+        new_leader = stores[1..]
+            .iter()
+            .find(|s| matches!(s.leadership().current(), Leadership::Leader { .. }))
+            .cloned();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let leader = new_leader.unwrap();
+    put(&leader, "after-failover").await.unwrap();
+    for s in &stores[1..] {
+        wait_until("replication after failover", Duration::from_secs(5), || {
+            s.get::<Item>("after-failover").unwrap().is_some()
+        })
+        .await;
+    }
+    for s in &stores[1..] {
+        s.shutdown().await.unwrap();
+    }
+}
