@@ -163,6 +163,8 @@ impl Ctl {
             memory_bytes: limits.memory_bytes,
             nano_cpus: limits.nano_cpus,
             pids: limits.pids,
+            cap_add: spec.cap_add.clone(),
+            cap_drop: spec.cap_drop.clone(),
         };
         self.blocking(move |rt| rt.prepare(&container))
             .await

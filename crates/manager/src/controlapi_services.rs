@@ -7,7 +7,8 @@ use shoal_proto::control::{
     ListServicesResponse, NodeView, ServiceStatus, UpdateNodeRequest, UpdateServiceRequest,
 };
 use shoal_proto::objects::{
-    Availability, Node, NodeRole, NodeState, Service, ServiceMode, ServiceSpec, Task, TaskState,
+    Availability, ContainerSpec, Node, NodeRole, NodeState, Service, ServiceMode, ServiceSpec,
+    Task, TaskState,
 };
 use shoal_store::{Batch, Expect, StoreError};
 
@@ -44,6 +45,9 @@ pub fn validate_service(spec: &ServiceSpec) -> Result<(), ControlError> {
             2 * shoal_proto::limits::MAX_SPEC_BYTES
         )));
     }
+    if let Some(c) = &spec.container {
+        validate_capabilities(c)?;
+    }
     let placement = spec.placement.clone().unwrap_or_default();
     constraint::parse_all(&placement.constraints).map_err(|e| bad(e.to_string()))?;
     for p in &placement.spread {
@@ -62,6 +66,15 @@ pub fn validate_service(spec: &ServiceSpec) -> Result<(), ControlError> {
         return Err(bad(
             "--replicas-max-per-node applies to replicated services only".into(),
         ));
+    }
+    Ok(())
+}
+
+/// Refuses a capability name that is not one, naming it (the CLI checks too, but a spec
+/// can come from any control client).
+pub fn validate_capabilities(c: &ContainerSpec) -> Result<(), ControlError> {
+    for (flag, names) in [("--cap-add", &c.cap_add), ("--cap-drop", &c.cap_drop)] {
+        shoal_proto::caps::normalize_all(names).map_err(|e| bad(format!("{flag}: {e}")))?;
     }
     Ok(())
 }
@@ -369,5 +382,33 @@ impl ControlApi {
         }
         tracing::info!(node_id = %n.id, "node removed; its certificates are revoked");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_service_naming_an_unknown_capability_is_refused() {
+        let mut spec = ServiceSpec {
+            name: "web".into(),
+            container: Some(ContainerSpec {
+                image: "busybox".into(),
+                cap_add: vec!["NET_ADMIN".into(), "CAP_SYS_TIME".into(), "ALL".into()],
+                cap_drop: vec!["mknod".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(validate_service(&spec).is_ok());
+        if let Some(c) = spec.container.as_mut() {
+            c.cap_drop.push("CAP_TELEPORT".into());
+        }
+        let err = validate_service(&spec).unwrap_err().to_string();
+        assert!(
+            err.contains("--cap-drop") && err.contains("\"CAP_TELEPORT\""),
+            "{err}"
+        );
     }
 }

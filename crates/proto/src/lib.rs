@@ -2,9 +2,12 @@
 //!
 //! Generated from `proto/shoal/*.proto`. Services: `ca` (join), `dispatcher` (every
 //! node's link to the managers), `control` (the CLI's API on managers) and `local` (the
-//! node's own admin API on its unix socket).
+//! node's own admin API on its unix socket). [`caps`] is the capability vocabulary that
+//! `ContainerSpec` carries, shared by the CLI, the manager and the agent.
 
 #![allow(clippy::all, missing_docs)]
+
+pub mod caps;
 
 pub mod objects {
     tonic::include_proto!("shoal.objects");

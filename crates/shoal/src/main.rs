@@ -7,6 +7,7 @@ mod daemon;
 mod netaddr;
 mod raft_transport;
 mod renewal;
+mod security_cli;
 mod services_cli;
 mod socket;
 mod statedir;

@@ -1,6 +1,7 @@
 //! CLI: services and node management.
 
 use crate::cli::{fmt_time, print_table, status_err, Client};
+use crate::security_cli::{apply_caps, parse_cap, print_security, security_json};
 use crate::tasks_cli::{parse_bytes, parse_cpus, parse_mount};
 use anyhow::{bail, Result};
 use clap::Args;
@@ -76,6 +77,12 @@ pub struct SpecFlags {
     /// Replace the image's entrypoint.
     #[arg(long)]
     entrypoint: Option<String>,
+    /// Add a Linux capability: NET_ADMIN, CAP_NET_ADMIN or ALL (repeatable).
+    #[arg(long = "cap-add", value_parser = parse_cap)]
+    cap_add: Vec<String>,
+    /// Drop a Linux capability: KILL, CAP_KILL or ALL (repeatable).
+    #[arg(long = "cap-drop", value_parser = parse_cap)]
+    cap_drop: Vec<String>,
     /// Return at once instead of waiting for the service to converge.
     #[arg(short = 'd', long)]
     detach: bool,
@@ -154,6 +161,7 @@ fn apply(spec: &mut ServiceSpec, f: &SpecFlags) {
         c.readonly_rootfs = true;
     }
     c.mounts.extend(f.mounts.iter().cloned());
+    apply_caps(c, &f.cap_add, &f.cap_drop);
     if let Some(g) = f.stop_grace_period {
         c.stop_grace_period_ms = g.as_millis() as u64;
     }
@@ -677,6 +685,7 @@ impl Client {
                 if !c.env.is_empty() {
                     println!(" Env:\t\t{}", c.env.join(" "));
                 }
+                print_security(&c);
                 println!(
                     "Resources:\n Reservations:\tCPU {} Memory {}\n Limits:\tCPU {} Memory {}",
                     res.nano_cpus as f64 / 1e9,
@@ -695,11 +704,13 @@ impl Client {
                     "Mode": if spec.mode == ServiceMode::Global as i32 { json!({"Global": {}}) } else { json!({"Replicated": {"Replicas": spec.replicas}}) },
                     "TaskTemplate": {
                         "ContainerSpec": {"Image": c.image, "Command": c.command, "Args": c.args, "Env": c.env, "Dir": c.workdir, "User": c.user, "Hostname": c.hostname, "ReadOnly": c.readonly_rootfs,
-                            "Mounts": c.mounts.iter().map(|m| json!({"Type": m.r#type, "Source": m.source, "Target": m.target, "ReadOnly": m.readonly})).collect::<Vec<_>>()},
+                            "Mounts": c.mounts.iter().map(|m| json!({"Type": m.r#type, "Source": m.source, "Target": m.target, "ReadOnly": m.readonly})).collect::<Vec<_>>(),
+                            "CapabilityAdd": c.cap_add, "CapabilityDrop": c.cap_drop},
                         "Resources": {"Limits": {"NanoCPUs": lim.nano_cpus, "MemoryBytes": lim.memory_bytes, "Pids": lim.pids}, "Reservations": {"NanoCPUs": res.nano_cpus, "MemoryBytes": res.memory_bytes}},
                         "Placement": {"Constraints": p.constraints, "Preferences": p.spread.iter().map(|x| json!({"Spread": {"SpreadDescriptor": x}})).collect::<Vec<_>>(), "MaxReplicas": p.max_replicas_per_node},
                     },
                 },
+                "Security": security_json(&c),
             }));
         }
         if !pretty {

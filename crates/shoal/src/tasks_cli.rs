@@ -102,6 +102,12 @@ pub struct TaskRunArgs {
     /// type=bind|tmpfs,source=..,target=..[,readonly]
     #[arg(long = "mount", value_parser = parse_mount)]
     mounts: Vec<Mount>,
+    /// Add a Linux capability: NET_ADMIN, CAP_NET_ADMIN or ALL (repeatable).
+    #[arg(long = "cap-add", value_parser = crate::security_cli::parse_cap)]
+    cap_add: Vec<String>,
+    /// Drop a Linux capability: KILL, CAP_KILL or ALL (repeatable).
+    #[arg(long = "cap-drop", value_parser = crate::security_cli::parse_cap)]
+    cap_drop: Vec<String>,
     /// Time to wait after SIGTERM before SIGKILL (default 10s).
     #[arg(long, value_parser = crate::parse_duration_pub)]
     stop_grace_period: Option<Duration>,
@@ -336,7 +342,7 @@ impl Client {
     }
 
     pub async fn task_run(&self, a: TaskRunArgs) -> Result<()> {
-        let spec = ContainerSpec {
+        let mut spec = ContainerSpec {
             image: a.image,
             command: a.entrypoint.map(|e| vec![e]).unwrap_or_default(),
             args: a.args,
@@ -356,7 +362,10 @@ impl Client {
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
             labels: Default::default(),
+            cap_add: vec![],
+            cap_drop: vec![],
         };
+        crate::security_cli::apply_caps(&mut spec, &a.cap_add, &a.cap_drop);
         let t = self
             .control()
             .create_task(CreateTaskRequest {
@@ -473,7 +482,9 @@ impl Client {
                     "ReadOnly": spec.readonly_rootfs,
                     "Resources": {"Limits": {"NanoCPUs": limits.nano_cpus, "MemoryBytes": limits.memory_bytes, "Pids": limits.pids}},
                     "Mounts": spec.mounts.iter().map(|m| json!({"Type": m.r#type, "Source": m.source, "Target": m.target, "ReadOnly": m.readonly})).collect::<Vec<_>>(),
+                    "CapabilityAdd": spec.cap_add, "CapabilityDrop": spec.cap_drop,
                 },
+                "Security": crate::security_cli::security_json(&spec),
                 "Status": {
                     "State": state_name(st.state).to_lowercase(), "Message": st.message, "Err": st.err,
                     "Timestamp": fmt_time(st.timestamp_unix_ms / 1000),

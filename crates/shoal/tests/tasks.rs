@@ -442,3 +442,18 @@ fn logs_follow_and_tail() {
         "it waited for new lines"
     );
 }
+
+#[test]
+fn a_missing_executable_is_reported_with_runcs_reason() {
+    let tb = cluster(1, &[]);
+    import_busybox(&tb, 0);
+    let out = tb.cli(0, &["task", "run", "busybox", "/no/such/program"]);
+    assert!(!out.success, "{}", out.stdout);
+    assert!(
+        out.stderr.contains("the container could not be created")
+            && out.stderr.contains("/no/such/program")
+            && !out.stderr.contains("runc run failed"),
+        "{}",
+        out.stderr
+    );
+}

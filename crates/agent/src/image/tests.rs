@@ -19,6 +19,8 @@ pub(super) enum E<'a> {
     Symlink(&'a str, &'a str),
     Hardlink(&'a str, &'a str),
     CharDev(&'a str, u32, u32),
+    BlockDev(&'a str, u32, u32),
+    Fifo(&'a str),
     /// A name written raw into the header, bypassing the tar crate's checks.
     RawName(&'a [u8], &'a [u8]),
 }
@@ -79,13 +81,20 @@ pub(super) fn layer(entries: &[E]) -> Vec<u8> {
                 h.set_cksum();
                 b.append(&h, &[][..]).expect("hardlink");
             }
-            E::CharDev(p, major, minor) => {
-                let mut h = header(tar::EntryType::Char, p, 0, 0o666);
+            E::CharDev(p, major, minor) | E::BlockDev(p, major, minor) => {
+                let kind = match e {
+                    E::CharDev(..) => tar::EntryType::Char,
+                    _ => tar::EntryType::Block,
+                };
+                let mut h = header(kind, p, 0, 0o666);
                 h.set_device_major(*major).expect("major");
                 h.set_device_minor(*minor).expect("minor");
                 h.set_cksum();
-                b.append(&h, &[][..]).expect("chardev");
+                b.append(&h, &[][..]).expect("device");
             }
+            E::Fifo(p) => b
+                .append(&header(tar::EntryType::Fifo, p, 0, 0o620), &[][..])
+                .expect("fifo"),
             E::RawName(name, data) => {
                 let mut h = header(tar::EntryType::Regular, "x", data.len() as u64, 0o644);
                 let field = &mut h.as_old_mut().name;
@@ -343,6 +352,36 @@ fn imported_busybox_rootfs_lists_resolves_and_runs() {
 }
 
 #[test]
+fn device_nodes_in_a_layer_are_not_created_and_fifos_are() {
+    let (dir, store) = new_store();
+    let rootfs = layer(&[
+        E::Dir("dev", 0o755),
+        E::CharDev("dev/mem", 1, 1),
+        E::CharDev("dev/kmsg", 1, 11),
+        E::BlockDev("dev/sda", 8, 0),
+        // Outside /dev too: where a container could reach it.
+        E::CharDev("tmp/kmem", 1, 2),
+        E::Fifo("run/pipe"),
+        E::File("etc/hostname", b"box\n", 0o644),
+    ]);
+    let tar = write(dir.path(), "devices.tar", &rootfs);
+    let info = store.import_rootfs(&tar, "devices").expect("import");
+    let dirs = store.layer_dirs(&info);
+    let root = &dirs[0];
+    for p in ["dev/mem", "dev/kmsg", "dev/sda", "tmp/kmem"] {
+        assert!(
+            fs::symlink_metadata(root.join(p)).is_err(),
+            "{p} not created"
+        );
+    }
+    assert!(root.join("dev").is_dir() && root.join("tmp").is_dir());
+    let fifo = fs::symlink_metadata(root.join("run/pipe")).expect("fifo kept");
+    assert!(fifo.file_type().is_fifo());
+    assert_eq!(fifo.permissions().mode() & 0o777, 0o620);
+    assert_eq!(fs::read(root.join("etc/hostname")).expect("file"), b"box\n");
+}
+
+#[test]
 fn gzip_rootfs_imports_and_bad_references_are_refused() {
     let (dir, store) = new_store();
     let tar = write(dir.path(), "rootfs.tar.gz", &gzip(&busybox_rootfs()));
@@ -402,9 +441,10 @@ fn check_layers(store: &ImageStore, info: &ImageInfo) {
         getxattr(&low.join("etc/capable"), "user.shoal").as_deref(),
         Some(&b"hello"[..])
     );
-    let null = fs::metadata(low.join("dev/null")).expect("dev/null");
-    assert!(null.file_type().is_char_device());
-    assert_eq!(null.rdev(), libc::makedev(1, 3));
+    assert!(
+        fs::symlink_metadata(low.join("dev/null")).is_err(),
+        "device nodes are not created"
+    );
     let link = fs::metadata(low.join("etc/keep-link")).expect("hard link");
     assert_eq!(
         link.ino(),

@@ -1,7 +1,11 @@
 //! Unpacking one layer tar into a directory that overlayfs can use as a lowerdir.
 //!
-//! Ownership, permissions, xattrs, device nodes, fifos, symlinks and hard links are kept
-//! (the agent runs as root). OCI whiteouts become overlayfs ones: `.wh.NAME` turns into a
+//! Ownership, permissions, xattrs, fifos, symlinks and hard links are kept (the agent
+//! runs as root). Character and block devices are not created, ever: an image has no
+//! business shipping a node for the host's disks or memory, and a container gets its
+//! /dev from the runtime. (containerd and Docker create them when running as root and
+//! skip them only in a user namespace; we skip them always, and say so in the log.)
+//! OCI whiteouts become overlayfs ones: `.wh.NAME` turns into a
 //! 0:0 character device NAME, `.wh..wh..opq` into `trusted.overlay.opaque=y` on its
 //! directory. Entries that would land outside the layer directory are refused: `..`,
 //! absolute paths, and any path or hard-link target whose parent is a symlink, so a layer
@@ -92,6 +96,7 @@ pub(crate) fn unpack_layer(
 ) -> Result<Unpacked, ImageError> {
     let mut hashing = HashingReader::new(decompressed(reader, what)?);
     let mut dirs = Vec::new();
+    let mut devices = Vec::new();
     {
         let mut archive = tar::Archive::new(&mut hashing);
         let entries = archive
@@ -99,7 +104,7 @@ pub(crate) fn unpack_layer(
             .map_err(|e| corrupt_tar(what, &e.to_string()))?;
         for entry in entries {
             let mut entry = entry.map_err(|e| corrupt_tar(what, &e.to_string()))?;
-            unpack_entry(&mut entry, dest, what, &mut dirs)?;
+            unpack_entry(&mut entry, dest, what, &mut dirs, &mut devices)?;
         }
     }
     if require_end_marker && hashing.hit_eof {
@@ -107,6 +112,13 @@ pub(crate) fn unpack_layer(
             what,
             "it ends without the end-of-archive marker (truncated?)",
         ));
+    }
+    if let Some(first) = devices.first() {
+        warn!(
+            first = %first.display(),
+            count = devices.len(),
+            "{what}: device nodes in image layers are not created"
+        );
     }
     // The diff ID covers the whole stream, padding after the end marker included.
     io::copy(&mut hashing, &mut io::sink()).map_err(|e| corrupt_tar(what, &e.to_string()))?;
@@ -354,6 +366,7 @@ fn unpack_entry<R: Read>(
     dest: &Path,
     what: &str,
     dirs: &mut Vec<(PathBuf, u64)>,
+    skipped: &mut Vec<PathBuf>,
 ) -> Result<(), ImageError> {
     let entry_path = entry
         .path()
@@ -471,18 +484,15 @@ fn unpack_entry<R: Read>(
                 .map_err(ImageError::io_at("creating the hard link", &target))?;
             return Ok(());
         }
-        tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
-            let h = entry.header();
-            let major = h.device_major().ok().flatten().unwrap_or(0);
-            let minor = h.device_minor().ok().flatten().unwrap_or(0);
-            let mode = h.mode().unwrap_or(0o644);
-            let ftype = match kind {
-                tar::EntryType::Char => libc::S_IFCHR,
-                tar::EntryType::Block => libc::S_IFBLK,
-                _ => libc::S_IFIFO,
-            };
+        tar::EntryType::Char | tar::EntryType::Block => {
+            // Not created (see the module doc); whatever an earlier layer had there stays.
+            skipped.push(entry_path);
+            return Ok(());
+        }
+        tar::EntryType::Fifo => {
+            let mode = entry.header().mode().unwrap_or(0o644);
             remove_any(&target)?;
-            mknod(&target, ftype, mode, major, minor)?;
+            mknod(&target, libc::S_IFIFO, mode, 0, 0)?;
         }
         other => {
             // pax/GNU long-name headers are consumed by the tar crate; anything else

@@ -3,9 +3,13 @@
 //! by the `runc` binary under a small supervisor process per container
 //! ([`supervisor`]), our own binary re-executed. The supervisor holds the container's
 //! stdio, writes its log, and records its exit, so containers outlive the daemon.
+//! Every container is confined as Docker confines its own ([`hardening`]): a seccomp
+//! profile ([`seccomp`]), masked and read-only /proc and /sys paths, few capabilities.
 
 pub mod cgroup;
+pub mod hardening;
 pub mod runc;
+pub mod seccomp;
 pub mod supervisor;
 pub mod zygote;
 
@@ -44,6 +48,9 @@ pub struct ContainerConfig {
     pub memory_bytes: i64,
     pub nano_cpus: i64,
     pub pids: i64,
+    /// Capabilities added to and dropped from the defaults (see [`hardening`]).
+    pub cap_add: Vec<String>,
+    pub cap_drop: Vec<String>,
 }
 
 /// How a container ended.

@@ -10,6 +10,7 @@
 //! supervisor.pid       the supervisor's pid
 //! ```
 
+use super::hardening::{self, Hardening};
 use super::supervisor::{self, SupervisorArgs};
 use super::{io_err, ContainerConfig, ContainerStatus, Exit, MountKind, Runtime, RuntimeError};
 use oci_spec::runtime::{
@@ -136,6 +137,8 @@ impl Runc {
     fn spec(&self, cfg: &ContainerConfig, rootfs: &Path) -> Result<Spec, RuntimeError> {
         let e = |x: oci_spec::OciSpecError| failed(format!("building the container config: {x}"));
         let (uid, gid) = Self::resolve_user(rootfs, &cfg.user)?;
+        let hardening =
+            Hardening::of(&cfg.cap_add, &cfg.cap_drop).map_err(|x| failed(x.to_string()))?;
         let mut env = cfg.env.clone();
         if !env.iter().any(|v| v.starts_with("PATH=")) {
             env.insert(0, DEFAULT_PATH.to_string());
@@ -157,6 +160,11 @@ impl Runc {
                     .map_err(e)?,
             )
             .no_new_privileges(true)
+            .capabilities(
+                hardening
+                    .oci_capabilities()
+                    .map_err(|x| failed(x.to_string()))?,
+            )
             .build()
             .map_err(e)?;
         let mut resources =
@@ -206,8 +214,9 @@ impl Runc {
             .namespaces(namespaces)
             .resources(resources.build().map_err(e)?)
             .cgroups_path(PathBuf::from(self.cgroup_path(&cfg.id)))
-            .masked_paths(defaults.masked_paths().clone().unwrap_or_default())
-            .readonly_paths(defaults.readonly_paths().clone().unwrap_or_default())
+            .masked_paths(hardening::host_masked_paths())
+            .readonly_paths(hardening.readonly_paths())
+            .seccomp(hardening.seccomp_profile().map_err(e)?)
             .build()
             .map_err(e)?;
         let mut mounts: Vec<Mount> = oci_spec::runtime::get_default_mounts();
@@ -546,5 +555,73 @@ impl Runtime for Runc {
 
     fn log_path(&self, id: &str) -> PathBuf {
         self.dir(id).join("container.log")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_json(cap_add: &[&str]) -> serde_json::Value {
+        let dir = tempfile::tempdir().unwrap();
+        let runc = Runc::new(dir.path(), "shoal-test").unwrap();
+        let cfg = ContainerConfig {
+            id: "c1".into(),
+            args: vec!["true".into()],
+            cap_add: cap_add.iter().map(|c| c.to_string()).collect(),
+            ..Default::default()
+        };
+        let spec = runc.spec(&cfg, dir.path()).unwrap();
+        serde_json::to_value(&spec).unwrap()
+    }
+
+    #[test]
+    fn every_container_gets_seccomp_masked_paths_and_few_capabilities() {
+        let c = config_json(&[]);
+        let linux = &c["linux"];
+        assert_eq!(linux["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
+        let masked = linux["maskedPaths"].as_array().unwrap();
+        for p in hardening::MASKED_PATHS {
+            assert!(masked.contains(&p.into()), "{p} masked");
+        }
+        assert_eq!(
+            linux["readonlyPaths"],
+            serde_json::json!(hardening::READONLY_PATHS)
+        );
+        let caps = &c["process"]["capabilities"];
+        let mut bounding: Vec<&str> = caps["bounding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        bounding.sort();
+        assert_eq!(
+            bounding,
+            ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
+        );
+        assert_eq!(caps["ambient"], serde_json::json!([]));
+        assert_eq!(caps["inheritable"], serde_json::json!([]));
+        assert_eq!(c["process"]["noNewPrivileges"], true);
+    }
+
+    #[test]
+    fn an_added_capability_reaches_the_config_and_an_unknown_one_is_refused() {
+        let c = config_json(&["SYS_ADMIN"]);
+        let effective = c["process"]["capabilities"]["effective"]
+            .as_array()
+            .unwrap();
+        assert!(effective.contains(&"CAP_SYS_ADMIN".into()));
+        let syscalls = c["linux"]["seccomp"]["syscalls"].to_string();
+        assert!(syscalls.contains("\"mount\""), "SYS_ADMIN unlocks mount");
+
+        let dir = tempfile::tempdir().unwrap();
+        let runc = Runc::new(dir.path(), "shoal-test").unwrap();
+        let cfg = ContainerConfig {
+            cap_add: vec!["CAP_FLY".into()],
+            ..Default::default()
+        };
+        let err = runc.spec(&cfg, dir.path()).unwrap_err().to_string();
+        assert!(err.contains("\"CAP_FLY\""), "{err}");
     }
 }

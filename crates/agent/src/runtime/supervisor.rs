@@ -1,6 +1,8 @@
 //! The per-container supervisor: `shoal supervise-container ...`, started detached by the
-//! runtime. It becomes the subreaper of its container, creates and starts it with runc,
-//! writes its output to the log with timestamps, waits for it, records how it ended
+//! runtime. It becomes the subreaper of its container, starts it with one `runc run
+//! --detach` (not `create` then `start`: a second runc process would add several ms to
+//! every start), writes its output to the log with timestamps, waits for it, records how
+//! it ended
 //! (exit code, OOM) in `exit.json`, and removes it from runc. Plain blocking code with no
 //! async runtime: it stays small, one per container.
 
@@ -147,8 +149,9 @@ pub fn run(a: &SupervisorArgs) -> i32 {
         (Err(e), _) | (_, Err(e)) => return fail(a, e),
     };
     let pid_file = a.dir.join("init.pid");
-    let created = runc(a)
-        .arg("create")
+    let started = runc(a)
+        .arg("run")
+        .arg("--detach")
         .arg("--bundle")
         .arg(a.dir.join("bundle"))
         .arg("--pid-file")
@@ -161,7 +164,7 @@ pub fn run(a: &SupervisorArgs) -> i32 {
     // runc is gone; only the container holds the write ends now.
     let mut out_r = File::from(out_r);
     let mut err_r = File::from(err_r);
-    match created {
+    match started {
         Ok(o) if o.status.success() => {}
         Ok(_) | Err(_) => {
             // runc's own complaint went to the stderr pipe.
@@ -171,14 +174,10 @@ pub fn run(a: &SupervisorArgs) -> i32 {
                 nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
             );
             let _ = err_r.read_to_string(&mut msg);
-            let msg = msg.trim();
-            let msg = msg
-                .lines()
-                .last()
-                .unwrap_or("runc create failed")
-                .trim_start_matches("runc create failed: ")
-                .to_string();
-            return fail(a, format!("the container could not be created: {msg}"));
+            return fail(
+                a,
+                format!("the container could not be created: {}", runc_error(&msg)),
+            );
         }
     }
     let Some(pid) = std::fs::read_to_string(&pid_file)
@@ -187,25 +186,6 @@ pub fn run(a: &SupervisorArgs) -> i32 {
     else {
         return fail(a, "runc did not report the container's pid".into());
     };
-    let started = runc(a)
-        .arg("start")
-        .arg(&a.id)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output();
-    match started {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => {
-            return fail(
-                a,
-                format!(
-                    "the container could not be started: {}",
-                    String::from_utf8_lossy(&o.stderr).trim()
-                ),
-            )
-        }
-        Err(e) => return fail(a, format!("cannot run runc start: {e}")),
-    }
     write_atomic(&a.dir.join("pid"), pid.to_string().as_bytes());
 
     let status = pump(&mut log, &mut out_r, &mut err_r, pid);
@@ -225,6 +205,20 @@ pub fn run(a: &SupervisorArgs) -> i32 {
         },
     );
     0
+}
+
+/// The reason in runc's last complaint, without its logrus dressing:
+/// `time=… level=error msg="runc run failed: exec: \"x\": not found"` → `exec: "x": not found`.
+fn runc_error(stderr: &str) -> String {
+    let last = stderr.trim().lines().last().unwrap_or("").trim();
+    let msg = match last.split_once("msg=\"") {
+        Some((_, rest)) => rest.strip_suffix('"').unwrap_or(rest).replace("\\\"", "\""),
+        None => last.to_string(),
+    };
+    match msg.trim_start_matches("runc run failed: ") {
+        "" => "runc run failed".to_string(),
+        m => m.to_string(),
+    }
 }
 
 /// Copies output to the log until the container exits, then returns its exit code
@@ -305,4 +299,21 @@ fn pump(log: &mut File, out: &mut File, err: &mut File, pid: i32) -> i32 {
     flush_lines(log, "stderr", &mut bufs[1], true);
     let _ = (out.as_raw_fd(), err.as_raw_fd());
     exit.unwrap_or(-1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::runc_error;
+
+    #[test]
+    fn runc_errors_lose_their_logrus_dressing() {
+        let line = "time=\"2026-11-27T16:01:30Z\" level=error msg=\"runc run failed: unable to \
+            start container process: exec: \\\"/no/such\\\": stat /no/such: no such file or directory\"\n";
+        assert_eq!(
+            runc_error(line),
+            "unable to start container process: exec: \"/no/such\": stat /no/such: no such file or directory"
+        );
+        assert_eq!(runc_error("runc run failed: boom\n"), "boom");
+        assert_eq!(runc_error(""), "runc run failed");
+    }
 }

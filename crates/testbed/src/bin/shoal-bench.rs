@@ -2,7 +2,8 @@
 //!
 //! Measures `shoal init` wall time, `shoal join` until the manager lists the node Ready,
 //! and the idle memory of manager and worker daemons, then writes BENCHMARKS.md.
-//! Run with `scripts/bench.sh` (as root).
+//! Run with `scripts/bench.sh` (as root). `BENCH_ONLY=containers` runs only the container
+//! start measurement and prints its table without touching BENCHMARKS.md.
 
 use anyhow::{bail, Context, Result};
 use shoal_testbed::{wait_for, Testbed};
@@ -62,6 +63,11 @@ fn main() -> Result<()> {
             "{} not found: build it with 'cargo build --release -p shoal'",
             shoal.display()
         );
+    }
+
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("containers") {
+        print!("{}", bench_containers(&shoal, runs_containers())?);
+        return Ok(());
     }
 
     // 1. init: a fresh cluster each time (leave --force wipes the state between runs).
