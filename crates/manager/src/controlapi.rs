@@ -125,6 +125,11 @@ pub fn validate_spec(spec: &ContainerSpec) -> Result<(), ControlError> {
     if let Err(e) = shoal_proto::limits::check_spec_size(spec) {
         return bad(e.0);
     }
+    for (flag, names) in [("--cap-add", &spec.cap_add), ("--cap-drop", &spec.cap_drop)] {
+        if let Err(e) = shoal_proto::caps::normalize_all(names) {
+            return bad(format!("{flag}: {e}"));
+        }
+    }
     for e in &spec.env {
         if e.split_once('=').is_none_or(|(k, _)| k.is_empty()) {
             return bad(format!("environment entry {e:?} is not KEY=VALUE"));

@@ -7,8 +7,7 @@ use shoal_proto::control::{
     ListServicesResponse, NodeView, ServiceStatus, UpdateNodeRequest, UpdateServiceRequest,
 };
 use shoal_proto::objects::{
-    Availability, ContainerSpec, Node, NodeRole, NodeState, Service, ServiceMode, ServiceSpec,
-    Task, TaskState,
+    Availability, Node, NodeRole, NodeState, Service, ServiceMode, ServiceSpec, Task, TaskState,
 };
 use shoal_store::{Batch, Expect, StoreError};
 
@@ -45,9 +44,6 @@ pub fn validate_service(spec: &ServiceSpec) -> Result<(), ControlError> {
             2 * shoal_proto::limits::MAX_SPEC_BYTES
         )));
     }
-    if let Some(c) = &spec.container {
-        validate_capabilities(c)?;
-    }
     let placement = spec.placement.clone().unwrap_or_default();
     constraint::parse_all(&placement.constraints).map_err(|e| bad(e.to_string()))?;
     for p in &placement.spread {
@@ -66,15 +62,6 @@ pub fn validate_service(spec: &ServiceSpec) -> Result<(), ControlError> {
         return Err(bad(
             "--replicas-max-per-node applies to replicated services only".into(),
         ));
-    }
-    Ok(())
-}
-
-/// Refuses a capability name that is not one, naming it (the CLI checks too, but a spec
-/// can come from any control client).
-pub fn validate_capabilities(c: &ContainerSpec) -> Result<(), ControlError> {
-    for (flag, names) in [("--cap-add", &c.cap_add), ("--cap-drop", &c.cap_drop)] {
-        shoal_proto::caps::normalize_all(names).map_err(|e| bad(format!("{flag}: {e}")))?;
     }
     Ok(())
 }
@@ -388,6 +375,7 @@ impl ControlApi {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shoal_proto::objects::ContainerSpec;
 
     #[test]
     fn a_service_naming_an_unknown_capability_is_refused() {
