@@ -4,12 +4,19 @@
 # private bridge (in a namespace of its own, so nothing touches the host's network).
 #
 #   scripts/cluster.sh up      build shoal, start the nodes, form the cluster
+#   scripts/cluster.sh up --managers 3
+#                              the same with three managers (manager1-3) in Raft, and two workers
 #   scripts/cluster.sh down    stop everything and remove what 'up' made
 #   scripts/cluster.sh status  node ls
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=/run/shoal-demo
-NAMES=(manager1 worker1 worker2)
+MANAGERS=1
+if [ "${2:-}" = "--managers" ]; then MANAGERS=${3:-1}; fi
+case "$MANAGERS" in 1|3|5|7) ;; *) echo "--managers takes 1, 3, 5 or 7" >&2; exit 2 ;; esac
+NAMES=()
+for m in $(seq "$MANAGERS"); do NAMES+=("manager$m"); done
+NAMES+=(worker1 worker2)
 SUBNET=10.77.0
 BIN=$PWD/target/release/shoal
 
@@ -17,7 +24,7 @@ sock() { echo "$RUN/$1/shoal.sock"; }
 cli() { "$BIN" -H "unix://$(sock "$1")" "${@:2}"; }
 
 down() {
-  for i in 1 2 3; do
+  for i in $(seq 9); do
     ns=shoal-demo-$i
     if ip netns list | grep -qw "$ns"; then
       for p in $(ip netns pids "$ns" 2>/dev/null); do kill -TERM "$p" 2>/dev/null || true; done
@@ -45,7 +52,7 @@ up() {
   ip netns add shoal-demo-hub
   ip -n shoal-demo-hub link add br0 type bridge
   ip -n shoal-demo-hub link set br0 up
-  for i in 1 2 3; do
+  for i in $(seq ${#NAMES[@]}); do
     name=${NAMES[$((i-1))]}; ns=shoal-demo-$i
     ip netns add "$ns"
     ip -n shoal-demo-hub link add "v$i" type veth peer name eth0 netns "$ns"
@@ -63,6 +70,8 @@ up() {
     for _ in $(seq 100); do [ -S "$(sock "$name")" ] && break; sleep 0.1; done
   done
   cli manager1 init --advertise-addr "$SUBNET.1"
+  mtoken=$(cli manager1 join-token -q manager)
+  for m in $(seq 2 "$MANAGERS"); do cli "manager$m" join --token "$mtoken" "$SUBNET.1:4377"; done
   token=$(cli manager1 join-token -q worker)
   cli worker1 join --token "$token" "$SUBNET.1:4377"
   cli worker2 join --token "$token" "$SUBNET.1:4377"
@@ -101,8 +110,8 @@ up() {
   echo "$ shoal service ps web"
   cli manager1 service ps web
   echo
-  echo "$ wget -qO- http://$SUBNET.2:8080/    (from manager1's namespace)"
-  ip netns exec shoal-demo-1 busybox wget -qO- "http://$SUBNET.2:8080/" || true
+  echo "$ wget -qO- http://$SUBNET.$((MANAGERS + 1)):8080/    (from manager1's namespace)"
+  ip netns exec shoal-demo-1 busybox wget -qO- "http://$SUBNET.$((MANAGERS + 1)):8080/" || true
   cat <<TXT
 
 The cluster is up. Talk to the manager with:

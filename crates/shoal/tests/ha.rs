@@ -150,3 +150,76 @@ fn three_managers_survive_the_loss_of_the_leader() {
     let ps = tb.cli_ok(leader, &["service", "ps", "web"]).unwrap();
     assert!(ps.contains("Running"), "{ps}");
 }
+
+#[test]
+fn a_cut_off_leader_refuses_writes_fast_and_follows_after_healing() {
+    let tb = testbed(3);
+    tb.init(0, &["--dispatcher-heartbeat", "1s"]).unwrap();
+    join_manager(&tb, 1, 0);
+    join_manager(&tb, 2, 0);
+    wait_ready(&tb, 3);
+    let leader_of = |i: usize| {
+        manager_status_opt(&tb, i)
+            .and_then(|st| st.into_iter().find(|(_, s)| s == "Leader").map(|(h, _)| h))
+    };
+    assert_eq!(leader_of(0).as_deref(), Some("node1"));
+
+    tb.cut(0).unwrap();
+    // The majority elects one of its own.
+    let new = wait_for(Duration::from_secs(10), || {
+        leader_of(1).filter(|h| h != "node1")
+    })
+    .unwrap_or_else(|| panic!("the majority elects a leader\n{}", tb.all_logs()));
+    // The cut-off manager refuses writes quickly, saying why.
+    let started = Instant::now();
+    let out = tb.cli(
+        0,
+        &["service", "create", "--name", "lost", "busybox", "true"],
+    );
+    assert!(
+        !out.success
+            && out
+                .stderr
+                .contains("no leader: 1 of 3 managers reachable, 2 needed"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // Reads still answer there, from its copy.
+    assert!(tb.cli(0, &["node", "ls"]).success);
+
+    tb.heal(0).unwrap();
+    wait_for(Duration::from_secs(15), || {
+        (leader_of(0).as_deref() == Some(new.as_str())).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the old leader follows {new}\n{}", tb.all_logs()));
+    // The write it refused never happened; writes through it work again.
+    assert!(!tb.cli_ok(1, &["service", "ls"]).unwrap().contains("lost"));
+    tb.cli_ok(
+        0,
+        &[
+            "service", "create", "-d", "--name", "later", "busybox", "true",
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
+}
+
+/// [`manager_status`], or `None` while node `i` cannot answer.
+fn manager_status_opt(tb: &shoal_testbed::Testbed, i: usize) -> Option<Vec<(String, String)>> {
+    let out = tb.cli_ok(i, &["node", "ls", "--format", "json"]).ok()?;
+    Some(
+        out.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|n| {
+                (
+                    n["Hostname"].as_str().unwrap_or("").to_string(),
+                    n["ManagerStatus"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect(),
+    )
+}

@@ -30,6 +30,10 @@ pub enum StoreError {
     #[error("this manager is not the Raft leader; retry on the leader")]
     NotLeader,
 
+    /// Too few managers can be reached for a majority: writes cannot commit.
+    #[error("no leader: {reachable} of {voters} managers reachable, {} needed", voters / 2 + 1)]
+    NoQuorum { reachable: usize, voters: usize },
+
     /// `bootstrap` was called on a store that already has a Raft membership.
     #[error(
         "the store is already initialized (it is part of a cluster); do not bootstrap it again"

@@ -69,9 +69,20 @@ impl RaftTransport for NoTransport {
     }
 }
 
+/// When each peer was last heard from (a call of ours it answered, or a call of its).
+pub(crate) type Contacts =
+    Arc<std::sync::Mutex<std::collections::HashMap<NodeId, std::time::Instant>>>;
+
+pub(crate) fn heard_from(contacts: &Contacts, id: NodeId) {
+    if let Ok(mut c) = contacts.lock() {
+        c.insert(id, std::time::Instant::now());
+    }
+}
+
 /// Creates a [`PeerClient`] per peer.
 pub(crate) struct Network {
     pub(crate) transport: Arc<dyn RaftTransport>,
+    pub(crate) contacts: Contacts,
 }
 
 /// A client for one peer.
@@ -79,6 +90,7 @@ pub(crate) struct PeerClient {
     target: NodeId,
     addr: String,
     transport: Arc<dyn RaftTransport>,
+    contacts: Contacts,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -89,6 +101,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.addr.clone(),
             transport: self.transport.clone(),
+            contacts: self.contacts.clone(),
         }
     }
 }
@@ -127,6 +140,7 @@ impl PeerClient {
                 )))))
             }
         };
+        heard_from(&self.contacts, self.target);
         let decoded: Result<Resp, RaftError<NodeId, E>> = serde_json::from_slice(&reply)
             .map_err(|e| RPCError::Network(NetworkError::new(&Text(e.to_string()))))?;
         decoded
@@ -171,6 +185,7 @@ mod tests {
     async fn without_a_transport_every_peer_is_unreachable() {
         let mut client = Network {
             transport: Arc::new(NoTransport),
+            contacts: Default::default(),
         }
         .new_client(7, &BasicNode::new("10.0.0.7:4242"))
         .await;

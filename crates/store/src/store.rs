@@ -32,7 +32,14 @@ struct Inner {
     raft: Raft,
     db: Arc<Db>,
     hub: Arc<Hub>,
+    contacts: crate::network::Contacts,
 }
+
+/// How long a write may wait before the store checks whether a majority can be reached
+/// at all (and fails it fast if not).
+const QUORUM_CHECK_AFTER: Duration = Duration::from_millis(1500);
+/// A peer heard from within this long counts as reachable.
+const REACHABLE_WITHIN: Duration = Duration::from_secs(1);
 
 impl Store {
     /// Opens (or creates) the store in `dir` (created if missing; the redb
@@ -75,11 +82,15 @@ impl Store {
             Err(join) => return Err(StoreError::Database(join.to_string())),
         };
         let hub = Arc::new(Hub::new());
+        let contacts: crate::network::Contacts = Default::default();
         let config = Arc::new(raft::config().map_err(StoreError::Raft)?);
         let raft = Raft::new(
             raft_id,
             config,
-            Network { transport },
+            Network {
+                transport,
+                contacts: contacts.clone(),
+            },
             LogStore::new(db.clone()),
             StateMachine::new(db.clone(), hub.clone()),
         )
@@ -93,6 +104,7 @@ impl Store {
                 raft,
                 db,
                 hub,
+                contacts,
             }),
         })
     }
@@ -151,15 +163,30 @@ impl Store {
         let bad = |e: serde_json::Error| StoreError::Raft(format!("malformed raft message: {e}"));
         let reply = match rpc {
             RaftRpc::AppendEntries => {
-                let req = serde_json::from_slice(body).map_err(bad)?;
+                let req: openraft::raft::AppendEntriesRequest<crate::raft::TypeConfig> =
+                    serde_json::from_slice(body).map_err(bad)?;
+                crate::network::heard_from(
+                    &self.inner.contacts,
+                    req.vote.leader_id().voted_for().unwrap_or_default(),
+                );
                 serde_json::to_vec(&raft.append_entries(req).await)
             }
             RaftRpc::Vote => {
-                let req = serde_json::from_slice(body).map_err(bad)?;
+                let req: openraft::raft::VoteRequest<NodeId> =
+                    serde_json::from_slice(body).map_err(bad)?;
+                crate::network::heard_from(
+                    &self.inner.contacts,
+                    req.vote.leader_id().voted_for().unwrap_or_default(),
+                );
                 serde_json::to_vec(&raft.vote(req).await)
             }
             RaftRpc::InstallSnapshot => {
-                let req = serde_json::from_slice(body).map_err(bad)?;
+                let req: openraft::raft::InstallSnapshotRequest<crate::raft::TypeConfig> =
+                    serde_json::from_slice(body).map_err(bad)?;
+                crate::network::heard_from(
+                    &self.inner.contacts,
+                    req.vote.leader_id().voted_for().unwrap_or_default(),
+                );
                 serde_json::to_vec(&raft.install_snapshot(req).await)
             }
         };
@@ -275,7 +302,20 @@ impl Store {
     /// index (and produces no watch event).
     pub async fn commit(&self, batch: Batch) -> Result<u64, StoreError> {
         let request = Request { ops: batch.ops };
-        match self.inner.raft.client_write(request).await {
+        let write = self.inner.raft.client_write(request);
+        tokio::pin!(write);
+        // A slow write fails as soon as a majority cannot be reached; else it waits.
+        let written = loop {
+            match tokio::time::timeout(QUORUM_CHECK_AFTER, &mut write).await {
+                Ok(w) => break w,
+                Err(_) => {
+                    if let Some(e) = self.no_quorum() {
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        match written {
             Ok(written) => match written.data {
                 Response::Applied => Ok(written.log_id.index),
                 Response::Conflict {
@@ -290,12 +330,40 @@ impl Store {
                     actual,
                 }),
             },
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                Err(StoreError::NotLeader)
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                match (f.leader_id, self.no_quorum()) {
+                    (None, Some(e)) => Err(e),
+                    _ => Err(StoreError::NotLeader),
+                }
             }
             Err(RaftError::APIError(e)) => Err(StoreError::Raft(e.to_string())),
             Err(RaftError::Fatal(e)) => Err(fatal(e)),
         }
+    }
+
+    /// [`StoreError::NoQuorum`] if fewer voters than a majority (this one included) have
+    /// been heard from lately.
+    fn no_quorum(&self) -> Option<StoreError> {
+        let voters: Vec<NodeId> = self
+            .members()
+            .into_iter()
+            .filter(|m| m.voter)
+            .map(|m| m.id)
+            .collect();
+        let contacts = self.inner.contacts.lock().ok()?;
+        let reachable = voters
+            .iter()
+            .filter(|id| {
+                **id == self.inner.raft_id
+                    || contacts
+                        .get(id)
+                        .is_some_and(|t| t.elapsed() < REACHABLE_WITHIN)
+            })
+            .count();
+        (reachable < voters.len() / 2 + 1).then_some(StoreError::NoQuorum {
+            reachable,
+            voters: voters.len(),
+        })
     }
 
     /// The current state and every change committed after it, with no gap

@@ -122,3 +122,41 @@ async fn three_managers_replicate_and_elect_a_new_leader_when_one_stops() {
         s.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_without_a_majority_fails_writes_fast_and_says_why() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let net = InProcess::default();
+    let mut stores = Vec::new();
+    for (i, d) in dirs.iter().enumerate() {
+        let id = i as u64 + 1;
+        let s = Store::open_with(d.path(), id, &format!("m{id}"), Arc::new(net.clone()))
+            .await
+            .unwrap();
+        net.stores.lock().unwrap().insert(id, s.clone());
+        stores.push(s);
+    }
+    stores[0].bootstrap().await.unwrap();
+    stores[0].wait_leader(Duration::from_secs(5)).await.unwrap();
+    stores[0].add_voter(2, "m2").await.unwrap();
+    stores[0].add_voter(3, "m3").await.unwrap();
+    put(&stores[0], "with-quorum").await.unwrap();
+
+    // Both followers stop.
+    net.stores.lock().unwrap().retain(|id, _| *id == 1);
+    stores[1].shutdown().await.unwrap();
+    stores[2].shutdown().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let err = put(&stores[0], "without-quorum").await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        err.to_string(),
+        "no leader: 1 of 3 managers reachable, 2 needed"
+    );
+    stores[0].shutdown().await.unwrap();
+}
