@@ -129,17 +129,23 @@ impl Worker {
             .map(|mut t| t.drain().collect())
             .unwrap_or_default();
         let mut ids: HashSet<String> = self.deps.runtime.list().into_iter().collect();
+        // Every container is told to stop first, then all are awaited: one grace period
+        // in total, not one per container.
+        let mut handles = Vec::new();
         for (id, e) in entries {
             let _ = e.desired.send(TaskState::Remove as i32);
-            if let Some(h) = e.handle {
-                let _ = h.await;
-            }
+            handles.extend(e.handle);
             ids.insert(id);
         }
+        for h in handles {
+            let _ = h.await;
+        }
+        let mut removals = tokio::task::JoinSet::new();
         for id in ids {
             let rt = self.deps.runtime.clone();
-            let _ = tokio::task::spawn_blocking(move || rt.remove(&id)).await;
+            removals.spawn_blocking(move || rt.remove(&id));
         }
+        while removals.join_next().await.is_some() {}
     }
 
     /// Stops the task's container if it runs, then removes everything of it.

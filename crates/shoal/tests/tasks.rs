@@ -457,3 +457,31 @@ fn a_missing_executable_is_reported_with_runcs_reason() {
         out.stderr
     );
 }
+
+#[test]
+fn leaving_stops_every_container_within_one_grace_period() {
+    let tb = cluster(2, &[]);
+    import_busybox(&tb, 1);
+    // PID 1 of each ignores SIGTERM: each stop waits out its 2 s grace period.
+    for _ in 0..3 {
+        run_task(
+            &tb,
+            &[
+                "--node",
+                "node2",
+                "--stop-grace-period",
+                "2s",
+                "busybox",
+                "sleep",
+                "600",
+            ],
+        );
+    }
+    assert_eq!(tb.processes_named(1, "sleep"), 3);
+    let started = std::time::Instant::now();
+    tb.cli_ok(1, &["leave"]).unwrap();
+    let took = started.elapsed();
+    assert_eq!(tb.processes_named(1, "sleep"), 0, "every container stopped");
+    // In parallel: about one grace period, not three.
+    assert!(took < Duration::from_millis(4500), "leave took {took:?}");
+}
