@@ -69,6 +69,10 @@ fn main() -> Result<()> {
         print!("{}", bench_containers(&shoal, runs_containers())?);
         return Ok(());
     }
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("failover") {
+        print!("{}", bench_failover(&shoal)?);
+        return Ok(());
+    }
 
     // 1. init: a fresh cluster each time (leave --force wipes the state between runs).
     let tb = Testbed::with_nodes(&shoal, 1)?;
@@ -125,6 +129,7 @@ fn main() -> Result<()> {
     let containers = bench_containers(&shoal, runs_containers())?;
     let services = bench_services(&shoal)?;
     let rotation = bench_rotation(&shoal)?;
+    let failover = bench_failover(&shoal)?;
 
     let (i0, i50, i90, i100) = stats(init);
     let (j0, j50, j90, j100) = stats(join);
@@ -160,6 +165,7 @@ fn main() -> Result<()> {
     md.push_str(&containers);
     md.push_str(&services);
     md.push_str(&rotation);
+    md.push_str(&failover);
     std::fs::write(&out, &md)?;
     print!("{md}");
     Ok(())
@@ -470,5 +476,76 @@ fn bench_rotation(shoal: &std::path::Path) -> Result<String> {
         ));
     }
     md.push_str("\nSwarm mode marks at most 30 nodes every 3 s for rotation; shoal tells up to 100 nodes per second (`ROTATION_RENEWALS_PER_SEC`).\n");
+    Ok(md)
+}
+
+/// The manager that `node ls` on node `via` shows as Leader (its testbed index).
+fn leader_index(tb: &Testbed, via: usize) -> Option<usize> {
+    let out = tb.cli_ok(via, &["node", "ls", "--format", "json"]).ok()?;
+    out.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|n| n["ManagerStatus"] == "Leader")
+        .and_then(|n| {
+            let host = n["Hostname"].as_str()?.to_string();
+            tb.nodes.iter().position(|x| x.name == host)
+        })
+}
+
+fn bench_failover(shoal: &std::path::Path) -> Result<String> {
+    const ROUNDS: usize = 10;
+    let mut tb = Testbed::with_nodes(shoal, 3)?;
+    tb.init(0, &[])?;
+    let token = tb.cli_ok(0, &["join-token", "-q", "manager"])?;
+    for i in 1..3 {
+        tb.cli_ok(i, &["join", "--token", token.trim(), &tb.nodes[0].addr()])?;
+    }
+    let mut times = Vec::new();
+    for round in 0..ROUNDS {
+        let leader = wait_for(Duration::from_secs(20), || {
+            leader_index(&tb, (round + 1) % 3)
+        })
+        .context("no leader")?;
+        // Settle: every manager has been a follower of this leader for a moment.
+        std::thread::sleep(Duration::from_secs(2));
+        tb.kill(leader)?;
+        let t = Instant::now();
+        let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+        let mut k = 0;
+        loop {
+            let via = others[k % others.len()];
+            k += 1;
+            let name = format!("f{round}x{k}");
+            let o = tb.cli(
+                via,
+                &[
+                    "service", "create", "-d", "--name", &name, "busybox", "true",
+                ],
+            );
+            if o.success {
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(30) {
+                bail!(
+                    "no write acknowledged 30 s after the leader died: {}",
+                    o.stderr
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        times.push(t.elapsed());
+        tb.start(leader)?;
+    }
+    let (a, b, c, d) = stats(times);
+    let mut md = String::new();
+    md.push_str("\n## Issue #10: leader failover\n\n");
+    md.push_str(&format!("3 managers (real daemons, default settings); the leader's daemon is killed with SIGKILL, then `shoal service create -d` is tried through the other two managers in turn (every 20 ms) until one is acknowledged. {ROUNDS} rounds (the killed manager is restarted between rounds); seconds. Target: median < 2 s; swarm mode's default election takes about 10 s.\n\n"));
+    md.push_str("| min | median | p90 | max |\n|---|---|---|---|\n");
+    md.push_str(&format!(
+        "| {:.2} | {:.2} | {:.2} | {:.2} |\n",
+        a / 1000.0,
+        b / 1000.0,
+        c / 1000.0,
+        d / 1000.0
+    ));
     Ok(md)
 }
