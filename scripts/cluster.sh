@@ -110,8 +110,14 @@ up() {
   echo "$ shoal service ps web"
   cli manager1 service ps web
   echo
-  echo "$ wget -qO- http://$SUBNET.$((MANAGERS + 1)):8080/    (from manager1's namespace)"
-  ip netns exec shoal-demo-1 busybox wget -qO- "http://$SUBNET.$((MANAGERS + 1)):8080/" || true
+  # The page, from the first node that runs a replica.
+  for i in $(seq ${#NAMES[@]}); do
+    if ip netns exec shoal-demo-1 busybox wget -qO- -T 2 "http://$SUBNET.$i:8080/" >/dev/null 2>&1; then
+      echo "$ wget -qO- http://$SUBNET.$i:8080/    (from manager1's namespace)"
+      ip netns exec shoal-demo-1 busybox wget -qO- "http://$SUBNET.$i:8080/"
+      break
+    fi
+  done
   cat <<TXT
 
 The cluster is up. Talk to the manager with:

@@ -367,8 +367,13 @@ impl ControlApi {
             String::new()
         } else if self.store.leader() == Some(raft_id) {
             "Leader".to_string()
-        } else if node.state == shoal_proto::objects::NodeState::Ready as i32
-            && self.store.members().iter().any(|m| m.id == raft_id)
+        } else if self.store.members().iter().any(|m| m.id == raft_id)
+            && if self.store.is_leader() {
+                // The leader hears from every manager several times a second.
+                self.store.heard_from(raft_id)
+            } else {
+                node.state == shoal_proto::objects::NodeState::Ready as i32
+            }
         {
             "Reachable".to_string()
         } else {

@@ -113,6 +113,15 @@ fn three_managers_survive_the_loss_of_the_leader() {
     .unwrap_or_else(|| panic!("no new leader\n{}", tb.all_logs()));
     eprintln!("new leader after {:?}", killed.elapsed());
     assert!(killed.elapsed() < Duration::from_secs(5));
+    wait_for(Duration::from_secs(5), || {
+        (of(&manager_status(&tb, leader), "node1") == "Unreachable").then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the dead manager shows Unreachable: {:?}",
+            manager_status(&tb, leader)
+        )
+    });
 
     // Writes work through the new leader; the worker moves to it and its task runs on.
     tb.cli_ok(

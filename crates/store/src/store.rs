@@ -341,6 +341,18 @@ impl Store {
         }
     }
 
+    /// Whether the member `id` answered or called this one within the last second (the
+    /// leader hears from every member several times a second; a follower from the leader).
+    pub fn heard_from(&self, id: u64) -> bool {
+        id == self.inner.raft_id
+            || self
+                .inner
+                .contacts
+                .lock()
+                .ok()
+                .is_some_and(|c| c.get(&id).is_some_and(|t| t.elapsed() < REACHABLE_WITHIN))
+    }
+
     /// [`StoreError::NoQuorum`] if fewer voters than a majority (this one included) have
     /// been heard from lately.
     fn no_quorum(&self) -> Option<StoreError> {
