@@ -112,7 +112,7 @@ up() {
   echo
   # The page, from the first node that runs a replica.
   for i in $(seq ${#NAMES[@]}); do
-    if ip netns exec shoal-demo-1 busybox wget -qO- -T 2 "http://$SUBNET.$i:8080/" >/dev/null 2>&1; then
+    if timeout 3 ip netns exec shoal-demo-1 busybox wget -qO- "http://$SUBNET.$i:8080/" >/dev/null 2>&1; then
       echo "$ wget -qO- http://$SUBNET.$i:8080/    (from manager1's namespace)"
       ip netns exec shoal-demo-1 busybox wget -qO- "http://$SUBNET.$i:8080/"
       break
