@@ -453,14 +453,41 @@ impl Client {
         Ok(())
     }
 
+    /// On a manager: every manager as (hostname, address, status), from its copy of the
+    /// cluster state.
+    async fn manager_table(&self) -> Vec<(String, String, String)> {
+        let Ok(r) = self.control().list_nodes(ListNodesRequest {}).await else {
+            return Vec::new();
+        };
+        r.into_inner()
+            .nodes
+            .into_iter()
+            .filter(|v| !v.manager_status.is_empty())
+            .map(|v| {
+                let n = v.node.unwrap_or_default();
+                let host = n.description.map(|d| d.hostname).unwrap_or_default();
+                (host, n.addr, v.manager_status)
+            })
+            .collect()
+    }
+
     pub async fn info(&self, format: Option<&str>) -> Result<()> {
         let i = self.info_raw().await?;
+        let table = if i.role == "manager" && i.state == "active" {
+            self.manager_table().await
+        } else {
+            Vec::new()
+        };
         if format == Some("json") {
+            let statuses: Vec<serde_json::Value> = table
+                .iter()
+                .map(|(h, a, s)| json!({"Hostname": h, "Addr": a, "Status": s}))
+                .collect();
             println!(
                 "{}",
                 json!({
                     "State": i.state, "Error": i.error, "NodeID": i.node_id, "ClusterID": i.cluster_id,
-                    "Role": i.role, "Managers": i.managers, "NodeAddr": i.node_addr,
+                    "Role": i.role, "Managers": i.managers, "ManagerStatus": statuses, "NodeAddr": i.node_addr,
                     "CertificateExpiry": fmt_time(i.cert_not_after_unix),
                     "CertificateSerial": i.cert_serial, "RootCADigest": i.root_ca_digest,
                     "CertificateRenewals": i.cert_renewals,
@@ -486,9 +513,16 @@ impl Client {
         println!(" Node ID: {}", i.node_id);
         println!(" Role: {}", i.role);
         println!(" Node Address: {}", i.node_addr);
-        println!(" Managers: {}", i.managers.len());
-        for m in &i.managers {
-            println!("  {m}");
+        if table.is_empty() {
+            println!(" Managers: {}", i.managers.len());
+            for m in &i.managers {
+                println!("  {m}");
+            }
+        } else {
+            println!(" Managers: {}", table.len());
+            for (host, addr, status) in &table {
+                println!("  {host} {addr} {status}");
+            }
         }
         println!(
             " Certificate Expiry: {} (in {})",

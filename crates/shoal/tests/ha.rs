@@ -232,3 +232,62 @@ fn manager_status_opt(tb: &shoal_testbed::Testbed, i: usize) -> Option<Vec<(Stri
             .collect(),
     )
 }
+
+#[test]
+fn all_managers_restarted_at_once_keep_the_cluster_and_its_containers() {
+    let mut tb = testbed(4);
+    tb.init(0, &["--dispatcher-heartbeat", "1s"]).unwrap();
+    join_manager(&tb, 1, 0);
+    join_manager(&tb, 2, 0);
+    tb.join_worker(3, 0)
+        .unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
+    wait_ready(&tb, 4);
+    // info on a manager lists every manager and who leads.
+    let i = info(&tb, 2);
+    let statuses = i["ManagerStatus"].as_array().cloned().unwrap_or_default();
+    assert_eq!(statuses.len(), 3, "{i}");
+    assert_eq!(
+        statuses.iter().filter(|s| s["Status"] == "Leader").count(),
+        1,
+        "{i}"
+    );
+    import_busybox(&tb, 3);
+    tb.cli_ok(
+        0,
+        &[
+            "service",
+            "create",
+            "--name",
+            "keep",
+            "--replicas",
+            "2",
+            "--constraint",
+            "node.role==worker",
+            "busybox",
+            "sleep",
+            "3600",
+        ],
+    )
+    .unwrap();
+    let before = tb.processes_named(3, "sleep");
+    assert_eq!(before, 2);
+    for i in 0..3 {
+        tb.kill(i).unwrap();
+    }
+    for i in 0..3 {
+        tb.start(i).unwrap();
+    }
+    // A leader again, the service intact, the worker back and its containers untouched.
+    wait_for(Duration::from_secs(15), || {
+        manager_status_opt(&tb, 1)?
+            .iter()
+            .any(|(_, s)| s == "Leader")
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("a leader after restarting every manager\n{}", tb.all_logs()));
+    let ls = tb.cli_ok(1, &["service", "ls"]).unwrap();
+    assert!(ls.contains("keep") && ls.contains("2/2"), "{ls}");
+    tb.cli_ok(2, &["service", "scale", "keep=3"])
+        .unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
+    assert_eq!(tb.processes_named(3, "sleep"), 3, "two kept, one new");
+}
