@@ -89,15 +89,27 @@ impl Certs {
 #[derive(Debug, Default)]
 struct View {
     nodes: HashMap<String, Certs>,
-    /// Serial -> reason.
-    revoked: HashMap<String, String>,
+    /// Serial -> revocation.
+    revoked: HashMap<String, Revoked>,
 }
+
+#[derive(Debug, Clone)]
+struct Revoked {
+    reason: String,
+    /// A demoted manager's certificate: still good for [`EXCHANGE_CALLS`].
+    renewal_allowed: bool,
+}
+
+/// What a demoted manager's certificate may still do: beat, and be exchanged by renewal
+/// for the certificate of the node's new role.
+const EXCHANGE_CALLS: &[&str] = &["Heartbeat", "RenewNodeCertificate"];
 
 impl View {
     /// The pure decision: may the certificate `serial` of `node_id`, valid until
     /// `not_after`, be used at `now`?
     fn decide(
         &self,
+        call: &str,
         node_id: &str,
         serial: &str,
         not_after: SystemTime,
@@ -106,8 +118,10 @@ impl View {
         if now > not_after {
             return Err(Refusal::Expired);
         }
-        if let Some(reason) = self.revoked.get(serial) {
-            return Err(Refusal::Revoked(reason.clone()));
+        if let Some(r) = self.revoked.get(serial) {
+            if !(r.renewal_allowed && EXCHANGE_CALLS.contains(&call)) {
+                return Err(Refusal::Revoked(r.reason.clone()));
+            }
         }
         let Some(certs) = self.nodes.get(node_id) else {
             return Err(Refusal::Removed);
@@ -135,7 +149,8 @@ impl View {
             v.nodes.insert(n.value.id.clone(), Certs::of(&n.value));
         }
         for r in snapshot.list::<RevokedCert>()? {
-            v.revoked.insert(r.value.serial, r.value.reason);
+            v.revoked
+                .insert(r.value.serial.clone(), Revoked::of(&r.value));
         }
         Ok(v)
     }
@@ -161,7 +176,8 @@ impl View {
         } else if c.table() == RevokedCert::TABLE {
             match c.decode::<RevokedCert>() {
                 Some(Ok(r)) => {
-                    self.revoked.insert(r.value.serial, r.value.reason);
+                    self.revoked
+                        .insert(r.value.serial.clone(), Revoked::of(&r.value));
                     true
                 }
                 Some(Err(e)) => {
@@ -172,6 +188,15 @@ impl View {
             }
         } else {
             false
+        }
+    }
+}
+
+impl Revoked {
+    fn of(r: &RevokedCert) -> Revoked {
+        Revoked {
+            reason: r.reason.clone(),
+            renewal_allowed: r.renewal_allowed,
         }
     }
 }
@@ -272,10 +297,11 @@ impl AccessList {
         })
     }
 
-    /// Whether `id` may call now.
-    pub fn check(&self, id: &NodeIdentity) -> Result<(), Refusal> {
+    /// Whether `id` may make `call` now.
+    pub fn check(&self, call: &str, id: &NodeIdentity) -> Result<(), Refusal> {
         let view = self.view.read().map_err(|_| Refusal::Removed)?;
         view.decide(
+            call,
             id.node_id().as_str(),
             id.serial(),
             id.not_after(),
@@ -302,11 +328,11 @@ impl AccessList {
 
     /// Resolves, with the refusal, when `id` may no longer call: at once on a removal,
     /// revocation or superseding, and at the certificate's expiry.
-    pub async fn revoked(&self, id: &NodeIdentity) -> Refusal {
+    pub async fn revoked(&self, call: &str, id: &NodeIdentity) -> Refusal {
         let mut rx = self.generation.subscribe();
         loop {
             rx.mark_unchanged();
-            if let Err(r) = self.check(id) {
+            if let Err(r) = self.check(call, id) {
                 return r;
             }
             let until_expiry = id
@@ -376,23 +402,50 @@ mod tests {
         let far = t(10_000_000);
         // Renewed to "b" but never seen using it: "a" still works (the answer was lost).
         let v = view(node("b", &["a"], Some(("a", 100))));
-        assert_eq!(v.decide("n1", "a", far, t(5000)), Ok(()));
-        assert_eq!(v.decide("n1", "b", far, t(5000)), Ok(()));
+        assert_eq!(v.decide("Session", "n1", "a", far, t(5000)), Ok(()));
+        assert_eq!(v.decide("Session", "n1", "b", far, t(5000)), Ok(()));
         // Seen using "b" at 1000: "a" works for the grace, then never again.
         let v = view(node("b", &["a"], Some(("b", 1000))));
-        assert_eq!(v.decide("n1", "a", far, t(1000 + 29)), Ok(()));
+        assert_eq!(v.decide("Session", "n1", "a", far, t(1000 + 29)), Ok(()));
         assert_eq!(
-            v.decide("n1", "a", far, t(1000 + 31)),
+            v.decide("Session", "n1", "a", far, t(1000 + 31)),
             Err(Refusal::Superseded)
         );
-        assert_eq!(v.decide("n1", "b", far, t(1000 + 31)), Ok(()));
+        assert_eq!(v.decide("Session", "n1", "b", far, t(1000 + 31)), Ok(()));
+    }
+
+    #[test]
+    fn a_demoted_managers_certificate_only_beats_and_renews() {
+        let mut v = view(node("a", &[], Some(("a", 1))));
+        v.revoked.insert(
+            "a".into(),
+            Revoked {
+                reason: "certificate revoked: the node was demoted".into(),
+                renewal_allowed: true,
+            },
+        );
+        let far = t(10_000_000);
+        assert_eq!(v.decide("Heartbeat", "n1", "a", far, t(5)), Ok(()));
+        assert_eq!(
+            v.decide("RenewNodeCertificate", "n1", "a", far, t(5)),
+            Ok(())
+        );
+        for call in ["Raft", "ListNodes", "Session", "UpdateTaskStatus"] {
+            assert!(
+                matches!(
+                    v.decide(call, "n1", "a", far, t(5)),
+                    Err(Refusal::Revoked(_))
+                ),
+                "{call}"
+            );
+        }
     }
 
     #[test]
     fn a_serial_the_node_no_longer_lists_is_refused_however_old() {
         let v = view(node("g", &["f", "e", "d", "c", "b"], None));
         assert_eq!(
-            v.decide("n1", "a", t(10_000_000), t(10)),
+            v.decide("Session", "n1", "a", t(10_000_000), t(10)),
             Err(Refusal::Superseded)
         );
     }
@@ -400,14 +453,26 @@ mod tests {
     #[test]
     fn removal_revocation_and_expiry_are_refused_with_their_reason() {
         let mut v = view(node("a", &[], Some(("a", 1))));
-        v.revoked.insert("r".into(), "certificate revoked".into());
-        assert_eq!(v.decide("other", "x", t(100), t(10)), Err(Refusal::Removed));
+        v.revoked.insert(
+            "r".into(),
+            Revoked {
+                reason: "certificate revoked".into(),
+                renewal_allowed: false,
+            },
+        );
         assert_eq!(
-            v.decide("n1", "r", t(100), t(10)),
+            v.decide("Session", "other", "x", t(100), t(10)),
+            Err(Refusal::Removed)
+        );
+        assert_eq!(
+            v.decide("Session", "n1", "r", t(100), t(10)),
             Err(Refusal::Revoked("certificate revoked".into()))
         );
-        assert_eq!(v.decide("n1", "a", t(100), t(101)), Err(Refusal::Expired));
-        assert_eq!(v.decide("n1", "a", t(100), t(99)), Ok(()));
+        assert_eq!(
+            v.decide("Session", "n1", "a", t(100), t(101)),
+            Err(Refusal::Expired)
+        );
+        assert_eq!(v.decide("Session", "n1", "a", t(100), t(99)), Ok(()));
     }
 
     #[test]
@@ -426,6 +491,9 @@ mod tests {
             table: Node::TABLE.into(),
             id: "n1".into()
         }));
-        assert_eq!(v.decide("n1", "a", t(100), t(1)), Err(Refusal::Removed));
+        assert_eq!(
+            v.decide("Session", "n1", "a", t(100), t(1)),
+            Err(Refusal::Removed)
+        );
     }
 }

@@ -53,7 +53,7 @@ impl Caller {
     /// sends, so nothing goes out after a revocation.
     pub fn check(&self) -> Result<(), Status> {
         self.access
-            .check(&self.id)
+            .check(self.call, &self.id)
             .map_err(|r| r.status(self.call, &self.id))
     }
 
@@ -61,7 +61,7 @@ impl Caller {
     /// revocation, superseding, expiry).
     pub async fn cut(&self) -> Status {
         self.access
-            .revoked(&self.id)
+            .revoked(self.call, &self.id)
             .await
             .status(self.call, &self.id)
     }

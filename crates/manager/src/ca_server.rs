@@ -287,14 +287,22 @@ impl Ca for CaServer {
             crate::auth::authorize(&req, "RenewNodeCertificate", &[Role::Manager, Role::Worker])?;
         let csr = req.into_inner().csr_der;
         let node_id = id.node_id().clone();
-        let asked_by_rotation = self
+        // A root rotation, or a promotion or demotion (the certificate's role is not the
+        // one the managers hold), asks for this renewal: it is not counted.
+        let asked = self
             .store
             .get::<Node>(node_id.as_str())
             .map_err(store_status)?
             .is_some_and(|n| {
-                crate::rootca::needs_rotation(self.ca.get().rotating_to.as_deref(), &n.value)
+                let held = if n.value.role == NodeRole::Manager as i32 {
+                    Role::Manager
+                } else {
+                    Role::Worker
+                };
+                held != id.role()
+                    || crate::rootca::needs_rotation(self.ca.get().rotating_to.as_deref(), &n.value)
             });
-        if !asked_by_rotation {
+        if !asked {
             Self::limit(&self.renewals, &node_id.to_string(), || {
                 format!(
                     "RenewNodeCertificate refused: node {node_id} renews too often (limit {RENEWALS_PER_MINUTE} per minute)"

@@ -643,6 +643,16 @@ impl Control for ControlService {
         Ok(Response::new(RemoveNodeResponse {}))
     }
 
+    async fn demote_node(
+        &self,
+        req: Request<shoal_proto::control::DemoteNodeRequest>,
+    ) -> Result<Response<NodeView>, Status> {
+        control_caller(&req, "DemoteNode")?;
+        Ok(Response::new(
+            self.0.demote_node(&req.into_inner().reference).await?,
+        ))
+    }
+
     async fn create_task(&self, req: Request<CreateTaskRequest>) -> Result<Response<Task>, Status> {
         control_caller(&req, "CreateTask")?;
         Ok(Response::new(self.0.create_task(req.into_inner()).await?))

@@ -320,13 +320,107 @@ impl ControlApi {
         }
     }
 
+    /// Refuses taking manager `n` out of the Raft group when that would leave no manager,
+    /// or fewer reachable managers than a quorum of those left needs. `what` is the
+    /// operation, for the message.
+    fn refuse_losing_quorum(
+        &self,
+        n: &Node,
+        reference: &str,
+        what: &str,
+    ) -> Result<(), ControlError> {
+        let managers = self
+            .store()
+            .list::<Node>()?
+            .into_iter()
+            .filter(|m| m.value.role == NodeRole::Manager as i32)
+            .count();
+        if managers <= 1 {
+            return Err(ControlError::Refused(format!(
+                "node {reference} is the last manager: a cluster needs one; join or promote another manager first"
+            )));
+        }
+        let id = crate::bootstrap::raft_id(&n.id);
+        let left: Vec<u64> = self
+            .store()
+            .members()
+            .into_iter()
+            .filter(|m| m.voter && m.id != id)
+            .map(|m| m.id)
+            .collect();
+        let reachable = left.iter().filter(|m| self.store().heard_from(**m)).count();
+        let needed = left.len() / 2 + 1;
+        if reachable < needed {
+            return Err(ControlError::Refused(format!(
+                "{what} {reference} would leave {reachable} of {} managers reachable, {needed} needed for a quorum: bring the unreachable managers back first",
+                left.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Makes a manager a worker: the managers hold its role as worker, its manager
+    /// certificate is refused at once for everything but exchanging it (by renewal) for
+    /// a worker certificate, and it leaves the Raft group.
+    pub async fn demote_node(&self, reference: &str) -> Result<NodeView, ControlError> {
+        let n = self.get_node(reference)?.node.unwrap_or_default();
+        if n.role != NodeRole::Manager as i32 {
+            return Err(ControlError::BadRequest(format!(
+                "node {reference} is not a manager"
+            )));
+        }
+        self.refuse_losing_quorum(&n, reference, "demoting")?;
+        loop {
+            let Some(cur) = self.store().get::<Node>(&n.id)? else {
+                return Err(ControlError::NoSuchNode(reference.to_string()));
+            };
+            let mut node = cur.value.clone();
+            node.role = NodeRole::Worker as i32;
+            node.updated_at_unix = unix_now();
+            let c = node.certificate.clone().unwrap_or_default();
+            let mut revoked = crate::revocation::record(
+                &c.serial,
+                &n.id,
+                c.not_after_unix,
+                "certificate revoked: the node was demoted",
+            );
+            revoked.renewal_allowed = true;
+            let mut b = Batch::default();
+            b.put(&node, Expect::Version(cur.version));
+            if !c.serial.is_empty() {
+                b.put(&revoked, Expect::Any);
+            }
+            match self.store().commit(b).await {
+                Ok(_) => break,
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.store()
+            .remove_member(crate::bootstrap::raft_id(&n.id))
+            .await
+            .map_err(|e| {
+                ControlError::Refused(format!(
+                    "node {reference} is a worker now, but it could not leave the managers' raft group ({e}): run 'shoal node demote {reference}' again"
+                ))
+            })?;
+        tracing::info!(node_id = %n.id, "manager demoted");
+        self.get_node(&n.id)
+    }
+
     pub async fn remove_node(&self, reference: &str, force: bool) -> Result<(), ControlError> {
         let view = self.get_node(reference)?;
         let n = view.node.unwrap_or_default();
         if n.role == NodeRole::Manager as i32 {
-            return Err(ControlError::Refused(format!(
-                "node {reference} is a manager: a manager cannot be removed (demote it first, once managers can be demoted)"
-            )));
+            if !force || n.state != NodeState::Down as i32 {
+                return Err(ControlError::Refused(format!(
+                    "node {reference} is a manager: demote it first with 'shoal node demote {reference}' (a manager that is down can be removed with --force)"
+                )));
+            }
+            self.refuse_losing_quorum(&n, reference, "removing")?;
+            self.store()
+                .remove_member(crate::bootstrap::raft_id(&n.id))
+                .await?;
         }
         if n.state != NodeState::Down as i32 && !force {
             return Err(ControlError::Refused(format!(

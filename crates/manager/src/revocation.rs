@@ -46,6 +46,7 @@ pub fn record(serial: &str, node_id: &str, not_after_unix: i64, reason: &str) ->
         not_after_unix,
         reason: reason.to_string(),
         revoked_at_unix: unix_now(),
+        renewal_allowed: false,
     }
 }
 

@@ -60,6 +60,13 @@ pub async fn run_daemon(opts: DaemonOpts) -> Result<()> {
                 d.handle_untrusted().await;
             }
         });
+        let d = daemon.clone();
+        tokio::spawn(async move {
+            loop {
+                d.role_changed.notified().await;
+                d.handle_role_change().await;
+            }
+        });
     }
     // Hand memory freed by bursts (image unpacking, many task starts) back to the system.
     tokio::spawn(async {

@@ -72,6 +72,8 @@ pub struct Daemon {
     stale: Mutex<Option<Stale>>,
     /// Notified when the managers' certificates stop verifying against our roots.
     pub untrusted: Arc<tokio::sync::Notify>,
+    /// Notified when a renewal changed this node's role.
+    pub role_changed: Arc<tokio::sync::Notify>,
     /// The Raft transport of this node's store, when it is a manager.
     raft: std::sync::Mutex<Option<Arc<crate::raft_transport::GrpcTransport>>>,
 }
@@ -171,6 +173,7 @@ impl Daemon {
             note: Mutex::new(None),
             stale: Mutex::new(None),
             untrusted: Arc::new(tokio::sync::Notify::new()),
+            role_changed: Arc::new(tokio::sync::Notify::new()),
             raft: std::sync::Mutex::new(None),
         })
     }
@@ -327,6 +330,7 @@ impl Daemon {
                 manager: manager.as_ref().map(|m| m.identity_handle()),
                 raft: raft.clone(),
                 wanted_root: std::sync::Mutex::new(None),
+                wanted_role: std::sync::Mutex::new(None),
             })
         })();
         let creds = match creds {
@@ -361,6 +365,15 @@ impl Daemon {
                 }
                 if resp.renew_certificate && creds.rotation_pending() {
                     renew_now.notify_one();
+                }
+                // Promoted or demoted: the certificate for the new role, now.
+                if !resp.role.is_empty() {
+                    if let Ok(mut w) = creds.wanted_role.lock() {
+                        *w = Some(resp.role.clone());
+                    }
+                    if creds.role_change_pending() {
+                        renew_now.notify_one();
+                    }
                 }
             })
         };
@@ -419,6 +432,7 @@ impl Daemon {
             info: renewal.clone(),
             renew_now,
             beat_now,
+            role_changed: self.role_changed.clone(),
         };
         tokio::spawn(renewer.run(agent_cancel.clone()));
         Ok(Active {
@@ -897,6 +911,42 @@ impl Daemon {
                 let _ = store.shutdown().await;
                 Err(e)
             }
+        }
+    }
+
+    /// A renewal changed this node's role. Demoted: its manager stops and its copy of the
+    /// cluster state is deleted; the agent goes on (its containers are untouched).
+    pub async fn handle_role_change(&self) {
+        let mut guard = self.active.lock().await;
+        let Some(a) = guard.as_mut() else {
+            return;
+        };
+        match a.creds.role() {
+            Some(Role::Worker) if a.manager.is_some() => {
+                if let Some(m) = a.manager.take() {
+                    m.shutdown().await;
+                }
+                if let Some(s) = a.store.take() {
+                    let _ = s.shutdown().await;
+                }
+                if let Ok(mut r) = self.raft.lock() {
+                    *r = None;
+                }
+                if let Err(e) = std::fs::remove_dir_all(self.dir.raft_dir()) {
+                    tracing::warn!(error = %e, "cannot delete the demoted manager's store");
+                }
+                a.state.role = "worker".into();
+                if let Err(e) = self.dir.save_state(&a.state) {
+                    tracing::error!("cannot record the new role: {e:#}");
+                }
+                tracing::info!("this node was demoted: it is a worker now; its manager stopped and its copy of the cluster state was deleted");
+            }
+            Some(Role::Manager) if a.manager.is_none() => {
+                tracing::warn!(
+                    "this node was promoted to manager: restart its daemon to start the manager"
+                );
+            }
+            _ => {}
         }
     }
 

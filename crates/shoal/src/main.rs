@@ -325,6 +325,11 @@ enum NodeCmd {
         #[arg(long)]
         no_trunc: bool,
     },
+    /// Make managers workers (they leave the managers' Raft group).
+    Demote {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
     /// Remove nodes from the cluster (a live node needs --force).
     #[command(alias = "remove")]
     Rm {
@@ -536,6 +541,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     c.task_ls(Some(node), false, no_trunc).await
                 }
                 NodeCmd::Rm { force, nodes } => c.node_rm(&nodes, force).await,
+                NodeCmd::Demote { nodes } => c.node_demote(&nodes).await,
                 NodeCmd::RevokeCertificate { node, serial } => {
                     c.revoke_certificate(&node, &serial).await
                 }

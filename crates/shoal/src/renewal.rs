@@ -43,6 +43,8 @@ pub struct Creds {
     pub raft: Option<Arc<crate::raft_transport::GrpcTransport>>,
     /// The root the managers asked this node to renew onto (a rotation), if any.
     pub wanted_root: Mutex<Option<String>>,
+    /// The role the managers hold for this node, as the last heartbeat said.
+    pub wanted_role: Mutex<Option<String>>,
 }
 
 #[derive(Clone)]
@@ -96,6 +98,23 @@ impl Creds {
         let i = managers.iter().position(|m| *m == cur).map_or(0, |i| i + 1);
         let next = managers[i % managers.len()].clone();
         self.switch_to(&next)
+    }
+
+    /// Whether the managers hold another role for this node than its certificate gives
+    /// (it was promoted or demoted): it renews at once.
+    pub fn role_change_pending(&self) -> bool {
+        let wanted = self.wanted_role.lock().ok().and_then(|w| w.clone());
+        wanted.is_some_and(|w| self.role().is_some_and(|r| r.as_str() != w))
+    }
+
+    /// The role the current certificate gives this node.
+    pub fn role(&self) -> Option<shoal_pki::Role> {
+        let c = self.get();
+        ClusterTrust::new(self.cluster_id.clone(), &c.roots)
+            .ok()?
+            .verify(&c.cert_der, &[], SystemTime::now())
+            .ok()
+            .map(|id| id.role())
     }
 
     /// Whether the current certificate was issued by the trusted root with this digest.
@@ -162,6 +181,8 @@ pub struct Renewer {
     pub renew_now: Arc<tokio::sync::Notify>,
     /// Tells the heartbeat loop to beat at once with the new certificate.
     pub beat_now: Arc<tokio::sync::Notify>,
+    /// Notified when a renewal changed the node's role (it was demoted or promoted).
+    pub role_changed: Arc<tokio::sync::Notify>,
 }
 
 /// When to renew a certificate valid from `not_before` (backdated) to `not_after`.
@@ -192,6 +213,7 @@ impl Renewer {
             .map_err(|s| anyhow::anyhow!("the manager refused to renew: {}", s.message()))?
             .into_inner();
         let cur = self.creds.get();
+        let old_role = self.creds.role();
         let intermediates: Vec<CertificateDer<'_>> = resp
             .intermediates_der
             .iter()
@@ -236,6 +258,10 @@ impl Renewer {
             *c = next;
         }
         tracing::info!(serial = %id.serial(), "certificate renewed");
+        if old_role != Some(id.role()) {
+            tracing::info!(role = %id.role(), "the managers changed this node's role");
+            self.role_changed.notify_one();
+        }
         Ok(())
     }
 
@@ -266,6 +292,10 @@ impl Renewer {
                         // A request that raced with a renewal just done is already met.
                         if self.creds.rotation_pending() {
                             tracing::info!("the managers asked for a renewal now (root CA rotation)");
+                            break;
+                        }
+                        if self.creds.role_change_pending() {
+                            tracing::info!("the managers changed this node's role: renewing now");
                             break;
                         }
                     }

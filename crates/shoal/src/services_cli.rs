@@ -812,6 +812,19 @@ impl Client {
         Ok(())
     }
 
+    pub async fn node_demote(&self, nodes: &[String]) -> Result<()> {
+        for n in nodes {
+            self.control()
+                .demote_node(shoal_proto::control::DemoteNodeRequest {
+                    reference: n.clone(),
+                })
+                .await
+                .map_err(status_err)?;
+            println!("Manager {n} demoted in the swarm.");
+        }
+        Ok(())
+    }
+
     pub async fn node_rm(&self, nodes: &[String], force: bool) -> Result<()> {
         for n in nodes {
             self.control()

@@ -291,3 +291,82 @@ fn all_managers_restarted_at_once_keep_the_cluster_and_its_containers() {
         .unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
     assert_eq!(tb.processes_named(3, "sleep"), 3, "two kept, one new");
 }
+
+#[test]
+fn a_demoted_manager_becomes_a_worker_and_its_manager_certificate_is_refused_at_once() {
+    let mut tb = testbed(3);
+    tb.init(0, &["--dispatcher-heartbeat", "1s"]).unwrap();
+    join_manager(&tb, 1, 0);
+    join_manager(&tb, 2, 0);
+    wait_ready(&tb, 3);
+
+    // With node2 down, demoting node3 would leave 1 of 2 managers reachable: refused.
+    tb.kill(1).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = tb.cli(0, &["node", "demote", "node3"]);
+    assert!(
+        !out.success
+            && out
+                .stderr
+                .contains("would leave 1 of 2 managers reachable, 2 needed"),
+        "{}",
+        out.stderr
+    );
+    tb.start(1).unwrap();
+    wait_for(Duration::from_secs(10), || {
+        manager_status_opt(&tb, 0)?
+            .iter()
+            .all(|(_, s)| s == "Leader" || s == "Reachable")
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("node2 back\n{}", tb.all_logs()));
+
+    let old = common::raw::Identity::of_node(&tb, 2);
+    tb.cli_ok(0, &["node", "demote", "node3"])
+        .unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
+    let demoted = Instant::now();
+    // Its manager certificate no longer works as one, at once.
+    let err = common::raw::with_channel(&tb, 2, &old, |ch| async move {
+        shoal_proto::control::control_client::ControlClient::new(ch)
+            .list_nodes(shoal_proto::control::ListNodesRequest {})
+            .await
+            .map(|_| ())
+    })
+    .unwrap_err();
+    assert!(demoted.elapsed() < Duration::from_secs(1));
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("demoted"), "{err:?}");
+    // The node renews into a worker certificate, stops its manager and forgets the
+    // cluster state it held.
+    wait_for(Duration::from_secs(15), || {
+        (info(&tb, 2)["Role"] == "worker").then_some(())
+    })
+    .unwrap_or_else(|| panic!("node3 is a worker\n{}", tb.all_logs()));
+    wait_for(Duration::from_secs(5), || {
+        (!tb.nodes[2].state_dir.join("raft").exists()).then_some(())
+    })
+    .expect("the demoted manager's store is deleted");
+    let st = manager_status(&tb, 0);
+    let of = |h: &str| st.iter().find(|(n, _)| n == h).map(|(_, s)| s.clone());
+    assert_eq!(of("node3").as_deref(), Some(""), "{st:?}");
+    assert_eq!(of("node1").as_deref(), Some("Leader"), "{st:?}");
+    wait_for(Duration::from_secs(10), || {
+        (status_of(&tb, "node3") == "Ready").then_some(())
+    })
+    .unwrap_or_else(|| panic!("node3 reports as a worker\n{}", tb.all_logs()));
+    // Two managers still write; the last one cannot be demoted.
+    tb.cli_ok(
+        1,
+        &[
+            "service", "create", "-d", "--name", "still", "busybox", "true",
+        ],
+    )
+    .unwrap();
+    tb.cli_ok(0, &["node", "demote", "node2"]).unwrap();
+    let out = tb.cli(0, &["node", "demote", "node1"]);
+    assert!(
+        !out.success && out.stderr.contains("is the last manager"),
+        "{}",
+        out.stderr
+    );
+}

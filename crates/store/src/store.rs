@@ -96,6 +96,14 @@ impl Store {
         )
         .await
         .map_err(|e| StoreError::Raft(format!("cannot start raft from {}: {e}", path.display())))?;
+        // A store that has a membership: wait until the Raft node reports it, so that
+        // `members()` is right from the start (callers decide by it whether to wait for
+        // their own election).
+        if raft.is_initialized().await.unwrap_or(false) {
+            let mut metrics = raft.metrics();
+            let loaded = metrics.wait_for(|m| m.membership_config.membership().nodes().count() > 0);
+            let _ = tokio::time::timeout(Duration::from_secs(5), loaded).await;
+        }
         info!(raft_id, addr, path = %path.display(), "store opened");
         Ok(Store {
             inner: Arc::new(Inner {
@@ -362,6 +370,10 @@ impl Store {
             .filter(|m| m.voter)
             .map(|m| m.id)
             .collect();
+        if voters.is_empty() {
+            // Not part of any group yet: there is nothing to reach.
+            return None;
+        }
         let contacts = self.inner.contacts.lock().ok()?;
         let reachable = voters
             .iter()

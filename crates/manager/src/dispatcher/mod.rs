@@ -418,7 +418,13 @@ impl DispatcherRpc for Dispatcher {
             )));
         };
         let ca = self.ca.get();
+        let role = if node.role == shoal_proto::objects::NodeRole::Manager as i32 {
+            "manager"
+        } else {
+            "worker"
+        };
         Ok(Response::new(HeartbeatResponse {
+            role: role.to_string(),
             period_ms: heartbeat_period(&self.store).as_millis() as u64,
             managers: manager_addrs(&self.store)?,
             roots_der: ca.roots.clone(),
