@@ -58,6 +58,20 @@ impl Identity {
     }
 }
 
+/// Runs `f` on a thread of its own in node `i`'s network namespace, in the background.
+fn in_background(tb: &Testbed, i: usize, f: impl Future<Output = ()> + Send + 'static) {
+    let path = format!("/run/netns/{}", tb.nodes[i].netns);
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f);
+    });
+}
+
 /// A channel to node `manager`'s listener presenting `id`, opened on the calling thread
 /// (which must be in the node's namespace).
 async fn channel(addr: &str, id: &Identity) -> Result<Channel, tonic::Status> {
@@ -188,56 +202,47 @@ pub struct OpenSession {
 impl OpenSession {
     pub fn open(tb: &Testbed, i: usize, id: &Identity) -> OpenSession {
         let addr = tb.nodes[0].addr();
-        let path = format!("/run/netns/{}", tb.nodes[i].netns);
         let id = id.clone();
         let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let ns = std::fs::File::open(&path).unwrap();
-            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let ch = match channel(&addr, &id).await {
-                    Ok(c) => c,
-                    Err(s) => {
-                        let _ = tx.send((Instant::now(), Err(s)));
-                        return;
-                    }
-                };
-                let beats = ch.clone();
-                tokio::spawn(async move {
-                    loop {
-                        let _ = DispatcherClient::new(beats.clone())
-                            .heartbeat(HeartbeatRequest::default())
-                            .await;
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                });
-                let mut s = match DispatcherClient::new(ch)
-                    .session(SessionRequest::default())
-                    .await
-                {
-                    Ok(s) => s.into_inner(),
-                    Err(e) => {
-                        let _ = tx.send((Instant::now(), Err(e)));
-                        return;
-                    }
-                };
+        in_background(tb, i, async move {
+            let ch = match channel(&addr, &id).await {
+                Ok(c) => c,
+                Err(s) => {
+                    let _ = tx.send((Instant::now(), Err(s)));
+                    return;
+                }
+            };
+            let beats = ch.clone();
+            tokio::spawn(async move {
                 loop {
-                    let m = s.message().await;
-                    let end = !matches!(m, Ok(Some(_)));
-                    let item = match m {
-                        Ok(Some(m)) => Ok(m),
-                        Ok(None) => Err(tonic::Status::cancelled("stream ended without a status")),
-                        Err(e) => Err(e),
-                    };
-                    if tx.send((Instant::now(), item)).is_err() || end {
-                        return;
-                    }
+                    let _ = DispatcherClient::new(beats.clone())
+                        .heartbeat(HeartbeatRequest::default())
+                        .await;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             });
+            let mut s = match DispatcherClient::new(ch)
+                .session(SessionRequest::default())
+                .await
+            {
+                Ok(s) => s.into_inner(),
+                Err(e) => {
+                    let _ = tx.send((Instant::now(), Err(e)));
+                    return;
+                }
+            };
+            loop {
+                let m = s.message().await;
+                let end = !matches!(m, Ok(Some(_)));
+                let item = match m {
+                    Ok(Some(m)) => Ok(m),
+                    Ok(None) => Err(tonic::Status::cancelled("stream ended without a status")),
+                    Err(e) => Err(e),
+                };
+                if tx.send((Instant::now(), item)).is_err() || end {
+                    return;
+                }
+            }
         });
         OpenSession { rx }
     }
@@ -337,29 +342,20 @@ pub fn dir_size(dir: &Path) -> u64 {
 /// and how it ended.
 pub fn open_publish(tb: &Testbed, i: usize, id: &Identity) -> mpsc::Receiver<(Instant, Call<()>)> {
     let addr = tb.nodes[0].addr();
-    let path = format!("/run/netns/{}", tb.nodes[i].netns);
     let id = id.clone();
     let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let ns = std::fs::File::open(&path).unwrap();
-        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let r = match channel(&addr, &id).await {
-                Ok(ch) => {
-                    let (_keep, msgs) = tokio::sync::mpsc::channel::<PublishLogsMessage>(1);
-                    DispatcherClient::new(ch)
-                        .publish_logs(tokio_stream::wrappers::ReceiverStream::new(msgs))
-                        .await
-                        .map(|_| ())
-                }
-                Err(s) => Err(s),
-            };
-            let _ = tx.send((Instant::now(), r));
-        });
+    in_background(tb, i, async move {
+        let r = match channel(&addr, &id).await {
+            Ok(ch) => {
+                let (_keep, msgs) = tokio::sync::mpsc::channel::<PublishLogsMessage>(1);
+                DispatcherClient::new(ch)
+                    .publish_logs(tokio_stream::wrappers::ReceiverStream::new(msgs))
+                    .await
+                    .map(|_| ())
+            }
+            Err(s) => Err(s),
+        };
+        let _ = tx.send((Instant::now(), r));
     });
     rx
 }
