@@ -396,14 +396,18 @@ impl ControlApi {
                 Err(e) => return Err(e.into()),
             }
         }
-        self.store()
-            .remove_member(crate::bootstrap::raft_id(&n.id))
-            .await
-            .map_err(|e| {
-                ControlError::Refused(format!(
+        // A membership change still settling refuses another for a moment: retry.
+        let id = crate::bootstrap::raft_id(&n.id);
+        let mut tries = 0;
+        while let Err(e) = self.store().remove_member(id).await {
+            tries += 1;
+            if tries >= 10 {
+                return Err(ControlError::Refused(format!(
                     "node {reference} is a worker now, but it could not leave the managers' raft group ({e}): run 'shoal node demote {reference}' again"
-                ))
-            })?;
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
         tracing::info!(node_id = %n.id, "manager demoted");
         self.get_node(&n.id)
     }

@@ -46,10 +46,25 @@ fn three_managers_survive_the_loss_of_the_leader() {
             .map(|(_, s)| s.clone())
             .unwrap_or_default()
     };
-    assert_eq!(of(&st, "node1"), "Leader", "{st:?}");
-    assert_eq!(of(&st, "node2"), "Reachable", "{st:?}");
-    assert_eq!(of(&st, "node3"), "Reachable", "{st:?}");
+    // One leader (node1, unless a busy machine moved leadership during the joins), the
+    // other two managers reachable, the worker none of these.
+    let statuses: Vec<String> = ["node1", "node2", "node3"]
+        .iter()
+        .map(|h| of(&st, h))
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| *s == "Leader").count(),
+        1,
+        "{st:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| *s == "Reachable").count(),
+        2,
+        "{st:?}"
+    );
     assert_eq!(of(&st, "node4"), "", "{st:?}");
+    let old = statuses.iter().position(|s| s == "Leader").unwrap();
+    let old_name = tb.nodes[old].name.clone();
     let info2 = info(&tb, 1);
     assert_eq!(info2["Role"], "manager", "{info2}");
 
@@ -74,13 +89,13 @@ fn three_managers_survive_the_loss_of_the_leader() {
         ],
     )
     .unwrap();
-    assert_eq!(tb.processes_named(3, "sleep"), 1);
+    sleeps_become(&tb, 3, 1);
     // A follower forwards its administrator's calls to the leader, reads and writes.
     let ls = tb.cli_ok(2, &["service", "ls"]).unwrap();
     assert!(ls.contains("web"), "{ls}");
     tb.cli_ok(2, &["service", "scale", "web=2"])
         .unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
-    assert_eq!(tb.processes_named(3, "sleep"), 2);
+    sleeps_become(&tb, 3, 2);
     tb.cli_ok(1, &["service", "scale", "web=1"]).unwrap();
     wait_for(Duration::from_secs(10), || {
         (tb.processes_named(3, "sleep") == 1).then_some(())
@@ -101,20 +116,18 @@ fn three_managers_survive_the_loss_of_the_leader() {
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
 
     // The leader dies.
-    tb.kill(0).unwrap();
+    tb.kill(old).unwrap();
     let killed = Instant::now();
+    let alive = (old + 1) % 3;
     let leader = wait_for(Duration::from_secs(10), || {
-        let st = manager_status(&tb, 1);
-        ["node2", "node3"]
-            .iter()
-            .position(|h| of(&st, h) == "Leader")
-            .map(|p| p + 1)
+        let st = manager_status_opt(&tb, alive)?;
+        (0..3).find(|&i| i != old && of(&st, &tb.nodes[i].name) == "Leader")
     })
     .unwrap_or_else(|| panic!("no new leader\n{}", tb.all_logs()));
     eprintln!("new leader after {:?}", killed.elapsed());
     assert!(killed.elapsed() < Duration::from_secs(5));
     wait_for(Duration::from_secs(5), || {
-        (of(&manager_status(&tb, leader), "node1") == "Unreachable").then_some(())
+        (of(&manager_status(&tb, leader), &old_name) == "Unreachable").then_some(())
     })
     .unwrap_or_else(|| {
         panic!(
@@ -141,11 +154,8 @@ fn three_managers_survive_the_loss_of_the_leader() {
         ],
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
-    assert_eq!(
-        tb.processes_named(3, "sleep"),
-        2,
-        "the first container was untouched"
-    );
+    // The first container was untouched; the new one runs beside it.
+    sleeps_become(&tb, 3, 2);
     wait_for(Duration::from_secs(15), || {
         let out = tb
             .cli_ok(leader, &["node", "ls", "--format", "json"])
@@ -171,18 +181,25 @@ fn a_cut_off_leader_refuses_writes_fast_and_follows_after_healing() {
         manager_status_opt(&tb, i)
             .and_then(|st| st.into_iter().find(|(_, s)| s == "Leader").map(|(h, _)| h))
     };
-    assert_eq!(leader_of(0).as_deref(), Some("node1"));
+    // Whoever leads now (a busy machine may have moved leadership during the joins).
+    let old = wait_for(Duration::from_secs(10), || {
+        let h = leader_of(0)?;
+        tb.nodes.iter().position(|n| n.name == h)
+    })
+    .expect("a leader");
+    let other = (old + 1) % 3;
 
-    tb.cut(0).unwrap();
+    tb.cut(old).unwrap();
     // The majority elects one of its own.
+    let old_name = tb.nodes[old].name.clone();
     let new = wait_for(Duration::from_secs(10), || {
-        leader_of(1).filter(|h| h != "node1")
+        leader_of(other).filter(|h| *h != old_name)
     })
     .unwrap_or_else(|| panic!("the majority elects a leader\n{}", tb.all_logs()));
     // The cut-off manager refuses writes quickly, saying why.
     let started = Instant::now();
     let out = tb.cli(
-        0,
+        old,
         &["service", "create", "--name", "lost", "busybox", "true"],
     );
     assert!(
@@ -199,17 +216,20 @@ fn a_cut_off_leader_refuses_writes_fast_and_follows_after_healing() {
         started.elapsed()
     );
     // Reads still answer there, from its copy.
-    assert!(tb.cli(0, &["node", "ls"]).success);
+    assert!(tb.cli(old, &["node", "ls"]).success);
 
-    tb.heal(0).unwrap();
+    tb.heal(old).unwrap();
     wait_for(Duration::from_secs(15), || {
-        (leader_of(0).as_deref() == Some(new.as_str())).then_some(())
+        (leader_of(old).as_deref() == Some(new.as_str())).then_some(())
     })
     .unwrap_or_else(|| panic!("the old leader follows {new}\n{}", tb.all_logs()));
     // The write it refused never happened; writes through it work again.
-    assert!(!tb.cli_ok(1, &["service", "ls"]).unwrap().contains("lost"));
+    assert!(!tb
+        .cli_ok(other, &["service", "ls"])
+        .unwrap()
+        .contains("lost"));
     tb.cli_ok(
-        0,
+        old,
         &[
             "service", "create", "-d", "--name", "later", "busybox", "true",
         ],
@@ -269,8 +289,7 @@ fn all_managers_restarted_at_once_keep_the_cluster_and_its_containers() {
         ],
     )
     .unwrap();
-    let before = tb.processes_named(3, "sleep");
-    assert_eq!(before, 2);
+    sleeps_become(&tb, 3, 2);
     for i in 0..3 {
         tb.kill(i).unwrap();
     }
@@ -289,7 +308,8 @@ fn all_managers_restarted_at_once_keep_the_cluster_and_its_containers() {
     assert!(ls.contains("keep") && ls.contains("2/2"), "{ls}");
     tb.cli_ok(2, &["service", "scale", "keep=3"])
         .unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
-    assert_eq!(tb.processes_named(3, "sleep"), 3, "two kept, one new");
+    // Two kept, one new (a container reported running may still be exec'ing sleep).
+    sleeps_become(&tb, 3, 3);
 }
 
 #[test]
@@ -349,7 +369,10 @@ fn a_demoted_manager_becomes_a_worker_and_its_manager_certificate_is_refused_at_
     let st = manager_status(&tb, 0);
     let of = |h: &str| st.iter().find(|(n, _)| n == h).map(|(_, s)| s.clone());
     assert_eq!(of("node3").as_deref(), Some(""), "{st:?}");
-    assert_eq!(of("node1").as_deref(), Some("Leader"), "{st:?}");
+    assert!(
+        of("node1").as_deref() == Some("Leader") || of("node2").as_deref() == Some("Leader"),
+        "{st:?}"
+    );
     wait_for(Duration::from_secs(10), || {
         (status_of(&tb, "node3") == "Ready").then_some(())
     })

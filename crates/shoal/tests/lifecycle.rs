@@ -76,7 +76,7 @@ fn removed_node_is_refused_at_once_and_stops_its_containers() {
         ],
     )
     .unwrap();
-    assert_eq!(tb.processes_named(1, "sleep"), 1);
+    sleeps_become(&tb, 1, 1);
     // Keep a copy of node2's identity: the node forgets it once removed.
     let saved = tb.dir().join("node2-certs");
     std::fs::create_dir_all(&saved).unwrap();

@@ -291,7 +291,7 @@ fn a_node_left_out_of_a_rotation_can_leave_and_join_as_a_new_node() {
         ],
     )
     .unwrap();
-    assert_eq!(tb.processes_named(1, "sleep"), 1);
+    sleeps_become(&tb, 1, 1);
     let old_id = info(&tb, 1)["NodeID"].as_str().unwrap().to_string();
     tb.stop(1).unwrap();
     wait_for(Duration::from_secs(10), || {

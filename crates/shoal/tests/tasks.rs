@@ -477,7 +477,7 @@ fn leaving_stops_every_container_within_one_grace_period() {
             ],
         );
     }
-    assert_eq!(tb.processes_named(1, "sleep"), 3);
+    sleeps_become(&tb, 1, 3);
     let started = std::time::Instant::now();
     tb.cli_ok(1, &["leave"]).unwrap();
     let took = started.elapsed();

@@ -39,7 +39,8 @@ struct Inner {
 /// at all (and fails it fast if not).
 const QUORUM_CHECK_AFTER: Duration = Duration::from_millis(1500);
 /// A peer heard from within this long counts as reachable.
-const REACHABLE_WITHIN: Duration = Duration::from_secs(1);
+/// (Ten heartbeat intervals: a loaded machine's pauses do not make a peer look gone.)
+const REACHABLE_WITHIN: Duration = Duration::from_millis(1500);
 
 impl Store {
     /// Opens (or creates) the store in `dir` (created if missing; the redb

@@ -112,3 +112,20 @@ pub fn wait_task_state(
         )
     })
 }
+
+/// Waits (a few seconds at most) until node `i` runs exactly `n` `sleep` processes. A
+/// container is reported running once its process exists, a moment before it has exec'd
+/// its command, so counting right after a command returns can be early.
+pub fn sleeps_become(tb: &shoal_testbed::Testbed, i: usize, n: usize) {
+    wait_for(Duration::from_secs(5), || {
+        (tb.processes_named(i, "sleep") == n).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "node{} runs {} sleep processes, not {n}\n{}",
+            i + 1,
+            tb.processes_named(i, "sleep"),
+            tb.all_logs()
+        )
+    });
+}
