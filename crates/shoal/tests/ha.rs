@@ -10,18 +10,30 @@ use std::time::{Duration, Instant};
 
 /// `node ls` on node `i` as (hostname, manager status).
 fn manager_status(tb: &shoal_testbed::Testbed, i: usize) -> Vec<(String, String)> {
-    let out = tb
-        .cli_ok(i, &["node", "ls", "--format", "json"])
-        .unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
-    out.lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .map(|n| {
-            (
-                n["Hostname"].as_str().unwrap_or("").to_string(),
-                n["ManagerStatus"].as_str().unwrap_or("").to_string(),
-            )
-        })
-        .collect()
+    manager_status_opt(tb, i).unwrap_or_else(|| {
+        panic!(
+            "node ls on node{} failed: {}\n{}",
+            i + 1,
+            tb.cli(i, &["node", "ls"]).stderr,
+            tb.all_logs()
+        )
+    })
+}
+
+/// A cluster of `managers` managers (node1 inits, the others join with the manager
+/// token) and then `workers` workers, all Ready, on a 1 s heartbeat.
+fn ha_cluster(managers: usize, workers: usize) -> shoal_testbed::Testbed {
+    let tb = testbed(managers + workers);
+    tb.init(0, &["--dispatcher-heartbeat", "1s"]).unwrap();
+    for i in 1..managers {
+        join_manager(&tb, i, 0);
+    }
+    for i in managers..managers + workers {
+        tb.join_worker(i, 0)
+            .unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
+    }
+    wait_ready(&tb, managers + workers);
+    tb
 }
 
 fn join_manager(tb: &shoal_testbed::Testbed, i: usize, via: usize) {
@@ -32,13 +44,7 @@ fn join_manager(tb: &shoal_testbed::Testbed, i: usize, via: usize) {
 
 #[test]
 fn three_managers_survive_the_loss_of_the_leader() {
-    let mut tb = testbed(4);
-    tb.init(0, &["--dispatcher-heartbeat", "1s"]).unwrap();
-    join_manager(&tb, 1, 0);
-    join_manager(&tb, 2, 0);
-    tb.join_worker(3, 0)
-        .unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
-    wait_ready(&tb, 4);
+    let mut tb = ha_cluster(3, 1);
     let st = manager_status(&tb, 1);
     let of = |st: &[(String, String)], h: &str| {
         st.iter()
@@ -172,11 +178,7 @@ fn three_managers_survive_the_loss_of_the_leader() {
 
 #[test]
 fn a_cut_off_leader_refuses_writes_fast_and_follows_after_healing() {
-    let tb = testbed(3);
-    tb.init(0, &["--dispatcher-heartbeat", "1s"]).unwrap();
-    join_manager(&tb, 1, 0);
-    join_manager(&tb, 2, 0);
-    wait_ready(&tb, 3);
+    let tb = ha_cluster(3, 0);
     let leader_of = |i: usize| {
         manager_status_opt(&tb, i)
             .and_then(|st| st.into_iter().find(|(_, s)| s == "Leader").map(|(h, _)| h))
@@ -255,13 +257,7 @@ fn manager_status_opt(tb: &shoal_testbed::Testbed, i: usize) -> Option<Vec<(Stri
 
 #[test]
 fn all_managers_restarted_at_once_keep_the_cluster_and_its_containers() {
-    let mut tb = testbed(4);
-    tb.init(0, &["--dispatcher-heartbeat", "1s"]).unwrap();
-    join_manager(&tb, 1, 0);
-    join_manager(&tb, 2, 0);
-    tb.join_worker(3, 0)
-        .unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
-    wait_ready(&tb, 4);
+    let mut tb = ha_cluster(3, 1);
     // info on a manager lists every manager and who leads.
     let i = info(&tb, 2);
     let statuses = i["ManagerStatus"].as_array().cloned().unwrap_or_default();
@@ -314,11 +310,7 @@ fn all_managers_restarted_at_once_keep_the_cluster_and_its_containers() {
 
 #[test]
 fn a_demoted_manager_becomes_a_worker_and_its_manager_certificate_is_refused_at_once() {
-    let mut tb = testbed(3);
-    tb.init(0, &["--dispatcher-heartbeat", "1s"]).unwrap();
-    join_manager(&tb, 1, 0);
-    join_manager(&tb, 2, 0);
-    wait_ready(&tb, 3);
+    let mut tb = ha_cluster(3, 0);
 
     // With node2 down, demoting node3 would leave 1 of 2 managers reachable: refused.
     tb.kill(1).unwrap();

@@ -3,17 +3,9 @@
 mod common;
 
 use common::*;
-use shoal_pki::NodeKey;
-use shoal_proto::dispatcher::dispatcher_client::DispatcherClient;
-use shoal_proto::dispatcher::HeartbeatRequest;
-use std::sync::Arc;
 use std::time::Duration;
 
-fn pem_der(path: &std::path::Path) -> Vec<u8> {
-    shoal_pki::pem_certs(&std::fs::read_to_string(path).unwrap())
-        .unwrap()
-        .remove(0)
-}
+use common::raw::pem_der;
 
 /// A heartbeat made with node `i`'s certificate files (saved at `dir`), from its namespace.
 fn heartbeat_as(
@@ -21,36 +13,7 @@ fn heartbeat_as(
     i: usize,
     dir: &std::path::Path,
 ) -> Result<(), tonic::Status> {
-    let root = pem_der(&dir.join("ca.crt"));
-    let cert = pem_der(&dir.join("node.crt"));
-    let key = NodeKey::from_pem(&std::fs::read_to_string(dir.join("node.key")).unwrap())
-        .unwrap()
-        .pkcs8_der();
-    let addr = tb.nodes[0].addr();
-    tb.in_netns(i, move || {
-        shoal_pki::install_crypto_provider();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let mut roots = rustls::RootCertStore::empty();
-            roots
-                .add(rustls::pki_types::CertificateDer::from(root))
-                .unwrap();
-            let chain = vec![cert];
-            let cfg =
-                Arc::new(shoal_pki::client_config(Arc::new(roots), Some((&chain, &key))).unwrap());
-            let ch = shoal_agent::connect::channel(&addr, cfg)
-                .await
-                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-            DispatcherClient::new(ch)
-                .heartbeat(HeartbeatRequest::default())
-                .await
-                .map(|_| ())
-        })
-    })
-    .unwrap()
+    common::raw::heartbeat(tb, i, &common::raw::Identity::from_dir(dir))
 }
 
 #[test]

@@ -22,11 +22,7 @@ struct Outcome {
     root_ca: Result<(), (tonic::Code, String)>,
 }
 
-fn pem_der(path: &std::path::Path) -> Vec<u8> {
-    shoal_pki::pem_certs(&std::fs::read_to_string(path).unwrap())
-        .unwrap()
-        .remove(0)
-}
+use common::raw::pem_der;
 
 /// Calls ListNodes and Heartbeat on `addr` presenting `identity` (chain, key PKCS#8).
 fn call(addr: String, root_der: Vec<u8>, identity: Option<(Vec<u8>, Vec<u8>)>) -> Outcome {

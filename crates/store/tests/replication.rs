@@ -46,6 +46,25 @@ impl RaftTransport for InProcess {
     }
 }
 
+/// Three stores on one in-process network (IDs 1-3, addresses m1-m3), the first
+/// bootstrapped and leading; the directories live as long as the first element.
+async fn three_stores() -> (Vec<tempfile::TempDir>, InProcess, Vec<Store>) {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let net = InProcess::default();
+    let mut stores = Vec::new();
+    for (i, d) in dirs.iter().enumerate() {
+        let id = i as u64 + 1;
+        let s = Store::open_with(d.path(), id, &format!("m{id}"), Arc::new(net.clone()))
+            .await
+            .unwrap();
+        net.stores.lock().unwrap().insert(id, s.clone());
+        stores.push(s);
+    }
+    stores[0].bootstrap().await.unwrap();
+    stores[0].wait_leader(Duration::from_secs(5)).await.unwrap();
+    (dirs, net, stores)
+}
+
 async fn put(store: &Store, id: &str) -> Result<u64, shoal_store::StoreError> {
     let mut b = Batch::default();
     b.put(&Item { id: id.into() }, Expect::Absent);
@@ -62,19 +81,7 @@ async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_managers_replicate_and_elect_a_new_leader_when_one_stops() {
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let net = InProcess::default();
-    let mut stores = Vec::new();
-    for (i, d) in dirs.iter().enumerate() {
-        let id = i as u64 + 1;
-        let s = Store::open_with(d.path(), id, &format!("m{id}"), Arc::new(net.clone()))
-            .await
-            .unwrap();
-        net.stores.lock().unwrap().insert(id, s.clone());
-        stores.push(s);
-    }
-    stores[0].bootstrap().await.unwrap();
-    stores[0].wait_leader(Duration::from_secs(5)).await.unwrap();
+    let (_dirs, net, stores) = three_stores().await;
     put(&stores[0], "before-join").await.unwrap();
     stores[0].add_voter(2, "m2").await.unwrap();
     stores[0].add_voter(3, "m3").await.unwrap();
@@ -125,19 +132,7 @@ async fn three_managers_replicate_and_elect_a_new_leader_when_one_stops() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_without_a_majority_fails_writes_fast_and_says_why() {
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let net = InProcess::default();
-    let mut stores = Vec::new();
-    for (i, d) in dirs.iter().enumerate() {
-        let id = i as u64 + 1;
-        let s = Store::open_with(d.path(), id, &format!("m{id}"), Arc::new(net.clone()))
-            .await
-            .unwrap();
-        net.stores.lock().unwrap().insert(id, s.clone());
-        stores.push(s);
-    }
-    stores[0].bootstrap().await.unwrap();
-    stores[0].wait_leader(Duration::from_secs(5)).await.unwrap();
+    let (_dirs, net, stores) = three_stores().await;
     stores[0].add_voter(2, "m2").await.unwrap();
     stores[0].add_voter(3, "m3").await.unwrap();
     put(&stores[0], "with-quorum").await.unwrap();

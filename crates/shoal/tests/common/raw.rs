@@ -35,7 +35,12 @@ pub struct Identity {
 impl Identity {
     /// Node `i`'s identity as its files hold it now.
     pub fn of_node(tb: &Testbed, i: usize) -> Identity {
-        let d = tb.nodes[i].state_dir.join("certs");
+        Identity::from_dir(&tb.nodes[i].state_dir.join("certs"))
+    }
+
+    /// The identity in a directory of `ca.crt`, `node.crt` and `node.key` (a node's
+    /// `certs/`, or a copy of it).
+    pub fn from_dir(d: &Path) -> Identity {
         Identity {
             root: pem_der(&d.join("ca.crt")),
             cert: pem_der(&d.join("node.crt")),
