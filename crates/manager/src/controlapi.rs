@@ -653,6 +653,16 @@ impl Control for ControlService {
         ))
     }
 
+    async fn promote_node(
+        &self,
+        req: Request<shoal_proto::control::PromoteNodeRequest>,
+    ) -> Result<Response<NodeView>, Status> {
+        control_caller(&req, "PromoteNode")?;
+        Ok(Response::new(
+            self.0.promote_node(&req.into_inner().reference).await?,
+        ))
+    }
+
     async fn create_task(&self, req: Request<CreateTaskRequest>) -> Result<Response<Task>, Status> {
         control_caller(&req, "CreateTask")?;
         Ok(Response::new(self.0.create_task(req.into_inner()).await?))

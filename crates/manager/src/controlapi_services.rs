@@ -412,6 +412,40 @@ impl ControlApi {
         self.get_node(&n.id)
     }
 
+    /// Makes a running worker a manager. The managers hold its role as manager; its next
+    /// heartbeat tells it so, it renews into a manager certificate and joins the Raft
+    /// group itself (as a learner, then a voter once caught up).
+    pub async fn promote_node(&self, reference: &str) -> Result<NodeView, ControlError> {
+        let n = self.get_node(reference)?.node.unwrap_or_default();
+        if n.role == NodeRole::Manager as i32 {
+            return Err(ControlError::BadRequest(format!(
+                "node {reference} is already a manager"
+            )));
+        }
+        if n.state != NodeState::Ready as i32 {
+            return Err(ControlError::Refused(format!(
+                "node {reference} is down: a node must be running to become a manager (it has to join the managers' raft group); start its daemon and promote it again"
+            )));
+        }
+        loop {
+            let Some(cur) = self.store().get::<Node>(&n.id)? else {
+                return Err(ControlError::NoSuchNode(reference.to_string()));
+            };
+            let mut node = cur.value.clone();
+            node.role = NodeRole::Manager as i32;
+            node.updated_at_unix = unix_now();
+            let mut b = Batch::default();
+            b.put(&node, Expect::Version(cur.version));
+            match self.store().commit(b).await {
+                Ok(_) => break,
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        tracing::info!(node_id = %n.id, "node promoted to manager");
+        self.get_node(&n.id)
+    }
+
     pub async fn remove_node(&self, reference: &str, force: bool) -> Result<(), ControlError> {
         let view = self.get_node(reference)?;
         let n = view.node.unwrap_or_default();

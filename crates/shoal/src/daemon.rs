@@ -185,6 +185,9 @@ impl Daemon {
 
     /// Resumes the cluster membership kept in the state directory, if any.
     pub async fn resume(&self) -> Result<()> {
+        // Held throughout, so that what `start` sets off (a promotion to finish) waits
+        // until the membership is in place.
+        let mut guard = self.active.lock().await;
         let Some(loaded) = self.dir.load()? else {
             tracing::info!(
                 "this node is not part of a cluster yet: run 'shoal init' or 'shoal join'"
@@ -235,7 +238,7 @@ impl Daemon {
             }
         };
         tracing::info!(node_id = %active.state.node_id, role = %active.state.role, "resumed cluster membership");
-        *self.active.lock().await = Some(active);
+        *guard = Some(active);
         Ok(())
     }
 
@@ -289,17 +292,10 @@ impl Daemon {
                     .await
                     .context("the cluster store did not elect a leader")?;
             }
-            let key = NodeKey::from_pem(&key_pem)?;
-            let m = Manager::start(ManagerConfig {
-                store: store.clone(),
-                listen_addr: self.opts.listen_addr,
-                local_node_id: state.node_id.clone(),
-                cluster_id: ClusterId::parse(&state.cluster_id)?,
-                cert_der: cert_der.clone(),
-                key_pkcs8: key.pkcs8_der(),
-            })
-            .await?;
-            manager = Some(m);
+            manager = Some(
+                self.start_manager(store, &state, &key_pem, &cert_der)
+                    .await?,
+            );
         }
         let target = state.managers.first().cloned().unwrap_or_default();
         let raft = if manager.is_some() {
@@ -327,8 +323,8 @@ impl Daemon {
                     roots: roots.clone(),
                 }),
                 channels,
-                manager: manager.as_ref().map(|m| m.identity_handle()),
-                raft: raft.clone(),
+                manager: std::sync::Mutex::new(manager.as_ref().map(|m| m.identity_handle())),
+                raft: std::sync::Mutex::new(raft.clone()),
                 wanted_root: std::sync::Mutex::new(None),
                 wanted_role: std::sync::Mutex::new(None),
             })
@@ -342,6 +338,10 @@ impl Daemon {
                 return Err(e);
             }
         };
+        // Promoted while the daemon was down, or before its manager could start: finish.
+        if manager.is_none() && creds.role() == Some(Role::Manager) {
+            self.role_changed.notify_one();
+        }
         let renewal = Arc::new(std::sync::Mutex::new(crate::renewal::RenewalInfo::default()));
         let renew_now = Arc::new(tokio::sync::Notify::new());
         let beat_now = Arc::new(tokio::sync::Notify::new());
@@ -444,6 +444,25 @@ impl Daemon {
             store,
             agent_cancel,
         })
+    }
+
+    async fn start_manager(
+        &self,
+        store: &Store,
+        state: &NodeState,
+        key_pem: &str,
+        cert_der: &[u8],
+    ) -> Result<Manager> {
+        let key = NodeKey::from_pem(key_pem)?;
+        Ok(Manager::start(ManagerConfig {
+            store: store.clone(),
+            listen_addr: self.opts.listen_addr,
+            local_node_id: state.node_id.clone(),
+            cluster_id: ClusterId::parse(&state.cluster_id)?,
+            cert_der: cert_der.to_vec(),
+            key_pkcs8: key.pkcs8_der(),
+        })
+        .await?)
     }
 
     fn advertise(&self, requested: &str) -> Result<String> {
@@ -932,6 +951,12 @@ impl Daemon {
                 if let Ok(mut r) = self.raft.lock() {
                     *r = None;
                 }
+                if let Ok(mut m) = a.creds.manager.lock() {
+                    *m = None;
+                }
+                if let Ok(mut r) = a.creds.raft.lock() {
+                    *r = None;
+                }
                 if let Err(e) = std::fs::remove_dir_all(self.dir.raft_dir()) {
                     tracing::warn!(error = %e, "cannot delete the demoted manager's store");
                 }
@@ -942,12 +967,85 @@ impl Daemon {
                 tracing::info!("this node was demoted: it is a worker now; its manager stopped and its copy of the cluster state was deleted");
             }
             Some(Role::Manager) if a.manager.is_none() => {
-                tracing::warn!(
-                    "this node was promoted to manager: restart its daemon to start the manager"
-                );
+                let state = a.state.clone();
+                let creds = a.creds.clone();
+                // Joining the raft group takes network calls and a catch-up: not under
+                // the lock `info` and `node ls` need.
+                drop(guard);
+                if let Err(e) = self.become_manager(state, creds).await {
+                    tracing::error!(
+                        error = %format!("{e:#}"),
+                        "this node was promoted to manager but could not join the managers; retrying in 5 s"
+                    );
+                    let again = self.role_changed.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                        again.notify_one();
+                    });
+                }
             }
             _ => {}
         }
+    }
+
+    /// A promoted worker (holding its manager certificate now) joins the Raft group,
+    /// starts its manager beside its running agent, and records its new role.
+    async fn become_manager(
+        &self,
+        mut state: NodeState,
+        creds: Arc<crate::renewal::Creds>,
+    ) -> Result<()> {
+        let c = creds.get();
+        let key = NodeKey::from_pem(&c.key_pem)?;
+        let tls = client_tls(&c.roots, &c.cert_der, &c.key_pem)?;
+        let target = creds.target.lock().map(|t| t.clone()).unwrap_or_default();
+        // Whatever a failed attempt left: a new member starts from an empty store.
+        match std::fs::remove_dir_all(self.dir.raft_dir()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).context("cannot clear the store directory for the new manager")
+            }
+            _ => {}
+        }
+        let store = self
+            .join_raft(&state, &target, &c.cert_der, &key, &c.roots, tls)
+            .await?;
+        let mut guard = self.active.lock().await;
+        let current = guard
+            .as_mut()
+            .filter(|a| a.state.node_id == state.node_id && a.manager.is_none());
+        let Some(a) = current else {
+            // The node left (or was removed) meanwhile.
+            drop(guard);
+            let _ = store.shutdown().await;
+            return Ok(());
+        };
+        // The certificate may have been renewed while we joined: serve the newest.
+        let c = creds.get();
+        let manager = match self
+            .start_manager(&store, &state, &c.key_pem, &c.cert_der)
+            .await
+        {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = store.shutdown().await;
+                return Err(e);
+            }
+        };
+        if let Ok(mut m) = creds.manager.lock() {
+            *m = Some(manager.identity_handle());
+        }
+        if let Ok(mut r) = creds.raft.lock() {
+            *r = self.raft.lock().ok().and_then(|r| r.clone());
+        }
+        state.role = "manager".into();
+        if let Err(e) = self.dir.save_state(&state) {
+            tracing::error!("cannot record the new role: {e:#}");
+        }
+        a.state.role = state.role;
+        a.manager = Some(manager);
+        a.store = Some(store);
+        tracing::info!("this node was promoted: it is a manager now and serves the cluster");
+        Ok(())
     }
 
     /// A manager removed this node: stop its containers and forget the cluster.

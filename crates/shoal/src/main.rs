@@ -325,6 +325,11 @@ enum NodeCmd {
         #[arg(long)]
         no_trunc: bool,
     },
+    /// Make running workers managers (each joins the managers' Raft group).
+    Promote {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
     /// Make managers workers (they leave the managers' Raft group).
     Demote {
         #[arg(required = true)]
@@ -542,6 +547,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 NodeCmd::Rm { force, nodes } => c.node_rm(&nodes, force).await,
                 NodeCmd::Demote { nodes } => c.node_demote(&nodes).await,
+                NodeCmd::Promote { nodes } => c.node_promote(&nodes).await,
                 NodeCmd::RevokeCertificate { node, serial } => {
                     c.revoke_certificate(&node, &serial).await
                 }

@@ -37,10 +37,10 @@ pub struct Creds {
     pub managers: Mutex<Vec<String>>,
     pub current: Mutex<Current>,
     pub channels: watch::Sender<Channel>,
-    /// On a manager: what its listener serves.
-    pub manager: Option<shoal_manager::server::IdentityHandle>,
+    /// On a manager: what its listener serves (set and cleared by a promotion or demotion).
+    pub manager: Mutex<Option<shoal_manager::server::IdentityHandle>>,
     /// On a manager: the Raft transport, which presents this node's certificate too.
-    pub raft: Option<Arc<crate::raft_transport::GrpcTransport>>,
+    pub raft: Mutex<Option<Arc<crate::raft_transport::GrpcTransport>>>,
     /// The root the managers asked this node to renew onto (a rotation), if any.
     pub wanted_root: Mutex<Option<String>>,
     /// The role the managers hold for this node, as the last heartbeat said.
@@ -64,7 +64,7 @@ impl Creds {
 
     fn reconnect(&self, c: &Current) -> Result<()> {
         let tls = crate::daemon::client_tls(&c.roots, &c.cert_der, &c.key_pem)?;
-        if let Some(r) = &self.raft {
+        if let Some(r) = self.raft.lock().ok().and_then(|r| r.clone()) {
             r.set_tls(tls.clone());
         }
         let target = self.target.lock().map(|t| t.clone()).unwrap_or_default();
@@ -251,7 +251,7 @@ impl Renewer {
             roots,
         };
         self.creds.reconnect(&next)?;
-        if let Some(m) = &self.creds.manager {
+        if let Some(m) = self.creds.manager.lock().ok().and_then(|m| m.clone()) {
             m.set(&resp.cert_der, &key.pkcs8_der())?;
         }
         if let Ok(mut c) = self.creds.current.lock() {

@@ -825,6 +825,19 @@ impl Client {
         Ok(())
     }
 
+    pub async fn node_promote(&self, nodes: &[String]) -> Result<()> {
+        for n in nodes {
+            self.control()
+                .promote_node(shoal_proto::control::PromoteNodeRequest {
+                    reference: n.clone(),
+                })
+                .await
+                .map_err(status_err)?;
+            println!("Node {n} promoted to a manager in the cluster.");
+        }
+        Ok(())
+    }
+
     pub async fn node_rm(&self, nodes: &[String], force: bool) -> Result<()> {
         for n in nodes {
             self.control()

@@ -309,7 +309,7 @@ fn all_managers_restarted_at_once_keep_the_cluster_and_its_containers() {
 }
 
 #[test]
-fn a_demoted_manager_becomes_a_worker_and_its_manager_certificate_is_refused_at_once() {
+fn demote_and_promote_round_trip_and_the_old_manager_certificate_is_refused_at_once() {
     let mut tb = ha_cluster(3, 0);
 
     // With node2 down, demoting node3 would leave 1 of 2 managers reachable: refused.
@@ -369,7 +369,7 @@ fn a_demoted_manager_becomes_a_worker_and_its_manager_certificate_is_refused_at_
         (status_of(&tb, "node3") == "Ready").then_some(())
     })
     .unwrap_or_else(|| panic!("node3 reports as a worker\n{}", tb.all_logs()));
-    // Two managers still write; the last one cannot be demoted.
+    // Two managers still write.
     tb.cli_ok(
         1,
         &[
@@ -377,7 +377,62 @@ fn a_demoted_manager_becomes_a_worker_and_its_manager_certificate_is_refused_at_
         ],
     )
     .unwrap();
+
+    // A node that is down cannot be promoted: it could not join the raft group.
+    tb.kill(2).unwrap();
+    wait_for(Duration::from_secs(20), || {
+        (status_of(&tb, "node3") == "Down").then_some(())
+    })
+    .unwrap_or_else(|| panic!("node3 down\n{}", tb.all_logs()));
+    let out = tb.cli(0, &["node", "promote", "node3"]);
+    assert!(
+        !out.success && out.stderr.contains("node node3 is down"),
+        "{}",
+        out.stderr
+    );
+    tb.start(2).unwrap();
+    wait_for(Duration::from_secs(15), || {
+        (status_of(&tb, "node3") == "Ready").then_some(())
+    })
+    .unwrap_or_else(|| panic!("node3 back\n{}", tb.all_logs()));
+
+    // Promoted back: it renews into a manager certificate, joins the raft group, and
+    // serves writes of its own, without a restart.
+    let out = tb
+        .cli_ok(0, &["node", "promote", "node3"])
+        .unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
+    assert!(out.contains("promoted to a manager"), "{out}");
+    let out = tb.cli(0, &["node", "promote", "node3"]);
+    assert!(
+        !out.success && out.stderr.contains("already a manager"),
+        "{}",
+        out.stderr
+    );
+    wait_for(Duration::from_secs(20), || {
+        let st = manager_status_opt(&tb, 0)?;
+        st.iter()
+            .any(|(n, s)| n == "node3" && s == "Reachable")
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("node3 reachable as a manager\n{}", tb.all_logs()));
+    wait_for(Duration::from_secs(10), || {
+        (info(&tb, 2)["Role"] == "manager").then_some(())
+    })
+    .unwrap_or_else(|| panic!("node3 says it is a manager\n{}", tb.all_logs()));
+    tb.cli_ok(
+        2,
+        &[
+            "service", "create", "-d", "--name", "again", "busybox", "true",
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
+    let ls = tb.cli_ok(2, &["service", "ls"]).unwrap();
+    assert!(ls.contains("still") && ls.contains("again"), "{ls}");
+
+    // The last manager cannot be demoted.
     tb.cli_ok(0, &["node", "demote", "node2"]).unwrap();
+    tb.cli_ok(0, &["node", "demote", "node3"])
+        .unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
     let out = tb.cli(0, &["node", "demote", "node1"]);
     assert!(
         !out.success && out.stderr.contains("is the last manager"),
