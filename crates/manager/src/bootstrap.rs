@@ -20,6 +20,12 @@ pub struct InitParams {
     pub cert_expiry: Duration,
     pub heartbeat_period: Duration,
     pub description: shoal_proto::objects::NodeDescription,
+    /// 0: the default.
+    pub snapshot_interval: u64,
+    /// Zero: the default.
+    pub election_timeout: Duration,
+    /// With autolock: the cluster's unlock key.
+    pub unlock_key: Option<shoal_store::UnlockKey>,
 }
 
 /// What the first manager keeps on its own disk.
@@ -68,7 +74,15 @@ pub async fn init_cluster(
         spec: Some(ClusterSpec {
             cert_expiry_secs: params.cert_expiry.as_secs(),
             heartbeat_period_ms: params.heartbeat_period.as_millis() as u64,
+            snapshot_interval: params.snapshot_interval,
+            election_timeout_ms: params.election_timeout.as_millis() as u64,
+            autolock: params.unlock_key.is_some(),
         }),
+        unlock_key: params
+            .unlock_key
+            .as_ref()
+            .map(|k| k.as_bytes().to_vec())
+            .unwrap_or_default(),
         root_ca: Some(RootCaObject {
             cert_pem: root.cert_pem(),
             key_pem: root.key_pem(),

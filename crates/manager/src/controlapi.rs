@@ -492,7 +492,27 @@ impl ControlApi {
             heartbeat_period_ms: spec.heartbeat_period_ms,
             managers: self.managers()?,
             created_at_unix: c.created_at_unix,
+            snapshot_interval: effective_snapshot_interval(&spec),
+            election_timeout_ms: effective_election_timeout(&spec).as_millis() as u64,
+            autolock: spec.autolock,
+            unlock_key: String::new(),
         })
+    }
+}
+
+/// The snapshot interval a cluster spec asks for (0 is the default).
+pub fn effective_snapshot_interval(spec: &shoal_proto::objects::ClusterSpec) -> u64 {
+    match spec.snapshot_interval {
+        0 => shoal_store::DEFAULT_SNAPSHOT_INTERVAL,
+        n => n,
+    }
+}
+
+/// The election timeout a cluster spec asks for (0 is the default).
+pub fn effective_election_timeout(spec: &shoal_proto::objects::ClusterSpec) -> std::time::Duration {
+    match spec.election_timeout_ms {
+        0 => shoal_store::DEFAULT_ELECTION_TIMEOUT,
+        ms => std::time::Duration::from_millis(ms),
     }
 }
 
@@ -600,10 +620,24 @@ impl Control for ControlService {
     ) -> Result<Response<ClusterInfo>, Status> {
         control_caller(&req, "UpdateCluster")?;
         Ok(Response::new(
-            self.0
-                .update_cluster(req.into_inner().cert_expiry_secs)
-                .await?,
+            self.0.update_cluster(req.into_inner()).await?,
         ))
+    }
+    async fn get_unlock_key(
+        &self,
+        req: Request<shoal_proto::control::GetUnlockKeyRequest>,
+    ) -> Result<Response<shoal_proto::control::GetUnlockKeyResponse>, Status> {
+        control_caller(&req, "GetUnlockKey")?;
+        let c = load_cluster(&self.0.store)
+            .map_err(ControlError::from)?
+            .value;
+        let unlock_key = shoal_store::UnlockKey::from_bytes(&c.unlock_key)
+            .filter(|_| c.spec.as_ref().is_some_and(|s| s.autolock))
+            .map(|k| k.to_human())
+            .unwrap_or_default();
+        Ok(Response::new(shoal_proto::control::GetUnlockKeyResponse {
+            unlock_key,
+        }))
     }
     async fn revoke_certificate(
         &self,

@@ -333,7 +333,7 @@ impl ControlApi {
         key_pem: &str,
     ) -> Result<CaStatus, ControlError> {
         if cert_pem.is_empty() != key_pem.is_empty() {
-            return Err(ControlError::BadSpec(
+            return Err(ControlError::BadRequest(
                 "--ca-cert and --ca-key go together: give both, or neither to generate a new root"
                     .into(),
             ));
@@ -343,7 +343,7 @@ impl ControlApi {
         } else {
             Some(
                 RootCa::from_operator_pem(cert_pem, key_pem)
-                    .map_err(|e| ControlError::BadSpec(e.to_string()))?,
+                    .map_err(|e| ControlError::BadRequest(e.to_string()))?,
             )
         };
         loop {
@@ -366,14 +366,14 @@ impl ControlApi {
                 let new: &RootCa = match &supplied {
                     Some(s) => {
                         if s.same_key(&old) {
-                            return Err(ControlError::BadSpec(
+                            return Err(ControlError::BadRequest(
                                 "the supplied root uses the current root's key: a rotation needs a new key".into(),
                             ));
                         }
                         let subject =
                             |r: &RootCa| shoal_pki::root_subject(r.cert_der()).unwrap_or_default();
                         if subject(s) == subject(&old) {
-                            return Err(ControlError::BadSpec(format!(
+                            return Err(ControlError::BadRequest(format!(
                                 "the supplied root has the same subject as the current root ({}): give the new root a name of its own, so certificates of the two roots are told apart",
                                 subject(&old)
                             )));
@@ -391,7 +391,7 @@ impl ControlApi {
                 };
                 let cross = old
                     .cross_sign(new)
-                    .map_err(|e| ControlError::BadSpec(e.to_string()))?;
+                    .map_err(|e| ControlError::BadRequest(e.to_string()))?;
                 c.root_rotation = Some(RootRotation {
                     cert_pem: new.cert_pem(),
                     key_pem: new.key_pem(),

@@ -93,6 +93,22 @@ pub async fn run_daemon(opts: DaemonOpts) -> Result<()> {
     Ok(())
 }
 
+/// `shoal init`'s options.
+pub struct InitArgs {
+    pub advertise_addr: Option<String>,
+    pub cert_expiry: Option<Duration>,
+    pub heartbeat: Option<Duration>,
+    pub autolock: bool,
+    pub snapshot_interval: u64,
+    pub election_timeout: Option<Duration>,
+}
+
+fn print_unlock_key(key: &str) {
+    println!("Autolock is on: a manager that restarts stays locked until you run 'shoal unlock' on it and enter this key:\n");
+    println!("    {key}\n");
+    println!("Keep it in a password manager. Without it, a restarted manager cannot read the cluster's state.");
+}
+
 pub struct Client {
     local: LocalClient<Channel>,
     pub(crate) control: ControlClient<Channel>,
@@ -262,19 +278,24 @@ impl Client {
             .into_inner())
     }
 
-    pub async fn init(
-        &self,
-        advertise_addr: Option<String>,
-        cert_expiry: Option<Duration>,
-        heartbeat: Option<Duration>,
-    ) -> Result<()> {
+    pub async fn init(&self, a: InitArgs) -> Result<()> {
         let r = self
             .local
             .clone()
             .init(InitRequest {
-                advertise_addr: advertise_addr.unwrap_or_default(),
-                cert_expiry_secs: cert_expiry.map(cert_expiry_secs).transpose()?.unwrap_or(0),
-                heartbeat_period_ms: heartbeat.map(|d| d.as_millis() as u64).unwrap_or(0),
+                advertise_addr: a.advertise_addr.unwrap_or_default(),
+                cert_expiry_secs: a
+                    .cert_expiry
+                    .map(cert_expiry_secs)
+                    .transpose()?
+                    .unwrap_or(0),
+                heartbeat_period_ms: a.heartbeat.map(|d| d.as_millis() as u64).unwrap_or(0),
+                snapshot_interval: a.snapshot_interval,
+                election_timeout_ms: a
+                    .election_timeout
+                    .map(|d| d.as_millis().max(1) as u64)
+                    .unwrap_or(0),
+                autolock: a.autolock,
             })
             .await
             .map_err(status_err)?
@@ -295,6 +316,9 @@ impl Client {
             .into_inner();
         println!("To add a worker to this cluster, run the following command:\n");
         println!("    {}\n", join_command(&t.token, &t.managers));
+        if !r.unlock_key.is_empty() {
+            print_unlock_key(&r.unlock_key);
+        }
         Ok(())
     }
 
@@ -419,21 +443,132 @@ impl Client {
         Ok(())
     }
 
-    pub async fn update_cluster(&self, cert_expiry: Option<Duration>) -> Result<()> {
-        let Some(d) = cert_expiry else {
-            bail!("nothing to change: give --cert-expiry");
-        };
-        self.control
+    pub async fn update_cluster(
+        &self,
+        cert_expiry: Option<Duration>,
+        snapshot_interval: Option<u64>,
+        election_timeout: Option<Duration>,
+        autolock: Option<bool>,
+    ) -> Result<()> {
+        if cert_expiry.is_none()
+            && snapshot_interval.is_none()
+            && election_timeout.is_none()
+            && autolock.is_none()
+        {
+            bail!("nothing to change: give --cert-expiry, --snapshot-interval, --election-timeout or --autolock");
+        }
+        if snapshot_interval == Some(0) {
+            bail!("--snapshot-interval 0: use at least 10 entries");
+        }
+        let info = self
+            .control
             .clone()
             .update_cluster(shoal_proto::control::UpdateClusterRequest {
-                cert_expiry_secs: cert_expiry_secs(d)?,
+                cert_expiry_secs: cert_expiry.map(cert_expiry_secs).transpose()?.unwrap_or(0),
+                snapshot_interval: snapshot_interval.unwrap_or(0),
+                election_timeout_ms: election_timeout
+                    .map(|d| d.as_millis().max(1) as u64)
+                    .unwrap_or(0),
+                autolock: autolock.map(|b| b.to_string()).unwrap_or_default(),
+                rotate_unlock_key: false,
+            })
+            .await
+            .map_err(status_err)?
+            .into_inner();
+        println!("Cluster updated.");
+        if let Some(d) = cert_expiry {
+            println!(
+                "Certificates issued from now on live {}.",
+                humantime::format_duration(d)
+            );
+        }
+        if snapshot_interval.is_some() {
+            println!("Snapshots every {} entries.", info.snapshot_interval);
+        }
+        if election_timeout.is_some() {
+            println!(
+                "Election timeout {}: each manager uses it from its next restart.",
+                humantime::format_duration(Duration::from_millis(info.election_timeout_ms))
+            );
+        }
+        match autolock {
+            Some(true) if !info.unlock_key.is_empty() => print_unlock_key(&info.unlock_key),
+            Some(true) => {
+                println!("Autolock was on already: print its key with 'shoal unlock-key'.")
+            }
+            Some(false) => println!("Autolock is off: managers restart without an unlock key."),
+            None => {}
+        }
+        Ok(())
+    }
+
+    async fn get_unlock_key(&self) -> Result<String> {
+        Ok(self
+            .control
+            .clone()
+            .get_unlock_key(shoal_proto::control::GetUnlockKeyRequest {})
+            .await
+            .map_err(status_err)?
+            .into_inner()
+            .unlock_key)
+    }
+
+    /// `shoal unlock`: the key comes from standard input, never from the command line
+    /// (where other users could read it in the process list).
+    pub async fn unlock(&self) -> Result<()> {
+        use std::io::{BufRead, IsTerminal, Write};
+        let stdin = std::io::stdin();
+        if stdin.is_terminal() {
+            eprint!("Enter the unlock key: ");
+            let _ = std::io::stderr().flush();
+        }
+        let mut line = String::new();
+        stdin
+            .lock()
+            .read_line(&mut line)
+            .context("cannot read the unlock key from standard input")?;
+        if line.trim().is_empty() {
+            bail!(
+                "no unlock key given: enter it on standard input (e.g. 'shoal unlock < keyfile')"
+            );
+        }
+        self.local
+            .clone()
+            .unlock(shoal_proto::local::UnlockRequest {
+                unlock_key: line.trim().to_string(),
             })
             .await
             .map_err(status_err)?;
-        println!(
-            "Cluster updated: certificates issued from now on live {}.",
-            humantime::format_duration(d)
-        );
+        println!("Manager unlocked.");
+        Ok(())
+    }
+
+    pub async fn unlock_key(&self, quiet: bool, rotate: bool) -> Result<()> {
+        let key = if rotate {
+            self.control
+                .clone()
+                .update_cluster(shoal_proto::control::UpdateClusterRequest {
+                    rotate_unlock_key: true,
+                    ..Default::default()
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner()
+                .unlock_key
+        } else {
+            self.get_unlock_key().await?
+        };
+        if key.is_empty() {
+            bail!("autolock is off on this cluster, so there is no unlock key: turn it on with 'shoal update --autolock=true'");
+        }
+        if quiet {
+            println!("{key}");
+        } else {
+            if rotate {
+                println!("Unlock key rotated. Managers need the new key from their next restart (one that was down during the rotation needs the previous key once).\n");
+            }
+            print_unlock_key(&key);
+        }
         Ok(())
     }
 

@@ -18,7 +18,7 @@ use shoal_pki::{BootstrapPin, ClusterId, ClusterTrust, JoinToken, NodeId, NodeKe
 use shoal_proto::ca::ca_client::CaClient;
 use shoal_proto::ca::{GetRootCaCertificateRequest, IssueNodeCertificateRequest};
 use shoal_proto::local::{InfoResponse, InitRequest, InitResponse, JoinRequest, JoinResponse};
-use shoal_store::Store;
+use shoal_store::{Kek, Store, StoreConfig};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -76,6 +76,8 @@ pub struct Daemon {
     pub role_changed: Arc<tokio::sync::Notify>,
     /// The Raft transport of this node's store, when it is a manager.
     raft: std::sync::Mutex<Option<Arc<crate::raft_transport::GrpcTransport>>>,
+    /// A manager that restarted with autolock on and waits for `shoal unlock`.
+    locked: Mutex<bool>,
 }
 
 /// See [`Daemon::control_route`].
@@ -113,6 +115,8 @@ impl Stale {
         )
     }
 }
+
+const LOCKED_WHY: &str = "this manager is locked: autolock is on, so after a restart it needs the cluster's unlock key. Run 'shoal unlock' and enter the key (an unlocked manager prints it with 'shoal unlock-key')";
 
 const EXPIRED_WHY: &str = "this node's certificate expired while it was off";
 const UNTRUSTED_WHY: &str = "the managers' certificates no longer chain to a root this node trusts (the cluster's root CA was most likely rotated while this node was away)";
@@ -175,6 +179,7 @@ impl Daemon {
             untrusted: Arc::new(tokio::sync::Notify::new()),
             role_changed: Arc::new(tokio::sync::Notify::new()),
             raft: std::sync::Mutex::new(None),
+            locked: Mutex::new(false),
         })
     }
 
@@ -188,6 +193,13 @@ impl Daemon {
         // Held throughout, so that what `start` sets off (a promotion to finish) waits
         // until the membership is in place.
         let mut guard = self.active.lock().await;
+        if !self.dir.sealed()
+            && shoal_store::seal::wrapping(&self.dir.raft_dir())? == shoal_store::Wrapping::Unlock
+        {
+            *self.locked.lock().await = true;
+            tracing::warn!("{LOCKED_WHY}");
+            return Ok(());
+        }
         let Some(loaded) = self.dir.load()? else {
             tracing::info!(
                 "this node is not part of a cluster yet: run 'shoal init' or 'shoal join'"
@@ -222,6 +234,10 @@ impl Daemon {
                     &loaded.state.node_id,
                     &loaded.state.advertise_addr,
                     Some(tls),
+                    StoreConfig {
+                        kek: self.dir.store_kek(),
+                        ..Default::default()
+                    },
                 )
                 .await?,
             )
@@ -249,6 +265,7 @@ impl Daemon {
         node_id: &str,
         advertise: &str,
         tls: Option<Arc<rustls::ClientConfig>>,
+        config: StoreConfig,
     ) -> Result<Store> {
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         let dir = self.dir.raft_dir();
@@ -259,7 +276,7 @@ impl Daemon {
             .create(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
         let transport = crate::raft_transport::GrpcTransport::new(tls);
-        let store = Store::open_with(&dir, raft_id(node_id), advertise, transport.clone())
+        let store = Store::open_with(&dir, raft_id(node_id), advertise, transport.clone(), config)
             .await
             .with_context(|| format!("cannot open the cluster store in {}", dir.display()))?;
         transport.set_store(&store);
@@ -338,6 +355,13 @@ impl Daemon {
                 return Err(e);
             }
         };
+        if let Some(store) = &store {
+            tokio::spawn(follow_cluster_settings(
+                store.clone(),
+                self.dir.clone(),
+                creds.clone(),
+            ));
+        }
         // Promoted while the daemon was down, or before its manager could start: finish.
         if manager.is_none() && creds.role() == Some(Role::Manager) {
             self.role_changed.notify_one();
@@ -543,8 +567,34 @@ impl Daemon {
                 ),
             )
         })?;
+        shoal_manager::revocation::check_raft_settings(
+            req.snapshot_interval,
+            req.election_timeout_ms,
+        )
+        .map_err(|e| user(tonic::Code::InvalidArgument, e))?;
+        let election_timeout = Duration::from_millis(req.election_timeout_ms);
+        // With autolock, the store and the key file are sealed with the unlock key from
+        // the first write: the root CA key is never on disk wrapped by anything else.
+        let unlock_key = req.autolock.then(shoal_store::UnlockKey::generate);
         let node_id = NodeId::generate();
-        let store = self.open_store(node_id.as_str(), &advertise, None).await?;
+        let store = self
+            .open_store(
+                node_id.as_str(),
+                &advertise,
+                None,
+                StoreConfig {
+                    kek: unlock_key.clone().map_or(Kek::Local, Kek::Unlock),
+                    snapshot_interval: match req.snapshot_interval {
+                        0 => shoal_store::DEFAULT_SNAPSHOT_INTERVAL,
+                        n => n,
+                    },
+                    election_timeout: match req.election_timeout_ms {
+                        0 => shoal_store::DEFAULT_ELECTION_TIMEOUT,
+                        _ => election_timeout,
+                    },
+                },
+            )
+            .await?;
         let result = async {
             store
                 .bootstrap()
@@ -559,6 +609,9 @@ impl Daemon {
                     cert_expiry,
                     heartbeat_period: heartbeat,
                     description: describe(&self.opts.labels),
+                    snapshot_interval: req.snapshot_interval,
+                    election_timeout,
+                    unlock_key: unlock_key.clone(),
                 },
             )
             .await?;
@@ -570,6 +623,9 @@ impl Daemon {
                 advertise_addr: advertise.clone(),
             };
             let key_pem = res.node_key.to_pem();
+            if let Some(k) = &unlock_key {
+                self.dir.unlock_with(k.clone());
+            }
             self.dir.save(
                 &state,
                 &key_pem,
@@ -590,10 +646,10 @@ impl Daemon {
                 let resp = InitResponse {
                     node_id: active.state.node_id.clone(),
                     cluster_id: active.state.cluster_id.clone(),
+                    unlock_key: unlock_key.map(|k| k.to_human()).unwrap_or_default(),
                 };
                 tracing::info!(node_id = %resp.node_id, cluster_id = %resp.cluster_id, "initialized a new cluster");
                 *guard = Some(active);
-                *self.note.lock().await = None;
                 *self.note.lock().await = None;
                 Ok(resp)
             }
@@ -601,6 +657,7 @@ impl Daemon {
                 // No half state: a failed init leaves the node as it was.
                 let _ = store.shutdown().await;
                 let _ = self.dir.wipe();
+                let _ = self.dir.set_kek(None, "");
                 Err(e)
             }
         }
@@ -845,8 +902,15 @@ impl Daemon {
     ) -> Result<Store> {
         use shoal_proto::raft::raft_client::RaftClient;
         use shoal_proto::raft::JoinRaftRequest;
+        // Wrapped locally until the cluster's settings reach this store: with autolock on,
+        // the data key is then wrapped by the unlock key and the local key deleted.
         let store = self
-            .open_store(&state.node_id, &state.advertise_addr, Some(tls.clone()))
+            .open_store(
+                &state.node_id,
+                &state.advertise_addr,
+                Some(tls.clone()),
+                StoreConfig::default(),
+            )
             .await?;
         let cancel = CancellationToken::new();
         let result = async {
@@ -960,6 +1024,10 @@ impl Daemon {
                 if let Err(e) = std::fs::remove_dir_all(self.dir.raft_dir()) {
                     tracing::warn!(error = %e, "cannot delete the demoted manager's store");
                 }
+                // A worker's key is never sealed: it restarts without an unlock key.
+                if let Err(e) = self.dir.set_kek(None, &a.creds.get().key_pem) {
+                    tracing::error!("cannot unseal the demoted manager's key: {e:#}");
+                }
                 a.state.role = "worker".into();
                 if let Err(e) = self.dir.save_state(&a.state) {
                     tracing::error!("cannot record the new role: {e:#}");
@@ -1034,6 +1102,11 @@ impl Daemon {
         if let Ok(mut m) = creds.manager.lock() {
             *m = Some(manager.identity_handle());
         }
+        tokio::spawn(follow_cluster_settings(
+            store.clone(),
+            self.dir.clone(),
+            creds.clone(),
+        ));
         if let Ok(mut r) = creds.raft.lock() {
             *r = self.raft.lock().ok().and_then(|r| r.clone());
         }
@@ -1113,6 +1186,36 @@ impl Daemon {
         .await;
     }
 
+    /// Unlocks a manager that restarted locked: checks the key against its store, then
+    /// resumes its membership with it.
+    pub async fn unlock(&self, text: &str) -> Result<()> {
+        if !*self.locked.lock().await {
+            bail!(user(
+                tonic::Code::FailedPrecondition,
+                "this node is not locked: there is nothing to unlock"
+            ));
+        }
+        let key = shoal_store::UnlockKey::parse(text)
+            .map_err(|e| user(tonic::Code::InvalidArgument, e))?;
+        let dir = self.dir.raft_dir();
+        let check = {
+            let key = key.clone();
+            tokio::task::spawn_blocking(move || shoal_store::seal::check_unlock_key(&dir, &key))
+                .await?
+        };
+        match check {
+            Ok(()) => {}
+            Err(e @ shoal_store::StoreError::WrongUnlockKey) => {
+                bail!(user(tonic::Code::PermissionDenied, e.to_string()))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.dir.unlock_with(key);
+        *self.locked.lock().await = false;
+        tracing::info!("unlocked");
+        self.resume().await
+    }
+
     pub async fn leave(&self, force: bool) -> Result<()> {
         let mut guard = self.active.lock().await;
         if guard.is_none() {
@@ -1127,6 +1230,20 @@ impl Daemon {
             }
         }
         let Some(active) = guard.as_ref() else {
+            let mut locked = self.locked.lock().await;
+            if *locked {
+                if !force {
+                    bail!(user(
+                        tonic::Code::FailedPrecondition,
+                        format!("{LOCKED_WHY}. Or discard this manager's state with 'shoal leave --force'")
+                    ));
+                }
+                self.remove_containers().await;
+                self.dir.wipe()?;
+                *locked = false;
+                tracing::info!("discarded the locked manager's state");
+                return Ok(());
+            }
             let mut damaged = self.damaged.lock().await;
             if damaged.is_some() && force {
                 self.dir.wipe()?;
@@ -1160,6 +1277,14 @@ impl Daemon {
     pub async fn info(&self) -> InfoResponse {
         let guard = self.active.lock().await;
         let Some(a) = guard.as_ref() else {
+            if *self.locked.lock().await {
+                return InfoResponse {
+                    state: "locked".into(),
+                    role: "manager".into(),
+                    error: LOCKED_WHY.into(),
+                    ..Default::default()
+                };
+            }
             if let Some(why) = self.damaged.lock().await.clone() {
                 return InfoResponse {
                     state: "error".into(),
@@ -1234,6 +1359,9 @@ impl Daemon {
     /// mTLS, one hop.
     pub async fn control_route(&self, read: bool) -> Result<ControlRoute, tonic::Status> {
         let guard = self.active.lock().await;
+        if *self.locked.lock().await {
+            return Err(tonic::Status::failed_precondition(LOCKED_WHY));
+        }
         let Some(a) = guard.as_ref() else {
             return Err(tonic::Status::failed_precondition(
                 "this node is not part of a cluster: run 'shoal init' to create one or 'shoal join' to join one",
@@ -1272,6 +1400,62 @@ async fn stop(active: Active) {
     if let Some(s) = active.store {
         if let Err(e) = s.shutdown().await {
             tracing::warn!(error = %e, "cluster store did not shut down cleanly");
+        }
+    }
+}
+
+/// On a manager, for as long as its store is open: applies the cluster's Raft settings
+/// to the store (snapshot interval now, election timeout from the next start), and its
+/// autolock setting to the keys on disk (the data key wrapped by the unlock key and the
+/// TLS key sealed with it, or both back to the local key-encryption key).
+async fn follow_cluster_settings(store: Store, dir: StateDir, creds: Arc<crate::renewal::Creds>) {
+    let Ok(mut watch) = store.watch() else {
+        return;
+    };
+    loop {
+        if let Ok(c) = shoal_manager::bootstrap::load_cluster(&store) {
+            let c = c.value;
+            let spec = c.spec.unwrap_or_default();
+            store.set_snapshot_interval(shoal_manager::controlapi::effective_snapshot_interval(
+                &spec,
+            ));
+            let timeout = shoal_manager::controlapi::effective_election_timeout(&spec);
+            let unlock =
+                shoal_store::UnlockKey::from_bytes(&c.unlock_key).filter(|_| spec.autolock);
+            let (s, d) = (store.clone(), dir.clone());
+            let key_pem = creds.get().key_pem;
+            let applied = tokio::task::spawn_blocking(move || -> Result<bool> {
+                let changed = s.set_election_timeout(timeout)?;
+                s.rewrap(&unlock.clone().map_or(Kek::Local, Kek::Unlock))?;
+                d.set_kek(unlock, &key_pem)?;
+                Ok(changed)
+            })
+            .await;
+            match applied {
+                Ok(Ok(true)) => tracing::info!(
+                    timeout = %humantime::format_duration(timeout),
+                    "the cluster's election timeout changed: this manager uses it from its next restart"
+                ),
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %format!("{e:#}"), "cannot apply the cluster's settings to this manager's keys and store")
+                }
+                Err(e) => tracing::error!(error = %e, "cannot apply the cluster's settings"),
+            }
+        }
+        // Wait for the next change to the cluster object.
+        loop {
+            match watch.events.recv().await {
+                Ok(ev) => {
+                    if ev.changes.iter().any(|c| {
+                        matches!(c, shoal_store::Change::Put { table, .. } if table == <shoal_proto::objects::Cluster as shoal_store::Object>::TABLE)
+                    }) {
+                        break;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
         }
     }
 }

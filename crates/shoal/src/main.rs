@@ -81,6 +81,17 @@ enum Cmd {
         /// Heartbeat period; a node missing 3 is Down.
         #[arg(long, value_parser = parse_duration)]
         dispatcher_heartbeat: Option<Duration>,
+        /// Managers restart locked and need the unlock key ('shoal unlock'); the key is
+        /// printed once.
+        #[arg(long)]
+        autolock: bool,
+        /// Snapshot the cluster state, and compact the Raft log, every N entries.
+        #[arg(long, default_value_t = 10_000)]
+        snapshot_interval: u64,
+        /// Raft election timeout: how long managers go without hearing a leader before
+        /// electing another (default about 1 s).
+        #[arg(long, value_parser = parse_duration)]
+        election_timeout: Option<Duration>,
     },
     /// Join a cluster as the token's role.
     Join {
@@ -128,6 +139,26 @@ enum Cmd {
         /// Life of certificates issued from now on (renewals included).
         #[arg(long, value_parser = parse_duration)]
         cert_expiry: Option<Duration>,
+        /// Snapshot, and compact the Raft log, every N entries.
+        #[arg(long)]
+        snapshot_interval: Option<u64>,
+        /// Raft election timeout (each manager uses it from its next restart).
+        #[arg(long, value_parser = parse_duration)]
+        election_timeout: Option<Duration>,
+        /// Turn autolock on or off (--autolock=true|false).
+        #[arg(long)]
+        autolock: Option<bool>,
+    },
+    /// Unlock a manager that restarted locked: reads the unlock key from standard input.
+    Unlock,
+    /// Print the cluster's unlock key (autolock), or replace it.
+    UnlockKey {
+        /// Print the key only.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Replace the key; managers need the new one from their next restart.
+        #[arg(long)]
+        rotate: bool,
     },
     /// Show this node's cluster membership.
     Info {
@@ -440,9 +471,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 advertise_addr,
                 cert_expiry,
                 dispatcher_heartbeat,
+                autolock,
+                snapshot_interval,
+                election_timeout,
             } => {
-                c.init(advertise_addr, cert_expiry, dispatcher_heartbeat)
-                    .await
+                c.init(cli::InitArgs {
+                    advertise_addr,
+                    cert_expiry,
+                    heartbeat: dispatcher_heartbeat,
+                    autolock,
+                    snapshot_interval,
+                    election_timeout,
+                })
+                .await
             }
             Cmd::Join {
                 token,
@@ -463,7 +504,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Cmd::Leave { force } => c.leave(force).await,
             Cmd::Info { format } => c.info(format.as_deref()).await,
-            Cmd::Update { cert_expiry } => c.update_cluster(cert_expiry).await,
+            Cmd::Update {
+                cert_expiry,
+                snapshot_interval,
+                election_timeout,
+                autolock,
+            } => {
+                c.update_cluster(cert_expiry, snapshot_interval, election_timeout, autolock)
+                    .await
+            }
+            Cmd::Unlock => c.unlock().await,
+            Cmd::UnlockKey { quiet, rotate } => c.unlock_key(quiet, rotate).await,
             Cmd::Ca(a) => c.ca(a).await,
             Cmd::Image { cmd } => match cmd {
                 ImageCmd::Import { file, reference } => c.image_import(&file, &reference).await,

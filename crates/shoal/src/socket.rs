@@ -48,6 +48,16 @@ impl Local for LocalApi {
             .map(|_| Response::new(LeaveResponse {}))
             .map_err(status)
     }
+    async fn unlock(
+        &self,
+        req: Request<shoal_proto::local::UnlockRequest>,
+    ) -> Result<Response<shoal_proto::local::UnlockResponse>, Status> {
+        self.0
+            .unlock(&req.into_inner().unlock_key)
+            .await
+            .map(|_| Response::new(shoal_proto::local::UnlockResponse {}))
+            .map_err(status)
+    }
     async fn info(&self, _req: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
         let mut info = self.0.info().await;
         info.runtime_error = shoal_agent::runtime::runc::runtime_error().unwrap_or_default();

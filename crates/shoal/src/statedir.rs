@@ -2,15 +2,34 @@
 //!
 //! ```text
 //! state.json        node ID, cluster ID, role, managers, advertise address
-//! certs/node.key    the node's private key (0600)
+//! certs/node.key    the node's private key (0600); on an autolocked manager, sealed
+//!                   with the cluster's unlock key
 //! certs/node.crt    its certificate
 //! certs/ca.crt      the cluster's root CA certificates (two during a root rotation)
 //! raft/             the replicated store (managers only)
 //! ```
 
 use anyhow::{bail, Context, Result};
+use base64::Engine as _;
 use serde::{Deserialize, Serialize};
+use shoal_store::UnlockKey;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+const SEALED_BEGIN: &str = "-----BEGIN SHOAL SEALED PRIVATE KEY-----";
+const SEALED_END: &str = "-----END SHOAL SEALED PRIVATE KEY-----";
+const SEALED_CONTEXT: &[u8] = b"shoal node key";
+
+/// The node's key file is sealed with the unlock key, and none was given.
+#[derive(Debug)]
+pub struct KeySealed;
+
+impl std::fmt::Display for KeySealed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("this manager is locked: its private key is sealed with the cluster's unlock key; run 'shoal unlock' and enter the key")
+    }
+}
+impl std::error::Error for KeySealed {}
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NodeState {
@@ -30,16 +49,86 @@ pub struct Loaded {
     pub roots: Vec<Vec<u8>>,
 }
 
+/// The state directory. Every write of the node's key goes through here, one at a
+/// time (renewal, root adoption, rejoin and autolock changes alike).
 #[derive(Clone)]
 pub struct StateDir {
     pub root: PathBuf,
+    /// With autolock: the key that seals the node's private key on disk. Its lock is
+    /// also the one writer lock of the key files.
+    kek: Arc<Mutex<Option<UnlockKey>>>,
 }
 
 impl StateDir {
     pub fn new(root: &Path) -> Self {
         StateDir {
             root: root.to_path_buf(),
+            kek: Arc::new(Mutex::new(None)),
         }
+    }
+
+    fn kek(&self) -> std::sync::MutexGuard<'_, Option<UnlockKey>> {
+        self.kek.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the node's key on disk is sealed (autolock).
+    pub fn sealed(&self) -> bool {
+        self.kek().is_some()
+    }
+
+    /// What wraps the store's data key: the unlock key this node was unlocked with or
+    /// told of, else the local key-encryption key.
+    pub fn store_kek(&self) -> shoal_store::Kek {
+        self.kek()
+            .clone()
+            .map_or(shoal_store::Kek::Local, shoal_store::Kek::Unlock)
+    }
+
+    /// Uses `kek` to open the key file from now on (after 'shoal unlock').
+    pub fn unlock_with(&self, kek: UnlockKey) {
+        *self.kek() = Some(kek);
+    }
+
+    /// Seals the node's key on disk with `kek` from now on, or keeps it in clear
+    /// (`None`): rewrites the key file at once if that changes anything.
+    pub fn set_kek(&self, kek: Option<UnlockKey>, key_pem: &str) -> Result<()> {
+        let mut cur = self.kek();
+        if *cur == kek {
+            return Ok(());
+        }
+        let tmp = self.certs().join("node.key.new");
+        shoal_pki::write_private(&tmp, encode_key(kek.as_ref(), key_pem).as_bytes())?;
+        std::fs::rename(&tmp, self.key_file())
+            .with_context(|| format!("cannot replace {}", self.key_file().display()))?;
+        *cur = kek;
+        Ok(())
+    }
+
+    /// Reads the key file: clear PEM, or sealed (which needs the unlock key).
+    fn read_key(&self, text: String) -> Result<String> {
+        let Some(body) = text.trim().strip_prefix(SEALED_BEGIN) else {
+            return Ok(text);
+        };
+        let body: String = body
+            .trim()
+            .strip_suffix(SEALED_END)
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect();
+        let Some(kek) = self.kek().clone() else {
+            return Err(anyhow::Error::new(KeySealed));
+        };
+        let damaged = || {
+            anyhow::anyhow!(
+                "{} does not open with the unlock key: it is damaged, or sealed with another key",
+                self.key_file().display()
+            )
+        };
+        let sealed = base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .map_err(|_| damaged())?;
+        let pem = kek.open(SEALED_CONTEXT, &sealed).ok_or_else(damaged)?;
+        String::from_utf8(pem).map_err(|_| damaged())
     }
     fn state_file(&self) -> PathBuf {
         self.root.join("state.json")
@@ -79,7 +168,8 @@ impl StateDir {
                 format!("cannot read {}; this node's identity is incomplete: run 'shoal leave --force' and join again", p.display())
             })
         };
-        let key_pem = read_pem(self.key_file())?;
+        self.finish_identity_swap();
+        let key_pem = self.read_key(read_pem(self.key_file())?)?;
         let cert_der = first_cert(&read_pem(self.cert_file())?, &self.cert_file())?;
         let roots = shoal_pki::pem_certs(&read_pem(self.ca_file())?).with_context(|| {
             format!(
@@ -106,7 +196,11 @@ impl StateDir {
     ) -> Result<()> {
         std::fs::create_dir_all(self.certs())
             .with_context(|| format!("cannot create {}", self.certs().display()))?;
-        shoal_pki::write_private(&self.key_file(), key_pem.as_bytes())?;
+        let kek = self.kek();
+        shoal_pki::write_private(
+            &self.key_file(),
+            encode_key(kek.as_ref(), key_pem).as_bytes(),
+        )?;
         shoal_pki::write_private(&self.cert_file(), shoal_pki::cert_pem(cert_der).as_bytes())?;
         self.save_roots(roots)?;
         self.save_state(state)
@@ -122,19 +216,45 @@ impl StateDir {
         Ok(())
     }
 
-    /// Replaces the node's key and certificate (a renewal): the key first, so a crash in
-    /// between leaves the old pair unusable rather than mismatched silently.
+    /// Replaces the node's key and certificate (a renewal) as one unit. Both are written
+    /// in full to temporary names first; then the key is renamed into place, then the
+    /// certificate. A crash before the first rename leaves the old pair (and a
+    /// `node.key.new` that the next start discards); a crash between the renames leaves
+    /// only `node.crt.new`, which the next start renames into place. Either way the key
+    /// and the certificate on disk match.
     pub fn save_identity(&self, key_pem: &str, cert_der: &[u8]) -> Result<()> {
-        // Write both to temporary names, then rename the certificate last.
+        let kek = self.kek();
         let key_tmp = self.certs().join("node.key.new");
         let cert_tmp = self.certs().join("node.crt.new");
-        shoal_pki::write_private(&key_tmp, key_pem.as_bytes())?;
+        shoal_pki::write_private(&key_tmp, encode_key(kek.as_ref(), key_pem).as_bytes())?;
         shoal_pki::write_private(&cert_tmp, shoal_pki::cert_pem(cert_der).as_bytes())?;
         std::fs::rename(&key_tmp, self.key_file())
             .with_context(|| format!("cannot replace {}", self.key_file().display()))?;
         std::fs::rename(&cert_tmp, self.cert_file())
             .with_context(|| format!("cannot replace {}", self.cert_file().display()))?;
         Ok(())
+    }
+
+    /// Completes or undoes a [`StateDir::save_identity`] that a crash interrupted.
+    fn finish_identity_swap(&self) {
+        let _one_writer = self.kek();
+        let key_tmp = self.certs().join("node.key.new");
+        let cert_tmp = self.certs().join("node.crt.new");
+        if key_tmp.is_file() {
+            // The swap had not begun: the old pair stands.
+            let _ = std::fs::remove_file(&key_tmp);
+            let _ = std::fs::remove_file(&cert_tmp);
+        } else if cert_tmp.is_file() {
+            // The new key is in place: its certificate goes with it.
+            match std::fs::rename(&cert_tmp, self.cert_file()) {
+                Ok(()) => tracing::warn!(
+                    "finished replacing this node's certificate, which a crash interrupted"
+                ),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot finish replacing this node's certificate")
+                }
+            }
+        }
     }
 
     pub fn save_state(&self, state: &NodeState) -> Result<()> {
@@ -158,6 +278,23 @@ impl StateDir {
             }
         }
         Ok(())
+    }
+}
+
+/// The key file's contents: the PEM, or with a key, the PEM sealed.
+fn encode_key(kek: Option<&UnlockKey>, key_pem: &str) -> String {
+    match kek {
+        None => key_pem.to_string(),
+        Some(k) => {
+            let sealed = k.seal(SEALED_CONTEXT, key_pem.as_bytes());
+            let b64 = base64::engine::general_purpose::STANDARD.encode(sealed);
+            let lines: Vec<&str> = b64
+                .as_bytes()
+                .chunks(64)
+                .map(|c| std::str::from_utf8(c).unwrap_or_default())
+                .collect();
+            format!("{SEALED_BEGIN}\n{}\n{SEALED_END}\n", lines.join("\n"))
+        }
     }
 }
 

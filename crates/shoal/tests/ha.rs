@@ -36,12 +36,6 @@ fn ha_cluster(managers: usize, workers: usize) -> shoal_testbed::Testbed {
     tb
 }
 
-fn join_manager(tb: &shoal_testbed::Testbed, i: usize, via: usize) {
-    let token = tb.cli_ok(via, &["join-token", "-q", "manager"]).unwrap();
-    tb.cli_ok(i, &["join", "--token", token.trim(), &tb.nodes[via].addr()])
-        .unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
-}
-
 #[test]
 fn three_managers_survive_the_loss_of_the_leader() {
     let mut tb = ha_cluster(3, 1);

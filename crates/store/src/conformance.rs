@@ -20,8 +20,13 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for RedbBuilder {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError> {
         let dir = tempfile::tempdir()
             .map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Write, &e))?;
-        let db = Db::open(&dir.path().join(FILE_NAME))
-            .map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Write, &e))?;
+        let db = Db::open(
+            &dir.path().join(FILE_NAME),
+            crate::seal::KeyFiles::new(dir.path())
+                .create(&crate::Kek::Local)
+                .expect("key"),
+        )
+        .map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Write, &e))?;
         let db = Arc::new(db);
         let sm = StateMachine::new(db.clone(), Arc::new(Hub::new()));
         Ok((dir, LogStore::new(db), sm))

@@ -19,6 +19,7 @@ use serde::Serialize;
 
 use crate::error::{corrupt, db_error};
 use crate::raft::{LogId, Membership};
+use crate::seal::{log_context, object_context, Sealer, SNAPSHOT_CONTEXT};
 use crate::{Object, StoreError, Versioned};
 
 /// The file name of the database inside the state directory.
@@ -34,6 +35,8 @@ pub(crate) const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("
 pub(crate) const KEY_VOTE: &str = "vote";
 pub(crate) const KEY_COMMITTED: &str = "committed";
 pub(crate) const KEY_LAST_PURGED: &str = "last_purged";
+/// This member's own election timeout (local, not replicated), in milliseconds.
+pub(crate) const KEY_ELECTION_TIMEOUT: &str = "election_timeout_ms";
 pub(crate) const KEY_LAST_APPLIED: &str = "last_applied";
 pub(crate) const KEY_MEMBERSHIP: &str = "membership";
 pub(crate) const KEY_SNAPSHOT_META: &str = "meta";
@@ -45,12 +48,14 @@ pub(crate) const KEY_SNAPSHOT_DATA: &str = "data";
 pub(crate) struct Db {
     path: PathBuf,
     db: RwLock<Option<Database>>,
+    /// Seals every log entry, object and snapshot written, with this manager's data key.
+    pub(crate) sealer: Sealer,
 }
 
 impl Db {
     /// Opens or creates the file, creates missing tables and checks that the
     /// metadata decodes. Blocking.
-    pub(crate) fn open(path: &Path) -> Result<Db, StoreError> {
+    pub(crate) fn open(path: &Path, sealer: Sealer) -> Result<Db, StoreError> {
         // Verifying every page on open reads the whole file: cheap for a
         // control-plane store of a few MB, and it turns a file damaged
         // outside redb into `Corrupted` instead of a panic on first use.
@@ -61,6 +66,7 @@ impl Db {
         let db = Db {
             path: path.to_path_buf(),
             db: RwLock::new(Some(db)),
+            sealer,
         };
         db.with(|d| {
             let txn = d.begin_write().map_err(|e| db.err(e))?;
@@ -158,6 +164,106 @@ impl Db {
         Ok(self.last_applied(sm_meta)?.map_or(0, |id| id.index))
     }
 
+    /// An object's stored bytes, sealed.
+    pub(crate) fn seal_object(&self, table: &str, id: &str, plain: &[u8]) -> Vec<u8> {
+        self.sealer.seal(&object_context(table, id), plain)
+    }
+
+    /// An object's bytes as written, from what is stored.
+    pub(crate) fn open_object(
+        &self,
+        table: &str,
+        id: &str,
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, StoreError> {
+        self.sealer
+            .open(&object_context(table, id), sealed)
+            .map_err(|_| {
+                corrupt(
+                    &self.path,
+                    format!("object {table}/{id} does not decrypt with this manager's data key"),
+                )
+            })
+    }
+
+    pub(crate) fn seal_entry(&self, index: u64, plain: &[u8]) -> Vec<u8> {
+        self.sealer.seal(&log_context(index), plain)
+    }
+
+    pub(crate) fn open_entry(&self, index: u64, sealed: &[u8]) -> Result<Vec<u8>, StoreError> {
+        self.sealer.open(&log_context(index), sealed).map_err(|_| {
+            corrupt(
+                &self.path,
+                format!("raft log entry {index} does not decrypt with this manager's data key"),
+            )
+        })
+    }
+
+    pub(crate) fn seal_snapshot(&self, plain: &[u8]) -> Vec<u8> {
+        self.sealer.seal(SNAPSHOT_CONTEXT, plain)
+    }
+
+    pub(crate) fn open_snapshot(&self, sealed: &[u8]) -> Result<Vec<u8>, StoreError> {
+        self.sealer.open(SNAPSHOT_CONTEXT, sealed).map_err(|_| {
+            corrupt(
+                &self.path,
+                "the snapshot does not decrypt with this manager's data key",
+            )
+        })
+    }
+
+    /// Seals every record of a store written before encryption at rest, in one
+    /// transaction, then compacts the file so that freed pages holding plaintext are
+    /// given back.
+    pub(crate) fn seal_plaintext(&self) -> Result<(), StoreError> {
+        self.with(|d| {
+            let txn = d.begin_write().map_err(|e| self.err(e))?;
+            {
+                let mut log = txn.open_table(LOG).map_err(|e| self.err(e))?;
+                let mut rows = Vec::new();
+                for row in log.iter().map_err(|e| self.err(e))? {
+                    let (k, v) = row.map_err(|e| self.err(e))?;
+                    rows.push((k.value(), self.seal_entry(k.value(), v.value())));
+                }
+                for (k, v) in rows {
+                    log.insert(k, v.as_slice()).map_err(|e| self.err(e))?;
+                }
+                let mut objects = txn.open_table(OBJECTS).map_err(|e| self.err(e))?;
+                let mut rows = Vec::new();
+                for row in objects.iter().map_err(|e| self.err(e))? {
+                    let (k, v) = row.map_err(|e| self.err(e))?;
+                    let (table, id) = k.value();
+                    let (version, data) = v.value();
+                    let sealed = self.seal_object(table, id, data);
+                    rows.push((table.to_string(), id.to_string(), version, sealed));
+                }
+                for (table, id, version, sealed) in rows {
+                    objects
+                        .insert((table.as_str(), id.as_str()), (version, sealed.as_slice()))
+                        .map_err(|e| self.err(e))?;
+                }
+                let mut snap = txn.open_table(SNAPSHOT).map_err(|e| self.err(e))?;
+                let data = snap
+                    .get(KEY_SNAPSHOT_DATA)
+                    .map_err(|e| self.err(e))?
+                    .map(|v| self.seal_snapshot(v.value()));
+                if let Some(data) = data {
+                    snap.insert(KEY_SNAPSHOT_DATA, data.as_slice())
+                        .map_err(|e| self.err(e))?;
+                }
+            }
+            txn.commit().map_err(|e| self.err(e))
+        })?;
+        let mut guard = self
+            .db
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(db) = guard.as_mut() {
+            db.compact().map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
     /// Reads one object of type `T`.
     pub(crate) fn read_object<T: Object>(
         &self,
@@ -167,8 +273,9 @@ impl Db {
         let Some(raw) = objects.get((T::TABLE, id)).map_err(|e| self.err(e))? else {
             return Ok(None);
         };
-        let (version, bytes) = raw.value();
-        decode_object(T::TABLE, id, version, bytes).map(Some)
+        let (version, sealed) = raw.value();
+        let bytes = self.open_object(T::TABLE, id, sealed)?;
+        decode_object(T::TABLE, id, version, &bytes).map(Some)
     }
 
     /// Reads all objects of type `T`, in id order.
@@ -183,8 +290,9 @@ impl Db {
             if table != T::TABLE {
                 break;
             }
-            let (version, bytes) = value.value();
-            out.push(decode_object(table, id, version, bytes)?);
+            let (version, sealed) = value.value();
+            let bytes = self.open_object(table, id, sealed)?;
+            out.push(decode_object(table, id, version, &bytes)?);
         }
         Ok(out)
     }

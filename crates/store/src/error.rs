@@ -56,6 +56,15 @@ pub enum StoreError {
     )]
     Locked(String),
 
+    /// The store's data key is wrapped by the cluster's unlock key (autolock), and
+    /// none was given.
+    #[error("this manager is locked: its store is encrypted with the cluster's unlock key (autolock is on); run 'shoal unlock' and enter the key")]
+    NeedsUnlock,
+
+    /// The unlock key given does not unwrap the store's data key.
+    #[error("invalid unlock key: it does not unlock this manager's store; enter the key 'shoal unlock-key' prints on an unlocked manager (after a rotation this manager missed, the key before it)")]
+    WrongUnlockKey,
+
     /// An I/O error outside the database (e.g. creating the state directory).
     #[error("{context}: {source}")]
     Io {

@@ -23,6 +23,7 @@ mod log_store;
 pub mod network;
 mod objects;
 mod raft;
+pub mod seal;
 mod state_machine;
 mod store;
 pub mod watch;
@@ -34,5 +35,9 @@ pub use batch::{Batch, Expect, Object, Versioned};
 pub use error::StoreError;
 pub use network::{RaftRpc, RaftTransport, TransportError, TransportFuture};
 pub use prost::bytes::Bytes;
-pub use store::{Leadership, LeadershipWatch, Member, Store};
+pub use seal::{Kek, UnlockKey, Wrapping};
+pub use store::{
+    Leadership, LeadershipWatch, Member, Store, StoreConfig, DEFAULT_ELECTION_TIMEOUT,
+    DEFAULT_SNAPSHOT_INTERVAL,
+};
 pub use watch::{Change, Event, Snapshot, Watch, WATCH_CAPACITY};

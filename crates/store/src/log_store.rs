@@ -31,8 +31,9 @@ impl LogStore {
     }
 }
 
-fn decode_entry(db: &Db, index: u64, raw: &[u8]) -> Result<Entry, StoreError> {
-    serde_json::from_slice(raw).map_err(|e| {
+fn decode_entry(db: &Db, index: u64, sealed: &[u8]) -> Result<Entry, StoreError> {
+    let raw = db.open_entry(index, sealed)?;
+    serde_json::from_slice(&raw).map_err(|e| {
         corrupt(
             db.path(),
             format!("bad raft log entry at index {index}: {e}"),
@@ -143,7 +144,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let raw = serde_json::to_vec(&entry).map_err(|e| {
                 crate::raft::storage_error(ErrorSubject::Logs, ErrorVerb::Write, &e)
             })?;
-            rows.push((entry.log_id.index, raw));
+            rows.push((
+                entry.log_id.index,
+                self.db.seal_entry(entry.log_id.index, &raw),
+            ));
         }
         let db = self.db.clone();
         run_blocking(ErrorSubject::Logs, ErrorVerb::Write, move || {

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
+use std::time::Duration;
 
 use crate::batch::{Request, Response};
 
@@ -29,24 +30,20 @@ pub(crate) type RaftSnapshot = openraft::Snapshot<TypeConfig>;
 pub(crate) type StorageError = openraft::StorageError<NodeId>;
 pub(crate) type Raft = openraft::Raft<TypeConfig>;
 
-/// Build a new snapshot after this many applied entries.
-const SNAPSHOT_EVERY: u64 = 5000;
-/// Entries kept behind a snapshot, so a briefly lagging follower (once there
-/// are followers) catches up from the log instead of a full snapshot.
-const KEEP_BEHIND_SNAPSHOT: u64 = 1000;
-
-/// Timeouts tuned for a LAN of managers: an election about a second after the leader
-/// falls silent (a busy machine's pauses of a few hundred milliseconds do not depose a
-/// working leader), and a single member elects itself at once after a restart (openraft
-/// does when this node is the only voter).
-pub(crate) fn config() -> Result<openraft::Config, String> {
+/// Timeouts tuned for a LAN of managers: heartbeats four times per election timeout,
+/// an election `election_timeout` to 1.5 × that after the leader falls silent, and a
+/// single member elects itself at once after a restart (openraft does when this node is
+/// the only voter). Snapshots and log compaction are triggered by the store itself (its
+/// interval can change while it runs).
+pub(crate) fn config(election_timeout: Duration) -> Result<openraft::Config, String> {
+    let min = (election_timeout.as_millis() as u64).max(100);
     openraft::Config {
         cluster_name: "shoal".to_string(),
-        heartbeat_interval: 150,
-        election_timeout_min: 600,
-        election_timeout_max: 900,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY),
-        max_in_snapshot_log_to_keep: KEEP_BEHIND_SNAPSHOT,
+        heartbeat_interval: (min / 4).max(20),
+        election_timeout_min: min,
+        election_timeout_max: min + min / 2,
+        snapshot_policy: openraft::SnapshotPolicy::Never,
+        max_in_snapshot_log_to_keep: u64::MAX,
         ..Default::default()
     }
     .validate()

@@ -127,7 +127,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     return Ok(None);
                 };
                 let data = match table.get(KEY_SNAPSHOT_DATA).map_err(|e| db.err(e))? {
-                    Some(raw) => raw.value().to_vec(),
+                    Some(raw) => db.open_snapshot(raw.value())?,
                     None => return Err(corrupt(db.path(), "snapshot metadata without data")),
                 };
                 Ok(Some(RaftSnapshot {
@@ -230,8 +230,9 @@ fn apply_request(
         let key = (op.table.as_str(), op.id.as_str());
         match op.action {
             Action::Put(data) => {
+                let sealed = db.seal_object(key.0, key.1, &data);
                 objects
-                    .insert(key, (index, data.as_slice()))
+                    .insert(key, (index, sealed.as_slice()))
                     .map_err(|e| db.err(e))?;
                 changes.push(Change::Put {
                     table: op.table,
@@ -269,12 +270,12 @@ fn build(db: &Db) -> Result<RaftSnapshot, StoreError> {
             for row in table.iter().map_err(|e| db.err(e))? {
                 let (key, value) = row.map_err(|e| db.err(e))?;
                 let (table, id) = key.value();
-                let (version, data) = value.value();
+                let (version, sealed) = value.value();
                 objects.push(SnapshotObject {
                     table: table.to_string(),
                     id: id.to_string(),
                     version,
-                    data: data.to_vec(),
+                    data: db.open_object(table, id, sealed)?,
                 });
             }
             let data = serde_json::to_vec(&SnapshotData { objects })
@@ -315,7 +316,7 @@ fn save_snapshot(
         }
         db.put_json(&mut table, KEY_SNAPSHOT_META, meta)?;
         table
-            .insert(KEY_SNAPSHOT_DATA, data)
+            .insert(KEY_SNAPSHOT_DATA, db.seal_snapshot(data).as_slice())
             .map_err(|e| db.err(e))?;
     }
     txn.commit().map_err(|e| db.err(e))
@@ -344,10 +345,11 @@ fn install(db: &Db, hub: &Hub, meta: SnapshotMeta, data: Vec<u8>) -> Result<(), 
             }
             objects.retain(|_, _| false).map_err(|e| db.err(e))?;
             for object in parsed.objects {
+                let sealed = db.seal_object(&object.table, &object.id, &object.data);
                 objects
                     .insert(
                         (object.table.as_str(), object.id.as_str()),
-                        (object.version, object.data.as_slice()),
+                        (object.version, sealed.as_slice()),
                     )
                     .map_err(|e| db.err(e))?;
                 let key = (object.table, object.id);
@@ -371,7 +373,7 @@ fn install(db: &Db, hub: &Hub, meta: SnapshotMeta, data: Vec<u8>) -> Result<(), 
             let mut snapshot = txn.open_table(SNAPSHOT).map_err(|e| db.err(e))?;
             db.put_json(&mut snapshot, KEY_SNAPSHOT_META, &meta)?;
             snapshot
-                .insert(KEY_SNAPSHOT_DATA, data.as_slice())
+                .insert(KEY_SNAPSHOT_DATA, db.seal_snapshot(&data).as_slice())
                 .map_err(|e| db.err(e))?;
         }
         let publishing = hub.lock();
@@ -394,7 +396,15 @@ mod tests {
 
     fn open() -> (TempDir, StateMachine, Arc<Hub>) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = Arc::new(Db::open(&dir.path().join(FILE_NAME)).expect("open db"));
+        let db = Arc::new(
+            Db::open(
+                &dir.path().join(FILE_NAME),
+                crate::seal::KeyFiles::new(dir.path())
+                    .create(&crate::Kek::Local)
+                    .expect("key"),
+            )
+            .expect("open db"),
+        );
         let hub = Arc::new(Hub::new());
         (dir, StateMachine::new(db, hub.clone()), hub)
     }

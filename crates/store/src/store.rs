@@ -11,7 +11,7 @@ use redb::ReadableDatabase;
 use tracing::info;
 
 use crate::batch::{Request, Response};
-use crate::db::{Db, FILE_NAME, OBJECTS};
+use crate::db::{Db, FILE_NAME, KEY_ELECTION_TIMEOUT, OBJECTS, RAFT_META};
 use crate::error::corrupt;
 use crate::log_store::LogStore;
 use crate::network::Network;
@@ -33,6 +33,83 @@ struct Inner {
     db: Arc<Db>,
     hub: Arc<Hub>,
     contacts: crate::network::Contacts,
+    /// What wraps the data key now.
+    kek: std::sync::Mutex<crate::Kek>,
+    snapshot_interval: Arc<std::sync::atomic::AtomicU64>,
+    dir: std::path::PathBuf,
+}
+
+/// How a store is opened.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// What wraps the data key (see [`crate::seal`]).
+    pub kek: crate::Kek,
+    /// Snapshot, and compact the log, every this many applied entries (changeable
+    /// later with [`Store::set_snapshot_interval`]).
+    pub snapshot_interval: u64,
+    /// A follower that hears no leader for this long (up to half as long again,
+    /// randomized) calls an election.
+    pub election_timeout: Duration,
+}
+
+/// Swarm mode's default, and ours.
+pub const DEFAULT_SNAPSHOT_INTERVAL: u64 = 10_000;
+/// About a second: long enough that a busy machine's pauses do not depose a working
+/// leader, short enough to fail over well within 2 s.
+pub const DEFAULT_ELECTION_TIMEOUT: Duration = Duration::from_millis(600);
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            kek: crate::Kek::Local,
+            snapshot_interval: DEFAULT_SNAPSHOT_INTERVAL,
+            election_timeout: DEFAULT_ELECTION_TIMEOUT,
+        }
+    }
+}
+
+/// Entries kept behind a snapshot (at most; half the snapshot interval if less), so a
+/// briefly lagging follower catches up from the log instead of a full snapshot.
+const KEEP_BEHIND_SNAPSHOT: u64 = 500;
+
+/// Triggers a snapshot whenever `interval` entries were applied since the last one, and
+/// compacts the log behind it.
+async fn snapshots(raft: Raft, interval: Arc<std::sync::atomic::AtomicU64>) {
+    let mut metrics = raft.metrics();
+    loop {
+        let (applied, snapshot) = {
+            let m = metrics.borrow_and_update();
+            (
+                m.last_applied.map_or(0, |id| id.index),
+                m.snapshot.map_or(0, |id| id.index),
+            )
+        };
+        let every = interval.load(std::sync::atomic::Ordering::Relaxed);
+        if applied >= snapshot + every {
+            if raft.trigger().snapshot().await.is_err() {
+                return;
+            }
+            // Wait for it to land, then compact the log behind it.
+            let landed = tokio::time::timeout(
+                Duration::from_secs(30),
+                metrics.wait_for(|m| m.snapshot.map_or(0, |id| id.index) > snapshot),
+            )
+            .await
+            .is_ok();
+            let at = match landed {
+                true => metrics.borrow().snapshot.map_or(0, |id| id.index),
+                false => 0,
+            };
+            let keep = KEEP_BEHIND_SNAPSHOT.min(every / 2);
+            if at > keep && raft.trigger().purge_log(at - keep).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// How long a write may wait before the store checks whether a majority can be reached
@@ -52,15 +129,25 @@ impl Store {
     /// versions and membership, and elects itself leader without a new
     /// `bootstrap`. A garbled or truncated file gives [`StoreError::Corrupt`].
     pub async fn open(dir: &Path, raft_id: u64, addr: &str) -> Result<Store, StoreError> {
-        Self::open_with(dir, raft_id, addr, Arc::new(crate::network::NoTransport)).await
+        Self::open_with(
+            dir,
+            raft_id,
+            addr,
+            Arc::new(crate::network::NoTransport),
+            StoreConfig::default(),
+        )
+        .await
     }
 
-    /// [`Store::open`] with a transport to the other managers.
+    /// [`Store::open`] with a transport to the other managers, and how the data key is
+    /// wrapped ([`StoreError::NeedsUnlock`] or [`StoreError::WrongUnlockKey`] when the
+    /// store needs another unlock key than given).
     pub async fn open_with(
         dir: &Path,
         raft_id: u64,
         addr: &str,
         transport: Arc<dyn crate::network::RaftTransport>,
+        config: StoreConfig,
     ) -> Result<Store, StoreError> {
         tokio::fs::create_dir_all(dir)
             .await
@@ -71,7 +158,26 @@ impl Store {
         let path = dir.join(FILE_NAME);
         let db = {
             let path = path.clone();
-            tokio::task::spawn_blocking(move || Db::open(&path)).await
+            let dir = dir.to_path_buf();
+            let kek = config.kek.clone();
+            tokio::task::spawn_blocking(move || -> Result<Db, StoreError> {
+                let keys = crate::seal::KeyFiles::new(&dir);
+                match keys.load(&kek)? {
+                    Some(sealer) => Db::open(&path, sealer),
+                    None => {
+                        // A new store, or one written before encryption at rest (its
+                        // records are sealed now, once).
+                        let existed = path.exists();
+                        let db = Db::open(&path, keys.create(&kek)?)?;
+                        if existed {
+                            db.seal_plaintext()?;
+                            info!(path = %path.display(), "encrypted a store written in plaintext");
+                        }
+                        Ok(db)
+                    }
+                }
+            })
+            .await
         };
         let db = match db {
             Ok(db) => Arc::new(db?),
@@ -84,7 +190,19 @@ impl Store {
         };
         let hub = Arc::new(Hub::new());
         let contacts: crate::network::Contacts = Default::default();
-        let config = Arc::new(raft::config().map_err(StoreError::Raft)?);
+        let kek = std::sync::Mutex::new(config.kek.clone());
+        // The election timeout the cluster last asked for, if this member stored one.
+        let election_timeout = db
+            .with(|d| {
+                let txn = d.begin_read().map_err(|e| db.err(e))?;
+                let meta = txn.open_table(RAFT_META).map_err(|e| db.err(e))?;
+                db.get_json::<u64>(&meta, KEY_ELECTION_TIMEOUT)
+            })?
+            .map_or(config.election_timeout, Duration::from_millis);
+        let snapshot_interval = Arc::new(std::sync::atomic::AtomicU64::new(
+            config.snapshot_interval.max(1),
+        ));
+        let config = Arc::new(raft::config(election_timeout).map_err(StoreError::Raft)?);
         let raft = Raft::new(
             raft_id,
             config,
@@ -106,7 +224,7 @@ impl Store {
             let _ = tokio::time::timeout(Duration::from_secs(5), loaded).await;
         }
         info!(raft_id, addr, path = %path.display(), "store opened");
-        Ok(Store {
+        let store = Store {
             inner: Arc::new(Inner {
                 raft_id,
                 addr: addr.to_string(),
@@ -114,8 +232,82 @@ impl Store {
                 db,
                 hub,
                 contacts,
+                kek,
+                snapshot_interval: snapshot_interval.clone(),
+                dir: dir.to_path_buf(),
             }),
+        };
+        tokio::spawn(snapshots(store.inner.raft.clone(), snapshot_interval));
+        Ok(store)
+    }
+
+    /// Snapshots (and compacts the log) every `n` applied entries from now on.
+    pub fn set_snapshot_interval(&self, n: u64) {
+        self.inner
+            .snapshot_interval
+            .store(n.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Records the election timeout this member uses from its next start (openraft
+    /// fixes it while running). Returns whether it changed.
+    pub fn set_election_timeout(&self, d: Duration) -> Result<bool, StoreError> {
+        let ms = d.as_millis() as u64;
+        let db = &self.inner.db;
+        db.with(|h| {
+            let txn = h.begin_write().map_err(|e| db.err(e))?;
+            let changed = {
+                let mut meta = txn.open_table(RAFT_META).map_err(|e| db.err(e))?;
+                let cur = db.get_json::<u64>(&meta, KEY_ELECTION_TIMEOUT)?;
+                let running = self.inner.raft.config().election_timeout_min;
+                let changed = cur.unwrap_or(running) != ms;
+                if cur != Some(ms) {
+                    db.put_json(&mut meta, KEY_ELECTION_TIMEOUT, &ms)?;
+                }
+                changed
+            };
+            txn.commit().map_err(|e| db.err(e))?;
+            Ok(changed)
         })
+    }
+
+    /// The election timeout this member runs with now.
+    pub fn election_timeout(&self) -> Duration {
+        Duration::from_millis(self.inner.raft.config().election_timeout_min)
+    }
+
+    /// The index of the last snapshot, if any (the log before it is compacted).
+    pub fn snapshot_index(&self) -> Option<u64> {
+        self.inner
+            .raft
+            .metrics()
+            .borrow()
+            .snapshot
+            .map(|id| id.index)
+    }
+
+    /// Wraps the data key by `kek` from now on (autolock turned on or off, or its key
+    /// rotated). Blocking file writes, done at once; a no-op if `kek` wraps it already.
+    pub fn rewrap(&self, kek: &crate::Kek) -> Result<(), StoreError> {
+        let mut cur = self
+            .inner
+            .kek
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let same = match (&*cur, kek) {
+            (crate::Kek::Local, crate::Kek::Local) => true,
+            (crate::Kek::Unlock(a), crate::Kek::Unlock(b)) => a == b,
+            _ => false,
+        };
+        if same {
+            return Ok(());
+        }
+        crate::seal::KeyFiles::new(&self.inner.dir).rewrap(&cur, kek)?;
+        *cur = kek.clone();
+        info!(
+            autolock = matches!(kek, crate::Kek::Unlock(_)),
+            "the store's data key is wrapped by a new key"
+        );
+        Ok(())
     }
 
     /// First start of a new cluster: makes this member the only voter of a

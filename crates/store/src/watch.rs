@@ -131,12 +131,13 @@ impl Snapshot {
         for row in redb::ReadableTable::iter(&objects).map_err(|e| db.err(e))? {
             let (key, value) = row.map_err(|e| db.err(e))?;
             let (table, id) = key.value();
-            let (version, data) = value.value();
+            let (version, sealed) = value.value();
+            let data = db.open_object(table, id, sealed)?;
             snapshot
                 .tables
                 .entry(table.to_string())
                 .or_default()
-                .insert(id.to_string(), (version, Bytes::copy_from_slice(data)));
+                .insert(id.to_string(), (version, Bytes::from(data)));
         }
         Ok(snapshot)
     }

@@ -25,6 +25,22 @@ impl Object for Item {
     }
 }
 
+/// An object with a body, to look for on disk.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Note {
+    #[prost(string, tag = "1")]
+    id: String,
+    #[prost(string, tag = "2")]
+    text: String,
+}
+
+impl Object for Note {
+    const TABLE: &'static str = "notes";
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
 /// Delivers each call to the store registered under the target's ID; a missing store
 /// is unreachable (a stopped manager).
 #[derive(Default, Clone)]
@@ -54,9 +70,15 @@ async fn three_stores() -> (Vec<tempfile::TempDir>, InProcess, Vec<Store>) {
     let mut stores = Vec::new();
     for (i, d) in dirs.iter().enumerate() {
         let id = i as u64 + 1;
-        let s = Store::open_with(d.path(), id, &format!("m{id}"), Arc::new(net.clone()))
-            .await
-            .unwrap();
+        let s = Store::open_with(
+            d.path(),
+            id,
+            &format!("m{id}"),
+            Arc::new(net.clone()),
+            Default::default(),
+        )
+        .await
+        .unwrap();
         net.stores.lock().unwrap().insert(id, s.clone());
         stores.push(s);
     }
@@ -154,4 +176,69 @@ async fn a_leader_without_a_majority_fails_writes_fast_and_says_why() {
         "no leader: 1 of 3 managers reachable, 2 needed"
     );
     stores[0].shutdown().await.unwrap();
+}
+
+/// Whether any file under `dir` contains `needle`.
+fn any_file_contains(dir: &std::path::Path, needle: &[u8]) -> bool {
+    std::fs::read_dir(dir).unwrap().any(|e| {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            return any_file_contains(&p, needle);
+        }
+        std::fs::read(&p)
+            .unwrap()
+            .windows(needle.len())
+            .any(|w| w == needle)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_added_after_compaction_catches_up_from_a_snapshot_and_nothing_is_plaintext() {
+    let (dirs, _net, stores) = three_stores().await;
+    stores[0].set_snapshot_interval(100);
+    // Object ids are keys, kept in clear; what an object holds is not.
+    let marker = format!("marker-{}", std::process::id());
+    let mut b = Batch::default();
+    b.put(
+        &Note {
+            id: "n1".into(),
+            text: marker.clone(),
+        },
+        Expect::Absent,
+    );
+    stores[0].commit(b).await.unwrap();
+    for i in 0..250 {
+        put(&stores[0], &format!("item-{i}")).await.unwrap();
+    }
+    // Snapshotted at least twice; the log before the last snapshot is compacted.
+    wait_until("a snapshot", Duration::from_secs(10), || {
+        stores[0].snapshot_index().is_some_and(|i| i >= 200)
+    })
+    .await;
+
+    // The new member's log starts empty; the leader no longer has the first entries,
+    // so the member can only catch up from the snapshot.
+    stores[0].add_voter(2, "m2").await.unwrap();
+    wait_until("the new member catches up", Duration::from_secs(10), || {
+        stores[1].get::<Item>("item-249").unwrap().is_some()
+            && stores[1]
+                .get::<Note>("n1")
+                .unwrap()
+                .is_some_and(|n| n.value.text == marker)
+    })
+    .await;
+    assert!(
+        stores[1].snapshot_index().is_some(),
+        "installed from a snapshot"
+    );
+    assert_eq!(stores[1].list::<Item>().unwrap().len(), 250);
+
+    // Encrypted at rest: the marker is in no file of either store, log or snapshot.
+    for d in &dirs[..2] {
+        assert!(
+            !any_file_contains(d.path(), marker.as_bytes()),
+            "plaintext in {}",
+            d.path().display()
+        );
+    }
 }

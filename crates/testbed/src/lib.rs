@@ -420,6 +420,34 @@ impl Testbed {
         }
     }
 
+    /// Runs `shoal ARGS` against node `i`'s daemon with `input` on its standard input.
+    pub fn cli_stdin(&self, i: usize, args: &[&str], input: &str) -> CliOutput {
+        use std::io::Write;
+        let n = &self.nodes[i];
+        let child = Command::new(&self.binary)
+            .arg("-H")
+            .arg(format!("unix://{}", n.socket.display()))
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn();
+        let out = child.and_then(|mut c| {
+            if let Some(mut stdin) = c.stdin.take() {
+                stdin.write_all(input.as_bytes())?;
+            }
+            c.wait_with_output()
+        });
+        match out {
+            Ok(o) => o.into(),
+            Err(e) => CliOutput {
+                success: false,
+                stdout: String::new(),
+                stderr: format!("cannot run shoal: {e}"),
+            },
+        }
+    }
+
     /// Like [`Testbed::cli`], failing with both outputs if the command fails.
     pub fn cli_ok(&self, i: usize, args: &[&str]) -> Result<String> {
         let o = self.cli(i, args);

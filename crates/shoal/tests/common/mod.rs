@@ -24,6 +24,32 @@ pub fn cluster(n: usize, init_flags: &[&str]) -> Testbed {
     tb
 }
 
+/// Joins node `i` as a manager through node `via`.
+pub fn join_manager(tb: &Testbed, i: usize, via: usize) {
+    let token = tb.cli_ok(via, &["join-token", "-q", "manager"]).unwrap();
+    tb.cli_ok(i, &["join", "--token", token.trim(), &tb.nodes[via].addr()])
+        .unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
+}
+
+/// Whether any file under `dir` holds `needle`.
+pub fn any_file_contains(dir: &Path, needle: &[u8]) -> Option<std::path::PathBuf> {
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        let ft = e.file_type().ok()?;
+        if ft.is_dir() {
+            if let Some(found) = any_file_contains(&p, needle) {
+                return Some(found);
+            }
+        } else if ft.is_file() {
+            let data = std::fs::read(&p).unwrap_or_default();
+            if data.windows(needle.len()).any(|w| w == needle) {
+                return Some(p);
+            }
+        }
+    }
+    None
+}
+
 /// `node ls --format json` on node `i`, parsed.
 pub fn nodes(tb: &Testbed, i: usize) -> Vec<serde_json::Value> {
     let out = tb
