@@ -305,3 +305,83 @@ fn first_cert(pem: &str, path: &Path) -> Result<Vec<u8>> {
         Err(e) => Err(e).with_context(|| format!("{} is damaged", path.display())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> NodeState {
+        NodeState {
+            node_id: "n".into(),
+            cluster_id: "c".into(),
+            role: "manager".into(),
+            managers: vec!["10.0.0.1:4377".into()],
+            advertise_addr: "10.0.0.1:4377".into(),
+        }
+    }
+
+    /// A directory with a saved identity: (dir, its handle, the old and a new pair).
+    fn saved() -> (tempfile::TempDir, StateDir, Vec<u8>, Vec<u8>) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(tmp.path());
+        let year = std::time::Duration::from_secs(365 * 86400);
+        let (a, b) = (
+            shoal_pki::RootCa::generate(year).unwrap(),
+            shoal_pki::RootCa::generate(year).unwrap(),
+        );
+        let old = a.cert_der().to_vec();
+        dir.save(&state(), "OLD KEY", &old, &[old.clone()]).unwrap();
+        (tmp, dir, old, b.cert_der().to_vec())
+    }
+
+    #[test]
+    fn a_swap_cut_between_its_renames_is_finished_on_load() {
+        let (_t, dir, _old, new) = saved();
+        // The key was renamed into place; the certificate was still waiting.
+        std::fs::write(dir.key_file(), "NEW KEY").unwrap();
+        std::fs::write(
+            dir.certs().join("node.crt.new"),
+            shoal_pki::cert_pem(&new),
+        )
+        .unwrap();
+        let l = dir.load().unwrap().unwrap();
+        assert_eq!((l.key_pem.as_str(), l.cert_der), ("NEW KEY", new));
+        assert!(!dir.certs().join("node.crt.new").exists());
+    }
+
+    #[test]
+    fn a_swap_cut_before_its_renames_leaves_the_old_pair() {
+        let (_t, dir, old, new) = saved();
+        std::fs::write(dir.certs().join("node.key.new"), "NEW KEY").unwrap();
+        std::fs::write(dir.certs().join("node.crt.new"), "half a cert").unwrap();
+        let l = dir.load().unwrap().unwrap();
+        assert_eq!((l.key_pem.as_str(), l.cert_der), ("OLD KEY", old));
+        assert!(!dir.certs().join("node.key.new").exists());
+        assert!(!dir.certs().join("node.crt.new").exists());
+        // And a complete swap replaces both.
+        dir.save_identity("NEW KEY", &new).unwrap();
+        let l = dir.load().unwrap().unwrap();
+        assert_eq!((l.key_pem.as_str(), l.cert_der), ("NEW KEY", new));
+    }
+
+    #[test]
+    fn a_sealed_key_needs_the_unlock_key_and_opens_with_it() {
+        let (t, dir, _old, _new) = saved();
+        let k = UnlockKey::generate();
+        dir.set_kek(Some(k.clone()), "OLD KEY").unwrap();
+        let on_disk = std::fs::read_to_string(dir.key_file()).unwrap();
+        assert!(on_disk.starts_with(SEALED_BEGIN) && !on_disk.contains("OLD KEY"));
+        // A restarted daemon has no key yet.
+        let fresh = StateDir::new(t.path());
+        let err = fresh.load().err().unwrap();
+        assert!(err.downcast_ref::<KeySealed>().is_some(), "{err:#}");
+        fresh.unlock_with(UnlockKey::generate());
+        let err = format!("{:#}", fresh.load().err().unwrap());
+        assert!(err.contains("does not open with the unlock key"), "{err}");
+        fresh.unlock_with(k);
+        assert_eq!(fresh.load().unwrap().unwrap().key_pem, "OLD KEY");
+        // Back in clear.
+        fresh.set_kek(None, "OLD KEY").unwrap();
+        assert_eq!(std::fs::read_to_string(dir.key_file()).unwrap(), "OLD KEY");
+    }
+}

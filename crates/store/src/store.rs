@@ -752,4 +752,113 @@ mod tests {
         assert!(store.commit(batch).await.expect("commit after restart") > last);
         store.shutdown().await.expect("shutdown");
     }
+
+    /// Rewrites every sealed record of the store in `dir` in clear and deletes its key
+    /// files: the store as a version before encryption at rest left it.
+    fn unseal_in_place(dir: &Path) {
+        use crate::db::{KEY_SNAPSHOT_DATA, LOG, SNAPSHOT};
+        use redb::{ReadableTable, ReadableTableMetadata};
+        let sealer = crate::seal::KeyFiles::new(dir)
+            .load(&crate::Kek::Local)
+            .unwrap()
+            .unwrap();
+        let db = Db::open(&dir.join(FILE_NAME), sealer).unwrap();
+        db.with(|d| {
+            let txn = d.begin_write().unwrap();
+            {
+                let mut log = txn.open_table(LOG).unwrap();
+                assert!(log.len().unwrap() > 0);
+                let rows: Vec<(u64, Vec<u8>)> = log
+                    .iter()
+                    .unwrap()
+                    .map(|r| {
+                        let (k, v) = r.unwrap();
+                        (k.value(), db.open_entry(k.value(), v.value()).unwrap())
+                    })
+                    .collect();
+                for (k, v) in rows {
+                    log.insert(k, v.as_slice()).unwrap();
+                }
+                let mut objects = txn.open_table(OBJECTS).unwrap();
+                let rows: Vec<(String, String, u64, Vec<u8>)> = objects
+                    .iter()
+                    .unwrap()
+                    .map(|r| {
+                        let (k, v) = r.unwrap();
+                        let ((t, i), (ver, data)) = (k.value(), v.value());
+                        let plain = db.open_object(t, i, data).unwrap();
+                        (t.to_string(), i.to_string(), ver, plain)
+                    })
+                    .collect();
+                for (t, i, ver, v) in rows {
+                    objects
+                        .insert((t.as_str(), i.as_str()), (ver, v.as_slice()))
+                        .unwrap();
+                }
+                let mut snap = txn.open_table(SNAPSHOT).unwrap();
+                let plain = snap
+                    .get(KEY_SNAPSHOT_DATA)
+                    .unwrap()
+                    .map(|v| db.open_snapshot(v.value()).unwrap());
+                if let Some(p) = plain {
+                    snap.insert(KEY_SNAPSHOT_DATA, p.as_slice()).unwrap();
+                }
+            }
+            txn.commit().unwrap();
+            Ok(())
+        })
+        .unwrap();
+        db.close();
+        std::fs::remove_file(dir.join("keys.json")).unwrap();
+        std::fs::remove_file(dir.join("kek")).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_written_in_clear_is_sealed_when_opened_and_keeps_everything() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), 1, "m1").await.expect("open");
+        store.bootstrap().await.expect("bootstrap");
+        store.wait_leader(WAIT).await.expect("leader");
+        for i in 0..5 {
+            let mut batch = Batch::default();
+            batch.put(
+                &Item {
+                    id: format!("i{i}"),
+                },
+                Expect::Absent,
+            );
+            store.commit(batch).await.expect("commit");
+        }
+        store.inner.raft.trigger().snapshot().await.expect("snapshot");
+        let mut metrics = store.inner.raft.metrics();
+        tokio::time::timeout(WAIT, metrics.wait_for(|m| m.snapshot.is_some()))
+            .await
+            .expect("snapshot in time")
+            .expect("metrics");
+        store.shutdown().await.expect("shutdown");
+        drop(store);
+
+        unseal_in_place(dir.path());
+        assert_eq!(
+            crate::seal::wrapping(dir.path()).unwrap(),
+            crate::Wrapping::None
+        );
+        let store = Store::open(dir.path(), 1, "m1").await.expect("reopen");
+        store.wait_leader(WAIT).await.expect("leader again");
+        assert_eq!(store.list::<Item>().expect("list").len(), 5);
+        assert_eq!(
+            crate::seal::wrapping(dir.path()).unwrap(),
+            crate::Wrapping::Local
+        );
+        let mut batch = Batch::default();
+        batch.put(&Item { id: "new".into() }, Expect::Absent);
+        store.commit(batch).await.expect("commit after sealing");
+        store.shutdown().await.expect("shutdown");
+        drop(store);
+        // Sealed: opening it again needs the key files it now has, and reads it all.
+        let store = Store::open(dir.path(), 1, "m1").await.expect("reopen sealed");
+        store.wait_leader(WAIT).await.expect("leader");
+        assert_eq!(store.list::<Item>().expect("list").len(), 6);
+        store.shutdown().await.expect("shutdown");
+    }
 }
