@@ -636,6 +636,11 @@ impl Client {
                     "CertificateRenewalError": i.cert_renewal_error,
                     "CertificateNextRenewal": fmt_time(i.cert_renewal_next_unix),
                     "RuntimeError": i.runtime_error,
+                    "Raft": {
+                        "AppliedIndex": i.raft_applied_index, "SnapshotIndex": i.raft_snapshot_index,
+                        "SnapshotInterval": i.snapshot_interval, "ElectionTimeoutMs": i.election_timeout_ms,
+                    },
+                    "Autolock": i.autolock,
                 })
             );
             return Ok(());
@@ -682,6 +687,16 @@ impl Client {
             println!(" Certificate Renewal Error: {}", i.cert_renewal_error);
         }
         println!(" Root CA Digest: {}", i.root_ca_digest);
+        if i.role == "manager" {
+            println!(
+                " Raft: applied index {}, last snapshot at {} (every {} entries), election timeout {}",
+                i.raft_applied_index,
+                i.raft_snapshot_index,
+                i.snapshot_interval,
+                humantime::format_duration(Duration::from_millis(i.election_timeout_ms))
+            );
+            println!(" Autolock: {}", if i.autolock { "on" } else { "off" });
+        }
         Ok(())
     }
 

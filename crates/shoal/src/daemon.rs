@@ -1350,6 +1350,18 @@ impl Daemon {
             cert_renewal_error: renewal.last_error.unwrap_or_default(),
             cert_renewals: renewal.renewals,
             runtime_error: String::new(),
+            raft_applied_index: a.store.as_ref().map_or(0, |s| s.applied_index()),
+            raft_snapshot_index: a
+                .store
+                .as_ref()
+                .and_then(|s| s.snapshot_index())
+                .unwrap_or(0),
+            snapshot_interval: a.store.as_ref().map_or(0, |s| s.snapshot_interval()),
+            election_timeout_ms: a
+                .store
+                .as_ref()
+                .map_or(0, |s| s.election_timeout().as_millis() as u64),
+            autolock: a.store.is_some() && self.dir.sealed(),
         }
     }
 

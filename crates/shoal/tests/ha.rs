@@ -434,3 +434,73 @@ fn demote_and_promote_round_trip_and_the_old_manager_certificate_is_refused_at_o
         out.stderr
     );
 }
+
+#[test]
+fn a_manager_joining_after_compaction_catches_up_from_a_snapshot() {
+    let mut tb = testbed(4);
+    tb.init(
+        0,
+        &["--dispatcher-heartbeat", "1s", "--snapshot-interval", "100"],
+    )
+    .unwrap();
+    join_manager(&tb, 1, 0);
+    join_manager(&tb, 2, 0);
+    for i in 0..150 {
+        tb.cli_ok(
+            0,
+            &["node", "update", "--label-add", &format!("k={i}"), "node1"],
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
+    }
+    // The log was snapshotted and compacted behind the snapshot.
+    fn raft(tb: &shoal_testbed::Testbed, i: usize, what: &str) -> u64 {
+        info(tb, i)["Raft"][what].as_u64().unwrap_or(0)
+    }
+    wait_for(Duration::from_secs(10), || {
+        (raft(&tb, 0, "SnapshotIndex") >= 100).then_some(())
+    })
+    .unwrap_or_else(|| panic!("a snapshot\n{}", tb.all_logs()));
+    assert_eq!(raft(&tb, 0, "SnapshotInterval"), 100);
+
+    // A 4th manager: the entries before the snapshot are gone from every log, so it
+    // can only catch up from the snapshot. It does, and votes.
+    join_manager(&tb, 3, 0);
+    wait_for(Duration::from_secs(10), || {
+        manager_status_opt(&tb, 0)?
+            .iter()
+            .any(|(h, s)| h == "node4" && s == "Reachable")
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("node4 reachable\n{}", tb.all_logs()));
+    assert!(
+        tb.log(3).contains("installed a snapshot"),
+        "{}",
+        tb.log(3)
+    );
+    let inspect = tb.cli_ok(3, &["node", "inspect", "node1"]).unwrap();
+    assert!(inspect.contains("\"149\""), "{inspect}");
+
+    // The Raft settings: checked, and the election timeout applies from a restart.
+    let out = tb.cli(0, &["update", "--snapshot-interval", "5"]);
+    assert!(
+        !out.success && out.stderr.contains("at least 10"),
+        "{}",
+        out.stderr
+    );
+    let out = tb.cli(0, &["update", "--election-timeout", "50ms"]);
+    assert!(
+        !out.success && out.stderr.contains("between 200ms and 60s"),
+        "{}",
+        out.stderr
+    );
+    let out = tb
+        .cli_ok(0, &["update", "--election-timeout", "2s"])
+        .unwrap();
+    assert!(out.contains("next restart"), "{out}");
+    assert_eq!(raft(&tb, 1, "ElectionTimeoutMs"), 600);
+    tb.restart(1).unwrap();
+    wait_for(Duration::from_secs(10), || {
+        (raft(&tb, 1, "ElectionTimeoutMs") == 2000).then_some(())
+    })
+    .unwrap_or_else(|| panic!("node2 uses the new timeout\n{}", tb.all_logs()));
+}

@@ -381,6 +381,11 @@ fn install(db: &Db, hub: &Hub, meta: SnapshotMeta, data: Vec<u8>) -> Result<(), 
         if !changes.is_empty() {
             publishing.publish(Event { index, changes });
         }
+        tracing::info!(
+            index,
+            snapshot = %meta.snapshot_id,
+            "installed a snapshot of the cluster state from the leader"
+        );
         Ok(())
     })
 }

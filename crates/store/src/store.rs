@@ -275,6 +275,23 @@ impl Store {
         Duration::from_millis(self.inner.raft.config().election_timeout_min)
     }
 
+    /// The index of the last entry this member applied.
+    pub fn applied_index(&self) -> u64 {
+        self.inner
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |id| id.index)
+    }
+
+    /// The snapshot interval in force.
+    pub fn snapshot_interval(&self) -> u64 {
+        self.inner
+            .snapshot_interval
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The index of the last snapshot, if any (the log before it is compacted).
     pub fn snapshot_index(&self) -> Option<u64> {
         self.inner
