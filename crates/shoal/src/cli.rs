@@ -111,7 +111,32 @@ fn print_unlock_key(key: &str) {
 
 pub struct Client {
     local: LocalClient<Channel>,
-    pub(crate) control: ControlClient<Channel>,
+    pub(crate) control: ControlClient<ControlChannel>,
+}
+
+/// The control API's channel: answers marked as possibly stale (read from a manager
+/// that has no leader or cannot reach a quorum) print a warning first.
+pub(crate) type ControlChannel = tower::util::MapResponse<
+    Channel,
+    fn(
+        tonic::codegen::http::Response<tonic::body::Body>,
+    ) -> tonic::codegen::http::Response<tonic::body::Body>,
+>;
+
+fn warn_if_stale(
+    resp: tonic::codegen::http::Response<tonic::body::Body>,
+) -> tonic::codegen::http::Response<tonic::body::Body> {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if let Some(why) = resp
+        .headers()
+        .get(crate::socket::STALE_HEADER)
+        .and_then(|v| v.to_str().ok())
+    {
+        if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            eprintln!("Warning: {why}: this answer comes from this manager's own copy of the cluster state and may be stale.");
+        }
+    }
+    resp
 }
 
 pub(crate) fn status_err(s: tonic::Status) -> anyhow::Error {
@@ -253,14 +278,18 @@ impl Client {
         // Big clusters make big listings: allow up to 256 MiB replies.
         Ok(Client {
             local: LocalClient::new(ch.clone()).max_decoding_message_size(256 << 20),
-            control: ControlClient::new(ch).max_decoding_message_size(256 << 20),
+            control: ControlClient::new(tower::util::MapResponse::new(
+                ch,
+                warn_if_stale as fn(_) -> _,
+            ))
+            .max_decoding_message_size(256 << 20),
         })
     }
 
     pub(crate) fn local(&self) -> LocalClient<Channel> {
         self.local.clone()
     }
-    pub(crate) fn control(&self) -> ControlClient<Channel> {
+    pub(crate) fn control(&self) -> ControlClient<ControlChannel> {
         self.control.clone()
     }
 

@@ -82,10 +82,12 @@ pub struct Daemon {
 
 /// See [`Daemon::control_route`].
 pub enum ControlRoute {
+    /// With why a read may be stale, if it may.
     Local(
         shoal_proto::control::control_server::ControlServer<
             shoal_manager::controlapi::ControlService,
         >,
+        Option<String>,
     ),
     /// The leader's address and a channel to it.
     Leader(tonic::transport::Channel, String),
@@ -1384,11 +1386,12 @@ impl Daemon {
                 "this node is not a manager: worker nodes cannot view or change cluster state; run this command on a manager node",
             ));
         };
+        let stale = if read { store.stale_reason() } else { None };
         if read || store.is_leader() || store.leader().is_none() {
-            return Ok(ControlRoute::Local(m.control_server()));
+            return Ok(ControlRoute::Local(m.control_server(), stale));
         }
         let Some(addr) = shoal_manager::raft_service::leader_addr(store) else {
-            return Ok(ControlRoute::Local(m.control_server()));
+            return Ok(ControlRoute::Local(m.control_server(), None));
         };
         let c = a.creds.get();
         let channel = client_tls(&c.roots, &c.cert_der, &c.key_pem)

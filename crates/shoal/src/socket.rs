@@ -166,6 +166,9 @@ fn image_msg(i: &ImageInfo) -> Image {
     }
 }
 
+/// Set on a read answered without a leader or a quorum: why it may be stale.
+pub const STALE_HEADER: &str = "shoal-stale";
+
 /// The control API on the unix socket: requests go to this node's manager's one
 /// implementation, marked as coming from the local administrator.
 #[derive(Clone)]
@@ -198,10 +201,16 @@ impl tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>> f
         let read = method.starts_with("Get") || method.starts_with("List");
         Box::pin(async move {
             match daemon.control_route(read).await {
-                Ok(crate::daemon::ControlRoute::Local(mut svc)) => {
+                Ok(crate::daemon::ControlRoute::Local(mut svc, stale)) => {
                     req.extensions_mut()
                         .insert(shoal_manager::controlapi::LocalAdmin);
-                    tonic::codegen::Service::call(&mut svc, req).await
+                    let mut resp = tonic::codegen::Service::call(&mut svc, req).await?;
+                    if let Some(v) =
+                        stale.and_then(|why| tonic::codegen::http::HeaderValue::from_str(&why).ok())
+                    {
+                        resp.headers_mut().insert(STALE_HEADER, v);
+                    }
+                    Ok(resp)
                 }
                 Ok(crate::daemon::ControlRoute::Leader(mut channel, addr)) => {
                     req.headers_mut().insert(

@@ -339,11 +339,7 @@ mod tests {
         let (_t, dir, _old, new) = saved();
         // The key was renamed into place; the certificate was still waiting.
         std::fs::write(dir.key_file(), "NEW KEY").unwrap();
-        std::fs::write(
-            dir.certs().join("node.crt.new"),
-            shoal_pki::cert_pem(&new),
-        )
-        .unwrap();
+        std::fs::write(dir.certs().join("node.crt.new"), shoal_pki::cert_pem(&new)).unwrap();
         let l = dir.load().unwrap().unwrap();
         assert_eq!((l.key_pem.as_str(), l.cert_der), ("NEW KEY", new));
         assert!(!dir.certs().join("node.crt.new").exists());

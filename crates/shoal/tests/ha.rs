@@ -211,19 +211,35 @@ fn a_cut_off_leader_refuses_writes_fast_and_follows_after_healing() {
         "{:?}",
         started.elapsed()
     );
-    // Reads still answer there, from its copy.
-    assert!(tb.cli(old, &["node", "ls"]).success);
+    // Reads still answer there, from its copy, saying that it may be stale.
+    let out = tb.cli(old, &["node", "ls"]);
+    assert!(
+        out.success
+            && out.stdout.contains("node1")
+            && out.stderr.contains("may be stale")
+            && out.stderr.contains("managers reachable"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
 
     tb.heal(old).unwrap();
     wait_for(Duration::from_secs(15), || {
         (leader_of(old).as_deref() == Some(new.as_str())).then_some(())
     })
     .unwrap_or_else(|| panic!("the old leader follows {new}\n{}", tb.all_logs()));
-    // The write it refused never happened; writes through it work again.
+    // The write it refused never happened; writes through it work again, and its reads
+    // are not marked stale any more.
     assert!(!tb
         .cli_ok(other, &["service", "ls"])
         .unwrap()
         .contains("lost"));
+    let out = tb.cli(old, &["service", "ls"]);
+    assert!(
+        out.success && !out.stderr.contains("stale"),
+        "{}",
+        out.stderr
+    );
     tb.cli_ok(
         old,
         &[
@@ -472,11 +488,7 @@ fn a_manager_joining_after_compaction_catches_up_from_a_snapshot() {
             .then_some(())
     })
     .unwrap_or_else(|| panic!("node4 reachable\n{}", tb.all_logs()));
-    assert!(
-        tb.log(3).contains("installed a snapshot"),
-        "{}",
-        tb.log(3)
-    );
+    assert!(tb.log(3).contains("installed a snapshot"), "{}", tb.log(3));
     let inspect = tb.cli_ok(3, &["node", "inspect", "node1"]).unwrap();
     assert!(inspect.contains("\"149\""), "{inspect}");
 

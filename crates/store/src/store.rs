@@ -571,6 +571,17 @@ impl Store {
                 .is_some_and(|c| c.get(&id).is_some_and(|t| t.elapsed() < REACHABLE_WITHIN))
     }
 
+    /// Why what this member reads may be behind the cluster: it knows no leader, or
+    /// cannot reach a quorum. `None` when it can.
+    pub fn stale_reason(&self) -> Option<String> {
+        if let Some(e) = self.no_quorum() {
+            return Some(e.to_string());
+        }
+        self.leader()
+            .is_none()
+            .then(|| "no leader: the managers are electing one".to_string())
+    }
+
     /// [`StoreError::NoQuorum`] if fewer voters than a majority (this one included) have
     /// been heard from lately.
     fn no_quorum(&self) -> Option<StoreError> {
@@ -846,7 +857,13 @@ mod tests {
             );
             store.commit(batch).await.expect("commit");
         }
-        store.inner.raft.trigger().snapshot().await.expect("snapshot");
+        store
+            .inner
+            .raft
+            .trigger()
+            .snapshot()
+            .await
+            .expect("snapshot");
         let mut metrics = store.inner.raft.metrics();
         tokio::time::timeout(WAIT, metrics.wait_for(|m| m.snapshot.is_some()))
             .await
@@ -873,7 +890,9 @@ mod tests {
         store.shutdown().await.expect("shutdown");
         drop(store);
         // Sealed: opening it again needs the key files it now has, and reads it all.
-        let store = Store::open(dir.path(), 1, "m1").await.expect("reopen sealed");
+        let store = Store::open(dir.path(), 1, "m1")
+            .await
+            .expect("reopen sealed");
         store.wait_leader(WAIT).await.expect("leader");
         assert_eq!(store.list::<Item>().expect("list").len(), 6);
         store.shutdown().await.expect("shutdown");
