@@ -330,7 +330,8 @@ mod tests {
             shoal_pki::RootCa::generate(year).unwrap(),
         );
         let old = a.cert_der().to_vec();
-        dir.save(&state(), "OLD KEY", &old, &[old.clone()]).unwrap();
+        dir.save(&state(), "OLD KEY", &old, std::slice::from_ref(&old))
+            .unwrap();
         (tmp, dir, old, b.cert_der().to_vec())
     }
 
