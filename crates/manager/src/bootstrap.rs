@@ -26,6 +26,8 @@ pub struct InitParams {
     pub election_timeout: Duration,
     /// With autolock: the cluster's unlock key.
     pub unlock_key: Option<shoal_store::UnlockKey>,
+    /// The first manager's Raft member ID (its store's).
+    pub raft_id: u64,
 }
 
 /// What the first manager keeps on its own disk.
@@ -45,10 +47,25 @@ pub enum InitError {
     Store(#[from] StoreError),
 }
 
-/// The ID the store uses for this node as a Raft member: derived from the node ID so it
-/// is stable across restarts and distinct between managers.
+/// The Raft member ID of a manager from before IDs were stored in its node object:
+/// derived from its node ID.
 pub fn raft_id(node_id: &str) -> u64 {
     u64::from_str_radix(node_id.get(..12).unwrap_or("1"), 36).unwrap_or(1)
+}
+
+/// A new Raft member ID: random, 63 bits, never 0, so an ID is not used twice (a node
+/// promoted again after a demotion gets a new one).
+pub fn new_raft_id() -> u64 {
+    use rand::Rng;
+    rand::rng().random_range(1..(1u64 << 63))
+}
+
+/// The Raft member ID of manager `n`.
+pub fn node_raft_id(n: &Node) -> u64 {
+    match n.raft_id {
+        0 => raft_id(&n.id),
+        id => id,
+    }
 }
 
 /// Creates the cluster in an empty, bootstrapped store.
@@ -98,6 +115,7 @@ pub async fn init_cluster(
     let node = Node {
         id: node_id.to_string(),
         role: NodeRole::Manager as i32,
+        raft_id: params.raft_id,
         availability: Availability::Active as i32,
         description: Some(params.description),
         state: NodeState::Unknown as i32,

@@ -260,6 +260,14 @@ impl CaServer {
     ) -> Result<Response<IssueNodeCertificateResponse>, Status> {
         let heartbeat = crate::dispatcher::heartbeat_period(&self.store);
         let ca = self.ca.get();
+        let raft_id = match role {
+            Role::Manager => self
+                .store
+                .get::<Node>(node_id.as_str())
+                .map_err(store_status)?
+                .map_or(0, |n| crate::bootstrap::node_raft_id(&n.value)),
+            Role::Worker => 0,
+        };
         Ok(Response::new(IssueNodeCertificateResponse {
             node_id: node_id.to_string(),
             cluster_id: ca.cluster_id.to_string(),
@@ -270,6 +278,7 @@ impl CaServer {
             heartbeat_period_ms: heartbeat.as_millis() as u64,
             roots_der: ca.roots.clone(),
             intermediates_der: ca.intermediates.clone(),
+            raft_id,
         }))
     }
 }
@@ -407,6 +416,11 @@ impl Ca for CaServer {
                 NodeRole::Manager as i32
             } else {
                 NodeRole::Worker as i32
+            },
+            raft_id: if role == Role::Manager {
+                crate::bootstrap::new_raft_id()
+            } else {
+                0
             },
             availability: Availability::Active as i32,
             state: NodeState::Unknown as i32,

@@ -362,7 +362,7 @@ impl ControlApi {
     }
 
     fn view(&self, node: Node) -> NodeView {
-        let raft_id = crate::bootstrap::raft_id(&node.id);
+        let raft_id = crate::bootstrap::node_raft_id(&node);
         let manager_status = if node.role != NodeRole::Manager as i32 {
             String::new()
         } else if self.store.leader() == Some(raft_id) {

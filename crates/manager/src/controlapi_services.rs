@@ -340,7 +340,7 @@ impl ControlApi {
                 "node {reference} is the last manager: a cluster needs one; join or promote another manager first"
             )));
         }
-        let id = crate::bootstrap::raft_id(&n.id);
+        let id = crate::bootstrap::node_raft_id(n);
         let left: Vec<u64> = self
             .store()
             .members()
@@ -376,6 +376,7 @@ impl ControlApi {
             };
             let mut node = cur.value.clone();
             node.role = NodeRole::Worker as i32;
+            node.raft_id = 0;
             node.updated_at_unix = unix_now();
             let c = node.certificate.clone().unwrap_or_default();
             let mut revoked = crate::revocation::record(
@@ -397,7 +398,7 @@ impl ControlApi {
             }
         }
         // A membership change still settling refuses another for a moment: retry.
-        let id = crate::bootstrap::raft_id(&n.id);
+        let id = crate::bootstrap::node_raft_id(&n);
         let mut tries = 0;
         while let Err(e) = self.store().remove_member(id).await {
             tries += 1;
@@ -433,6 +434,8 @@ impl ControlApi {
             };
             let mut node = cur.value.clone();
             node.role = NodeRole::Manager as i32;
+            // A new member ID: one it had as a manager before is never used again.
+            node.raft_id = crate::bootstrap::new_raft_id();
             node.updated_at_unix = unix_now();
             let mut b = Batch::default();
             b.put(&node, Expect::Version(cur.version));
@@ -457,7 +460,7 @@ impl ControlApi {
             }
             self.refuse_losing_quorum(&n, reference, "removing")?;
             self.store()
-                .remove_member(crate::bootstrap::raft_id(&n.id))
+                .remove_member(crate::bootstrap::node_raft_id(&n))
                 .await?;
         }
         if n.state != NodeState::Down as i32 && !force {

@@ -39,7 +39,10 @@ pub fn leader_addr(store: &Store) -> Option<String> {
         .ok()?
         .into_iter()
         .map(|n| n.value)
-        .find(|n| crate::bootstrap::raft_id(&n.id) == id)
+        .find(|n| {
+            n.role == shoal_proto::objects::NodeRole::Manager as i32
+                && crate::bootstrap::node_raft_id(n) == id
+        })
         .map(|n| n.addr)
         .filter(|a| !a.is_empty())
 }
@@ -63,11 +66,15 @@ pub fn not_leader(store: &Store) -> Status {
     }
 }
 
-async fn call(store: &Store, m: RaftMessage) -> Result<Response<RaftMessage>, Status> {
+async fn call(
+    store: &Store,
+    m: RaftMessage,
+    sender: Option<u64>,
+) -> Result<Response<RaftMessage>, Status> {
     let rpc = RaftRpc::from_u32(m.rpc)
         .ok_or_else(|| Status::invalid_argument(format!("unknown raft call {}", m.rpc)))?;
     let body = store
-        .handle_raft(rpc, &m.body)
+        .handle_raft(rpc, &m.body, sender)
         .await
         .map_err(|e| store_err(store, e))?;
     Ok(Response::new(RaftMessage { rpc: m.rpc, body }))
@@ -76,8 +83,29 @@ async fn call(store: &Store, m: RaftMessage) -> Result<Response<RaftMessage>, St
 #[tonic::async_trait]
 impl Raft for RaftService {
     async fn call(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        authorize(&req, "Raft", MANAGERS)?;
-        call(&self.store, req.into_inner()).await
+        let caller = authorize(&req, "Raft", MANAGERS)?;
+        // Only from a member of the group, speaking for itself: a removed or demoted
+        // manager (or one that claims another's ID) is not heard.
+        let node = self
+            .store
+            .get::<shoal_proto::objects::Node>(caller.node_id().as_str())
+            .ok()
+            .flatten()
+            .map(|n| n.value)
+            .filter(|n| n.role == shoal_proto::objects::NodeRole::Manager as i32);
+        let Some(id) = node.map(|n| crate::bootstrap::node_raft_id(&n)) else {
+            return Err(Status::permission_denied(format!(
+                "Raft refused: node {} is not a manager",
+                caller.node_id()
+            )));
+        };
+        if !self.store.members().iter().any(|m| m.id == id) {
+            return Err(Status::permission_denied(format!(
+                "Raft refused: node {} is not a member of the managers' raft group",
+                caller.node_id()
+            )));
+        }
+        call(&self.store, req.into_inner(), Some(id)).await
     }
 
     async fn join(
@@ -91,7 +119,19 @@ impl Raft for RaftService {
                 "JoinRaft needs the joining manager's address (host:port)",
             ));
         }
-        let id = crate::bootstrap::raft_id(caller.node_id().as_str());
+        let node = self
+            .store
+            .get::<shoal_proto::objects::Node>(caller.node_id().as_str())
+            .map_err(|e| store_err(&self.store, e))?
+            .map(|n| n.value)
+            .filter(|n| n.role == shoal_proto::objects::NodeRole::Manager as i32)
+            .ok_or_else(|| {
+                Status::permission_denied(format!(
+                    "node {} is not a manager: it cannot join the raft group",
+                    caller.node_id()
+                ))
+            })?;
+        let id = crate::bootstrap::node_raft_id(&node);
         if self.store.members().iter().any(|m| m.id == id && m.voter) {
             return Ok(Response::new(JoinRaftResponse {}));
         }
@@ -122,7 +162,7 @@ impl Raft for JoiningRaftService {
                 "Raft is for manager certificates only",
             ));
         }
-        call(&self.store, req.into_inner()).await
+        call(&self.store, req.into_inner(), None).await
     }
 
     async fn join(

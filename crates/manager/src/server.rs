@@ -357,7 +357,10 @@ impl Manager {
                 .max_decoding_message_size(RAFT_MAX_MESSAGE)
                 .max_encoding_message_size(RAFT_MAX_MESSAGE),
             )
-            .add_service(control_server.clone());
+            .add_service(WithAppliedIndex {
+                inner: control_server.clone(),
+                store: cfg.store.clone(),
+            });
         let stop = cancel.clone();
         tasks.spawn(async move {
             let incoming = tokio_stream::wrappers::ReceiverStream::new(rx);
@@ -462,6 +465,53 @@ impl IdentityHandle {
 impl Manager {
     pub fn identity_handle(&self) -> IdentityHandle {
         self.identity.clone()
+    }
+}
+
+/// The response header that carries the index this manager had applied when it
+/// answered a control call: a follower that forwarded a write waits until its own copy
+/// has it, so that a read right after, on the same node, sees the write.
+pub const APPLIED_HEADER: &str = "shoal-applied";
+
+/// The control service over mTLS, adding [`APPLIED_HEADER`] to every answer.
+#[derive(Clone)]
+struct WithAppliedIndex {
+    inner: ControlServer<ControlService>,
+    store: Store,
+}
+
+impl tonic::server::NamedService for WithAppliedIndex {
+    const NAME: &'static str = <ControlServer<ControlService> as tonic::server::NamedService>::NAME;
+}
+
+impl tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>>
+    for WithAppliedIndex
+{
+    type Response = tonic::codegen::http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        <ControlServer<ControlService> as tonic::codegen::Service<
+            tonic::codegen::http::Request<tonic::body::Body>,
+        >>::poll_ready(&mut self.inner, cx)
+    }
+
+    fn call(&mut self, req: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
+        let mut inner = self.inner.clone();
+        let store = self.store.clone();
+        Box::pin(async move {
+            let mut resp = tonic::codegen::Service::call(&mut inner, req).await?;
+            if let Ok(v) =
+                tonic::codegen::http::HeaderValue::from_str(&store.applied_index().to_string())
+            {
+                resp.headers_mut().insert(APPLIED_HEADER, v);
+            }
+            Ok(resp)
+        })
     }
 }
 

@@ -217,6 +217,7 @@ fn node_json(v: &NodeView) -> serde_json::Value {
             "Leader": v.manager_status == "Leader",
             "Reachability": if v.manager_status == "Unreachable" { "unreachable" } else { "reachable" },
             "Addr": n.addr,
+            "RaftID": shoal_manager::bootstrap::node_raft_id(&n),
         });
     }
     j

@@ -12,7 +12,7 @@ use shoal_agent::image::{CredentialStore, ImageStore};
 use shoal_agent::runtime::{runc::Runc, Runtime};
 use shoal_agent::session::{heartbeat_once, run_assignments, Session};
 use shoal_agent::worker::Worker;
-use shoal_manager::bootstrap::{raft_id, DEFAULT_CERT_EXPIRY, DEFAULT_HEARTBEAT};
+use shoal_manager::bootstrap::{DEFAULT_CERT_EXPIRY, DEFAULT_HEARTBEAT};
 use shoal_manager::{init_cluster, InitParams, Manager, ManagerConfig};
 use shoal_pki::{BootstrapPin, ClusterId, ClusterTrust, JoinToken, NodeId, NodeKey, Role};
 use shoal_proto::ca::ca_client::CaClient;
@@ -233,7 +233,7 @@ impl Daemon {
             let tls = client_tls(&loaded.roots, &loaded.cert_der, &loaded.key_pem)?;
             Some(
                 self.open_store(
-                    &loaded.state.node_id,
+                    loaded.state.raft_id(),
                     &loaded.state.advertise_addr,
                     Some(tls),
                     StoreConfig {
@@ -264,7 +264,7 @@ impl Daemon {
     /// during `init`, which makes the certificate).
     async fn open_store(
         &self,
-        node_id: &str,
+        raft_id: u64,
         advertise: &str,
         tls: Option<Arc<rustls::ClientConfig>>,
         config: StoreConfig,
@@ -278,7 +278,7 @@ impl Daemon {
             .create(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
         let transport = crate::raft_transport::GrpcTransport::new(tls);
-        let store = Store::open_with(&dir, raft_id(node_id), advertise, transport.clone(), config)
+        let store = Store::open_with(&dir, raft_id, advertise, transport.clone(), config)
             .await
             .with_context(|| format!("cannot open the cluster store in {}", dir.display()))?;
         transport.set_store(&store);
@@ -346,6 +346,7 @@ impl Daemon {
                 raft: std::sync::Mutex::new(raft.clone()),
                 wanted_root: std::sync::Mutex::new(None),
                 wanted_role: std::sync::Mutex::new(None),
+                raft_id: std::sync::atomic::AtomicU64::new(state.raft_id),
             })
         })();
         let creds = match creds {
@@ -579,9 +580,10 @@ impl Daemon {
         // the first write: the root CA key is never on disk wrapped by anything else.
         let unlock_key = req.autolock.then(shoal_store::UnlockKey::generate);
         let node_id = NodeId::generate();
+        let raft_id = shoal_manager::bootstrap::new_raft_id();
         let store = self
             .open_store(
-                node_id.as_str(),
+                raft_id,
                 &advertise,
                 None,
                 StoreConfig {
@@ -614,6 +616,7 @@ impl Daemon {
                     snapshot_interval: req.snapshot_interval,
                     election_timeout,
                     unlock_key: unlock_key.clone(),
+                    raft_id,
                 },
             )
             .await?;
@@ -623,6 +626,7 @@ impl Daemon {
                 role: "manager".into(),
                 managers: vec![advertise.clone()],
                 advertise_addr: advertise.clone(),
+                raft_id,
             };
             let key_pem = res.node_key.to_pem();
             if let Some(k) = &unlock_key {
@@ -838,6 +842,7 @@ impl Daemon {
             role: identity.role().to_string(),
             managers,
             advertise_addr: advertise,
+            raft_id: issued.raft_id,
         };
         self.dir.save(&state, &key_pem, &issued.cert_der, &roots)?;
         *self.stale.lock().await = None;
@@ -908,7 +913,7 @@ impl Daemon {
         // the data key is then wrapped by the unlock key and the local key deleted.
         let store = self
             .open_store(
-                &state.node_id,
+                state.raft_id(),
                 &state.advertise_addr,
                 Some(tls.clone()),
                 StoreConfig::default(),
@@ -1031,6 +1036,7 @@ impl Daemon {
                     tracing::error!("cannot unseal the demoted manager's key: {e:#}");
                 }
                 a.state.role = "worker".into();
+                a.state.raft_id = 0;
                 if let Err(e) = self.dir.save_state(&a.state) {
                     tracing::error!("cannot record the new role: {e:#}");
                 }
@@ -1069,6 +1075,8 @@ impl Daemon {
         let key = NodeKey::from_pem(&c.key_pem)?;
         let tls = client_tls(&c.roots, &c.cert_der, &c.key_pem)?;
         let target = creds.target.lock().map(|t| t.clone()).unwrap_or_default();
+        // The member ID the managers gave this promotion (with its certificate).
+        state.raft_id = creds.raft_id.load(std::sync::atomic::Ordering::Relaxed);
         // Whatever a failed attempt left: a new member starts from an empty store.
         match std::fs::remove_dir_all(self.dir.raft_dir()) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -1104,6 +1112,7 @@ impl Daemon {
         if let Ok(mut m) = creds.manager.lock() {
             *m = Some(manager.identity_handle());
         }
+        a.state.raft_id = state.raft_id;
         tokio::spawn(follow_cluster_settings(
             store.clone(),
             self.dir.clone(),
@@ -1398,6 +1407,19 @@ impl Daemon {
             .and_then(|tls| Ok(lazy_channel(&addr, tls)?))
             .map_err(|e| tonic::Status::internal(format!("{e:#}")))?;
         Ok(ControlRoute::Leader(channel, addr))
+    }
+
+    /// Waits until this manager's store has applied `index` (at most 2 s).
+    pub async fn wait_applied(&self, index: u64) {
+        let store = self
+            .active
+            .lock()
+            .await
+            .as_ref()
+            .and_then(|a| a.store.clone());
+        if let Some(s) = store {
+            s.wait_applied(index, Duration::from_secs(2)).await;
+        }
     }
 
     pub async fn shutdown(&self) {

@@ -57,7 +57,7 @@ impl GrpcTransport {
             s.list::<Node>().ok()?.into_iter().find_map(|n| {
                 let n = n.value;
                 (n.role == NodeRole::Manager as i32
-                    && shoal_manager::bootstrap::raft_id(&n.id) == target
+                    && shoal_manager::bootstrap::node_raft_id(&n) == target
                     && !n.addr.is_empty())
                 .then_some(n.addr)
             })

@@ -45,6 +45,8 @@ pub struct Creds {
     pub wanted_root: Mutex<Option<String>>,
     /// The role the managers hold for this node, as the last heartbeat said.
     pub wanted_role: Mutex<Option<String>>,
+    /// As a manager: its Raft member ID, as the last certificate issued said.
+    pub raft_id: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Clone)]
@@ -241,6 +243,9 @@ impl Renewer {
             cur.roots.clone()
         };
         let key_pem = key.to_pem();
+        self.creds
+            .raft_id
+            .store(resp.raft_id, std::sync::atomic::Ordering::Relaxed);
         self.creds.dir.save_identity(&key_pem, &resp.cert_der)?;
         if roots != cur.roots {
             self.creds.dir.save_roots(&roots)?;

@@ -223,7 +223,19 @@ impl tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>> f
                         Err(e) => Err(e),
                     };
                     match sent {
-                        Ok(resp) => Ok(resp),
+                        Ok(resp) => {
+                            // Read-your-writes on this node: wait (briefly) until this
+                            // manager's copy has what the leader had applied.
+                            let applied = resp
+                                .headers()
+                                .get(shoal_manager::server::APPLIED_HEADER)
+                                .and_then(|v| v.to_str().ok())
+                                .and_then(|v| v.parse::<u64>().ok());
+                            if let Some(index) = applied {
+                                daemon.wait_applied(index).await;
+                            }
+                            Ok(resp)
+                        }
                         Err(e) => Ok(Status::unavailable(format!(
                             "this manager is a follower and cannot reach the leader at {addr}: {}",
                             shoal_agent::connect::error_chain(&e)

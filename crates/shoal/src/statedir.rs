@@ -38,6 +38,20 @@ pub struct NodeState {
     pub role: String,
     pub managers: Vec<String>,
     pub advertise_addr: String,
+    /// A manager's Raft member ID (0: a worker, or a manager from before IDs were
+    /// stored, whose ID derives from its node ID).
+    #[serde(default)]
+    pub raft_id: u64,
+}
+
+impl NodeState {
+    /// This manager's Raft member ID.
+    pub fn raft_id(&self) -> u64 {
+        match self.raft_id {
+            0 => shoal_manager::bootstrap::raft_id(&self.node_id),
+            id => id,
+        }
+    }
 }
 
 /// A joined node's files, loaded.
@@ -317,6 +331,7 @@ mod tests {
             role: "manager".into(),
             managers: vec!["10.0.0.1:4377".into()],
             advertise_addr: "10.0.0.1:4377".into(),
+            raft_id: 7,
         }
     }
 

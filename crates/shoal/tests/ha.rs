@@ -344,6 +344,12 @@ fn demote_and_promote_round_trip_and_the_old_manager_certificate_is_refused_at_o
     .unwrap_or_else(|| panic!("node2 back\n{}", tb.all_logs()));
 
     let old = common::raw::Identity::of_node(&tb, 2);
+    let raft_id = |tb: &shoal_testbed::Testbed| {
+        let v: serde_json::Value =
+            serde_json::from_str(&tb.cli_ok(0, &["node", "inspect", "node3"]).unwrap()).unwrap();
+        v[0]["ManagerStatus"]["RaftID"].as_u64()
+    };
+    let first_id = raft_id(&tb).expect("node3 has a raft id");
     tb.cli_ok(0, &["node", "demote", "node3"])
         .unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
     let demoted = Instant::now();
@@ -438,6 +444,26 @@ fn demote_and_promote_round_trip_and_the_old_manager_certificate_is_refused_at_o
     .unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
     let ls = tb.cli_ok(2, &["service", "ls"]).unwrap();
     assert!(ls.contains("still") && ls.contains("again"), "{ls}");
+    // A new member ID: the one it had before is never used again.
+    let second_id = raft_id(&tb).expect("node3 has a raft id again");
+    assert_ne!(first_id, second_id);
+    // A manager's raft messages speak only for its own member ID.
+    let now = common::raw::Identity::of_node(&tb, 2);
+    let err = common::raw::with_channel(&tb, 2, &now, move |ch| async move {
+        let vote = serde_json::json!({
+            "vote": {"leader_id": {"term": 999, "node_id": first_id}, "committed": false},
+            "last_log_id": null,
+        });
+        shoal_proto::raft::raft_client::RaftClient::new(ch)
+            .call(shoal_proto::raft::RaftMessage {
+                rpc: shoal_store::RaftRpc::Vote as u32,
+                body: vote.to_string().into_bytes(),
+            })
+            .await
+            .map(|_| ())
+    })
+    .unwrap_err();
+    assert!(err.message().contains("speaks for member"), "{err:?}");
 
     // The last manager cannot be demoted.
     tb.cli_ok(0, &["node", "demote", "node2"]).unwrap();

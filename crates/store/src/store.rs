@@ -285,6 +285,14 @@ impl Store {
             .map_or(0, |id| id.index)
     }
 
+    /// Waits until this member has applied `index`, at most `timeout`; whether it has.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> bool {
+        let mut metrics = self.inner.raft.metrics();
+        let applied = metrics.wait_for(|m| m.last_applied.map_or(0, |id| id.index) >= index);
+        let done = matches!(tokio::time::timeout(timeout, applied).await, Ok(Ok(_)));
+        done
+    }
+
     /// The snapshot interval in force.
     pub fn snapshot_interval(&self) -> u64 {
         self.inner
@@ -371,11 +379,22 @@ impl Store {
     /// Serves one Raft call from another manager (the transport's receiving side):
     /// `body` is what [`crate::network::RaftTransport::call`] sent; the reply is what it
     /// returns.
+    ///
+    /// `sender`, when the transport knows who called (its verified identity), must be
+    /// the member the message speaks for: a message claiming another member's ID is
+    /// refused.
     pub async fn handle_raft(
         &self,
         rpc: crate::network::RaftRpc,
         body: &[u8],
+        sender: Option<u64>,
     ) -> Result<Vec<u8>, StoreError> {
+        let check = |claimed: Option<&NodeId>| match (sender, claimed) {
+            (Some(s), Some(c)) if s != *c => Err(StoreError::Raft(format!(
+                "a raft message from member {s} speaks for member {c}: refused"
+            ))),
+            _ => Ok(()),
+        };
         use crate::network::RaftRpc;
         let raft = &self.inner.raft;
         let bad = |e: serde_json::Error| StoreError::Raft(format!("malformed raft message: {e}"));
@@ -383,6 +402,7 @@ impl Store {
             RaftRpc::AppendEntries => {
                 let req: openraft::raft::AppendEntriesRequest<crate::raft::TypeConfig> =
                     serde_json::from_slice(body).map_err(bad)?;
+                check(req.vote.leader_id().voted_for().as_ref())?;
                 crate::network::heard_from(
                     &self.inner.contacts,
                     req.vote.leader_id().voted_for().unwrap_or_default(),
@@ -392,6 +412,7 @@ impl Store {
             RaftRpc::Vote => {
                 let req: openraft::raft::VoteRequest<NodeId> =
                     serde_json::from_slice(body).map_err(bad)?;
+                check(req.vote.leader_id().voted_for().as_ref())?;
                 crate::network::heard_from(
                     &self.inner.contacts,
                     req.vote.leader_id().voted_for().unwrap_or_default(),
@@ -401,6 +422,7 @@ impl Store {
             RaftRpc::InstallSnapshot => {
                 let req: openraft::raft::InstallSnapshotRequest<crate::raft::TypeConfig> =
                     serde_json::from_slice(body).map_err(bad)?;
+                check(req.vote.leader_id().voted_for().as_ref())?;
                 crate::network::heard_from(
                     &self.inner.contacts,
                     req.vote.leader_id().voted_for().unwrap_or_default(),

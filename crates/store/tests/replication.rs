@@ -55,7 +55,7 @@ impl RaftTransport for InProcess {
             let store =
                 store.ok_or_else(|| TransportError::Unreachable(format!("{target} is down")))?;
             store
-                .handle_raft(rpc, &body)
+                .handle_raft(rpc, &body, None)
                 .await
                 .map_err(|e| TransportError::Refused(e.to_string()))
         })
