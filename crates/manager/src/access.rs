@@ -28,8 +28,11 @@ pub const SUPERSEDED_GRACE: Duration = Duration::from_secs(30);
 /// Why a certificate is refused. The texts are the contract agents and users read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
-    /// The node is not (or no longer) a member.
+    /// The node was removed (its certificates are on record as revoked for that).
     Removed,
+    /// This manager does not know the node, and has no record of its removal: its copy
+    /// of the cluster state may be behind (a manager still catching up).
+    Unknown,
     /// A revocation record names the serial; the record's reason.
     Revoked(String),
     /// The node has been seen using a newer certificate.
@@ -54,6 +57,10 @@ impl Refusal {
             Refusal::Superseded => Status::permission_denied(format!(
                 "{call} refused: certificate revoked: certificate {} of node {} was superseded by a later certificate of the node",
                 id.serial(),
+                id.node_id()
+            )),
+            Refusal::Unknown => Status::unavailable(format!(
+                "{call} refused: this manager does not know node {} (its copy of the cluster state may be behind): try another manager",
                 id.node_id()
             )),
             Refusal::Expired => Status::unauthenticated(format!(
@@ -96,6 +103,7 @@ struct View {
 #[derive(Debug, Clone)]
 struct Revoked {
     reason: String,
+    node_id: String,
     /// A demoted manager's certificate: still good for [`EXCHANGE_CALLS`].
     renewal_allowed: bool,
 }
@@ -124,7 +132,17 @@ impl View {
             }
         }
         let Some(certs) = self.nodes.get(node_id) else {
-            return Err(Refusal::Removed);
+            // Removed (its certificates are on record as such), or not known here yet:
+            // a manager that is still catching up must not tell a node it was removed.
+            let removed = self
+                .revoked
+                .values()
+                .any(|r| r.node_id == node_id && r.reason == crate::revocation::REMOVED);
+            return Err(if removed {
+                Refusal::Removed
+            } else {
+                Refusal::Unknown
+            });
         };
         if certs.current == serial {
             return Ok(());
@@ -196,6 +214,7 @@ impl Revoked {
     fn of(r: &RevokedCert) -> Revoked {
         Revoked {
             reason: r.reason.clone(),
+            node_id: r.node_id.clone(),
             renewal_allowed: r.renewal_allowed,
         }
     }
@@ -299,7 +318,7 @@ impl AccessList {
 
     /// Whether `id` may make `call` now.
     pub fn check(&self, call: &str, id: &NodeIdentity) -> Result<(), Refusal> {
-        let view = self.view.read().map_err(|_| Refusal::Removed)?;
+        let view = self.view.read().map_err(|_| Refusal::Unknown)?;
         view.decide(
             call,
             id.node_id().as_str(),
@@ -342,7 +361,8 @@ impl AccessList {
             // A superseded certificate's grace runs out without a store change.
             let recheck = until_expiry.min(SUPERSEDED_GRACE) + Duration::from_millis(10);
             tokio::select! {
-                r = rx.changed() => if r.is_err() { return Refusal::Removed },
+                // The store closed: this manager stops; the node goes to another.
+                r = rx.changed() => if r.is_err() { return Refusal::Unknown },
                 _ = tokio::time::sleep(recheck) => {}
             }
         }
@@ -421,6 +441,7 @@ mod tests {
             "a".into(),
             Revoked {
                 reason: "certificate revoked: the node was demoted".into(),
+                node_id: "n1".into(),
                 renewal_allowed: true,
             },
         );
@@ -457,11 +478,27 @@ mod tests {
             "r".into(),
             Revoked {
                 reason: "certificate revoked".into(),
+                node_id: "n1".into(),
+                renewal_allowed: false,
+            },
+        );
+        // A node this manager has never heard of may be one it has not caught up with.
+        assert_eq!(
+            v.decide("Session", "other", "x", t(100), t(10)),
+            Err(Refusal::Unknown)
+        );
+        // One whose certificates are on record as removed was removed, whichever
+        // certificate it presents.
+        v.revoked.insert(
+            "g1".into(),
+            Revoked {
+                reason: crate::revocation::REMOVED.into(),
+                node_id: "gone".into(),
                 renewal_allowed: false,
             },
         );
         assert_eq!(
-            v.decide("Session", "other", "x", t(100), t(10)),
+            v.decide("Session", "gone", "older", t(100), t(10)),
             Err(Refusal::Removed)
         );
         assert_eq!(
@@ -493,7 +530,7 @@ mod tests {
         }));
         assert_eq!(
             v.decide("Session", "n1", "a", t(100), t(1)),
-            Err(Refusal::Removed)
+            Err(Refusal::Unknown)
         );
     }
 }

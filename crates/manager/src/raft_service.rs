@@ -133,7 +133,9 @@ impl Raft for RaftService {
             })?;
         let id = crate::bootstrap::node_raft_id(&node);
         if self.store.members().iter().any(|m| m.id == id && m.voter) {
-            return Ok(Response::new(JoinRaftResponse {}));
+            return Ok(Response::new(JoinRaftResponse {
+                applied_index: self.store.applied_index(),
+            }));
         }
         tracing::info!(node_id = %caller.node_id(), raft_id = id, %addr, "adding a manager to the raft group");
         if !self.store.is_leader() {
@@ -143,7 +145,9 @@ impl Raft for RaftService {
             .add_voter(id, &addr)
             .await
             .map_err(|e| store_err(&self.store, e))?;
-        Ok(Response::new(JoinRaftResponse {}))
+        Ok(Response::new(JoinRaftResponse {
+            applied_index: self.store.applied_index(),
+        }))
     }
 }
 

@@ -118,6 +118,9 @@ impl Stale {
     }
 }
 
+/// How long a write waits for an election under way to elect a leader.
+const LEADER_WAIT: Duration = Duration::from_secs(3);
+
 const LOCKED_WHY: &str = "this manager is locked: autolock is on, so after a restart it needs the cluster's unlock key. Run 'shoal unlock' and enter the key (an unlocked manager prints it with 'shoal unlock-key')";
 
 const EXPIRED_WHY: &str = "this node's certificate expired while it was off";
@@ -935,7 +938,7 @@ impl Daemon {
             .await?;
             let mut target = remote.to_string();
             let mut hops = 0;
-            loop {
+            let leader_applied = loop {
                 let ch = channel(&target, tls.clone()).await.map_err(|e| {
                     user(
                         tonic::Code::Unavailable,
@@ -947,7 +950,7 @@ impl Daemon {
                 });
                 req.set_timeout(Duration::from_secs(120));
                 match RaftClient::new(ch).join(req).await {
-                    Ok(_) => break,
+                    Ok(r) => break r.into_inner().applied_index,
                     Err(s) => {
                         let leader = s
                             .metadata()
@@ -969,16 +972,17 @@ impl Daemon {
                         }
                     }
                 }
-            }
-            // The leader added us once we had caught up; the cluster is in our store.
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            while shoal_manager::bootstrap::load_cluster(&store).is_err() {
-                if std::time::Instant::now() > deadline {
-                    bail!(
-                        "this manager joined the raft group but its store did not fill within 30 s"
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            // The leader added us once we had caught up; serve once our copy has all the
+            // leader had then (our own node among it).
+            if !store
+                .wait_applied(leader_applied, Duration::from_secs(30))
+                .await
+                || shoal_manager::bootstrap::load_cluster(&store).is_err()
+            {
+                bail!(
+                    "this manager joined the raft group but its store did not catch up within 30 s"
+                );
             }
             // Stop at once, connections and all: the full listener takes over the
             // address, and the leader must not go unheard long enough for an election.
@@ -1381,28 +1385,39 @@ impl Daemon {
     /// service for reads, or when it leads (or no leader is known), else the leader, over
     /// mTLS, one hop.
     pub async fn control_route(&self, read: bool) -> Result<ControlRoute, tonic::Status> {
-        let guard = self.active.lock().await;
         if *self.locked.lock().await {
             return Err(tonic::Status::failed_precondition(LOCKED_WHY));
         }
-        let Some(a) = guard.as_ref() else {
-            return Err(tonic::Status::failed_precondition(
-                "this node is not part of a cluster: run 'shoal init' to create one or 'shoal join' to join one",
-            ));
+        // What the route needs, copied out: the wait below must not hold the lock.
+        let (server, store, creds) = {
+            let guard = self.active.lock().await;
+            let Some(a) = guard.as_ref() else {
+                return Err(tonic::Status::failed_precondition(
+                    "this node is not part of a cluster: run 'shoal init' to create one or 'shoal join' to join one",
+                ));
+            };
+            let (Some(m), Some(store)) = (&a.manager, &a.store) else {
+                return Err(tonic::Status::failed_precondition(
+                    "this node is not a manager: worker nodes cannot view or change cluster state; run this command on a manager node",
+                ));
+            };
+            (m.control_server(), store.clone(), a.creds.clone())
         };
-        let (Some(m), Some(store)) = (&a.manager, &a.store) else {
-            return Err(tonic::Status::failed_precondition(
-                "this node is not a manager: worker nodes cannot view or change cluster state; run this command on a manager node",
-            ));
-        };
-        let stale = if read { store.stale_reason() } else { None };
-        if read || store.is_leader() || store.leader().is_none() {
-            return Ok(ControlRoute::Local(m.control_server(), stale));
+        if read {
+            return Ok(ControlRoute::Local(server, store.stale_reason()));
         }
-        let Some(addr) = shoal_manager::raft_service::leader_addr(store) else {
-            return Ok(ControlRoute::Local(m.control_server(), None));
+        // A write during an election (a quorum is reachable, no leader known yet) waits
+        // for the outcome instead of failing.
+        if store.leader().is_none() && store.quorum_reachable() {
+            store.wait_leader_known(LEADER_WAIT).await;
+        }
+        if store.is_leader() || store.leader().is_none() {
+            return Ok(ControlRoute::Local(server, None));
+        }
+        let Some(addr) = shoal_manager::raft_service::leader_addr(&store) else {
+            return Ok(ControlRoute::Local(server, None));
         };
-        let c = a.creds.get();
+        let c = creds.get();
         let channel = client_tls(&c.roots, &c.cert_der, &c.key_pem)
             .and_then(|tls| Ok(lazy_channel(&addr, tls)?))
             .map_err(|e| tonic::Status::internal(format!("{e:#}")))?;

@@ -285,6 +285,14 @@ impl Store {
             .map_or(0, |id| id.index)
     }
 
+    /// Waits until a leader is known (this member or another), at most `timeout`.
+    pub async fn wait_leader_known(&self, timeout: Duration) -> Option<u64> {
+        let mut metrics = self.inner.raft.metrics();
+        let known = metrics.wait_for(|m| m.current_leader.is_some());
+        let _ = tokio::time::timeout(timeout, known).await;
+        self.leader()
+    }
+
     /// Waits until this member has applied `index`, at most `timeout`; whether it has.
     pub async fn wait_applied(&self, index: u64, timeout: Duration) -> bool {
         let mut metrics = self.inner.raft.metrics();
@@ -591,6 +599,11 @@ impl Store {
                 .lock()
                 .ok()
                 .is_some_and(|c| c.get(&id).is_some_and(|t| t.elapsed() < REACHABLE_WITHIN))
+    }
+
+    /// Whether a majority of the voters (this member included) was heard from lately.
+    pub fn quorum_reachable(&self) -> bool {
+        self.no_quorum().is_none()
     }
 
     /// Why what this member reads may be behind the cluster: it knows no leader, or
