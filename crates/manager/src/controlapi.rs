@@ -88,6 +88,9 @@ impl From<ControlError> for Status {
             ControlError::Store(StoreError::NotLeader) => Status::unavailable(
                 "this manager is not the leader: run the command on the leader (the manager 'shoal node ls' shows as Leader)",
             ),
+            ControlError::Store(StoreError::NoSpace { .. }) => {
+                Status::resource_exhausted(e.to_string())
+            }
             ControlError::Store(_) => Status::unavailable(e.to_string()),
         }
     }
@@ -622,6 +625,25 @@ impl Control for ControlService {
         Ok(Response::new(
             self.0.update_cluster(req.into_inner()).await?,
         ))
+    }
+    async fn get_backup(
+        &self,
+        req: Request<shoal_proto::control::GetBackupRequest>,
+    ) -> Result<Response<shoal_proto::control::GetBackupResponse>, Status> {
+        control_caller(&req, "GetBackup")?;
+        let store = self.0.store.clone();
+        let (data, needs_unlock_key) =
+            tokio::task::spawn_blocking(move || crate::recovery::backup(&store))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(|e| match e {
+                    crate::recovery::RecoveryError::Store(s) => Status::from(ControlError::from(s)),
+                    other => Status::failed_precondition(other.to_string()),
+                })?;
+        Ok(Response::new(shoal_proto::control::GetBackupResponse {
+            data,
+            needs_unlock_key,
+        }))
     }
     async fn get_unlock_key(
         &self,

@@ -20,6 +20,7 @@ pub mod dispatcher;
 pub mod leader;
 pub mod orchestrator;
 pub mod raft_service;
+pub mod recovery;
 pub mod revocation;
 pub mod rootca;
 pub mod scheduler;

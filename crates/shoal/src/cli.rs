@@ -101,6 +101,27 @@ pub struct InitArgs {
     pub autolock: bool,
     pub snapshot_interval: u64,
     pub election_timeout: Option<Duration>,
+    pub force_new_cluster: bool,
+    pub restore: Option<PathBuf>,
+}
+
+/// One line from standard input (prompting on a terminal): an unlock key.
+fn read_secret_line(prompt: &str) -> Result<String> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("{prompt}");
+        let _ = std::io::stderr().flush();
+    }
+    let mut line = String::new();
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .context("cannot read the unlock key from standard input")?;
+    if line.trim().is_empty() {
+        bail!("no unlock key given: enter it on standard input (e.g. 'shoal unlock < keyfile')");
+    }
+    Ok(line.trim().to_string())
 }
 
 fn print_unlock_key(key: &str) {
@@ -309,6 +330,22 @@ impl Client {
     }
 
     pub async fn init(&self, a: InitArgs) -> Result<()> {
+        let restore = match &a.restore {
+            None => Vec::new(),
+            Some(p) => std::fs::read(p)
+                .with_context(|| format!("cannot read the backup {}", p.display()))?,
+        };
+        let unlock_key = if !restore.is_empty()
+            && shoal_manager::recovery::needs_unlock_key(&restore).map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: {e}",
+                    a.restore.as_deref().unwrap_or(Path::new("")).display()
+                )
+            })? {
+            read_secret_line("Enter the unlock key of the cluster the backup came from: ")?
+        } else {
+            String::new()
+        };
         let r = self
             .local
             .clone()
@@ -326,10 +363,27 @@ impl Client {
                     .map(|d| d.as_millis().max(1) as u64)
                     .unwrap_or(0),
                 autolock: a.autolock,
+                force_new_cluster: a.force_new_cluster,
+                restore,
+                unlock_key,
             })
             .await
             .map_err(status_err)?
             .into_inner();
+        if a.force_new_cluster {
+            println!(
+                "Cluster re-formed: this node ({}) is its only manager now; the other managers were removed. Join or promote managers again to make it highly available.",
+                r.node_id
+            );
+            return Ok(());
+        }
+        if a.restore.is_some() {
+            println!(
+                "Cluster restored from the backup: this node ({}) is its only manager. Workers that know this node's address reconnect by themselves.",
+                r.node_id
+            );
+            return Ok(());
+        }
         println!(
             "Cluster initialized: current node ({}) is now a manager.\n",
             r.node_id
@@ -543,30 +597,37 @@ impl Client {
             .unlock_key)
     }
 
+    /// `shoal backup FILE`: written 0600, since without autolock it opens by itself.
+    pub async fn backup(&self, file: &Path) -> Result<()> {
+        let b = self
+            .control
+            .clone()
+            .get_backup(shoal_proto::control::GetBackupRequest {})
+            .await
+            .map_err(status_err)?
+            .into_inner();
+        shoal_pki::write_private(file, &b.data)
+            .with_context(|| format!("cannot write the backup to {}", file.display()))?;
+        println!(
+            "Backup written to {} ({} bytes).",
+            file.display(),
+            b.data.len()
+        );
+        if b.needs_unlock_key {
+            println!("It is encrypted with the cluster's unlock key: restoring it ('shoal init --restore') needs that key.");
+        } else {
+            println!("Autolock is off, so the backup holds its own key: anyone who can read the file can read the cluster's state, root CA key included. Keep it as safe as a manager's disk (or turn autolock on).");
+        }
+        Ok(())
+    }
+
     /// `shoal unlock`: the key comes from standard input, never from the command line
     /// (where other users could read it in the process list).
     pub async fn unlock(&self) -> Result<()> {
-        use std::io::{BufRead, IsTerminal, Write};
-        let stdin = std::io::stdin();
-        if stdin.is_terminal() {
-            eprint!("Enter the unlock key: ");
-            let _ = std::io::stderr().flush();
-        }
-        let mut line = String::new();
-        stdin
-            .lock()
-            .read_line(&mut line)
-            .context("cannot read the unlock key from standard input")?;
-        if line.trim().is_empty() {
-            bail!(
-                "no unlock key given: enter it on standard input (e.g. 'shoal unlock < keyfile')"
-            );
-        }
+        let key = read_secret_line("Enter the unlock key: ")?;
         self.local
             .clone()
-            .unlock(shoal_proto::local::UnlockRequest {
-                unlock_key: line.trim().to_string(),
-            })
+            .unlock(shoal_proto::local::UnlockRequest { unlock_key: key })
             .await
             .map_err(status_err)?;
         println!("Manager unlocked.");

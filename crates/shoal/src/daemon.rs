@@ -121,6 +121,9 @@ impl Stale {
 /// How long a write waits for an election under way to elect a leader.
 const LEADER_WAIT: Duration = Duration::from_secs(3);
 
+const RESTORED_WHY: &str = "node removed from cluster: the cluster was restored from a backup without this manager; join it again";
+const REFORMED_WHY: &str = "node removed from cluster: the cluster was re-formed (init --force-new-cluster) without this manager; join it again";
+
 const LOCKED_WHY: &str = "this manager is locked: autolock is on, so after a restart it needs the cluster's unlock key. Run 'shoal unlock' and enter the key (an unlocked manager prints it with 'shoal unlock-key')";
 
 const EXPIRED_WHY: &str = "this node's certificate expired while it was off";
@@ -236,6 +239,7 @@ impl Daemon {
             let tls = client_tls(&loaded.roots, &loaded.cert_der, &loaded.key_pem)?;
             Some(
                 self.open_store(
+                    self.dir.raft_dir(),
                     loaded.state.raft_id(),
                     &loaded.state.advertise_addr,
                     Some(tls),
@@ -267,13 +271,13 @@ impl Daemon {
     /// during `init`, which makes the certificate).
     async fn open_store(
         &self,
+        dir: std::path::PathBuf,
         raft_id: u64,
         advertise: &str,
         tls: Option<Arc<rustls::ClientConfig>>,
         config: StoreConfig,
     ) -> Result<Store> {
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-        let dir = self.dir.raft_dir();
         // The store holds the CA key: private from the start.
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -531,6 +535,9 @@ impl Daemon {
     }
 
     pub async fn init(&self, req: InitRequest) -> Result<InitResponse> {
+        if req.force_new_cluster {
+            return self.force_new_cluster().await;
+        }
         let mut guard = self.active.lock().await;
         self.refuse_if_active(&guard).await?;
         let advertise = self.advertise(&req.advertise_addr)?;
@@ -579,13 +586,36 @@ impl Daemon {
         )
         .map_err(|e| user(tonic::Code::InvalidArgument, e))?;
         let election_timeout = Duration::from_millis(req.election_timeout_ms);
+        // A restore: the backup's objects, and the cluster's own autolock setting.
+        let restore = if req.restore.is_empty() {
+            None
+        } else {
+            let given = match req.unlock_key.trim() {
+                "" => None,
+                k => Some(
+                    shoal_store::UnlockKey::parse(k)
+                        .map_err(|e| user(tonic::Code::InvalidArgument, e))?,
+                ),
+            };
+            let objects = shoal_manager::recovery::open_backup(&req.restore, given.as_ref())
+                .map_err(|e| user(tonic::Code::InvalidArgument, e.to_string()))?;
+            let cluster = shoal_manager::recovery::cluster_of(&objects)
+                .map_err(|e| user(tonic::Code::InvalidArgument, e.to_string()))?;
+            let key = shoal_store::UnlockKey::from_bytes(&cluster.unlock_key)
+                .filter(|_| cluster.spec.as_ref().is_some_and(|s| s.autolock));
+            Some((objects, key))
+        };
         // With autolock, the store and the key file are sealed with the unlock key from
         // the first write: the root CA key is never on disk wrapped by anything else.
-        let unlock_key = req.autolock.then(shoal_store::UnlockKey::generate);
+        let unlock_key = match &restore {
+            Some((_, key)) => key.clone(),
+            None => req.autolock.then(shoal_store::UnlockKey::generate),
+        };
         let node_id = NodeId::generate();
         let raft_id = shoal_manager::bootstrap::new_raft_id();
         let store = self
             .open_store(
+                self.dir.raft_dir(),
                 raft_id,
                 &advertise,
                 None,
@@ -608,21 +638,39 @@ impl Daemon {
                 .await
                 .context("cannot start the cluster store")?;
             store.wait_leader(Duration::from_secs(10)).await?;
-            let res = init_cluster(
-                &store,
-                node_id.clone(),
-                InitParams {
-                    advertise_addr: advertise.clone(),
-                    cert_expiry,
-                    heartbeat_period: heartbeat,
-                    description: describe(&self.opts.labels),
-                    snapshot_interval: req.snapshot_interval,
-                    election_timeout,
-                    unlock_key: unlock_key.clone(),
-                    raft_id,
-                },
-            )
-            .await?;
+            let res = match restore {
+                Some((objects, _)) => shoal_manager::recovery::reform(
+                    &store,
+                    objects,
+                    shoal_manager::recovery::Survivor {
+                        node_id: node_id.clone(),
+                        raft_id,
+                        advertise_addr: advertise.clone(),
+                        description: describe(&self.opts.labels),
+                        new_key: Some(NodeKey::generate()?),
+                        why: RESTORED_WHY,
+                    },
+                )
+                .await?
+                .context("the restore made no certificate for this node")?,
+                None => {
+                    init_cluster(
+                        &store,
+                        node_id.clone(),
+                        InitParams {
+                            advertise_addr: advertise.clone(),
+                            cert_expiry,
+                            heartbeat_period: heartbeat,
+                            description: describe(&self.opts.labels),
+                            snapshot_interval: req.snapshot_interval,
+                            election_timeout,
+                            unlock_key: unlock_key.clone(),
+                            raft_id,
+                        },
+                    )
+                    .await?
+                }
+            };
             let state = NodeState {
                 node_id: node_id.to_string(),
                 cluster_id: res.cluster_id.to_string(),
@@ -655,7 +703,11 @@ impl Daemon {
                 let resp = InitResponse {
                     node_id: active.state.node_id.clone(),
                     cluster_id: active.state.cluster_id.clone(),
-                    unlock_key: unlock_key.map(|k| k.to_human()).unwrap_or_default(),
+                    // A restored cluster keeps its key: the operator has it already.
+                    unlock_key: unlock_key
+                        .filter(|_| req.restore.is_empty())
+                        .map(|k| k.to_human())
+                        .unwrap_or_default(),
                 };
                 tracing::info!(node_id = %resp.node_id, cluster_id = %resp.cluster_id, "initialized a new cluster");
                 *guard = Some(active);
@@ -670,6 +722,102 @@ impl Daemon {
                 Err(e)
             }
         }
+    }
+
+    /// `init --force-new-cluster` on a manager that lost its quorum: a one-manager
+    /// cluster from its own copy of the state, keeping services, workers and their
+    /// certificates. The other managers are removed; the old store is kept beside the
+    /// new one (`raft.before-force-new-cluster-<time>`).
+    async fn force_new_cluster(&self) -> Result<InitResponse> {
+        let mut guard = self.active.lock().await;
+        if *self.locked.lock().await {
+            bail!(user(tonic::Code::FailedPrecondition, LOCKED_WHY));
+        }
+        let Some(a) = guard.as_ref() else {
+            bail!(user(
+                tonic::Code::FailedPrecondition,
+                "--force-new-cluster re-forms a cluster from a manager's state, and this node is not part of a cluster"
+            ));
+        };
+        let Some(store) = &a.store else {
+            bail!(user(
+                tonic::Code::FailedPrecondition,
+                "this node is a worker: --force-new-cluster needs a manager's copy of the cluster state; run it on a surviving manager"
+            ));
+        };
+        let export = store.export()?;
+        let mut state = a.state.clone();
+        let kek = self.dir.store_kek();
+        if let Some(active) = guard.take() {
+            stop(active).await;
+        }
+        let old = self.dir.raft_dir();
+        let new = self.dir.root.join("raft.new");
+        let _ = std::fs::remove_dir_all(&new);
+        let raft_id = shoal_manager::bootstrap::new_raft_id();
+        let store = self
+            .open_store(
+                new.clone(),
+                raft_id,
+                &state.advertise_addr,
+                None,
+                StoreConfig {
+                    kek,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let formed = async {
+            store.bootstrap().await?;
+            store.wait_leader(Duration::from_secs(10)).await?;
+            shoal_manager::recovery::reform(
+                &store,
+                export.objects,
+                shoal_manager::recovery::Survivor {
+                    node_id: NodeId::parse(&state.node_id)?,
+                    raft_id,
+                    advertise_addr: state.advertise_addr.clone(),
+                    description: describe(&self.opts.labels),
+                    new_key: None,
+                    why: REFORMED_WHY,
+                },
+            )
+            .await?;
+            anyhow::Ok(())
+        }
+        .await;
+        let _ = store.shutdown().await;
+        if let Err(e) = formed {
+            let _ = std::fs::remove_dir_all(&new);
+            drop(guard);
+            // The old state is untouched: resume it as it was.
+            let _ = self.resume().await;
+            return Err(e.context("cannot re-form the cluster; this manager's state is unchanged"));
+        }
+        let kept = self.dir.root.join(format!(
+            "raft.before-force-new-cluster-{}",
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        ));
+        std::fs::rename(&old, &kept)
+            .with_context(|| format!("cannot move {} aside", old.display()))?;
+        std::fs::rename(&new, &old)
+            .with_context(|| format!("cannot move the new store into {}", old.display()))?;
+        state.raft_id = raft_id;
+        state.managers = vec![state.advertise_addr.clone()];
+        self.dir.save_state(&state)?;
+        drop(guard);
+        self.resume().await?;
+        tracing::warn!(
+            kept = %kept.display(),
+            "re-formed a one-manager cluster from this manager's state"
+        );
+        Ok(InitResponse {
+            node_id: state.node_id.clone(),
+            cluster_id: state.cluster_id.clone(),
+            unlock_key: String::new(),
+        })
     }
 
     pub async fn join(&self, req: JoinRequest) -> Result<JoinResponse> {
@@ -916,6 +1064,7 @@ impl Daemon {
         // the data key is then wrapped by the unlock key and the local key deleted.
         let store = self
             .open_store(
+                self.dir.raft_dir(),
                 state.raft_id(),
                 &state.advertise_addr,
                 Some(tls.clone()),

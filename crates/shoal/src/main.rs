@@ -92,7 +92,17 @@ enum Cmd {
         /// electing another (default about 1 s).
         #[arg(long, value_parser = parse_duration)]
         election_timeout: Option<Duration>,
+        /// On a manager that lost its quorum: make a one-manager cluster from its state,
+        /// keeping services, workers and their certificates.
+        #[arg(long, conflicts_with_all = ["restore", "autolock"])]
+        force_new_cluster: bool,
+        /// Start a one-manager cluster from a backup ('shoal backup'); its unlock key,
+        /// if it needs one, is read from standard input.
+        #[arg(long, value_name = "FILE")]
+        restore: Option<PathBuf>,
     },
+    /// Write a backup of the cluster state (encrypted) while the cluster runs.
+    Backup { file: PathBuf },
     /// Join a cluster as the token's role.
     Join {
         #[arg(long)]
@@ -474,6 +484,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 autolock,
                 snapshot_interval,
                 election_timeout,
+                force_new_cluster,
+                restore,
             } => {
                 c.init(cli::InitArgs {
                     advertise_addr,
@@ -482,9 +494,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     autolock,
                     snapshot_interval,
                     election_timeout,
+                    force_new_cluster,
+                    restore,
                 })
                 .await
             }
+            Cmd::Backup { file } => c.backup(&file).await,
             Cmd::Join {
                 token,
                 advertise_addr,

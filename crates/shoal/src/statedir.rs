@@ -7,6 +7,8 @@
 //! certs/node.crt    its certificate
 //! certs/ca.crt      the cluster's root CA certificates (two during a root rotation)
 //! raft/             the replicated store (managers only)
+//! raft.before-force-new-cluster-<time>/
+//!                   the store as it was before 'init --force-new-cluster'
 //! ```
 
 use anyhow::{bail, Context, Result};
@@ -277,9 +279,24 @@ impl StateDir {
         Ok(())
     }
 
-    /// Forgets the cluster: state, identity and store.
+    /// Forgets the cluster: state, identity and store (and stores kept aside by
+    /// `init --force-new-cluster`).
     pub fn wipe(&self) -> Result<()> {
-        for p in [self.state_file(), self.certs(), self.raft_dir()] {
+        let aside = std::fs::read_dir(&self.root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("raft."))
+            });
+        let all: Vec<PathBuf> = [self.state_file(), self.certs(), self.raft_dir()]
+            .into_iter()
+            .chain(aside)
+            .collect();
+        for p in all {
             let r = if p.is_dir() {
                 std::fs::remove_dir_all(&p)
             } else {

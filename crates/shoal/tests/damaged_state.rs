@@ -57,6 +57,10 @@ fn truncated_store_on_a_manager_is_reported_and_kept() {
     assert_eq!(i["State"], "error", "{i}");
     let err = i["Error"].as_str().unwrap();
     assert!(err.contains("store.redb"), "names the file: {err}");
+    assert!(
+        err.contains("shoal init --restore FILE") && err.contains("manager token"),
+        "says which recovery to use: {err}"
+    );
     assert_eq!(
         std::fs::read(&db).unwrap(),
         cut,

@@ -77,6 +77,18 @@ impl Batch {
         self
     }
 
+    /// Writes an object as raw bytes (restoring objects exported with
+    /// [`crate::Store::export`]).
+    pub fn put_raw(&mut self, table: &str, id: &str, data: Vec<u8>) -> &mut Self {
+        self.ops.push(Op {
+            table: table.to_string(),
+            id: id.to_string(),
+            expect: Expect::Any,
+            action: Action::Put(data),
+        });
+        self
+    }
+
     /// Deletes the object `id` of type `T`. Deleting an absent object with
     /// [`Expect::Any`] is a no-op.
     pub fn delete<T: Object>(&mut self, id: &str, expect: Expect) -> &mut Self {

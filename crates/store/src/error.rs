@@ -65,6 +65,11 @@ pub enum StoreError {
     #[error("invalid unlock key: it does not unlock this manager's store; enter the key 'shoal unlock-key' prints on an unlocked manager (after a rotation this manager missed, the key before it)")]
     WrongUnlockKey,
 
+    /// The store's directory is (nearly) full: the write was refused, nothing of it
+    /// was stored.
+    #[error("cannot store the change: {dir} has only {} free ({} needed); nothing was written. Free space there and try again: this manager takes writes again as soon as there is room", human_bytes(*free), human_bytes(*need))]
+    NoSpace { dir: String, free: u64, need: u64 },
+
     /// An I/O error outside the database (e.g. creating the state directory).
     #[error("{context}: {source}")]
     Io {
@@ -102,11 +107,22 @@ fn describe_actual(actual: Option<u64>) -> String {
 }
 
 /// What to tell an operator when the state file cannot be read.
+fn human_bytes(b: u64) -> String {
+    match b {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} bytes"),
+    }
+}
+
 pub(crate) fn corrupt(path: &Path, detail: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!(
         "state database {} is corrupt or not a shoal store ({detail}); this manager cannot \
-         start from it: restore the state directory from a backup, or move the file away \
-         and rejoin this node to the cluster (a single-manager cluster then starts empty)",
+         start from it, and the file is kept as it is. If other managers still run: \
+         'shoal leave --force' here, then join this node again with a manager token (it \
+         copies the state from them). If this was the last manager: 'shoal leave --force', \
+         then 'shoal init --restore FILE' with a backup made by 'shoal backup'",
         path.display()
     ))
 }

@@ -37,7 +37,7 @@ pub use network::{RaftRpc, RaftTransport, TransportError, TransportFuture};
 pub use prost::bytes::Bytes;
 pub use seal::{Kek, UnlockKey, Wrapping};
 pub use store::{
-    Leadership, LeadershipWatch, Member, Store, StoreConfig, DEFAULT_ELECTION_TIMEOUT,
-    DEFAULT_SNAPSHOT_INTERVAL,
+    Export, ExportedObject, Leadership, LeadershipWatch, Member, Store, StoreConfig,
+    DEFAULT_ELECTION_TIMEOUT, DEFAULT_SNAPSHOT_INTERVAL,
 };
 pub use watch::{Change, Event, Snapshot, Watch, WATCH_CAPACITY};

@@ -39,6 +39,31 @@ struct Inner {
     dir: std::path::PathBuf,
 }
 
+/// Room kept free in the store's directory: writes that would leave less are refused.
+const MIN_FREE: u64 = 8 << 20;
+
+/// Bytes free to an unprivileged writer in the file system holding `dir`.
+fn free_space(dir: &Path) -> Option<u64> {
+    let s = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some(s.blocks_available() as u64 * s.fragment_size() as u64)
+}
+
+/// The applied state, exported (for a backup, or to re-form a cluster).
+#[derive(Debug, Clone, Default)]
+pub struct Export {
+    /// The Raft index it was read at.
+    pub index: u64,
+    pub objects: Vec<ExportedObject>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportedObject {
+    pub table: String,
+    pub id: String,
+    /// The object's encoded bytes.
+    pub data: Vec<u8>,
+}
+
 /// How a store is opened.
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
@@ -74,7 +99,11 @@ const KEEP_BEHIND_SNAPSHOT: u64 = 500;
 
 /// Triggers a snapshot whenever `interval` entries were applied since the last one, and
 /// compacts the log behind it.
-async fn snapshots(raft: Raft, interval: Arc<std::sync::atomic::AtomicU64>) {
+async fn snapshots(
+    raft: Raft,
+    interval: Arc<std::sync::atomic::AtomicU64>,
+    dir: std::path::PathBuf,
+) {
     let mut metrics = raft.metrics();
     loop {
         let (applied, snapshot) = {
@@ -85,7 +114,8 @@ async fn snapshots(raft: Raft, interval: Arc<std::sync::atomic::AtomicU64>) {
             )
         };
         let every = interval.load(std::sync::atomic::Ordering::Relaxed);
-        if applied >= snapshot + every {
+        let room = free_space(&dir).is_none_or(|f| f >= 2 * MIN_FREE);
+        if applied >= snapshot + every && room {
             if raft.trigger().snapshot().await.is_err() {
                 return;
             }
@@ -237,7 +267,11 @@ impl Store {
                 dir: dir.to_path_buf(),
             }),
         };
-        tokio::spawn(snapshots(store.inner.raft.clone(), snapshot_interval));
+        tokio::spawn(snapshots(
+            store.inner.raft.clone(),
+            snapshot_interval,
+            dir.to_path_buf(),
+        ));
         Ok(store)
     }
 
@@ -283,6 +317,33 @@ impl Store {
             .borrow()
             .last_applied
             .map_or(0, |id| id.index)
+    }
+
+    /// Every object of the applied state, read in one transaction: the index it is at,
+    /// and (table, id, bytes) in table and id order.
+    pub fn export(&self) -> Result<Export, StoreError> {
+        let db = &self.inner.db;
+        db.with(|d| {
+            let txn = d.begin_read().map_err(|e| db.err(e))?;
+            let meta = txn.open_table(crate::db::SM_META).map_err(|e| db.err(e))?;
+            let index = db.applied_index(&meta)?;
+            let objects = txn.open_table(OBJECTS).map_err(|e| db.err(e))?;
+            let mut rows = Vec::new();
+            for row in redb::ReadableTable::iter(&objects).map_err(|e| db.err(e))? {
+                let (key, value) = row.map_err(|e| db.err(e))?;
+                let (table, id) = key.value();
+                let data = db.open_object(table, id, value.value().1)?;
+                rows.push(ExportedObject {
+                    table: table.to_string(),
+                    id: id.to_string(),
+                    data,
+                });
+            }
+            Ok(Export {
+                index,
+                objects: rows,
+            })
+        })
     }
 
     /// Waits until a leader is known (this member or another), at most `timeout`.
@@ -411,6 +472,11 @@ impl Store {
                 let req: openraft::raft::AppendEntriesRequest<crate::raft::TypeConfig> =
                     serde_json::from_slice(body).map_err(bad)?;
                 check(req.vote.leader_id().voted_for().as_ref())?;
+                // Entries this member may not have room for are refused (the leader
+                // sends them again later); heartbeats are not.
+                if !req.entries.is_empty() {
+                    self.check_space(body.len() as u64)?;
+                }
                 crate::network::heard_from(
                     &self.inner.contacts,
                     req.vote.leader_id().voted_for().unwrap_or_default(),
@@ -549,6 +615,17 @@ impl Store {
     /// version of every object it wrote. An empty batch still takes a log
     /// index (and produces no watch event).
     pub async fn commit(&self, batch: Batch) -> Result<u64, StoreError> {
+        let size: usize = batch
+            .ops
+            .iter()
+            .map(|op| match &op.action {
+                crate::batch::Action::Put(d) => d.len() + op.id.len() + 64,
+                crate::batch::Action::Delete => op.id.len() + 64,
+            })
+            .sum();
+        // A write that may not fit is refused before Raft sees it: a storage error inside
+        // Raft would stop this manager until a restart.
+        self.check_space(size as u64)?;
         let request = Request { ops: batch.ops };
         let write = self.inner.raft.client_write(request);
         tokio::pin!(write);
@@ -599,6 +676,20 @@ impl Store {
                 .lock()
                 .ok()
                 .is_some_and(|c| c.get(&id).is_some_and(|t| t.elapsed() < REACHABLE_WITHIN))
+    }
+
+    /// [`StoreError::NoSpace`] unless the store's directory has room for `bytes` more
+    /// (several times over, with a margin for the database's own pages).
+    pub fn check_space(&self, bytes: u64) -> Result<(), StoreError> {
+        let need = MIN_FREE + 4 * bytes;
+        match free_space(&self.inner.dir) {
+            Some(free) if free < need => Err(StoreError::NoSpace {
+                dir: self.inner.dir.display().to_string(),
+                free,
+                need,
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Whether a majority of the voters (this member included) was heard from lately.
