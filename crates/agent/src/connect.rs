@@ -52,6 +52,18 @@ pub fn lazy_channel(
     Ok(endpoint(addr)?.connect_with_connector_lazy(connector(addr.to_string(), cfg)))
 }
 
+/// [`lazy_channel`] that gives up connecting after `timeout` (a call forwarded to a
+/// leader that may have just been cut off: the election elsewhere takes about a second).
+pub fn lazy_channel_timeout(
+    addr: &str,
+    cfg: Arc<ClientConfig>,
+    timeout: Duration,
+) -> Result<Channel, tonic::transport::Error> {
+    Ok(endpoint(addr)?
+        .connect_timeout(timeout)
+        .connect_with_connector_lazy(connector(addr.to_string(), cfg)))
+}
+
 /// A channel connected now (the TCP and TLS handshakes done).
 pub async fn channel(
     addr: &str,

@@ -118,6 +118,9 @@ impl Stale {
     }
 }
 
+/// How long a follower tries to reach the leader for a forwarded call.
+const FORWARD_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How long a write waits for an election under way to elect a leader.
 const LEADER_WAIT: Duration = Duration::from_secs(3);
 
@@ -1568,7 +1571,13 @@ impl Daemon {
         };
         let c = creds.get();
         let channel = client_tls(&c.roots, &c.cert_der, &c.key_pem)
-            .and_then(|tls| Ok(lazy_channel(&addr, tls)?))
+            .and_then(|tls| {
+                Ok(shoal_agent::connect::lazy_channel_timeout(
+                    &addr,
+                    tls,
+                    FORWARD_CONNECT_TIMEOUT,
+                )?)
+            })
             .map_err(|e| tonic::Status::internal(format!("{e:#}")))?;
         Ok(ControlRoute::Leader(channel, addr))
     }
