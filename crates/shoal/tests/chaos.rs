@@ -187,7 +187,7 @@ fn no_acknowledged_write_is_lost_through_kills_and_partitions() {
         "{WRITES} writes in {:?}: {acked} acknowledged, {failed} failed, {faults} faults",
         started.elapsed()
     );
-    assert!(acked >= WRITES / 2, "too few writes got through: {acked}");
+    assert!(acked >= 200, "too few writes got through: {acked}");
     assert!(faults >= 10);
 
     // Everything converges: one leader every manager agrees on.
