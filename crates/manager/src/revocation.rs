@@ -9,13 +9,17 @@ use shoal_store::{Batch, Expect, Store};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// Prunes records of certificates that have expired anyway, every minute until cancelled.
+/// Prunes records of certificates that have expired anyway, and limited join tokens a
+/// day after they expired, every minute until cancelled (on the leader).
 pub async fn run_pruner(store: Store, cancel: CancellationToken) {
     let mut prune = tokio::time::interval(Duration::from_secs(60));
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = prune.tick() => prune_expired(&store).await,
+            _ = prune.tick() => {
+                prune_expired(&store).await;
+                crate::tokens::prune_expired(&store, unix_now()).await;
+            }
         }
     }
 }

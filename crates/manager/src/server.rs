@@ -412,7 +412,7 @@ fn leader_loops(store: &Store, dispatcher: &Dispatcher) -> Vec<crate::leader::Le
             crate::orchestrator::run(s1.clone(), c)
         }),
         LeaderLoop::new("root rotation", move |c| crate::rootca::run(s2.clone(), c)),
-        LeaderLoop::new("revocation pruning", move |c| {
+        LeaderLoop::new("revocation and token pruning", move |c| {
             crate::revocation::run_pruner(s3.clone(), c)
         }),
     ]

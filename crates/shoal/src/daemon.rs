@@ -59,25 +59,128 @@ pub struct Daemon {
     pub images: ImageStore,
     pub creds: Arc<CredentialStore>,
     runtime: Arc<dyn Runtime>,
-    active: Mutex<Option<Active>>,
-    /// Why the membership in the state directory could not be resumed. While set, init
-    /// and join refuse to run so nothing stored there is overwritten.
-    damaged: Mutex<Option<String>>,
+    /// What this node is to a cluster: one value behind one lock, never held across a
+    /// network call (see [`Membership`]).
+    membership: Arc<Mutex<Membership>>,
     /// Notified when a manager says this node was removed.
     pub removed: Arc<tokio::sync::Notify>,
-    /// Shown by `info` after the node was removed, until it joins again.
-    note: Mutex<Option<String>>,
-    /// A membership whose certificate can no longer be used (it expired while the node
-    /// was off, or its root was rotated away), kept for `shoal join --rejoin`.
-    stale: Mutex<Option<Stale>>,
     /// Notified when the managers' certificates stop verifying against our roots.
     pub untrusted: Arc<tokio::sync::Notify>,
     /// Notified when a renewal changed this node's role.
     pub role_changed: Arc<tokio::sync::Notify>,
     /// The Raft transport of this node's store, when it is a manager.
     raft: std::sync::Mutex<Option<Arc<crate::raft_transport::GrpcTransport>>>,
+}
+
+/// Refuses an init or a join unless the node is free of any cluster.
+fn refuse_unless_free(m: &Membership) -> Result<()> {
+    match m {
+        Membership::None { .. } => Ok(()),
+        Membership::Damaged(why) => bail!(user(
+            tonic::Code::FailedPrecondition,
+            format!("this node's cluster state could not be loaded, so it is kept untouched: {why}. Repair it and restart the daemon, or discard it with 'shoal leave --force'")
+        )),
+        Membership::Locked => bail!(user(tonic::Code::FailedPrecondition, LOCKED_WHY)),
+        Membership::Stale(s) => bail!(user(tonic::Code::FailedPrecondition, s.advice())),
+        Membership::Busy(doing) => bail!(user(
+            tonic::Code::FailedPrecondition,
+            format!("this node is {doing}: wait until that is done")
+        )),
+        Membership::Active(_) => bail!(user(
+            tonic::Code::FailedPrecondition,
+            "this node is already part of a cluster: leave it first with 'shoal leave'"
+        )),
+    }
+}
+
+/// What a free node goes back to if an init or join fails: free, with its note.
+fn free_again(m: &mut Membership) -> Membership {
+    match m {
+        Membership::None { note } => Membership::None { note: note.take() },
+        _ => Membership::None { note: None },
+    }
+}
+
+/// What this node is to a cluster. Work that waits on the network or on containers
+/// (init, join, leave, a removal, re-forming) marks it `Busy`, lets go of the lock, and
+/// comes back to set the outcome: `info` and `node ls` never wait behind it.
+enum Membership {
+    /// Not part of a cluster; `note` says what happened, if anything did (a removal).
+    None {
+        note: Option<String>,
+    },
+    /// An init, join, leave or other change of membership under way.
+    Busy(&'static str),
+    Active(Box<Active>),
+    /// An identity kept only to rejoin with: its certificate expired while the node was
+    /// off, or its root was rotated away.
+    Stale(Stale),
+    /// The membership in the state directory could not be resumed. Init and join refuse
+    /// to run so nothing stored there is overwritten.
+    Damaged(String),
     /// A manager that restarted with autolock on and waits for `shoal unlock`.
-    locked: Mutex<bool>,
+    Locked,
+}
+
+/// A membership marked busy. Dropped before [`Busy::finish`] (its caller went away half
+/// way), it puts back the fallback it was given.
+struct Busy {
+    membership: Arc<Mutex<Membership>>,
+    fallback: Option<Membership>,
+}
+
+impl Busy {
+    /// Marks the membership busy with `what`, if `take` accepts what it is now. `take`
+    /// returns what the work needs from it and what to put back if the work fails.
+    async fn begin<T>(
+        membership: &Arc<Mutex<Membership>>,
+        what: &'static str,
+        take: impl FnOnce(&mut Membership) -> Result<(T, Membership)>,
+    ) -> Result<(Busy, T)> {
+        let mut m = membership.lock().await;
+        if let Membership::Busy(doing) = &*m {
+            bail!(user(
+                tonic::Code::FailedPrecondition,
+                format!("this node is {doing} already: wait until that is done")
+            ));
+        }
+        let (taken, fallback) = take(&mut m)?;
+        *m = Membership::Busy(what);
+        Ok((
+            Busy {
+                membership: membership.clone(),
+                fallback: Some(fallback),
+            },
+            taken,
+        ))
+    }
+
+    /// Sets the outcome.
+    async fn finish(mut self, outcome: Membership) {
+        self.fallback = None;
+        *self.membership.lock().await = outcome;
+    }
+
+    /// The work failed: puts back the fallback.
+    async fn fail(mut self) {
+        if let Some(f) = self.fallback.take() {
+            *self.membership.lock().await = f;
+        }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if let Some(f) = self.fallback.take() {
+            let m = self.membership.clone();
+            tokio::spawn(async move {
+                let mut g = m.lock().await;
+                if matches!(*g, Membership::Busy(_)) {
+                    *g = f;
+                }
+            });
+        }
+    }
 }
 
 /// See [`Daemon::control_route`].
@@ -182,32 +285,43 @@ impl Daemon {
             images,
             creds,
             runtime,
-            active: Mutex::new(None),
-            damaged: Mutex::new(None),
+            membership: Arc::new(Mutex::new(Membership::None { note: None })),
             removed: Arc::new(tokio::sync::Notify::new()),
-            note: Mutex::new(None),
-            stale: Mutex::new(None),
             untrusted: Arc::new(tokio::sync::Notify::new()),
             role_changed: Arc::new(tokio::sync::Notify::new()),
             raft: std::sync::Mutex::new(None),
-            locked: Mutex::new(false),
         })
     }
 
     /// Records that the state directory could not be resumed.
     pub async fn set_damaged(&self, why: String) {
-        *self.damaged.lock().await = Some(why);
+        *self.membership.lock().await = Membership::Damaged(why);
+    }
+
+    /// [`Daemon::resume`], recording why if it fails.
+    async fn resume_or_damaged(&self) {
+        {
+            let mut m = self.membership.lock().await;
+            if matches!(*m, Membership::Busy(_)) {
+                *m = Membership::None { note: None };
+            }
+        }
+        if let Err(e) = self.resume().await {
+            tracing::error!("cannot resume this node's cluster membership: {e:#}");
+            self.set_damaged(format!("{e:#}")).await;
+        }
     }
 
     /// Resumes the cluster membership kept in the state directory, if any.
     pub async fn resume(&self) -> Result<()> {
-        // Held throughout, so that what `start` sets off (a promotion to finish) waits
-        // until the membership is in place.
-        let mut guard = self.active.lock().await;
+        // Held throughout (opening the local store and starting; nothing here waits on
+        // the network), so that what `start` sets off (a promotion to finish) waits until
+        // the membership is in place.
+        let mut guard = self.membership.lock().await;
         if !self.dir.sealed()
             && shoal_store::seal::wrapping(&self.dir.raft_dir())? == shoal_store::Wrapping::Unlock
         {
-            *self.locked.lock().await = true;
+            *guard = Membership::Locked;
             tracing::warn!("{LOCKED_WHY}");
             return Ok(());
         }
@@ -229,7 +343,7 @@ impl Daemon {
                     "this node's certificate expired (at unix {at}) while it was off: rejoin with 'shoal join --token <worker token> --rejoin {}' to keep the node ID",
                     loaded.state.managers.first().map(String::as_str).unwrap_or("<manager>")
                 );
-                *self.stale.lock().await = Some(Stale {
+                *guard = Membership::Stale(Stale {
                     state: loaded.state,
                     key_pem: loaded.key_pem,
                     cert_der: loaded.cert_der,
@@ -266,7 +380,7 @@ impl Daemon {
             }
         };
         tracing::info!(node_id = %active.state.node_id, role = %active.state.role, "resumed cluster membership");
-        *guard = Some(active);
+        *guard = Membership::Active(Box::new(active));
         Ok(())
     }
 
@@ -521,28 +635,29 @@ impl Daemon {
         })
     }
 
-    async fn refuse_if_active(&self, active: &Option<Active>) -> Result<()> {
-        if let Some(why) = self.damaged.lock().await.as_ref() {
-            bail!(user(
-                tonic::Code::FailedPrecondition,
-                format!("this node's cluster state could not be loaded, so it is kept untouched: {why}. Repair it and restart the daemon, or discard it with 'shoal leave --force'")
-            ));
-        }
-        if active.is_some() {
-            bail!(user(
-                tonic::Code::FailedPrecondition,
-                "this node is already part of a cluster: leave it first with 'shoal leave'"
-            ));
-        }
-        Ok(())
-    }
-
     pub async fn init(&self, req: InitRequest) -> Result<InitResponse> {
         if req.force_new_cluster {
             return self.force_new_cluster().await;
         }
-        let mut guard = self.active.lock().await;
-        self.refuse_if_active(&guard).await?;
+        let (busy, ()) = Busy::begin(&self.membership, "initializing a cluster", |m| {
+            refuse_unless_free(m)?;
+            Ok(((), free_again(m)))
+        })
+        .await?;
+        match self.init_new(req).await {
+            Ok((resp, active)) => {
+                busy.finish(Membership::Active(Box::new(active))).await;
+                Ok(resp)
+            }
+            Err(e) => {
+                busy.fail().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The work of `init`, with the membership marked busy.
+    async fn init_new(&self, req: InitRequest) -> Result<(InitResponse, Active)> {
         let advertise = self.advertise(&req.advertise_addr)?;
         let cert_expiry = match req.cert_expiry_secs {
             0 => DEFAULT_CERT_EXPIRY,
@@ -713,9 +828,7 @@ impl Daemon {
                         .unwrap_or_default(),
                 };
                 tracing::info!(node_id = %resp.node_id, cluster_id = %resp.cluster_id, "initialized a new cluster");
-                *guard = Some(active);
-                *self.note.lock().await = None;
-                Ok(resp)
+                Ok((resp, active))
             }
             Err(e) => {
                 // No half state: a failed init leaves the node as it was.
@@ -732,28 +845,40 @@ impl Daemon {
     /// certificates. The other managers are removed; the old store is kept beside the
     /// new one (`raft.before-force-new-cluster-<time>`).
     async fn force_new_cluster(&self) -> Result<InitResponse> {
-        let mut guard = self.active.lock().await;
-        if *self.locked.lock().await {
-            bail!(user(tonic::Code::FailedPrecondition, LOCKED_WHY));
-        }
-        let Some(a) = guard.as_ref() else {
-            bail!(user(
-                tonic::Code::FailedPrecondition,
-                "--force-new-cluster re-forms a cluster from a manager's state, and this node is not part of a cluster"
-            ));
+        const WHAT: &str = "re-forming the cluster";
+        let (busy, a) = Busy::begin(&self.membership, WHAT, |m| {
+            match m {
+                Membership::Active(a) if a.store.is_some() => {}
+                Membership::Active(_) => bail!(user(
+                    tonic::Code::FailedPrecondition,
+                    "this node is a worker: --force-new-cluster needs a manager's copy of the cluster state; run it on a surviving manager"
+                )),
+                Membership::Locked => bail!(user(tonic::Code::FailedPrecondition, LOCKED_WHY)),
+                _ => bail!(user(
+                    tonic::Code::FailedPrecondition,
+                    "--force-new-cluster re-forms a cluster from a manager's state, and this node is not part of a cluster"
+                )),
+            }
+            let Membership::Active(a) = std::mem::replace(m, Membership::Busy(WHAT)) else {
+                unreachable!("checked above")
+            };
+            // Whatever happens, the state directory decides what the node is after.
+            Ok((a, Membership::None { note: None }))
+        })
+        .await?;
+        let export = match a.store.as_ref().map(|s| s.export()) {
+            Some(Ok(e)) => e,
+            Some(Err(e)) => {
+                busy.finish(Membership::Active(a)).await;
+                return Err(e.into());
+            }
+            None => unreachable!("checked above"),
         };
-        let Some(store) = &a.store else {
-            bail!(user(
-                tonic::Code::FailedPrecondition,
-                "this node is a worker: --force-new-cluster needs a manager's copy of the cluster state; run it on a surviving manager"
-            ));
-        };
-        let export = store.export()?;
         let mut state = a.state.clone();
         let kek = self.dir.store_kek();
-        if let Some(active) = guard.take() {
-            stop(active).await;
-        }
+        stop(*a).await;
+        // `busy` stays until the end: the state directory then decides (resume).
+        let _busy = busy;
         let old = self.dir.raft_dir();
         let new = self.dir.root.join("raft.new");
         let _ = std::fs::remove_dir_all(&new);
@@ -792,9 +917,8 @@ impl Daemon {
         let _ = store.shutdown().await;
         if let Err(e) = formed {
             let _ = std::fs::remove_dir_all(&new);
-            drop(guard);
             // The old state is untouched: resume it as it was.
-            let _ = self.resume().await;
+            self.resume_or_damaged().await;
             return Err(e.context("cannot re-form the cluster; this manager's state is unchanged"));
         }
         let kept = self.dir.root.join(format!(
@@ -810,8 +934,7 @@ impl Daemon {
         state.raft_id = raft_id;
         state.managers = vec![state.advertise_addr.clone()];
         self.dir.save_state(&state)?;
-        drop(guard);
-        self.resume().await?;
+        self.resume_or_damaged().await;
         tracing::warn!(
             kept = %kept.display(),
             "re-formed a one-manager cluster from this manager's state"
@@ -824,17 +947,40 @@ impl Daemon {
     }
 
     pub async fn join(&self, req: JoinRequest) -> Result<JoinResponse> {
-        let mut guard = self.active.lock().await;
-        let rejoin = self.stale.lock().await.clone();
-        match (&rejoin, req.rejoin) {
-            (Some(_), true) => {}
-            (None, true) => bail!(user(
-                tonic::Code::FailedPrecondition,
-                "nothing to rejoin with: this node keeps no identity for --rejoin (it rejoins only after its certificate expired or its root CA was rotated away); join without --rejoin"
-            )),
-            (Some(s), false) => bail!(user(tonic::Code::FailedPrecondition, s.advice())),
-            (None, false) => self.refuse_if_active(&guard).await?,
+        let rejoin_asked = req.rejoin;
+        let (mut busy, rejoin) = Busy::begin(&self.membership, "joining a cluster", |m| {
+            match (&*m, rejoin_asked) {
+                (Membership::Stale(s), true) => Ok((Some(s.clone()), Membership::Stale(s.clone()))),
+                (_, true) => bail!(user(
+                    tonic::Code::FailedPrecondition,
+                    "nothing to rejoin with: this node keeps no identity for --rejoin (it rejoins only after its certificate expired or its root CA was rotated away); join without --rejoin"
+                )),
+                (m, false) => {
+                    refuse_unless_free(m)?;
+                    Ok((None, Membership::None { note: None }))
+                }
+            }
+        })
+        .await?;
+        match self.join_cluster(req, rejoin, &mut busy).await {
+            Ok((resp, active)) => {
+                busy.finish(Membership::Active(Box::new(active))).await;
+                Ok(resp)
+            }
+            Err(e) => {
+                busy.fail().await;
+                Err(e)
+            }
         }
+    }
+
+    /// The work of `join`, with the membership marked busy.
+    async fn join_cluster(
+        &self,
+        req: JoinRequest,
+        rejoin: Option<Stale>,
+        busy: &mut Busy,
+    ) -> Result<(JoinResponse, Active)> {
         let token = JoinToken::parse(&req.token)
             .map_err(|e| user(tonic::Code::InvalidArgument, e.to_string()))?;
         let remote = with_port(&req.remote_addr, DEFAULT_PORT).map_err(|e| {
@@ -999,7 +1145,9 @@ impl Daemon {
             raft_id: issued.raft_id,
         };
         self.dir.save(&state, &key_pem, &issued.cert_der, &roots)?;
-        *self.stale.lock().await = None;
+        // The identity kept for --rejoin is replaced on disk: a failure from here on
+        // leaves the node free.
+        busy.fallback = Some(Membership::None { note: None });
         let store = if as_manager {
             let joined = self
                 .join_raft(&state, &remote, &issued.cert_der, &key, &roots, tls.clone())
@@ -1044,9 +1192,7 @@ impl Daemon {
             role: active.state.role.clone(),
         };
         tracing::info!(node_id = %resp.node_id, cluster_id = %resp.cluster_id, "joined the cluster");
-        *guard = Some(active);
-        *self.note.lock().await = None;
-        Ok(resp)
+        Ok((resp, active))
     }
 
     /// Makes this new manager a member of the Raft group: opens its (empty) store, serves
@@ -1163,8 +1309,8 @@ impl Daemon {
     /// A renewal changed this node's role. Demoted: its manager stops and its copy of the
     /// cluster state is deleted; the agent goes on (its containers are untouched).
     pub async fn handle_role_change(&self) {
-        let mut guard = self.active.lock().await;
-        let Some(a) = guard.as_mut() else {
+        let mut guard = self.membership.lock().await;
+        let Membership::Active(a) = &mut *guard else {
             return;
         };
         match a.creds.role() {
@@ -1243,10 +1389,13 @@ impl Daemon {
         let store = self
             .join_raft(&state, &target, &c.cert_der, &key, &c.roots, tls)
             .await?;
-        let mut guard = self.active.lock().await;
-        let current = guard
-            .as_mut()
-            .filter(|a| a.state.node_id == state.node_id && a.manager.is_none());
+        let mut guard = self.membership.lock().await;
+        let current = match &mut *guard {
+            Membership::Active(a) if a.state.node_id == state.node_id && a.manager.is_none() => {
+                Some(a)
+            }
+            _ => None,
+        };
         let Some(a) = current else {
             // The node left (or was removed) meanwhile.
             drop(guard);
@@ -1290,20 +1439,24 @@ impl Daemon {
 
     /// A manager removed this node: stop its containers and forget the cluster.
     pub async fn handle_removed(&self) {
-        let mut guard = self.active.lock().await;
-        let Some(active) = guard.take() else {
+        let Some((busy, active)) = self
+            .take_active("leaving the cluster (it was removed)")
+            .await
+        else {
             return;
         };
-        *self.note.lock().await = Some(
-            "node removed from cluster: a manager removed this node; its containers were stopped. Join again with a token".into(),
-        );
         active.agent_cancel.cancel();
         active.worker.remove_all().await;
-        stop(active).await;
+        stop(*active).await;
         if let Err(e) = self.dir.wipe() {
             tracing::error!("cannot forget the cluster state: {e:#}");
         }
-        drop(guard);
+        busy.finish(Membership::None {
+            note: Some(
+                "node removed from cluster: a manager removed this node; its containers were stopped. Join again with a token".into(),
+            ),
+        })
+        .await;
         tracing::warn!(
             "this node was removed from the cluster: containers stopped, cluster state forgotten"
         );
@@ -1313,8 +1466,10 @@ impl Daemon {
     /// rotated while this node was away. Stop the agent (containers keep running until
     /// the node rejoins and learns which to keep) and keep the identity for `--rejoin`.
     pub async fn handle_untrusted(&self) {
-        let mut guard = self.active.lock().await;
-        let Some(active) = guard.take() else {
+        let Some((busy, active)) = self
+            .take_active("stopping (its roots are out of date)")
+            .await
+        else {
             return;
         };
         let c = active.creds.get();
@@ -1325,8 +1480,24 @@ impl Daemon {
             why: UNTRUSTED_WHY.into(),
         };
         tracing::warn!("{}", stale.advice());
-        stop(active).await;
-        *self.stale.lock().await = Some(stale);
+        stop(*active).await;
+        busy.finish(Membership::Stale(stale)).await;
+    }
+
+    /// Takes the active membership out to end it, marking the node busy with `what`
+    /// meanwhile. `None` if the node is not active.
+    async fn take_active(&self, what: &'static str) -> Option<(Busy, Box<Active>)> {
+        Busy::begin(&self.membership, what, |m| {
+            if !matches!(m, Membership::Active(_)) {
+                bail!("not active");
+            }
+            let Membership::Active(a) = std::mem::replace(m, Membership::Busy(what)) else {
+                unreachable!("checked above")
+            };
+            Ok((a, Membership::None { note: None }))
+        })
+        .await
+        .ok()
     }
 
     /// Stops and removes every container this node has, without a running agent (a
@@ -1356,7 +1527,7 @@ impl Daemon {
     /// Unlocks a manager that restarted locked: checks the key against its store, then
     /// resumes its membership with it.
     pub async fn unlock(&self, text: &str) -> Result<()> {
-        if !*self.locked.lock().await {
+        if !matches!(*self.membership.lock().await, Membership::Locked) {
             bail!(user(
                 tonic::Code::FailedPrecondition,
                 "this node is not locked: there is nothing to unlock"
@@ -1378,88 +1549,105 @@ impl Daemon {
             Err(e) => return Err(e.into()),
         }
         self.dir.unlock_with(key);
-        *self.locked.lock().await = false;
+        {
+            let mut m = self.membership.lock().await;
+            if !matches!(*m, Membership::Locked) {
+                return Ok(());
+            }
+            *m = Membership::None { note: None };
+        }
         tracing::info!("unlocked");
-        self.resume().await
-    }
-
-    pub async fn leave(&self, force: bool) -> Result<()> {
-        let mut guard = self.active.lock().await;
-        if guard.is_none() {
-            let mut stale = self.stale.lock().await;
-            if let Some(s) = stale.take() {
-                // A membership kept only for --rejoin: leaving gives it up, and its
-                // containers with it, like any leave.
-                self.remove_containers().await;
-                self.dir.wipe()?;
-                tracing::info!(node_id = %s.state.node_id, "left the cluster (gave up the identity kept for --rejoin)");
-                return Ok(());
-            }
+        if let Err(e) = self.resume().await {
+            self.set_damaged(format!("{e:#}")).await;
+            return Err(e);
         }
-        let Some(active) = guard.as_ref() else {
-            let mut locked = self.locked.lock().await;
-            if *locked {
-                if !force {
-                    bail!(user(
-                        tonic::Code::FailedPrecondition,
-                        format!("{LOCKED_WHY}. Or discard this manager's state with 'shoal leave --force'")
-                    ));
-                }
-                self.remove_containers().await;
-                self.dir.wipe()?;
-                *locked = false;
-                tracing::info!("discarded the locked manager's state");
-                return Ok(());
-            }
-            let mut damaged = self.damaged.lock().await;
-            if damaged.is_some() && force {
-                self.dir.wipe()?;
-                *damaged = None;
-                tracing::info!("discarded the damaged cluster state");
-                return Ok(());
-            }
-            bail!(user(
-                tonic::Code::FailedPrecondition,
-                "this node is not part of a cluster"
-            ));
-        };
-        if active.state.role == "manager" && !force {
-            bail!(user(
-                tonic::Code::FailedPrecondition,
-                "this node is the cluster's only manager: leaving erases the cluster's state. Use 'shoal leave --force' to do it anyway"
-            ));
-        }
-        let Some(active) = guard.take() else {
-            return Ok(());
-        };
-        // Like swarm: a node that leaves stops its tasks' containers.
-        active.agent_cancel.cancel();
-        active.worker.remove_all().await;
-        stop(active).await;
-        self.dir.wipe()?;
-        tracing::info!("left the cluster");
         Ok(())
     }
 
+    pub async fn leave(&self, force: bool) -> Result<()> {
+        /// What the node leaves from.
+        enum From {
+            Active(Box<Active>),
+            Stale(Stale),
+            Locked,
+            Damaged,
+        }
+        let (busy, from) = Busy::begin(&self.membership, "leaving the cluster", |m| {
+            let from = match m {
+                Membership::None { .. } => bail!(user(
+                    tonic::Code::FailedPrecondition,
+                    "this node is not part of a cluster"
+                )),
+                Membership::Busy(_) => unreachable!("Busy::begin refuses it"),
+                Membership::Active(a) if a.state.role == "manager" && !force => bail!(user(
+                    tonic::Code::FailedPrecondition,
+                    "this node is a manager: leaving erases its copy of the cluster state (on the only manager, the cluster itself). Demote it first with 'shoal node demote', or use 'shoal leave --force' to do it anyway"
+                )),
+                Membership::Locked if !force => bail!(user(
+                    tonic::Code::FailedPrecondition,
+                    format!("{LOCKED_WHY}. Or discard this manager's state with 'shoal leave --force'")
+                )),
+                Membership::Damaged(_) if !force => bail!(user(
+                    tonic::Code::FailedPrecondition,
+                    "this node's cluster state could not be loaded: repair it and restart the daemon, or discard it with 'shoal leave --force'"
+                )),
+                _ => match std::mem::replace(m, Membership::Busy("leaving the cluster")) {
+                    Membership::Active(a) => From::Active(a),
+                    Membership::Stale(s) => From::Stale(s),
+                    Membership::Locked => From::Locked,
+                    _ => From::Damaged,
+                },
+            };
+            // A leave that fails half way leaves nothing to go back to but the disk.
+            Ok((from, Membership::None { note: None }))
+        })
+        .await?;
+        match from {
+            From::Active(active) => {
+                // Like swarm: a node that leaves stops its tasks' containers.
+                active.agent_cancel.cancel();
+                active.worker.remove_all().await;
+                stop(*active).await;
+                tracing::info!("left the cluster");
+            }
+            // A membership kept only for --rejoin: leaving gives it up, and its
+            // containers with it, like any leave.
+            From::Stale(s) => {
+                self.remove_containers().await;
+                tracing::info!(node_id = %s.state.node_id, "left the cluster (gave up the identity kept for --rejoin)");
+            }
+            From::Locked => {
+                self.remove_containers().await;
+                tracing::info!("discarded the locked manager's state");
+            }
+            From::Damaged => tracing::info!("discarded the damaged cluster state"),
+        }
+        let wiped = self.dir.wipe();
+        let _ = self.dir.set_kek(None, "");
+        busy.finish(Membership::None { note: None }).await;
+        wiped
+    }
+
     pub async fn info(&self) -> InfoResponse {
-        let guard = self.active.lock().await;
-        let Some(a) = guard.as_ref() else {
-            if *self.locked.lock().await {
+        let guard = self.membership.lock().await;
+        let a = match &*guard {
+            Membership::Active(a) => a,
+            Membership::Locked => {
                 return InfoResponse {
                     state: "locked".into(),
                     role: "manager".into(),
                     error: LOCKED_WHY.into(),
                     ..Default::default()
-                };
+                }
             }
-            if let Some(why) = self.damaged.lock().await.clone() {
+            Membership::Damaged(why) => {
                 return InfoResponse {
                     state: "error".into(),
-                    error: why,
+                    error: why.clone(),
                     ..Default::default()
-                };
+                }
             }
-            if let Some(stale) = self.stale.lock().await.clone() {
+            Membership::Stale(stale) => {
                 let at = shoal_pki::CertSummary::parse(&stale.cert_der)
                     .ok()
                     .and_then(|c| c.not_after.duration_since(SystemTime::UNIX_EPOCH).ok())
@@ -1474,17 +1662,20 @@ impl Daemon {
                     ..Default::default()
                 };
             }
-            if let Some(note) = self.note.lock().await.clone() {
+            Membership::Busy(doing) => {
+                return InfoResponse {
+                    state: "pending".into(),
+                    error: format!("this node is {doing}"),
+                    ..Default::default()
+                }
+            }
+            Membership::None { note } => {
                 return InfoResponse {
                     state: "inactive".into(),
-                    error: note,
+                    error: note.clone().unwrap_or_default(),
                     ..Default::default()
-                };
+                }
             }
-            return InfoResponse {
-                state: "inactive".into(),
-                ..Default::default()
-            };
         };
         let creds = a.creds.get();
         let cert = shoal_pki::CertSummary::parse(&creds.cert_der).ok();
@@ -1537,16 +1728,22 @@ impl Daemon {
     /// service for reads, or when it leads (or no leader is known), else the leader, over
     /// mTLS, one hop.
     pub async fn control_route(&self, read: bool) -> Result<ControlRoute, tonic::Status> {
-        if *self.locked.lock().await {
-            return Err(tonic::Status::failed_precondition(LOCKED_WHY));
-        }
         // What the route needs, copied out: the wait below must not hold the lock.
         let (server, store, creds) = {
-            let guard = self.active.lock().await;
-            let Some(a) = guard.as_ref() else {
-                return Err(tonic::Status::failed_precondition(
-                    "this node is not part of a cluster: run 'shoal init' to create one or 'shoal join' to join one",
-                ));
+            let guard = self.membership.lock().await;
+            let a = match &*guard {
+                Membership::Active(a) => a,
+                Membership::Locked => return Err(tonic::Status::failed_precondition(LOCKED_WHY)),
+                Membership::Busy(doing) => {
+                    return Err(tonic::Status::unavailable(format!(
+                        "this node is {doing}: try again when that is done"
+                    )))
+                }
+                _ => {
+                    return Err(tonic::Status::failed_precondition(
+                        "this node is not part of a cluster: run 'shoal init' to create one or 'shoal join' to join one",
+                    ))
+                }
             };
             let (Some(m), Some(store)) = (&a.manager, &a.store) else {
                 return Err(tonic::Status::failed_precondition(
@@ -1584,20 +1781,22 @@ impl Daemon {
 
     /// Waits until this manager's store has applied `index` (at most 2 s).
     pub async fn wait_applied(&self, index: u64) {
-        let store = self
-            .active
-            .lock()
-            .await
-            .as_ref()
-            .and_then(|a| a.store.clone());
+        let store = match &*self.membership.lock().await {
+            Membership::Active(a) => a.store.clone(),
+            _ => None,
+        };
         if let Some(s) = store {
             s.wait_applied(index, Duration::from_secs(2)).await;
         }
     }
 
     pub async fn shutdown(&self) {
-        if let Some(a) = self.active.lock().await.take() {
-            stop(a).await;
+        let taken = std::mem::replace(
+            &mut *self.membership.lock().await,
+            Membership::Busy("shutting down"),
+        );
+        if let Membership::Active(a) = taken {
+            stop(*a).await;
         }
     }
 }

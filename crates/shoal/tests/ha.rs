@@ -554,3 +554,32 @@ fn a_manager_joining_after_compaction_catches_up_from_a_snapshot() {
     })
     .unwrap_or_else(|| panic!("node2 uses the new timeout\n{}", tb.all_logs()));
 }
+
+#[test]
+fn a_slow_join_does_not_block_info_on_the_joining_node() {
+    let tb = testbed(2);
+    tb.init(0, &["--dispatcher-heartbeat", "1s"]).unwrap();
+    let token = tb.cli_ok(0, &["join-token", "-q", "manager"]).unwrap();
+    // The manager is cut off: the join waits for its connection to time out.
+    tb.cut(0).unwrap();
+    std::thread::scope(|s| {
+        let join = s.spawn(|| tb.cli(1, &["join", "--token", token.trim(), &tb.nodes[0].addr()]));
+        std::thread::sleep(Duration::from_millis(500));
+        let started = Instant::now();
+        let i = info(&tb, 1);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(i["State"], "pending", "{i}");
+        assert!(i["Error"].as_str().unwrap_or("").contains("joining"), "{i}");
+        let out = join.join().unwrap();
+        assert!(!out.success, "{}", out.stdout);
+    });
+    // The failed join leaves the node as it was, and a join then works.
+    assert_eq!(info(&tb, 1)["State"], "inactive");
+    tb.heal(0).unwrap();
+    join_manager(&tb, 1, 0);
+    assert_eq!(info(&tb, 1)["Role"], "manager");
+}
