@@ -171,9 +171,13 @@ impl Busy {
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        if let Some(f) = self.fallback.take() {
+        let Some(f) = self.fallback.take() else {
+            return;
+        };
+        // Without a runtime (the daemon is exiting) there is no one left to tell.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let m = self.membership.clone();
-            tokio::spawn(async move {
+            rt.spawn(async move {
                 let mut g = m.lock().await;
                 if matches!(*g, Membership::Busy(_)) {
                     *g = f;
