@@ -476,26 +476,7 @@ impl ControlApi {
             };
             let mut b = Batch::default();
             b.delete::<Node>(&n.id, Expect::Version(cur.version));
-            // Its certificates (the current one and those it superseded that have not
-            // expired) stop working at once, on every manager, and stay refused until
-            // they would have expired anyway.
-            let c = cur.value.certificate.clone().unwrap_or_default();
-            let live = std::iter::once((c.serial.clone(), c.not_after_unix)).chain(
-                c.previous
-                    .iter()
-                    .map(|p| (p.serial.clone(), p.not_after_unix)),
-            );
-            for (serial, not_after) in live.filter(|(s, _)| !s.is_empty()) {
-                b.put(
-                    &crate::revocation::record(
-                        &serial,
-                        &n.id,
-                        not_after,
-                        crate::revocation::REMOVED,
-                    ),
-                    Expect::Any,
-                );
-            }
+            crate::revocation::revoke_all(&mut b, &cur.value, crate::revocation::REMOVED);
             match self.store().commit(b).await {
                 Ok(_) => break,
                 Err(StoreError::Conflict { .. }) => continue,

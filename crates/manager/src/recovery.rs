@@ -210,18 +210,7 @@ pub async fn reform(
             continue;
         }
         b.delete::<Node>(&n.id, Expect::Any);
-        let c = n.certificate.clone().unwrap_or_default();
-        let live = std::iter::once((c.serial.clone(), c.not_after_unix)).chain(
-            c.previous
-                .iter()
-                .map(|p| (p.serial.clone(), p.not_after_unix)),
-        );
-        for (serial, not_after) in live.filter(|(s, _)| !s.is_empty()) {
-            b.put(
-                &crate::revocation::record(&serial, &n.id, not_after, me.why),
-                Expect::Any,
-            );
-        }
+        crate::revocation::revoke_all(&mut b, &n, me.why);
         tracing::warn!(node_id = %n.id, "removed a manager that is not part of the re-formed cluster");
     }
     let mut issued = None;

@@ -42,6 +42,21 @@ async fn prune_expired(store: &Store) {
     }
 }
 
+/// Adds to `b` the revocation of every certificate of `node` that has not expired (its
+/// current one and those it superseded): they stop working at once, on every manager,
+/// and stay refused until they would have expired anyway.
+pub fn revoke_all(b: &mut Batch, node: &shoal_proto::objects::Node, reason: &str) {
+    let c = node.certificate.clone().unwrap_or_default();
+    let live = std::iter::once((c.serial.clone(), c.not_after_unix)).chain(
+        c.previous
+            .iter()
+            .map(|p| (p.serial.clone(), p.not_after_unix)),
+    );
+    for (serial, not_after) in live.filter(|(s, _)| !s.is_empty()) {
+        b.put(&record(&serial, &node.id, not_after, reason), Expect::Any);
+    }
+}
+
 /// The record revoking a certificate.
 pub fn record(serial: &str, node_id: &str, not_after_unix: i64, reason: &str) -> RevokedCert {
     RevokedCert {

@@ -161,6 +161,20 @@ impl Busy {
         *self.membership.lock().await = outcome;
     }
 
+    /// Sets the outcome of an init or a join: the membership it made, or the fallback.
+    async fn settle<R>(self, done: Result<(R, Active)>) -> Result<R> {
+        match done {
+            Ok((r, active)) => {
+                self.finish(Membership::Active(Box::new(active))).await;
+                Ok(r)
+            }
+            Err(e) => {
+                self.fail().await;
+                Err(e)
+            }
+        }
+    }
+
     /// The work failed: puts back the fallback.
     async fn fail(mut self) {
         if let Some(f) = self.fallback.take() {
@@ -648,16 +662,8 @@ impl Daemon {
             Ok(((), free_again(m)))
         })
         .await?;
-        match self.init_new(req).await {
-            Ok((resp, active)) => {
-                busy.finish(Membership::Active(Box::new(active))).await;
-                Ok(resp)
-            }
-            Err(e) => {
-                busy.fail().await;
-                Err(e)
-            }
-        }
+        let done = self.init_new(req).await;
+        busy.settle(done).await
     }
 
     /// The work of `init`, with the membership marked busy.
@@ -959,23 +965,15 @@ impl Daemon {
                     tonic::Code::FailedPrecondition,
                     "nothing to rejoin with: this node keeps no identity for --rejoin (it rejoins only after its certificate expired or its root CA was rotated away); join without --rejoin"
                 )),
-                (m, false) => {
+                (_, false) => {
                     refuse_unless_free(m)?;
-                    Ok((None, Membership::None { note: None }))
+                    Ok((None, free_again(m)))
                 }
             }
         })
         .await?;
-        match self.join_cluster(req, rejoin, &mut busy).await {
-            Ok((resp, active)) => {
-                busy.finish(Membership::Active(Box::new(active))).await;
-                Ok(resp)
-            }
-            Err(e) => {
-                busy.fail().await;
-                Err(e)
-            }
-        }
+        let done = self.join_cluster(req, rejoin, &mut busy).await;
+        busy.settle(done).await
     }
 
     /// The work of `join`, with the membership marked busy.

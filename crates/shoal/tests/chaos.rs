@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use shoal_testbed::{wait_for, Testbed};
+use shoal_testbed::wait_for;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -28,17 +28,6 @@ impl Rng {
     }
 }
 
-fn leader_of(tb: &Testbed, via: usize) -> Option<usize> {
-    let out = tb.cli_ok(via, &["node", "ls", "--format", "json"]).ok()?;
-    out.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|n| n["ManagerStatus"] == "Leader")
-        .and_then(|n| {
-            let h = n["Hostname"].as_str()?.to_string();
-            tb.nodes.iter().position(|x| x.name == h)
-        })
-}
-
 /// What the client did to one service: whether its create was acknowledged, and the
 /// value of each update in order with whether it was acknowledged.
 #[derive(Default)]
@@ -56,36 +45,11 @@ fn no_acknowledged_write_is_lost_through_kills_and_partitions() {
         | 1;
     eprintln!("chaos seed {seed}");
     let mut rng = Rng(seed);
-    let mut tb = testbed(4);
-    tb.init(0, &["--dispatcher-heartbeat", "1s"]).unwrap();
-    join_manager(&tb, 1, 0);
-    join_manager(&tb, 2, 0);
-    tb.join_worker(3, 0)
-        .unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
-    wait_ready(&tb, 4);
+    let mut tb = ha_cluster(3, 1);
     import_busybox(&tb, 3);
     // Services with tasks, on the worker: they must never run more than their replicas.
-    for (name, n) in [("run1", "1"), ("run2", "2")] {
-        tb.cli_ok(
-            0,
-            &[
-                "service",
-                "create",
-                "--name",
-                name,
-                "--replicas",
-                n,
-                "--constraint",
-                "node.role==worker",
-                "--stop-grace-period",
-                "300ms",
-                "busybox",
-                "sleep",
-                "3600",
-            ],
-        )
-        .unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
-    }
+    sleep_service_on_workers(&tb, 0, "run1", 1);
+    sleep_service_on_workers(&tb, 0, "run2", 2);
     sleeps_become(&tb, 3, 3);
 
     let mut history: HashMap<String, History> = HashMap::new();
@@ -102,7 +66,7 @@ fn no_acknowledged_write_is_lost_through_kills_and_partitions() {
                 None => {
                     // Mostly the leader; sometimes a follower.
                     let via = rng.below(3);
-                    let target = match leader_of(&tb, via) {
+                    let target = match tb.leader_index(via) {
                         Some(l) if rng.below(4) != 0 => l,
                         _ => rng.below(3),
                     };
@@ -192,8 +156,8 @@ fn no_acknowledged_write_is_lost_through_kills_and_partitions() {
 
     // Everything converges: one leader every manager agrees on.
     wait_for(Duration::from_secs(30), || {
-        let l = leader_of(&tb, 0)?;
-        (leader_of(&tb, 1)? == l && leader_of(&tb, 2)? == l).then_some(())
+        let l = tb.leader_index(0)?;
+        (tb.leader_index(1)? == l && tb.leader_index(2)? == l).then_some(())
     })
     .unwrap_or_else(|| panic!("the managers agree on a leader\n{}", tb.all_logs()));
 

@@ -20,22 +20,6 @@ fn manager_status(tb: &shoal_testbed::Testbed, i: usize) -> Vec<(String, String)
     })
 }
 
-/// A cluster of `managers` managers (node1 inits, the others join with the manager
-/// token) and then `workers` workers, all Ready, on a 1 s heartbeat.
-fn ha_cluster(managers: usize, workers: usize) -> shoal_testbed::Testbed {
-    let tb = testbed(managers + workers);
-    tb.init(0, &["--dispatcher-heartbeat", "1s"]).unwrap();
-    for i in 1..managers {
-        join_manager(&tb, i, 0);
-    }
-    for i in managers..managers + workers {
-        tb.join_worker(i, 0)
-            .unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
-    }
-    wait_ready(&tb, managers + workers);
-    tb
-}
-
 #[test]
 fn three_managers_survive_the_loss_of_the_leader() {
     let mut tb = ha_cluster(3, 1);
@@ -70,25 +54,7 @@ fn three_managers_survive_the_loss_of_the_leader() {
 
     // A service on the worker only, through the leader.
     import_busybox(&tb, 3);
-    tb.cli_ok(
-        0,
-        &[
-            "service",
-            "create",
-            "--name",
-            "web",
-            "--replicas",
-            "1",
-            "--constraint",
-            "node.role==worker",
-            "--stop-grace-period",
-            "300ms",
-            "busybox",
-            "sleep",
-            "3600",
-        ],
-    )
-    .unwrap();
+    sleep_service_on_workers(&tb, 0, "web", 1);
     sleeps_become(&tb, 3, 1);
     // A follower forwards its administrator's calls to the leader, reads and writes.
     let ls = tb.cli_ok(2, &["service", "ls"]).unwrap();
@@ -137,23 +103,7 @@ fn three_managers_survive_the_loss_of_the_leader() {
     });
 
     // Writes work through the new leader; the worker moves to it and its task runs on.
-    tb.cli_ok(
-        leader,
-        &[
-            "service",
-            "create",
-            "--name",
-            "after",
-            "--replicas",
-            "1",
-            "--constraint",
-            "node.role==worker",
-            "busybox",
-            "sleep",
-            "3600",
-        ],
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
+    sleep_service_on_workers(&tb, leader, "after", 1);
     // The first container was untouched; the new one runs beside it.
     sleeps_become(&tb, 3, 2);
     wait_for(Duration::from_secs(15), || {
@@ -278,23 +228,7 @@ fn all_managers_restarted_at_once_keep_the_cluster_and_its_containers() {
         "{i}"
     );
     import_busybox(&tb, 3);
-    tb.cli_ok(
-        0,
-        &[
-            "service",
-            "create",
-            "--name",
-            "keep",
-            "--replicas",
-            "2",
-            "--constraint",
-            "node.role==worker",
-            "busybox",
-            "sleep",
-            "3600",
-        ],
-    )
-    .unwrap();
+    sleep_service_on_workers(&tb, 0, "keep", 2);
     sleeps_become(&tb, 3, 2);
     for i in 0..3 {
         tb.kill(i).unwrap();

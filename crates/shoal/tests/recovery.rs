@@ -19,35 +19,13 @@ fn destroy(tb: &mut Testbed, i: usize) {
 /// A service with one `sleep` task on the worker, node `worker`.
 fn service_on_worker(tb: &Testbed, worker: usize) {
     import_busybox(tb, worker);
-    tb.cli_ok(
-        0,
-        &[
-            "service",
-            "create",
-            "--name",
-            "keep",
-            "--constraint",
-            "node.role==worker",
-            "--stop-grace-period",
-            "300ms",
-            "busybox",
-            "sleep",
-            "3600",
-        ],
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
+    sleep_service_on_workers(tb, 0, "keep", 1);
     sleeps_become(tb, worker, 1);
 }
 
 #[test]
 fn force_new_cluster_on_the_last_manager_keeps_services_and_workers() {
-    let mut tb = testbed(4);
-    tb.init(0, &["--dispatcher-heartbeat", "1s"]).unwrap();
-    join_manager(&tb, 1, 0);
-    join_manager(&tb, 2, 0);
-    tb.join_worker(3, 0)
-        .unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
-    wait_ready(&tb, 4);
+    let mut tb = ha_cluster(3, 1);
     service_on_worker(&tb, 3);
 
     // Two of three managers are lost: node1 alone cannot write.

@@ -210,27 +210,15 @@ fn io(context: String) -> impl FnOnce(std::io::Error) -> StoreError {
     move |source| StoreError::Io { context, source }
 }
 
+/// Writes a key file: 0600, atomically and durably (the project's one way to do it).
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("new");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io(format!("cannot write {}", tmp.display())))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(io(format!("cannot write {}", tmp.display())))?;
-    std::fs::rename(&tmp, path).map_err(io(format!("cannot replace {}", path.display())))?;
-    if let Some(dir) = path.parent() {
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
+    shoal_pki::write_private(path, bytes).map_err(|e| match e {
+        shoal_pki::PkiError::Io { path, source } => StoreError::Io {
+            context: format!("cannot write {path}"),
+            source,
+        },
+        other => StoreError::Database(other.to_string()),
+    })
 }
 
 /// The key files of the store in one directory.

@@ -51,6 +51,20 @@ pub struct CliOutput {
     pub stderr: String,
 }
 
+impl CliOutput {
+    /// What a run of the CLI gave, or why it could not run.
+    fn from_run(out: std::io::Result<Output>) -> CliOutput {
+        match out {
+            Ok(o) => o.into(),
+            Err(e) => CliOutput {
+                success: false,
+                stdout: String::new(),
+                stderr: format!("cannot run shoal: {e}"),
+            },
+        }
+    }
+}
+
 impl From<Output> for CliOutput {
     fn from(o: Output) -> Self {
         CliOutput {
@@ -402,32 +416,38 @@ impl Testbed {
         .map(|_| ())
     }
 
+    /// The manager that `node ls` on node `via` shows as Leader (its index here).
+    pub fn leader_index(&self, via: usize) -> Option<usize> {
+        let out = self.cli_ok(via, &["node", "ls", "--format", "json"]).ok()?;
+        out.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|n| n["ManagerStatus"] == "Leader")
+            .and_then(|n| {
+                let host = n["Hostname"].as_str()?;
+                self.nodes.iter().position(|x| x.name == host)
+            })
+    }
+
+    /// `shoal -H <node i's socket> ARGS`.
+    fn command(&self, i: usize, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.binary);
+        c.arg("-H")
+            .arg(format!("unix://{}", self.nodes[i].socket.display()))
+            .args(args);
+        c
+    }
+
     /// Runs `shoal ARGS` against node `i`'s daemon.
     pub fn cli(&self, i: usize, args: &[&str]) -> CliOutput {
-        let n = &self.nodes[i];
-        let out = Command::new(&self.binary)
-            .arg("-H")
-            .arg(format!("unix://{}", n.socket.display()))
-            .args(args)
-            .output();
-        match out {
-            Ok(o) => o.into(),
-            Err(e) => CliOutput {
-                success: false,
-                stdout: String::new(),
-                stderr: format!("cannot run shoal: {e}"),
-            },
-        }
+        let out = self.command(i, args).output();
+        CliOutput::from_run(out)
     }
 
     /// Runs `shoal ARGS` against node `i`'s daemon with `input` on its standard input.
     pub fn cli_stdin(&self, i: usize, args: &[&str], input: &str) -> CliOutput {
         use std::io::Write;
-        let n = &self.nodes[i];
-        let child = Command::new(&self.binary)
-            .arg("-H")
-            .arg(format!("unix://{}", n.socket.display()))
-            .args(args)
+        let child = self
+            .command(i, args)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -438,14 +458,7 @@ impl Testbed {
             }
             c.wait_with_output()
         });
-        match out {
-            Ok(o) => o.into(),
-            Err(e) => CliOutput {
-                success: false,
-                stdout: String::new(),
-                stderr: format!("cannot run shoal: {e}"),
-            },
-        }
+        CliOutput::from_run(out)
     }
 
     /// Like [`Testbed::cli`], failing with both outputs if the command fails.

@@ -24,6 +24,22 @@ pub fn cluster(n: usize, init_flags: &[&str]) -> Testbed {
     tb
 }
 
+/// A cluster of `managers` managers (node1 inits, the others join with the manager
+/// token) and then `workers` workers, all Ready, on a 1 s heartbeat.
+pub fn ha_cluster(managers: usize, workers: usize) -> Testbed {
+    let tb = testbed(managers + workers);
+    tb.init(0, &["--dispatcher-heartbeat", "1s"]).unwrap();
+    for i in 1..managers {
+        join_manager(&tb, i, 0);
+    }
+    for i in managers..managers + workers {
+        tb.join_worker(i, 0)
+            .unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
+    }
+    wait_ready(&tb, managers + workers);
+    tb
+}
+
 /// Joins node `i` as a manager through node `via`.
 pub fn join_manager(tb: &Testbed, i: usize, via: usize) {
     let token = tb.cli_ok(via, &["join-token", "-q", "manager"]).unwrap();
@@ -108,6 +124,31 @@ pub fn import_busybox(tb: &Testbed, i: usize) {
         &["image", "import", tar.to_str().unwrap(), "busybox:latest"],
     )
     .expect("image import");
+}
+
+/// Creates, through node `via`, a service `name` of `replicas` busybox `sleep 3600`
+/// tasks on workers only (stopping within 300 ms), and waits until it converges.
+pub fn sleep_service_on_workers(tb: &Testbed, via: usize, name: &str, replicas: usize) {
+    let replicas = replicas.to_string();
+    tb.cli_ok(
+        via,
+        &[
+            "service",
+            "create",
+            "--name",
+            name,
+            "--replicas",
+            &replicas,
+            "--constraint",
+            "node.role==worker",
+            "--stop-grace-period",
+            "300ms",
+            "busybox",
+            "sleep",
+            "3600",
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
 }
 
 /// `task inspect` of `task` on node 0, parsed.

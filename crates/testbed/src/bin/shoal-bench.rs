@@ -485,18 +485,6 @@ fn bench_rotation(shoal: &std::path::Path) -> Result<String> {
     Ok(md)
 }
 
-/// The manager that `node ls` on node `via` shows as Leader (its testbed index).
-fn leader_index(tb: &Testbed, via: usize) -> Option<usize> {
-    let out = tb.cli_ok(via, &["node", "ls", "--format", "json"]).ok()?;
-    out.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|n| n["ManagerStatus"] == "Leader")
-        .and_then(|n| {
-            let host = n["Hostname"].as_str()?.to_string();
-            tb.nodes.iter().position(|x| x.name == host)
-        })
-}
-
 fn bench_failover(shoal: &std::path::Path) -> Result<String> {
     const ROUNDS: usize = 10;
     let mut tb = Testbed::with_nodes(shoal, 3)?;
@@ -510,10 +498,10 @@ fn bench_failover(shoal: &std::path::Path) -> Result<String> {
         // A leader that two managers agree on and that held for 2 s (a manager restarted
         // in the round before may still call an election as it comes back).
         let leader = wait_for(Duration::from_secs(60), || {
-            let l = leader_index(&tb, (round + 1) % 3)?;
+            let l = tb.leader_index((round + 1) % 3)?;
             std::thread::sleep(Duration::from_secs(2));
-            let again = leader_index(&tb, (round + 2) % 3)?;
-            (again == l && leader_index(&tb, (round + 1) % 3)? == l).then_some(l)
+            let again = tb.leader_index((round + 2) % 3)?;
+            (again == l && tb.leader_index((round + 1) % 3)? == l).then_some(l)
         })
         .context("no stable leader")?;
         tb.kill(leader)?;
