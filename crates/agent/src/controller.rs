@@ -13,7 +13,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
-const POLL: Duration = Duration::from_millis(50);
+/// How often a container is checked when the kernel gives no exit descriptor (pidfds
+/// came with Linux 5.3); otherwise the controller sleeps until its container ends.
+const FALLBACK_CHECK: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct Deps {
@@ -195,7 +197,9 @@ impl Ctl {
         }
     }
 
-    /// Waits for the running container to exit, stopping it if asked to.
+    /// Waits for the running container to exit, stopping it if asked to. Wakes only
+    /// when something happens: the container ends (its exit descriptor turns readable),
+    /// the desired state changes, or a stop's grace period runs out.
     async fn supervise(&mut self, pid: u32) {
         let grace = match self
             .task
@@ -208,6 +212,16 @@ impl Ctl {
             ms => Duration::from_millis(ms),
         };
         let id = self.task.id.clone();
+        let exited = {
+            let id = id.clone();
+            self.blocking(move |rt| rt.exit_fd(&id)).await
+        }
+        .and_then(|fd| {
+            use tokio::io::{unix::AsyncFd, Interest};
+            // SAFETY: an OwnedFd is a valid descriptor that stays open, the same one,
+            // until the AsyncFd owning it is dropped.
+            unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.ok()
+        });
         let mut stopping: Option<tokio::time::Instant> = None;
         let mut killed = false;
         loop {
@@ -244,8 +258,16 @@ impl Ctl {
                     killed = true;
                 }
             }
+            let ended = async {
+                match &exited {
+                    Some(fd) => drop(fd.readable().await),
+                    None => tokio::time::sleep(FALLBACK_CHECK).await,
+                }
+            };
+            let kill_at = stopping.filter(|_| !killed);
             tokio::select! {
-                _ = tokio::time::sleep(POLL) => {}
+                _ = ended => {}
+                _ = tokio::time::sleep_until(kill_at.unwrap_or_else(tokio::time::Instant::now)), if kill_at.is_some() => {}
                 r = self.desired.changed(), if stopping.is_none() => {
                     if r.is_err() {
                         // The worker is gone (the daemon is shutting down): the container

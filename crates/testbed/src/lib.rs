@@ -383,15 +383,24 @@ impl Testbed {
 
     /// Processes in node `i`'s namespace whose name (comm) is `name`.
     pub fn processes_named(&self, i: usize, name: &str) -> usize {
-        ip(&["netns", "pids", &self.nodes[i].netns])
-            .unwrap_or_default()
-            .split_whitespace()
+        self.pids(i)
+            .into_iter()
             .filter(|p| {
                 std::fs::read_to_string(format!("/proc/{p}/comm"))
                     .map(|c| c.trim() == name)
                     .unwrap_or(false)
             })
             .count()
+    }
+
+    /// Every process in node `i`'s network namespace (its daemon, supervisors and
+    /// containers).
+    pub fn pids(&self, i: usize) -> Vec<u32> {
+        ip(&["netns", "pids", &self.nodes[i].netns])
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
     }
 
     pub fn restart(&mut self, i: usize) -> Result<()> {

@@ -108,4 +108,20 @@ pub trait Runtime: Send + Sync + 'static {
     fn list(&self) -> Vec<String>;
     /// The container's log file (lines of `<unix nanos> <stream> <text>`).
     fn log_path(&self, id: &str) -> PathBuf;
+    /// A descriptor that becomes readable once the running container has ended and its
+    /// end is recorded (a pidfd of its supervisor), so callers learn of exits without
+    /// polling. None if the container is not running (or the kernel has no pidfds).
+    fn exit_fd(&self, id: &str) -> Option<std::os::fd::OwnedFd>;
+}
+
+/// A pidfd for `pid` (Linux 5.3+): readable once the process has exited.
+pub fn pidfd_open(pid: u32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just gave us this descriptor; nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }

@@ -556,6 +556,17 @@ impl Runtime for Runc {
     fn log_path(&self, id: &str) -> PathBuf {
         self.dir(id).join("container.log")
     }
+
+    fn exit_fd(&self, id: &str) -> Option<std::os::fd::OwnedFd> {
+        // The supervisor exits right after recording the container's end.
+        let sup = Self::read_pid(&self.dir(id).join("supervisor.pid"))?;
+        if !is_supervisor(sup) {
+            return None;
+        }
+        let fd = super::pidfd_open(sup).ok()?;
+        // Checked again: the pid may have been reused between the check and the open.
+        is_supervisor(sup).then_some(fd)
+    }
 }
 
 #[cfg(test)]

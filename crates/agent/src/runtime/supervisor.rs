@@ -9,7 +9,7 @@
 use super::Exit;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -222,10 +222,12 @@ fn runc_error(stderr: &str) -> String {
 }
 
 /// Copies output to the log until the container exits, then returns its exit code
-/// (128 + signal if killed).
+/// (128 + signal if killed). Sleeps in poll(2) until there is output or the container
+/// ends (a pidfd of its init turns readable): an idle container costs no wake-ups.
 fn pump(log: &mut File, out: &mut File, err: &mut File, pid: i32) -> i32 {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let ended = super::pidfd_open(pid as u32).ok();
     let mut bufs = [Vec::new(), Vec::new()];
     let mut open = [true, true];
     let mut exit: Option<i32> = None;
@@ -242,50 +244,52 @@ fn pump(log: &mut File, out: &mut File, err: &mut File, pid: i32) -> i32 {
                 Ok(_) => continue,
             }
         }
-        if !open[0] && !open[1] && exit.is_some() {
+        if (!open[0] && !open[1]) && exit.is_some() {
             break;
         }
-        let timeout = if exit.is_some() { 50u16 } else { 200u16 };
-        let (ready_out, ready_err) = {
-            let mut fds = Vec::new();
-            if open[0] {
-                fds.push(PollFd::new(out.as_fd(), PollFlags::POLLIN));
-            }
-            if open[1] {
-                fds.push(PollFd::new(err.as_fd(), PollFlags::POLLIN));
-            }
-            if fds.is_empty() {
-                std::thread::sleep(std::time::Duration::from_millis(timeout.into()));
-                (false, false)
-            } else {
-                let n = poll(&mut fds, PollTimeout::from(timeout)).unwrap_or(0);
-                if n <= 0 {
-                    if exit.is_some() {
-                        // The container is gone but something else holds its output open.
-                        break;
-                    }
-                    (false, false)
-                } else {
-                    let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
-                    let mut it = fds.iter();
-                    let o = if open[0] {
-                        it.next().is_some_and(ready)
-                    } else {
-                        false
-                    };
-                    let e = if open[1] {
-                        it.next().is_some_and(ready)
-                    } else {
-                        false
-                    };
-                    (o, e)
-                }
-            }
+        // Once the container has ended, its output gets a moment to drain; while it
+        // runs, poll waits for an event (or, without a pidfd, checks every 200 ms).
+        let timeout = match (exit, &ended) {
+            (Some(_), _) => PollTimeout::from(50u16),
+            (None, Some(_)) => PollTimeout::NONE,
+            (None, None) => PollTimeout::from(200u16),
         };
-        for (i, ready) in [ready_out, ready_err].into_iter().enumerate() {
-            if !ready {
-                continue;
+        let mut fds = Vec::new();
+        let mut which = Vec::new();
+        for (i, f) in [&*out, &*err].into_iter().enumerate() {
+            if open[i] {
+                fds.push(PollFd::new(f.as_fd(), PollFlags::POLLIN));
+                which.push(Some(i));
             }
+        }
+        if let (Some(fd), None) = (&ended, exit) {
+            fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+            which.push(None);
+        }
+        if fds.is_empty() {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            continue;
+        }
+        let n = match poll(&mut fds, timeout) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => 0,
+        };
+        if n <= 0 {
+            if exit.is_some() {
+                // The container is gone but something else holds its output open.
+                break;
+            }
+            continue;
+        }
+        let ready: Vec<usize> = fds
+            .iter()
+            .zip(&which)
+            .filter(|(f, _)| f.revents().is_some_and(|r| !r.is_empty()))
+            .filter_map(|(_, w)| *w)
+            .collect();
+        drop(fds);
+        for i in ready {
             let f: &mut File = if i == 0 { out } else { err };
             match f.read(&mut chunk) {
                 Ok(0) | Err(_) => open[i] = false,
@@ -297,7 +301,6 @@ fn pump(log: &mut File, out: &mut File, err: &mut File, pid: i32) -> i32 {
     }
     flush_lines(log, "stdout", &mut bufs[0], true);
     flush_lines(log, "stderr", &mut bufs[1], true);
-    let _ = (out.as_raw_fd(), err.as_raw_fd());
     exit.unwrap_or(-1)
 }
 
