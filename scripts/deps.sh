@@ -5,7 +5,7 @@
 set -euo pipefail
 need=()
 for p in build-essential pkg-config iproute2 util-linux procps ca-certificates curl tar \
-         runc busybox-static docker-registry; do
+         runc busybox-static tini docker-registry; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -63,6 +63,7 @@ impl Ctl {
             exit_code: exit.map(|x| x.code).unwrap_or(0),
             timestamp_unix_ms: now_ms(),
             pid,
+            ..Default::default()
         };
         tracing::debug!(task_id = %self.task.id, ?state, "task state");
         let _ = self.deps.status.send((self.task.id.clone(), st)).await;
@@ -167,6 +168,7 @@ impl Ctl {
             pids: limits.pids,
             cap_add: spec.cap_add.clone(),
             cap_drop: spec.cap_drop.clone(),
+            init: !spec.no_init,
         };
         self.blocking(move |rt| rt.prepare(&container))
             .await
@@ -190,11 +192,33 @@ impl Ctl {
         } else if exit.code == 0 {
             self.report(TaskState::Complete, "finished", "", Some(&exit), 0)
                 .await;
+        } else if let Some(why) = self.init_exec_failure(&exit).await {
+            let e = format!("the container could not be created: {why}");
+            self.report(TaskState::Failed, "failed", &e, Some(&exit), 0)
+                .await;
         } else {
             let e = format!("task: non-zero exit ({})", exit.code);
             self.report(TaskState::Failed, "failed", &e, Some(&exit), 0)
                 .await;
         }
+    }
+
+    /// Under the init, a command that cannot be run is the init's complaint (exit code
+    /// 126 or 127 and a `[FATAL tini (N)] exec X failed: why` line) rather than runc's.
+    async fn init_exec_failure(&self, exit: &Exit) -> Option<String> {
+        let no_init = self.task.spec.as_ref().is_some_and(|s| s.no_init);
+        if no_init || !(exit.code == 126 || exit.code == 127) {
+            return None;
+        }
+        let id = self.task.id.clone();
+        let tail = self
+            .blocking(move |rt| crate::logs::last_lines(&rt.log_path(&id), 4))
+            .await;
+        tail.iter().rev().find_map(|l| {
+            let (_, rest) = l.split_once("[FATAL tini (")?;
+            let (_, why) = rest.split_once(")] ")?;
+            why.starts_with("exec ").then(|| why.trim().to_string())
+        })
     }
 
     /// Waits for the running container to exit, stopping it if asked to. Wakes only

@@ -22,6 +22,24 @@ pub fn parse_line(line: &str) -> Option<LogLine> {
 
 const BATCH: usize = 256;
 
+/// The text of the last `n` lines of a container's log (at most its last 16 KiB).
+pub fn last_lines(path: &Path, n: usize) -> Vec<String> {
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(16 << 10)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    let lines: Vec<String> = text
+        .lines()
+        .filter_map(parse_line)
+        .map(|l| String::from_utf8_lossy(&l.data).into_owned())
+        .collect();
+    lines[lines.len().saturating_sub(n)..].to_vec()
+}
+
 /// The complete lines of the log from byte `pos` on; moves `pos` past them (a line still
 /// being written is left for next time). A missing log is empty.
 fn read_lines(path: &Path, pos: &mut u64) -> std::io::Result<Vec<LogLine>> {

@@ -151,6 +151,7 @@ impl ControlApi {
             created_at_unix: now,
             updated_at_unix: now,
             previous_spec: None,
+            ..Default::default()
         };
         let mut b = Batch::default();
         b.put(&service, Expect::Absent);
@@ -258,7 +259,14 @@ impl ControlApi {
             } else {
                 spec.replicas
             };
-            status.insert(s.id.clone(), ServiceStatus { running, desired });
+            status.insert(
+                s.id.clone(),
+                ServiceStatus {
+                    running,
+                    desired,
+                    ..Default::default()
+                },
+            );
         }
         Ok(ListServicesResponse { services, status })
     }

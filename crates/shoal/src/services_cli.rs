@@ -83,6 +83,10 @@ pub struct SpecFlags {
     /// Drop a Linux capability: KILL, CAP_KILL or ALL (repeatable).
     #[arg(long = "cap-drop", value_parser = parse_cap)]
     cap_drop: Vec<String>,
+    /// Run the workload itself as PID 1, without the init (tini) that forwards
+    /// signals and reaps zombies.
+    #[arg(long)]
+    no_init: bool,
     /// Return at once instead of waiting for the service to converge.
     #[arg(short = 'd', long)]
     detach: bool,
@@ -113,6 +117,9 @@ pub struct UpdateArgs {
     /// Replace the tasks even if nothing changed.
     #[arg(long)]
     force: bool,
+    /// Run an init (tini) as PID 1 again (undoes --no-init).
+    #[arg(long, conflicts_with = "no_init")]
+    init: bool,
     #[arg(long = "env-add")]
     env_add: Vec<String>,
     #[arg(long = "env-rm")]
@@ -159,6 +166,9 @@ fn apply(spec: &mut ServiceSpec, f: &SpecFlags) {
     }
     if f.read_only {
         c.readonly_rootfs = true;
+    }
+    if f.no_init {
+        c.no_init = true;
     }
     c.mounts.extend(f.mounts.iter().cloned());
     apply_caps(c, &f.cap_add, &f.cap_drop);
@@ -415,6 +425,9 @@ impl Client {
             if let Some(args) = &a.args {
                 c.args = args.clone();
             }
+            if a.init {
+                c.no_init = false;
+            }
             for k in &a.env_rm {
                 c.env.retain(|e| e.split('=').next() != Some(k.as_str()));
             }
@@ -448,6 +461,7 @@ impl Client {
                 spec: Some(spec),
                 spec_version: cur.spec_version,
                 force: a.force,
+                rollback: false,
             })
             .await
             .map_err(status_err)?
@@ -487,6 +501,7 @@ impl Client {
                     spec: Some(spec),
                     spec_version: cur.spec_version,
                     force: false,
+                    rollback: false,
                 })
                 .await
                 .map_err(status_err)?;
@@ -685,6 +700,7 @@ impl Client {
                 if !c.env.is_empty() {
                     println!(" Env:\t\t{}", c.env.join(" "));
                 }
+                println!(" Init:\t\t{}", !c.no_init);
                 print_security(&c);
                 println!(
                     "Resources:\n Reservations:\tCPU {} Memory {}\n Limits:\tCPU {} Memory {}",
@@ -703,7 +719,7 @@ impl Client {
                     "Name": spec.name, "Labels": spec.labels,
                     "Mode": if spec.mode == ServiceMode::Global as i32 { json!({"Global": {}}) } else { json!({"Replicated": {"Replicas": spec.replicas}}) },
                     "TaskTemplate": {
-                        "ContainerSpec": {"Image": c.image, "Command": c.command, "Args": c.args, "Env": c.env, "Dir": c.workdir, "User": c.user, "Hostname": c.hostname, "ReadOnly": c.readonly_rootfs,
+                        "ContainerSpec": {"Image": c.image, "Command": c.command, "Args": c.args, "Env": c.env, "Dir": c.workdir, "User": c.user, "Hostname": c.hostname, "ReadOnly": c.readonly_rootfs, "Init": !c.no_init,
                             "Mounts": c.mounts.iter().map(|m| json!({"Type": m.r#type, "Source": m.source, "Target": m.target, "ReadOnly": m.readonly})).collect::<Vec<_>>(),
                             "CapabilityAdd": c.cap_add, "CapabilityDrop": c.cap_drop},
                         "Resources": {"Limits": {"NanoCPUs": lim.nano_cpus, "MemoryBytes": lim.memory_bytes, "Pids": lim.pids}, "Reservations": {"NanoCPUs": res.nano_cpus, "MemoryBytes": res.memory_bytes}},

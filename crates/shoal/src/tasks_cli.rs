@@ -99,6 +99,10 @@ pub struct TaskRunArgs {
     pids_limit: Option<i64>,
     #[arg(long)]
     read_only: bool,
+    /// Run the workload itself as PID 1, without the init (tini) that forwards
+    /// signals and reaps zombies.
+    #[arg(long)]
+    no_init: bool,
     /// type=bind|tmpfs,source=..,target=..[,readonly]
     #[arg(long = "mount", value_parser = parse_mount)]
     mounts: Vec<Mount>,
@@ -361,9 +365,8 @@ impl Client {
                 .stop_grace_period
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
-            labels: Default::default(),
-            cap_add: vec![],
-            cap_drop: vec![],
+            no_init: a.no_init,
+            ..Default::default()
         };
         crate::security_cli::apply_caps(&mut spec, &a.cap_add, &a.cap_drop);
         let t = self
@@ -479,7 +482,7 @@ impl Client {
                 "Spec": {
                     "Image": spec.image, "Command": spec.command, "Args": spec.args, "Env": spec.env,
                     "Dir": spec.workdir, "User": spec.user, "Hostname": spec.hostname,
-                    "ReadOnly": spec.readonly_rootfs,
+                    "ReadOnly": spec.readonly_rootfs, "Init": !spec.no_init,
                     "Resources": {"Limits": {"NanoCPUs": limits.nano_cpus, "MemoryBytes": limits.memory_bytes, "Pids": limits.pids}},
                     "Mounts": spec.mounts.iter().map(|m| json!({"Type": m.r#type, "Source": m.source, "Target": m.target, "ReadOnly": m.readonly})).collect::<Vec<_>>(),
                     "CapabilityAdd": spec.cap_add, "CapabilityDrop": spec.cap_drop,

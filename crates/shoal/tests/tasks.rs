@@ -250,12 +250,14 @@ fn exit_while_the_daemon_is_down_is_reported_with_its_code() {
 fn stopping_a_task_sends_sigterm_then_sigkill() {
     let tb = cluster(2, &[]);
     import_busybox(&tb, 1);
-    // sh as pid 1 ignores SIGTERM: the grace period runs out and SIGKILL follows.
+    // Without an init, sleep as pid 1 ignores SIGTERM: the grace period runs out and
+    // SIGKILL follows.
     let id = run_task(
         &tb,
         &[
             "--node",
             "node2",
+            "--no-init",
             "--stop-grace-period",
             "1s",
             "busybox",

@@ -51,6 +51,40 @@ pub struct ContainerConfig {
     /// Capabilities added to and dropped from the defaults (see [`hardening`]).
     pub cap_add: Vec<String>,
     pub cap_drop: Vec<String>,
+    /// Run a minimal init ([`init_binary`]) as PID 1, with the workload as its child.
+    pub init: bool,
+}
+
+/// Where the init a container runs as PID 1 is mounted, read-only, inside it.
+pub const INIT_PATH: &str = "/sbin/shoal-init";
+
+/// The static init binary this node mounts into containers: `SHOAL_INIT`, else tini's
+/// static build from Debian's tini package (or Docker's copy of it). It must be static:
+/// it runs inside the container's filesystem, whatever libraries the image has.
+pub fn init_binary() -> Result<PathBuf, String> {
+    if let Ok(p) = std::env::var("SHOAL_INIT") {
+        let p = PathBuf::from(p);
+        return match p.is_file() {
+            true => Ok(p),
+            false => Err(format!(
+                "the init {} (SHOAL_INIT) does not exist: fix SHOAL_INIT, or run the service with --no-init",
+                p.display()
+            )),
+        };
+    }
+    [
+        "/usr/bin/tini-static",
+        "/usr/bin/docker-init",
+        "/usr/libexec/docker/docker-init",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.is_file())
+    .ok_or_else(|| {
+        "this node has no init for containers (/usr/bin/tini-static): install the tini \
+             package, or run the service with --no-init"
+            .to_string()
+    })
 }
 
 /// How a container ended.

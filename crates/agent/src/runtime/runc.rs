@@ -143,9 +143,21 @@ impl Runc {
         if !env.iter().any(|v| v.starts_with("PATH=")) {
             env.insert(0, DEFAULT_PATH.to_string());
         }
+        let (args, init) = match cfg.init {
+            true => {
+                let bin = super::init_binary().map_err(failed)?;
+                let args = [super::INIT_PATH, "--"]
+                    .into_iter()
+                    .map(String::from)
+                    .chain(cfg.args.iter().cloned())
+                    .collect();
+                (args, Some(bin))
+            }
+            false => (cfg.args.clone(), None),
+        };
         let process = ProcessBuilder::default()
             .terminal(false)
-            .args(cfg.args.clone())
+            .args(args)
             .env(env)
             .cwd(if cfg.cwd.is_empty() {
                 "/".to_string()
@@ -220,6 +232,17 @@ impl Runc {
             .build()
             .map_err(e)?;
         let mut mounts: Vec<Mount> = oci_spec::runtime::get_default_mounts();
+        if let Some(bin) = init {
+            mounts.push(
+                MountBuilder::default()
+                    .typ("bind")
+                    .source(bin)
+                    .destination(PathBuf::from(super::INIT_PATH))
+                    .options(["bind", "ro", "nosuid", "nodev"].map(String::from).to_vec())
+                    .build()
+                    .map_err(e)?,
+            );
+        }
         for m in &cfg.mounts {
             let mut options = vec![];
             let b = match m.kind {

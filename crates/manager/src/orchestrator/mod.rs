@@ -144,6 +144,7 @@ pub fn new_task(service: &Service, slot: u64, node_id: &str, now_ms: i64) -> Tas
         placement: spec.placement.clone(),
         reservations: spec.reservations,
         spec_version: service.spec_version,
+        ..Default::default()
     }
 }
 

@@ -236,7 +236,12 @@ fn bench_containers(shoal: &std::path::Path, n: usize) -> Result<String> {
     let mut e2e = Vec::new();
     for _ in 0..n {
         let t = Instant::now();
-        let out = tb.cli_ok(0, &["task", "run", "-d", "busybox", "sleep", "3600"])?;
+        let mut run = vec!["task", "run", "-d"];
+        if std::env::var("BENCH_NO_INIT").is_ok() {
+            run.push("--no-init");
+        }
+        run.extend(["busybox", "sleep", "3600"]);
+        let out = tb.cli_ok(0, &run)?;
         let id = out.trim().to_string();
         wait_for(Duration::from_secs(30), || {
             let o = tb.cli(0, &["task", "inspect", &id]);
@@ -751,6 +756,7 @@ fn bench_ha(shoal: &std::path::Path) -> Result<String> {
                             spec: Some(spec.clone()),
                             spec_version: 0,
                             force: false,
+                            rollback: false,
                         })
                         .await?;
                     lat.push(t.elapsed());
