@@ -7,7 +7,7 @@ use crate::image::{registry_of, CredentialStore, ImageStore};
 use crate::reporter::StatusSender;
 use crate::runtime::{ContainerConfig, ContainerStatus, Exit, MountKind, MountSpec, Runtime};
 use crate::state::TaskProgress;
-use shoal_proto::objects::{Task, TaskState, TaskStatus};
+use shoal_proto::objects::{HealthState, Task, TaskState, TaskStatus};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -39,6 +39,12 @@ struct Ctl {
     deps: Deps,
     progress: TaskProgress,
     desired: watch::Receiver<i32>,
+    /// When the container started running (unix ms), reported with every later state.
+    started_ms: i64,
+    /// The health check in force, once known.
+    health: Option<crate::health::Check>,
+    /// The last health reported, kept in the task's final state.
+    last_health: Option<(HealthState, String)>,
 }
 
 impl Ctl {
@@ -53,6 +59,9 @@ impl Ctl {
         if self.progress.advance(state).is_err() {
             return;
         }
+        if state == TaskState::Running && self.started_ms == 0 {
+            self.started_ms = now_ms();
+        }
         let (mut message, mut err) = (message.to_string(), err.to_string());
         shoal_proto::limits::truncate(&mut message, shoal_proto::limits::MAX_STATUS_TEXT);
         shoal_proto::limits::truncate(&mut err, shoal_proto::limits::MAX_STATUS_TEXT);
@@ -63,10 +72,54 @@ impl Ctl {
             exit_code: exit.map(|x| x.code).unwrap_or(0),
             timestamp_unix_ms: now_ms(),
             pid,
+            started_at_ms: self.started_ms,
+            health: match (&self.last_health, self.health.is_some()) {
+                (Some((h, _)), _) => *h as i32,
+                (None, true) if state == TaskState::Running => HealthState::Starting as i32,
+                _ => HealthState::None as i32,
+            },
+            health_output: self
+                .last_health
+                .as_ref()
+                .map(|h| h.1.clone())
+                .unwrap_or_default(),
             ..Default::default()
         };
         tracing::debug!(task_id = %self.task.id, ?state, "task state");
         let _ = self.deps.status.send((self.task.id.clone(), st)).await;
+    }
+
+    /// Reports a change of health while the task runs.
+    async fn report_health(&mut self, h: &crate::health::Tracker, pid: u32) {
+        self.last_health = Some((h.state, h.output.clone()));
+        let st = TaskStatus {
+            state: TaskState::Running as i32,
+            message: "running".into(),
+            timestamp_unix_ms: now_ms(),
+            pid,
+            started_at_ms: self.started_ms,
+            health: h.state as i32,
+            health_output: h.output.clone(),
+            ..Default::default()
+        };
+        tracing::debug!(task_id = %self.task.id, health = ?h.state, "task health");
+        let _ = self.deps.status.send((self.task.id.clone(), st)).await;
+    }
+
+    /// The task's health check: its own, else its image's.
+    async fn find_health_check(&mut self) {
+        let spec = self.task.spec.clone().unwrap_or_default();
+        let images = self.deps.images.clone();
+        let image = tokio::task::spawn_blocking(move || images.resolve(&spec.image))
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .flatten();
+        let spec = self.task.spec.clone().unwrap_or_default();
+        self.health = crate::health::effective(
+            spec.healthcheck.as_ref(),
+            image.as_ref().and_then(|i| i.config.healthcheck.as_ref()),
+        );
     }
 
     fn wants_stop(&self) -> bool {
@@ -176,7 +229,16 @@ impl Ctl {
     }
 
     async fn finish(&mut self, exit: Exit, stopped: bool) {
-        if let Some(err) = &exit.error {
+        self.finish_with(exit, stopped, None).await
+    }
+
+    /// `unhealthy`: the container was stopped because its health check failed.
+    async fn finish_with(&mut self, exit: Exit, stopped: bool, unhealthy: Option<String>) {
+        if let Some(why) = unhealthy {
+            let e = format!("unhealthy container: {why}");
+            self.report(TaskState::Failed, "failed", &e, Some(&exit), 0)
+                .await;
+        } else if let Some(err) = &exit.error {
             self.report(TaskState::Failed, "failed", err, Some(&exit), 0)
                 .await;
         } else if stopped {
@@ -248,6 +310,15 @@ impl Ctl {
         });
         let mut stopping: Option<tokio::time::Instant> = None;
         let mut killed = false;
+        let mut health = self.health.clone().map(crate::health::Tracker::new);
+        let mut next_check = tokio::time::Instant::now()
+            + health
+                .as_ref()
+                .map(|h| h.check.interval)
+                .unwrap_or_default();
+        let mut check: Option<tokio::task::JoinHandle<Result<(i32, String), String>>> = None;
+        // Why the container is being stopped, if its health check failed.
+        let mut unhealthy: Option<String> = None;
         loop {
             let st = {
                 let id = id.clone();
@@ -255,7 +326,10 @@ impl Ctl {
             };
             match st {
                 ContainerStatus::Running { .. } => {}
-                ContainerStatus::Exited(x) => return self.finish(x, stopping.is_some()).await,
+                ContainerStatus::Exited(x) => {
+                    let stopped = stopping.is_some() && unhealthy.is_none();
+                    return self.finish_with(x, stopped, unhealthy).await;
+                }
                 ContainerStatus::Missing | ContainerStatus::Created => {
                     let x = Exit {
                         code: -1,
@@ -265,8 +339,8 @@ impl Ctl {
                     return self.finish(x, false).await;
                 }
             }
-            if stopping.is_none() && self.wants_stop() {
-                tracing::info!(task_id = %id, pid, "stopping container");
+            if stopping.is_none() && (self.wants_stop() || unhealthy.is_some()) {
+                tracing::info!(task_id = %id, pid, unhealthy = unhealthy.is_some(), "stopping container");
                 let i = id.clone();
                 let _ = self
                     .blocking(move |rt| rt.signal(&i, nix::sys::signal::Signal::SIGTERM))
@@ -289,6 +363,14 @@ impl Ctl {
                 }
             };
             let kill_at = stopping.filter(|_| !killed);
+            let start_check = health.is_some() && stopping.is_none() && check.is_none();
+            let check_running = check.is_some();
+            let check_done = async {
+                match check.as_mut() {
+                    Some(h) => h.await.unwrap_or_else(|e| Err(e.to_string())),
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = ended => {}
                 _ = tokio::time::sleep_until(kill_at.unwrap_or_else(tokio::time::Instant::now)), if kill_at.is_some() => {}
@@ -296,7 +378,32 @@ impl Ctl {
                     if r.is_err() {
                         // The worker is gone (the daemon is shutting down): the container
                         // keeps running and is re-adopted at the next start.
+                        if let Some(c) = check.take() {
+                            c.abort();
+                        }
                         return;
+                    }
+                }
+                _ = tokio::time::sleep_until(next_check), if start_check => {
+                    let h = health.as_ref().map(|h| h.check.clone()).unwrap_or_else(|| unreachable!());
+                    let (rt, i) = (self.deps.runtime.clone(), id.clone());
+                    check = Some(tokio::task::spawn_blocking(move || {
+                        rt.exec(&i, &h.args, h.timeout).map_err(|e| e.to_string())
+                    }));
+                }
+                r = check_done, if check_running => {
+                    check = None;
+                    if let Some(h) = health.as_mut() {
+                        next_check = tokio::time::Instant::now() + h.check.interval;
+                        if stopping.is_none() && h.record(r) {
+                            self.report_health(h, pid).await;
+                            if h.state == HealthState::Unhealthy {
+                                unhealthy = Some(format!(
+                                    "the health check failed {} times in a row: {}",
+                                    h.check.retries, h.output
+                                ));
+                            }
+                        }
                     }
                 }
             }
@@ -313,6 +420,7 @@ impl Ctl {
         match existing {
             ContainerStatus::Running { pid } => {
                 tracing::info!(task_id = %id, pid, "re-adopted running container");
+                self.find_health_check().await;
                 self.report(TaskState::Running, "running", "", None, pid)
                     .await;
                 return self.supervise(pid).await;
@@ -361,6 +469,7 @@ impl Ctl {
                 .report(TaskState::Shutdown, "shutdown before start", "", None, 0)
                 .await;
         }
+        self.find_health_check().await;
         self.report(TaskState::Starting, "starting", "", None, 0)
             .await;
         let started = {
@@ -396,6 +505,9 @@ pub async fn run(task: Task, desired: watch::Receiver<i32>, deps: Deps) {
     let state = TaskState::try_from(task.status.as_ref().map(|s| s.state).unwrap_or(0))
         .unwrap_or(TaskState::Assigned);
     let ctl = Ctl {
+        started_ms: task.status.as_ref().map(|s| s.started_at_ms).unwrap_or(0),
+        health: None,
+        last_health: None,
         received: std::time::Instant::now(),
         progress: TaskProgress::new(state),
         task,

@@ -6,6 +6,7 @@
 pub mod connect;
 pub mod controller;
 pub mod describe;
+pub mod health;
 pub mod image;
 pub mod logs;
 pub mod reporter;

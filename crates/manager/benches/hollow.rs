@@ -82,7 +82,7 @@ fn main() {
         let mut passes = 0;
         loop {
             passes += 1;
-            let wrote = orchestrator::reconcile_once(&store).await.expect("reconcile");
+            let (wrote, _) = orchestrator::reconcile_once(&store).await.expect("reconcile");
             if !wrote {
                 break;
             }

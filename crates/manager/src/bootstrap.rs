@@ -13,7 +13,8 @@ use std::time::Duration;
 /// Root CA life: 20 years, as swarm mode.
 pub const ROOT_CA_EXPIRY: Duration = Duration::from_secs(20 * 365 * 86400);
 pub const DEFAULT_CERT_EXPIRY: Duration = Duration::from_secs(90 * 86400);
-pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+/// Short enough that a node gone silent is Down within 5 s (3 missed beats).
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
 
 pub struct InitParams {
     pub advertise_addr: String,

@@ -8,6 +8,7 @@ use shoal_proto::control::{
 };
 use shoal_proto::objects::{
     Availability, Node, NodeRole, NodeState, Service, ServiceMode, ServiceSpec, Task, TaskState,
+    UpdateState, UpdateStatus,
 };
 use shoal_store::{Batch, Expect, StoreError};
 
@@ -58,10 +59,98 @@ pub fn validate_service(spec: &ServiceSpec) -> Result<(), ControlError> {
             return Err(bad("reservations cannot be negative".into()));
         }
     }
-    if spec.mode == ServiceMode::Global as i32 && placement.max_replicas_per_node > 0 {
+    if spec.mode != ServiceMode::Replicated as i32 && placement.max_replicas_per_node > 0 {
         return Err(bad(
             "--replicas-max-per-node applies to replicated services only".into(),
         ));
+    }
+    if ServiceMode::try_from(spec.mode).is_err() {
+        return Err(bad(format!(
+            "unknown service mode {}: use replicated, global, replicated-job or global-job",
+            spec.mode
+        )));
+    }
+    if spec.max_concurrent > 0 && spec.mode != ServiceMode::ReplicatedJob as i32 {
+        return Err(bad(
+            "--max-concurrent applies to replicated jobs only".into()
+        ));
+    }
+    validate_policies(spec)
+}
+
+/// A day: the longest delay, monitor or window a policy may have.
+const MAX_POLICY_MS: u64 = 24 * 3600 * 1000;
+
+fn validate_policies(spec: &ServiceSpec) -> Result<(), ControlError> {
+    use shoal_proto::objects::{FailureAction, RestartCondition, UpdateOrder};
+    let too_long = |what: &str, ms: u64| -> Result<(), ControlError> {
+        if ms > MAX_POLICY_MS {
+            return Err(bad(format!("{what} of {ms} ms is too long: at most 24h")));
+        }
+        Ok(())
+    };
+    if let Some(r) = &spec.restart {
+        if RestartCondition::try_from(r.condition).is_err() {
+            return Err(bad(
+                "--restart-condition: use none, on-failure or any".into()
+            ));
+        }
+        too_long("--restart-delay", r.delay_ms.unwrap_or(0))?;
+        too_long("--restart-window", r.window_ms)?;
+    }
+    for (flag, c) in [("update", &spec.update), ("rollback", &spec.rollback)] {
+        let Some(c) = c else { continue };
+        if FailureAction::try_from(c.failure_action).is_err() {
+            return Err(bad(format!(
+                "--{flag}-failure-action: use pause, continue or rollback"
+            )));
+        }
+        if flag == "rollback" && c.failure_action == FailureAction::Rollback as i32 {
+            return Err(bad(
+                "--rollback-failure-action rollback: a rollback cannot roll back; use pause or continue".into(),
+            ));
+        }
+        if UpdateOrder::try_from(c.order).is_err() {
+            return Err(bad(format!(
+                "--{flag}-order: use stop-first or start-first"
+            )));
+        }
+        if !(0.0..=1.0).contains(&c.max_failure_ratio) {
+            return Err(bad(format!(
+                "--{flag}-max-failure-ratio {}: give a fraction from 0 to 1",
+                c.max_failure_ratio
+            )));
+        }
+        too_long(&format!("--{flag}-delay"), c.delay_ms)?;
+        too_long(&format!("--{flag}-monitor"), c.monitor_ms.unwrap_or(0))?;
+    }
+    if let Some(h) = spec.container.as_ref().and_then(|c| c.healthcheck.as_ref()) {
+        match h.test.first().map(String::as_str) {
+            None | Some("NONE") | Some("CMD") | Some("CMD-SHELL") => {}
+            Some(other) => {
+                return Err(bad(format!(
+                    "health check test {:?}: start it with CMD, CMD-SHELL or NONE",
+                    shoal_proto::limits::short(other)
+                )))
+            }
+        }
+        if matches!(
+            h.test.first().map(String::as_str),
+            Some("CMD") | Some("CMD-SHELL")
+        ) && h.test.len() < 2
+        {
+            return Err(bad("the health check has no command (--health-cmd)".into()));
+        }
+        for (what, ms) in [
+            ("--health-interval", h.interval_ms),
+            ("--health-timeout", h.timeout_ms),
+            ("--health-start-period", h.start_period_ms),
+        ] {
+            too_long(what, ms)?;
+            if ms != 0 && ms < 1000 && what != "--health-start-period" {
+                return Err(bad(format!("{what} must be at least 1s")));
+            }
+        }
     }
     Ok(())
 }
@@ -161,6 +250,9 @@ impl ControlApi {
     }
 
     pub async fn update_service(&self, req: UpdateServiceRequest) -> Result<Service, ControlError> {
+        if req.rollback {
+            return self.rollback_service(&req.reference).await;
+        }
         let spec = req.spec.unwrap_or_default();
         validate_service(&spec)?;
         self.refuse_ambiguous_hostnames(&spec)?;
@@ -184,13 +276,41 @@ impl ControlApi {
         }
         let mut next = cur.value.clone();
         let old = next.spec.clone().unwrap_or_default();
+        let mut spec = spec;
+        let job = crate::orchestrator::is_job(&spec);
+        if req.force {
+            // Every task becomes out of date: a rolling restart (or a job's new run).
+            let c = spec.container.get_or_insert_with(Default::default);
+            c.force_update = old
+                .container
+                .as_ref()
+                .map(|c| c.force_update)
+                .unwrap_or(0)
+                .max(c.force_update)
+                + 1;
+        }
         // Only a change to what tasks run or where (or --force) replaces tasks; scaling,
         // renaming and service labels do not.
         let task_changed = old.container != spec.container
             || old.reservations != spec.reservations
             || old.placement != spec.placement;
-        if task_changed || req.force {
+        let now_ms = crate::time::unix_now_ms();
+        if task_changed {
             next.spec_version += 1;
+            if job {
+                next.job_iteration += 1;
+            } else {
+                next.update_status = Some(UpdateStatus {
+                    state: UpdateState::Updating as i32,
+                    started_at_ms: now_ms,
+                    message: "update in progress".into(),
+                    spec_version: next.spec_version,
+                    ..Default::default()
+                });
+            }
+        } else if job && spec.replicas != old.replicas {
+            // A job of another size is another run.
+            next.job_iteration += 1;
         }
         next.previous_spec = Some(old);
         next.spec = Some(spec);
@@ -201,6 +321,47 @@ impl ControlApi {
             Ok(_) => Ok(next),
             Err(StoreError::Conflict { .. }) => Err(ControlError::Conflict(
                 "the service changed meanwhile: run the update again".into(),
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Returns the service to its previous spec (swapping the two, as swarm does), with
+    /// its rollback settings.
+    async fn rollback_service(&self, reference: &str) -> Result<Service, ControlError> {
+        let cur = self.get_service(reference)?;
+        let mut next = cur.value.clone();
+        let name = next
+            .spec
+            .as_ref()
+            .map(|s| s.name.clone())
+            .unwrap_or_default();
+        let Some(prev) = next.previous_spec.take() else {
+            return Err(bad(format!(
+                "service {name} has no previous spec to roll back to"
+            )));
+        };
+        if crate::orchestrator::is_job(&prev) {
+            return Err(bad(format!(
+                "service {name} is a job: jobs do not roll back"
+            )));
+        }
+        next.previous_spec = next.spec.replace(prev);
+        next.spec_version += 1;
+        next.updated_at_unix = unix_now();
+        next.update_status = Some(UpdateStatus {
+            state: UpdateState::RollbackStarted as i32,
+            started_at_ms: crate::time::unix_now_ms(),
+            message: "manually requested rollback".into(),
+            spec_version: next.spec_version,
+            ..Default::default()
+        });
+        let mut b = Batch::default();
+        b.put(&next, Expect::Version(cur.version));
+        match self.store().commit(b).await {
+            Ok(_) => Ok(next),
+            Err(StoreError::Conflict { .. }) => Err(ControlError::Conflict(
+                "the service changed meanwhile: run the rollback again".into(),
             )),
             Err(e) => Err(e.into()),
         }
@@ -237,8 +398,9 @@ impl ControlApi {
                 .count() as u64;
             let spec = s.spec.clone().unwrap_or_default();
             let desired = if spec.mode == ServiceMode::Global as i32 {
-                let cs = constraint::parse_all(&spec.placement.unwrap_or_default().constraints)
-                    .unwrap_or_default();
+                let cs =
+                    constraint::parse_all(&spec.placement.clone().unwrap_or_default().constraints)
+                        .unwrap_or_default();
                 let holds_live = |n: &Node| {
                     tasks.iter().any(|t| {
                         t.service_id == s.id
@@ -259,14 +421,24 @@ impl ControlApi {
             } else {
                 spec.replicas
             };
-            status.insert(
-                s.id.clone(),
-                ServiceStatus {
-                    running,
-                    desired,
-                    ..Default::default()
-                },
-            );
+            let mut st = ServiceStatus {
+                running,
+                desired,
+                ..Default::default()
+            };
+            if crate::orchestrator::is_job(&spec) {
+                let all: Vec<&Task> = tasks.iter().collect();
+                let (done, wanted) = crate::orchestrator::jobs::progress(s, &all, &nodes);
+                let limit = match spec.max_concurrent {
+                    0 => wanted,
+                    m if spec.mode == ServiceMode::ReplicatedJob as i32 => m,
+                    _ => wanted,
+                };
+                st.completed = done;
+                st.completions = wanted;
+                st.desired = limit.min(wanted - done.min(wanted));
+            }
+            status.insert(s.id.clone(), st);
         }
         Ok(ListServicesResponse { services, status })
     }

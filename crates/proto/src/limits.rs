@@ -85,7 +85,12 @@ pub fn check_description(d: &NodeDescription) -> Result<(), OverLimit> {
 /// Checks a task status a node reports.
 pub fn check_status(s: &TaskStatus) -> Result<(), OverLimit> {
     len_at_most("task status message", &s.message, MAX_STATUS_TEXT)?;
-    len_at_most("task error", &s.err, MAX_STATUS_TEXT)
+    len_at_most("task error", &s.err, MAX_STATUS_TEXT)?;
+    len_at_most("health check output", &s.health_output, MAX_STATUS_TEXT)?;
+    if crate::objects::HealthState::try_from(s.health).is_err() {
+        return Err(OverLimit(format!("health state {} is unknown", s.health)));
+    }
+    Ok(())
 }
 
 /// Cuts `s` to at most `limit` bytes on a character boundary, marking the cut.

@@ -5,6 +5,7 @@ mod ca_cli;
 mod cli;
 mod daemon;
 mod netaddr;
+mod policy_cli;
 mod raft_transport;
 mod renewal;
 mod security_cli;
@@ -241,6 +242,20 @@ enum ServiceCmd {
         pretty: bool,
         #[arg(required = true)]
         services: Vec<String>,
+    },
+    /// Go back to the service's previous spec, with its rollback settings, and wait
+    /// until that is done (unless -d).
+    Rollback {
+        service: String,
+        #[arg(short = 'd', long)]
+        detach: bool,
+    },
+    /// Replace every task of the service, a few at a time under its update settings
+    /// (a rolling restart), and wait until that is done (unless -d).
+    Restart {
+        service: String,
+        #[arg(short = 'd', long)]
+        detach: bool,
     },
     /// Remove services (their containers are stopped).
     #[command(alias = "remove")]
@@ -588,6 +603,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     c.service_inspect(&services, pretty).await
                 }
                 ServiceCmd::Rm { services } => c.service_rm(&services).await,
+                ServiceCmd::Rollback { service, detach } => {
+                    c.service_rollback(&service, detach).await
+                }
+                ServiceCmd::Restart { service, detach } => {
+                    c.service_restart(&service, detach).await
+                }
                 ServiceCmd::Logs {
                     service,
                     follow,

@@ -87,6 +87,8 @@ pub struct SpecFlags {
     /// signals and reaps zombies.
     #[arg(long)]
     no_init: bool,
+    #[command(flatten)]
+    policy: crate::policy_cli::UpdateFlags,
     /// Return at once instead of waiting for the service to converge.
     #[arg(short = 'd', long)]
     detach: bool,
@@ -98,7 +100,7 @@ pub struct CreateArgs {
     name: Option<String>,
     #[arg(long, allow_hyphen_values = true, value_parser = parse_replicas)]
     replicas: Option<u64>,
-    /// replicated or global.
+    /// replicated, global, replicated-job or global-job.
     #[arg(long, default_value = "replicated")]
     mode: String,
     #[command(flatten)]
@@ -120,6 +122,9 @@ pub struct UpdateArgs {
     /// Run an init (tini) as PID 1 again (undoes --no-init).
     #[arg(long, conflicts_with = "no_init")]
     init: bool,
+    /// Go back to the previous spec (like `service rollback`).
+    #[arg(long)]
+    rollback: bool,
     #[arg(long = "env-add")]
     env_add: Vec<String>,
     #[arg(long = "env-rm")]
@@ -201,17 +206,37 @@ fn apply(spec: &mut ServiceSpec, f: &SpecFlags) {
     if let Some(m) = f.replicas_max_per_node {
         p.max_replicas_per_node = m;
     }
+    f.policy.apply(spec);
 }
 
 fn mode_name(spec: &ServiceSpec) -> &'static str {
-    if spec.mode == ServiceMode::Global as i32 {
-        "global"
-    } else {
-        "replicated"
+    match ServiceMode::try_from(spec.mode) {
+        Ok(ServiceMode::Global) => "global",
+        Ok(ServiceMode::ReplicatedJob) => "replicated-job",
+        Ok(ServiceMode::GlobalJob) => "global-job",
+        _ => "replicated",
     }
 }
 
 pub use crate::tasks_cli::{ago, state_name as state_label};
+
+fn chrono_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A task's health, for task lists: starting, healthy or unhealthy.
+pub fn health_label(t: &Task) -> Option<&'static str> {
+    use shoal_proto::objects::HealthState;
+    match HealthState::try_from(t.status.as_ref().map(|s| s.health).unwrap_or(0)) {
+        Ok(HealthState::Starting) => Some("health: starting"),
+        Ok(HealthState::Healthy) => Some("healthy"),
+        Ok(HealthState::Unhealthy) => Some("unhealthy"),
+        _ => None,
+    }
+}
 use crate::tasks_cli::{task_table_header, truncate};
 
 impl Client {
@@ -236,13 +261,70 @@ impl Client {
         Ok((tasks, r.node_names))
     }
 
-    /// Waits until the service runs its desired tasks, all of its current version,
-    /// showing progress; fails with the reason if it cannot.
-    async fn converge(&self, id: &str) -> Result<()> {
+    /// The last lines a task wrote, if its node still has them (best effort).
+    async fn task_tail(&self, task_id: &str, n: u64) -> Vec<String> {
+        let call = async {
+            let resp = self
+                .control()
+                .task_logs(TaskLogsRequest {
+                    reference: task_id.to_string(),
+                    follow: false,
+                    tail: n,
+                })
+                .await
+                .ok()?;
+            let mut stream = resp.into_inner();
+            let mut lines = Vec::new();
+            while let Some(Ok(msg)) = stream.next().await {
+                lines.extend(
+                    msg.lines
+                        .iter()
+                        .map(|l| String::from_utf8_lossy(&l.data).into_owned()),
+                );
+            }
+            Some(lines)
+        };
+        tokio::time::timeout(Duration::from_secs(3), call)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
+    /// An error naming a task's failure, with the last lines of its output.
+    async fn task_failure(&self, what: String, t: Option<&Task>) -> anyhow::Error {
+        let Some(t) = t else {
+            return anyhow::anyhow!(what);
+        };
+        let tail = self.task_tail(&t.id, 5).await;
+        if tail.is_empty() {
+            return anyhow::anyhow!(what);
+        }
+        let out: Vec<String> = tail.iter().map(|l| format!("  | {l}")).collect();
+        anyhow::anyhow!(
+            "{what}\nlast output of task {}:\n{}",
+            t.name,
+            out.join("\n")
+        )
+    }
+
+    /// Waits until the service has settled: every task of its current spec RUNNING
+    /// (and healthy) for the monitor period, none of an old spec left, and its update
+    /// (or `rollback`) done; for a job, until every completion is in. Shows progress.
+    /// Fails with the reason (and the failed task's last output) if it cannot.
+    async fn converge(&self, id: &str, rollback: bool) -> Result<()> {
+        use shoal_manager::orchestrator::{is_current, is_job, update};
+        use shoal_proto::objects::UpdateState;
         let tty = std::io::stdout().is_terminal();
-        let started = Instant::now();
         let mut last = String::new();
+        let mut last_change = Instant::now();
         let mut stuck_since: Option<Instant> = None;
+        let mut updating_seen = false;
+        let finish_line = |tty: bool| {
+            if tty {
+                println!();
+            }
+        };
         loop {
             let svc = self
                 .control()
@@ -262,6 +344,8 @@ impl Client {
                 .remove(&svc.id)
                 .unwrap_or_default();
             let (mut tasks, _) = self.service_tasks(&svc).await?;
+            let spec = svc.spec.clone().unwrap_or_default();
+            let name = spec.name.clone();
             // Like Docker's CLI: tasks on nodes that are down (or, for old versions, paused)
             // cannot move, so they do not hold convergence up.
             let nodes = self
@@ -283,63 +367,142 @@ impl Client {
                     || node_state(&t.node_id)
                         .is_some_and(|(st, _)| st != shoal_proto::objects::NodeState::Down as i32)
             });
-            // A paused node keeps the task it has, whatever its version.
             let on_paused = |t: &Task| {
                 node_state(&t.node_id)
                     .is_some_and(|(_, av)| av == shoal_proto::objects::Availability::Pause as i32)
             };
-            let name = svc
-                .spec
-                .as_ref()
-                .map(|s| s.name.clone())
-                .unwrap_or_default();
+            let state_of = |t: &Task| t.status.as_ref().map(|s| s.state).unwrap_or(0);
+            let live = |t: &&Task| t.desired_state <= TaskState::Running as i32;
             let current: Vec<&Task> = tasks
                 .iter()
-                .filter(|t| {
-                    (t.spec_version == svc.spec_version || on_paused(t))
-                        && t.desired_state <= TaskState::Running as i32
-                })
+                .filter(live)
+                .filter(|t| is_current(&svc, t) || on_paused(t))
                 .collect();
-            let running = current
-                .iter()
-                .filter(|t| t.status.as_ref().map(|s| s.state) == Some(TaskState::Running as i32))
-                .count() as u64;
-            let stale = tasks.iter().any(|t| {
-                t.spec_version < svc.spec_version
-                    && !on_paused(t)
-                    && t.status.as_ref().map(|s| s.state) == Some(TaskState::Running as i32)
-            });
-            let line = format!("{name}: {running}/{} tasks running", status.desired);
-            if line != last {
-                if tty {
-                    print!("\r\x1b[K{line}");
-                } else {
-                    println!("{line}");
-                }
-                let _ = std::io::stdout().flush();
-                last = line;
-            }
-            if running == status.desired && !stale && current.len() as u64 == status.desired {
-                if tty {
-                    println!();
-                }
-                println!("{name}: converged");
-                return Ok(());
-            }
-            // Why it cannot converge: a task that failed, or one nothing can take.
-            if let Some(t) = current.iter().find(|t| {
-                let st = t.status.as_ref().map(|s| s.state).unwrap_or(0);
+            let failed = current.iter().copied().find(|t| {
+                let st = state_of(t);
                 st == TaskState::Failed as i32 || st == TaskState::Rejected as i32
-            }) {
-                if tty {
-                    println!();
-                }
-                let err = t.status.as_ref().map(|s| s.err.clone()).unwrap_or_default();
-                bail!(
-                    "service {name} cannot converge: task {} {}: {err}",
-                    t.name,
-                    state_label(t.status.as_ref().map(|s| s.state).unwrap_or(0)).to_lowercase()
+            });
+            let ust = svc.update_status.clone().unwrap_or_default();
+            let ustate = UpdateState::try_from(ust.state).unwrap_or(UpdateState::None);
+
+            if is_job(&spec) {
+                let running = current
+                    .iter()
+                    .filter(|t| state_of(t) == TaskState::Running as i32)
+                    .count();
+                let line = format!(
+                    "{name}: {}/{} completed ({running} running)",
+                    status.completed, status.completions
                 );
+                self.progress(&mut last, &line, tty, &mut last_change);
+                if status.completed >= status.completions {
+                    finish_line(tty);
+                    println!("{name}: job complete");
+                    return Ok(());
+                }
+                if let Some(t) = failed {
+                    let now = chrono_now_ms();
+                    let never = shoal_manager::orchestrator::restart::decide(&spec, t, now)
+                        == shoal_manager::orchestrator::restart::Restart::Never;
+                    if never {
+                        finish_line(tty);
+                        let err = t.status.as_ref().map(|s| s.err.clone()).unwrap_or_default();
+                        return Err(self
+                            .task_failure(
+                                format!("job {name} cannot complete: task {} failed and will not be retried: {err}", t.name),
+                                Some(t),
+                            )
+                            .await);
+                    }
+                }
+            } else {
+                let settings = update::Settings::of(if update::is_rollback(ustate) {
+                    spec.rollback.as_ref()
+                } else {
+                    spec.update.as_ref()
+                });
+                let now = chrono_now_ms();
+                let settled = current
+                    .iter()
+                    .filter(|t| {
+                        on_paused(t)
+                            || update::stable_at(t, settings.monitor_ms).is_some_and(|at| at <= now)
+                    })
+                    .count() as u64;
+                let stale = tasks.iter().filter(live).any(|t| {
+                    !is_current(&svc, t)
+                        && !on_paused(t)
+                        && state_of(t) < TaskState::Complete as i32
+                });
+                let updating =
+                    matches!(ustate, UpdateState::Updating | UpdateState::RollbackStarted);
+                let mut states: std::collections::BTreeMap<String, usize> = Default::default();
+                for t in &current {
+                    let mut label = state_label(state_of(t)).to_lowercase();
+                    if let Some(h) = health_label(t) {
+                        label = format!("{label} ({h})");
+                    }
+                    *states.entry(label).or_default() += 1;
+                }
+                let states: Vec<String> = states.iter().map(|(s, n)| format!("{n} {s}")).collect();
+                updating_seen |= updating;
+                let verb = if updating_seen { "updated" } else { "running" };
+                let line = format!(
+                    "{name}: {settled}/{} {verb}{}",
+                    status.desired,
+                    if states.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", states.join(", "))
+                    }
+                );
+                self.progress(&mut last, &line, tty, &mut last_change);
+                match ustate {
+                    UpdateState::Paused | UpdateState::RollbackPaused => {
+                        finish_line(tty);
+                        let t = tasks
+                            .iter()
+                            .find(|t| ust.failed_tasks.last() == Some(&t.id));
+                        return Err(self
+                            .task_failure(format!("service {name}: {}", ust.message), t)
+                            .await);
+                    }
+                    UpdateState::RollbackCompleted | UpdateState::RollbackStarted if !rollback => {
+                        finish_line(tty);
+                        let t = tasks
+                            .iter()
+                            .find(|t| ust.failed_tasks.last() == Some(&t.id));
+                        return Err(self
+                            .task_failure(format!("service {name}: {}", ust.message), t)
+                            .await);
+                    }
+                    _ => {}
+                }
+                if !updating
+                    && !stale
+                    && settled == status.desired
+                    && current.len() as u64 == status.desired
+                {
+                    finish_line(tty);
+                    println!("{name}: converged");
+                    return Ok(());
+                }
+                // Outside an update (which pauses or rolls back by itself), a task that
+                // fails means the service cannot settle.
+                if let (Some(t), false) = (failed, updating) {
+                    finish_line(tty);
+                    let err = t.status.as_ref().map(|s| s.err.clone()).unwrap_or_default();
+                    return Err(self
+                        .task_failure(
+                            format!(
+                                "service {name} cannot converge: task {} {}: {err}",
+                                t.name,
+                                state_label(state_of(t)).to_lowercase()
+                            ),
+                            Some(t),
+                        )
+                        .await);
+                }
             }
             let unplaced = current.iter().find(|t| {
                 t.node_id.is_empty() && t.status.as_ref().is_some_and(|s| !s.err.is_empty())
@@ -347,9 +510,7 @@ impl Client {
             match (unplaced, stuck_since) {
                 (Some(_), None) => stuck_since = Some(Instant::now()),
                 (Some(t), Some(since)) if since.elapsed() > Duration::from_secs(2) => {
-                    if tty {
-                        println!();
-                    }
+                    finish_line(tty);
                     let err = t.status.as_ref().map(|s| s.err.clone()).unwrap_or_default();
                     bail!(
                         "service {name} cannot converge: task {} is pending: {err}",
@@ -359,24 +520,85 @@ impl Client {
                 (None, _) => stuck_since = None,
                 _ => {}
             }
-            if started.elapsed() > Duration::from_secs(300) {
-                bail!(
-                    "service {name} did not converge within 5 minutes ({running}/{} running)",
-                    status.desired
-                );
+            if last_change.elapsed() > Duration::from_secs(300) {
+                finish_line(tty);
+                bail!("service {name}: no progress for 5 minutes ({last})");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Shows a progress line when it changes.
+    fn progress(&self, last: &mut String, line: &str, tty: bool, changed: &mut Instant) {
+        if line == last {
+            return;
+        }
+        if tty {
+            print!("\r\x1b[K{line}");
+        } else {
+            println!("{line}");
+        }
+        let _ = std::io::stdout().flush();
+        *last = line.to_string();
+        *changed = Instant::now();
+    }
+
+    pub async fn service_rollback(&self, service: &str, detach: bool) -> Result<()> {
+        let s = self
+            .control()
+            .update_service(UpdateServiceRequest {
+                reference: service.to_string(),
+                rollback: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(status_err)?
+            .into_inner();
+        println!("{}", s.spec.as_ref().map(|x| x.name.as_str()).unwrap_or(""));
+        if detach {
+            return Ok(());
+        }
+        self.converge(&s.id, true).await
+    }
+
+    pub async fn service_restart(&self, service: &str, detach: bool) -> Result<()> {
+        let cur = self
+            .control()
+            .get_service(GetServiceRequest {
+                reference: service.to_string(),
+            })
+            .await
+            .map_err(status_err)?
+            .into_inner();
+        let s = self
+            .control()
+            .update_service(UpdateServiceRequest {
+                reference: cur.id.clone(),
+                spec: cur.spec.clone(),
+                spec_version: cur.spec_version,
+                force: true,
+                rollback: false,
+            })
+            .await
+            .map_err(status_err)?
+            .into_inner();
+        println!("{}", s.spec.as_ref().map(|x| x.name.as_str()).unwrap_or(""));
+        if detach {
+            return Ok(());
+        }
+        self.converge(&s.id, false).await
     }
 
     pub async fn service_create(&self, a: CreateArgs) -> Result<()> {
         let mode = match a.mode.as_str() {
             "replicated" => ServiceMode::Replicated,
             "global" => ServiceMode::Global,
-            m => bail!("--mode {m:?}: use replicated or global"),
+            "replicated-job" => ServiceMode::ReplicatedJob,
+            "global-job" => ServiceMode::GlobalJob,
+            m => bail!("--mode {m:?}: use replicated, global, replicated-job or global-job"),
         };
-        if mode == ServiceMode::Global && a.replicas.is_some() {
-            bail!("--replicas cannot be used with --mode global");
+        if matches!(mode, ServiceMode::Global | ServiceMode::GlobalJob) && a.replicas.is_some() {
+            bail!("--replicas cannot be used with --mode {}", a.mode);
         }
         let mut spec = ServiceSpec {
             name: a.name.unwrap_or_default(),
@@ -404,10 +626,13 @@ impl Client {
         if a.flags.detach {
             return Ok(());
         }
-        self.converge(&s.id).await
+        self.converge(&s.id, false).await
     }
 
     pub async fn service_update(&self, a: UpdateArgs) -> Result<()> {
+        if a.rollback {
+            return self.service_rollback(&a.service, a.flags.detach).await;
+        }
         let cur = self
             .control()
             .get_service(GetServiceRequest {
@@ -449,7 +674,8 @@ impl Client {
         }
         apply(&mut spec, &flags);
         if let Some(r) = a.replicas {
-            if spec.mode == ServiceMode::Global as i32 {
+            if spec.mode == ServiceMode::Global as i32 || spec.mode == ServiceMode::GlobalJob as i32
+            {
                 bail!("--replicas cannot be used with a global service");
             }
             spec.replicas = r;
@@ -470,7 +696,7 @@ impl Client {
         if a.flags.detach {
             return Ok(());
         }
-        self.converge(&s.id).await
+        self.converge(&s.id, false).await
     }
 
     pub async fn service_scale(&self, pairs: &[String], detach: bool) -> Result<()> {
@@ -491,7 +717,9 @@ impl Client {
                 .map_err(status_err)?
                 .into_inner();
             let mut spec = cur.spec.clone().unwrap_or_default();
-            if spec.mode == ServiceMode::Global as i32 {
+            if spec.mode != ServiceMode::Replicated as i32
+                && spec.mode != ServiceMode::ReplicatedJob as i32
+            {
                 bail!("{name}: scale can only be used with replicated services");
             }
             spec.replicas = n;
@@ -510,7 +738,7 @@ impl Client {
         }
         if !detach {
             for id in ids {
-                self.converge(&id).await?;
+                self.converge(&id, false).await?;
             }
         }
         Ok(())
@@ -546,7 +774,14 @@ impl Client {
                 s.id.chars().take(12).collect(),
                 spec.name.clone(),
                 mode_name(&spec).into(),
-                format!("{}/{}", st.running, st.desired),
+                if shoal_manager::orchestrator::is_job(&spec) {
+                    format!(
+                        "{}/{} ({}/{} completed)",
+                        st.running, st.desired, st.completed, st.completions
+                    )
+                } else {
+                    format!("{}/{}", st.running, st.desired)
+                },
                 spec.container.map(|c| c.image).unwrap_or_default(),
             ]);
         }
@@ -610,6 +845,7 @@ impl Client {
                             "NodeID": t.node_id, "Slot": t.slot,
                             "DesiredState": state_label(t.desired_state), "CurrentState": state_label(st.state),
                             "Error": st.err, "SpecVersion": t.spec_version,
+                            "Health": health_label(t).unwrap_or(""), "Image": t.spec.as_ref().map(|s| s.image.clone()).unwrap_or_default(),
                         })
                     );
                 }
@@ -649,7 +885,14 @@ impl Client {
                 t.spec.as_ref().map(|s| s.image.clone()).unwrap_or_default(),
                 names.get(&t.node_id).cloned().unwrap_or_default(),
                 state_label(t.desired_state),
-                format!("{} {}", state_label(st.state), ago(st.timestamp_unix_ms)),
+                match health_label(t) {
+                    Some(h) => format!(
+                        "{} {} ({h})",
+                        state_label(st.state),
+                        ago(st.timestamp_unix_ms)
+                    ),
+                    None => format!("{} {}", state_label(st.state), ago(st.timestamp_unix_ms)),
+                },
                 err,
             ]);
         }
@@ -680,8 +923,14 @@ impl Client {
                     spec.name,
                     mode_name(&spec)
                 );
-                if spec.mode != ServiceMode::Global as i32 {
+                if spec.mode == ServiceMode::Replicated as i32 {
                     println!(" Replicas:\t{}", spec.replicas);
+                }
+                if spec.mode == ServiceMode::ReplicatedJob as i32 {
+                    println!(" Total completions:\t{}", spec.replicas);
+                    if spec.max_concurrent > 0 {
+                        println!(" Max concurrent:\t{}", spec.max_concurrent);
+                    }
                 }
                 println!("Placement:");
                 for con in &p.constraints {
@@ -702,6 +951,7 @@ impl Client {
                 }
                 println!(" Init:\t\t{}", !c.no_init);
                 print_security(&c);
+                crate::policy_cli::print_pretty(&spec, s.update_status.as_ref());
                 println!(
                     "Resources:\n Reservations:\tCPU {} Memory {}\n Limits:\tCPU {} Memory {}",
                     res.nano_cpus as f64 / 1e9,
@@ -712,16 +962,33 @@ impl Client {
                 println!();
                 continue;
             }
+            let [update, rollback, restart, health, update_status] =
+                crate::policy_cli::inspect_json(&spec, s.update_status.as_ref());
+            let mode = match ServiceMode::try_from(spec.mode) {
+                Ok(ServiceMode::Global) => json!({"Global": {}}),
+                Ok(ServiceMode::GlobalJob) => json!({"GlobalJob": {}}),
+                Ok(ServiceMode::ReplicatedJob) => json!({"ReplicatedJob": {
+                    "MaxConcurrent": if spec.max_concurrent == 0 { spec.replicas } else { spec.max_concurrent },
+                    "TotalCompletions": spec.replicas}}),
+                _ => json!({"Replicated": {"Replicas": spec.replicas}}),
+            };
+            let mut job_status = serde_json::Value::Null;
+            if shoal_manager::orchestrator::is_job(&spec) {
+                job_status = json!({"JobIteration": {"Index": s.job_iteration}});
+            }
             out.push(json!({
                 "ID": s.id, "Version": {"Index": s.spec_version},
+                "UpdateStatus": update_status, "JobStatus": job_status,
                 "CreatedAt": fmt_time(s.created_at_unix), "UpdatedAt": fmt_time(s.updated_at_unix),
                 "Spec": {
                     "Name": spec.name, "Labels": spec.labels,
-                    "Mode": if spec.mode == ServiceMode::Global as i32 { json!({"Global": {}}) } else { json!({"Replicated": {"Replicas": spec.replicas}}) },
+                    "Mode": mode,
+                    "UpdateConfig": update, "RollbackConfig": rollback,
                     "TaskTemplate": {
                         "ContainerSpec": {"Image": c.image, "Command": c.command, "Args": c.args, "Env": c.env, "Dir": c.workdir, "User": c.user, "Hostname": c.hostname, "ReadOnly": c.readonly_rootfs, "Init": !c.no_init,
                             "Mounts": c.mounts.iter().map(|m| json!({"Type": m.r#type, "Source": m.source, "Target": m.target, "ReadOnly": m.readonly})).collect::<Vec<_>>(),
-                            "CapabilityAdd": c.cap_add, "CapabilityDrop": c.cap_drop},
+                            "CapabilityAdd": c.cap_add, "CapabilityDrop": c.cap_drop, "Healthcheck": health},
+                        "RestartPolicy": restart,
                         "Resources": {"Limits": {"NanoCPUs": lim.nano_cpus, "MemoryBytes": lim.memory_bytes, "Pids": lim.pids}, "Reservations": {"NanoCPUs": res.nano_cpus, "MemoryBytes": res.memory_bytes}},
                         "Placement": {"Constraints": p.constraints, "Preferences": p.spread.iter().map(|x| json!({"Spread": {"SpreadDescriptor": x}})).collect::<Vec<_>>(), "MaxReplicas": p.max_replicas_per_node},
                     },

@@ -492,6 +492,10 @@ impl Client {
                     "State": state_name(st.state).to_lowercase(), "Message": st.message, "Err": st.err,
                     "Timestamp": fmt_time(st.timestamp_unix_ms / 1000),
                     "ContainerStatus": {"PID": st.pid, "ExitCode": st.exit_code},
+                    "Health": match crate::services_cli::health_label(&t) {
+                        Some(h) => json!({"Status": h.trim_start_matches("health: "), "Output": st.health_output}),
+                        None => serde_json::Value::Null,
+                    },
                 },
             }));
         }

@@ -64,6 +64,24 @@ pub struct ImageConfig {
     pub cmd: Vec<String>,
     pub working_dir: String,
     pub user: String,
+    /// The image's HEALTHCHECK (absent in images stored before it was kept).
+    #[serde(default)]
+    pub healthcheck: Option<ImageHealthcheck>,
+}
+
+/// A HEALTHCHECK as image configs carry it (durations in nanoseconds).
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct ImageHealthcheck {
+    #[serde(rename = "Test", default)]
+    pub test: Vec<String>,
+    #[serde(rename = "Interval", default)]
+    pub interval: u64,
+    #[serde(rename = "Timeout", default)]
+    pub timeout: u64,
+    #[serde(rename = "StartPeriod", default)]
+    pub start_period: u64,
+    #[serde(rename = "Retries", default)]
+    pub retries: u32,
 }
 
 /// An image in the store.

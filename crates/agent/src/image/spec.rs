@@ -170,6 +170,12 @@ pub(crate) struct RunConfig {
     pub working_dir: Option<String>,
     #[serde(rename = "User", default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    #[serde(
+        rename = "Healthcheck",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub healthcheck: Option<super::ImageHealthcheck>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -214,6 +220,7 @@ pub(crate) fn parse_config(bytes: &[u8], what: &str) -> Result<ParsedConfig, Ima
             cmd: run.cmd.unwrap_or_default(),
             working_dir: run.working_dir.unwrap_or_default(),
             user: run.user.unwrap_or_default(),
+            healthcheck: run.healthcheck,
         },
         diff_ids,
         created_unix,
@@ -252,4 +259,25 @@ pub(crate) struct DockerSaveEntry {
 pub(crate) struct OciIndex {
     #[serde(default)]
     pub manifests: Vec<Descriptor>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_image_healthcheck_is_kept_from_its_config() {
+        let cfg = br#"{"os":"linux","config":{"Cmd":["httpd"],"Healthcheck":{"Test":["CMD-SHELL","wget -q -O- localhost"],"Interval":2000000000,"Retries":4}},"rootfs":{"type":"layers","diff_ids":[]}}"#;
+        let p = parse_config(cfg, "test").unwrap();
+        let h = p.config.healthcheck.unwrap();
+        assert_eq!(h.test, ["CMD-SHELL", "wget -q -O- localhost"]);
+        assert_eq!(h.interval, 2_000_000_000);
+        assert_eq!(h.retries, 4);
+        // An image stored before health checks were kept still reads.
+        let old: super::super::ImageConfig = serde_json::from_str(
+            r#"{"env":[],"entrypoint":[],"cmd":[],"working_dir":"","user":""}"#,
+        )
+        .unwrap();
+        assert_eq!(old.healthcheck, None);
+    }
 }

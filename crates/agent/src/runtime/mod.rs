@@ -146,6 +146,15 @@ pub trait Runtime: Send + Sync + 'static {
     /// end is recorded (a pidfd of its supervisor), so callers learn of exits without
     /// polling. None if the container is not running (or the kernel has no pidfds).
     fn exit_fd(&self, id: &str) -> Option<std::os::fd::OwnedFd>;
+    /// Runs `args` inside the running container (a health check) and returns its exit
+    /// code and output (stdout and stderr, the last 4 KiB). A command still running
+    /// after `timeout` is killed and reported as an error.
+    fn exec(
+        &self,
+        id: &str,
+        args: &[String],
+        timeout: std::time::Duration,
+    ) -> Result<(i32, String), RuntimeError>;
 }
 
 /// A pidfd for `pid` (Linux 5.3+): readable once the process has exited.

@@ -580,6 +580,66 @@ impl Runtime for Runc {
         self.dir(id).join("container.log")
     }
 
+    fn exec(
+        &self,
+        id: &str,
+        args: &[String],
+        timeout: Duration,
+    ) -> Result<(i32, String), RuntimeError> {
+        use std::io::Read;
+        if !matches!(self.status(id), ContainerStatus::Running { .. }) {
+            return Err(failed("the container is not running"));
+        }
+        let (mut out_r, out_w) = std::io::pipe().map_err(io_err("cannot make a pipe"))?;
+        let err_w = out_w.try_clone().map_err(io_err("cannot make a pipe"))?;
+        let mut child = Command::new(&self.runc_bin)
+            .arg("--root")
+            .arg(&self.runc_root)
+            .arg("exec")
+            .arg(id)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out_w)
+            .stderr(err_w)
+            .spawn()
+            .map_err(io_err("cannot run runc exec"))?;
+        // The output is read on its own thread so a chatty check cannot block on a
+        // full pipe; only its last 4 KiB are kept.
+        let reader = std::thread::spawn(move || {
+            let mut kept: Vec<u8> = Vec::new();
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = out_r.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                kept.extend_from_slice(&buf[..n]);
+                let extra = kept.len().saturating_sub(4096);
+                kept.drain(..extra);
+            }
+            String::from_utf8_lossy(&kept).into_owned()
+        });
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(st) = child.try_wait().map_err(io_err("waiting for runc exec"))? {
+                break Some(st);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let Some(status) = status else {
+            // The command inside may live on; the reader ends once it does.
+            return Err(failed(format!(
+                "the health check timed out after {timeout:?}"
+            )));
+        };
+        let output = reader.join().unwrap_or_default();
+        Ok((status.code().unwrap_or(-1), output))
+    }
+
     fn exit_fd(&self, id: &str) -> Option<std::os::fd::OwnedFd> {
         // The supervisor exits right after recording the container's end.
         let sup = Self::read_pid(&self.dir(id).join("supervisor.pid"))?;

@@ -30,6 +30,9 @@ use tonic::{Request, Response, Status};
 
 /// Heartbeats missed before a node is declared Down.
 pub const GRACE_MULTIPLIER: u32 = 3;
+/// A node whose session stream dropped (its connection closed: the daemon died, the
+/// machine went away) is declared Down unless it opens a new session within this.
+pub const SESSION_GRACE: Duration = Duration::from_secs(2);
 
 /// The cluster's heartbeat period, from the store.
 pub fn heartbeat_period(store: &Store) -> Duration {
@@ -39,7 +42,7 @@ pub fn heartbeat_period(store: &Store) -> Duration {
         .and_then(|c| c.into_iter().next())
         .and_then(|c| c.value.spec)
         .map(|s| s.heartbeat_period_ms)
-        .unwrap_or(5000);
+        .unwrap_or(crate::bootstrap::DEFAULT_HEARTBEAT.as_millis() as u64);
     Duration::from_millis(ms.max(100))
 }
 
@@ -52,6 +55,8 @@ pub struct Dispatcher {
     pub logs: Arc<logs::LogBroker>,
     /// Each node's open session, cancelled when a newer one replaces it.
     sessions: Arc<Mutex<HashMap<String, CancellationToken>>>,
+    /// Nodes whose session dropped, and when: suspect until they open a new one.
+    suspects: Arc<Mutex<HashMap<String, Instant>>>,
     ca: crate::rootca::CaHandle,
     cancel: CancellationToken,
 }
@@ -97,6 +102,7 @@ impl Dispatcher {
             renew_pacer: Arc::new(Mutex::new(Pacer::default())),
             logs: Arc::new(logs::LogBroker::default()),
             sessions: Arc::new(Mutex::new(HashMap::new())),
+            suspects: Arc::new(Mutex::new(HashMap::new())),
             cancel,
         }
     }
@@ -113,6 +119,9 @@ impl Dispatcher {
 
     /// Registers a new session of `node_id`, ending the one it replaces.
     fn replace_session(&self, node_id: &str) -> CancellationToken {
+        if let Ok(mut m) = self.suspects.lock() {
+            m.remove(node_id);
+        }
         let token = CancellationToken::new();
         if let Ok(mut m) = self.sessions.lock() {
             if let Some(old) = m.insert(node_id.to_string(), token.clone()) {
@@ -163,55 +172,98 @@ impl Dispatcher {
 
     /// Marks Down every Ready node not heard from for `GRACE_MULTIPLIER` periods, until
     /// cancelled. Runs on the leader.
+    /// Judges liveness until cancelled: a Ready node is marked Down once it has missed
+    /// [`GRACE_MULTIPLIER`] heartbeats, or [`SESSION_GRACE`] after its session dropped.
+    /// Each tick looks only at the in-memory beat times; the store is read for the nodes
+    /// that are overdue, and once a period for Ready nodes never heard from.
     pub async fn run_liveness(self, cancel: CancellationToken) {
         let started = Instant::now();
+        let mut last_full = Instant::now();
         loop {
             let period = heartbeat_period(&self.store);
-            let tick = (period / 10).max(Duration::from_millis(50));
+            let tick = (period / 10).clamp(Duration::from_millis(20), Duration::from_millis(100));
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(tick) => {}
             }
             let deadline = period * GRACE_MULTIPLIER;
-            let nodes = match self.store.list::<Node>() {
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::warn!(error = %e, "liveness check cannot read nodes");
-                    continue;
-                }
-            };
-            for n in nodes {
-                if n.value.state != NodeState::Ready as i32 {
-                    continue;
-                }
-                let seen = self
+            let mut overdue: Vec<(String, &'static str)> = Vec::new();
+            if let Ok(m) = self.last_seen.lock() {
+                overdue.extend(
+                    m.iter()
+                        .filter(|(_, t)| t.elapsed() > deadline)
+                        .map(|(id, _)| (id.clone(), "heartbeat failure")),
+                );
+            }
+            if let Ok(m) = self.suspects.lock() {
+                overdue.extend(
+                    m.iter()
+                        .filter(|(_, t)| t.elapsed() > SESSION_GRACE)
+                        .map(|(id, _)| (id.clone(), "session lost")),
+                );
+            }
+            // Nodes this leader never heard from get a full grace period from its start.
+            if started.elapsed() > deadline && last_full.elapsed() >= period {
+                last_full = Instant::now();
+                let seen: std::collections::HashSet<String> = self
                     .last_seen
                     .lock()
-                    .ok()
-                    .and_then(|m| m.get(&n.value.id).copied())
-                    .unwrap_or(started);
-                if seen.elapsed() > deadline {
-                    tracing::info!(node_id = %n.value.id, "node missed {GRACE_MULTIPLIER} heartbeats: down");
-                    let res = self
-                        .update_node(&n.value.id, |node| {
-                            if node.state != NodeState::Ready as i32 {
-                                return false;
-                            }
-                            node.state = NodeState::Down as i32;
-                            node.state_message = "heartbeat failure".into();
-                            true
-                        })
-                        .await;
-                    if let Err(e) = res {
-                        tracing::warn!(node_id = %n.value.id, error = %e, "cannot mark node down");
-                    }
+                    .map(|m| m.keys().cloned().collect())
+                    .unwrap_or_default();
+                match self.store.list::<Node>() {
+                    Ok(nodes) => overdue.extend(
+                        nodes
+                            .into_iter()
+                            .filter(|n| n.value.state == NodeState::Ready as i32)
+                            .filter(|n| !seen.contains(&n.value.id))
+                            .map(|n| (n.value.id, "heartbeat failure")),
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "liveness check cannot read nodes"),
                 }
             }
+            overdue.sort();
+            overdue.dedup_by(|a, b| a.0 == b.0);
+            for (id, why) in overdue {
+                self.mark_down(&id, why).await;
+            }
+        }
+    }
+
+    async fn mark_down(&self, id: &str, why: &'static str) {
+        // A node that beats again (or reconnects) is judged afresh.
+        if let Ok(mut m) = self.last_seen.lock() {
+            m.remove(id);
+        }
+        if let Ok(mut m) = self.suspects.lock() {
+            m.remove(id);
+        }
+        let res = self
+            .update_node(id, |node| {
+                if node.state != NodeState::Ready as i32 {
+                    return false;
+                }
+                node.state = NodeState::Down as i32;
+                node.state_message = why.into();
+                true
+            })
+            .await;
+        match res {
+            Ok(Some(n)) if n.state_message == why => {
+                tracing::info!(node_id = %id, "node down: {why}")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(node_id = %id, error = %e, "cannot mark node down"),
+        }
+    }
+
+    /// A node's session stream closed under it: suspect until it opens a new one.
+    fn session_dropped(&self, node_id: &str) {
+        if let Ok(mut m) = self.suspects.lock() {
+            m.insert(node_id.to_string(), Instant::now());
         }
     }
 }
 
-/// Refuses a heartbeat carrying more than the store should keep, naming the limit.
 fn check_heartbeat(req: &HeartbeatRequest) -> Result<(), Status> {
     use shoal_proto::limits;
     let refuse = |e: String| Status::invalid_argument(format!("Heartbeat refused: {e}"));
@@ -286,12 +338,15 @@ impl DispatcherRpc for Dispatcher {
         let caller = authorize(&req, "Session", ANY_NODE)?;
         self.lead()?;
         let replaced = self.replace_session(caller.node_id().as_str());
+        let me = self.clone();
+        let node = caller.node_id().to_string();
         let rx = session::start(
             self.store.clone(),
             self.logs.clone(),
             caller,
             replaced,
             self.cancel.clone(),
+            Box::new(move || me.session_dropped(&node)),
         )?;
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
             rx,

@@ -66,6 +66,7 @@ pub fn start(
     caller: Caller,
     replaced: CancellationToken,
     cancel: CancellationToken,
+    dropped: Box<dyn FnOnce() + Send>,
 ) -> Result<mpsc::Receiver<Result<SessionMessage, Status>>, Status> {
     let node_id = caller.node_id().to_string();
     let (tx, rx) = mpsc::channel(64);
@@ -93,7 +94,12 @@ pub fn start(
             }
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = tx.closed() => break,
+                _ = tx.closed() => {
+                    // The node went away (its connection closed) rather than the
+                    // manager ending the session.
+                    dropped();
+                    break;
+                }
                 _ = replaced.cancelled() => {
                     let _ = tx.send(Err(Status::aborted("a newer session of this node replaced this one"))).await;
                     break;

@@ -1,7 +1,7 @@
 //! Task status from agents, written in batches: many nodes' reports within a few
 //! milliseconds become one store transaction (swarm mode batches the same way).
 
-use crate::time::unix_now;
+use crate::time::{unix_now, unix_now_ms};
 use shoal_proto::dispatcher::TaskStatusUpdate;
 use shoal_proto::objects::{Task, TaskState};
 use shoal_store::{Batch, Expect, Store, StoreError};
@@ -99,11 +99,22 @@ async fn apply(store: &Store, updates: &[&TaskStatusUpdate]) -> Result<(), Store
             };
             let Some(cur) = cur else { continue };
             let mut task = cur.value.clone();
-            let old = task.status.as_ref().map(|s| s.state).unwrap_or(0);
-            if status.state <= old {
+            let prev = task.status.clone().unwrap_or_default();
+            let mut next = status.clone();
+            if next.state < prev.state {
                 continue;
             }
-            task.status = Some(status.clone());
+            if next.state == prev.state {
+                // The same state again: only news of its health counts, and the state
+                // keeps the time it was first recorded (what update monitors count from).
+                if next.health == prev.health && next.health_output == prev.health_output {
+                    continue;
+                }
+                next.applied_at_ms = prev.applied_at_ms;
+            } else {
+                next.applied_at_ms = unix_now_ms();
+            }
+            task.status = Some(next);
             task.updated_at_unix = unix_now();
             seen.insert(
                 u.task_id.clone(),

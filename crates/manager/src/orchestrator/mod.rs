@@ -4,11 +4,14 @@
 //! reads the store, plans, and commits the plan in one transaction.
 
 pub mod global;
+pub mod jobs;
 pub mod replicated;
+pub mod restart;
+pub mod update;
 
 use crate::scheduler;
 use shoal_proto::objects::{
-    Availability, Node, NodeState, Service, ServiceMode, Task, TaskState, TaskStatus,
+    Availability, Node, NodeState, Service, ServiceMode, ServiceSpec, Task, TaskState, TaskStatus,
 };
 use shoal_store::{Batch, Expect, Store, StoreError, Versioned};
 use std::collections::{BTreeMap, HashMap};
@@ -18,8 +21,9 @@ use tokio_util::sync::CancellationToken;
 /// Finished tasks kept per slot (or per node, for global services), as swarm's
 /// task history limit.
 pub const TASK_HISTORY: usize = 5;
-/// A task that failed is restarted after this delay (swarm's default).
-pub const RESTART_DELAY_MS: i64 = 5000;
+/// How long a successor waits for the task it replaces to stop (stop-first updates)
+/// before it starts anyway.
+pub const OLD_TASK_TIMEOUT_S: i64 = 60;
 
 /// What the orchestrators see.
 pub struct World<'a> {
@@ -36,11 +40,31 @@ pub struct Plan {
     /// Task ID -> (version read, new task).
     pub update: BTreeMap<String, (u64, Task)>,
     pub delete: BTreeMap<String, u64>,
+    /// Services whose update status (or, on a rollback, spec) changes, by ID.
+    pub services: BTreeMap<String, Service>,
+    /// The earliest time (unix ms) a later pass has something to do without any
+    /// change in the store (a restart delay, an update's monitor period).
+    pub wake_at: Option<i64>,
 }
 
 impl Plan {
     pub fn is_empty(&self) -> bool {
-        self.create.is_empty() && self.update.is_empty() && self.delete.is_empty()
+        self.create.is_empty()
+            && self.update.is_empty()
+            && self.delete.is_empty()
+            && self.services.is_empty()
+    }
+
+    /// Asks for a pass at `at` (unix ms) at the latest.
+    pub fn wake(&mut self, at: i64) {
+        self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+    }
+
+    /// The service as this plan will write it.
+    pub fn service_mut(&mut self, s: &Service) -> &mut Service {
+        self.services
+            .entry(s.id.clone())
+            .or_insert_with(|| s.clone())
     }
 
     /// Raises a task's desired state (never lowers it).
@@ -58,6 +82,8 @@ impl Plan {
             .entry(t.value.id.clone())
             .or_insert_with(|| (t.version, t.value.clone()));
         entry.1.desired_state = desired as i32;
+        // When it was asked to stop: a successor waits for it only so long.
+        entry.1.updated_at_unix = crate::time::unix_now();
     }
 
     pub fn delete(&mut self, t: &Versioned<Task>) {
@@ -77,6 +103,174 @@ pub fn is_live(t: &Task) -> bool {
 
 pub fn has_finished(t: &Task) -> bool {
     state_of(t) >= TaskState::Complete as i32
+}
+
+/// When the task's current state was recorded: by a manager when known (its clock),
+/// else by the agent.
+pub fn finished_at(t: &Task) -> i64 {
+    let st = t.status.clone().unwrap_or_default();
+    match st.applied_at_ms {
+        0 => st.timestamp_unix_ms,
+        at => at,
+    }
+}
+
+pub fn is_job(spec: &ServiceSpec) -> bool {
+    spec.mode == ServiceMode::ReplicatedJob as i32 || spec.mode == ServiceMode::GlobalJob as i32
+}
+
+/// Whether the task runs what its service asks for now (else an update replaces it).
+pub fn is_current(service: &Service, t: &Task) -> bool {
+    let spec = service.spec.clone().unwrap_or_default();
+    t.spec == spec.container
+        && t.placement == spec.placement
+        && t.reservations == spec.reservations
+        && (!is_job(&spec) || t.job_iteration == service.job_iteration)
+}
+
+fn newest<'a>(tasks: &[&'a Versioned<Task>]) -> Option<&'a Versioned<Task>> {
+    tasks
+        .iter()
+        .copied()
+        .max_by_key(|t| (t.value.created_at_unix, t.version))
+}
+
+/// Where a group's new tasks go: its slot, and its node for a global service (empty:
+/// the scheduler decides); `can_place`: whether a new task may be made now.
+pub struct Place<'n> {
+    pub slot: u64,
+    pub node_id: &'n str,
+    pub can_place: bool,
+}
+
+/// One group of a service (a slot of a replicated service, or a node of a global one):
+/// restarts what ended under the restart policy, replaces what a lost node held, and
+/// tells `update` what the group runs. Returns the group's old task if an update is to
+/// replace it.
+pub fn reconcile_group<'a>(
+    world: &World<'_>,
+    service: &Service,
+    plan: &mut Plan,
+    upd: &mut update::Update<'_>,
+    tasks: &[&'a Versioned<Task>],
+    place: Place<'_>,
+) -> Option<&'a Versioned<Task>> {
+    let Place {
+        slot,
+        node_id,
+        can_place,
+    } = place;
+    let now = world.now_ms;
+    let spec = service.spec.clone().unwrap_or_default();
+    upd.group();
+    // A node that can no longer keep its task: replaced at once, not restarted.
+    let mut lost: Option<&Versioned<Task>> = None;
+    let mut live: Vec<&Versioned<Task>> = Vec::new();
+    for t in tasks.iter().copied().filter(|t| is_live(&t.value)) {
+        if world.node_problem(&t.value).is_some() {
+            plan.set_desired(t, TaskState::Shutdown);
+            lost = lost.or(Some(t));
+        } else {
+            live.push(t);
+        }
+    }
+    let (current, old): (Vec<_>, Vec<_>) = live.iter().partition(|t| is_current(service, &t.value));
+    let restart = |plan: &mut Plan, t: &Versioned<Task>| match restart::decide(&spec, &t.value, now)
+    {
+        restart::Restart::Now => {
+            plan.set_desired(t, TaskState::Shutdown);
+            if can_place {
+                plan.create
+                    .push(restart::successor(service, &t.value, node_id, true, now));
+            }
+        }
+        restart::Restart::At(at) => plan.wake(at),
+        restart::Restart::Never => {}
+    };
+    if let Some(cur) = newest(&current) {
+        for extra in current.iter().filter(|t| t.value.id != cur.value.id) {
+            plan.set_desired(extra, TaskState::Shutdown);
+        }
+        upd.current(&cur.value, plan);
+        if has_finished(&cur.value) {
+            // Old tasks (of a start-first update) keep serving while the new one fails.
+            restart(plan, cur);
+        } else if update::successor_runs(&cur.value) {
+            for o in &old {
+                plan.set_desired(o, TaskState::Shutdown);
+            }
+        }
+        return None;
+    }
+    if let Some(o) = newest(&old) {
+        for extra in old.iter().filter(|t| t.value.id != o.value.id) {
+            plan.set_desired(extra, TaskState::Shutdown);
+        }
+        if has_finished(&o.value) {
+            // It ended on its own: restarted under the policy, with the current spec.
+            restart(plan, o);
+            return None;
+        }
+        upd.candidate(o.value.id.clone());
+        return Some(o);
+    }
+    if let Some(l) = lost {
+        if can_place || node_id.is_empty() {
+            plan.create
+                .push(restart::successor(service, &l.value, node_id, false, now));
+            upd.started();
+        }
+        return None;
+    }
+    // An old task still stopping for an update (stop-first): its successor waits.
+    let stopping = tasks.iter().find(|t| {
+        !is_live(&t.value)
+            && !has_finished(&t.value)
+            && t.value.desired_state == TaskState::Shutdown as i32
+            && !t.value.node_id.is_empty()
+            && world.node_problem(&t.value).is_none()
+    });
+    if let Some(s) = stopping {
+        upd.stopping();
+        let give_up = (s.value.updated_at_unix + OLD_TASK_TIMEOUT_S) * 1000;
+        if now < give_up {
+            plan.wake(give_up);
+            return None;
+        }
+    }
+    if can_place {
+        plan.create.push(new_task(service, slot, node_id, now));
+        upd.started();
+    }
+    None
+}
+
+/// What an update does with a group's old task it was told to replace.
+pub fn replace_old(
+    service: &Service,
+    plan: &mut Plan,
+    old: &Versioned<Task>,
+    step: &update::Step,
+    now: i64,
+) {
+    let global_node = match service.spec.as_ref().map(|s| s.mode) {
+        Some(m) if m == ServiceMode::Global as i32 => old.value.node_id.as_str(),
+        _ => "",
+    };
+    // A task no node has taken yet has nothing to stop: it just goes.
+    if old.value.node_id.is_empty() && state_of(&old.value) <= TaskState::Pending as i32 {
+        plan.delete(old);
+        plan.create
+            .push(new_task(service, old.value.slot, global_node, now));
+        return;
+    }
+    match step {
+        update::Step::StopFirst => plan.set_desired(old, TaskState::Shutdown),
+        update::Step::StartFirst => {
+            plan.create
+                .push(new_task(service, old.value.slot, global_node, now))
+        }
+    }
 }
 
 impl World<'_> {
@@ -144,6 +338,7 @@ pub fn new_task(service: &Service, slot: u64, node_id: &str, now_ms: i64) -> Tas
         placement: spec.placement.clone(),
         reservations: spec.reservations,
         spec_version: service.spec_version,
+        job_iteration: service.job_iteration,
         ..Default::default()
     }
 }
@@ -171,6 +366,9 @@ pub fn plan(world: &World<'_>) -> Plan {
     for s in world.services {
         match ServiceMode::try_from(s.spec.as_ref().map(|x| x.mode).unwrap_or(0)) {
             Ok(ServiceMode::Global) => global::reconcile(world, s, &mut plan),
+            Ok(ServiceMode::ReplicatedJob) | Ok(ServiceMode::GlobalJob) => {
+                jobs::reconcile(world, s, &mut plan)
+            }
             _ => replicated::reconcile(world, s, &mut plan),
         }
     }
@@ -283,19 +481,18 @@ fn schedule(world: &World<'_>, plan: &mut Plan) {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    crate::time::unix_now_ms()
 }
 
-/// One pass: read, plan, commit. Returns whether anything was written.
-pub async fn reconcile_once(store: &Store) -> Result<bool, StoreError> {
-    let services: Vec<Service> = store
-        .list::<Service>()?
-        .into_iter()
-        .map(|v| v.value)
+/// One pass: read, plan, commit. Returns whether anything was written, and when the
+/// next pass is due at the latest (unix ms) if nothing changes meanwhile.
+pub async fn reconcile_once(store: &Store) -> Result<(bool, Option<i64>), StoreError> {
+    let versioned = store.list::<Service>()?;
+    let versions: HashMap<String, u64> = versioned
+        .iter()
+        .map(|v| (v.value.id.clone(), v.version))
         .collect();
+    let services: Vec<Service> = versioned.into_iter().map(|v| v.value).collect();
     let tasks = store.list::<Task>()?;
     let nodes: Vec<Node> = store.list::<Node>()?.into_iter().map(|v| v.value).collect();
     let world = World {
@@ -306,7 +503,7 @@ pub async fn reconcile_once(store: &Store) -> Result<bool, StoreError> {
     };
     let plan = plan(&world);
     if plan.is_empty() {
-        return Ok(false);
+        return Ok((false, plan.wake_at));
     }
     let mut b = Batch::default();
     for t in &plan.create {
@@ -318,8 +515,14 @@ pub async fn reconcile_once(store: &Store) -> Result<bool, StoreError> {
     for (id, version) in &plan.delete {
         b.delete::<Task>(id, Expect::Version(*version));
     }
+    for s in plan.services.values() {
+        b.put(
+            s,
+            Expect::Version(versions.get(&s.id).copied().unwrap_or(0)),
+        );
+    }
     store.commit(b).await?;
-    Ok(true)
+    Ok((true, plan.wake_at))
 }
 
 /// The leader's orchestration loop: reconciles on every change to services, tasks or
@@ -334,13 +537,19 @@ pub async fn run(store: Store, cancel: CancellationToken) {
         }
     };
     loop {
+        let mut wait = Duration::from_secs(1);
         match reconcile_once(&store).await {
-            Ok(true) => continue,
-            Ok(false) => {}
+            Ok((true, _)) => continue,
+            Ok((false, wake)) => {
+                if let Some(at) = wake {
+                    let ms = (at - now_ms()).clamp(0, 1000) as u64;
+                    wait = Duration::from_millis(ms);
+                }
+            }
             Err(StoreError::Conflict { .. }) => continue,
             Err(e) => tracing::warn!(error = %e, "orchestration pass failed"),
         }
-        let deadline = tokio::time::sleep(Duration::from_secs(1));
+        let deadline = tokio::time::sleep(wait);
         tokio::pin!(deadline);
         loop {
             tokio::select! {
