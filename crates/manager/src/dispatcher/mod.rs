@@ -34,6 +34,17 @@ pub const GRACE_MULTIPLIER: u32 = 3;
 /// machine went away) is declared Down unless it opens a new session within this.
 pub const SESSION_GRACE: Duration = Duration::from_secs(2);
 
+/// Marks the heartbeat view stale when the liveness loop that keeps it ends.
+struct BeatViewLive(Arc<Mutex<BeatView>>);
+
+impl Drop for BeatViewLive {
+    fn drop(&mut self) {
+        if let Ok(mut v) = self.0.lock() {
+            v.live = false;
+        }
+    }
+}
+
 /// The cluster's heartbeat period, from the store.
 pub fn heartbeat_period(store: &Store) -> Duration {
     let ms = store
@@ -57,11 +68,60 @@ pub struct Dispatcher {
     sessions: Arc<Mutex<HashMap<String, CancellationToken>>>,
     /// Nodes whose session dropped, and when: suspect until they open a new one.
     suspects: Arc<Mutex<HashMap<String, Instant>>>,
+    /// What every heartbeat answers with (the period, the managers' addresses), kept
+    /// up to date from the store's changes by the liveness loop: a heartbeat must not
+    /// read (and decrypt) every node.
+    beat_view: Arc<Mutex<BeatView>>,
     ca: crate::rootca::CaHandle,
     cancel: CancellationToken,
 }
 
 const ANY_NODE: &[Role] = &[Role::Manager, Role::Worker];
+
+/// See [`Dispatcher::beat_view`].
+#[derive(Default)]
+struct BeatView {
+    /// Set while the liveness loop keeps the view current.
+    live: bool,
+    period: Duration,
+    /// Manager node ID -> address.
+    managers: std::collections::BTreeMap<String, String>,
+}
+
+impl BeatView {
+    fn load(&mut self, store: &Store) -> Result<(), StoreError> {
+        self.period = heartbeat_period(store);
+        self.managers = store
+            .list::<Node>()?
+            .into_iter()
+            .filter(|n| n.value.role == shoal_proto::objects::NodeRole::Manager as i32)
+            .filter(|n| !n.value.addr.is_empty())
+            .map(|n| (n.value.id, n.value.addr))
+            .collect();
+        Ok(())
+    }
+
+    fn apply(&mut self, store: &Store, c: &shoal_store::Change) {
+        use shoal_store::Object;
+        if c.table() == Cluster::TABLE {
+            self.period = heartbeat_period(store);
+        }
+        if c.table() != Node::TABLE {
+            return;
+        }
+        match c.decode::<Node>() {
+            Some(Ok(n))
+                if n.value.role == shoal_proto::objects::NodeRole::Manager as i32
+                    && !n.value.addr.is_empty() =>
+            {
+                self.managers.insert(n.value.id, n.value.addr);
+            }
+            _ => {
+                self.managers.remove(c.id());
+            }
+        }
+    }
+}
 
 /// Nodes told to renew per second during a root rotation, so a large cluster does not
 /// all renew in the same heartbeat period; the others are told on a later beat.
@@ -103,6 +163,7 @@ impl Dispatcher {
             logs: Arc::new(logs::LogBroker::default()),
             sessions: Arc::new(Mutex::new(HashMap::new())),
             suspects: Arc::new(Mutex::new(HashMap::new())),
+            beat_view: Arc::new(Mutex::new(BeatView::default())),
             cancel,
         }
     }
@@ -179,12 +240,37 @@ impl Dispatcher {
     pub async fn run_liveness(self, cancel: CancellationToken) {
         let started = Instant::now();
         let mut last_full = Instant::now();
+        let mut watch = self.store.watch().ok();
+        self.reload_beat_view();
+        let _live = BeatViewLive(self.beat_view.clone());
         loop {
-            let period = heartbeat_period(&self.store);
+            let period = self.beat_view.lock().map(|v| v.period).unwrap_or_default();
             let tick = (period / 10).clamp(Duration::from_millis(20), Duration::from_millis(100));
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(tick) => {}
+            let deadline_tick = tokio::time::Instant::now() + tick;
+            loop {
+                let ev = async {
+                    match watch.as_mut() {
+                        Some(w) => w.events.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep_until(deadline_tick) => break,
+                    ev = ev => match ev {
+                        Ok(ev) => {
+                            if let Ok(mut v) = self.beat_view.lock() {
+                                for c in &ev.changes {
+                                    v.apply(&self.store, c);
+                                }
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            self.reload_beat_view();
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    },
+                }
             }
             let deadline = period * GRACE_MULTIPLIER;
             let mut overdue: Vec<(String, &'static str)> = Vec::new();
@@ -254,6 +340,29 @@ impl Dispatcher {
             Ok(_) => {}
             Err(e) => tracing::warn!(node_id = %id, error = %e, "cannot mark node down"),
         }
+    }
+
+    fn reload_beat_view(&self) {
+        if let Ok(mut v) = self.beat_view.lock() {
+            match v.load(&self.store) {
+                Ok(()) => v.live = true,
+                Err(e) => {
+                    v.live = false;
+                    tracing::warn!(error = %e, "cannot read the heartbeat settings");
+                }
+            }
+        }
+    }
+
+    /// The heartbeat period and the managers' addresses, from the view when it is kept
+    /// current, else from the store.
+    fn beat_answer(&self) -> Result<(Duration, Vec<String>), Status> {
+        if let Ok(v) = self.beat_view.lock() {
+            if v.live {
+                return Ok((v.period, v.managers.values().cloned().collect()));
+            }
+        }
+        Ok((heartbeat_period(&self.store), manager_addrs(&self.store)?))
     }
 
     /// A node's session stream closed under it: suspect until it opens a new one.
@@ -478,10 +587,11 @@ impl DispatcherRpc for Dispatcher {
         } else {
             "worker"
         };
+        let (period, managers) = self.beat_answer()?;
         Ok(Response::new(HeartbeatResponse {
             role: role.to_string(),
-            period_ms: heartbeat_period(&self.store).as_millis() as u64,
-            managers: manager_addrs(&self.store)?,
+            period_ms: period.as_millis() as u64,
+            managers,
             roots_der: ca.roots.clone(),
             rotation_root_digest: ca.rotating_to.clone().unwrap_or_default(),
             renew_certificate: crate::rootca::needs_rotation(ca.rotating_to.as_deref(), &node)

@@ -535,10 +535,42 @@ fn bench_idle(shoal: &std::path::Path) -> Result<String> {
     Ok(md)
 }
 
+/// A channel to `addr` over TLS (`cfg`), its TCP connection from local address `local`:
+/// a manager takes at most 64 connections from one address, so the hollow fleet spreads
+/// over many.
+async fn channel_from(
+    local: std::net::IpAddr,
+    addr: &str,
+    cfg: std::sync::Arc<rustls::ClientConfig>,
+) -> Result<tonic::transport::Channel> {
+    let target: std::net::SocketAddr = addr.parse()?;
+    let connector = tower::service_fn(move |_uri: tonic::transport::Uri| {
+        let cfg = cfg.clone();
+        async move {
+            let sock = tokio::net::TcpSocket::new_v4()?;
+            sock.bind(std::net::SocketAddr::new(local, 0))?;
+            let tcp = sock.connect(target).await?;
+            tcp.set_nodelay(true)?;
+            let name = rustls::pki_types::ServerName::try_from(shoal_pki::MANAGER_SERVER_NAME)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            let tls = tokio_rustls::TlsConnector::from(cfg)
+                .connect(name, tcp)
+                .await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+        }
+    });
+    Ok(
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_with_connector(connector)
+            .await?,
+    )
+}
+
 /// One hollow node: joins with the worker token (a real certificate from the CA), then
 /// keeps a session open and heartbeats at the period the manager gives, over mTLS,
 /// like an agent with no tasks. Returns once `stop` is set.
 async fn hollow_node(
+    local: std::net::IpAddr,
     addr: String,
     root: Vec<u8>,
     token: String,
@@ -558,23 +590,33 @@ async fn hollow_node(
             .map(|_| Arc::new(r))
     };
     let cfg = Arc::new(shoal_pki::client_config(roots()?, None)?);
-    let ch = shoal_agent::connect::channel(&addr, cfg).await?;
+    let ch = channel_from(local, &addr, cfg).await?;
     let key = shoal_pki::NodeKey::generate()?;
-    let resp = CaClient::new(ch)
-        .issue_node_certificate(IssueNodeCertificateRequest {
-            csr_der: key.csr_der()?,
-            token,
-            hostname: format!("hollow{n}"),
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
+    // The CA issues one address 10 certificates a second: the fleet waits its turn.
+    let resp = loop {
+        let r = CaClient::new(ch.clone())
+            .issue_node_certificate(IssueNodeCertificateRequest {
+                csr_der: key.csr_der()?,
+                token: token.clone(),
+                hostname: format!("hollow{n}"),
+                ..Default::default()
+            })
+            .await;
+        match r {
+            Ok(r) => break r.into_inner(),
+            Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(s) => return Err(s.into()),
+        }
+    };
     let chain = vec![resp.cert_der.clone()];
     let cfg = Arc::new(shoal_pki::client_config(
         roots()?,
         Some((&chain, &key.pkcs8_der())),
     )?);
-    let ch = shoal_agent::connect::channel(&addr, cfg).await?;
+    drop(ch);
+    let ch = channel_from(local, &addr, cfg).await?;
     let mut client = DispatcherClient::new(ch);
     let mut session = client
         .session(SessionRequest::default())
@@ -615,6 +657,26 @@ fn bench_heartbeats(shoal: &std::path::Path) -> Result<String> {
     let root = std::fs::read_to_string(tb.nodes[0].state_dir.join("certs/ca.crt"))?;
     let root = shoal_pki::pem_certs(&root)?.remove(0);
     let addr = tb.nodes[0].addr();
+    // 50 hollow nodes per local address, on addresses .100 and up of the testbed's /24.
+    let prefix = tb.nodes[1]
+        .addr()
+        .rsplit_once('.')
+        .map(|(p, _)| p.to_string())
+        .context("address")?;
+    let mut locals: Vec<std::net::IpAddr> = Vec::new();
+    for k in 0..n.div_ceil(50) {
+        let ip = format!("{prefix}.{}", 100 + k);
+        let ok = std::process::Command::new("ip")
+            .args(["netns", "exec", &tb.nodes[1].netns, "ip", "addr", "add"])
+            .arg(format!("{ip}/24"))
+            .args(["dev", "eth0"])
+            .status()?
+            .success();
+        if !ok {
+            bail!("cannot add address {ip}");
+        }
+        locals.push(ip.parse()?);
+    }
     let joined = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let path = format!("/run/netns/{}", tb.nodes[1].netns);
@@ -635,20 +697,22 @@ fn bench_heartbeats(shoal: &std::path::Path) -> Result<String> {
                     while i >= joined.load(Ordering::SeqCst) + 16 {
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
-                    set.spawn(hollow_node(
+                    let node = hollow_node(
+                        locals[i % locals.len()],
                         addr.clone(),
                         root.clone(),
                         token.clone(),
                         i,
                         joined.clone(),
                         stop.clone(),
-                    ));
+                    );
+                    set.spawn(async move {
+                        if let Err(e) = node.await {
+                            eprintln!("hollow node {i}: {e:#}");
+                        }
+                    });
                 }
-                while let Some(r) = set.join_next().await {
-                    if let Ok(Err(e)) = r {
-                        eprintln!("hollow node: {e:#}");
-                    }
-                }
+                while set.join_next().await.is_some() {}
             });
             Ok(())
         })
