@@ -121,11 +121,16 @@ pub fn is_job(spec: &ServiceSpec) -> bool {
 
 /// Whether the task runs what its service asks for now (else an update replaces it).
 pub fn is_current(service: &Service, t: &Task) -> bool {
-    let spec = service.spec.clone().unwrap_or_default();
-    t.spec == spec.container
-        && t.placement == spec.placement
-        && t.reservations == spec.reservations
-        && (!is_job(&spec) || t.job_iteration == service.job_iteration)
+    // Called for every task on every pass: compares in place, without copying the spec.
+    match &service.spec {
+        Some(spec) => {
+            t.spec == spec.container
+                && t.placement == spec.placement
+                && t.reservations == spec.reservations
+                && (!is_job(spec) || t.job_iteration == service.job_iteration)
+        }
+        None => t.spec.is_none() && t.placement.is_none() && t.reservations.is_none(),
+    }
 }
 
 fn newest<'a>(tasks: &[&'a Versioned<Task>]) -> Option<&'a Versioned<Task>> {
@@ -161,7 +166,8 @@ pub fn reconcile_group<'a>(
         can_place,
     } = place;
     let now = world.now_ms;
-    let spec = service.spec.clone().unwrap_or_default();
+    let no_spec = ServiceSpec::default();
+    let spec = service.spec.as_ref().unwrap_or(&no_spec);
     upd.group();
     // A node that can no longer keep its task: replaced at once, not restarted.
     let mut lost: Option<&Versioned<Task>> = None;
@@ -175,7 +181,7 @@ pub fn reconcile_group<'a>(
         }
     }
     let (current, old): (Vec<_>, Vec<_>) = live.iter().partition(|t| is_current(service, &t.value));
-    let restart = |plan: &mut Plan, t: &Versioned<Task>| match restart::decide(&spec, &t.value, now)
+    let restart = |plan: &mut Plan, t: &Versioned<Task>| match restart::decide(spec, &t.value, now)
     {
         restart::Restart::Now => {
             plan.set_desired(t, TaskState::Shutdown);
