@@ -12,8 +12,9 @@ use tonic::transport::{Channel, Endpoint, Uri};
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `host:port` → a URI tonic accepts. The scheme is plain `http` because TLS is done by
-/// our own connector, with our own verifier.
-fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
+/// our own connector, with our own verifier. Public so the benchmark's hollow nodes
+/// connect as agents do.
+pub fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
     Ok(Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)

@@ -1,6 +1,6 @@
 //! The node's session with the managers: a heartbeat every period, as the dispatcher
-//! asks. A missed beat is retried at once against the next manager; the dispatcher
-//! decides liveness, not us.
+//! asks, on one long-lived stream. A missed beat is retried at once against the next
+//! manager; the dispatcher decides liveness, not us.
 
 use shoal_proto::dispatcher::dispatcher_client::DispatcherClient;
 use shoal_proto::dispatcher::{HeartbeatRequest, HeartbeatResponse};
@@ -97,14 +97,83 @@ pub async fn heartbeat_once(
     Ok(Duration::from_millis(resp.period_ms.max(100)))
 }
 
+/// How long a beat waits for its answer.
+const BEAT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// On a heartbeat stream the manager answers a beat when the answer changed, and at
+/// least every this many beats (so the node knows the manager still hears it).
+pub const ANSWER_EVERY: u32 = shoal_proto::limits::HEARTBEAT_ANSWER_EVERY;
+
 async fn heartbeat_call(
     channel: Channel,
     req: HeartbeatRequest,
 ) -> Result<HeartbeatResponse, tonic::Status> {
     let mut c = DispatcherClient::new(channel);
     let mut req = tonic::Request::new(req);
-    req.set_timeout(Duration::from_secs(5));
+    req.set_timeout(BEAT_TIMEOUT);
     Ok(c.heartbeat(req).await?.into_inner())
+}
+
+/// An open heartbeat stream: beats go in, answers come back in order.
+pub struct BeatStream {
+    beats: tokio::sync::mpsc::Sender<HeartbeatRequest>,
+    answers: tonic::Streaming<HeartbeatResponse>,
+}
+
+impl BeatStream {
+    /// Opens a stream on `channel` with `first` as its first beat.
+    pub async fn open(channel: Channel, first: HeartbeatRequest) -> Result<Self, tonic::Status> {
+        let (beats, rx) = tokio::sync::mpsc::channel(1);
+        let _ = beats.try_send(first);
+        let opened = tokio::time::timeout(
+            BEAT_TIMEOUT,
+            DispatcherClient::new(channel)
+                .heartbeats(tokio_stream::wrappers::ReceiverStream::new(rx)),
+        )
+        .await
+        .map_err(|_| no_answer())??;
+        Ok(BeatStream {
+            beats,
+            answers: opened.into_inner(),
+        })
+    }
+
+    /// Sends a beat without waiting for an answer.
+    pub async fn send(&mut self, req: HeartbeatRequest) -> Result<(), tonic::Status> {
+        self.beats.send(req).await.map_err(|_| {
+            tonic::Status::unavailable("the heartbeat stream to the manager is closed")
+        })
+    }
+
+    /// The next answer, however long it takes.
+    pub async fn answer(&mut self) -> Result<HeartbeatResponse, tonic::Status> {
+        match self.answers.message().await {
+            Ok(Some(a)) => Ok(a),
+            Ok(None) => Err(tonic::Status::unavailable(
+                "the manager ended the heartbeat stream",
+            )),
+            Err(s) => Err(s),
+        }
+    }
+
+    /// Sends a beat (none when `req` is `None`: the one [`BeatStream::open`] queued)
+    /// and waits for the next answer. The manager answers a beat only when its answer
+    /// changed or every [`ANSWER_EVERY`] beats: use this only for a first beat.
+    pub async fn beat(
+        &mut self,
+        req: Option<HeartbeatRequest>,
+    ) -> Result<HeartbeatResponse, tonic::Status> {
+        if let Some(req) = req {
+            self.send(req).await?;
+        }
+        tokio::time::timeout(BEAT_TIMEOUT, self.answer())
+            .await
+            .map_err(|_| no_answer())?
+    }
+}
+
+fn no_answer() -> tonic::Status {
+    tonic::Status::deadline_exceeded("the manager stopped answering heartbeats")
 }
 
 /// A beat a little early, at a random point in the last tenth of the period, so a
@@ -117,12 +186,41 @@ fn jitter(period: Duration) -> Duration {
 }
 
 impl Session {
-    /// Heartbeats until cancelled.
+    /// Sends one beat on the open stream, or opens a new one with it (after a failure,
+    /// or when the channel changed: a renewed certificate, another manager) and waits
+    /// for the new stream's first answer.
+    async fn send_beat(
+        &mut self,
+        open: &mut Option<BeatStream>,
+        req: HeartbeatRequest,
+    ) -> Result<Option<HeartbeatResponse>, tonic::Status> {
+        if self.channels.has_changed().unwrap_or(false) {
+            *open = None;
+        }
+        let r = match open {
+            Some(s) => s.send(req).await.map(|()| None),
+            None => {
+                let channel = self.channels.borrow_and_update().clone();
+                match BeatStream::open(channel, req).await {
+                    Ok(s) => open.insert(s).beat(None).await.map(Some),
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        if r.is_err() {
+            *open = None;
+        }
+        r
+    }
+
+    /// Heartbeats until cancelled. Beats go out every period whether or not answers
+    /// come: the manager answers a beat when its answer changed, and at least every
+    /// [`ANSWER_EVERY`] beats, so a stream with no answer for longer is dead.
     pub async fn run(mut self, cancel: CancellationToken) {
-        let mut failures = 0u32;
-        let mut untrusted = 0u32;
+        let mut tally = Tally::default();
+        let mut open: Option<BeatStream> = None;
+        let mut answered = tokio::time::Instant::now();
         loop {
-            let channel = self.channels.borrow().clone();
             // Installing runc while the daemon runs clears the error at the next beat.
             self.description.runtime_error =
                 crate::runtime::runc::runtime_error().unwrap_or_default();
@@ -139,68 +237,125 @@ impl Session {
                     })
                     .unwrap_or_default(),
             };
-            let r = heartbeat_call(channel, req).await;
-            let wait = match r {
-                Ok(resp) => {
-                    if failures > 0 {
-                        tracing::info!("heartbeat to manager restored");
-                    }
-                    failures = 0;
-                    untrusted = 0;
-                    if let Some(f) = &self.on_beat {
-                        f(&resp);
-                    }
-                    let p = Duration::from_millis(resp.period_ms.max(100));
-                    self.period = p;
-                    jitter(p)
-                }
-                Err(e) if means_untrusted_manager(&e) && self.untrusted.is_some() => {
-                    untrusted += 1;
-                    tracing::warn!(error = %error_chain_of(&e), "the manager's certificate is not signed by a root this node trusts");
-                    if untrusted >= UNTRUSTED_BEATS {
-                        if let Some(n) = &self.untrusted {
-                            n.notify_one();
-                        }
-                        return;
-                    }
-                    self.period.min(Duration::from_secs(1))
-                }
-                Err(e) if means_removed(&e) => {
-                    tracing::warn!(error = %e.message(), "a manager says this node was removed from the cluster");
-                    if let Some(n) = &self.removed {
-                        n.notify_one();
-                    }
-                    return;
-                }
-                Err(e) if leader_pointer(&e).is_some() && self.on_redirect.is_some() => {
-                    if let (Some(f), Some(l)) = (&self.on_redirect, leader_pointer(&e)) {
-                        f(Some(l));
-                    }
-                    Duration::from_millis(10)
-                }
-                Err(e) => {
-                    failures += 1;
-                    if failures == 1 || failures.is_multiple_of(20) {
-                        tracing::warn!(code = ?e.code(), error = %e.message(), "heartbeat failed");
-                    }
-                    if e.code() == tonic::Code::Unavailable
-                        && failures.is_multiple_of(UNREACHABLE_BEATS)
-                    {
-                        if let Some(f) = &self.on_redirect {
-                            f(None);
-                        }
-                    }
-                    // Back off from 100 ms up to the period.
-                    (Duration::from_millis(100) * failures.min(50)).min(self.period)
+            let stale = self.period * ANSWER_EVERY + BEAT_TIMEOUT;
+            let r = if open.is_some() && answered.elapsed() > stale {
+                open = None;
+                Err(no_answer())
+            } else {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    r = self.send_beat(&mut open, req) => r,
                 }
             };
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(wait) => {}
-                _ = self.beat_now.notified() => {}
+            let mut wait = match r {
+                Ok(Some(resp)) => {
+                    answered = tokio::time::Instant::now();
+                    self.answered(&resp, &mut tally)
+                }
+                Ok(None) => jitter(self.period),
+                Err(e) => match self.failed(e, &mut tally) {
+                    Some(w) => w,
+                    None => return,
+                },
+            };
+            // Until the next beat, take the answers as they come.
+            let next = tokio::time::Instant::now() + wait;
+            loop {
+                let answer = async {
+                    match open.as_mut() {
+                        Some(s) => s.answer().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep_until(next) => break,
+                    _ = self.beat_now.notified() => break,
+                    a = answer => match a {
+                        Ok(resp) => {
+                            answered = tokio::time::Instant::now();
+                            self.answered(&resp, &mut tally);
+                        }
+                        Err(e) => {
+                            open = None;
+                            match self.failed(e, &mut tally) {
+                                Some(w) => wait = w,
+                                None => return,
+                            }
+                            tokio::select! {
+                                _ = cancel.cancelled() => return,
+                                _ = tokio::time::sleep(wait) => break,
+                                _ = self.beat_now.notified() => break,
+                            }
+                        }
+                    },
+                }
             }
         }
     }
+
+    /// Takes an answer; returns the wait until the next beat.
+    fn answered(&mut self, resp: &HeartbeatResponse, tally: &mut Tally) -> Duration {
+        if tally.failures > 0 {
+            tracing::info!("heartbeat to manager restored");
+        }
+        *tally = Tally::default();
+        if let Some(f) = &self.on_beat {
+            f(resp);
+        }
+        self.period = Duration::from_millis(resp.period_ms.max(100));
+        jitter(self.period)
+    }
+
+    /// Takes a failure; returns the wait until the next try, or `None` when this node
+    /// must stop beating (removed, or it no longer trusts the managers).
+    fn failed(&mut self, e: tonic::Status, tally: &mut Tally) -> Option<Duration> {
+        if means_untrusted_manager(&e) && self.untrusted.is_some() {
+            tally.untrusted += 1;
+            tracing::warn!(error = %error_chain_of(&e), "the manager's certificate is not signed by a root this node trusts");
+            if tally.untrusted >= UNTRUSTED_BEATS {
+                if let Some(n) = &self.untrusted {
+                    n.notify_one();
+                }
+                return None;
+            }
+            return Some(self.period.min(Duration::from_secs(1)));
+        }
+        if means_removed(&e) {
+            tracing::warn!(error = %e.message(), "a manager says this node was removed from the cluster");
+            if let Some(n) = &self.removed {
+                n.notify_one();
+            }
+            return None;
+        }
+        if let (Some(f), Some(l)) = (&self.on_redirect, leader_pointer(&e)) {
+            f(Some(l));
+            return Some(Duration::from_millis(10));
+        }
+        tally.failures += 1;
+        let failures = tally.failures;
+        if failures == 1 || failures.is_multiple_of(20) {
+            tracing::warn!(code = ?e.code(), error = %e.message(), "heartbeat failed");
+        }
+        if matches!(
+            e.code(),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+        ) && failures.is_multiple_of(UNREACHABLE_BEATS)
+        {
+            if let Some(f) = &self.on_redirect {
+                f(None);
+            }
+        }
+        // Back off from 100 ms up to the period.
+        Some((Duration::from_millis(100) * failures.min(50)).min(self.period))
+    }
+}
+
+/// Failures in a row, of any kind and of trust.
+#[derive(Default)]
+struct Tally {
+    failures: u32,
+    untrusted: u32,
 }
 
 /// Keeps the node's session stream open: applies assignments to the worker and serves

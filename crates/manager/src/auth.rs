@@ -35,6 +35,7 @@ pub struct Gate {
 }
 
 /// A verified, authorized caller. For streams it also tells when to cut them.
+#[derive(Clone)]
 pub struct Caller {
     pub id: NodeIdentity,
     call: &'static str,

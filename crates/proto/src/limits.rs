@@ -7,6 +7,9 @@ use std::collections::HashMap;
 
 /// A DNS name's maximum length.
 pub const MAX_HOSTNAME: usize = 253;
+/// On a heartbeat stream the manager answers a beat when its answer changed, and at
+/// least every this many beats; a node that hears nothing for longer drops the stream.
+pub const HEARTBEAT_ANSWER_EVERY: u32 = 5;
 /// Labels on one object (node, engine, service, container).
 pub const MAX_LABELS: usize = 64;
 pub const MAX_LABEL_KEY: usize = 128;

@@ -68,8 +68,13 @@ fn open_sessions_are_cut_within_a_second_of_revocation_removal_and_expiry() {
         );
     }
 
-    // A log stream held open with node2's certificate.
+    // A log stream and a heartbeat stream held open with node2's certificate.
     let publishing = raw::open_publish(&tb, 1, &ids[0]);
+    let beating = raw::open_heartbeats(&tb, 1, &ids[0]);
+    let (_, first) = beating
+        .recv_timeout(Duration::from_secs(5))
+        .expect("a first heartbeat answer");
+    assert_eq!(first.expect("the heartbeat stream opens").role, "worker");
     std::thread::sleep(Duration::from_millis(300));
     assert!(publishing.try_recv().is_err(), "the log stream is open");
 
@@ -94,6 +99,18 @@ fn open_sessions_are_cut_within_a_second_of_revocation_removal_and_expiry() {
         .expect("the log stream ends");
     assert!(at.saturating_duration_since(revoked_at) <= Duration::from_secs(1));
     let err = r.unwrap_err();
+    assert!(err.message().contains("certificate revoked"), "{err:?}");
+    // Answers to beats come now and then; the stream's end comes at once.
+    let end = std::iter::from_fn(|| beating.recv_timeout(Duration::from_secs(3)).ok())
+        .find(|(_, r)| r.is_err());
+    let (at, r) = end.expect("the heartbeat stream ends");
+    assert!(
+        at.saturating_duration_since(revoked_at) <= Duration::from_secs(1),
+        "heartbeat stream cut {:?} after the revocation",
+        at.saturating_duration_since(revoked_at)
+    );
+    let err = r.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
     assert!(err.message().contains("certificate revoked"), "{err:?}");
 
     // Removal of node3.

@@ -86,13 +86,31 @@ struct BeatView {
     period: Duration,
     /// Manager node ID -> address.
     managers: std::collections::BTreeMap<String, String>,
+    /// The nodes the store has Ready.
+    ready: std::collections::HashSet<String>,
+    /// Bumped whenever the period or the managers change: an answer made at one
+    /// version need not be sent again while it holds.
+    version: u64,
+    /// Bumped at every reload of the view: stamps from before it are stale.
+    generation: u64,
+    /// Bumped at every change of a node: a heartbeat stream that saw the node at one
+    /// stamp need not read it again while the stamp is the same.
+    node_epochs: HashMap<String, u64>,
 }
 
 impl BeatView {
     fn load(&mut self, store: &Store) -> Result<(), StoreError> {
+        self.generation += 1;
+        self.version += 1;
+        self.node_epochs.clear();
         self.period = heartbeat_period(store);
-        self.managers = store
-            .list::<Node>()?
+        let nodes = store.list::<Node>()?;
+        self.ready = nodes
+            .iter()
+            .filter(|n| n.value.state == NodeState::Ready as i32)
+            .map(|n| n.value.id.clone())
+            .collect();
+        self.managers = nodes
             .into_iter()
             .filter(|n| n.value.role == shoal_proto::objects::NodeRole::Manager as i32)
             .filter(|n| !n.value.addr.is_empty())
@@ -105,22 +123,78 @@ impl BeatView {
         use shoal_store::Object;
         if c.table() == Cluster::TABLE {
             self.period = heartbeat_period(store);
+            self.version += 1;
         }
         if c.table() != Node::TABLE {
             return;
         }
-        match c.decode::<Node>() {
+        self.touch(c.id());
+        let node = c.decode::<Node>();
+        match &node {
+            Some(Ok(n)) if n.value.state == NodeState::Ready as i32 => {
+                self.ready.insert(n.value.id.clone())
+            }
+            _ => self.ready.remove(c.id()),
+        };
+        let changed = match node {
             Some(Ok(n))
                 if n.value.role == shoal_proto::objects::NodeRole::Manager as i32
                     && !n.value.addr.is_empty() =>
             {
-                self.managers.insert(n.value.id, n.value.addr);
+                let addr = n.value.addr.clone();
+                self.managers.insert(n.value.id, n.value.addr) != Some(addr)
             }
-            _ => {
-                self.managers.remove(c.id());
-            }
+            _ => self.managers.remove(c.id()).is_some(),
+        };
+        if changed {
+            self.version += 1;
         }
     }
+
+    fn touch(&mut self, node_id: &str) {
+        *self.node_epochs.entry(node_id.to_string()).or_default() += 1;
+    }
+
+    /// Where `node_id` stands in the view's history of node changes, while the view is
+    /// kept current.
+    fn stamp(&self, node_id: &str) -> Option<(u64, u64)> {
+        self.live.then(|| {
+            (
+                self.generation,
+                self.node_epochs.get(node_id).copied().unwrap_or(0),
+            )
+        })
+    }
+}
+
+/// What a beat's answer is made of, cheap to compare with the last one a stream sent.
+struct Answer {
+    ca: Arc<crate::rootca::CaState>,
+    /// The heartbeat view's version; `None` when the view is not kept current.
+    view: Option<u64>,
+    manager: bool,
+    renew: bool,
+}
+
+impl Answer {
+    /// Whether a node told `self` would learn nothing from being told `other`.
+    fn same(&self, other: &Answer) -> bool {
+        Arc::ptr_eq(&self.ca, &other.ca)
+            && self.view.is_some()
+            && self.view == other.view
+            && self.manager == other.manager
+            && !self.renew
+            && !other.renew
+    }
+}
+
+/// What a heartbeat stream last wrote or confirmed of its node: a beat that says the
+/// same of a node that has not changed since reads and writes nothing.
+struct BeatCache {
+    req: HeartbeatRequest,
+    remote_ip: Option<String>,
+    stamp: (u64, u64),
+    node: Node,
 }
 
 /// Nodes told to renew per second during a root rotation, so a large cluster does not
@@ -194,7 +268,12 @@ impl Dispatcher {
 
     fn beat(&self, node_id: &str) {
         if let Ok(mut m) = self.last_seen.lock() {
-            m.insert(node_id.to_string(), Instant::now());
+            match m.get_mut(node_id) {
+                Some(t) => *t = Instant::now(),
+                None => {
+                    m.insert(node_id.to_string(), Instant::now());
+                }
+            }
         }
     }
 
@@ -291,20 +370,31 @@ impl Dispatcher {
             // Nodes this leader never heard from get a full grace period from its start.
             if started.elapsed() > deadline && last_full.elapsed() >= period {
                 last_full = Instant::now();
-                let seen: std::collections::HashSet<String> = self
-                    .last_seen
+                let ready = self
+                    .beat_view
                     .lock()
-                    .map(|m| m.keys().cloned().collect())
-                    .unwrap_or_default();
-                match self.store.list::<Node>() {
-                    Ok(nodes) => overdue.extend(
+                    .ok()
+                    .filter(|v| v.live)
+                    .map(|v| v.ready.clone());
+                let ready = match ready {
+                    Some(r) => Ok(r),
+                    None => self.store.list::<Node>().map(|nodes| {
                         nodes
                             .into_iter()
                             .filter(|n| n.value.state == NodeState::Ready as i32)
-                            .filter(|n| !seen.contains(&n.value.id))
-                            .map(|n| (n.value.id, "heartbeat failure")),
+                            .map(|n| n.value.id)
+                            .collect()
+                    }),
+                };
+                match (ready, self.last_seen.lock()) {
+                    (Ok(ready), Ok(seen)) => overdue.extend(
+                        ready
+                            .into_iter()
+                            .filter(|id| !seen.contains_key(id))
+                            .map(|id| (id, "heartbeat failure")),
                     ),
-                    Err(e) => tracing::warn!(error = %e, "liveness check cannot read nodes"),
+                    (Err(e), _) => tracing::warn!(error = %e, "liveness check cannot read nodes"),
+                    _ => {}
                 }
             }
             overdue.sort();
@@ -322,6 +412,10 @@ impl Dispatcher {
         }
         if let Ok(mut m) = self.suspects.lock() {
             m.remove(id);
+        }
+        // A beat racing this change must read the node afresh, not trust its cache.
+        if let Ok(mut v) = self.beat_view.lock() {
+            v.touch(id);
         }
         let res = self
             .update_node(id, |node| {
@@ -522,10 +616,191 @@ impl DispatcherRpc for Dispatcher {
         let id = authorize(&req, "Heartbeat", ANY_NODE)?;
         self.lead()?;
         let remote_ip = remote_addr(&req).map(|a| a.ip().to_string());
-        let req = req.into_inner();
+        let mut no_cache = None;
+        let answer = self
+            .take_beat(&id, &remote_ip, req.into_inner(), &mut no_cache)
+            .await?;
+        Ok(Response::new(self.respond(&answer)?))
+    }
+
+    type HeartbeatsStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<HeartbeatResponse, Status>> + Send>,
+    >;
+
+    async fn heartbeats(
+        &self,
+        req: Request<tonic::Streaming<HeartbeatRequest>>,
+    ) -> Result<Response<Self::HeartbeatsStream>, Status> {
+        let caller = authorize(&req, "Heartbeat", ANY_NODE)?;
+        self.lead()?;
+        let remote_ip = remote_addr(&req).map(|a| a.ip().to_string());
+        // Answered in the task that sends the answers (no task of its own): a beat
+        // wakes nothing but its own stream.
+        let cut: std::pin::Pin<Box<dyn std::future::Future<Output = Status> + Send>> = {
+            let caller = caller.clone();
+            Box::pin(async move { caller.cut().await })
+        };
+        let state = BeatStreamState {
+            me: self.clone(),
+            caller,
+            remote_ip,
+            beats: req.into_inner(),
+            cut,
+            cache: None,
+            last: None,
+            unanswered: 0,
+            done: false,
+        };
+        let answers = futures_util::stream::unfold(state, |mut st| async move {
+            loop {
+                if st.done {
+                    return None;
+                }
+                let beat = tokio::select! {
+                    s = &mut st.cut => Err(s),
+                    _ = st.me.cancel.cancelled() => return None,
+                    b = st.beats.next() => match b {
+                        Some(Ok(b)) => Ok(b),
+                        _ => return None,
+                    },
+                };
+                let answer = match beat.and_then(|b| {
+                    st.caller.check()?;
+                    st.me.lead()?;
+                    Ok(b)
+                }) {
+                    Ok(b) => {
+                        st.me
+                            .take_beat(&st.caller, &st.remote_ip, b, &mut st.cache)
+                            .await
+                    }
+                    Err(s) => Err(s),
+                };
+                // Unchanged answers are sent only now and then: the node needs to hear
+                // that this manager still hears it, not every beat.
+                let answer = answer.and_then(|a| {
+                    st.unanswered += 1;
+                    if st.last.as_ref().is_some_and(|l| l.same(&a))
+                        && st.unanswered < shoal_proto::limits::HEARTBEAT_ANSWER_EVERY
+                    {
+                        return Ok(None);
+                    }
+                    let r = st.me.respond(&a)?;
+                    st.unanswered = 0;
+                    st.last = Some(a);
+                    Ok(Some(r))
+                });
+                match answer {
+                    Ok(None) => continue,
+                    Ok(Some(r)) => return Some((Ok(r), st)),
+                    Err(s) => {
+                        st.done = true;
+                        return Some((Err(s), st));
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(answers)))
+    }
+}
+
+/// A heartbeat stream's state between beats.
+struct BeatStreamState {
+    me: Dispatcher,
+    caller: crate::auth::Caller,
+    remote_ip: Option<String>,
+    beats: tonic::Streaming<HeartbeatRequest>,
+    cut: std::pin::Pin<Box<dyn std::future::Future<Output = Status> + Send>>,
+    cache: Option<BeatCache>,
+    /// The last answer sent, and the beats since.
+    last: Option<Answer>,
+    unanswered: u32,
+    done: bool,
+}
+
+impl Dispatcher {
+    /// One beat of `id`: the node is Ready, and what it reports (description, address,
+    /// renewal error, the certificate in use) is written when it changed. `cache` is a
+    /// stream's memory of its last beat; the unary call passes an empty one.
+    async fn take_beat(
+        &self,
+        id: &shoal_pki::NodeIdentity,
+        remote_ip: &Option<String>,
+        req: HeartbeatRequest,
+        cache: &mut Option<BeatCache>,
+    ) -> Result<Answer, Status> {
         check_heartbeat(&req)?;
+        let node_id = id.node_id().as_str();
+        self.beat(node_id);
+        // Read before the node: a change after this point is seen at the next beat.
+        let (view, stamp) = self
+            .beat_view
+            .lock()
+            .ok()
+            .filter(|v| v.live)
+            .map(|v| (Some(v.version), v.stamp(node_id)))
+            .unwrap_or_default();
+        let ca = self.ca.get();
+        let facts = |node: &Node| {
+            (
+                node.role == shoal_proto::objects::NodeRole::Manager as i32,
+                crate::rootca::needs_rotation(ca.rotating_to.as_deref(), node),
+            )
+        };
+        let cached = cache
+            .as_ref()
+            .filter(|c| Some(c.stamp) == stamp && c.req == req && &c.remote_ip == remote_ip);
+        let (manager, needs_renewal) = match cached {
+            Some(c) => facts(&c.node),
+            None => {
+                let node = self
+                    .confirm_beat(id, remote_ip.clone(), req.clone())
+                    .await?;
+                let f = facts(&node);
+                *cache = stamp.map(|stamp| BeatCache {
+                    req,
+                    remote_ip: remote_ip.clone(),
+                    stamp,
+                    node,
+                });
+                f
+            }
+        };
+        let renew = needs_renewal
+            && self
+                .renew_pacer
+                .lock()
+                .is_ok_and(|mut p| p.admit(Instant::now()));
+        Ok(Answer {
+            ca,
+            view,
+            manager,
+            renew,
+        })
+    }
+
+    /// The answer to a beat, in full.
+    fn respond(&self, a: &Answer) -> Result<HeartbeatResponse, Status> {
+        let (period, managers) = self.beat_answer()?;
+        Ok(HeartbeatResponse {
+            role: if a.manager { "manager" } else { "worker" }.to_string(),
+            period_ms: period.as_millis() as u64,
+            managers,
+            roots_der: a.ca.roots.clone(),
+            rotation_root_digest: a.ca.rotating_to.clone().unwrap_or_default(),
+            renew_certificate: a.renew,
+        })
+    }
+
+    /// Writes what a beat says of its node when it differs from the store; returns the
+    /// node as it now stands.
+    async fn confirm_beat(
+        &self,
+        id: &shoal_pki::NodeIdentity,
+        remote_ip: Option<String>,
+        req: HeartbeatRequest,
+    ) -> Result<Node, Status> {
         let node_id = id.node_id().to_string();
-        self.beat(&node_id);
         let addr = if req.advertise_addr.is_empty() {
             remote_ip.unwrap_or_default()
         } else {
@@ -572,34 +847,15 @@ impl DispatcherRpc for Dispatcher {
                     c.renewal_error = renewal_error.clone();
                     changed = true;
                 }
-                crate::access::confirm(node, &id) || changed
+                crate::access::confirm(node, id) || changed
             })
             .await
             .map_err(store_status)?;
-        let Some(node) = updated else {
-            return Err(Status::not_found(format!(
+        updated.ok_or_else(|| {
+            Status::not_found(format!(
                 "node {node_id} is not a member of this cluster (it may have been removed): join again with a token"
-            )));
-        };
-        let ca = self.ca.get();
-        let role = if node.role == shoal_proto::objects::NodeRole::Manager as i32 {
-            "manager"
-        } else {
-            "worker"
-        };
-        let (period, managers) = self.beat_answer()?;
-        Ok(Response::new(HeartbeatResponse {
-            role: role.to_string(),
-            period_ms: period.as_millis() as u64,
-            managers,
-            roots_der: ca.roots.clone(),
-            rotation_root_digest: ca.rotating_to.clone().unwrap_or_default(),
-            renew_certificate: crate::rootca::needs_rotation(ca.rotating_to.as_deref(), &node)
-                && self
-                    .renew_pacer
-                    .lock()
-                    .is_ok_and(|mut p| p.admit(Instant::now())),
-        }))
+            ))
+        })
     }
 }
 

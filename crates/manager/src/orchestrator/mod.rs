@@ -531,8 +531,15 @@ pub async fn reconcile_once(store: &Store) -> Result<(bool, Option<i64>), StoreE
     Ok((true, plan.wake_at))
 }
 
+/// A pass when nothing changed and nothing is due: every decision that waits on the
+/// clock (restart delays, update delays and monitors) asks for its own wake-up, so this
+/// only bounds what a missed one could cost. Each pass reads every node, which at
+/// 1,000 nodes is most of what an idle leader does.
+const QUIET_PASS: Duration = Duration::from_secs(5);
+
 /// The leader's orchestration loop: reconciles on every change to services, tasks or
-/// nodes (and once a second, for restart delays) until cancelled.
+/// nodes, and when a pass asked to be woken (restart delays, update monitors), until
+/// cancelled.
 pub async fn run(store: Store, cancel: CancellationToken) {
     use shoal_store::Object;
     let mut watch = match store.watch() {
@@ -543,12 +550,12 @@ pub async fn run(store: Store, cancel: CancellationToken) {
         }
     };
     loop {
-        let mut wait = Duration::from_secs(1);
+        let mut wait = QUIET_PASS;
         match reconcile_once(&store).await {
             Ok((true, _)) => continue,
             Ok((false, wake)) => {
                 if let Some(at) = wake {
-                    let ms = (at - now_ms()).clamp(0, 1000) as u64;
+                    let ms = (at - now_ms()).clamp(0, QUIET_PASS.as_millis() as i64) as u64;
                     wait = Duration::from_millis(ms);
                 }
             }

@@ -364,3 +364,51 @@ pub fn open_publish(tb: &Testbed, i: usize, id: &Identity) -> mpsc::Receiver<(In
     });
     rx
 }
+
+/// A heartbeat stream held open in the background, beating every 200 ms: `rx` gets each
+/// answer, and how the stream ended (an `Err`, then nothing more).
+pub fn open_heartbeats(
+    tb: &Testbed,
+    i: usize,
+    id: &Identity,
+) -> mpsc::Receiver<(Instant, Call<shoal_proto::dispatcher::HeartbeatResponse>)> {
+    let addr = tb.nodes[0].addr();
+    let id = id.clone();
+    let (tx, rx) = mpsc::channel();
+    in_background(tb, i, async move {
+        let ch = match channel(&addr, &id).await {
+            Ok(ch) => ch,
+            Err(s) => {
+                let _ = tx.send((Instant::now(), Err(s)));
+                return;
+            }
+        };
+        let mut s =
+            match shoal_agent::session::BeatStream::open(ch, HeartbeatRequest::default()).await {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = tx.send((Instant::now(), Err(e)));
+                    return;
+                }
+            };
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if s.send(HeartbeatRequest::default()).await.is_err() {
+                        // The stream ended: its answer says why.
+                        continue;
+                    }
+                }
+                a = s.answer() => {
+                    let end = a.is_err();
+                    if tx.send((Instant::now(), a)).is_err() || end {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    rx
+}

@@ -559,11 +559,10 @@ async fn channel_from(
             Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
         }
     });
-    Ok(
-        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-            .connect_with_connector(connector)
-            .await?,
-    )
+    // The agent's own endpoint settings (HTTP/2 keepalive pings every 10 s).
+    Ok(shoal_agent::connect::endpoint(addr)?
+        .connect_with_connector(connector)
+        .await?)
 }
 
 /// One hollow node: joins with the worker token (a real certificate from the CA), then
@@ -617,20 +616,46 @@ async fn hollow_node(
     )?);
     drop(ch);
     let ch = channel_from(local, &addr, cfg).await?;
-    let mut client = DispatcherClient::new(ch);
+    let mut client = DispatcherClient::new(ch.clone());
     let mut session = client
         .session(SessionRequest::default())
         .await?
         .into_inner();
     tokio::spawn(async move { while let Ok(Some(_)) = session.message().await {} });
     joined.fetch_add(1, Ordering::SeqCst);
+    // Beats on one stream, as an agent does, taking answers as they come; a new
+    // stream after a failure.
     let mut period = Duration::from_millis(resp.heartbeat_period_ms.max(100));
+    let mut beats: Option<shoal_agent::session::BeatStream> = None;
     while !stop.load(Ordering::SeqCst) {
-        let started = Instant::now();
-        if let Ok(r) = client.heartbeat(HeartbeatRequest::default()).await {
-            period = Duration::from_millis(r.into_inner().period_ms.max(100));
+        let next = tokio::time::Instant::now() + period;
+        let sent = match beats.as_mut() {
+            Some(b) => b.send(HeartbeatRequest::default()).await.map(|()| None),
+            None => match shoal_agent::session::BeatStream::open(
+                ch.clone(),
+                HeartbeatRequest::default(),
+            )
+            .await
+            {
+                Ok(b) => beats.insert(b).beat(None).await.map(Some),
+                Err(e) => Err(e),
+            },
+        };
+        match sent {
+            Ok(Some(r)) => period = Duration::from_millis(r.period_ms.max(100)),
+            Ok(None) => {}
+            Err(_) => beats = None,
         }
-        tokio::time::sleep(period.saturating_sub(started.elapsed())).await;
+        while let Some(b) = beats.as_mut() {
+            tokio::select! {
+                _ = tokio::time::sleep_until(next) => break,
+                a = b.answer() => match a {
+                    Ok(r) => period = Duration::from_millis(r.period_ms.max(100)),
+                    Err(_) => beats = None,
+                },
+            }
+        }
+        tokio::time::sleep_until(next).await;
     }
     Ok(())
 }
