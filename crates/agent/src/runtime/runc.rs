@@ -32,6 +32,29 @@ pub struct Runc {
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The read end of a fresh [`supervisor::STARTED_FIFO`] in `dir`, opened before the
+/// supervisor starts so its word is not lost.
+fn started_signal(dir: &Path) -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(supervisor::STARTED_FIFO);
+    let _ = std::fs::remove_file(&path);
+    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).ok()?;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&path)
+        .ok()
+}
+
+/// Whether `f` turned readable (or its writer hung up) within `timeout`.
+fn wait_readable(f: &std::fs::File, timeout: Duration) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let mut fds = [PollFd::new(f.as_fd(), PollFlags::POLLIN)];
+    let ms = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+    matches!(poll(&mut fds, ms), Ok(n) if n > 0)
+}
+
 fn failed(msg: impl Into<String>) -> RuntimeError {
     RuntimeError::Failed(msg.into())
 }
@@ -422,6 +445,7 @@ impl Runtime for Runc {
             runc_bin: self.runc_bin.clone(),
             cgroup_path: self.cgroup_path(id),
         };
+        let mut signal = started_signal(&dir);
         let forked = match super::zygote::get() {
             Some(z) => match z.spawn(&args) {
                 Ok(_) => true,
@@ -456,6 +480,7 @@ impl Runtime for Runc {
             }
         };
         let deadline = Instant::now() + START_TIMEOUT;
+        let mut poll = Duration::from_millis(1);
         let result = loop {
             if let Some(pid) = Self::read_pid(&dir.join("pid")) {
                 break Ok(pid);
@@ -476,7 +501,16 @@ impl Runtime for Runc {
             if Instant::now() > deadline {
                 break Err(failed("the container did not start within 30 s"));
             }
-            std::thread::sleep(Duration::from_millis(1));
+            // The supervisor's word wakes us; the timeout only covers one that died
+            // before it could say anything.
+            match signal.take() {
+                Some(f) if wait_readable(&f, Duration::from_millis(100)) => {}
+                Some(f) => signal = Some(f),
+                None => {
+                    std::thread::sleep(poll);
+                    poll = (poll * 2).min(Duration::from_millis(20));
+                }
+            }
         };
         // A re-executed supervisor stays our child until we exit; reap it in the background.
         if let Some(mut c) = child {

@@ -62,6 +62,22 @@ fn record_exit(dir: &Path, exit: &Exit) {
     write_atomic(&dir.join("exit.json"), &data);
 }
 
+/// The FIFO in a container's directory that the daemon waits on while it starts: the
+/// supervisor writes a byte once `pid` or `exit.json` is there.
+pub const STARTED_FIFO: &str = "started";
+
+/// Wakes the daemon waiting for the start, if it still waits.
+fn notify_started(dir: &Path) {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(dir.join(STARTED_FIFO))
+    {
+        let _ = f.write_all(b"1");
+    }
+}
+
 fn runc(a: &SupervisorArgs) -> Command {
     let mut c = Command::new(&a.runc_bin);
     c.arg("--root").arg(&a.runc_root);
@@ -114,6 +130,7 @@ fn fail(a: &SupervisorArgs, msg: String) -> i32 {
             error: Some(msg),
         },
     );
+    notify_started(&a.dir);
     let _ = runc(a)
         .args(["delete", "--force", &a.id])
         .stdout(Stdio::null())
@@ -187,6 +204,7 @@ pub fn run(a: &SupervisorArgs) -> i32 {
         return fail(a, "runc did not report the container's pid".into());
     };
     write_atomic(&a.dir.join("pid"), pid.to_string().as_bytes());
+    notify_started(&a.dir);
 
     let status = pump(&mut log, &mut out_r, &mut err_r, pid);
     let oom = super::cgroup::oom_kills(&a.cgroup_path) > 0;
