@@ -106,7 +106,8 @@ impl Ctl {
         let _ = self.deps.status.send((self.task.id.clone(), st)).await;
     }
 
-    /// The task's health check: its own, else its image's.
+    /// The task's health check: its own, else its image's. For a re-adopted container;
+    /// a new one learns it in [`Self::prepare`], from the image it resolved.
     async fn find_health_check(&mut self) {
         let spec = self.task.spec.clone().unwrap_or_default();
         let images = self.deps.images.clone();
@@ -161,6 +162,7 @@ impl Ctl {
             }
         };
         let cfg = &image.config;
+        self.health = crate::health::effective(spec.healthcheck.as_ref(), cfg.healthcheck.as_ref());
         let entrypoint = if spec.command.is_empty() {
             cfg.entrypoint.clone()
         } else {
@@ -469,7 +471,6 @@ impl Ctl {
                 .report(TaskState::Shutdown, "shutdown before start", "", None, 0)
                 .await;
         }
-        self.find_health_check().await;
         self.report(TaskState::Starting, "starting", "", None, 0)
             .await;
         let started = {

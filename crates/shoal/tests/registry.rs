@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::registry::{store_image, Registry};
+use common::registry::{store_image, store_image_with, Registry};
 use common::*;
 use std::time::Duration;
 
@@ -109,4 +109,67 @@ fn tasks_pull_from_a_registry_anonymously_and_with_credentials() {
     let id = out.stdout.trim().to_string();
     assert_eq!(task(&tb, &id)["Status"]["State"], "rejected");
     let _ = &mut tb;
+}
+
+/// An image's HEALTHCHECK is the service's health check unless the service has its own
+/// or says `--no-healthcheck`.
+#[test]
+fn an_images_healthcheck_is_used_by_default() {
+    let tb = cluster(2, &[]);
+    let tar = std::fs::read(busybox_tar(tb.dir())).unwrap();
+    let reg = Registry::start(&tb, 0, 5000, None);
+    // Healthy once /tmp/ok exists, which the command makes after 1 s.
+    store_image_with(
+        &reg.storage(),
+        "tools/checked",
+        "1",
+        &tar,
+        &["sh", "-c", "sleep 1; touch /tmp/ok; exec sleep 600"],
+        serde_json::json!({
+            "Test": ["CMD-SHELL", "test -f /tmp/ok"],
+            "Interval": 500_000_000u64,
+            "Timeout": 2_000_000_000u64,
+            "Retries": 3,
+        }),
+    );
+    let image = format!("{}/tools/checked:1", reg.addr);
+    let healthy = |name: &str| {
+        shoal_testbed::wait_for(T, || {
+            let t = tb.cli_ok(0, &["service", "ps", name]).ok()?;
+            t.contains("(healthy)").then_some(t)
+        })
+    };
+    let out = tb.cli(0, &["service", "create", "--name", "checked", &image]);
+    assert!(
+        out.success,
+        "{}{}\n{}",
+        out.stdout,
+        out.stderr,
+        tb.all_logs()
+    );
+    assert!(healthy("checked").is_some(), "{}", tb.all_logs());
+    let ps = tb
+        .cli_ok(0, &["service", "ps", "checked", "--format", "json"])
+        .unwrap();
+    let first: serde_json::Value = serde_json::from_str(ps.lines().next().unwrap()).unwrap();
+    let t = task(&tb, first["ID"].as_str().unwrap());
+    assert_eq!(t["Status"]["Health"]["Status"], "healthy", "{t}");
+
+    // --no-healthcheck: the same image runs with no health state at all.
+    let out = tb.cli(
+        0,
+        &[
+            "service",
+            "create",
+            "--name",
+            "unchecked",
+            "--no-healthcheck",
+            &image,
+        ],
+    );
+    assert!(out.success, "{}{}", out.stdout, out.stderr);
+    std::thread::sleep(Duration::from_secs(3));
+    let table = tb.cli_ok(0, &["service", "ps", "unchecked"]).unwrap();
+    assert!(table.contains("Running"), "{table}");
+    assert!(!table.contains("healthy"), "{table}");
 }

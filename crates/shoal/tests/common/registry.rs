@@ -37,11 +37,28 @@ fn put_blob(v2: &Path, repo: &str, blob: &[u8]) -> String {
 
 /// Stores `layer_tar` as image `repo:tag` (one uncompressed layer, OCI manifest).
 pub fn store_image(storage: &Path, repo: &str, tag: &str, layer_tar: &[u8], cmd: &[&str]) {
+    store_image_with(storage, repo, tag, layer_tar, cmd, serde_json::Value::Null)
+}
+
+/// [`store_image`] with a health check in the image config (Docker's `Healthcheck`
+/// object; `Null` for none).
+pub fn store_image_with(
+    storage: &Path,
+    repo: &str,
+    tag: &str,
+    layer_tar: &[u8],
+    cmd: &[&str],
+    healthcheck: serde_json::Value,
+) {
     let v2 = storage.join("docker/registry/v2");
     let layer = put_blob(&v2, repo, layer_tar);
+    let mut image_config = serde_json::json!({"Cmd": cmd, "Env": ["PATH=/bin", "FROM_IMAGE=yes"]});
+    if !healthcheck.is_null() {
+        image_config["Healthcheck"] = healthcheck;
+    }
     let config = serde_json::json!({
         "architecture": "amd64", "os": "linux",
-        "config": {"Cmd": cmd, "Env": ["PATH=/bin", "FROM_IMAGE=yes"]},
+        "config": image_config,
         "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{layer}")]},
     })
     .to_string();
