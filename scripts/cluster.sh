@@ -33,6 +33,11 @@ down() {
       ip netns del "$ns"
     fi
   done
+  # Containers have network namespaces of their own: find them by their cgroups.
+  for f in $(find /sys/fs/cgroup/shoal-demo /sys/fs/cgroup/pids/shoal-demo -name cgroup.procs 2>/dev/null); do
+    for p in $(cat "$f"); do kill -KILL "$p" 2>/dev/null || true; done
+  done
+  sleep 0.2
   ip netns list | grep -qw shoal-demo-hub && ip netns del shoal-demo-hub
   # Container cgroups (empty once their processes are gone).
   for h in /sys/fs/cgroup /sys/fs/cgroup/*; do
@@ -100,23 +105,25 @@ up() {
   echo "$ shoal task logs hello"
   cli manager1 task logs hello
 
-  # A sample service: 3 replicas of busybox's httpd, one per node (containers share
-  # their node's network for now, so one per node keeps port 8080 free).
+  # A sample service: 4 replicas of busybox's httpd, all on port 8080. Every task has a
+  # network namespace of its own on its node's bridge, so two on one node do not clash.
   echo
-  echo "$ shoal service create --name web --replicas 3 --replicas-max-per-node 1 busybox httpd -f -p 8080 -h /www"
-  cli manager1 service create --name web --replicas 3 --replicas-max-per-node 1 \
-    busybox httpd -f -p 8080 -h /www
+  echo "$ shoal service create --name web --replicas 4 busybox httpd -f -p 8080 -h /www"
+  cli manager1 service create --name web --replicas 4 busybox httpd -f -p 8080 -h /www
   echo
   echo "$ shoal service ps web"
   cli manager1 service ps web
   echo
-  # The page, from the first node that runs a replica.
-  for i in $(seq ${#NAMES[@]}); do
-    if timeout 3 ip netns exec shoal-demo-1 busybox wget -qO- "http://$SUBNET.$i:8080/" >/dev/null 2>&1; then
-      echo "$ wget -qO- http://$SUBNET.$i:8080/    (from manager1's namespace)"
-      ip netns exec shoal-demo-1 busybox wget -qO- "http://$SUBNET.$i:8080/"
-      break
-    fi
+  # The page from each task, at its own address, from inside its node's namespace.
+  cli manager1 service ps --format json web \
+    | sed -n 's/.*"ID":"\([^"]*\)".*"Node":"\([^"]*\)".*/\1 \2/p' | while read -r id node; do
+    addr=$(cli manager1 task inspect "$id" | grep -A1 '"Addresses"' | grep -o '[0-9.]*/[0-9]*' | cut -d/ -f1)
+    for i in $(seq ${#NAMES[@]}); do
+      if [ "${NAMES[$((i-1))]}" = "$node" ] && [ -n "$addr" ]; then
+        echo "$ wget -qO- http://$addr:8080/    (task ${id:0:12}, from $node's namespace)"
+        timeout 3 ip netns exec "shoal-demo-$i" busybox wget -qO- "http://$addr:8080/" || true
+      fi
+    done
   done
   cat <<TXT
 

@@ -4,10 +4,11 @@
 //! for the task's container and re-adopts it.
 
 use crate::image::{registry_of, CredentialStore, ImageStore};
+use crate::network::Networks;
 use crate::reporter::StatusSender;
 use crate::runtime::{ContainerConfig, ContainerStatus, Exit, MountKind, MountSpec, Runtime};
 use crate::state::TaskProgress;
-use shoal_proto::objects::{HealthState, Task, TaskState, TaskStatus};
+use shoal_proto::objects::{HealthState, Task, TaskAddress, TaskState, TaskStatus};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -23,6 +24,38 @@ pub struct Deps {
     pub images: ImageStore,
     pub creds: Arc<CredentialStore>,
     pub status: StatusSender,
+    pub network: Arc<Networks>,
+}
+
+/// Removes everything a task left on this node: its container, then its network
+/// namespace and address. Blocks (use `spawn_blocking`).
+pub fn remove_task(runtime: &dyn Runtime, network: &Networks, id: &str) -> Result<(), String> {
+    let container = runtime.remove(id).map_err(|e| e.to_string());
+    network.release(id)?;
+    container
+}
+
+/// How a task is networked, from its spec.
+enum NetMode {
+    /// `--network host`: the node's own namespace.
+    Host,
+    /// No network named: a namespace of its own on the node's bridge.
+    Bridge,
+}
+
+fn net_mode(spec: &shoal_proto::objects::ContainerSpec) -> Result<NetMode, String> {
+    match spec.networks.as_slice() {
+        [] => Ok(NetMode::Bridge),
+        [n] if n.target == crate::network::HOST_NETWORK => Ok(NetMode::Host),
+        nets => Err(format!(
+            "this node cannot attach tasks to network {}: only {:?} and the default bridge exist",
+            nets.iter()
+                .map(|n| format!("{:?}", n.target))
+                .collect::<Vec<_>>()
+                .join(", "),
+            crate::network::HOST_NETWORK
+        )),
+    }
 }
 
 fn now_ms() -> i64 {
@@ -45,6 +78,8 @@ struct Ctl {
     health: Option<crate::health::Check>,
     /// The last health reported, kept in the task's final state.
     last_health: Option<(HealthState, String)>,
+    /// The task's addresses, reported with every state once known.
+    addresses: Vec<TaskAddress>,
 }
 
 impl Ctl {
@@ -83,6 +118,7 @@ impl Ctl {
                 .as_ref()
                 .map(|h| h.1.clone())
                 .unwrap_or_default(),
+            addresses: self.addresses.clone(),
             ..Default::default()
         };
         tracing::debug!(task_id = %self.task.id, ?state, "task state");
@@ -100,6 +136,7 @@ impl Ctl {
             started_at_ms: self.started_ms,
             health: h.state as i32,
             health_output: h.output.clone(),
+            addresses: self.addresses.clone(),
             ..Default::default()
         };
         tracing::debug!(task_id = %self.task.id, health = ?h.state, "task health");
@@ -127,6 +164,32 @@ impl Ctl {
         *self.desired.borrow() >= TaskState::Shutdown as i32
     }
 
+    /// Notes the task's bridge address, if it has one (a re-adopted container).
+    fn find_addresses(&mut self) {
+        if let Some(a) = self.deps.network.address(&self.task.id) {
+            self.set_bridge_address(a);
+        }
+    }
+
+    fn set_bridge_address(&mut self, a: ipnet::Ipv4Net) {
+        self.addresses = vec![TaskAddress {
+            network: crate::network::BRIDGE_NETWORK.into(),
+            address: a.to_string(),
+        }];
+    }
+
+    /// Removes the task's container and network state.
+    async fn remove(&self) -> Result<(), String> {
+        let (rt, net, id) = (
+            self.deps.runtime.clone(),
+            self.deps.network.clone(),
+            self.task.id.clone(),
+        );
+        tokio::task::spawn_blocking(move || remove_task(rt.as_ref(), &net, &id))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()))
+    }
+
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(Arc<dyn Runtime>) -> T + Send + 'static,
@@ -141,6 +204,7 @@ impl Ctl {
     /// Image present or pulled, container prepared. Err is a message for REJECTED.
     async fn prepare(&mut self) -> Result<(), String> {
         let spec = self.task.spec.clone().unwrap_or_default();
+        let mode = net_mode(&spec)?;
         let images = self.deps.images.clone();
         let reference = spec.image.clone();
         let found = tokio::task::spawn_blocking({
@@ -201,7 +265,11 @@ impl Ctl {
             } else {
                 spec.user.clone()
             },
-            hostname: spec.hostname.clone(),
+            hostname: if spec.hostname.is_empty() {
+                self.task.id.chars().take(12).collect()
+            } else {
+                spec.hostname.clone()
+            },
             readonly_rootfs: spec.readonly_rootfs,
             mounts: spec
                 .mounts
@@ -224,10 +292,34 @@ impl Ctl {
             cap_add: spec.cap_add.clone(),
             cap_drop: spec.cap_drop.clone(),
             init: !spec.no_init,
+            netns: None,
         };
-        self.blocking(move |rt| rt.prepare(&container))
-            .await
-            .map_err(|e| e.to_string())
+        let network = self.deps.network.clone();
+        let attached = self
+            .blocking(move |rt| {
+                let mut container = container;
+                let attached = match mode {
+                    NetMode::Host => None,
+                    NetMode::Bridge => {
+                        let a = network.attach(&container.id, &container.hostname)?;
+                        container.netns = Some(a.netns.clone());
+                        container.mounts.extend(a.mounts.iter().cloned());
+                        Some(a.address)
+                    }
+                };
+                match rt.prepare(&container) {
+                    Ok(()) => Ok(attached),
+                    Err(e) => {
+                        let _ = network.release(&container.id);
+                        Err(e.to_string())
+                    }
+                }
+            })
+            .await?;
+        if let Some(a) = attached {
+            self.set_bridge_address(a);
+        }
+        Ok(())
     }
 
     async fn finish(&mut self, exit: Exit, stopped: bool) {
@@ -423,6 +515,7 @@ impl Ctl {
             ContainerStatus::Running { pid } => {
                 tracing::info!(task_id = %id, pid, "re-adopted running container");
                 self.find_health_check().await;
+                self.find_addresses();
                 self.report(TaskState::Running, "running", "", None, pid)
                     .await;
                 return self.supervise(pid).await;
@@ -434,8 +527,7 @@ impl Ctl {
             }
             ContainerStatus::Created => {
                 // Prepared before a restart but never started: start over.
-                let i = id.clone();
-                let _ = self.blocking(move |rt| rt.remove(&i)).await;
+                let _ = self.remove().await;
             }
             ContainerStatus::Missing => {
                 if self.progress.state() as i32 >= TaskState::Running as i32 {
@@ -465,8 +557,7 @@ impl Ctl {
         }
         self.report(TaskState::Ready, "prepared", "", None, 0).await;
         if self.wants_stop() {
-            let i = id.clone();
-            let _ = self.blocking(move |rt| rt.remove(&i)).await;
+            let _ = self.remove().await;
             return self
                 .report(TaskState::Shutdown, "shutdown before start", "", None, 0)
                 .await;
@@ -509,6 +600,7 @@ pub async fn run(task: Task, desired: watch::Receiver<i32>, deps: Deps) {
         started_ms: task.status.as_ref().map(|s| s.started_at_ms).unwrap_or(0),
         health: None,
         last_health: None,
+        addresses: Vec::new(),
         received: std::time::Instant::now(),
         progress: TaskProgress::new(state),
         task,

@@ -9,6 +9,7 @@ pub mod describe;
 pub mod health;
 pub mod image;
 pub mod logs;
+pub mod network;
 pub mod reporter;
 pub mod runtime;
 pub mod session;

@@ -67,7 +67,8 @@ impl Worker {
                 .lock()
                 .map(|t| t.keys().cloned().collect())
                 .unwrap_or_default();
-            let on_disk = self.deps.runtime.list();
+            let mut on_disk = self.deps.runtime.list();
+            on_disk.extend(self.deps.network.list());
             let gone: HashSet<String> = known
                 .into_iter()
                 .chain(on_disk)
@@ -129,6 +130,7 @@ impl Worker {
             .map(|mut t| t.drain().collect())
             .unwrap_or_default();
         let mut ids: HashSet<String> = self.deps.runtime.list().into_iter().collect();
+        ids.extend(self.deps.network.list());
         // Every container is told to stop first, then all are awaited: one grace period
         // in total, not one per container.
         let mut handles = Vec::new();
@@ -142,8 +144,8 @@ impl Worker {
         }
         let mut removals = tokio::task::JoinSet::new();
         for id in ids {
-            let rt = self.deps.runtime.clone();
-            removals.spawn_blocking(move || rt.remove(&id));
+            let (rt, net) = (self.deps.runtime.clone(), self.deps.network.clone());
+            removals.spawn_blocking(move || controller::remove_task(rt.as_ref(), &net, &id));
         }
         while removals.join_next().await.is_some() {}
     }
@@ -154,7 +156,7 @@ impl Worker {
             return;
         }
         let entry = self.tasks.lock().ok().and_then(|mut t| t.remove(id));
-        let runtime = self.deps.runtime.clone();
+        let (runtime, network) = (self.deps.runtime.clone(), self.deps.network.clone());
         let id = id.to_string();
         tokio::spawn(async move {
             if let Some(e) = entry {
@@ -164,7 +166,11 @@ impl Worker {
                 }
             }
             let i = id.clone();
-            match tokio::task::spawn_blocking(move || runtime.remove(&i)).await {
+            match tokio::task::spawn_blocking(move || {
+                controller::remove_task(runtime.as_ref(), &network, &i)
+            })
+            .await
+            {
                 Ok(Ok(())) => tracing::debug!(task_id = %id, "container removed"),
                 Ok(Err(e)) => tracing::warn!(task_id = %id, error = %e, "cannot remove container"),
                 Err(e) => tracing::warn!(task_id = %id, error = %e, "container removal panicked"),

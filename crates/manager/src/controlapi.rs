@@ -112,6 +112,39 @@ fn runtime_error(n: &Node) -> &str {
 /// Docker's floor: below this runc and the kernel cannot start a container reliably.
 const MIN_MEMORY_LIMIT: i64 = 6 * 1024 * 1024;
 
+/// The network that keeps tasks in their node's own namespace.
+pub const HOST_NETWORK: &str = "host";
+
+/// Checks the networks a spec names: known, each once, `host` alone and without
+/// aliases.
+fn validate_networks(nets: &[shoal_proto::objects::NetworkAttachmentConfig]) -> Result<(), String> {
+    let mut seen = std::collections::HashSet::new();
+    for n in nets {
+        if !seen.insert(n.target.as_str()) {
+            return Err(format!("network {:?} is named twice", n.target));
+        }
+        if n.target != HOST_NETWORK {
+            return Err(format!(
+                "network {:?} not found: the only network to name is {HOST_NETWORK:?} (the \
+                 node's own); without --network each task gets a namespace of its own on \
+                 its node's bridge",
+                n.target
+            ));
+        }
+        if !n.aliases.is_empty() {
+            return Err(format!(
+                "network {HOST_NETWORK:?} takes no aliases: its tasks share their node's network"
+            ));
+        }
+    }
+    if nets.len() > 1 && seen.contains(HOST_NETWORK) {
+        return Err(format!(
+            "network {HOST_NETWORK:?} cannot be combined with other networks"
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a container spec, naming the first thing wrong.
 pub fn validate_spec(spec: &ContainerSpec) -> Result<(), ControlError> {
     let bad = |m: String| Err(ControlError::BadSpec(m));
@@ -133,6 +166,7 @@ pub fn validate_spec(spec: &ContainerSpec) -> Result<(), ControlError> {
             return bad(format!("{flag}: {e}"));
         }
     }
+    validate_networks(&spec.networks).or_else(bad)?;
     for e in &spec.env {
         if e.split_once('=').is_none_or(|(k, _)| k.is_empty()) {
             return bad(format!("environment entry {e:?} is not KEY=VALUE"));

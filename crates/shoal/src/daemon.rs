@@ -59,6 +59,7 @@ pub struct Daemon {
     pub images: ImageStore,
     pub creds: Arc<CredentialStore>,
     runtime: Arc<dyn Runtime>,
+    network: Arc<shoal_agent::network::Networks>,
     /// What this node is to a cluster: one value behind one lock, never held across a
     /// network call (see [`Membership`]).
     membership: Arc<Mutex<Membership>>,
@@ -297,12 +298,14 @@ impl Daemon {
             Runc::new(&opts.state_dir.join("containers"), &opts.cgroup_parent)
                 .context("cannot set up the container runtime")?,
         );
+        let network = Arc::new(shoal_agent::network::Networks::new(&opts.state_dir));
         Ok(Daemon {
             opts,
             dir,
             images,
             creds,
             runtime,
+            network,
             membership: Arc::new(Mutex::new(Membership::None { note: None })),
             removed: Arc::new(tokio::sync::Notify::new()),
             untrusted: Arc::new(tokio::sync::Notify::new()),
@@ -587,6 +590,7 @@ impl Daemon {
             images: self.images.clone(),
             creds: self.creds.clone(),
             status,
+            network: self.network.clone(),
         });
         tokio::spawn(run_assignments(
             session.channels.clone(),
@@ -1506,9 +1510,11 @@ impl Daemon {
     /// node leaving from a membership it could not resume).
     async fn remove_containers(&self) {
         use shoal_agent::runtime::ContainerStatus;
-        let rt = self.runtime.clone();
+        let (rt, net) = (self.runtime.clone(), self.network.clone());
         let _ = tokio::task::spawn_blocking(move || {
-            for id in rt.list() {
+            let mut ids: std::collections::BTreeSet<String> = rt.list().into_iter().collect();
+            ids.extend(net.list());
+            for id in ids {
                 if let ContainerStatus::Running { .. } = rt.status(&id) {
                     let _ = rt.signal(&id, nix::sys::signal::Signal::SIGKILL);
                     for _ in 0..50 {
@@ -1518,7 +1524,7 @@ impl Daemon {
                         std::thread::sleep(Duration::from_millis(100));
                     }
                 }
-                if let Err(e) = rt.remove(&id) {
+                if let Err(e) = shoal_agent::controller::remove_task(rt.as_ref(), &net, &id) {
                     tracing::warn!(container = %id, error = %e, "cannot remove a container");
                 }
             }

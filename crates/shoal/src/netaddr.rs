@@ -16,7 +16,8 @@ pub fn with_port(addr: &str, port: u16) -> Result<String> {
     bail!("{addr:?} is not an IP address or IP:PORT")
 }
 
-/// The host's one non-loopback IPv4 address, as swarm mode picks it.
+/// The host's one non-loopback IPv4 address, as swarm mode picks it (shoal's own links
+/// left out).
 pub fn detect_ip() -> Result<IpAddr> {
     let mut found: Vec<(String, IpAddr)> = Vec::new();
     for ifa in nix::ifaddrs::getifaddrs()? {
@@ -26,7 +27,8 @@ pub fn detect_ip() -> Result<IpAddr> {
         else {
             continue;
         };
-        if addr.is_loopback() {
+        // Loopback, and shoal's own links (the task bridge): never what peers reach.
+        if addr.is_loopback() || ifa.interface_name.starts_with("shoal") {
             continue;
         }
         if !found.iter().any(|(_, a)| *a == addr) {

@@ -12,7 +12,8 @@ use shoal_proto::control::{
     UpdateServiceRequest,
 };
 use shoal_proto::objects::{
-    ContainerSpec, Mount, Placement, Resources, Service, ServiceMode, ServiceSpec, Task, TaskState,
+    ContainerSpec, Mount, NetworkAttachmentConfig, Placement, Resources, Service, ServiceMode,
+    ServiceSpec, Task, TaskState,
 };
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
@@ -25,6 +26,45 @@ fn kv(s: &str) -> Result<(String, String), String> {
         None if !s.is_empty() => Ok((s.to_string(), String::new())),
         _ => Err(format!("{s:?} is not KEY=VALUE")),
     }
+}
+
+/// `--network NAME` or `--network name=NAME,alias=A[,alias=B]`.
+pub fn parse_network(s: &str) -> Result<NetworkAttachmentConfig, String> {
+    if !s.contains('=') {
+        return match s.trim() {
+            "" => Err("--network needs a network name".into()),
+            n => Ok(NetworkAttachmentConfig {
+                target: n.to_string(),
+                aliases: vec![],
+            }),
+        };
+    }
+    let mut n = NetworkAttachmentConfig::default();
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("name" | "target", v)) if !v.is_empty() => n.target = v.to_string(),
+            Some(("alias", v)) if !v.is_empty() => n.aliases.push(v.to_string()),
+            _ => {
+                return Err(format!(
+                    "--network {s:?}: {part:?} is not name=NETWORK or alias=NAME"
+                ))
+            }
+        }
+    }
+    if n.target.is_empty() {
+        return Err(format!("--network {s:?}: name=NETWORK is missing"));
+    }
+    Ok(n)
+}
+
+/// A spec's networks as `inspect` shows them (swarm's `Networks`: target and aliases).
+pub fn networks_json(c: &ContainerSpec) -> serde_json::Value {
+    serde_json::Value::Array(
+        c.networks
+            .iter()
+            .map(|n| serde_json::json!({"Target": n.target, "Aliases": n.aliases}))
+            .collect(),
+    )
 }
 
 fn spread(s: &str) -> Result<String, String> {
@@ -103,6 +143,11 @@ pub struct CreateArgs {
     /// replicated, global, replicated-job or global-job.
     #[arg(long, default_value = "replicated")]
     mode: String,
+    /// Attach the tasks to a network: NAME or name=NAME,alias=ALIAS (repeatable).
+    /// `host` keeps them in their node's network; without it each task gets a
+    /// namespace of its own on its node's bridge.
+    #[arg(long = "network", value_parser = parse_network)]
+    networks: Vec<NetworkAttachmentConfig>,
     #[command(flatten)]
     flags: SpecFlags,
     image: String,
@@ -133,6 +178,12 @@ pub struct UpdateArgs {
     constraint_add: Vec<String>,
     #[arg(long = "constraint-rm")]
     constraint_rm: Vec<String>,
+    /// Attach the tasks to another network (NAME or name=NAME,alias=ALIAS).
+    #[arg(long = "network-add", value_parser = parse_network)]
+    network_add: Vec<NetworkAttachmentConfig>,
+    /// Detach the tasks from a network.
+    #[arg(long = "network-rm")]
+    network_rm: Vec<String>,
     #[arg(long = "label-add", value_parser = kv)]
     label_add: Vec<(String, String)>,
     #[arg(long = "label-rm")]
@@ -607,6 +658,7 @@ impl Client {
             container: Some(ContainerSpec {
                 image: a.image,
                 args: a.args,
+                networks: a.networks,
                 ..Default::default()
             }),
             ..Default::default()
@@ -655,6 +707,11 @@ impl Client {
             }
             for k in &a.env_rm {
                 c.env.retain(|e| e.split('=').next() != Some(k.as_str()));
+            }
+            c.networks.retain(|n| !a.network_rm.contains(&n.target));
+            for n in &a.network_add {
+                c.networks.retain(|x| x.target != n.target);
+                c.networks.push(n.clone());
             }
         }
         let mut flags = a.flags.clone();
@@ -951,6 +1008,19 @@ impl Client {
                 }
                 println!(" Init:\t\t{}", !c.no_init);
                 print_security(&c);
+                match c.networks.as_slice() {
+                    [] => println!("Networks:\tbridge (a namespace per task on its node's bridge)"),
+                    nets => {
+                        let names: Vec<String> = nets
+                            .iter()
+                            .map(|n| match n.aliases.as_slice() {
+                                [] => n.target.clone(),
+                                a => format!("{} (aliases: {})", n.target, a.join(", ")),
+                            })
+                            .collect();
+                        println!("Networks:\t{}", names.join(", "));
+                    }
+                }
                 crate::policy_cli::print_pretty(&spec, s.update_status.as_ref());
                 println!(
                     "Resources:\n Reservations:\tCPU {} Memory {}\n Limits:\tCPU {} Memory {}",
@@ -988,6 +1058,7 @@ impl Client {
                         "ContainerSpec": {"Image": c.image, "Command": c.command, "Args": c.args, "Env": c.env, "Dir": c.workdir, "User": c.user, "Hostname": c.hostname, "ReadOnly": c.readonly_rootfs, "Init": !c.no_init,
                             "Mounts": c.mounts.iter().map(|m| json!({"Type": m.r#type, "Source": m.source, "Target": m.target, "ReadOnly": m.readonly})).collect::<Vec<_>>(),
                             "CapabilityAdd": c.cap_add, "CapabilityDrop": c.cap_drop, "Healthcheck": health},
+                        "Networks": networks_json(&c),
                         "RestartPolicy": restart,
                         "Resources": {"Limits": {"NanoCPUs": lim.nano_cpus, "MemoryBytes": lim.memory_bytes, "Pids": lim.pids}, "Reservations": {"NanoCPUs": res.nano_cpus, "MemoryBytes": res.memory_bytes}},
                         "Placement": {"Constraints": p.constraints, "Preferences": p.spread.iter().map(|x| json!({"Spread": {"SpreadDescriptor": x}})).collect::<Vec<_>>(), "MaxReplicas": p.max_replicas_per_node},

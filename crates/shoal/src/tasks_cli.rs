@@ -106,6 +106,10 @@ pub struct TaskRunArgs {
     /// type=bind|tmpfs,source=..,target=..[,readonly]
     #[arg(long = "mount", value_parser = parse_mount)]
     mounts: Vec<Mount>,
+    /// The task's network: `host` for its node's own; without it the task gets a
+    /// namespace of its own on its node's bridge.
+    #[arg(long = "network", value_parser = crate::services_cli::parse_network)]
+    networks: Vec<shoal_proto::objects::NetworkAttachmentConfig>,
     /// Add a Linux capability: NET_ADMIN, CAP_NET_ADMIN or ALL (repeatable).
     #[arg(long = "cap-add", value_parser = crate::security_cli::parse_cap)]
     cap_add: Vec<String>,
@@ -366,6 +370,7 @@ impl Client {
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
             no_init: a.no_init,
+            networks: a.networks,
             ..Default::default()
         };
         crate::security_cli::apply_caps(&mut spec, &a.cap_add, &a.cap_drop);
@@ -486,7 +491,9 @@ impl Client {
                     "Resources": {"Limits": {"NanoCPUs": limits.nano_cpus, "MemoryBytes": limits.memory_bytes, "Pids": limits.pids}},
                     "Mounts": spec.mounts.iter().map(|m| json!({"Type": m.r#type, "Source": m.source, "Target": m.target, "ReadOnly": m.readonly})).collect::<Vec<_>>(),
                     "CapabilityAdd": spec.cap_add, "CapabilityDrop": spec.cap_drop,
+                    "Networks": crate::services_cli::networks_json(&spec),
                 },
+                "NetworksAttachments": st.addresses.iter().map(|a| json!({"Network": a.network, "Addresses": [a.address]})).collect::<Vec<_>>(),
                 "Security": crate::security_cli::security_json(&spec),
                 "Status": {
                     "State": state_name(st.state).to_lowercase(), "Message": st.message, "Err": st.err,

@@ -214,8 +214,7 @@ fn a_service_given_net_admin_can_add_a_link_and_inspect_shows_it() {
         out.stderr
     );
 
-    // Containers share the node's network namespace (the testbed node's own), so the
-    // link appears there; it is removed below, and with the node's namespace anyway.
+    // The link is made in the task's own network namespace, and removed with it.
     let script = "busybox ip link add shoalcap0 type bridge 2>&1 && echo link-added; \
         busybox ip link del shoalcap0; exec sleep 3600";
     tb.cli_ok(

@@ -33,6 +33,10 @@ fn run(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+fn cmd(args: &[&str]) -> Result<String> {
+    run(Command::new(args[0]).args(&args[1..]))
+}
+
 fn ip(args: &[&str]) -> Result<String> {
     run(Command::new("ip").args(args))
 }
@@ -83,6 +87,10 @@ pub struct Node {
     pub socket: PathBuf,
     pub log: PathBuf,
     host_veth: String,
+    /// The node's mount namespace, kept (bind-mounted here) across daemon restarts as
+    /// a machine keeps its mounts: containers' root filesystems and the bind mounts
+    /// that keep tasks' network namespaces stay in it.
+    mnt_ns: PathBuf,
     child: Option<Child>,
 }
 
@@ -119,6 +127,34 @@ fn pid_alive(pid: i32) -> bool {
 
 /// Removes namespaces left by test processes that no longer exist.
 fn sweep_stale() {
+    // Testbed directories whose process died without cleaning up: their mounts (the
+    // nodes' mount namespaces) first, then the files.
+    if let Ok(dirs) = std::fs::read_dir(std::env::temp_dir()) {
+        for d in dirs.flatten() {
+            let path = d.path();
+            let owner = std::fs::read_to_string(path.join("owner"))
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok());
+            if !d
+                .file_name()
+                .to_string_lossy()
+                .starts_with("shoal-testbed-")
+                || owner.is_none_or(pid_alive)
+            {
+                continue;
+            }
+            for m in std::fs::read_dir(path.join("ns"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let _ = cmd(&["umount", "-l", &m.path().display().to_string()]);
+            }
+            let _ = cmd(&["umount", "-l", &path.join("ns").display().to_string()]);
+            let _ = cmd(&["umount", "-l", &path.display().to_string()]);
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
     let Ok(list) = ip(&["netns", "list"]) else {
         return;
     };
@@ -174,18 +210,53 @@ fn remove_cgroup_tree(rel: &str) {
     }
 }
 
-/// Kills every process inside network namespace `ns`.
-fn kill_ns_processes(ns: &str) {
-    if let Ok(pids) = ip(&["netns", "pids", ns]) {
-        for p in pids.split_whitespace() {
-            if let Ok(pid) = p.parse::<i32>() {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+/// Every process in network namespace `ns`.
+fn ns_pids(ns: &str) -> Vec<u32> {
+    ip(&["netns", "pids", ns])
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Every process in cgroup `rel` (as given to runc) and below: a node's containers,
+/// which have network namespaces of their own.
+pub fn cgroup_pids(rel: &str) -> Vec<u32> {
+    fn walk(dir: &Path, out: &mut Vec<u32>) {
+        if let Ok(t) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+            out.extend(t.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+        }
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    walk(&e.path(), out);
+                }
             }
         }
     }
+    let base = Path::new("/sys/fs/cgroup");
+    let root = if base.join("cgroup.controllers").exists() {
+        base.join(rel.trim_start_matches('/'))
+    } else {
+        base.join("pids").join(rel.trim_start_matches('/'))
+    };
+    let mut out = Vec::new();
+    walk(&root, &mut out);
+    out
+}
+
+fn kill_pids(pids: impl IntoIterator<Item = u32>) {
+    for pid in pids {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// Kills every process inside network namespace `ns`.
+fn kill_ns_processes(ns: &str) {
+    kill_pids(ns_pids(ns));
 }
 
 impl Testbed {
@@ -205,6 +276,7 @@ impl Testbed {
         let dir = tempfile::Builder::new()
             .prefix("shoal-testbed-")
             .tempdir()?;
+        std::fs::write(dir.path().join("owner"), pid.to_string())?;
         let tb = Testbed {
             tag,
             hub,
@@ -274,6 +346,7 @@ impl Testbed {
         in_ns(&netns, &["ip", "link", "set", "lo", "up"])?;
         let nd = self.dir.path().join(&name);
         std::fs::create_dir_all(&nd)?;
+        let mnt_ns = self.mount_namespace(i)?;
         self.nodes.push(Node {
             name,
             netns,
@@ -282,11 +355,40 @@ impl Testbed {
             socket: nd.join("shoal.sock"),
             log: nd.join("daemon.log"),
             host_veth,
+            mnt_ns,
             child: None,
         });
         let idx = self.nodes.len() - 1;
         self.start(idx)?;
         Ok(idx)
+    }
+
+    /// A new mount namespace for node `i`, kept by a bind mount on a file under the
+    /// testbed's private `ns` directory. Its mounts are slaves of the host's: what a test
+    /// mounts in the testbed's directory (a shared mount) reaches the node, and nothing
+    /// the node mounts comes back.
+    fn mount_namespace(&self, i: usize) -> Result<PathBuf> {
+        let top = self.dir.path().display().to_string();
+        let dir = self.dir.path().join("ns");
+        if !dir.exists() {
+            cmd(&["mount", "--bind", &top, &top])?;
+            cmd(&["mount", "--make-shared", &top])?;
+            std::fs::create_dir_all(&dir)?;
+            // Namespace files must sit on a private mount.
+            let d = dir.display().to_string();
+            cmd(&["mount", "--bind", &d, &d])?;
+            cmd(&["mount", "--make-private", &d])?;
+        }
+        let file = dir.join(format!("mnt-{i}"));
+        std::fs::File::create(&file)?;
+        cmd(&[
+            "unshare",
+            &format!("--mount={}", file.display()),
+            "--propagation",
+            "slave",
+            "true",
+        ])?;
+        Ok(file)
     }
 
     /// Starts node `i`'s daemon (in its namespaces, with its hostname) and waits for its socket.
@@ -313,13 +415,12 @@ impl Testbed {
             sock = n.socket.display(),
         );
         // nsenter, not `ip netns exec`: the latter remounts /sys, which hides the cgroup
-        // hierarchies runc needs. The daemon gets its own mount namespace, so the
-        // container mounts it makes vanish with its processes.
+        // hierarchies runc needs. The daemon runs in its node's own mount namespace,
+        // the same one at every start.
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", n.netns))
-            .args([
-                "--", "unshare", "--uts", "--mount", "--", "sh", "-c", &script,
-            ])
+            .arg(format!("--mount={}", n.mnt_ns.display()))
+            .args(["--", "unshare", "--uts", "--", "sh", "-c", &script])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -378,7 +479,13 @@ impl Testbed {
     pub fn kill_all(&mut self, i: usize) -> Result<()> {
         self.kill(i)?;
         kill_ns_processes(&self.nodes[i].netns);
+        kill_pids(cgroup_pids(&self.node_cgroup(i)));
         Ok(())
+    }
+
+    /// The cgroup under which node `i`'s containers live.
+    pub fn node_cgroup(&self, i: usize) -> String {
+        format!("{}/{}", cgroup_root(&self.tag), self.nodes[i].name)
     }
 
     /// Processes in node `i`'s namespace whose name (comm) is `name`.
@@ -393,14 +500,17 @@ impl Testbed {
             .count()
     }
 
-    /// Every process in node `i`'s network namespace (its daemon, supervisors and
-    /// containers).
+    /// Every process of node `i`: those in its network namespace (its daemon and
+    /// supervisors, and containers on the host network) and its containers' (in their
+    /// cgroups, whatever their namespace).
     pub fn pids(&self, i: usize) -> Vec<u32> {
-        ip(&["netns", "pids", &self.nodes[i].netns])
-            .unwrap_or_default()
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect()
+        let mut all = ns_pids(&self.nodes[i].netns);
+        for p in cgroup_pids(&self.node_cgroup(i)) {
+            if !all.contains(&p) {
+                all.push(p);
+            }
+        }
+        all
     }
 
     pub fn restart(&mut self, i: usize) -> Result<()> {
@@ -559,7 +669,7 @@ pub fn busybox_rootfs_tar(dir: &Path) -> Result<PathBuf> {
         .context("/bin/busybox is missing: install Debian's busybox-static")?;
     for app in [
         "sh", "echo", "sleep", "cat", "ls", "dd", "head", "hostname", "id", "env", "true", "false",
-        "touch", "test", "[", "httpd", "wget", "date",
+        "touch", "test", "[", "httpd", "wget", "date", "mkdir", "ip", "nc", "grep",
     ] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(app))?;
     }
@@ -596,20 +706,25 @@ impl Drop for Testbed {
         for i in 0..self.nodes.len() {
             let _ = self.kill(i);
         }
-        for n in &self.nodes {
-            kill_ns_processes(&n.netns);
+        for i in 0..self.nodes.len() {
+            kill_ns_processes(&self.nodes[i].netns);
+            kill_pids(cgroup_pids(&self.node_cgroup(i)));
         }
-        // Containers die with their namespace's processes; then their cgroups can go.
+        // Once their processes are gone, the cgroups can go.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline
-            && self.nodes.iter().any(|n| {
-                ip(&["netns", "pids", &n.netns])
-                    .map(|p| !p.trim().is_empty())
-                    .unwrap_or(false)
-            })
-        {
+        while Instant::now() < deadline && (0..self.nodes.len()).any(|i| !self.pids(i).is_empty()) {
             std::thread::sleep(Duration::from_millis(20));
         }
+        // The nodes' mount namespaces, and with them every mount their daemons made.
+        for n in &self.nodes {
+            let _ = cmd(&["umount", "-l", &n.mnt_ns.display().to_string()]);
+        }
+        let _ = cmd(&[
+            "umount",
+            "-l",
+            &self.dir.path().join("ns").display().to_string(),
+        ]);
+        let _ = cmd(&["umount", "-l", &self.dir.path().display().to_string()]);
         // A cgroup whose last task just died can stay busy for a moment.
         let root = cgroup_root(&self.tag);
         for _ in 0..50 {

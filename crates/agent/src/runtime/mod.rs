@@ -53,6 +53,8 @@ pub struct ContainerConfig {
     pub cap_drop: Vec<String>,
     /// Run a minimal init ([`init_binary`]) as PID 1, with the workload as its child.
     pub init: bool,
+    /// The network namespace to join (see [`crate::network`]); None shares the node's.
+    pub netns: Option<PathBuf>,
 }
 
 /// Where the init a container runs as PID 1 is mounted, read-only, inside it.

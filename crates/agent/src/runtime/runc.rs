@@ -242,8 +242,16 @@ impl Runc {
             .clone()
             .unwrap_or_default()
             .into_iter()
-            // Containers share the node's network for now (overlay networks come later).
-            .filter(|n| n.typ() != oci_spec::runtime::LinuxNamespaceType::Network)
+            .filter_map(|mut n| {
+                if n.typ() != oci_spec::runtime::LinuxNamespaceType::Network {
+                    return Some(n);
+                }
+                // The task's own namespace, made by the network module; without one
+                // the container shares the node's network (`--network host`).
+                let path = cfg.netns.clone()?;
+                n.set_path(Some(path));
+                Some(n)
+            })
             .collect();
         let linux = LinuxBuilder::default()
             .namespaces(namespaces)
@@ -701,6 +709,32 @@ mod tests {
         };
         let spec = runc.spec(&cfg, dir.path()).unwrap();
         serde_json::to_value(&spec).unwrap()
+    }
+
+    #[test]
+    fn a_container_joins_its_tasks_namespace_or_shares_the_nodes() {
+        let dir = tempfile::tempdir().unwrap();
+        let runc = Runc::new(dir.path(), "shoal-test").unwrap();
+        let net = |netns: Option<&str>| {
+            let cfg = ContainerConfig {
+                id: "c1".into(),
+                args: vec!["true".into()],
+                netns: netns.map(PathBuf::from),
+                ..Default::default()
+            };
+            let c = serde_json::to_value(runc.spec(&cfg, dir.path()).unwrap()).unwrap();
+            c["linux"]["namespaces"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|n| n["type"] == "network")
+                .cloned()
+        };
+        assert_eq!(net(None), None, "host network: no namespace of its own");
+        assert_eq!(
+            net(Some("/state/network/tasks/c1/netns")).unwrap()["path"],
+            "/state/network/tasks/c1/netns"
+        );
     }
 
     #[test]

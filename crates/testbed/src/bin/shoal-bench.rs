@@ -85,6 +85,10 @@ fn main() -> Result<()> {
         print!("{}", bench_idle(&shoal)?);
         return Ok(());
     }
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("netns") {
+        print!("{}", bench_netns(runs_containers())?);
+        return Ok(());
+    }
     if std::env::var("BENCH_ONLY").as_deref() == Ok("ha") {
         print!("{}", bench_ha(&shoal)?);
         return Ok(());
@@ -226,6 +230,48 @@ fn p(v: &[f64], q: f64) -> f64 {
 
 /// Issue #3: start latency of containers on one node, and the node's memory with them
 /// all running.
+/// What a task's network namespace costs: `n` namespaces on the bridge made one after
+/// another (each kept, as a node keeps its tasks'), then removed, in a scratch network
+/// namespace. The shoal agent's own code (`shoal_agent::network`), no daemon.
+fn bench_netns(n: usize) -> Result<String> {
+    let dir = tempfile::tempdir()?;
+    let (attach, release) = std::thread::scope(|s| {
+        s.spawn(|| -> Result<(Vec<Duration>, Vec<Duration>)> {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
+            let net = shoal_agent::network::Networks::new(dir.path());
+            // The first one sets the bridge and its NAT rule up.
+            net.attach("warm", "warm").map_err(anyhow::Error::msg)?;
+            let ids: Vec<String> = (0..n).map(|i| format!("task{i}")).collect();
+            let (mut a, mut r) = (Vec::new(), Vec::new());
+            for id in &ids {
+                let t = Instant::now();
+                net.attach(id, id).map_err(anyhow::Error::msg)?;
+                a.push(t.elapsed());
+            }
+            for id in &ids {
+                let t = Instant::now();
+                net.release(id).map_err(anyhow::Error::msg)?;
+                r.push(t.elapsed());
+            }
+            net.release("warm").map_err(anyhow::Error::msg)?;
+            Ok((a, r))
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the benchmark thread panicked"))?
+    })?;
+    let (amin, amed, a90, amax) = stats(attach);
+    let (rmin, rmed, r90, rmax) = stats(release);
+    Ok(format!(
+        "\n{n} task network namespaces on the node bridge (namespace, veth into the bridge, \
+         address, routes, /etc files), made one after another and kept, then removed; \
+         milliseconds:\n\n\
+         | step | min | median | p90 | max |\n|---|---|---|---|---|\n\
+         | attach | {amin:.2} | {amed:.2} | {a90:.2} | {amax:.2} |\n\
+         | release | {rmin:.2} | {rmed:.2} | {r90:.2} | {rmax:.2} |\n\n\
+         Rerun: `BENCH_ONLY=netns target/release/shoal-bench target/release/shoal`.\n"
+    ))
+}
+
 fn bench_containers(shoal: &std::path::Path, n: usize) -> Result<String> {
     let tb = Testbed::with_nodes(shoal, 1)?;
     tb.init(0, &[])?;
@@ -247,6 +293,11 @@ fn bench_containers(shoal: &std::path::Path, n: usize) -> Result<String> {
         let mut run = vec!["task", "run", "-d"];
         if std::env::var("BENCH_NO_INIT").is_ok() {
             run.push("--no-init");
+        }
+        // `BENCH_NETWORK=host`: no namespace of its own, to compare the start path.
+        let network = std::env::var("BENCH_NETWORK").unwrap_or_default();
+        if !network.is_empty() {
+            run.extend(["--network", network.as_str()]);
         }
         run.extend(["busybox", "sleep", "3600"]);
         let out = tb.cli_ok(0, &run)?;
@@ -342,6 +393,7 @@ fn sleeps(tb: &Testbed) -> usize {
         .filter_map(|n| std::fs::metadata(format!("/run/netns/{}", n.netns)).ok())
         .map(|m| m.ino())
         .collect();
+    let cgroups = format!("/{}/", shoal_testbed::cgroup_root(&tb.tag));
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return 0;
     };
@@ -355,7 +407,10 @@ fn sleeps(tb: &Testbed) -> usize {
             std::fs::read(e.path().join("comm")).is_ok_and(|c| c.trim_ascii_end() == b"sleep")
         })
         .filter(|e| {
+            // On the node's network, or in a container cgroup of the testbed's nodes.
             std::fs::metadata(e.path().join("ns/net")).is_ok_and(|m| nets.contains(&m.ino()))
+                || std::fs::read_to_string(e.path().join("cgroup"))
+                    .is_ok_and(|c| c.contains(&cgroups))
         })
         .count()
 }

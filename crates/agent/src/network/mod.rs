@@ -1,0 +1,625 @@
+//! Task networking on this node (DESIGN.md §6b). Every task gets a network namespace of
+//! its own unless its service says `--network host`. A task with no network named sits
+//! on the node's bridge, `shoal0` (Docker's docker0): a veth from its namespace into the
+//! bridge, an address from the bridge's subnet, a default route through the bridge,
+//! and outbound NAT (nftables) so it reaches what the node reaches while binding none of
+//! the node's ports.
+//!
+//! What a task has is kept under `<state dir>/network/tasks/<task id>/`: its address,
+//! its namespace (a bind mount of the namespace, like `ip netns` makes, so it outlives
+//! the daemon), and the `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` mounted
+//! into its container. After a restart the daemon reads the addresses back; the
+//! namespaces and veths never went away. [`Networks::release`] removes all of it.
+//!
+//! Links and addresses are made with netlink directly (no `ip` processes on the start
+//! path); the NAT rule is one `nft -f -` transaction when the bridge is set up.
+
+pub mod netlink;
+
+use crate::runtime::{MountKind, MountSpec};
+use ipnet::Ipv4Net;
+use netlink::Netlink;
+use netlink_packet_route::link::{InfoData, InfoVeth};
+use rtnetlink::{LinkBridge, LinkUnspec, LinkVeth};
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// The node-local bridge of tasks that name no network.
+pub const BRIDGE: &str = "shoal0";
+/// What a task's address on [`BRIDGE`] is reported as.
+pub const BRIDGE_NETWORK: &str = "bridge";
+/// The network a service names to keep its tasks in their node's namespace.
+pub const HOST_NETWORK: &str = "host";
+/// The nftables table of the bridge's outbound NAT.
+pub const NAT_TABLE: &str = "shoal_bridge";
+
+/// Subnets the bridge may take, the first that overlaps no route of the node: Docker's
+/// default local pools (172.17/16 is left to Docker's own docker0).
+fn candidates() -> impl Iterator<Item = Ipv4Net> {
+    let wide = (18..=31u8).map(|b| Ipv4Net::new(Ipv4Addr::new(172, b, 0, 0), 16));
+    let narrow = (0..16u8).map(|i| Ipv4Net::new(Ipv4Addr::new(192, 168, i * 16, 0), 20));
+    wide.chain(narrow).filter_map(Result::ok)
+}
+
+fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// What [`Networks::attach`] gave a task.
+#[derive(Clone, Debug)]
+pub struct Attachment {
+    /// The task's network namespace, for the container's config.json.
+    pub netns: PathBuf,
+    /// Its address, with the subnet's prefix length.
+    pub address: Ipv4Net,
+    /// `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` for the container.
+    pub mounts: Vec<MountSpec>,
+}
+
+struct Bridge {
+    /// The gateway address (the bridge's own), with the subnet's prefix length.
+    gateway: Ipv4Net,
+    index: u32,
+    /// A netlink socket on the node's namespace.
+    sock: Netlink,
+}
+
+struct Inner {
+    bridge: Option<Bridge>,
+    /// Addresses in use on the bridge, by task.
+    used: HashMap<String, Ipv4Addr>,
+    /// Where the search for a free address starts: just after the last one given, so a
+    /// released address is not handed out again at once.
+    next: u32,
+}
+
+pub struct Networks {
+    dir: PathBuf,
+    inner: Mutex<Inner>,
+}
+
+fn io_msg(what: &str) -> impl Fn(std::io::Error) -> String + '_ {
+    move |e| format!("{what}: {e}")
+}
+
+/// The host side of a task's veth: a name from its ID that fits IFNAMSIZ.
+pub fn host_veth(id: &str) -> String {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(id.as_bytes());
+    format!("vsh{}", &hex::encode(h)[..12])
+}
+
+/// A stable MAC for an address, as Docker makes them: 02:42 and the IPv4 address.
+fn mac_of(ip: Ipv4Addr) -> Vec<u8> {
+    let o = ip.octets();
+    vec![0x02, 0x42, o[0], o[1], o[2], o[3]]
+}
+
+impl Networks {
+    /// The networking of a node whose state directory is `state_dir`. Reads back the
+    /// addresses of the tasks it has; sets up nothing until a task needs it.
+    pub fn new(state_dir: &Path) -> Networks {
+        let dir = state_dir.join("network");
+        let mut used = HashMap::new();
+        for id in list_dir(&dir.join("tasks")) {
+            let ip = std::fs::read_to_string(dir.join("tasks").join(&id).join("address"))
+                .ok()
+                .and_then(|s| s.trim().parse::<Ipv4Net>().ok());
+            if let Some(ip) = ip {
+                used.insert(id, ip.addr());
+            }
+        }
+        Networks {
+            dir,
+            inner: Mutex::new(Inner {
+                bridge: None,
+                used,
+                next: 0,
+            }),
+        }
+    }
+
+    fn task_dir(&self, id: &str) -> PathBuf {
+        self.dir.join("tasks").join(id)
+    }
+
+    /// The tasks this node has network state for.
+    pub fn list(&self) -> Vec<String> {
+        list_dir(&self.dir.join("tasks"))
+    }
+
+    /// The address task `id` has on the bridge, if it has one.
+    pub fn address(&self, id: &str) -> Option<Ipv4Net> {
+        std::fs::read_to_string(self.task_dir(id).join("address"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Gives task `id` a namespace of its own on the node's bridge, setting the bridge
+    /// up first if this is the first such task. `hostname` goes into its /etc files.
+    pub fn attach(&self, id: &str, hostname: &str) -> Result<Attachment, String> {
+        let mut guard = self.inner.lock().map_err(|_| "network state poisoned")?;
+        let inner = &mut *guard;
+        if inner.bridge.is_none() {
+            inner.bridge =
+                Some(self.setup_bridge().map_err(|e| {
+                    format!("cannot set up this node's bridge network {BRIDGE}: {e}")
+                })?);
+        }
+        let Some(bridge) = inner.bridge.as_mut() else {
+            unreachable!("set just above")
+        };
+        let address = match inner.used.get(id) {
+            Some(ip) => {
+                Ipv4Net::new(*ip, bridge.gateway.prefix_len()).map_err(|e| e.to_string())?
+            }
+            None => {
+                let ip = free_address(&bridge.gateway, &inner.used, &mut inner.next).ok_or_else(
+                    || {
+                        format!(
+                            "no free address left on this node's bridge network ({})",
+                            bridge.gateway.trunc()
+                        )
+                    },
+                )?;
+                Ipv4Net::new(ip, bridge.gateway.prefix_len()).map_err(|e| e.to_string())?
+            }
+        };
+        let dir = self.task_dir(id);
+        let result = (|| {
+            std::fs::create_dir_all(&dir)
+                .map_err(io_msg("cannot create the task's network directory"))?;
+            write_file(&dir.join("address"), &format!("{address}\n"))?;
+            inner.used.insert(id.to_string(), address.addr());
+            let netns = dir.join("netns");
+            make_namespace(&netns, bridge, &host_veth(id), address)
+                .map_err(io_msg("cannot create the task's network namespace"))?;
+            let mounts = etc_files(&dir, hostname, address.addr())?;
+            Ok(Attachment {
+                netns,
+                address,
+                mounts,
+            })
+        })();
+        if result.is_err() {
+            drop(guard);
+            let _ = self.release(id);
+        }
+        result
+    }
+
+    /// Removes task `id`'s namespace, veth, address and files. Nothing of them is fine.
+    pub fn release(&self, id: &str) -> Result<(), String> {
+        let mut inner = self.inner.lock().map_err(|_| "network state poisoned")?;
+        let dir = self.task_dir(id);
+        let veth = host_veth(id);
+        match inner.bridge.as_mut() {
+            Some(b) => {
+                b.sock
+                    .del_link(&veth)
+                    .map_err(io_msg("cannot delete the task's veth"))?;
+            }
+            None => {
+                // No socket yet (nothing attached since the daemon started): the veth
+                // may still be there from before.
+                if let Ok(mut s) = Netlink::open() {
+                    s.del_link(&veth)
+                        .map_err(io_msg("cannot delete the task's veth"))?;
+                }
+            }
+        }
+        let netns = dir.join("netns");
+        match nix::mount::umount2(&netns, nix::mount::MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+            Err(e) => return Err(format!("cannot unmount {}: {e}", netns.display())),
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("cannot remove {}: {e}", dir.display())),
+        }
+        inner.used.remove(id);
+        Ok(())
+    }
+
+    /// The bridge, its address and its NAT rule; what exists is kept.
+    fn setup_bridge(&self) -> Result<Bridge, String> {
+        let mut sock = Netlink::open().map_err(io_msg("cannot open a netlink socket"))?;
+        let saved = self.dir.join("bridge-subnet");
+        let index = match sock
+            .link_index(BRIDGE)
+            .map_err(io_msg("cannot read links"))?
+        {
+            Some(i) => i,
+            None => {
+                sock.add_link(LinkBridge::new(BRIDGE).build())
+                    .map_err(io_msg("cannot create the bridge"))?;
+                sock.link_index(BRIDGE)
+                    .map_err(io_msg("cannot read links"))?
+                    .ok_or("the bridge vanished as it was made")?
+            }
+        };
+        let have = sock
+            .addresses(index)
+            .map_err(io_msg("cannot read addresses"))?;
+        let gateway = match have.first() {
+            Some((ip, len)) => Ipv4Net::new(*ip, *len).map_err(|e| e.to_string())?,
+            None => {
+                let routes: Vec<Ipv4Net> = sock
+                    .routes(Some(index))
+                    .map_err(io_msg("cannot read routes"))?
+                    .into_iter()
+                    .filter_map(|(ip, len)| Ipv4Net::new(ip, len).ok())
+                    .collect();
+                let kept = std::fs::read_to_string(&saved)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<Ipv4Net>().ok());
+                let subnet = kept
+                    .into_iter()
+                    .chain(candidates())
+                    .find(|c| !routes.iter().any(|r| overlaps(r, c)))
+                    .ok_or("every candidate subnet (172.18-31.0.0/16, 192.168.0-240.0/20) overlaps a route of this node")?;
+                let gw = subnet
+                    .hosts()
+                    .next()
+                    .ok_or("the subnet has no host address")?;
+                sock.add_address(index, gw, subnet.prefix_len())
+                    .map_err(io_msg("cannot give the bridge its address"))?;
+                Ipv4Net::new(gw, subnet.prefix_len()).map_err(|e| e.to_string())?
+            }
+        };
+        sock.set_link(LinkUnspec::new_with_index(index).up().build())
+            .map_err(io_msg("cannot bring the bridge up"))?;
+        std::fs::create_dir_all(&self.dir)
+            .map_err(io_msg("cannot create the network directory"))?;
+        write_file(&saved, &format!("{}\n", gateway.trunc()))?;
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+            .map_err(io_msg("cannot turn on IPv4 forwarding"))?;
+        apply_nft(&nat_rules(&gateway.trunc()))?;
+        tracing::info!(bridge = BRIDGE, subnet = %gateway.trunc(), "bridge network ready");
+        Ok(Bridge {
+            gateway,
+            index,
+            sock,
+        })
+    }
+}
+
+fn list_dir(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| !n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn write_file(path: &Path, text: &str) -> Result<(), String> {
+    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// The next address of the bridge's subnet no task has, from `next` on (wrapping).
+fn free_address(
+    gateway: &Ipv4Net,
+    used: &HashMap<String, Ipv4Addr>,
+    next: &mut u32,
+) -> Option<Ipv4Addr> {
+    let taken: std::collections::HashSet<Ipv4Addr> = used.values().copied().collect();
+    let first = u32::from(gateway.network()) + 1;
+    let last = u32::from(gateway.broadcast()).checked_sub(1)?;
+    let span = last.checked_sub(first)? + 1;
+    let start = (*next).clamp(first, last);
+    (0..span)
+        .map(|i| first + (start - first + i) % span)
+        .map(Ipv4Addr::from)
+        .find(|ip| *ip != gateway.addr() && !taken.contains(ip))
+        .inspect(|ip| *next = u32::from(*ip) + 1)
+}
+
+/// Makes the namespace at `path` (a bind mount of a new network namespace) with `eth0`
+/// at `address`, its peer `host_if` in the bridge, and a default route via the bridge.
+fn make_namespace(
+    path: &Path,
+    bridge: &mut Bridge,
+    host_if: &str,
+    address: Ipv4Net,
+) -> std::io::Result<()> {
+    let gateway = bridge.gateway.addr();
+    let bridge_index = bridge.index;
+    let node = &mut bridge.sock;
+    std::thread::scope(|s| {
+        // A thread of its own: unshare moves only the calling thread, which ends here.
+        s.spawn(move || -> std::io::Result<()> {
+            let step = |what: &'static str| {
+                move |e: std::io::Error| std::io::Error::new(e.kind(), format!("{what}: {e}"))
+            };
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| step("unshare")(e.into()))?;
+            std::fs::File::create(path).map_err(step("create the mount point"))?;
+            nix::mount::mount(
+                Some("/proc/thread-self/ns/net"),
+                path,
+                None::<&str>,
+                nix::mount::MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(|e| step("bind-mount the namespace")(e.into()))?;
+            let ns = std::fs::File::open("/proc/thread-self/ns/net")
+                .map_err(step("open the namespace"))?;
+            let mut inner =
+                Netlink::open().map_err(step("open a netlink socket in the namespace"))?;
+            let peer = LinkUnspec::new_with_name("eth0")
+                .setns_by_fd(ns.as_raw_fd())
+                .address(mac_of(address.addr()))
+                .build();
+            let veth = LinkVeth::new(host_if, "eth0")
+                .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+                .controller(bridge_index)
+                .up()
+                .build();
+            node.add_link(veth).map_err(step("create the veth"))?;
+            // The loopback device is always the first link of a namespace.
+            inner
+                .set_link(LinkUnspec::new_with_index(1).up().build())
+                .map_err(step("bring lo up"))?;
+            let eth0 = inner
+                .link_index("eth0")
+                .map_err(step("find eth0"))?
+                .ok_or_else(|| std::io::Error::other("eth0 did not arrive in the namespace"))?;
+            inner
+                .add_address(eth0, address.addr(), address.prefix_len())
+                .map_err(step("give eth0 its address"))?;
+            // Up only now: a veth end cannot come up while its peer is being made.
+            inner
+                .set_link(LinkUnspec::new_with_index(eth0).up().build())
+                .map_err(step("bring eth0 up"))?;
+            inner
+                .add_default_route(eth0, gateway)
+                .map_err(step("add the default route"))?;
+            Ok(())
+        })
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the namespace thread panicked")))
+    })
+}
+
+/// The outbound NAT of the bridge's subnet: what leaves through another link takes
+/// the node's address.
+pub fn nat_rules(subnet: &Ipv4Net) -> String {
+    format!(
+        "add table ip {NAT_TABLE}\n\
+         delete table ip {NAT_TABLE}\n\
+         table ip {NAT_TABLE} {{\n\
+         \tchain postrouting {{\n\
+         \t\ttype nat hook postrouting priority 100; policy accept;\n\
+         \t\tip saddr {subnet} oifname != \"{BRIDGE}\" masquerade\n\
+         \t}}\n\
+         }}\n"
+    )
+}
+
+/// Runs an nftables script as one transaction in the node's namespace.
+fn apply_nft(script: &str) -> Result<(), String> {
+    let mut child = std::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run nft: {e} (install the nftables package)"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(|e| format!("cannot write to nft: {e}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("nft failed: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "nft refused the rules: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+/// Writes the task's /etc files and returns their mounts.
+fn etc_files(dir: &Path, hostname: &str, ip: Ipv4Addr) -> Result<Vec<MountSpec>, String> {
+    let files = [
+        ("hosts", hosts_file(hostname, ip)),
+        ("hostname", format!("{hostname}\n")),
+        ("resolv.conf", resolv_conf(&node_resolv_conf())),
+    ];
+    let mut mounts = Vec::new();
+    for (name, text) in files {
+        let path = dir.join(name);
+        write_file(&path, &text)?;
+        mounts.push(MountSpec {
+            kind: MountKind::Bind,
+            source: path.display().to_string(),
+            target: format!("/etc/{name}"),
+            readonly: false,
+            size_bytes: 0,
+        });
+    }
+    Ok(mounts)
+}
+
+pub fn hosts_file(hostname: &str, ip: Ipv4Addr) -> String {
+    format!(
+        "127.0.0.1\tlocalhost\n\
+         ::1\tlocalhost ip6-localhost ip6-loopback\n\
+         fe00::0\tip6-localnet\n\
+         ff00::0\tip6-mcastprefix\n\
+         ff02::1\tip6-allnodes\n\
+         ff02::2\tip6-allrouters\n\
+         {ip}\t{hostname}\n"
+    )
+}
+
+/// The node's resolver configuration: /etc/resolv.conf, or systemd-resolved's list of
+/// upstream servers when /etc/resolv.conf names only its local stub.
+fn node_resolv_conf() -> String {
+    let main = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    if nameservers(&main).next().is_some() {
+        return main;
+    }
+    std::fs::read_to_string("/run/systemd/resolve/resolv.conf").unwrap_or(main)
+}
+
+/// Nameservers a task can reach: loopback ones are the node's own, not the task's.
+fn nameservers(text: &str) -> impl Iterator<Item = &str> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .map(str::trim)
+        .filter(|ip| {
+            ip.parse::<std::net::IpAddr>()
+                .map(|a| !a.is_loopback())
+                .unwrap_or(false)
+        })
+}
+
+/// A task's resolv.conf from the node's: its reachable nameservers (Docker's public
+/// fallback when there are none), search domains and options.
+pub fn resolv_conf(node: &str) -> String {
+    let mut out = String::new();
+    let servers: Vec<&str> = nameservers(node).collect();
+    if servers.is_empty() {
+        out.push_str("nameserver 8.8.8.8\nnameserver 8.8.4.4\n");
+    }
+    for s in servers {
+        out.push_str(&format!("nameserver {s}\n"));
+    }
+    for l in node.lines().map(str::trim) {
+        if l.starts_with("search") || l.starts_with("options") || l.starts_with("domain") {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_skip_the_gateway_and_taken_ones_and_wrap() {
+        let gw: Ipv4Net = "10.9.0.1/29".parse().unwrap();
+        let mut used = HashMap::new();
+        let mut next = 0;
+        let a = free_address(&gw, &used, &mut next).unwrap();
+        assert_eq!(a, Ipv4Addr::new(10, 9, 0, 2), "the gateway .1 is skipped");
+        used.insert("a".into(), a);
+        let b = free_address(&gw, &used, &mut next).unwrap();
+        assert_eq!(b, Ipv4Addr::new(10, 9, 0, 3));
+        used.remove("a");
+        // .2 is free again, but the search goes on from .4 first.
+        let c = free_address(&gw, &used, &mut next).unwrap();
+        assert_eq!(c, Ipv4Addr::new(10, 9, 0, 4));
+        for (i, ip) in [5, 6].into_iter().enumerate() {
+            let got = free_address(&gw, &used, &mut next).unwrap();
+            assert_eq!(got, Ipv4Addr::new(10, 9, 0, ip));
+            used.insert(format!("x{i}"), got);
+        }
+        used.insert("b".into(), b);
+        used.insert("c".into(), c);
+        assert_eq!(
+            free_address(&gw, &used, &mut next),
+            Some(Ipv4Addr::new(10, 9, 0, 2)),
+            "wraps around to the released address"
+        );
+        used.insert("d".into(), Ipv4Addr::new(10, 9, 0, 2));
+        assert_eq!(free_address(&gw, &used, &mut next), None, "a full subnet");
+    }
+
+    #[test]
+    fn a_tasks_resolv_conf_drops_the_nodes_loopback_resolvers() {
+        let node = "# comment\nnameserver 127.0.0.53\nnameserver 10.0.0.2\nsearch corp.example\noptions edns0\n";
+        assert_eq!(
+            resolv_conf(node),
+            "nameserver 10.0.0.2\nsearch corp.example\noptions edns0\n"
+        );
+        assert_eq!(
+            resolv_conf("nameserver 127.0.0.53\n"),
+            "nameserver 8.8.8.8\nnameserver 8.8.4.4\n"
+        );
+    }
+
+    #[test]
+    fn hosts_name_the_task_and_veths_fit_ifnamsiz() {
+        let h = hosts_file("web-1", Ipv4Addr::new(172, 18, 0, 7));
+        assert!(h.starts_with("127.0.0.1\tlocalhost\n"));
+        assert!(h.ends_with("172.18.0.7\tweb-1\n"));
+        let v = host_veth("abcdefghijklmnopqrstuvwxy");
+        assert_eq!(v.len(), 15);
+        assert_ne!(v, host_veth("abcdefghijklmnopqrstuvwxz"));
+    }
+
+    #[test]
+    fn the_nat_rule_covers_the_subnet_leaving_by_other_links() {
+        let r = nat_rules(&"172.18.0.0/16".parse().unwrap());
+        assert!(r.contains("ip saddr 172.18.0.0/16 oifname != \"shoal0\" masquerade"));
+        assert!(r.starts_with("add table ip shoal_bridge\ndelete table ip shoal_bridge\n"));
+    }
+}
+
+/// Root only: real namespaces, veths and nftables, in a scratch network namespace.
+#[cfg(test)]
+mod root_tests {
+    use super::*;
+
+    /// Runs `f` on a thread inside a new network namespace (gone when it ends).
+    fn in_scratch_netns<T: Send>(f: impl FnOnce() -> T + Send) -> Option<T> {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root");
+            return None;
+        }
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+                f()
+            })
+            .join()
+            .unwrap()
+        })
+        .into()
+    }
+
+    #[test]
+    fn a_task_gets_a_namespace_on_the_bridge_and_release_removes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        in_scratch_netns(|| {
+            let net = Networks::new(dir.path());
+            let a = net.attach("task1", "task1host").unwrap();
+            assert_eq!(a.address.to_string(), "172.18.0.2/16");
+            let b = net.attach("task2", "task2host").unwrap();
+            assert_eq!(b.address.to_string(), "172.18.0.3/16");
+            let mut sock = Netlink::open().unwrap();
+            assert!(sock.link_index(&host_veth("task1")).unwrap().is_some());
+            assert_eq!(net.address("task1"), Some(a.address));
+            // A new Networks (a restarted daemon) reads the addresses back.
+            let again = Networks::new(dir.path());
+            let mut listed = again.list();
+            listed.sort();
+            assert_eq!(listed, ["task1", "task2"]);
+            let c = again.attach("task3", "task3host").unwrap();
+            assert_eq!(c.address.to_string(), "172.18.0.4/16");
+            for id in ["task1", "task2", "task3"] {
+                again.release(id).unwrap();
+                assert!(sock.link_index(&host_veth(id)).unwrap().is_none());
+            }
+            assert!(again.list().is_empty());
+            again.release("task1").unwrap();
+        });
+    }
+}

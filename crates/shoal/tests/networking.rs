@@ -1,0 +1,343 @@
+//! Task networking (issue #12): every task in a network namespace of its own on its
+//! node's bridge, `--network host` for the node's own, and nothing left behind.
+//! Real daemons in network namespaces, real containers, real veths and nftables.
+
+mod common;
+
+use common::*;
+use shoal_testbed::{wait_for, Testbed};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(20);
+
+/// A busybox web server on port 8080 serving `tag-<hostname>` at `/`, and the task's
+/// /etc files at /hosts, /hostname and /resolv.
+const SERVE: &str = "mkdir -p /tmp/w && echo \"$TAG-$(hostname)\" > /tmp/w/index.html \
+    && cp /etc/hosts /tmp/w/hosts && cp /etc/hostname /tmp/w/hostname \
+    && cp /etc/resolv.conf /tmp/w/resolv && exec httpd -f -p 8080 -h /tmp/w";
+
+/// Running tasks of `service`: (task ID, node index, address without its prefix).
+fn running(tb: &Testbed, service: &str) -> Vec<(String, usize, String)> {
+    let out = tb
+        .cli_ok(0, &["service", "ps", "--format", "json", service])
+        .expect("service ps");
+    out.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json line"))
+        .filter_map(|p| {
+            let t = task(tb, p["ID"].as_str().unwrap());
+            if t["Status"]["State"] != "running" {
+                return None;
+            }
+            let i = tb.nodes.iter().position(|n| p["Node"] == n.name.as_str())?;
+            let addr = t["NetworksAttachments"][0]["Addresses"][0]
+                .as_str()
+                .unwrap_or("")
+                .split('/')
+                .next()
+                .unwrap()
+                .to_string();
+            Some((t["ID"].as_str().unwrap().to_string(), i, addr))
+        })
+        .collect()
+}
+
+/// `path` from `ip:port`, fetched inside node `i`'s network namespace.
+fn fetch(tb: &Testbed, i: usize, ip: &str, port: u16, path: &str) -> Option<String> {
+    tb.exec_in(
+        i,
+        // Not wget's -T: busybox 1.35's wget crashes with it.
+        &[
+            "timeout",
+            "5",
+            "busybox",
+            "wget",
+            "-qO-",
+            &format!("http://{ip}:{port}{path}"),
+        ],
+    )
+    .map_err(|e| eprintln!("fetch {ip}:{port}{path} from node{}: {e}", i + 1))
+    .ok()
+}
+
+/// The host-side veths of tasks in node `i`'s namespace.
+fn task_veths(tb: &Testbed, i: usize) -> Vec<String> {
+    tb.exec_in(i, &["ip", "-o", "link", "show"])
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(':').nth(1))
+        .map(|n| n.trim().split('@').next().unwrap().to_string())
+        .filter(|n| n.starts_with("vsh"))
+        .collect()
+}
+
+/// Mounts of node `i`'s daemon that hold tasks' network namespaces.
+fn netns_mounts(tb: &Testbed, i: usize) -> usize {
+    let pid = tb.nodes[i].pid().expect("daemon runs");
+    std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("/network/tasks/"))
+        .count()
+}
+
+fn two_nodes() -> Testbed {
+    let tb = cluster(2, &[]);
+    import_busybox(&tb, 0);
+    import_busybox(&tb, 1);
+    tb
+}
+
+#[test]
+fn two_services_on_one_port_both_answer_from_their_own_namespaces() {
+    let tb = two_nodes();
+    for tag in ["A", "B"] {
+        tb.cli_ok(
+            0,
+            &[
+                "service",
+                "create",
+                "--name",
+                tag,
+                "--mode",
+                "global",
+                "--env",
+                &format!("TAG={tag}"),
+                "busybox",
+                "sh",
+                "-c",
+                SERVE,
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
+    }
+    for tag in ["A", "B"] {
+        let tasks = running(&tb, tag);
+        assert_eq!(tasks.len(), 2, "one {tag} task per node: {tasks:?}");
+        for (id, i, ip) in tasks {
+            assert!(ip.starts_with("172."), "{id} has a bridge address: {ip:?}");
+            let page = fetch(&tb, i, &ip, 8080, "/")
+                .unwrap_or_else(|| panic!("{tag} task {id} at {ip} answers\n{}", tb.all_logs()));
+            let hostname = &id[..12];
+            assert_eq!(page.trim(), format!("{tag}-{hostname}"));
+            let hosts = fetch(&tb, i, &ip, 8080, "/hosts").unwrap();
+            assert!(hosts.contains("127.0.0.1\tlocalhost"), "{hosts}");
+            assert!(
+                hosts.contains(&format!("{ip}\t{hostname}")),
+                "/etc/hosts names the task: {hosts}"
+            );
+            let name = fetch(&tb, i, &ip, 8080, "/hostname").unwrap();
+            assert_eq!(name.trim(), hostname);
+            let resolv = fetch(&tb, i, &ip, 8080, "/resolv").unwrap();
+            assert!(resolv.contains("nameserver "), "{resolv}");
+            assert!(!resolv.contains("nameserver 127."), "{resolv}");
+        }
+    }
+    // Nothing listens on the node's own address: the tasks bound only their own.
+    for i in 0..2 {
+        assert_eq!(fetch(&tb, i, &tb.nodes[i].ip, 8080, "/"), None);
+    }
+    // Each service's tasks kept running: no restarts.
+    let ps = tb.cli_ok(0, &["service", "ps", "-q", "A"]).unwrap();
+    assert_eq!(
+        ps.split_whitespace().count(),
+        2,
+        "no task of A was replaced"
+    );
+
+    // A task reaches what its node reaches (outbound NAT): a web server on node1's own
+    // address, fetched by a job on node2.
+    std::fs::write(tb.dir().join("page.txt"), "from node1\n").unwrap();
+    tb.exec_in(
+        0,
+        &[
+            "busybox",
+            "httpd",
+            "-p",
+            "9999",
+            "-h",
+            tb.dir().to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    let url = format!("http://{}:9999/page.txt", tb.nodes[0].ip);
+    tb.cli_ok(
+        0,
+        &[
+            "service",
+            "create",
+            "--name",
+            "out",
+            "--mode",
+            "replicated-job",
+            "--constraint",
+            "node.hostname==node2",
+            "busybox",
+            "wget",
+            "-qO-",
+            &url,
+        ],
+    )
+    .unwrap_or_else(|e| panic!("a task reaches node1: {e}\n{}", tb.all_logs()));
+    let logs = tb.cli_ok(0, &["service", "logs", "out"]).unwrap();
+    assert!(logs.contains("from node1"), "{logs}");
+}
+
+#[test]
+fn the_host_network_is_the_nodes_own() {
+    let tb = two_nodes();
+    tb.cli_ok(
+        0,
+        &[
+            "service",
+            "create",
+            "--name",
+            "h",
+            "--network",
+            "host",
+            "--constraint",
+            "node.hostname==node2",
+            "busybox",
+            "httpd",
+            "-f",
+            "-p",
+            "8081",
+            "-h",
+            "/etc",
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
+    let page = wait_for(T, || fetch(&tb, 1, &tb.nodes[1].ip, 8081, "/passwd"))
+        .expect("the node's own address answers");
+    assert!(page.contains("root:x:0:0"), "{page}");
+    let tasks = running(&tb, "h");
+    assert_eq!(tasks[0].2, "", "no address of its own: {tasks:?}");
+    let inspect = tb.cli_ok(0, &["service", "inspect", "h"]).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    assert_eq!(
+        v[0]["Spec"]["TaskTemplate"]["Networks"][0]["Target"],
+        "host"
+    );
+    assert!(task_veths(&tb, 1).is_empty(), "no veth for a host task");
+}
+
+#[test]
+fn namespaces_outlive_a_daemon_restart_and_go_with_the_service() {
+    let mut tb = two_nodes();
+    tb.cli_ok(
+        0,
+        &[
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--replicas",
+            "2",
+            "--constraint",
+            "node.hostname==node2",
+            "--env",
+            "TAG=w",
+            "busybox",
+            "sh",
+            "-c",
+            SERVE,
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
+    let before = running(&tb, "web");
+    assert_eq!(before.len(), 2);
+    assert_eq!(task_veths(&tb, 1).len(), 2, "a veth per task");
+    assert_eq!(netns_mounts(&tb, 1), 2, "a namespace per task");
+
+    // kill -9 of the worker's daemon: the containers, their namespaces and addresses
+    // stay, and the restarted daemon re-adopts them.
+    tb.kill(1).unwrap();
+    tb.start(1).unwrap();
+    wait_ready(&tb, 2);
+    for (id, i, ip) in &before {
+        assert!(
+            fetch(&tb, *i, ip, 8080, "/").is_some(),
+            "{id} still answers at {ip}"
+        );
+    }
+    let after = wait_for(T, || {
+        let r = running(&tb, "web");
+        (r.len() == 2 && r.iter().all(|t| !t.2.is_empty())).then_some(r)
+    })
+    .expect("both tasks running again");
+    let mut a: Vec<_> = after.iter().map(|t| (&t.0, &t.2)).collect();
+    let mut b: Vec<_> = before.iter().map(|t| (&t.0, &t.2)).collect();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b, "the same tasks with the same addresses");
+
+    // A new task after the restart gets an address of its own.
+    tb.cli_ok(0, &["service", "scale", "web=3"]).unwrap();
+    let three = running(&tb, "web");
+    let mut ips: Vec<&String> = three.iter().map(|t| &t.2).collect();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 3, "three distinct addresses: {three:?}");
+    assert_eq!(task_veths(&tb, 1).len(), 3);
+
+    tb.cli_ok(0, &["service", "rm", "web"]).unwrap();
+    wait_for(T, || {
+        (task_veths(&tb, 1).is_empty()
+            && netns_mounts(&tb, 1) == 0
+            && tb.processes_named(1, "httpd") == 0)
+            .then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "left behind: veths {:?}, {} namespace mounts, {} httpd\n{}",
+            task_veths(&tb, 1),
+            netns_mounts(&tb, 1),
+            tb.processes_named(1, "httpd"),
+            tb.all_logs()
+        )
+    });
+    let dir = tb.nodes[1].state_dir.join("network/tasks");
+    assert_eq!(
+        std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0),
+        0,
+        "no task network state left in {}",
+        dir.display()
+    );
+}
+
+#[test]
+fn unknown_or_contradictory_networks_are_refused() {
+    let tb = two_nodes();
+    for (args, want) in [
+        (vec!["--network", "nosuch"], "network \"nosuch\" not found"),
+        (
+            vec!["--network", "host", "--network", "host"],
+            "network \"host\" is named twice",
+        ),
+        (
+            vec!["--network", "name=host,alias=web"],
+            "network \"host\" takes no aliases",
+        ),
+        (vec!["--network", "alias=web"], "name=NETWORK is missing"),
+    ] {
+        let mut full = vec!["service", "create", "--name", "bad"];
+        full.extend(args.iter());
+        full.extend(["busybox", "sleep", "60"]);
+        let out = tb.cli(0, &full);
+        assert!(!out.success, "{args:?} refused");
+        assert!(out.stderr.contains(want), "{args:?}: {}", out.stderr);
+    }
+    let out = tb.cli(
+        0,
+        &["task", "run", "--network", "nosuch", "busybox", "true"],
+    );
+    assert!(!out.success);
+    assert!(
+        out.stderr.contains("network \"nosuch\" not found"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !tb.cli_ok(0, &["service", "ls"]).unwrap().contains("bad"),
+        "nothing was created"
+    );
+}
