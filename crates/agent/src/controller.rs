@@ -47,14 +47,12 @@ fn net_mode(spec: &shoal_proto::objects::ContainerSpec) -> Result<NetMode, Strin
     match spec.networks.as_slice() {
         [] => Ok(NetMode::Bridge),
         [n] if n.target == crate::network::HOST_NETWORK => Ok(NetMode::Host),
-        nets => Err(format!(
-            "this node cannot attach tasks to network {}: only {:?} and the default bridge exist",
-            nets.iter()
-                .map(|n| format!("{:?}", n.target))
-                .collect::<Vec<_>>()
-                .join(", "),
-            crate::network::HOST_NETWORK
-        )),
+        _ => Err(
+            "this node cannot attach tasks to overlay networks yet: their encrypted data plane \
+             is not built; run the service without --network (each task on its node's bridge) \
+             or with --network host"
+                .to_string(),
+        ),
     }
 }
 

@@ -29,6 +29,8 @@ pub struct InitParams {
     pub unlock_key: Option<shoal_store::UnlockKey>,
     /// The first manager's Raft member ID (its store's).
     pub raft_id: u64,
+    /// Where networks' subnets come from.
+    pub network: shoal_proto::objects::NetworkConfig,
 }
 
 /// What the first manager keeps on its own disk.
@@ -111,6 +113,7 @@ pub async fn init_cluster(
             manager: JoinToken::generate(&digest).to_string(),
         }),
         created_at_unix: now,
+        network: Some(params.network),
         ..Default::default()
     };
     let node = Node {

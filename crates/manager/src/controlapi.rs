@@ -55,6 +55,8 @@ pub enum ControlError {
     Unplaceable(String),
     #[error("no such service: {0}")]
     NoSuchService(String),
+    #[error("no such network: {0}")]
+    NoSuchNetwork(String),
     #[error("service reference {0:?} is ambiguous (it matches {1} services): use more characters of the ID")]
     AmbiguousService(String, usize),
     #[error("{0}")]
@@ -72,7 +74,8 @@ impl From<ControlError> for Status {
         match &e {
             ControlError::NoSuchNode(_)
             | ControlError::NoSuchTask(_)
-            | ControlError::NoSuchService(_) => Status::not_found(e.to_string()),
+            | ControlError::NoSuchService(_)
+            | ControlError::NoSuchNetwork(_) => Status::not_found(e.to_string()),
             ControlError::AmbiguousService(..) => Status::invalid_argument(e.to_string()),
             ControlError::Exists(_) => Status::already_exists(e.to_string()),
             ControlError::Conflict(_) => Status::aborted(e.to_string()),
@@ -115,23 +118,21 @@ const MIN_MEMORY_LIMIT: i64 = 6 * 1024 * 1024;
 /// The network that keeps tasks in their node's own namespace.
 pub const HOST_NETWORK: &str = "host";
 
-/// Checks the networks a spec names: known, each once, `host` alone and without
-/// aliases.
+/// Checks the networks a spec names: each once, `host` alone and without aliases.
+/// Whether the others exist is [`ControlApi::resolve_networks`]'s business.
 fn validate_networks(nets: &[shoal_proto::objects::NetworkAttachmentConfig]) -> Result<(), String> {
     let mut seen = std::collections::HashSet::new();
     for n in nets {
+        if n.target.trim().is_empty() {
+            return Err("a network needs a name".into());
+        }
         if !seen.insert(n.target.as_str()) {
             return Err(format!("network {:?} is named twice", n.target));
         }
-        if n.target != HOST_NETWORK {
-            return Err(format!(
-                "network {:?} not found: the only network to name is {HOST_NETWORK:?} (the \
-                 node's own); without --network each task gets a namespace of its own on \
-                 its node's bridge",
-                n.target
-            ));
+        for a in &n.aliases {
+            shoal_proto::limits::check_name("network alias", a)?;
         }
-        if !n.aliases.is_empty() {
+        if n.target == HOST_NETWORK && !n.aliases.is_empty() {
             return Err(format!(
                 "network {HOST_NETWORK:?} takes no aliases: its tasks share their node's network"
             ));
@@ -252,8 +253,9 @@ impl ControlApi {
     /// Creates a one-off task on a node (`shoal task run`): the node given, or the ready,
     /// active node running the fewest tasks.
     pub async fn create_task(&self, req: CreateTaskRequest) -> Result<Task, ControlError> {
-        let spec = req.spec.unwrap_or_default();
+        let mut spec = req.spec.unwrap_or_default();
         validate_spec(&spec)?;
+        self.resolve_networks(&mut spec, true)?;
         if !req.name.is_empty() {
             shoal_proto::limits::check_name("task name", &req.name)
                 .map_err(ControlError::BadRequest)?;
@@ -533,6 +535,7 @@ impl ControlApi {
             election_timeout_ms: effective_election_timeout(&spec).as_millis() as u64,
             autolock: spec.autolock,
             unlock_key: String::new(),
+            network: c.network,
         })
     }
 }
@@ -643,6 +646,45 @@ impl Control for ControlService {
         control_caller(&req, "RemoveService")?;
         self.0.remove_service(&req.into_inner().reference).await?;
         Ok(Response::new(RemoveServiceResponse {}))
+    }
+    async fn create_network(
+        &self,
+        req: Request<shoal_proto::control::CreateNetworkRequest>,
+    ) -> Result<Response<shoal_proto::objects::Network>, Status> {
+        control_caller(&req, "CreateNetwork")?;
+        Ok(Response::new(
+            self.0
+                .create_network(req.into_inner().spec.unwrap_or_default())
+                .await?,
+        ))
+    }
+    async fn list_networks(
+        &self,
+        req: Request<shoal_proto::control::ListNetworksRequest>,
+    ) -> Result<Response<shoal_proto::control::ListNetworksResponse>, Status> {
+        control_caller(&req, "ListNetworks")?;
+        Ok(Response::new(shoal_proto::control::ListNetworksResponse {
+            networks: self.0.list_networks()?,
+        }))
+    }
+    async fn get_network(
+        &self,
+        req: Request<shoal_proto::control::GetNetworkRequest>,
+    ) -> Result<Response<shoal_proto::objects::Network>, Status> {
+        control_caller(&req, "GetNetwork")?;
+        Ok(Response::new(
+            self.0.get_network(&req.into_inner().reference)?,
+        ))
+    }
+    async fn remove_network(
+        &self,
+        req: Request<shoal_proto::control::RemoveNetworkRequest>,
+    ) -> Result<Response<shoal_proto::control::RemoveNetworkResponse>, Status> {
+        control_caller(&req, "RemoveNetwork")?;
+        self.0.remove_network(&req.into_inner().reference).await?;
+        Ok(Response::new(
+            shoal_proto::control::RemoveNetworkResponse {},
+        ))
     }
     async fn update_node(
         &self,

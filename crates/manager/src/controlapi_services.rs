@@ -223,8 +223,9 @@ impl ControlApi {
         Ok(())
     }
 
-    pub async fn create_service(&self, spec: ServiceSpec) -> Result<Service, ControlError> {
+    pub async fn create_service(&self, mut spec: ServiceSpec) -> Result<Service, ControlError> {
         validate_service(&spec)?;
+        self.resolve_networks(spec.container.get_or_insert_with(Default::default), false)?;
         self.refuse_ambiguous_hostnames(&spec)?;
         if self.name_taken(&spec.name, "")? {
             return Err(ControlError::Exists(format!(
@@ -253,8 +254,9 @@ impl ControlApi {
         if req.rollback {
             return self.rollback_service(&req.reference).await;
         }
-        let spec = req.spec.unwrap_or_default();
+        let mut spec = req.spec.unwrap_or_default();
         validate_service(&spec)?;
+        self.resolve_networks(spec.container.get_or_insert_with(Default::default), false)?;
         self.refuse_ambiguous_hostnames(&spec)?;
         let cur = self.get_service(&req.reference)?;
         if req.spec_version != 0 && req.spec_version != cur.value.spec_version {
@@ -276,7 +278,6 @@ impl ControlApi {
         }
         let mut next = cur.value.clone();
         let old = next.spec.clone().unwrap_or_default();
-        let mut spec = spec;
         let job = crate::orchestrator::is_job(&spec);
         if req.force {
             // Every task becomes out of date: a rolling restart (or a job's new run).

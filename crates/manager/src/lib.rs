@@ -15,6 +15,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod ca_server;
 pub mod controlapi;
+pub mod controlapi_networks;
 pub mod controlapi_services;
 pub mod dispatcher;
 pub mod leader;

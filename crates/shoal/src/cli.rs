@@ -103,6 +103,8 @@ pub struct InitArgs {
     pub election_timeout: Option<Duration>,
     pub force_new_cluster: bool,
     pub restore: Option<PathBuf>,
+    pub default_addr_pool: Vec<String>,
+    pub default_addr_pool_mask_length: u32,
 }
 
 /// One line from standard input (prompting on a terminal): an unlock key.
@@ -366,6 +368,8 @@ impl Client {
                 force_new_cluster: a.force_new_cluster,
                 restore,
                 unlock_key,
+                default_addr_pool: a.default_addr_pool,
+                default_addr_pool_mask_length: a.default_addr_pool_mask_length,
             })
             .await
             .map_err(status_err)?

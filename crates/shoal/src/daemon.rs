@@ -717,6 +717,11 @@ impl Daemon {
             req.election_timeout_ms,
         )
         .map_err(|e| user(tonic::Code::InvalidArgument, e))?;
+        let network = shoal_manager::controlapi_networks::network_config(
+            &req.default_addr_pool,
+            req.default_addr_pool_mask_length,
+        )
+        .map_err(|e| user(tonic::Code::InvalidArgument, e))?;
         let election_timeout = Duration::from_millis(req.election_timeout_ms);
         // A restore: the backup's objects, and the cluster's own autolock setting.
         let restore = if req.restore.is_empty() {
@@ -798,6 +803,7 @@ impl Daemon {
                             election_timeout,
                             unlock_key: unlock_key.clone(),
                             raft_id,
+                            network,
                         },
                     )
                     .await?

@@ -5,6 +5,7 @@ mod ca_cli;
 mod cli;
 mod daemon;
 mod netaddr;
+mod network_cli;
 mod policy_cli;
 mod raft_transport;
 mod renewal;
@@ -101,6 +102,13 @@ enum Cmd {
         /// if it needs one, is read from standard input.
         #[arg(long, value_name = "FILE")]
         restore: Option<PathBuf>,
+        /// Where networks' subnets come from when they give none (repeatable; default
+        /// 10.0.0.0/8).
+        #[arg(long = "default-addr-pool", value_name = "CIDR")]
+        default_addr_pool: Vec<String>,
+        /// The prefix length of those subnets (default 24).
+        #[arg(long = "default-addr-pool-mask-length", value_name = "N")]
+        default_addr_pool_mask_length: Option<u32>,
     },
     /// Write a backup of the cluster state (encrypted) while the cluster runs.
     Backup { file: PathBuf },
@@ -200,6 +208,11 @@ enum Cmd {
     Service {
         #[command(subcommand)]
         cmd: ServiceCmd,
+    },
+    /// Manage networks.
+    Network {
+        #[command(subcommand)]
+        cmd: network_cli::NetworkCmd,
     },
 }
 
@@ -501,8 +514,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 election_timeout,
                 force_new_cluster,
                 restore,
+                default_addr_pool,
+                default_addr_pool_mask_length,
             } => {
                 c.init(cli::InitArgs {
+                    default_addr_pool,
+                    default_addr_pool_mask_length: default_addr_pool_mask_length.unwrap_or(0),
                     advertise_addr,
                     cert_expiry,
                     heartbeat: dispatcher_heartbeat,
@@ -584,6 +601,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         .await
                 }
             },
+            Cmd::Network { cmd } => c.network(cmd).await,
             Cmd::Service { cmd } => match cmd {
                 ServiceCmd::Create(a) => c.service_create(*a).await,
                 ServiceCmd::Update(a) => c.service_update(*a).await,

@@ -708,10 +708,28 @@ impl Client {
             for k in &a.env_rm {
                 c.env.retain(|e| e.split('=').next() != Some(k.as_str()));
             }
-            c.networks.retain(|n| !a.network_rm.contains(&n.target));
+        }
+        {
+            // Specs name networks by ID: resolve what the flags name.
+            let mut rm = Vec::new();
+            for r in &a.network_rm {
+                rm.push(self.network_id(r).await?);
+            }
+            let mut add = Vec::new();
             for n in &a.network_add {
+                let mut n = n.clone();
+                n.target = self.network_id(&n.target).await?;
+                add.push(n);
+            }
+            let c = spec.container.get_or_insert_with(ContainerSpec::default);
+            let before = c.networks.len();
+            c.networks.retain(|n| !rm.contains(&n.target));
+            if before - c.networks.len() < rm.len() {
+                bail!("--network-rm: the service is not on every network named");
+            }
+            for n in add {
                 c.networks.retain(|x| x.target != n.target);
-                c.networks.push(n.clone());
+                c.networks.push(n);
             }
         }
         let mut flags = a.flags.clone();
@@ -1011,11 +1029,15 @@ impl Client {
                 match c.networks.as_slice() {
                     [] => println!("Networks:\tbridge (a namespace per task on its node's bridge)"),
                     nets => {
+                        let known = self.network_names().await;
                         let names: Vec<String> = nets
                             .iter()
-                            .map(|n| match n.aliases.as_slice() {
-                                [] => n.target.clone(),
-                                a => format!("{} (aliases: {})", n.target, a.join(", ")),
+                            .map(|n| {
+                                let name = known.get(&n.target).unwrap_or(&n.target);
+                                match n.aliases.as_slice() {
+                                    [] => name.clone(),
+                                    a => format!("{name} (aliases: {})", a.join(", ")),
+                                }
                             })
                             .collect();
                         println!("Networks:\t{}", names.join(", "));

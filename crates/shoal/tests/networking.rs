@@ -341,3 +341,192 @@ fn unknown_or_contradictory_networks_are_refused() {
         "nothing was created"
     );
 }
+
+fn inspect_network(tb: &Testbed, name: &str) -> serde_json::Value {
+    let out = tb.cli_ok(0, &["network", "inspect", name]).unwrap();
+    serde_json::from_str::<serde_json::Value>(&out).unwrap()[0].clone()
+}
+
+fn network_names(tb: &Testbed) -> Vec<String> {
+    tb.cli_ok(0, &["network", "ls", "--format", "json"])
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["Name"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn networks_take_subnets_from_the_pool_and_refuse_overlaps_and_removal_in_use() {
+    let tb = testbed(1);
+    // A pool that does not fit its mask length is refused, and the node stays free.
+    let out = tb.cli(
+        0,
+        &[
+            "init",
+            "--default-addr-pool",
+            "10.40.0.0/16",
+            "--default-addr-pool-mask-length",
+            "12",
+        ],
+    );
+    assert!(!out.success);
+    assert!(
+        out.stderr.contains("does not fit pool 10.40.0.0/16"),
+        "{}",
+        out.stderr
+    );
+    tb.init(
+        0,
+        &[
+            "--default-addr-pool",
+            "10.40.0.0/16",
+            "--default-addr-pool-mask-length",
+            "24",
+        ],
+    )
+    .unwrap();
+    import_busybox(&tb, 0);
+
+    tb.cli_ok(0, &["network", "create", "a"]).unwrap();
+    let a = inspect_network(&tb, "a");
+    assert_eq!(a["Driver"], "overlay");
+    assert_eq!(a["IPAM"]["Config"][0]["Subnet"], "10.40.0.0/24");
+    assert_eq!(a["IPAM"]["Config"][0]["Gateway"], "10.40.0.1");
+    assert_eq!(a["VNI"], 4096);
+    assert_eq!(a["Encrypted"], true);
+    tb.cli_ok(
+        0,
+        &[
+            "network",
+            "create",
+            "--subnet",
+            "10.50.0.0/24",
+            "--gateway",
+            "10.50.0.254",
+            "--attachable",
+            "--internal",
+            "--opt",
+            "mtu=1400",
+            "b",
+        ],
+    )
+    .unwrap();
+    let b = inspect_network(&tb, "b");
+    assert_eq!(b["IPAM"]["Config"][0]["Gateway"], "10.50.0.254");
+    assert_eq!(
+        (b["Internal"].clone(), b["Attachable"].clone()),
+        (true.into(), true.into())
+    );
+    assert_eq!(b["Options"]["mtu"], "1400");
+    assert_eq!(b["VNI"], 4097);
+    // The next pool subnet skips what is taken.
+    tb.cli_ok(0, &["network", "create", "c"]).unwrap();
+    assert_eq!(
+        inspect_network(&tb, "c")["IPAM"]["Config"][0]["Subnet"],
+        "10.40.1.0/24"
+    );
+    let mut names = network_names(&tb);
+    names.sort();
+    assert_eq!(names, ["a", "b", "bridge", "c", "host"]);
+
+    // Bad networks are refused with the reason, and nothing is created.
+    let node_net = format!("{}.0/24", tb.nodes[0].ip.rsplit_once('.').unwrap().0);
+    for (args, want) in [
+        (
+            vec!["--subnet", "10.40.0.0/16", "d"],
+            "overlaps network \"a\" (10.40.0.0/24)",
+        ),
+        (
+            vec!["--subnet", "10.255.250.0/24", "d"],
+            "overlaps the cluster's tunnel network",
+        ),
+        (
+            vec!["--subnet", node_net.as_str(), "d"],
+            "holds the address of node node1",
+        ),
+        (
+            vec!["--subnet", "10.60.0.0/24", "--gateway", "10.61.0.1", "d"],
+            "not a host address",
+        ),
+        (vec!["--subnet", "not-a-cidr", "d"], "not an IPv4 CIDR"),
+        (vec!["--opt", "encrypted=false", "d"], "always encrypted"),
+        (vec!["--driver", "bridge", "d"], "not supported"),
+        (vec!["a"], "a network named a already exists"),
+        (vec!["host"], "taken by a built-in network"),
+    ] {
+        let mut full = vec!["network", "create"];
+        full.extend(args.iter());
+        let out = tb.cli(0, &full);
+        assert!(!out.success, "{args:?} refused");
+        assert!(out.stderr.contains(want), "{args:?}: {}", out.stderr);
+    }
+    assert_eq!(network_names(&tb).len(), 5, "nothing was created");
+
+    // A service names a network; the network cannot go while the service uses it.
+    tb.cli_ok(
+        0,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "s",
+            "--network",
+            "name=a,alias=web",
+            "busybox",
+            "sleep",
+            "60",
+        ],
+    )
+    .unwrap();
+    let pretty = tb
+        .cli_ok(0, &["service", "inspect", "--pretty", "s"])
+        .unwrap();
+    assert!(pretty.contains("Networks:\ta (aliases: web)"), "{pretty}");
+    let out = tb.cli(0, &["network", "rm", "a"]);
+    assert!(!out.success);
+    assert!(
+        out.stderr.contains("network a is in use by service s"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        network_names(&tb).contains(&"a".to_string()),
+        "a is still there"
+    );
+    // Standalone tasks only attach to attachable networks.
+    let out = tb.cli(
+        0,
+        &["task", "run", "-d", "--network", "a", "busybox", "true"],
+    );
+    assert!(!out.success);
+    assert!(
+        out.stderr.contains("network a is not attachable"),
+        "{}",
+        out.stderr
+    );
+    // Detaching the service frees the network.
+    tb.cli_ok(0, &["service", "update", "-d", "--network-rm", "a", "s"])
+        .unwrap();
+    tb.cli_ok(0, &["network", "rm", "a", "c"]).unwrap();
+    let out = tb.cli(0, &["network", "rm", "host"]);
+    assert!(
+        !out.success && out.stderr.contains("built-in"),
+        "{}",
+        out.stderr
+    );
+    let mut names = network_names(&tb);
+    names.sort();
+    assert_eq!(names, ["b", "bridge", "host"]);
+    let out = tb.cli(0, &["network", "inspect", "a"]);
+    assert!(
+        !out.success && out.stderr.contains("no such network: a"),
+        "{}",
+        out.stderr
+    );
+}

@@ -31,6 +31,13 @@ impl Object for shoal_proto::objects::Service {
     }
 }
 
+impl Object for shoal_proto::objects::Network {
+    const TABLE: &'static str = "networks";
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
 impl Object for shoal_proto::objects::LimitedToken {
     const TABLE: &'static str = "join_tokens";
     fn id(&self) -> &str {
