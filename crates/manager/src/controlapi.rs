@@ -302,6 +302,22 @@ impl ControlApi {
         };
         let now = crate::time::unix_now();
         let id = shoal_pki::random_id();
+        // A task on overlay networks goes through the allocator (its addresses) and the
+        // scheduler, pinned to the node chosen here; others are assigned at once.
+        let overlay = spec.networks.iter().any(|n| n.target != HOST_NETWORK);
+        let (node_id, state, message, placement) = if overlay {
+            (
+                String::new(),
+                TaskState::Pending,
+                "pending task scheduling",
+                Some(shoal_proto::objects::Placement {
+                    constraints: vec![format!("node.id=={}", node.id)],
+                    ..Default::default()
+                }),
+            )
+        } else {
+            (node.id.clone(), TaskState::Assigned, "assigned", None)
+        };
         let task = Task {
             name: if req.name.is_empty() {
                 id[..12].to_string()
@@ -309,17 +325,18 @@ impl ControlApi {
                 req.name
             },
             id,
-            node_id: node.id.clone(),
+            node_id,
             spec: Some(spec),
             desired_state: TaskState::Running as i32,
             status: Some(TaskStatus {
-                state: TaskState::Assigned as i32,
-                message: "assigned".into(),
+                state: state as i32,
+                message: message.into(),
                 timestamp_unix_ms: now * 1000,
                 ..Default::default()
             }),
             created_at_unix: now,
             updated_at_unix: now,
+            placement,
             ..Default::default()
         };
         let mut b = Batch::default();

@@ -301,13 +301,15 @@ impl ControlApi {
             .into_iter()
             .next()
             .map(|c| c.value);
-        let subnets: Vec<(String, Ipv4Net)> = all
+        let mut subnets: Vec<(String, Ipv4Net)> = all
             .iter()
             .filter_map(|n| {
                 let name = n.spec.as_ref()?.name.clone();
                 Some((name, n.subnet.parse().ok()?))
             })
             .collect();
+        // The first clash by name, so the same request gets the same answer.
+        subnets.sort();
         let nodes: Vec<(String, Ipv4Addr)> = self
             .store()
             .list::<Node>()?

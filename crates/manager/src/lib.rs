@@ -11,6 +11,7 @@
 //! [`auth`] the per-RPC role checks. [`bootstrap`] creates a new cluster.
 
 pub mod access;
+pub mod allocator;
 pub mod auth;
 pub mod bootstrap;
 pub mod ca_server;

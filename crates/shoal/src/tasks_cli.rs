@@ -493,7 +493,13 @@ impl Client {
                     "CapabilityAdd": spec.cap_add, "CapabilityDrop": spec.cap_drop,
                     "Networks": crate::services_cli::networks_json(&spec),
                 },
-                "NetworksAttachments": st.addresses.iter().map(|a| json!({"Network": a.network, "Addresses": [a.address]})).collect::<Vec<_>>(),
+                "NetworksAttachments": t.networks.iter().map(|a| {
+                        let n = a.network.clone().unwrap_or_default();
+                        json!({"Network": n.spec.map(|s| s.name).unwrap_or_default(), "NetworkID": n.id,
+                               "Addresses": a.addresses, "Aliases": a.aliases})
+                    })
+                    .chain(st.addresses.iter().map(|a| json!({"Network": a.network, "Addresses": [a.address]})))
+                    .collect::<Vec<_>>(),
                 "Security": crate::security_cli::security_json(&spec),
                 "Status": {
                     "State": state_name(st.state).to_lowercase(), "Message": st.message, "Err": st.err,

@@ -488,6 +488,69 @@ fn networks_take_subnets_from_the_pool_and_refuse_overlaps_and_removal_in_use() 
         .cli_ok(0, &["service", "inspect", "--pretty", "s"])
         .unwrap();
     assert!(pretty.contains("Networks:\ta (aliases: web)"), "{pretty}");
+    // The allocator gives tasks their addresses on the network before they are placed:
+    // with the only node drained they wait, pending, each with an address of its own.
+    tb.cli_ok(0, &["node", "update", "--availability", "drain", "node1"])
+        .unwrap();
+    tb.cli_ok(0, &["service", "scale", "-d", "s=3"]).unwrap();
+    let addrs = wait_for(T, || {
+        let ids = tb.cli_ok(0, &["service", "ps", "-q", "s"]).ok()?;
+        let mut addrs: Vec<String> = ids
+            .split_whitespace()
+            .map(|id| task(&tb, id))
+            .filter(|t| t["DesiredState"] == "running")
+            .filter(|t| t["NetworksAttachments"][0]["Network"] == "a")
+            .map(|t| {
+                assert_eq!(t["NetworksAttachments"][0]["Aliases"][0], "web");
+                t["NetworksAttachments"][0]["Addresses"][0]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        addrs.sort();
+        addrs.dedup();
+        (addrs.len() == 3).then_some(addrs)
+    })
+    .unwrap_or_else(|| {
+        let ids = tb.cli_ok(0, &["service", "ps", "-q", "s"]).unwrap();
+        let first = ids.split_whitespace().next().map(|id| task(&tb, id));
+        panic!(
+            "addresses for s's tasks: {}\n{first:?}\n{}",
+            tb.cli(0, &["service", "ps", "s"]).stdout,
+            tb.log(0)
+        )
+    });
+    assert!(
+        addrs
+            .iter()
+            .all(|a| a.starts_with("10.40.0.") && a.ends_with("/24")),
+        "{addrs:?}"
+    );
+    assert!(
+        !addrs.contains(&"10.40.0.1/24".to_string()),
+        "not the gateway: {addrs:?}"
+    );
+    tb.cli_ok(0, &["node", "update", "--availability", "active", "node1"])
+        .unwrap();
+    // A standalone task on an attachable network is allocated and placed the same way.
+    let out = tb.cli(0, &["task", "run", "--network", "b", "busybox", "true"]);
+    assert!(!out.success);
+    assert!(
+        out.stderr
+            .contains("cannot attach tasks to overlay networks yet"),
+        "{}",
+        out.stderr
+    );
+    let id = out.stdout.trim().to_string();
+    let t = task(&tb, &id);
+    assert!(
+        t["NetworksAttachments"][0]["Addresses"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("10.50.0."),
+        "{t}"
+    );
     let out = tb.cli(0, &["network", "rm", "a"]);
     assert!(!out.success);
     assert!(

@@ -64,8 +64,6 @@ struct Bridge {
     /// The gateway address (the bridge's own), with the subnet's prefix length.
     gateway: Ipv4Net,
     index: u32,
-    /// A netlink socket on the node's namespace.
-    sock: Netlink,
 }
 
 struct Inner {
@@ -143,42 +141,42 @@ impl Networks {
 
     /// Gives task `id` a namespace of its own on the node's bridge, setting the bridge
     /// up first if this is the first such task. `hostname` goes into its /etc files.
+    /// Only the address is chosen under the lock: namespaces are made in parallel.
     pub fn attach(&self, id: &str, hostname: &str) -> Result<Attachment, String> {
-        let mut guard = self.inner.lock().map_err(|_| "network state poisoned")?;
-        let inner = &mut *guard;
-        if inner.bridge.is_none() {
-            inner.bridge =
-                Some(self.setup_bridge().map_err(|e| {
+        let (gateway, index, address) = {
+            let mut guard = self.inner.lock().map_err(|_| "network state poisoned")?;
+            let inner = &mut *guard;
+            if inner.bridge.is_none() {
+                inner.bridge = Some(self.setup_bridge().map_err(|e| {
                     format!("cannot set up this node's bridge network {BRIDGE}: {e}")
                 })?);
-        }
-        let Some(bridge) = inner.bridge.as_mut() else {
-            unreachable!("set just above")
-        };
-        let address = match inner.used.get(id) {
-            Some(ip) => {
-                Ipv4Net::new(*ip, bridge.gateway.prefix_len()).map_err(|e| e.to_string())?
             }
-            None => {
-                let ip = free_address(&bridge.gateway, &inner.used, &mut inner.next).ok_or_else(
+            let Some(bridge) = inner.bridge.as_ref() else {
+                unreachable!("set just above")
+            };
+            let ip = match inner.used.get(id) {
+                Some(ip) => *ip,
+                None => free_address(&bridge.gateway, &inner.used, &mut inner.next).ok_or_else(
                     || {
                         format!(
                             "no free address left on this node's bridge network ({})",
                             bridge.gateway.trunc()
                         )
                     },
-                )?;
-                Ipv4Net::new(ip, bridge.gateway.prefix_len()).map_err(|e| e.to_string())?
-            }
+                )?,
+            };
+            inner.used.insert(id.to_string(), ip);
+            let address =
+                Ipv4Net::new(ip, bridge.gateway.prefix_len()).map_err(|e| e.to_string())?;
+            (bridge.gateway.addr(), bridge.index, address)
         };
         let dir = self.task_dir(id);
         let result = (|| {
             std::fs::create_dir_all(&dir)
                 .map_err(io_msg("cannot create the task's network directory"))?;
             write_file(&dir.join("address"), &format!("{address}\n"))?;
-            inner.used.insert(id.to_string(), address.addr());
             let netns = dir.join("netns");
-            make_namespace(&netns, bridge, &host_veth(id), address)
+            make_namespace(&netns, gateway, index, &host_veth(id), address)
                 .map_err(io_msg("cannot create the task's network namespace"))?;
             let mounts = etc_files(&dir, hostname, address.addr())?;
             Ok(Attachment {
@@ -188,35 +186,27 @@ impl Networks {
             })
         })();
         if result.is_err() {
-            drop(guard);
             let _ = self.release(id);
         }
         result
     }
 
-    /// Removes task `id`'s namespace, veth, address and files. Nothing of them is fine.
+    /// Removes task `id`'s namespace, address and files. Nothing of them is fine. The
+    /// namespace goes once its last holder (its bind mount) does, and its veth pair with
+    /// it: the kernel takes links down in batches, far cheaper than one by one.
     pub fn release(&self, id: &str) -> Result<(), String> {
-        let mut inner = self.inner.lock().map_err(|_| "network state poisoned")?;
         let dir = self.task_dir(id);
-        let veth = host_veth(id);
-        match inner.bridge.as_mut() {
-            Some(b) => {
-                b.sock
-                    .del_link(&veth)
-                    .map_err(io_msg("cannot delete the task's veth"))?;
-            }
-            None => {
-                // No socket yet (nothing attached since the daemon started): the veth
-                // may still be there from before.
+        let netns = dir.join("netns");
+        match nix::mount::umount2(&netns, nix::mount::MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
+            Err(nix::errno::Errno::EINVAL) => {
+                // Not mounted here (made by a daemon in another mount namespace, or a
+                // namespace that never was): take the veth down by name.
                 if let Ok(mut s) = Netlink::open() {
-                    s.del_link(&veth)
+                    s.del_link(&host_veth(id))
                         .map_err(io_msg("cannot delete the task's veth"))?;
                 }
             }
-        }
-        let netns = dir.join("netns");
-        match nix::mount::umount2(&netns, nix::mount::MntFlags::MNT_DETACH) {
-            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
             Err(e) => return Err(format!("cannot unmount {}: {e}", netns.display())),
         }
         match std::fs::remove_dir_all(&dir) {
@@ -224,7 +214,9 @@ impl Networks {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(format!("cannot remove {}: {e}", dir.display())),
         }
-        inner.used.remove(id);
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.used.remove(id);
+        }
         Ok(())
     }
 
@@ -283,11 +275,7 @@ impl Networks {
             .map_err(io_msg("cannot turn on IPv4 forwarding"))?;
         apply_nft(&nat_rules(&gateway.trunc()))?;
         tracing::info!(bridge = BRIDGE, subnet = %gateway.trunc(), "bridge network ready");
-        Ok(Bridge {
-            gateway,
-            index,
-            sock,
-        })
+        Ok(Bridge { gateway, index })
     }
 }
 
@@ -328,13 +316,13 @@ fn free_address(
 /// at `address`, its peer `host_if` in the bridge, and a default route via the bridge.
 fn make_namespace(
     path: &Path,
-    bridge: &mut Bridge,
+    gateway: Ipv4Addr,
+    bridge_index: u32,
     host_if: &str,
     address: Ipv4Net,
 ) -> std::io::Result<()> {
-    let gateway = bridge.gateway.addr();
-    let bridge_index = bridge.index;
-    let node = &mut bridge.sock;
+    // A socket on the node's namespace, opened here before the thread leaves it.
+    let mut node = Netlink::open()?;
     std::thread::scope(|s| {
         // A thread of its own: unshare moves only the calling thread, which ends here.
         s.spawn(move || -> std::io::Result<()> {
@@ -366,6 +354,7 @@ fn make_namespace(
                 .up()
                 .build();
             node.add_link(veth).map_err(step("create the veth"))?;
+            drop(node);
             // The loopback device is always the first link of a namespace.
             inner
                 .set_link(LinkUnspec::new_with_index(1).up().build())
@@ -616,7 +605,15 @@ mod root_tests {
             assert_eq!(c.address.to_string(), "172.18.0.4/16");
             for id in ["task1", "task2", "task3"] {
                 again.release(id).unwrap();
-                assert!(sock.link_index(&host_veth(id)).unwrap().is_none());
+            }
+            // The namespaces go, and their veths with them, as the kernel gets to it.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while ["task1", "task2", "task3"]
+                .iter()
+                .any(|id| sock.link_index(&host_veth(id)).unwrap().is_some())
+            {
+                assert!(std::time::Instant::now() < deadline, "veths left behind");
+                std::thread::sleep(std::time::Duration::from_millis(20));
             }
             assert!(again.list().is_empty());
             again.release("task1").unwrap();

@@ -30,6 +30,7 @@ pub struct World<'a> {
     pub services: &'a [Service],
     pub tasks: &'a [Versioned<Task>],
     pub nodes: &'a [Node],
+    pub networks: &'a [shoal_proto::objects::Network],
     pub now_ms: i64,
 }
 
@@ -396,8 +397,64 @@ pub fn plan(world: &World<'_>) -> Plan {
             plan.set_desired(t, TaskState::Remove);
         }
     }
+    allocate(world, &mut plan);
     schedule(world, &mut plan);
     plan
+}
+
+/// The allocator's stage: addresses on their overlay networks for new tasks, and for
+/// pending ones still waiting for them (the scheduler places neither until they have
+/// them).
+fn allocate(world: &World<'_>, plan: &mut Plan) {
+    use crate::allocator::{attach, needs_addresses, Pools};
+    let waiting: Vec<&Versioned<Task>> = world
+        .tasks
+        .iter()
+        .filter(|t| {
+            t.value.node_id.is_empty()
+                && is_live(&t.value)
+                && !has_finished(&t.value)
+                && !plan.delete.contains_key(&t.value.id)
+                && needs_addresses(&t.value)
+        })
+        .collect();
+    if waiting.is_empty() && !plan.create.iter().any(needs_addresses) {
+        return;
+    }
+    let networks: HashMap<&str, &shoal_proto::objects::Network> =
+        world.networks.iter().map(|n| (n.id.as_str(), n)).collect();
+    let mut pools = Pools::of(
+        world
+            .tasks
+            .iter()
+            .map(|t| &t.value)
+            .filter(|t| !plan.delete.contains_key(&t.id)),
+    );
+    let note = |t: &mut Task, why: String| {
+        let st = t.status.get_or_insert_with(Default::default);
+        st.err = why;
+    };
+    for t in plan.create.iter_mut().filter(|t| needs_addresses(t)) {
+        if let Err(why) = attach(t, &networks, &mut pools) {
+            note(t, why);
+        }
+    }
+    for t in waiting {
+        let mut next = plan
+            .update
+            .get(&t.value.id)
+            .map(|u| u.1.clone())
+            .unwrap_or_else(|| t.value.clone());
+        let before = next.clone();
+        if let Err(why) = attach(&mut next, &networks, &mut pools) {
+            note(&mut next, why);
+        } else if let Some(st) = next.status.as_mut() {
+            st.err.clear();
+        }
+        if next != before {
+            plan.update.insert(t.value.id.clone(), (t.version, next));
+        }
+    }
 }
 
 /// Places pending tasks, old and new, with the scheduler.
@@ -417,9 +474,15 @@ fn schedule(world: &World<'_>, plan: &mut Plan) {
     let mut pending: Vec<Task> = current
         .iter()
         .filter(|t| t.node_id.is_empty() && state_of(t) == pending_state && is_live(t))
+        .filter(|t| !crate::allocator::needs_addresses(t))
         .cloned()
         .collect();
-    pending.extend(plan.create.iter().filter(|t| t.node_id.is_empty()).cloned());
+    pending.extend(
+        plan.create
+            .iter()
+            .filter(|t| t.node_id.is_empty() && !crate::allocator::needs_addresses(t))
+            .cloned(),
+    );
     if pending.is_empty() {
         return;
     }
@@ -501,10 +564,16 @@ pub async fn reconcile_once(store: &Store) -> Result<(bool, Option<i64>), StoreE
     let services: Vec<Service> = versioned.into_iter().map(|v| v.value).collect();
     let tasks = store.list::<Task>()?;
     let nodes: Vec<Node> = store.list::<Node>()?.into_iter().map(|v| v.value).collect();
+    let networks: Vec<shoal_proto::objects::Network> = store
+        .list::<shoal_proto::objects::Network>()?
+        .into_iter()
+        .map(|v| v.value)
+        .collect();
     let world = World {
         services: &services,
         tasks: &tasks,
         nodes: &nodes,
+        networks: &networks,
         now_ms: now_ms(),
     };
     let plan = plan(&world);
