@@ -33,5 +33,7 @@ pub fn describe(engine_labels: &HashMap<String, String>) -> NodeDescription {
         engine_labels: engine_labels.clone(),
         engine_version: env!("CARGO_PKG_VERSION").to_string(),
         runtime_error: crate::runtime::runc::runtime_error().unwrap_or_default(),
+        // Set by the daemon, which holds the key.
+        wg_public_key: String::new(),
     }
 }

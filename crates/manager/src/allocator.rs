@@ -7,7 +7,7 @@
 use crate::controlapi::HOST_NETWORK;
 use crate::orchestrator::has_finished;
 use ipnet::Ipv4Net;
-use shoal_proto::objects::{Network, NetworkAttachment, Task};
+use shoal_proto::objects::{Network, NetworkAttachment, Node, Task};
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 
@@ -107,6 +107,40 @@ pub fn attach(
     Ok(())
 }
 
+/// Whether `node` waits for a tunnel address: it has a WireGuard key and no address.
+pub fn needs_tunnel_address(node: &Node) -> bool {
+    node.tunnel_addr.is_empty()
+        && node
+            .description
+            .as_ref()
+            .is_some_and(|d| !d.wg_public_key.is_empty())
+}
+
+/// Tunnel addresses for the nodes that wait for one: the lowest host addresses of the
+/// tunnel subnet no node has. (node ID, address with the subnet's prefix length).
+pub fn tunnel_addresses(nodes: &[Node], tunnel: Ipv4Net) -> Vec<(String, String)> {
+    let mut used: HashSet<Ipv4Addr> = nodes
+        .iter()
+        .filter_map(|n| n.tunnel_addr.parse::<Ipv4Net>().ok())
+        .map(|n| n.addr())
+        .collect();
+    let mut free = tunnel
+        .hosts()
+        .filter(|ip| !used.contains(ip))
+        .collect::<Vec<_>>()
+        .into_iter();
+    let mut out = Vec::new();
+    for n in nodes.iter().filter(|n| needs_tunnel_address(n)) {
+        let Some(ip) = free.next() else {
+            tracing::warn!(node_id = %n.id, %tunnel, "the tunnel network is full");
+            break;
+        };
+        used.insert(ip);
+        out.push((n.id.clone(), format!("{ip}/{}", tunnel.prefix_len())));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,6 +176,38 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn nodes_with_a_key_get_distinct_tunnel_addresses() {
+        use shoal_proto::objects::NodeDescription;
+        let node = |id: &str, key: &str, addr: &str| Node {
+            id: id.into(),
+            tunnel_addr: addr.into(),
+            description: Some(NodeDescription {
+                wg_public_key: key.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let k = "A".repeat(43) + "=";
+        let nodes = [
+            node("a", &k, "10.255.240.1/20"),
+            node("b", &k, ""),
+            node("c", "", ""),
+            node("d", &k, ""),
+        ];
+        let got = tunnel_addresses(&nodes, "10.255.240.0/20".parse().unwrap());
+        assert_eq!(
+            got,
+            [
+                ("b".to_string(), "10.255.240.2/20".to_string()),
+                ("d".to_string(), "10.255.240.3/20".to_string())
+            ],
+            "c has no key yet"
+        );
+        let tiny = tunnel_addresses(&nodes, "10.9.9.0/30".parse().unwrap());
+        assert_eq!(tiny.len(), 2, "a /30 has two host addresses: {tiny:?}");
     }
 
     #[test]

@@ -16,6 +16,8 @@ pub const DEFAULT_POOL: &str = "10.0.0.0/8";
 pub const DEFAULT_MASK_LENGTH: u32 = 24;
 /// Node tunnel endpoints' addresses; no network may overlap it.
 pub const DEFAULT_TUNNEL_SUBNET: &str = "10.255.240.0/20";
+/// The UDP port of the data path (WireGuard), as WireGuard's own default.
+pub const DEFAULT_DATA_PATH_PORT: u16 = 51820;
 /// The first VXLAN network identifier (as swarm mode's).
 pub const FIRST_VNI: u32 = 4096;
 /// Names of the built-in networks, which no network may take.

@@ -82,6 +82,13 @@ pub fn check_description(d: &NodeDescription) -> Result<(), OverLimit> {
     len_at_most("os", &d.os, MAX_SHORT_STRING)?;
     len_at_most("arch", &d.arch, MAX_SHORT_STRING)?;
     len_at_most("engine version", &d.engine_version, MAX_SHORT_STRING)?;
+    let k = d.wg_public_key.as_bytes();
+    let b64 = |c: &u8| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/';
+    if !k.is_empty() && !(k.len() == 44 && k[..43].iter().all(b64) && k[43] == b'=') {
+        return Err(OverLimit(
+            "the WireGuard public key is not 32 bytes in base64 (44 characters)".into(),
+        ));
+    }
     check_labels("engine label", &d.engine_labels)
 }
 

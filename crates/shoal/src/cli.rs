@@ -201,6 +201,27 @@ fn role_name(n: &Node) -> &'static str {
     }
 }
 
+/// A node's WireGuard endpoint: its address and the data-path port.
+fn data_path_endpoint(n: &Node) -> String {
+    let ip = n.addr.rsplit_once(':').map_or(n.addr.as_str(), |x| x.0);
+    match ip {
+        "" => String::new(),
+        ip => format!(
+            "{ip}:{}",
+            shoal_manager::controlapi_networks::DEFAULT_DATA_PATH_PORT
+        ),
+    }
+}
+
+fn data_plane_json(n: &Node) -> serde_json::Value {
+    let d = n.description.clone().unwrap_or_default();
+    json!({
+        "PublicKey": d.wg_public_key,
+        "TunnelAddr": n.tunnel_addr,
+        "Endpoint": data_path_endpoint(n),
+    })
+}
+
 fn node_json(v: &NodeView) -> serde_json::Value {
     let n = v.node.clone().unwrap_or_default();
     let d = n.description.clone().unwrap_or_default();
@@ -227,6 +248,7 @@ fn node_json(v: &NodeView) -> serde_json::Value {
             "Message": n.state_message,
             "Addr": n.addr,
         },
+        "DataPlane": data_plane_json(&n),
         "Certificate": {
             "Serial": c.serial,
             "NotAfter": fmt_time(c.not_after_unix),
@@ -923,6 +945,12 @@ impl Client {
                     d.memory_bytes / (1 << 20)
                 );
                 println!("Role:\t\t\t{}", role_name(&n));
+                println!(
+                    "Data Plane:\n WireGuard Public Key:\t{}\n Endpoint:\t\t{}\n Tunnel Address:\t{}",
+                    d.wg_public_key,
+                    data_path_endpoint(&n),
+                    n.tunnel_addr
+                );
                 println!(
                     "Certificate:\n Serial:\t\t{}\n Expires:\t\t{}",
                     c.serial,

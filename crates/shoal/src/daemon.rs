@@ -314,6 +314,17 @@ impl Daemon {
         })
     }
 
+    /// What this node says of itself: its host, and the public half of its WireGuard
+    /// key.
+    fn description(&self) -> shoal_proto::objects::NodeDescription {
+        let mut d = describe(&self.opts.labels);
+        match self.network.wg_key() {
+            Ok(k) => d.wg_public_key = k.public_b64(),
+            Err(e) => tracing::warn!(error = %e, "no WireGuard key for this node"),
+        }
+        d
+    }
+
     /// Records that the state directory could not be resumed.
     pub async fn set_damaged(&self, why: String) {
         *self.membership.lock().await = Membership::Damaged(why);
@@ -574,7 +585,7 @@ impl Daemon {
         let session = Session {
             on_redirect: Some(on_redirect),
             channels: creds.channels.subscribe(),
-            description: describe(&self.opts.labels),
+            description: self.description(),
             advertise_addr: state.advertise_addr.clone(),
             period: DEFAULT_HEARTBEAT,
             removed: Some(self.removed.clone()),
@@ -783,7 +794,7 @@ impl Daemon {
                         node_id: node_id.clone(),
                         raft_id,
                         advertise_addr: advertise.clone(),
-                        description: describe(&self.opts.labels),
+                        description: self.description(),
                         new_key: Some(NodeKey::generate()?),
                         why: RESTORED_WHY,
                     },
@@ -798,7 +809,7 @@ impl Daemon {
                             advertise_addr: advertise.clone(),
                             cert_expiry,
                             heartbeat_period: heartbeat,
-                            description: describe(&self.opts.labels),
+                            description: self.description(),
                             snapshot_interval: req.snapshot_interval,
                             election_timeout,
                             unlock_key: unlock_key.clone(),
@@ -925,7 +936,7 @@ impl Daemon {
                     node_id: NodeId::parse(&state.node_id)?,
                     raft_id,
                     advertise_addr: state.advertise_addr.clone(),
-                    description: describe(&self.opts.labels),
+                    description: self.description(),
                     new_key: None,
                     why: REFORMED_WHY,
                 },
@@ -1123,7 +1134,7 @@ impl Daemon {
                 ),
             )
         })?;
-        let mut beat = heartbeat_once(mtls, describe(&self.opts.labels), advertise.clone()).await;
+        let mut beat = heartbeat_once(mtls, self.description(), advertise.clone()).await;
         // A follower (or a manager that just lost an election) points to the leader.
         if let Some(leader) = beat
             .as_ref()
@@ -1131,7 +1142,7 @@ impl Daemon {
             .and_then(shoal_agent::session::leader_pointer)
         {
             if let Ok(ch) = channel(&leader, tls.clone()).await {
-                beat = heartbeat_once(ch, describe(&self.opts.labels), advertise.clone()).await;
+                beat = heartbeat_once(ch, self.description(), advertise.clone()).await;
             }
         }
         beat.map_err(|s| {

@@ -593,3 +593,64 @@ fn networks_take_subnets_from_the_pool_and_refuse_overlaps_and_removal_in_use() 
         out.stderr
     );
 }
+
+/// `node inspect`'s DataPlane of node `i`, seen from node 0.
+fn data_plane(tb: &Testbed, i: usize) -> serde_json::Value {
+    let out = tb
+        .cli_ok(0, &["node", "inspect", &tb.nodes[i].name])
+        .unwrap();
+    serde_json::from_str::<serde_json::Value>(&out).unwrap()[0]["DataPlane"].clone()
+}
+
+#[test]
+fn nodes_announce_their_wireguard_keys_and_get_tunnel_addresses() {
+    let mut tb = cluster(3, &[]);
+    let planes = wait_for(T, || {
+        let p: Vec<serde_json::Value> = (0..3).map(|i| data_plane(&tb, i)).collect();
+        p.iter()
+            .all(|d| d["TunnelAddr"].as_str().is_some_and(|a| !a.is_empty()))
+            .then_some(p)
+    })
+    .unwrap_or_else(|| panic!("tunnel addresses for every node\n{}", tb.all_logs()));
+    let mut keys = std::collections::HashSet::new();
+    let mut addrs = std::collections::HashSet::new();
+    for (i, d) in planes.iter().enumerate() {
+        let key = d["PublicKey"].as_str().unwrap();
+        assert_eq!(key.len(), 44, "{d}");
+        assert!(keys.insert(key.to_string()), "a key of its own: {d}");
+        let addr: ipnet::Ipv4Net = d["TunnelAddr"].as_str().unwrap().parse().unwrap();
+        assert!(
+            "10.255.240.0/20"
+                .parse::<ipnet::Ipv4Net>()
+                .unwrap()
+                .contains(&addr),
+            "{addr}"
+        );
+        assert!(addrs.insert(addr), "an address of its own: {d}");
+        assert_eq!(d["Endpoint"], format!("{}:51820", tb.nodes[i].ip));
+    }
+    // Only the public half leaves the node; the private half is the node's, 0600.
+    let keyfile = tb.nodes[1].state_dir.join("network/wg.key");
+    let meta = std::fs::metadata(&keyfile).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let private = std::fs::read_to_string(&keyfile).unwrap();
+    assert!(!private.contains(planes[1]["PublicKey"].as_str().unwrap()));
+    // A restarted node keeps its key and its address.
+    tb.restart(1).unwrap();
+    wait_ready(&tb, 3);
+    assert_eq!(data_plane(&tb, 1), planes[1]);
+    // A key that is not one is refused, and the node's stays.
+    let id = common::raw::Identity::of_node(&tb, 2);
+    let req = shoal_proto::dispatcher::HeartbeatRequest {
+        description: Some(shoal_proto::objects::NodeDescription {
+            hostname: "node3".into(),
+            wg_public_key: "not-a-key".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let err = common::raw::heartbeat_with(&tb, 2, &id, req).unwrap_err();
+    assert!(err.message().contains("WireGuard public key"), "{err:?}");
+    assert_eq!(data_plane(&tb, 2), planes[2]);
+}

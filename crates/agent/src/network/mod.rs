@@ -15,6 +15,7 @@
 //! path); the NAT rule is one `nft -f -` transaction when the bridge is set up.
 
 pub mod netlink;
+pub mod wgkey;
 
 use crate::runtime::{MountKind, MountSpec};
 use ipnet::Ipv4Net;
@@ -78,6 +79,7 @@ struct Inner {
 pub struct Networks {
     dir: PathBuf,
     inner: Mutex<Inner>,
+    key: std::sync::OnceLock<Result<wgkey::WgKey, String>>,
 }
 
 fn io_msg(what: &str) -> impl Fn(std::io::Error) -> String + '_ {
@@ -118,7 +120,16 @@ impl Networks {
                 used,
                 next: 0,
             }),
+            key: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The node's WireGuard key pair, made on first use.
+    pub fn wg_key(&self) -> Result<&wgkey::WgKey, String> {
+        self.key
+            .get_or_init(|| wgkey::WgKey::load_or_create(&self.dir.join("wg.key")))
+            .as_ref()
+            .map_err(Clone::clone)
     }
 
     fn task_dir(&self, id: &str) -> PathBuf {

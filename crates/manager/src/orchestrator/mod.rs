@@ -46,6 +46,8 @@ pub struct Plan {
     /// The earliest time (unix ms) a later pass has something to do without any
     /// change in the store (a restart delay, an update's monitor period).
     pub wake_at: Option<i64>,
+    /// Nodes given a tunnel address, by ID: (version read, new node).
+    pub nodes: BTreeMap<String, (u64, Node)>,
 }
 
 impl Plan {
@@ -54,6 +56,7 @@ impl Plan {
             && self.update.is_empty()
             && self.delete.is_empty()
             && self.services.is_empty()
+            && self.nodes.is_empty()
     }
 
     /// Asks for a pass at `at` (unix ms) at the latest.
@@ -576,7 +579,34 @@ pub async fn reconcile_once(store: &Store) -> Result<(bool, Option<i64>), StoreE
         networks: &networks,
         now_ms: now_ms(),
     };
-    let plan = plan(&world);
+    let mut plan = plan(&world);
+    if nodes.iter().any(crate::allocator::needs_tunnel_address) {
+        let cluster = store
+            .list::<shoal_proto::objects::Cluster>()?
+            .into_iter()
+            .next();
+        let tunnel = cluster
+            .and_then(|c| c.value.network)
+            .map(|n| n.tunnel_subnet)
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| {
+                crate::controlapi_networks::DEFAULT_TUNNEL_SUBNET
+                    .parse()
+                    .expect("a valid default")
+            });
+        let versions: HashMap<String, u64> = store
+            .list::<Node>()?
+            .into_iter()
+            .map(|v| (v.value.id.clone(), v.version))
+            .collect();
+        for (id, addr) in crate::allocator::tunnel_addresses(&nodes, tunnel) {
+            if let (Some(n), Some(v)) = (nodes.iter().find(|n| n.id == id), versions.get(&id)) {
+                let mut n = n.clone();
+                n.tunnel_addr = addr;
+                plan.nodes.insert(id, (*v, n));
+            }
+        }
+    }
     if plan.is_empty() {
         return Ok((false, plan.wake_at));
     }
@@ -595,6 +625,9 @@ pub async fn reconcile_once(store: &Store) -> Result<(bool, Option<i64>), StoreE
             s,
             Expect::Version(versions.get(&s.id).copied().unwrap_or(0)),
         );
+    }
+    for (version, n) in plan.nodes.values() {
+        b.put(n, Expect::Version(*version));
     }
     store.commit(b).await?;
     Ok((true, plan.wake_at))
