@@ -403,6 +403,9 @@ pub async fn run_assignments(
                                 continue;
                             }
                             worker.apply(&m);
+                            if let Some(p) = m.peers.take() {
+                                worker.deps().network.set_peers(p.peers);
+                            }
                             for sub in m.log_subscriptions {
                                 if sub.close {
                                     continue;

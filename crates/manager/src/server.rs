@@ -404,9 +404,10 @@ impl Manager {
 fn leader_loops(store: &Store, dispatcher: &Dispatcher) -> Vec<crate::leader::LeaderLoop> {
     use crate::leader::LeaderLoop;
     let (s1, s2, s3) = (store.clone(), store.clone(), store.clone());
-    let (d1, d2) = (dispatcher.clone(), dispatcher.clone());
+    let (d1, d2, d3) = (dispatcher.clone(), dispatcher.clone(), dispatcher.clone());
     vec![
         LeaderLoop::new("liveness", move |c| d1.clone().run_liveness(c)),
+        LeaderLoop::new("peers", move |c| d3.clone().run_peers(c)),
         LeaderLoop::new("status writer", move |c| d2.clone().run_status_writer(c)),
         LeaderLoop::new("orchestrator", move |c| {
             crate::orchestrator::run(s1.clone(), c)

@@ -654,3 +654,111 @@ fn nodes_announce_their_wireguard_keys_and_get_tunnel_addresses() {
     assert!(err.message().contains("WireGuard public key"), "{err:?}");
     assert_eq!(data_plane(&tb, 2), planes[2]);
 }
+
+/// The next peer list a session delivers within `timeout`.
+fn next_peers(
+    s: &common::raw::OpenSession,
+    timeout: Duration,
+) -> Option<Vec<shoal_proto::dispatcher::Peer>> {
+    let deadline = std::time::Instant::now() + timeout;
+    while let Some((_, d)) = s.next(deadline.saturating_duration_since(std::time::Instant::now())) {
+        match d {
+            Ok(m) => {
+                if let Some(p) = m.peers {
+                    return Some(p.peers);
+                }
+            }
+            Err(e) => panic!("the session ended: {e:?}"),
+        }
+    }
+    None
+}
+
+#[test]
+fn every_node_hears_of_its_peers_and_a_removed_or_revoked_node_leaves_them_at_once() {
+    let mut tb = cluster(4, &[]);
+    let planes = wait_for(T, || {
+        let p: Vec<serde_json::Value> = (0..4).map(|i| data_plane(&tb, i)).collect();
+        p.iter()
+            .all(|d| d["TunnelAddr"].as_str().is_some_and(|a| !a.is_empty()))
+            .then_some(p)
+    })
+    .expect("tunnel addresses");
+    let inspect: Vec<serde_json::Value> = (0..4)
+        .map(|i| {
+            let out = tb
+                .cli_ok(0, &["node", "inspect", &tb.nodes[i].name])
+                .unwrap();
+            serde_json::from_str::<serde_json::Value>(&out).unwrap()[0].clone()
+        })
+        .collect();
+    let ids: Vec<String> = inspect
+        .iter()
+        .map(|n| n["ID"].as_str().unwrap().to_string())
+        .collect();
+    // node3's agent stops; a session with node3's identity stands in for it.
+    let id = common::raw::Identity::of_node(&tb, 2);
+    tb.stop(2).unwrap();
+    let s = common::raw::OpenSession::open(&tb, 2, &id);
+    let first = next_peers(&s, T).expect("a peer list at the session's start");
+    let mut got: Vec<(String, String, String, String)> = first
+        .iter()
+        .map(|p| {
+            (
+                p.node_id.clone(),
+                p.public_key.clone(),
+                p.endpoint.clone(),
+                p.tunnel_addr.clone(),
+            )
+        })
+        .collect();
+    let mut want: Vec<(String, String, String, String)> = [0, 1, 3]
+        .iter()
+        .map(|&i| {
+            (
+                ids[i].clone(),
+                planes[i]["PublicKey"].as_str().unwrap().to_string(),
+                planes[i]["Endpoint"].as_str().unwrap().to_string(),
+                planes[i]["TunnelAddr"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "the other three nodes, not itself");
+
+    let ids_of = |p: &[shoal_proto::dispatcher::Peer]| {
+        let mut v: Vec<String> = p.iter().map(|p| p.node_id.clone()).collect();
+        v.sort();
+        v
+    };
+    // node4's certificate is revoked: it leaves the list at once.
+    let serial = inspect[3]["Certificate"]["Serial"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    tb.cli_ok(0, &["node", "revoke-certificate", "node4", &serial])
+        .unwrap();
+    let at = std::time::Instant::now();
+    let next = next_peers(&s, T).expect("a new peer list");
+    let took = at.elapsed();
+    let mut want = vec![ids[0].clone(), ids[1].clone()];
+    want.sort();
+    assert_eq!(ids_of(&next), want, "node4 is gone");
+    assert!(
+        took < Duration::from_secs(1),
+        "the revoked peer went in {took:?}"
+    );
+
+    // node2 is removed: the same.
+    tb.stop(1).unwrap();
+    tb.cli_ok(0, &["node", "rm", "--force", "node2"]).unwrap();
+    let at = std::time::Instant::now();
+    let next = next_peers(&s, T).expect("a new peer list");
+    let took = at.elapsed();
+    assert_eq!(ids_of(&next), [ids[0].clone()], "only node1 is left");
+    assert!(
+        took < Duration::from_secs(1),
+        "the removed peer went in {took:?}"
+    );
+}

@@ -80,6 +80,8 @@ pub struct Networks {
     dir: PathBuf,
     inner: Mutex<Inner>,
     key: std::sync::OnceLock<Result<wgkey::WgKey, String>>,
+    /// The other nodes' WireGuard endpoints, as the managers last sent them.
+    peers: Mutex<Vec<shoal_proto::dispatcher::Peer>>,
 }
 
 fn io_msg(what: &str) -> impl Fn(std::io::Error) -> String + '_ {
@@ -121,7 +123,21 @@ impl Networks {
                 next: 0,
             }),
             key: std::sync::OnceLock::new(),
+            peers: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Takes the peer list the managers sent (the data plane's, once it runs).
+    pub fn set_peers(&self, peers: Vec<shoal_proto::dispatcher::Peer>) {
+        tracing::debug!(peers = peers.len(), "WireGuard peers from the managers");
+        if let Ok(mut p) = self.peers.lock() {
+            *p = peers;
+        }
+    }
+
+    /// The peers the managers sent last.
+    pub fn peers(&self) -> Vec<shoal_proto::dispatcher::Peer> {
+        self.peers.lock().map(|p| p.clone()).unwrap_or_default()
     }
 
     /// The node's WireGuard key pair, made on first use.

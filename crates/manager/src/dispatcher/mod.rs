@@ -6,6 +6,7 @@
 //! every node a full grace period before judging it.
 
 pub mod logs;
+pub mod peers;
 pub mod session;
 pub mod status;
 
@@ -72,6 +73,8 @@ pub struct Dispatcher {
     /// up to date from the store's changes by the liveness loop: a heartbeat must not
     /// read (and decrypt) every node.
     beat_view: Arc<Mutex<BeatView>>,
+    /// The WireGuard peers sessions tell their nodes of, kept by [`peers::run`].
+    peers: Arc<tokio::sync::watch::Sender<peers::Peers>>,
     ca: crate::rootca::CaHandle,
     cancel: CancellationToken,
 }
@@ -238,8 +241,14 @@ impl Dispatcher {
             sessions: Arc::new(Mutex::new(HashMap::new())),
             suspects: Arc::new(Mutex::new(HashMap::new())),
             beat_view: Arc::new(Mutex::new(BeatView::default())),
+            peers: Arc::new(tokio::sync::watch::Sender::new(Default::default())),
             cancel,
         }
+    }
+
+    /// Keeps the WireGuard peer list current (on the leader), until cancelled.
+    pub async fn run_peers(self, cancel: CancellationToken) {
+        peers::run(self.store.clone(), self.peers.clone(), cancel).await
     }
 
     /// Sessions, heartbeats and reports are served by the leader; a follower points the
@@ -546,6 +555,7 @@ impl DispatcherRpc for Dispatcher {
         let rx = session::start(
             self.store.clone(),
             self.logs.clone(),
+            self.peers.subscribe(),
             caller,
             replaced,
             self.cancel.clone(),

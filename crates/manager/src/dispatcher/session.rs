@@ -5,7 +5,7 @@
 use super::logs::LogBroker;
 use crate::auth::Caller;
 use shoal_proto::dispatcher::assignment::Action;
-use shoal_proto::dispatcher::{Assignment, LogSubscription, SessionMessage};
+use shoal_proto::dispatcher::{Assignment, LogSubscription, PeerView, SessionMessage};
 use shoal_proto::objects::Task;
 use shoal_store::{Change, Object, Store};
 use std::collections::HashMap;
@@ -63,6 +63,7 @@ fn complete_set(store: &Store, node_id: &str) -> Result<CompleteSet, Status> {
 pub fn start(
     store: Store,
     logs: Arc<LogBroker>,
+    mut peers: tokio::sync::watch::Receiver<super::peers::Peers>,
     caller: Caller,
     replaced: CancellationToken,
     cancel: CancellationToken,
@@ -81,6 +82,9 @@ pub fn start(
         let cut = caller.cut();
         tokio::pin!(cut);
         let mut pending = Some((watch.snapshot.index(), first));
+        // The peer list goes out once after the complete set, then on every change.
+        peers.mark_changed();
+        let mut peers_open = true;
         loop {
             // The complete set, in messages the agent's decoder accepts.
             if let Some((index, set)) = pending.take() {
@@ -108,13 +112,29 @@ pub fn start(
                     let _ = tx.send(Err(s)).await;
                     break;
                 }
+                r = peers.changed(), if peers_open => {
+                    if r.is_err() {
+                        peers_open = false;
+                        continue;
+                    }
+                    if let Err(s) = caller.check() {
+                        let _ = tx.send(Err(s)).await;
+                        break;
+                    }
+                    let list = peers.borrow_and_update().clone();
+                    let view = PeerView {
+                        peers: list.iter().filter(|p| p.node_id != node_id).cloned().collect(),
+                    };
+                    let msg = SessionMessage { peers: Some(view), ..Default::default() };
+                    if tx.send(Ok(msg)).await.is_err() { break; }
+                }
                 sub = log_rx.recv() => {
                     let Some(sub) = sub else { break };
                     if let Err(s) = caller.check() {
                         let _ = tx.send(Err(s)).await;
                         break;
                     }
-                    let msg = SessionMessage { complete: false, assignments: vec![], log_subscriptions: vec![sub], more: false };
+                    let msg = SessionMessage { log_subscriptions: vec![sub], ..Default::default() };
                     if tx.send(Ok(msg)).await.is_err() { break; }
                 }
                 ev = watch.events.recv() => match ev {
@@ -186,6 +206,7 @@ pub fn chunk(complete: bool, assignments: Vec<Assignment>) -> Vec<SessionMessage
             assignments,
             log_subscriptions: Vec::new(),
             more: i + 1 < n,
+            peers: None,
         })
         .collect()
 }
