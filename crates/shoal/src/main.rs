@@ -450,6 +450,10 @@ fn main() {
     if argv.get(1).map(String::as_str) == Some(shoal_agent::runtime::supervisor::SUBCOMMAND) {
         shoal_agent::runtime::supervisor::main(&argv[2..]);
     }
+    // So is the userspace WireGuard engine.
+    if argv.get(1).map(String::as_str) == Some(shoal_agent::network::wg::SUBCOMMAND) {
+        shoal_agent::network::wg::main(&argv[2..]);
+    }
     shoal_pki::install_crypto_provider();
     let cli = Cli::parse();
     let code = match run(cli) {

@@ -762,3 +762,71 @@ fn every_node_hears_of_its_peers_and_a_removed_or_revoked_node_leaves_them_at_on
         "the removed peer went in {took:?}"
     );
 }
+
+/// The helper `shoal dataplane` of node `i`, started by hand in the node's namespace
+/// (until the agent starts it), killed when dropped.
+struct Engine(std::process::Child);
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_engine(tb: &Testbed, i: usize) -> Engine {
+    let child = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", tb.nodes[i].netns))
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_shoal"))
+        .arg("dataplane")
+        .arg(&tb.nodes[i].state_dir)
+        .spawn()
+        .unwrap();
+    let sock = shoal_agent::network::wg::socket_path(&tb.nodes[i].state_dir);
+    wait_for(T, || sock.exists().then_some(())).expect("the engine's socket");
+    Engine(child)
+}
+
+#[test]
+fn the_userspace_wireguard_engine_carries_traffic_between_two_nodes() {
+    let tb = cluster(2, &[]);
+    let planes: Vec<serde_json::Value> = wait_for(T, || {
+        let p: Vec<serde_json::Value> = (0..2).map(|i| data_plane(&tb, i)).collect();
+        p.iter()
+            .all(|d| d["TunnelAddr"].as_str().is_some_and(|a| !a.is_empty()))
+            .then_some(p)
+    })
+    .expect("tunnel addresses");
+    let _engines: Vec<Engine> = (0..2).map(|i| start_engine(&tb, i)).collect();
+    for (i, other) in [(0usize, 1usize), (1, 0)] {
+        let peer = shoal_proto::dispatcher::Peer {
+            node_id: String::new(),
+            public_key: planes[other]["PublicKey"].as_str().unwrap().into(),
+            endpoint: planes[other]["Endpoint"].as_str().unwrap().into(),
+            tunnel_addr: planes[other]["TunnelAddr"].as_str().unwrap().into(),
+        };
+        let sock = shoal_agent::network::wg::socket_path(&tb.nodes[i].state_dir);
+        shoal_agent::network::wg::uapi(
+            &sock,
+            &shoal_agent::network::wg::set_request(51820, &[peer]),
+        )
+        .unwrap();
+        let me = planes[i]["TunnelAddr"].as_str().unwrap();
+        tb.exec_in(i, &["ip", "addr", "add", me, "dev", "shoal-wg"])
+            .unwrap();
+        tb.exec_in(i, &["ip", "link", "set", "shoal-wg", "mtu", "1420", "up"])
+            .unwrap();
+    }
+    let to = planes[1]["TunnelAddr"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let out = tb
+        .exec_in(0, &["busybox", "ping", "-c", "3", "-W", "2", &to])
+        .unwrap_or_else(|e| panic!("ping over the tunnel: {e}"));
+    assert!(out.contains("3 packets received"), "{out}");
+}

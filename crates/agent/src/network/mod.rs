@@ -15,6 +15,7 @@
 //! path); the NAT rule is one `nft -f -` transaction when the bridge is set up.
 
 pub mod netlink;
+pub mod wg;
 pub mod wgkey;
 
 use crate::runtime::{MountKind, MountSpec};

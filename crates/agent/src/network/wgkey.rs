@@ -59,6 +59,11 @@ impl WgKey {
         B64.encode(self.public)
     }
 
+    /// The private key (for the WireGuard engine only).
+    pub fn secret_bytes(&self) -> [u8; 32] {
+        *self.secret
+    }
+
     /// The private key, base64 (for the WireGuard engine only).
     pub fn secret_b64(&self) -> Zeroizing<String> {
         Zeroizing::new(B64.encode(*self.secret))
