@@ -1,6 +1,7 @@
 //! `shoal network`: create, list, inspect and remove overlay networks.
 
 use crate::cli::{fmt_time, print_table, status_err, Client};
+use crate::services_cli::kv;
 use anyhow::{bail, Result};
 use clap::Subcommand;
 use serde_json::json;
@@ -8,14 +9,6 @@ use shoal_proto::control::{
     CreateNetworkRequest, GetNetworkRequest, ListNetworksRequest, RemoveNetworkRequest,
 };
 use shoal_proto::objects::{Network, NetworkSpec};
-
-fn kv(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-        None if !s.is_empty() => Ok((s.to_string(), String::new())),
-        _ => Err(format!("{s:?} is not KEY=VALUE")),
-    }
-}
 
 #[derive(Subcommand)]
 pub enum NetworkCmd {

@@ -20,7 +20,8 @@ use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 use tokio_stream::StreamExt;
 
-fn kv(s: &str) -> Result<(String, String), String> {
+/// `KEY=VALUE` (or a bare `KEY`, with an empty value) from a flag.
+pub(crate) fn kv(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         None if !s.is_empty() => Ok((s.to_string(), String::new())),

@@ -50,7 +50,8 @@ impl WgKey {
             std::fs::create_dir_all(dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
-        write_private(path, &format!("{}\n", B64.encode(*key.secret)))?;
+        let text = Zeroizing::new(format!("{}\n", B64.encode(*key.secret)));
+        shoal_pki::write_private(path, text.as_bytes()).map_err(|e| e.to_string())?;
         Ok(key)
     }
 
@@ -77,23 +78,6 @@ fn parse(text: &str) -> Option<[u8; 32]> {
 /// Whether `s` is a WireGuard public key as nodes report them: 32 bytes in base64.
 pub fn is_public_key(s: &str) -> bool {
     parse(s).is_some() && s.len() == 44
-}
-
-fn write_private(path: &Path, text: &str) -> Result<(), String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("key.tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-    f.write_all(text.as_bytes())
-        .and_then(|_| f.sync_all())
-        .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 #[cfg(test)]
