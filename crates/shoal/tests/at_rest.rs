@@ -128,11 +128,12 @@ fn autolocked_managers_keep_nothing_in_clear_restart_locked_and_unlock_with_the_
         "{}",
         out.stderr
     );
+    // A well-formed key that is not the cluster's: its first character changed (every
+    // bit of it is key; the last one also holds base64's must-be-zero padding bits).
     let wrong = {
-        let mut w = key.clone();
-        let last = w.pop().unwrap();
-        w.push(if last == 'A' { 'B' } else { 'A' });
-        w
+        let body = key.strip_prefix("SHOAL-KEY-1-").unwrap();
+        let first = if body.starts_with('A') { 'B' } else { 'A' };
+        format!("SHOAL-KEY-1-{first}{}", &body[1..])
     };
     let out = tb.cli_stdin(0, &["unlock"], &format!("{wrong}\n"));
     assert!(
