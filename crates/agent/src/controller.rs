@@ -35,25 +35,50 @@ pub fn remove_task(runtime: &dyn Runtime, network: &Networks, id: &str) -> Resul
     container
 }
 
-/// How a task is networked, from its spec.
+/// How a task is networked, from its spec and the addresses the managers gave it.
 enum NetMode {
     /// `--network host`: the node's own namespace.
     Host,
-    /// No network named: a namespace of its own on the node's bridge.
-    Bridge,
+    /// A namespace of its own, on its overlay networks (none: only the node's bridge),
+    /// and on the node's bridge for its way out unless all its networks are internal.
+    Own {
+        overlays: Vec<crate::network::OverlayLeg>,
+        outbound: bool,
+    },
 }
 
-fn net_mode(spec: &shoal_proto::objects::ContainerSpec) -> Result<NetMode, String> {
-    match spec.networks.as_slice() {
-        [] => Ok(NetMode::Bridge),
-        [n] if n.target == crate::network::HOST_NETWORK => Ok(NetMode::Host),
-        _ => Err(
-            "this node cannot attach tasks to overlay networks yet: their encrypted data plane \
-             is not built; run the service without --network (each task on its node's bridge) \
-             or with --network host"
-                .to_string(),
-        ),
+fn net_mode(task: &shoal_proto::objects::Task) -> Result<NetMode, String> {
+    let spec = task.spec.clone().unwrap_or_default();
+    if let [n] = spec.networks.as_slice() {
+        if n.target == crate::network::HOST_NETWORK {
+            return Ok(NetMode::Host);
+        }
     }
+    let mut overlays = Vec::new();
+    for a in &task.networks {
+        let Some(network) = a.network.clone() else {
+            continue;
+        };
+        let address = a
+            .addresses
+            .first()
+            .and_then(|x| x.parse().ok())
+            .ok_or_else(|| {
+                format!(
+                    "the managers gave this task no address on network {}",
+                    network.spec.as_ref().map_or("", |s| s.name.as_str())
+                )
+            })?;
+        overlays.push(crate::network::OverlayLeg { network, address });
+    }
+    if overlays.len() < spec.networks.len() {
+        return Err("the managers gave this task no address on some of its networks".into());
+    }
+    let outbound = overlays.is_empty()
+        || overlays
+            .iter()
+            .any(|o| !o.network.spec.as_ref().is_some_and(|s| s.internal));
+    Ok(NetMode::Own { overlays, outbound })
 }
 
 fn now_ms() -> i64 {
@@ -162,18 +187,24 @@ impl Ctl {
         *self.desired.borrow() >= TaskState::Shutdown as i32
     }
 
-    /// Notes the task's bridge address, if it has one (a re-adopted container).
+    /// Notes the task's addresses, if it has any (a re-adopted container), and starts
+    /// its discovery again (its DNS server went with the previous daemon).
     fn find_addresses(&mut self) {
-        if let Some(a) = self.deps.network.address(&self.task.id) {
-            self.set_bridge_address(a);
+        let a = self.deps.network.addresses(&self.task.id);
+        self.set_addresses(a);
+        if let Err(e) = self.deps.network.resume(&self.task.id) {
+            tracing::warn!(task = %self.task.id, error = %e, "cannot resume the task's service discovery");
         }
     }
 
-    fn set_bridge_address(&mut self, a: ipnet::Ipv4Net) {
-        self.addresses = vec![TaskAddress {
-            network: crate::network::BRIDGE_NETWORK.into(),
-            address: a.to_string(),
-        }];
+    fn set_addresses(&mut self, a: Vec<(String, ipnet::Ipv4Net)>) {
+        self.addresses = a
+            .into_iter()
+            .map(|(network, address)| TaskAddress {
+                network,
+                address: address.to_string(),
+            })
+            .collect();
     }
 
     /// Removes the task's container and network state.
@@ -202,7 +233,7 @@ impl Ctl {
     /// Image present or pulled, container prepared. Err is a message for REJECTED.
     async fn prepare(&mut self) -> Result<(), String> {
         let spec = self.task.spec.clone().unwrap_or_default();
-        let mode = net_mode(&spec)?;
+        let mode = net_mode(&self.task)?;
         let images = self.deps.images.clone();
         let reference = spec.image.clone();
         let found = tokio::task::spawn_blocking({
@@ -298,11 +329,16 @@ impl Ctl {
                 let mut container = container;
                 let attached = match mode {
                     NetMode::Host => None,
-                    NetMode::Bridge => {
-                        let a = network.attach(&container.id, &container.hostname)?;
+                    NetMode::Own { overlays, outbound } => {
+                        let a = network.attach(
+                            &container.id,
+                            &container.hostname,
+                            &overlays,
+                            outbound,
+                        )?;
                         container.netns = Some(a.netns.clone());
                         container.mounts.extend(a.mounts.iter().cloned());
-                        Some(a.address)
+                        Some(a.addresses)
                     }
                 };
                 match rt.prepare(&container) {
@@ -315,7 +351,7 @@ impl Ctl {
             })
             .await?;
         if let Some(a) = attached {
-            self.set_bridge_address(a);
+            self.set_addresses(a);
         }
         Ok(())
     }
@@ -326,6 +362,12 @@ impl Ctl {
 
     /// `unhealthy`: the container was stopped because its health check failed.
     async fn finish_with(&mut self, exit: Exit, stopped: bool, unhealthy: Option<String>) {
+        // Its addresses are free again once it has finished (the managers give them
+        // out again): its namespace goes now, not with its container.
+        let (net, id) = (self.deps.network.clone(), self.task.id.clone());
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || net.release(&id)).await {
+            tracing::warn!(task = %self.task.id, error = %e, "cannot release the task's network");
+        }
         if let Some(why) = unhealthy {
             let e = format!("unhealthy container: {why}");
             self.report(TaskState::Failed, "failed", &e, Some(&exit), 0)

@@ -35,5 +35,6 @@ pub fn describe(engine_labels: &HashMap<String, String>) -> NodeDescription {
         runtime_error: crate::runtime::runc::runtime_error().unwrap_or_default(),
         // Set by the daemon, which holds the key.
         wg_public_key: String::new(),
+        data_plane: None,
     }
 }

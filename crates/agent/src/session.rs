@@ -26,6 +26,8 @@ pub struct Session {
     pub renewal_error: Option<std::sync::Arc<dyn Fn() -> String + Send + Sync>>,
     /// Sees every answer (roots the cluster trusts, whether to renew now).
     pub on_beat: Option<OnBeat>,
+    /// The data plane, whose state every beat reports.
+    pub data_plane: Option<std::sync::Arc<crate::network::overlay::DataPlane>>,
     /// Notified to beat at once (after a renewal, so the managers see the new
     /// certificate in use without waiting a period).
     pub beat_now: std::sync::Arc<tokio::sync::Notify>,
@@ -224,6 +226,9 @@ impl Session {
             // Installing runc while the daemon runs clears the error at the next beat.
             self.description.runtime_error =
                 crate::runtime::runc::runtime_error().unwrap_or_default();
+            if let Some(p) = &self.data_plane {
+                self.description.data_plane = Some(p.status());
+            }
             let req = HeartbeatRequest {
                 description: Some(self.description.clone()),
                 advertise_addr: self.advertise_addr.clone(),
@@ -403,8 +408,13 @@ pub async fn run_assignments(
                                 continue;
                             }
                             worker.apply(&m);
+                            // Peers first: they give the node its tunnel address,
+                            // which tells its own tasks from others.
                             if let Some(p) = m.peers.take() {
-                                worker.deps().network.set_peers(p.peers);
+                                worker.deps().network.set_peers(p);
+                            }
+                            if let Some(v) = m.networks.take() {
+                                worker.deps().network.set_networks(v);
                             }
                             for sub in m.log_subscriptions {
                                 if sub.close {

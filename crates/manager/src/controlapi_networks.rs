@@ -443,6 +443,85 @@ impl ControlApi {
     }
 }
 
+impl ControlApi {
+    /// Gives `service` a virtual IP on each overlay network its spec names (none under
+    /// `--endpoint-mode dnsrr`), keeping the ones it has. New ones come from the top of
+    /// the subnet down (task addresses come from the bottom up), skipping every address
+    /// a service or an unfinished task holds.
+    pub fn assign_vips(&self, service: &mut Service) -> Result<(), ControlError> {
+        let spec = service.spec.clone().unwrap_or_default();
+        let wanted: Vec<String> = if spec.endpoint_mode == "dnsrr" {
+            Vec::new()
+        } else {
+            spec.container
+                .iter()
+                .flat_map(|c| c.networks.iter())
+                .filter(|a| a.target != HOST_NETWORK)
+                .map(|a| a.target.clone())
+                .collect()
+        };
+        service
+            .virtual_ips
+            .retain(|v| wanted.contains(&v.network_id));
+        let missing: Vec<&String> = wanted
+            .iter()
+            .filter(|n| !service.virtual_ips.iter().any(|v| &v.network_id == *n))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut used: std::collections::HashSet<(String, Ipv4Addr)> = Default::default();
+        for s in self.store().list::<Service>()? {
+            for v in s.value.virtual_ips {
+                if let Ok(a) = v.address.parse::<Ipv4Net>() {
+                    used.insert((v.network_id, a.addr()));
+                }
+            }
+        }
+        for t in self.store().list::<Task>()? {
+            if crate::orchestrator::has_finished(&t.value) {
+                continue;
+            }
+            for a in t.value.networks {
+                let Some(n) = a.network else { continue };
+                for x in a.addresses.iter().filter_map(|x| x.parse::<Ipv4Net>().ok()) {
+                    used.insert((n.id.clone(), x.addr()));
+                }
+            }
+        }
+        for net in missing {
+            let n = self.get_network(net)?;
+            let name = n.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+            let subnet: Ipv4Net = n
+                .subnet
+                .parse()
+                .map_err(|_| bad(format!("network {name} has no valid subnet")))?;
+            let gateway = n
+                .gateway
+                .split('/')
+                .next()
+                .and_then(|g| g.parse::<Ipv4Addr>().ok());
+            let ip = subnet
+                .hosts()
+                .rev()
+                .find(|ip| Some(*ip) != gateway && !used.contains(&(n.id.clone(), *ip)))
+                .ok_or_else(|| {
+                    ControlError::Refused(format!(
+                        "no free address left on network {name} ({subnet}) for the service's virtual IP"
+                    ))
+                })?;
+            used.insert((n.id.clone(), ip));
+            service.virtual_ips.push(shoal_proto::objects::VirtualIp {
+                network_id: n.id.clone(),
+                address: Ipv4Net::new(ip, subnet.prefix_len())
+                    .map_err(|e| bad(e.to_string()))?
+                    .to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

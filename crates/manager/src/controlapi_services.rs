@@ -38,6 +38,12 @@ pub fn validate_service(spec: &ServiceSpec) -> Result<(), ControlError> {
         e => e,
     })?;
     shoal_proto::limits::check_labels("service label", &spec.labels).map_err(|e| bad(e.0))?;
+    if !["", "vip", "dnsrr"].contains(&spec.endpoint_mode.as_str()) {
+        return Err(bad(format!(
+            "endpoint mode {:?} is not known: use vip (a virtual IP, the default) or dnsrr (DNS round robin)",
+            shoal_proto::limits::short(&spec.endpoint_mode)
+        )));
+    }
     let size = prost::Message::encoded_len(spec);
     if size > 2 * shoal_proto::limits::MAX_SPEC_BYTES {
         return Err(bad(format!(
@@ -243,6 +249,8 @@ impl ControlApi {
             previous_spec: None,
             ..Default::default()
         };
+        let mut service = service;
+        self.assign_vips(&mut service)?;
         let mut b = Batch::default();
         b.put(&service, Expect::Absent);
         self.store().commit(b).await?;
@@ -316,6 +324,7 @@ impl ControlApi {
         next.previous_spec = Some(old);
         next.spec = Some(spec);
         next.updated_at_unix = unix_now();
+        self.assign_vips(&mut next)?;
         let mut b = Batch::default();
         b.put(&next, Expect::Version(cur.version));
         match self.store().commit(b).await {
@@ -350,6 +359,7 @@ impl ControlApi {
         next.previous_spec = next.spec.replace(prev);
         next.spec_version += 1;
         next.updated_at_unix = unix_now();
+        self.assign_vips(&mut next)?;
         next.update_status = Some(UpdateStatus {
             state: UpdateState::RollbackStarted as i32,
             started_at_ms: crate::time::unix_now_ms(),

@@ -89,6 +89,10 @@ pub fn check_description(d: &NodeDescription) -> Result<(), OverLimit> {
             "the WireGuard public key is not 32 bytes in base64 (44 characters)".into(),
         ));
     }
+    if let Some(p) = &d.data_plane {
+        len_at_most("data plane engine", &p.engine, MAX_SHORT_STRING)?;
+        len_at_most("data plane error", &p.error, MAX_STATUS_TEXT)?;
+    }
     check_labels("engine label", &d.engine_labels)
 }
 

@@ -215,10 +215,17 @@ fn data_path_endpoint(n: &Node) -> String {
 
 fn data_plane_json(n: &Node) -> serde_json::Value {
     let d = n.description.clone().unwrap_or_default();
+    let p = d.data_plane.clone().unwrap_or_default();
     json!({
+        "Engine": p.engine,
+        "Error": p.error,
         "PublicKey": d.wg_public_key,
         "TunnelAddr": n.tunnel_addr,
         "Endpoint": data_path_endpoint(n),
+        "Guard": {
+            "DroppedIn": p.guard_dropped_in,
+            "DroppedOut": p.guard_dropped_out,
+        },
     })
 }
 
@@ -945,11 +952,19 @@ impl Client {
                     d.memory_bytes / (1 << 20)
                 );
                 println!("Role:\t\t\t{}", role_name(&n));
+                let p = d.data_plane.clone().unwrap_or_default();
+                let engine = match (p.engine.as_str(), p.error.as_str()) {
+                    ("", "") => "none".to_string(),
+                    ("", e) => format!("none ({e})"),
+                    (engine, _) => engine.to_string(),
+                };
                 println!(
-                    "Data Plane:\n WireGuard Public Key:\t{}\n Endpoint:\t\t{}\n Tunnel Address:\t{}",
+                    "Data Plane:\n Engine:\t\t{engine}\n WireGuard Public Key:\t{}\n Endpoint:\t\t{}\n Tunnel Address:\t{}\n Guard Dropped:\t\t{} in, {} out",
                     d.wg_public_key,
                     data_path_endpoint(&n),
-                    n.tunnel_addr
+                    n.tunnel_addr,
+                    p.guard_dropped_in,
+                    p.guard_dropped_out
                 );
                 println!(
                     "Certificate:\n Serial:\t\t{}\n Expires:\t\t{}",

@@ -322,6 +322,7 @@ impl Daemon {
             Ok(k) => d.wg_public_key = k.public_b64(),
             Err(e) => tracing::warn!(error = %e, "no WireGuard key for this node"),
         }
+        d.data_plane = Some(self.network.data_plane.status());
         d
     }
 
@@ -593,6 +594,7 @@ impl Daemon {
             renewal_error: Some(renewal_error),
             on_beat: Some(on_beat),
             beat_now: beat_now.clone(),
+            data_plane: Some(self.network.data_plane.clone()),
         };
         let agent_cancel = CancellationToken::new();
         let status = shoal_agent::reporter::start(session.channels.clone(), agent_cancel.clone());
@@ -1647,6 +1649,8 @@ impl Daemon {
             }
             From::Damaged => tracing::info!("discarded the damaged cluster state"),
         }
+        let net = self.network.clone();
+        let _ = tokio::task::spawn_blocking(move || net.data_plane.shutdown()).await;
         let wiped = self.dir.wipe();
         let _ = self.dir.set_kek(None, "");
         busy.finish(Membership::None { note: None }).await;

@@ -82,6 +82,10 @@ fn spread(s: &str) -> Result<String, String> {
 pub struct SpecFlags {
     #[arg(short = 'e', long = "env")]
     env: Vec<String>,
+    /// How the service's name resolves on its networks: vip (a virtual IP that spreads
+    /// connections over its tasks, the default) or dnsrr (its tasks' addresses).
+    #[arg(long = "endpoint-mode")]
+    endpoint_mode: Option<String>,
     #[arg(short = 'w', long)]
     workdir: Option<String>,
     #[arg(short = 'u', long)]
@@ -203,6 +207,9 @@ pub struct UpdateArgs {
 
 /// Applies the shared flags to a spec (for update, only what was given).
 fn apply(spec: &mut ServiceSpec, f: &SpecFlags) {
+    if let Some(m) = &f.endpoint_mode {
+        spec.endpoint_mode = m.clone();
+    }
     let c = spec.container.get_or_insert_with(ContainerSpec::default);
     for e in &f.env {
         let key = e.split('=').next().unwrap_or("");

@@ -600,6 +600,31 @@ impl Testbed {
         in_ns(&self.nodes[i].netns, args)
     }
 
+    /// A command run as node `i`'s daemon runs: in its network and mount namespaces
+    /// (so the bind mounts of its tasks' and overlays' namespaces are there).
+    pub fn command_in(&self, i: usize, args: &[&str]) -> Command {
+        let n = &self.nodes[i];
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", n.netns))
+            .arg(format!("--mount={}", n.mnt_ns.display()))
+            .arg("--")
+            .args(args);
+        c
+    }
+
+    /// A command run in the hub's namespace, where the bridge joining the nodes is (the
+    /// test's wire).
+    pub fn command_on_wire(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.hub]).args(args);
+        c
+    }
+
+    /// The name of the bridge joining the nodes, in the hub's namespace.
+    pub fn wire(&self) -> &str {
+        &self.bridge
+    }
+
     /// Runs `f` on a thread that has entered node `i`'s network namespace, so sockets it
     /// opens see what the node sees (for tests that speak to a node's listener directly).
     pub fn in_netns<T: Send + 'static>(

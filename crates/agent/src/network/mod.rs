@@ -14,7 +14,9 @@
 //! Links and addresses are made with netlink directly (no `ip` processes on the start
 //! path); the NAT rule is one `nft -f -` transaction when the bridge is set up.
 
+pub mod discovery;
 pub mod netlink;
+pub mod overlay;
 pub mod wg;
 pub mod wgkey;
 
@@ -56,10 +58,47 @@ fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
 pub struct Attachment {
     /// The task's network namespace, for the container's config.json.
     pub netns: PathBuf,
-    /// Its address, with the subnet's prefix length.
-    pub address: Ipv4Net,
+    /// Its addresses, with the subnets' prefix lengths, by network name (`bridge` for
+    /// the node's bridge).
+    pub addresses: Vec<(String, Ipv4Net)>,
     /// `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` for the container.
     pub mounts: Vec<MountSpec>,
+}
+
+/// An overlay network a task joins, with the address the managers gave it there.
+#[derive(Clone, Debug)]
+pub struct OverlayLeg {
+    pub network: shoal_proto::objects::Network,
+    pub address: Ipv4Net,
+}
+
+impl OverlayLeg {
+    fn name(&self) -> &str {
+        self.network.spec.as_ref().map_or("", |s| s.name.as_str())
+    }
+
+    /// The task's MTU there: the network's `mtu` option, at most what VXLAN inside
+    /// WireGuard leaves.
+    fn mtu(&self) -> u32 {
+        self.network
+            .spec
+            .as_ref()
+            .and_then(|s| s.options.get("mtu"))
+            .and_then(|m| m.parse::<u32>().ok())
+            .unwrap_or(overlay::TASK_MTU)
+            .min(overlay::TASK_MTU)
+    }
+}
+
+/// One interface of a task: a veth whose other end is `host_if` in the namespace at
+/// `host_ns` (the node's when None), in the bridge `controller` there.
+struct Leg {
+    host_ns: Option<PathBuf>,
+    host_if: String,
+    controller: u32,
+    ifname: String,
+    address: Ipv4Net,
+    mtu: Option<u32>,
 }
 
 struct Bridge {
@@ -81,8 +120,8 @@ pub struct Networks {
     dir: PathBuf,
     inner: Mutex<Inner>,
     key: std::sync::OnceLock<Result<wgkey::WgKey, String>>,
-    /// The other nodes' WireGuard endpoints, as the managers last sent them.
-    peers: Mutex<Vec<shoal_proto::dispatcher::Peer>>,
+    /// The encrypted data plane of overlay networks.
+    pub data_plane: std::sync::Arc<overlay::DataPlane>,
 }
 
 fn io_msg(what: &str) -> impl Fn(std::io::Error) -> String + '_ {
@@ -124,21 +163,28 @@ impl Networks {
                 next: 0,
             }),
             key: std::sync::OnceLock::new(),
-            peers: Mutex::new(Vec::new()),
+            data_plane: std::sync::Arc::new(overlay::DataPlane::new(state_dir)),
         }
     }
 
-    /// Takes the peer list the managers sent (the data plane's, once it runs).
-    pub fn set_peers(&self, peers: Vec<shoal_proto::dispatcher::Peer>) {
-        tracing::debug!(peers = peers.len(), "WireGuard peers from the managers");
-        if let Ok(mut p) = self.peers.lock() {
-            *p = peers;
-        }
+    /// Takes the peer list the managers sent: the data plane's, started by the first
+    /// one that gives this node a tunnel address.
+    pub fn set_peers(&self, peers: shoal_proto::dispatcher::PeerView) {
+        tracing::debug!(
+            peers = peers.peers.len(),
+            "WireGuard peers from the managers"
+        );
+        self.data_plane.set_peers(peers);
+    }
+
+    /// Takes the managers' view of the tasks on this node's overlay networks.
+    pub fn set_networks(&self, view: shoal_proto::dispatcher::NetworkView) {
+        self.data_plane.set_networks(view);
     }
 
     /// The peers the managers sent last.
     pub fn peers(&self) -> Vec<shoal_proto::dispatcher::Peer> {
-        self.peers.lock().map(|p| p.clone()).unwrap_or_default()
+        self.data_plane.peers()
     }
 
     /// The node's WireGuard key pair, made on first use.
@@ -167,64 +213,170 @@ impl Networks {
             .ok()
     }
 
-    /// Gives task `id` a namespace of its own on the node's bridge, setting the bridge
-    /// up first if this is the first such task. `hostname` goes into its /etc files.
-    /// Only the address is chosen under the lock: namespaces are made in parallel.
-    pub fn attach(&self, id: &str, hostname: &str) -> Result<Attachment, String> {
-        let (gateway, index, address) = {
-            let mut guard = self.inner.lock().map_err(|_| "network state poisoned")?;
-            let inner = &mut *guard;
-            if inner.bridge.is_none() {
-                inner.bridge = Some(self.setup_bridge().map_err(|e| {
-                    format!("cannot set up this node's bridge network {BRIDGE}: {e}")
-                })?);
-            }
-            let Some(bridge) = inner.bridge.as_ref() else {
-                unreachable!("set just above")
-            };
-            let ip = match inner.used.get(id) {
-                Some(ip) => *ip,
-                None => free_address(&bridge.gateway, &inner.used, &mut inner.next).ok_or_else(
-                    || {
-                        format!(
-                            "no free address left on this node's bridge network ({})",
-                            bridge.gateway.trunc()
-                        )
-                    },
-                )?,
-            };
-            inner.used.insert(id.to_string(), ip);
-            let address =
-                Ipv4Net::new(ip, bridge.gateway.prefix_len()).map_err(|e| e.to_string())?;
-            (bridge.gateway.addr(), bridge.index, address)
-        };
-        let dir = self.task_dir(id);
-        let result = (|| {
-            std::fs::create_dir_all(&dir)
-                .map_err(io_msg("cannot create the task's network directory"))?;
-            write_file(&dir.join("address"), &format!("{address}\n"))?;
-            let netns = dir.join("netns");
-            make_namespace(&netns, gateway, index, &host_veth(id), address)
-                .map_err(io_msg("cannot create the task's network namespace"))?;
-            let mounts = etc_files(&dir, hostname, address.addr())?;
-            Ok(Attachment {
-                netns,
-                address,
-                mounts,
+    /// The overlay networks task `id` is on here: (network ID, name, address).
+    fn overlay_legs(&self, id: &str) -> Vec<(String, String, Ipv4Net)> {
+        std::fs::read_to_string(self.task_dir(id).join("overlays"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split(' ');
+                let (net, name, addr) = (f.next()?, f.next()?, f.next()?);
+                Some((net.to_string(), name.to_string(), addr.parse().ok()?))
             })
-        })();
+            .collect()
+    }
+
+    /// Every address task `id` has, by network name: its overlay networks first, then
+    /// the node's bridge.
+    pub fn addresses(&self, id: &str) -> Vec<(String, Ipv4Net)> {
+        let mut out: Vec<(String, Ipv4Net)> = self
+            .overlay_legs(id)
+            .into_iter()
+            .map(|(_, name, a)| (name, a))
+            .collect();
+        if let Some(a) = self.address(id) {
+            out.push((BRIDGE_NETWORK.to_string(), a));
+        }
+        out
+    }
+
+    /// Gives task `id` a namespace of its own: an interface on each of `overlays`
+    /// (eth0, eth1, ... in order), and, when `outbound`, one on the node's bridge with
+    /// the default route (its way out, NATed); the bridge is set up first if this is
+    /// the first task on it. `hostname` goes into its /etc files. Only the bridge
+    /// address is chosen under the lock: namespaces are made in parallel.
+    pub fn attach(
+        &self,
+        id: &str,
+        hostname: &str,
+        overlays: &[OverlayLeg],
+        outbound: bool,
+    ) -> Result<Attachment, String> {
+        let result = self.attach_inner(id, hostname, overlays, outbound);
         if result.is_err() {
             let _ = self.release(id);
         }
         result
     }
 
+    fn attach_inner(
+        &self,
+        id: &str,
+        hostname: &str,
+        overlays: &[OverlayLeg],
+        outbound: bool,
+    ) -> Result<Attachment, String> {
+        let dir = self.task_dir(id);
+        std::fs::create_dir_all(&dir)
+            .map_err(io_msg("cannot create the task's network directory"))?;
+        let mut legs = Vec::new();
+        let mut addresses = Vec::new();
+        if !overlays.is_empty() {
+            let text: String = overlays
+                .iter()
+                .map(|o| format!("{} {} {}\n", o.network.id, o.name(), o.address))
+                .collect();
+            write_file(&dir.join("overlays"), &text)?;
+        }
+        for (i, o) in overlays.iter().enumerate() {
+            let (ns, br) = self.data_plane.ensure_overlay(&o.network)?;
+            legs.push(Leg {
+                host_ns: Some(ns),
+                host_if: host_veth(&format!("{id}/{}", o.network.id)),
+                controller: br,
+                ifname: format!("eth{i}"),
+                address: o.address,
+                mtu: Some(o.mtu()),
+            });
+            addresses.push((o.name().to_string(), o.address));
+        }
+        let mut gateway = None;
+        if outbound {
+            let (gw, index, address) = self.bridge_address(id)?;
+            write_file(&dir.join("address"), &format!("{address}\n"))?;
+            legs.push(Leg {
+                host_ns: None,
+                host_if: host_veth(id),
+                controller: index,
+                ifname: format!("eth{}", overlays.len()),
+                address,
+                mtu: None,
+            });
+            addresses.push((BRIDGE_NETWORK.to_string(), address));
+            gateway = Some(gw);
+        }
+        let netns = dir.join("netns");
+        make_namespace(&netns, &legs, gateway)
+            .map_err(io_msg("cannot create the task's network namespace"))?;
+        let first = addresses
+            .first()
+            .map_or(Ipv4Addr::LOCALHOST, |(_, a)| a.addr());
+        let node = node_resolv_conf();
+        let resolv = if overlays.is_empty() {
+            resolv_conf(&node)
+        } else {
+            let ids = overlays.iter().map(|o| o.network.id.clone()).collect();
+            self.data_plane.start_task(id, &netns, ids)?;
+            discovery_resolv_conf(&node)
+        };
+        let mounts = etc_files(&dir, hostname, first, &resolv)?;
+        Ok(Attachment {
+            netns,
+            addresses,
+            mounts,
+        })
+    }
+
+    /// Starts the service discovery of task `id` again, if it is on overlay networks
+    /// (a task re-adopted after a daemon restart: its DNS server went with the old
+    /// daemon).
+    pub fn resume(&self, id: &str) -> Result<(), String> {
+        let nets: Vec<String> = self.overlay_legs(id).into_iter().map(|l| l.0).collect();
+        let netns = self.task_dir(id).join("netns");
+        if nets.is_empty() || !netns.exists() {
+            return Ok(());
+        }
+        self.data_plane.start_task(id, &netns, nets)
+    }
+
+    /// An address on the node's bridge for task `id` (the one it has, after a
+    /// restart), the bridge set up first if needed: (gateway, bridge index, address).
+    fn bridge_address(&self, id: &str) -> Result<(Ipv4Addr, u32, Ipv4Net), String> {
+        let mut guard = self.inner.lock().map_err(|_| "network state poisoned")?;
+        let inner = &mut *guard;
+        if inner.bridge.is_none() {
+            inner.bridge =
+                Some(self.setup_bridge().map_err(|e| {
+                    format!("cannot set up this node's bridge network {BRIDGE}: {e}")
+                })?);
+        }
+        let Some(bridge) = inner.bridge.as_ref() else {
+            unreachable!("set just above")
+        };
+        let ip = match inner.used.get(id) {
+            Some(ip) => *ip,
+            None => {
+                free_address(&bridge.gateway, &inner.used, &mut inner.next).ok_or_else(|| {
+                    format!(
+                        "no free address left on this node's bridge network ({})",
+                        bridge.gateway.trunc()
+                    )
+                })?
+            }
+        };
+        inner.used.insert(id.to_string(), ip);
+        let address = Ipv4Net::new(ip, bridge.gateway.prefix_len()).map_err(|e| e.to_string())?;
+        Ok((bridge.gateway.addr(), bridge.index, address))
+    }
+
     /// Removes task `id`'s namespace, address and files. Nothing of them is fine. The
     /// namespace goes once its last holder (its bind mount) does, and its veth pair with
     /// it: the kernel takes links down in batches, far cheaper than one by one.
     pub fn release(&self, id: &str) -> Result<(), String> {
+        self.data_plane.stop_task(id);
         let dir = self.task_dir(id);
         let netns = dir.join("netns");
+        let overlays = self.overlay_legs(id);
         match nix::mount::umount2(&netns, nix::mount::MntFlags::MNT_DETACH) {
             Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
             Err(nix::errno::Errno::EINVAL) => {
@@ -244,6 +396,14 @@ impl Networks {
         }
         if let Ok(mut inner) = self.inner.lock() {
             inner.used.remove(id);
+        }
+        // An overlay network's namespace goes with its last task here.
+        for (net, _, _) in overlays {
+            self.data_plane.remove_overlay_unless(&net, |net| {
+                self.list()
+                    .iter()
+                    .any(|t| self.overlay_legs(t).iter().any(|(n, _, _)| n == net))
+            });
         }
         Ok(())
     }
@@ -340,17 +500,32 @@ fn free_address(
         .inspect(|ip| *next = u32::from(*ip) + 1)
 }
 
-/// Makes the namespace at `path` (a bind mount of a new network namespace) with `eth0`
-/// at `address`, its peer `host_if` in the bridge, and a default route via the bridge.
-fn make_namespace(
-    path: &Path,
-    gateway: Ipv4Addr,
-    bridge_index: u32,
-    host_if: &str,
-    address: Ipv4Net,
-) -> std::io::Result<()> {
-    // A socket on the node's namespace, opened here before the thread leaves it.
-    let mut node = Netlink::open()?;
+/// Bind-mounts the calling thread's network namespace at `path` (made as a file), as
+/// `ip netns` does, so it outlives every process in it.
+fn bind_thread_netns(path: &Path) -> std::io::Result<()> {
+    std::fs::File::create(path)?;
+    nix::mount::mount(
+        Some("/proc/thread-self/ns/net"),
+        path,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(std::io::Error::from)
+}
+
+/// Makes the namespace at `path` (a bind mount of a new network namespace) with one
+/// interface per leg, and a default route via `gateway` on the last leg when given.
+fn make_namespace(path: &Path, legs: &[Leg], gateway: Option<Ipv4Addr>) -> std::io::Result<()> {
+    // Sockets on the namespaces of the legs' other ends, opened before the thread
+    // leaves the node's namespace.
+    let mut hosts = legs
+        .iter()
+        .map(|l| match &l.host_ns {
+            None => Netlink::open(),
+            Some(ns) => Netlink::open_in(ns),
+        })
+        .collect::<std::io::Result<Vec<Netlink>>>()?;
     std::thread::scope(|s| {
         // A thread of its own: unshare moves only the calling thread, which ends here.
         s.spawn(move || -> std::io::Result<()> {
@@ -359,48 +534,57 @@ fn make_namespace(
             };
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
                 .map_err(|e| step("unshare")(e.into()))?;
-            std::fs::File::create(path).map_err(step("create the mount point"))?;
-            nix::mount::mount(
-                Some("/proc/thread-self/ns/net"),
-                path,
-                None::<&str>,
-                nix::mount::MsFlags::MS_BIND,
-                None::<&str>,
-            )
-            .map_err(|e| step("bind-mount the namespace")(e.into()))?;
+            bind_thread_netns(path).map_err(step("bind-mount the namespace"))?;
             let ns = std::fs::File::open("/proc/thread-self/ns/net")
                 .map_err(step("open the namespace"))?;
             let mut inner =
                 Netlink::open().map_err(step("open a netlink socket in the namespace"))?;
-            let peer = LinkUnspec::new_with_name("eth0")
-                .setns_by_fd(ns.as_raw_fd())
-                .address(mac_of(address.addr()))
-                .build();
-            let veth = LinkVeth::new(host_if, "eth0")
-                .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
-                .controller(bridge_index)
-                .up()
-                .build();
-            node.add_link(veth).map_err(step("create the veth"))?;
-            drop(node);
+            for (leg, host) in legs.iter().zip(hosts.iter_mut()) {
+                let mut peer = LinkUnspec::new_with_name(&leg.ifname)
+                    .setns_by_fd(ns.as_raw_fd())
+                    .address(mac_of(leg.address.addr()));
+                let mut veth = LinkVeth::new(&leg.host_if, &leg.ifname);
+                if let Some(mtu) = leg.mtu {
+                    peer = peer.mtu(mtu);
+                    veth = veth.mtu(mtu);
+                }
+                let veth = veth
+                    .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
+                    .controller(leg.controller)
+                    .up()
+                    .build();
+                host.add_link(veth).map_err(step("create the veth"))?;
+            }
+            drop(hosts);
             // The loopback device is always the first link of a namespace.
             inner
                 .set_link(LinkUnspec::new_with_index(1).up().build())
                 .map_err(step("bring lo up"))?;
-            let eth0 = inner
-                .link_index("eth0")
-                .map_err(step("find eth0"))?
-                .ok_or_else(|| std::io::Error::other("eth0 did not arrive in the namespace"))?;
-            inner
-                .add_address(eth0, address.addr(), address.prefix_len())
-                .map_err(step("give eth0 its address"))?;
-            // Up only now: a veth end cannot come up while its peer is being made.
-            inner
-                .set_link(LinkUnspec::new_with_index(eth0).up().build())
-                .map_err(step("bring eth0 up"))?;
-            inner
-                .add_default_route(eth0, gateway)
-                .map_err(step("add the default route"))?;
+            let mut last = None;
+            for leg in legs {
+                let index = inner
+                    .link_index(&leg.ifname)
+                    .map_err(step("find the task's interface"))?
+                    .ok_or_else(|| {
+                        std::io::Error::other(format!(
+                            "{} did not arrive in the namespace",
+                            leg.ifname
+                        ))
+                    })?;
+                inner
+                    .add_address(index, leg.address.addr(), leg.address.prefix_len())
+                    .map_err(step("give the task's interface its address"))?;
+                // Up only now: a veth end cannot come up while its peer is being made.
+                inner
+                    .set_link(LinkUnspec::new_with_index(index).up().build())
+                    .map_err(step("bring the task's interface up"))?;
+                last = Some(index);
+            }
+            if let (Some(gw), Some(index)) = (gateway, last) {
+                inner
+                    .add_default_route(index, gw)
+                    .map_err(step("add the default route"))?;
+            }
             Ok(())
         })
         .join()
@@ -450,11 +634,16 @@ fn apply_nft(script: &str) -> Result<(), String> {
 }
 
 /// Writes the task's /etc files and returns their mounts.
-fn etc_files(dir: &Path, hostname: &str, ip: Ipv4Addr) -> Result<Vec<MountSpec>, String> {
+fn etc_files(
+    dir: &Path,
+    hostname: &str,
+    ip: Ipv4Addr,
+    resolv: &str,
+) -> Result<Vec<MountSpec>, String> {
     let files = [
         ("hosts", hosts_file(hostname, ip)),
         ("hostname", format!("{hostname}\n")),
-        ("resolv.conf", resolv_conf(&node_resolv_conf())),
+        ("resolv.conf", resolv.to_string()),
     ];
     let mut mounts = Vec::new();
     for (name, text) in files {
@@ -522,6 +711,21 @@ pub fn resolv_conf(node: &str) -> String {
             out.push('\n');
         }
     }
+    out
+}
+
+/// The resolv.conf of a task on overlay networks: the embedded DNS server (which
+/// forwards what it does not know to the node's resolvers), with the node's search
+/// domains, as swarm mode writes it.
+pub fn discovery_resolv_conf(node: &str) -> String {
+    let mut out = format!("nameserver {}\n", discovery::DNS_ADDR);
+    for l in node.lines().map(str::trim) {
+        if l.starts_with("search") || l.starts_with("domain") {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out.push_str("options ndots:0\n");
     out
 }
 
@@ -617,20 +821,20 @@ mod root_tests {
         let dir = tempfile::tempdir().unwrap();
         in_scratch_netns(|| {
             let net = Networks::new(dir.path());
-            let a = net.attach("task1", "task1host").unwrap();
-            assert_eq!(a.address.to_string(), "172.18.0.2/16");
-            let b = net.attach("task2", "task2host").unwrap();
-            assert_eq!(b.address.to_string(), "172.18.0.3/16");
+            let a = net.attach("task1", "task1host", &[], true).unwrap();
+            assert_eq!(a.addresses[0].1.to_string(), "172.18.0.2/16");
+            let b = net.attach("task2", "task2host", &[], true).unwrap();
+            assert_eq!(b.addresses[0].1.to_string(), "172.18.0.3/16");
             let mut sock = Netlink::open().unwrap();
             assert!(sock.link_index(&host_veth("task1")).unwrap().is_some());
-            assert_eq!(net.address("task1"), Some(a.address));
+            assert_eq!(net.address("task1"), Some(a.addresses[0].1));
             // A new Networks (a restarted daemon) reads the addresses back.
             let again = Networks::new(dir.path());
             let mut listed = again.list();
             listed.sort();
             assert_eq!(listed, ["task1", "task2"]);
-            let c = again.attach("task3", "task3host").unwrap();
-            assert_eq!(c.address.to_string(), "172.18.0.4/16");
+            let c = again.attach("task3", "task3host", &[], true).unwrap();
+            assert_eq!(c.addresses[0].1.to_string(), "172.18.0.4/16");
             for id in ["task1", "task2", "task3"] {
                 again.release(id).unwrap();
             }

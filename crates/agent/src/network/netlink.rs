@@ -5,10 +5,13 @@
 
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
-    NLM_F_REQUEST,
+    NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -36,6 +39,21 @@ impl Netlink {
             sock,
             seq: 0,
             buf: vec![0; 64 * 1024],
+        })
+    }
+
+    /// A socket on the network namespace bound at `path` (a namespace file), opened
+    /// from a thread that enters it and ends.
+    pub fn open_in(path: &std::path::Path) -> io::Result<Netlink> {
+        let ns = std::fs::File::open(path)?;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(io::Error::from)?;
+                Netlink::open()
+            })
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the netlink thread panicked")))
         })
     }
 
@@ -142,6 +160,15 @@ impl Netlink {
         }
     }
 
+    /// Removes an IPv4 address from link `index`.
+    pub fn del_address(&mut self, index: u32, ip: Ipv4Addr, prefix: u8) -> io::Result<()> {
+        let msg = AddressMessageBuilder::<Ipv4Addr>::new()
+            .index(index)
+            .address(ip, prefix)
+            .build();
+        self.change(RouteNetlinkMessage::DelAddress(msg), 0)
+    }
+
     /// The IPv4 addresses of link `index`, with their prefix lengths.
     pub fn addresses(&mut self, index: u32) -> io::Result<Vec<(Ipv4Addr, u8)>> {
         let mut msg = netlink_packet_route::address::AddressMessage::default();
@@ -200,5 +227,66 @@ impl Netlink {
             RouteNetlinkMessage::NewRoute(msg),
             NLM_F_CREATE | NLM_F_EXCL,
         )
+    }
+}
+
+/// A permanent neighbour entry: `ip` is at `mac` on link `index` (family inet), or the
+/// forwarding entry `mac` goes to the VXLAN endpoint `ip` (family bridge, the VXLAN
+/// device's own table).
+fn neighbour(index: u32, ip: Ipv4Addr, mac: &[u8], fdb: bool) -> NeighbourMessage {
+    let mut m = NeighbourMessage::default();
+    m.header.family = if fdb {
+        AddressFamily::Bridge
+    } else {
+        AddressFamily::Inet
+    };
+    m.header.ifindex = index;
+    m.header.state = NeighbourState::Permanent;
+    if fdb {
+        m.header.flags = NeighbourFlags::Own;
+    }
+    m.attributes
+        .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+    m.attributes
+        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+    m
+}
+
+impl Netlink {
+    /// Adds or replaces the neighbour entry `ip` -> `mac` on link `index` (proxy ARP
+    /// on a VXLAN device answers from these).
+    pub fn set_neighbour(&mut self, index: u32, ip: Ipv4Addr, mac: &[u8]) -> io::Result<()> {
+        self.change(
+            RouteNetlinkMessage::NewNeighbour(neighbour(index, ip, mac, false)),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+    }
+
+    /// Adds or replaces the VXLAN forwarding entry: frames to `mac` go to `remote`.
+    pub fn set_fdb(&mut self, index: u32, mac: &[u8], remote: Ipv4Addr) -> io::Result<()> {
+        self.change(
+            RouteNetlinkMessage::NewNeighbour(neighbour(index, remote, mac, true)),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+    }
+
+    /// Removes both entries; ones already gone are fine.
+    pub fn del_neighbour_and_fdb(
+        &mut self,
+        index: u32,
+        ip: Ipv4Addr,
+        mac: &[u8],
+        remote: Ipv4Addr,
+    ) -> io::Result<()> {
+        for m in [
+            neighbour(index, ip, mac, false),
+            neighbour(index, remote, mac, true),
+        ] {
+            match self.change(RouteNetlinkMessage::DelNeighbour(m), 0) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                r => r?,
+            }
+        }
+        Ok(())
     }
 }

@@ -74,6 +74,95 @@ fn run(state_dir: &Path) -> Result<(), String> {
     })
 }
 
+/// How long a new helper has to start answering.
+const HELPER_START: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether the helper answers on its socket.
+fn helper_answers(sock: &Path) -> bool {
+    uapi(sock, "get=1\n\n").is_ok()
+}
+
+/// Starts the node's helper unless one (a previous daemon's: it outlives them) already
+/// answers. It runs in a session of its own, with its errors in
+/// `<state>/network/dataplane.log` and its process ID in `dataplane.pid`.
+pub fn ensure_helper(state_dir: &Path) -> Result<(), String> {
+    let sock = socket_path(state_dir);
+    if helper_answers(&sock) {
+        return Ok(());
+    }
+    let dir = state_dir.join("network");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let log_path = dir.join("dataplane.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
+    let exe =
+        std::env::current_exe().map_err(|e| format!("cannot find our own executable: {e}"))?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg(SUBCOMMAND)
+        .arg(state_dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log);
+    // Its own session: the data plane outlives the daemon.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            nix::unistd::setsid()
+                .map(|_| ())
+                .map_err(std::io::Error::from)
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start the WireGuard engine: {e}"))?;
+    let _ = std::fs::write(dir.join("dataplane.pid"), format!("{}\n", child.id()));
+    let deadline = std::time::Instant::now() + HELPER_START;
+    loop {
+        if helper_answers(&sock) {
+            // Reaped when it ends, so it leaves no zombie behind while the daemon runs.
+            std::thread::spawn(move || child.wait());
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let last = log.lines().last().unwrap_or("no message").to_string();
+            return Err(format!(
+                "the userspace WireGuard engine stopped at start ({status}): {last}"
+            ));
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err("the userspace WireGuard engine did not start within 5 s".into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Stops the node's helper (when the node leaves its cluster); its TUN link goes with
+/// it.
+pub fn stop_helper(state_dir: &Path) {
+    let pid = std::fs::read_to_string(state_dir.join("network").join("dataplane.pid"))
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok());
+    if let Some(pid) = pid {
+        // Only if it is still our helper (a recycled PID is someone else's).
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if cmdline
+            .split(|b| *b == 0)
+            .any(|a| a == SUBCOMMAND.as_bytes())
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+    }
+    let _ = std::fs::remove_file(state_dir.join("network").join("dataplane.pid"));
+}
+
 /// Base64 (as nodes announce keys) to hex (as UAPI takes them).
 pub fn key_hex(b64: &str) -> Option<String> {
     use base64::Engine;

@@ -1,20 +1,66 @@
-//! The WireGuard peers every node is told about over its session (no gossip): every
-//! node with a key and a tunnel address, less removed nodes (gone from the store) and
-//! nodes whose certificate is revoked. Kept by one loop on the leader from the store's
-//! changes and shared with the sessions through a watch channel, so a change is
-//! computed once, not once per session, and sessions hear only of real changes.
+//! What every node's data plane is told over its session (no gossip): the WireGuard
+//! peers, every node with a key and a tunnel address, less removed nodes (gone from the
+//! store) and nodes whose certificate is revoked; and the tasks on each overlay network,
+//! with the tunnel address of their nodes. Kept by one loop on the leader from the
+//! store's changes and shared with the sessions through a watch channel, so a change is
+//! computed once, not once per session; each session sends its node the part it needs,
+//! and only when that part changed.
 
-use shoal_proto::dispatcher::Peer;
-use shoal_proto::objects::{Node, RevokedCert};
+use shoal_proto::dispatcher::{
+    Endpoint, NetworkEndpoints, NetworkView, Peer, PeerView, ServiceVip,
+};
+use shoal_proto::objects::{Node, RevokedCert, Service, Task, TaskState};
 use shoal_store::{Object, Store};
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-/// Every node's peer entry, by node ID order.
-pub type Peers = Arc<Vec<Peer>>;
+/// The whole cluster's data plane, as the managers know it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct View {
+    /// Every node's peer entry, by node ID order.
+    pub peers: Vec<Peer>,
+    /// The live tasks of every overlay network, by network ID and task ID order.
+    pub networks: Vec<NetworkEndpoints>,
+}
+
+pub type Peers = Arc<View>;
+
+impl View {
+    /// What node `node_id` is told of its peers: every other node, and its own tunnel
+    /// address.
+    pub fn peers_for(&self, node_id: &str) -> PeerView {
+        PeerView {
+            peers: self
+                .peers
+                .iter()
+                .filter(|p| p.node_id != node_id)
+                .cloned()
+                .collect(),
+            tunnel_addr: self
+                .peers
+                .iter()
+                .find(|p| p.node_id == node_id)
+                .map(|p| p.tunnel_addr.clone())
+                .unwrap_or_default(),
+            data_path_port: crate::controlapi_networks::DEFAULT_DATA_PATH_PORT as u32,
+        }
+    }
+
+    /// What node `node_id` is told of the overlay networks: the ones it has a task on.
+    pub fn networks_for(&self, node_id: &str) -> NetworkView {
+        NetworkView {
+            networks: self
+                .networks
+                .iter()
+                .filter(|n| n.endpoints.iter().any(|e| e.node_id == node_id))
+                .cloned()
+                .collect(),
+        }
+    }
+}
 
 /// Changes closer together than this are applied together.
 const COALESCE: Duration = Duration::from_millis(50);
@@ -48,22 +94,120 @@ pub fn peers_of(nodes: &[Node], revoked: &HashSet<String>) -> Vec<Peer> {
     out
 }
 
-fn load(store: &Store) -> Option<Vec<Peer>> {
-    let nodes: Vec<Node> = store
-        .list::<Node>()
-        .ok()?
-        .into_iter()
-        .map(|v| v.value)
-        .collect();
-    let revoked: HashSet<String> = store
-        .list::<RevokedCert>()
-        .ok()?
-        .into_iter()
-        .map(|v| v.value.serial)
-        .collect();
-    Some(peers_of(&nodes, &revoked))
+/// Whether a task is one its networks should reach: placed, meant to run, and not
+/// finished. A task asked to stop leaves at once, before it is stopped.
+fn live(t: &Task) -> bool {
+    let state = t.status.as_ref().map_or(0, |s| s.state);
+    !t.node_id.is_empty()
+        && t.desired_state <= TaskState::Running as i32
+        && state <= TaskState::Running as i32
 }
 
+/// The live tasks of every overlay network, on nodes among `peers`.
+pub fn endpoints_of(tasks: &[Task], services: &[Service], peers: &[Peer]) -> Vec<NetworkEndpoints> {
+    let tunnel: HashMap<&str, &str> = peers
+        .iter()
+        .map(|p| {
+            let ip = p.tunnel_addr.split('/').next().unwrap_or_default();
+            (p.node_id.as_str(), ip)
+        })
+        .collect();
+    let names: HashMap<&str, &str> = services
+        .iter()
+        .map(|s| {
+            let name = s.spec.as_ref().map_or("", |x| x.name.as_str());
+            (s.id.as_str(), name)
+        })
+        .collect();
+    let mut by_net: BTreeMap<String, Vec<Endpoint>> = BTreeMap::new();
+    for t in tasks.iter().filter(|t| live(t)) {
+        let Some(node_tunnel) = tunnel.get(t.node_id.as_str()) else {
+            continue;
+        };
+        for a in &t.networks {
+            let (Some(net), Some(address)) = (a.network.as_ref(), a.addresses.first()) else {
+                continue;
+            };
+            let status = t.status.as_ref();
+            let ready = status.is_some_and(|s| {
+                s.state == TaskState::Running as i32
+                    && s.health != shoal_proto::objects::HealthState::Unhealthy as i32
+            });
+            by_net.entry(net.id.clone()).or_default().push(Endpoint {
+                task_id: t.id.clone(),
+                node_id: t.node_id.clone(),
+                address: address.clone(),
+                node_tunnel_addr: node_tunnel.to_string(),
+                service_id: t.service_id.clone(),
+                service_name: names.get(t.service_id.as_str()).unwrap_or(&"").to_string(),
+                task_name: t.name.clone(),
+                aliases: a.aliases.clone(),
+                ready,
+            });
+        }
+    }
+    let mut vips: BTreeMap<String, Vec<ServiceVip>> = BTreeMap::new();
+    for s in services {
+        let spec = s.spec.clone().unwrap_or_default();
+        for v in &s.virtual_ips {
+            let aliases = spec
+                .container
+                .iter()
+                .flat_map(|c| c.networks.iter())
+                .find(|a| a.target == v.network_id)
+                .map(|a| a.aliases.clone())
+                .unwrap_or_default();
+            vips.entry(v.network_id.clone())
+                .or_default()
+                .push(ServiceVip {
+                    service_id: s.id.clone(),
+                    service_name: spec.name.clone(),
+                    address: v.address.split('/').next().unwrap_or_default().to_string(),
+                    aliases,
+                });
+        }
+    }
+    for net in vips.keys() {
+        by_net.entry(net.clone()).or_default();
+    }
+    by_net
+        .into_iter()
+        .map(|(network_id, mut endpoints)| {
+            endpoints.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+            let mut vips = vips.remove(&network_id).unwrap_or_default();
+            vips.sort_by(|a, b| a.service_id.cmp(&b.service_id));
+            NetworkEndpoints {
+                network_id,
+                endpoints,
+                vips,
+            }
+        })
+        .collect()
+}
+
+fn values<T: Object>(store: &Store) -> Option<Vec<T>> {
+    Some(
+        store
+            .list::<T>()
+            .ok()?
+            .into_iter()
+            .map(|v| v.value)
+            .collect(),
+    )
+}
+
+fn load(store: &Store) -> Option<View> {
+    let nodes: Vec<Node> = values(store)?;
+    let revoked: HashSet<String> = values::<RevokedCert>(store)?
+        .into_iter()
+        .map(|r| r.serial)
+        .collect();
+    let peers = peers_of(&nodes, &revoked);
+    let tasks: Vec<Task> = values(store)?;
+    let services: Vec<Service> = values(store)?;
+    let networks = endpoints_of(&tasks, &services, &peers);
+    Some(View { peers, networks })
+}
 /// Keeps `tx` current until cancelled.
 pub async fn run(store: Store, tx: Arc<watch::Sender<Peers>>, cancel: CancellationToken) {
     let Ok(mut watch) = store.watch() else {
@@ -86,7 +230,7 @@ pub async fn run(store: Store, tx: Arc<watch::Sender<Peers>>, cancel: Cancellati
                 _ = cancel.cancelled() => return,
                 ev = watch.events.recv() => match ev {
                     Ok(ev) => {
-                        if ev.changes.iter().any(|c| c.table() == Node::TABLE || c.table() == RevokedCert::TABLE) {
+                        if ev.changes.iter().any(|c| [Node::TABLE, RevokedCert::TABLE, Task::TABLE, Service::TABLE].contains(&c.table())) {
                             break;
                         }
                     }
@@ -142,5 +286,99 @@ mod tests {
         assert_eq!(p[1].endpoint, "10.0.0.2:51820");
         assert_eq!(p[1].public_key, "KB");
         assert_eq!(p[1].tunnel_addr, "10.255.240.2/20");
+    }
+
+    #[test]
+    fn endpoints_are_the_live_placed_tasks_of_each_network_with_their_nodes_tunnel_address() {
+        use shoal_proto::objects::{Network, NetworkAttachment, ServiceSpec, TaskStatus};
+        let net = |id: &str| Network {
+            id: id.into(),
+            ..Default::default()
+        };
+        let task =
+            |id: &str, node: &str, state: TaskState, desired: TaskState, nets: &[(&str, &str)]| {
+                Task {
+                    id: id.into(),
+                    service_id: "svc".into(),
+                    node_id: node.into(),
+                    name: format!("web.{id}"),
+                    desired_state: desired as i32,
+                    status: Some(TaskStatus {
+                        state: state as i32,
+                        ..Default::default()
+                    }),
+                    networks: nets
+                        .iter()
+                        .map(|(n, a)| NetworkAttachment {
+                            network: Some(net(n)),
+                            addresses: vec![a.to_string()],
+                            aliases: vec!["db".into()],
+                        })
+                        .collect(),
+                    ..Default::default()
+                }
+            };
+        use TaskState::*;
+        let tasks = [
+            task(
+                "t1",
+                "a",
+                Running,
+                Running,
+                &[("n1", "10.0.1.2/24"), ("n2", "10.0.2.2/24")],
+            ),
+            task("t2", "bb", Starting, Running, &[("n1", "10.0.1.3/24")]),
+            task("t3", "bb", Running, Shutdown, &[("n1", "10.0.1.4/24")]),
+            task("t4", "bb", Failed, Running, &[("n1", "10.0.1.5/24")]),
+            task("t5", "", Pending, Running, &[("n1", "10.0.1.6/24")]),
+            task("t6", "zz", Running, Running, &[("n1", "10.0.1.7/24")]),
+            task("t7", "a", Running, Running, &[]),
+        ];
+        let services = [Service {
+            id: "svc".into(),
+            spec: Some(ServiceSpec {
+                name: "web".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }];
+        let peer = |id: &str, t: &str| Peer {
+            node_id: id.into(),
+            tunnel_addr: t.into(),
+            ..Default::default()
+        };
+        let peers = [peer("a", "10.255.240.1/20"), peer("bb", "10.255.240.2/20")];
+        let v = endpoints_of(&tasks, &services, &peers);
+        let got: Vec<(&str, Vec<&str>)> = v
+            .iter()
+            .map(|n| {
+                (
+                    n.network_id.as_str(),
+                    n.endpoints.iter().map(|e| e.task_id.as_str()).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [("n1", vec!["t1", "t2"]), ("n2", vec!["t1"])],
+            "stopping, failed, unplaced tasks and tasks on unknown nodes are left out"
+        );
+        let e = &v[0].endpoints[1];
+        assert_eq!(e.address, "10.0.1.3/24");
+        assert_eq!(e.node_tunnel_addr, "10.255.240.2");
+        assert_eq!(e.service_name, "web");
+        assert_eq!(e.task_name, "web.t2");
+        assert_eq!(e.aliases, ["db"]);
+        let view = View {
+            peers: peers.to_vec(),
+            networks: v,
+        };
+        assert_eq!(view.networks_for("a").networks.len(), 2);
+        assert_eq!(view.networks_for("bb").networks.len(), 1);
+        assert!(view.networks_for("zz").networks.is_empty());
+        let p = view.peers_for("bb");
+        assert_eq!(p.tunnel_addr, "10.255.240.2/20");
+        assert_eq!(p.peers.len(), 1);
+        assert_eq!(p.data_path_port, 51820);
     }
 }

@@ -5,7 +5,7 @@
 use super::logs::LogBroker;
 use crate::auth::Caller;
 use shoal_proto::dispatcher::assignment::Action;
-use shoal_proto::dispatcher::{Assignment, LogSubscription, PeerView, SessionMessage};
+use shoal_proto::dispatcher::{Assignment, LogSubscription, NetworkView, PeerView, SessionMessage};
 use shoal_proto::objects::Task;
 use shoal_store::{Change, Object, Store};
 use std::collections::HashMap;
@@ -85,6 +85,9 @@ pub fn start(
         // The peer list goes out once after the complete set, then on every change.
         peers.mark_changed();
         let mut peers_open = true;
+        // What the node was last told, so it hears only of changes to its own part.
+        let mut sent_peers: Option<PeerView> = None;
+        let mut sent_networks: Option<NetworkView> = None;
         loop {
             // The complete set, in messages the agent's decoder accepts.
             if let Some((index, set)) = pending.take() {
@@ -121,11 +124,21 @@ pub fn start(
                         let _ = tx.send(Err(s)).await;
                         break;
                     }
-                    let list = peers.borrow_and_update().clone();
-                    let view = PeerView {
-                        peers: list.iter().filter(|p| p.node_id != node_id).cloned().collect(),
-                    };
-                    let msg = SessionMessage { peers: Some(view), ..Default::default() };
+                    let view = peers.borrow_and_update().clone();
+                    let mut msg = SessionMessage::default();
+                    let p = view.peers_for(&node_id);
+                    if sent_peers.as_ref() != Some(&p) {
+                        msg.peers = Some(p.clone());
+                        sent_peers = Some(p);
+                    }
+                    let n = view.networks_for(&node_id);
+                    if sent_networks.as_ref() != Some(&n) {
+                        msg.networks = Some(n.clone());
+                        sent_networks = Some(n);
+                    }
+                    if msg.peers.is_none() && msg.networks.is_none() {
+                        continue;
+                    }
                     if tx.send(Ok(msg)).await.is_err() { break; }
                 }
                 sub = log_rx.recv() => {
@@ -207,6 +220,7 @@ pub fn chunk(complete: bool, assignments: Vec<Assignment>) -> Vec<SessionMessage
             log_subscriptions: Vec::new(),
             more: i + 1 < n,
             peers: None,
+            networks: None,
         })
         .collect()
 }

@@ -240,12 +240,13 @@ fn bench_netns(n: usize) -> Result<String> {
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
             let net = shoal_agent::network::Networks::new(dir.path());
             // The first one sets the bridge and its NAT rule up.
-            net.attach("warm", "warm").map_err(anyhow::Error::msg)?;
+            net.attach("warm", "warm", &[], true)
+                .map_err(anyhow::Error::msg)?;
             let ids: Vec<String> = (0..n).map(|i| format!("task{i}")).collect();
             let (mut a, mut r) = (Vec::new(), Vec::new());
             for id in &ids {
                 let t = Instant::now();
-                net.attach(id, id).map_err(anyhow::Error::msg)?;
+                net.attach(id, id, &[], true).map_err(anyhow::Error::msg)?;
                 a.push(t.elapsed());
             }
             for id in &ids {

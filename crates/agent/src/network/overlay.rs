@@ -1,0 +1,697 @@
+//! The encrypted data plane of overlay networks on this node (reference/networking.md
+//! §6.2-6.7). The WireGuard engine (`shoal dataplane`, see [`super::wg`]) owns the link
+//! `shoal-wg`, addressed with the node's tunnel address; each overlay network with a
+//! task here has a namespace of its own, `<state>/network/overlays/<network id>/netns`,
+//! holding a bridge `br0` (the subnet's gateway) and a VXLAN device `vx` whose UDP
+//! socket lives in the node's namespace, bound to the tunnel address and sending only
+//! through `shoal-wg`. Tasks' veths join `br0`. Frames for tasks on other nodes go by
+//! static entries (neighbour: task IP -> MAC, answered by the VXLAN's proxy ARP;
+//! forwarding: MAC -> the node's tunnel address), written from the managers' view; no
+//! learning, no flooding. An nftables guard in the node's namespace drops VXLAN that
+//! comes in or would go out other than through `shoal-wg`, so no overlay byte ever
+//! crosses the wire in clear.
+//!
+//! One thread applies what the managers send, in order: the peers (which also starts
+//! the engine, or finds the one a previous daemon left running) and the networks'
+//! tasks. It also restarts an engine that died.
+
+use super::netlink::Netlink;
+use super::{discovery, io_msg, mac_of, wg};
+use ipnet::Ipv4Net;
+use rtnetlink::{LinkBridge, LinkUnspec, LinkVxlan};
+use shoal_proto::dispatcher::{NetworkView, PeerView};
+use shoal_proto::objects::{DataPlaneStatus, Network};
+use std::collections::{BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// The nftables table of the guard.
+pub const GUARD_TABLE: &str = "shoal_guard";
+/// VXLAN's port (IANA's; Linux's own default is 8472).
+pub const VXLAN_PORT: u16 = 4789;
+/// VXLAN's headers: inner Ethernet 14, VXLAN 8, UDP 8, IPv4 20.
+const VXLAN_OVERHEAD: u32 = 50;
+/// A task's MTU on an overlay network unless the network says less.
+pub const TASK_MTU: u32 = wg::MTU - VXLAN_OVERHEAD;
+/// How long a task start waits for the engine the first peer list starts.
+const ENGINE_WAIT: Duration = Duration::from_secs(10);
+/// How often the engine is checked for life.
+const CHECK_EVERY: Duration = Duration::from_secs(5);
+
+enum Msg {
+    Peers(PeerView),
+    Networks(NetworkView),
+}
+
+#[derive(Default)]
+struct State {
+    /// The node's tunnel address, once the engine has it.
+    tunnel: Option<Ipv4Net>,
+    /// "userspace" while the engine runs.
+    engine: Option<&'static str>,
+    /// Why it does not.
+    error: Option<String>,
+    /// The last peer list, and the request it last made (to resend after a restart).
+    peers: Option<PeerView>,
+    applied_peers: Option<String>,
+    /// The guard's counters as last read: dropped coming in, going out.
+    counters: (u64, u64),
+    guard_ready: bool,
+}
+
+pub struct DataPlane {
+    /// The node's state directory (the helper's argument) and its network directory.
+    state_dir: PathBuf,
+    dir: PathBuf,
+    state: Mutex<State>,
+    changed: Condvar,
+    tx: Mutex<Option<mpsc::Sender<Msg>>>,
+    /// Held while an overlay namespace is made, changed or removed.
+    overlays: Mutex<()>,
+    /// The managers' last view of the networks this node has tasks on.
+    view: discovery::View,
+    /// The tasks on overlay networks here: their DNS servers and nftables tables.
+    tasks: Mutex<HashMap<String, TaskNet>>,
+}
+
+struct TaskNet {
+    ns: PathBuf,
+    networks: Vec<String>,
+    dns: Option<discovery::DnsServer>,
+    /// The table last applied in its namespace.
+    applied: String,
+}
+
+fn overlay_ns(dir: &Path, net: &str) -> PathBuf {
+    dir.join("overlays").join(net).join("netns")
+}
+
+impl DataPlane {
+    pub fn new(state_dir: &Path) -> DataPlane {
+        DataPlane {
+            state_dir: state_dir.to_path_buf(),
+            dir: state_dir.join("network"),
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+            tx: Mutex::new(None),
+            overlays: Mutex::new(()),
+            view: Default::default(),
+            tasks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn send(self: &std::sync::Arc<Self>, msg: Msg) {
+        let mut tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        if tx.is_none() {
+            let (t, rx) = mpsc::channel();
+            let me = self.clone();
+            let spawned = std::thread::Builder::new()
+                .name("dataplane".into())
+                .spawn(move || me.run(rx));
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start the data plane thread");
+                return;
+            }
+            *tx = Some(t);
+        }
+        if let Some(t) = tx.as_ref() {
+            let _ = t.send(msg);
+        }
+    }
+
+    /// Takes the peer list the managers sent (applied in order on the data plane's
+    /// thread; the first one with a tunnel address starts the engine).
+    pub fn set_peers(self: &std::sync::Arc<Self>, peers: PeerView) {
+        self.send(Msg::Peers(peers));
+    }
+
+    /// Takes the managers' view of the overlay networks this node has tasks on.
+    pub fn set_networks(self: &std::sync::Arc<Self>, view: NetworkView) {
+        self.send(Msg::Networks(view));
+    }
+
+    /// The peers the managers sent last.
+    pub fn peers(&self) -> Vec<shoal_proto::dispatcher::Peer> {
+        self.state()
+            .peers
+            .as_ref()
+            .map(|p| p.peers.clone())
+            .unwrap_or_default()
+    }
+
+    fn run(&self, rx: mpsc::Receiver<Msg>) {
+        let mut tick = Instant::now() + CHECK_EVERY;
+        loop {
+            match rx.recv_timeout(tick.saturating_duration_since(Instant::now())) {
+                Ok(Msg::Peers(p)) => self.on_peers(p),
+                Ok(Msg::Networks(v)) => self.on_networks(v),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.check_engine();
+                    self.read_counters();
+                    tick = Instant::now() + CHECK_EVERY;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
+    fn fail(&self, why: String) {
+        tracing::error!(error = %why, "the encrypted data plane is not running");
+        let mut s = self.state();
+        s.engine = None;
+        s.error = Some(why);
+        self.changed.notify_all();
+    }
+
+    fn on_peers(&self, view: PeerView) {
+        let tunnel = view.tunnel_addr.parse::<Ipv4Net>().ok();
+        let port = u16::try_from(view.data_path_port)
+            .ok()
+            .filter(|p| *p != 0)
+            .unwrap_or(51820);
+        self.state().peers = Some(view.clone());
+        let Some(tunnel) = tunnel else {
+            return;
+        };
+        let running = self.state().engine.is_some();
+        if !running || self.state().tunnel != Some(tunnel) {
+            if let Err(e) = self.start_engine(tunnel) {
+                self.fail(e);
+                return;
+            }
+            // Overlays a previous daemon left: their remote tasks as the view says now.
+            self.reconcile_all();
+        }
+        let request = wg::set_request(port, &view.peers);
+        if self.state().applied_peers.as_ref() == Some(&request) {
+            return;
+        }
+        match wg::uapi(&wg::socket_path(&self.state_dir), &request) {
+            Ok(_) => {
+                tracing::info!(peers = view.peers.len(), "WireGuard peers applied");
+                self.state().applied_peers = Some(request);
+            }
+            Err(e) => self.fail(e),
+        }
+    }
+
+    /// Restarts an engine that died, and gives it its peers again.
+    fn check_engine(&self) {
+        let (running, peers) = {
+            let s = self.state();
+            (s.engine.is_some(), s.peers.clone())
+        };
+        if !running || wg::uapi(&wg::socket_path(&self.state_dir), "get=1\n\n").is_ok() {
+            return;
+        }
+        tracing::warn!("the WireGuard engine stopped; starting it again");
+        {
+            let mut s = self.state();
+            s.engine = None;
+            s.applied_peers = None;
+        }
+        if let Some(p) = peers {
+            self.on_peers(p);
+        }
+    }
+
+    /// The engine up with the node's tunnel address, and the guard in place.
+    fn start_engine(&self, tunnel: Ipv4Net) -> Result<(), String> {
+        wg::ensure_helper(&self.state_dir)?;
+        let mut sock = Netlink::open().map_err(io_msg("cannot open a netlink socket"))?;
+        let index = sock
+            .link_index(wg::LINK)
+            .map_err(io_msg("cannot read links"))?
+            .ok_or_else(|| format!("the WireGuard engine runs but {} is missing", wg::LINK))?;
+        for (ip, len) in sock
+            .addresses(index)
+            .map_err(io_msg("cannot read addresses"))?
+        {
+            if (ip, len) != (tunnel.addr(), tunnel.prefix_len()) {
+                let _ = sock.del_address(index, ip, len);
+            }
+        }
+        sock.add_address(index, tunnel.addr(), tunnel.prefix_len())
+            .map_err(io_msg("cannot give the WireGuard link its tunnel address"))?;
+        sock.set_link(LinkUnspec::new_with_index(index).mtu(wg::MTU).up().build())
+            .map_err(io_msg("cannot bring the WireGuard link up"))?;
+        if !self.state().guard_ready {
+            ensure_guard()?;
+            self.state().guard_ready = true;
+        }
+        tracing::info!(engine = "userspace", tunnel = %tunnel, "encrypted data plane ready");
+        let mut s = self.state();
+        s.tunnel = Some(tunnel);
+        s.engine = Some("userspace");
+        s.error = None;
+        s.applied_peers = None;
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    /// The node's tunnel address once the engine runs; waits a while for the first
+    /// peer list to start it.
+    fn wait_engine(&self) -> Result<Ipv4Net, String> {
+        let deadline = Instant::now() + ENGINE_WAIT;
+        let mut s = self.state();
+        loop {
+            if let (Some(_), Some(t)) = (s.engine, s.tunnel) {
+                return Ok(t);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(match &s.error {
+                    Some(e) => format!("the encrypted data plane is not running on this node: {e}"),
+                    None => "the encrypted data plane is not running on this node yet (the managers have not given it a tunnel address)".to_string(),
+                });
+            }
+            s = self
+                .changed
+                .wait_timeout(s, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Reads the guard's counters (every few seconds, on the data plane's thread).
+    fn read_counters(&self) {
+        if !self.state().guard_ready {
+            return;
+        }
+        if let Some(c) = guard_counters() {
+            self.state().counters = c;
+        }
+    }
+
+    /// What `node inspect` shows of the data plane (cheap: what was last read).
+    pub fn status(&self) -> DataPlaneStatus {
+        let s = self.state();
+        DataPlaneStatus {
+            engine: s.engine.unwrap_or_default().to_string(),
+            error: s.error.clone().unwrap_or_default(),
+            guard_dropped_in: s.counters.0,
+            guard_dropped_out: s.counters.1,
+        }
+    }
+
+    fn on_networks(&self, view: NetworkView) {
+        let view: HashMap<String, discovery::NetView> = view
+            .networks
+            .into_iter()
+            .map(|n| {
+                (
+                    n.network_id,
+                    discovery::NetView {
+                        endpoints: n.endpoints,
+                        vips: n.vips,
+                    },
+                )
+            })
+            .collect();
+        if let Ok(mut v) = self.view.write() {
+            *v = view;
+        }
+        self.reconcile_all();
+        self.refresh_tasks();
+    }
+
+    /// Starts service discovery for task `id` (namespace `ns`, on `networks`): its DNS
+    /// server and its table (DNS, VIPs). Replaces what it had (a resumed task).
+    pub fn start_task(&self, id: &str, ns: &Path, networks: Vec<String>) -> Result<(), String> {
+        let dns = match tokio::runtime::Handle::try_current() {
+            Ok(rt) => Some(
+                discovery::start(&rt, ns, networks.clone(), self.view.clone(), upstreams())
+                    .map_err(io_msg("cannot start the task's DNS server"))?,
+            ),
+            Err(_) => None,
+        };
+        let mut t = TaskNet {
+            ns: ns.to_path_buf(),
+            networks,
+            dns,
+            applied: String::new(),
+        };
+        self.apply_table(&mut t)?;
+        self.tasks_lock().insert(id.to_string(), t);
+        Ok(())
+    }
+
+    /// Stops task `id`'s discovery (its table goes with its namespace).
+    pub fn stop_task(&self, id: &str) {
+        self.tasks_lock().remove(id);
+    }
+
+    fn tasks_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, TaskNet>> {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes task `t`'s table if the view changed it.
+    fn apply_table(&self, t: &mut TaskNet) -> Result<(), String> {
+        let vips = match self.view.read() {
+            Ok(v) => discovery::vips_of(&v, &t.networks),
+            Err(_) => Vec::new(),
+        };
+        let script = discovery::task_table(t.dns.as_ref().map(|d| d.ports), &vips);
+        if script == t.applied {
+            return Ok(());
+        }
+        discovery::in_netns(&t.ns, || {
+            super::apply_nft(&script).map_err(std::io::Error::other)
+        })
+        .map_err(io_msg("cannot write the task's service table"))?;
+        t.applied = script;
+        Ok(())
+    }
+
+    /// Brings every task's table up to the view.
+    fn refresh_tasks(&self) {
+        let mut tasks = self.tasks_lock();
+        for (id, t) in tasks.iter_mut() {
+            if let Err(e) = self.apply_table(t) {
+                tracing::warn!(task = %id, error = %e, "cannot update the task's service table");
+            }
+        }
+    }
+
+    fn reconcile_all(&self) {
+        let _guard = self.overlays.lock().unwrap_or_else(|p| p.into_inner());
+        for net in super::list_dir(&self.dir.join("overlays")) {
+            if let Err(e) = self.reconcile(&net) {
+                tracing::warn!(network = %net, error = %e, "cannot update the overlay's remote tasks");
+            }
+        }
+    }
+
+    /// Makes the entries for remote tasks of network `net` those of the managers' view.
+    /// Called with `overlays` held.
+    fn reconcile(&self, net: &str) -> Result<(), String> {
+        let own = self.state().tunnel.map(|t| t.addr());
+        let endpoints = self
+            .view
+            .read()
+            .ok()
+            .and_then(|v| v.get(net).map(|n| n.endpoints.clone()))
+            .unwrap_or_default();
+        let Some(own) = own else {
+            // Until the engine has the node's tunnel address, local tasks cannot be
+            // told from remote ones; the first peer list brings it.
+            return Ok(());
+        };
+        let want: BTreeSet<(Ipv4Addr, Ipv4Addr)> = endpoints
+            .iter()
+            .filter_map(|e| {
+                let ip = e.address.parse::<Ipv4Net>().ok()?.addr();
+                let node = e.node_tunnel_addr.parse::<Ipv4Addr>().ok()?;
+                (node != own).then_some((ip, node))
+            })
+            .collect();
+        let applied_file = self.dir.join("overlays").join(net).join("remote");
+        let have: BTreeSet<(Ipv4Addr, Ipv4Addr)> = std::fs::read_to_string(&applied_file)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let (a, b) = l.split_once(' ')?;
+                Some((a.parse().ok()?, b.parse().ok()?))
+            })
+            .collect();
+        if want == have {
+            return Ok(());
+        }
+        let mut sock = Netlink::open_in(&overlay_ns(&self.dir, net))
+            .map_err(io_msg("cannot enter the overlay's namespace"))?;
+        let vx = sock
+            .link_index("vx")
+            .map_err(io_msg("cannot read the overlay's links"))?
+            .ok_or("the overlay has no VXLAN device")?;
+        for (ip, node) in have.difference(&want) {
+            sock.del_neighbour_and_fdb(vx, *ip, &mac_of(*ip), *node)
+                .map_err(io_msg("cannot remove a remote task's entries"))?;
+        }
+        for (ip, node) in want.difference(&have) {
+            sock.set_neighbour(vx, *ip, &mac_of(*ip))
+                .map_err(io_msg("cannot add a remote task's neighbour entry"))?;
+            sock.set_fdb(vx, &mac_of(*ip), *node)
+                .map_err(io_msg("cannot add a remote task's forwarding entry"))?;
+        }
+        let text: String = want.iter().map(|(a, b)| format!("{a} {b}\n")).collect();
+        super::write_file(&applied_file, &text)
+    }
+
+    /// The namespace of overlay network `net` on this node, made if it is not there,
+    /// and the index of its bridge there. Fails (the task is rejected) while the
+    /// encrypted engine does not run: never plaintext.
+    pub fn ensure_overlay(&self, net: &Network) -> Result<(PathBuf, u32), String> {
+        let tunnel = self.wait_engine()?;
+        let _guard = self.overlays.lock().unwrap_or_else(|p| p.into_inner());
+        let path = overlay_ns(&self.dir, &net.id);
+        if let Ok(mut s) = Netlink::open_in(&path) {
+            if let Ok(Some(br)) = s.link_index("br0") {
+                return Ok((path, br));
+            }
+        }
+        let name = net.spec.as_ref().map_or("", |s| s.name.as_str());
+        let subnet: Ipv4Net = net
+            .subnet
+            .parse()
+            .map_err(|_| format!("network {name} has no valid subnet ({:?})", net.subnet))?;
+        let gateway: Ipv4Addr = net
+            .gateway
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .parse()
+            .map_err(|_| format!("network {name} has no valid gateway ({:?})", net.gateway))?;
+        let gateway = Ipv4Net::new(gateway, subnet.prefix_len()).map_err(|e| e.to_string())?;
+        let dir = path.parent().unwrap_or(&self.dir).to_path_buf();
+        let _ = remove_ns(&path);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(io_msg("cannot create the overlay's directory"))?;
+        let br = make_overlay_ns(&path, gateway, net.vni, tunnel.addr()).map_err(|e| {
+            let _ = remove_ns(&path);
+            let _ = std::fs::remove_dir_all(&dir);
+            format!("cannot set up overlay network {name} on this node: {e}")
+        })?;
+        tracing::info!(network = %name, vni = net.vni, "overlay network set up on this node");
+        if let Err(e) = self.reconcile(&net.id) {
+            tracing::warn!(network = %name, error = %e, "cannot add the overlay's remote tasks");
+        }
+        Ok((path, br))
+    }
+
+    /// Removes overlay network `net`'s namespace (its bridge and VXLAN go with it)
+    /// unless `in_use` says a task here still uses it.
+    pub fn remove_overlay_unless(&self, net: &str, in_use: impl Fn(&str) -> bool) {
+        let _guard = self.overlays.lock().unwrap_or_else(|p| p.into_inner());
+        if in_use(net) {
+            return;
+        }
+        let path = overlay_ns(&self.dir, net);
+        if let Err(e) = remove_ns(&path) {
+            tracing::warn!(network = %net, error = %e, "cannot remove the overlay's namespace");
+            return;
+        }
+        let _ = std::fs::remove_dir_all(path.parent().unwrap_or(&path));
+    }
+
+    /// Stops the data plane (the node left its cluster): the engine, its link and the
+    /// guard. Overlay namespaces went with the tasks.
+    pub fn shutdown(&self) {
+        wg::stop_helper(&self.state_dir);
+        let _ = super::apply_nft(&format!("delete table inet {GUARD_TABLE}\n"));
+        self.tasks_lock().clear();
+        if let Ok(mut v) = self.view.write() {
+            v.clear();
+        }
+        let mut s = self.state();
+        *s = State::default();
+        self.changed.notify_all();
+    }
+
+    /// The overlay networks this node has a namespace for.
+    pub fn overlays(&self) -> Vec<String> {
+        super::list_dir(&self.dir.join("overlays"))
+    }
+}
+
+/// The resolvers a task's DNS server forwards other names to: the node's (as a task
+/// on the bridge has them), or Docker's public fallback when the node has none.
+fn upstreams() -> Vec<Ipv4Addr> {
+    let conf = super::node_resolv_conf();
+    let mut out: Vec<Ipv4Addr> = super::nameservers(&conf)
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    if out.is_empty() {
+        out = vec![Ipv4Addr::new(8, 8, 8, 8), Ipv4Addr::new(8, 8, 4, 4)];
+    }
+    out
+}
+
+fn remove_ns(path: &Path) -> Result<(), String> {
+    match nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::ENOENT) | Err(nix::errno::Errno::EINVAL) => Ok(()),
+        Err(e) => Err(format!("cannot unmount {}: {e}", path.display())),
+    }
+}
+
+/// Makes an overlay namespace at `path`: `br0` with the gateway address, and `vx`
+/// (made from the node's namespace, so its socket stays there: bound to the tunnel
+/// address, sending through `shoal-wg`) in it. Returns `br0`'s index.
+fn make_overlay_ns(
+    path: &Path,
+    gateway: Ipv4Net,
+    vni: u32,
+    tunnel: Ipv4Addr,
+) -> std::io::Result<u32> {
+    let mut node = Netlink::open()?;
+    let wg_index = node
+        .link_index(wg::LINK)?
+        .ok_or_else(|| std::io::Error::other(format!("{} is missing", wg::LINK)))?;
+    std::thread::scope(|s| {
+        s.spawn(move || -> std::io::Result<u32> {
+            let step = |what: &'static str| {
+                move |e: std::io::Error| std::io::Error::new(e.kind(), format!("{what}: {e}"))
+            };
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| step("unshare")(e.into()))?;
+            super::bind_thread_netns(path).map_err(step("bind-mount the namespace"))?;
+            let ns = std::fs::File::open("/proc/thread-self/ns/net")
+                .map_err(step("open the namespace"))?;
+            let mut inner =
+                Netlink::open().map_err(step("open a netlink socket in the namespace"))?;
+            inner
+                .set_link(LinkUnspec::new_with_index(1).up().build())
+                .map_err(step("bring lo up"))?;
+            inner
+                .add_link(LinkBridge::new("br0").build())
+                .map_err(step("create the bridge"))?;
+            let br = inner
+                .link_index("br0")
+                .map_err(step("find the bridge"))?
+                .ok_or_else(|| std::io::Error::other("the bridge vanished"))?;
+            inner
+                .add_address(br, gateway.addr(), gateway.prefix_len())
+                .map_err(step("give the bridge its address"))?;
+            let vx = LinkVxlan::new("vx", vni)
+                .dev(wg_index)
+                .local(tunnel)
+                .port(VXLAN_PORT)
+                .learning(false)
+                .proxy(true)
+                .setns_by_fd(ns.as_raw_fd())
+                .build();
+            node.add_link(vx).map_err(step("create the VXLAN device"))?;
+            drop(node);
+            let vx = inner
+                .link_index("vx")
+                .map_err(step("find the VXLAN device"))?
+                .ok_or_else(|| std::io::Error::other("the VXLAN device did not arrive"))?;
+            inner
+                .set_link(
+                    LinkUnspec::new_with_index(vx)
+                        .controller(br)
+                        .mtu(TASK_MTU)
+                        .up()
+                        .build(),
+                )
+                .map_err(step("put the VXLAN device in the bridge"))?;
+            inner
+                .set_link(LinkUnspec::new_with_index(br).up().build())
+                .map_err(step("bring the bridge up"))?;
+            Ok(br)
+        })
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the namespace thread panicked")))
+    })
+}
+
+/// The guard: VXLAN may enter this node only from `shoal-wg` and leave only through
+/// it. Made once; an existing guard (a previous daemon's) is kept with its counters.
+fn ensure_guard() -> Result<(), String> {
+    let exists = std::process::Command::new("nft")
+        .args(["list", "table", "inet", GUARD_TABLE])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if exists {
+        return Ok(());
+    }
+    super::apply_nft(&guard_rules())
+}
+
+pub fn guard_rules() -> String {
+    let (t, wg, port) = (GUARD_TABLE, wg::LINK, VXLAN_PORT);
+    format!(
+        "table inet {t} {{\n\
+         \tcounter vxlan_in {{ }}\n\
+         \tcounter vxlan_out {{ }}\n\
+         \tchain prerouting {{\n\
+         \t\ttype filter hook prerouting priority -300; policy accept;\n\
+         \t\tudp dport {port} iifname != \"{wg}\" fib daddr type local counter name \"vxlan_in\" drop\n\
+         \t}}\n\
+         \tchain output {{\n\
+         \t\ttype filter hook output priority -300; policy accept;\n\
+         \t\tudp dport {port} oifname != \"{wg}\" counter name \"vxlan_out\" drop\n\
+         \t}}\n\
+         }}\n"
+    )
+}
+
+/// The guard's counters: packets dropped coming in, going out.
+fn guard_counters() -> Option<(u64, u64)> {
+    let out = std::process::Command::new("nft")
+        .args(["list", "counters", "table", "inet", GUARD_TABLE])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| parse_counters(&String::from_utf8_lossy(&out.stdout)))
+}
+
+fn parse_counters(text: &str) -> (u64, u64) {
+    let (mut name, mut vin, mut vout) = ("", 0, 0);
+    for l in text.lines().map(str::trim) {
+        if let Some(rest) = l.strip_prefix("counter ") {
+            name = rest.split_whitespace().next().unwrap_or("");
+        } else if let Some(rest) = l.strip_prefix("packets ") {
+            let n = rest
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            match name {
+                "vxlan_in" => vin = n,
+                "vxlan_out" => vout = n,
+                _ => {}
+            }
+        }
+    }
+    (vin, vout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_guard_drops_vxlan_off_the_wireguard_link_and_counts_it() {
+        let r = guard_rules();
+        assert!(r.contains(
+            "udp dport 4789 iifname != \"shoal-wg\" fib daddr type local counter name \"vxlan_in\" drop"
+        ));
+        assert!(
+            r.contains("udp dport 4789 oifname != \"shoal-wg\" counter name \"vxlan_out\" drop")
+        );
+        let listed = "table inet shoal_guard {\n\tcounter vxlan_in {\n\t\tpackets 5 bytes 390\n\t}\n\tcounter vxlan_out {\n\t\tpackets 0 bytes 0\n\t}\n}\n";
+        assert_eq!(parse_counters(listed), (5, 0));
+        assert_eq!(TASK_MTU, 1370);
+    }
+}
