@@ -36,5 +36,7 @@ pub fn describe(engine_labels: &HashMap<String, String>) -> NodeDescription {
         // Set by the daemon, which holds the key.
         wg_public_key: String::new(),
         data_plane: None,
+        // Set by the daemon, from how the node joined.
+        data_path_addr: String::new(),
     }
 }

@@ -45,6 +45,24 @@ fn parse_v4(what: &str, s: &str) -> Result<Ipv4Net, String> {
 
 /// Checks `init --default-addr-pool/--default-addr-pool-mask-length` and makes the
 /// cluster's address plan.
+/// Checks `--data-path-port` (0: the default): an unprivileged port.
+pub fn check_data_path_port(port: u32) -> Result<u32, String> {
+    match port {
+        0 => Ok(0),
+        1024..=65535 => Ok(port),
+        p => Err(format!(
+            "--data-path-port {p}: use a port from 1024 to 65535 (default {DEFAULT_DATA_PATH_PORT})"
+        )),
+    }
+}
+
+/// The cluster's data path port.
+pub fn data_path_port(cfg: Option<&NetworkConfig>) -> u16 {
+    cfg.and_then(|c| u16::try_from(c.data_path_port).ok())
+        .filter(|p| *p != 0)
+        .unwrap_or(DEFAULT_DATA_PATH_PORT)
+}
+
 pub fn network_config(pools: &[String], mask: u32) -> Result<NetworkConfig, String> {
     let mask = if mask == 0 { DEFAULT_MASK_LENGTH } else { mask };
     let tunnel = parse_v4("tunnel subnet", DEFAULT_TUNNEL_SUBNET)?;
@@ -77,6 +95,7 @@ pub fn network_config(pools: &[String], mask: u32) -> Result<NetworkConfig, Stri
         default_addr_pool: parsed.iter().map(|p| p.to_string()).collect(),
         default_addr_pool_mask_length: mask,
         tunnel_subnet: tunnel.to_string(),
+        data_path_port: 0,
     })
 }
 
@@ -443,7 +462,97 @@ impl ControlApi {
     }
 }
 
+/// The range published ports are taken from when a service names none (swarm mode's).
+pub const DYNAMIC_PORTS: std::ops::RangeInclusive<u32> = 30000..=32767;
+
+/// Checks a spec's published ports on their own: ranges, protocols, modes, repeats.
+pub fn validate_ports(ports: &[shoal_proto::objects::PortConfig]) -> Result<(), ControlError> {
+    let mut seen = std::collections::HashSet::new();
+    for p in ports {
+        if !(1..=65535).contains(&p.target) {
+            return Err(bad(format!(
+                "published port target={}: a target port is 1-65535",
+                p.target
+            )));
+        }
+        if p.published > 65535 {
+            return Err(bad(format!(
+                "published port published={}: a port is 1-65535",
+                p.published
+            )));
+        }
+        if !["", "tcp", "udp"].contains(&p.protocol.as_str()) {
+            return Err(bad(format!(
+                "published port protocol {:?}: use tcp or udp",
+                shoal_proto::limits::short(&p.protocol)
+            )));
+        }
+        if !["", "ingress", "host"].contains(&p.mode.as_str()) {
+            return Err(bad(format!(
+                "published port mode {:?}: use ingress (every node answers) or host (only nodes with a task)",
+                shoal_proto::limits::short(&p.mode)
+            )));
+        }
+        if p.published != 0 && !seen.insert((p.published, proto_of(p))) {
+            return Err(bad(format!(
+                "port {}/{} is published twice",
+                p.published,
+                proto_of(p)
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn proto_of(p: &shoal_proto::objects::PortConfig) -> &str {
+    if p.protocol.is_empty() {
+        "tcp"
+    } else {
+        &p.protocol
+    }
+}
+
 impl ControlApi {
+    /// Refuses a port another service publishes (naming it), and gives ports published
+    /// without a number one from [`DYNAMIC_PORTS`].
+    pub fn assign_ports(&self, service: &mut Service) -> Result<(), ControlError> {
+        let Some(spec) = service.spec.as_mut() else {
+            return Ok(());
+        };
+        if spec.ports.is_empty() {
+            return Ok(());
+        }
+        let mut taken: std::collections::HashMap<(u32, String), String> = Default::default();
+        for s in self.store().list::<Service>()? {
+            if s.value.id == service.id {
+                continue;
+            }
+            let Some(other) = s.value.spec else { continue };
+            for p in &other.ports {
+                taken.insert((p.published, proto_of(p).to_string()), other.name.clone());
+            }
+        }
+        for p in spec.ports.iter_mut() {
+            let proto = proto_of(p).to_string();
+            if p.published == 0 {
+                p.published = DYNAMIC_PORTS
+                    .clone()
+                    .find(|n| !taken.contains_key(&(*n, proto.clone())))
+                    .ok_or_else(|| {
+                        ControlError::Refused("no port left to publish in 30000-32767".into())
+                    })?;
+            }
+            if let Some(owner) = taken.get(&(p.published, proto.clone())) {
+                return Err(ControlError::Refused(format!(
+                    "port {}/{proto} is already published by service {owner}: choose another published port or remove it there ('shoal service update --publish-rm {} {owner}')",
+                    p.published, p.published
+                )));
+            }
+            taken.insert((p.published, proto), spec.name.clone());
+        }
+        Ok(())
+    }
+
     /// Gives `service` a virtual IP on each overlay network its spec names (none under
     /// `--endpoint-mode dnsrr`), keeping the ones it has. New ones come from the top of
     /// the subnet down (task addresses come from the bottom up), skipping every address

@@ -38,6 +38,7 @@ pub fn validate_service(spec: &ServiceSpec) -> Result<(), ControlError> {
         e => e,
     })?;
     shoal_proto::limits::check_labels("service label", &spec.labels).map_err(|e| bad(e.0))?;
+    crate::controlapi_networks::validate_ports(&spec.ports)?;
     if !["", "vip", "dnsrr"].contains(&spec.endpoint_mode.as_str()) {
         return Err(bad(format!(
             "endpoint mode {:?} is not known: use vip (a virtual IP, the default) or dnsrr (DNS round robin)",
@@ -250,6 +251,7 @@ impl ControlApi {
             ..Default::default()
         };
         let mut service = service;
+        self.assign_ports(&mut service)?;
         self.assign_vips(&mut service)?;
         let mut b = Batch::default();
         b.put(&service, Expect::Absent);
@@ -324,6 +326,7 @@ impl ControlApi {
         next.previous_spec = Some(old);
         next.spec = Some(spec);
         next.updated_at_unix = unix_now();
+        self.assign_ports(&mut next)?;
         self.assign_vips(&mut next)?;
         let mut b = Batch::default();
         b.put(&next, Expect::Version(cur.version));
@@ -359,6 +362,7 @@ impl ControlApi {
         next.previous_spec = next.spec.replace(prev);
         next.spec_version += 1;
         next.updated_at_unix = unix_now();
+        self.assign_ports(&mut next)?;
         self.assign_vips(&mut next)?;
         next.update_status = Some(UpdateStatus {
             state: UpdateState::RollbackStarted as i32,

@@ -89,6 +89,11 @@ pub fn check_description(d: &NodeDescription) -> Result<(), OverLimit> {
             "the WireGuard public key is not 32 bytes in base64 (44 characters)".into(),
         ));
     }
+    if !d.data_path_addr.is_empty() && d.data_path_addr.parse::<std::net::IpAddr>().is_err() {
+        return Err(OverLimit(
+            "the data path address is not an IP address".into(),
+        ));
+    }
     if let Some(p) = &d.data_plane {
         len_at_most("data plane engine", &p.engine, MAX_SHORT_STRING)?;
         len_at_most("data plane error", &p.error, MAX_STATUS_TEXT)?;

@@ -105,6 +105,8 @@ pub struct InitArgs {
     pub restore: Option<PathBuf>,
     pub default_addr_pool: Vec<String>,
     pub default_addr_pool_mask_length: u32,
+    pub data_path_port: u32,
+    pub data_path_addr: String,
 }
 
 /// One line from standard input (prompting on a terminal): an unlock key.
@@ -202,14 +204,21 @@ fn role_name(n: &Node) -> &'static str {
 }
 
 /// A node's WireGuard endpoint: its address and the data-path port.
+/// Where other nodes send the node's overlay traffic: its --data-path-addr (or its
+/// advertised address) and its engine's port.
 fn data_path_endpoint(n: &Node) -> String {
-    let ip = n.addr.rsplit_once(':').map_or(n.addr.as_str(), |x| x.0);
+    let d = n.description.clone().unwrap_or_default();
+    let ip = match d.data_path_addr.as_str() {
+        "" => n.addr.rsplit_once(':').map_or(n.addr.as_str(), |x| x.0),
+        a => a,
+    };
+    let port = match d.data_plane.map(|p| p.listen_port).unwrap_or(0) {
+        0 => u32::from(shoal_manager::controlapi_networks::DEFAULT_DATA_PATH_PORT),
+        p => p,
+    };
     match ip {
         "" => String::new(),
-        ip => format!(
-            "{ip}:{}",
-            shoal_manager::controlapi_networks::DEFAULT_DATA_PATH_PORT
-        ),
+        ip => format!("{ip}:{port}"),
     }
 }
 
@@ -399,6 +408,8 @@ impl Client {
                 unlock_key,
                 default_addr_pool: a.default_addr_pool,
                 default_addr_pool_mask_length: a.default_addr_pool_mask_length,
+                data_path_port: a.data_path_port,
+                data_path_addr: a.data_path_addr,
             })
             .await
             .map_err(status_err)?
@@ -445,6 +456,7 @@ impl Client {
         remote: String,
         advertise: Option<String>,
         rejoin: bool,
+        data_path_addr: Option<String>,
     ) -> Result<()> {
         let r = self
             .local
@@ -454,6 +466,7 @@ impl Client {
                 remote_addr: remote,
                 advertise_addr: advertise.unwrap_or_default(),
                 rejoin,
+                data_path_addr: data_path_addr.unwrap_or_default(),
             })
             .await
             .map_err(status_err)?

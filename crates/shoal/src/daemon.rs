@@ -265,6 +265,18 @@ impl std::fmt::Display for UserError {
 }
 impl std::error::Error for UserError {}
 
+/// `--data-path-addr`: an IP address of this node (empty: its advertised address).
+fn check_data_path_addr(addr: &str) -> Result<String> {
+    let addr = addr.trim();
+    if addr.is_empty() || addr.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(addr.to_string());
+    }
+    Err(user(
+        tonic::Code::InvalidArgument,
+        format!("--data-path-addr {addr:?} is not an IP address: give one of this node's addresses, e.g. 10.0.0.5"),
+    ))
+}
+
 fn user(code: tonic::Code, msg: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(UserError(code, msg.into()))
 }
@@ -586,7 +598,11 @@ impl Daemon {
         let session = Session {
             on_redirect: Some(on_redirect),
             channels: creds.channels.subscribe(),
-            description: self.description(),
+            description: {
+                let mut d = self.description();
+                d.data_path_addr = state.data_path_addr.clone();
+                d
+            },
             advertise_addr: state.advertise_addr.clone(),
             period: DEFAULT_HEARTBEAT,
             removed: Some(self.removed.clone()),
@@ -730,11 +746,15 @@ impl Daemon {
             req.election_timeout_ms,
         )
         .map_err(|e| user(tonic::Code::InvalidArgument, e))?;
-        let network = shoal_manager::controlapi_networks::network_config(
+        let mut network = shoal_manager::controlapi_networks::network_config(
             &req.default_addr_pool,
             req.default_addr_pool_mask_length,
         )
         .map_err(|e| user(tonic::Code::InvalidArgument, e))?;
+        network.data_path_port =
+            shoal_manager::controlapi_networks::check_data_path_port(req.data_path_port)
+                .map_err(|e| user(tonic::Code::InvalidArgument, e))?;
+        let data_path_addr = check_data_path_addr(&req.data_path_addr)?;
         let election_timeout = Duration::from_millis(req.election_timeout_ms);
         // A restore: the backup's objects, and the cluster's own autolock setting.
         let restore = if req.restore.is_empty() {
@@ -829,6 +849,7 @@ impl Daemon {
                 managers: vec![advertise.clone()],
                 advertise_addr: advertise.clone(),
                 raft_id,
+                data_path_addr: data_path_addr.clone(),
             };
             let key_pem = res.node_key.to_pem();
             if let Some(k) = &unlock_key {
@@ -980,6 +1001,7 @@ impl Daemon {
     }
 
     pub async fn join(&self, req: JoinRequest) -> Result<JoinResponse> {
+        check_data_path_addr(&req.data_path_addr)?;
         let rejoin_asked = req.rejoin;
         let (mut busy, rejoin) = Busy::begin(&self.membership, "joining a cluster", |m| {
             match (&*m, rejoin_asked) {
@@ -1168,6 +1190,7 @@ impl Daemon {
             managers,
             advertise_addr: advertise,
             raft_id: issued.raft_id,
+            data_path_addr: check_data_path_addr(&req.data_path_addr)?,
         };
         self.dir.save(&state, &key_pem, &issued.cert_der, &roots)?;
         // The identity kept for --rejoin is replaced on disk: a failure from here on
@@ -1595,7 +1618,7 @@ impl Daemon {
         /// What the node leaves from.
         enum From {
             Active(Box<Active>),
-            Stale(Stale),
+            Stale(Box<Stale>),
             Locked,
             Damaged,
         }
@@ -1620,7 +1643,7 @@ impl Daemon {
                 )),
                 _ => match std::mem::replace(m, Membership::Busy("leaving the cluster")) {
                     Membership::Active(a) => From::Active(a),
-                    Membership::Stale(s) => From::Stale(s),
+                    Membership::Stale(s) => From::Stale(Box::new(s)),
                     Membership::Locked => From::Locked,
                     _ => From::Damaged,
                 },

@@ -109,6 +109,13 @@ enum Cmd {
         /// The prefix length of those subnets (default 24).
         #[arg(long = "default-addr-pool-mask-length", value_name = "N")]
         default_addr_pool_mask_length: Option<u32>,
+        /// The UDP port every node's WireGuard engine uses (default 51820).
+        #[arg(long = "data-path-port", value_name = "PORT")]
+        data_path_port: Option<u32>,
+        /// The address other nodes send this node's overlay traffic to (default: the
+        /// advertised address).
+        #[arg(long = "data-path-addr", value_name = "IP")]
+        data_path_addr: Option<String>,
     },
     /// Write a backup of the cluster state (encrypted) while the cluster runs.
     Backup { file: PathBuf },
@@ -121,6 +128,10 @@ enum Cmd {
         /// Rejoin with this node's expired identity: it keeps its node ID and labels.
         #[arg(long)]
         rejoin: bool,
+        /// The address other nodes send this node's overlay traffic to (default: the
+        /// advertised address).
+        #[arg(long = "data-path-addr", value_name = "IP")]
+        data_path_addr: Option<String>,
         /// A manager's address (IP or IP:PORT; port 4377 by default).
         remote_addr: String,
     },
@@ -520,8 +531,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 restore,
                 default_addr_pool,
                 default_addr_pool_mask_length,
+                data_path_port,
+                data_path_addr,
             } => {
                 c.init(cli::InitArgs {
+                    data_path_port: data_path_port.unwrap_or(0),
+                    data_path_addr: data_path_addr.unwrap_or_default(),
                     default_addr_pool,
                     default_addr_pool_mask_length: default_addr_pool_mask_length.unwrap_or(0),
                     advertise_addr,
@@ -541,7 +556,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 advertise_addr,
                 rejoin,
                 remote_addr,
-            } => c.join(token, remote_addr, advertise_addr, rejoin).await,
+                data_path_addr,
+            } => {
+                c.join(token, remote_addr, advertise_addr, rejoin, data_path_addr)
+                    .await
+            }
             Cmd::JoinToken {
                 quiet,
                 rotate,

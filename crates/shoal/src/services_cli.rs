@@ -30,6 +30,78 @@ pub(crate) fn kv(s: &str) -> Result<(String, String), String> {
 }
 
 /// `--network NAME` or `--network name=NAME,alias=A[,alias=B]`.
+/// `--publish`: `published=8080,target=80[,protocol=tcp|udp][,mode=ingress|host]`, or
+/// the short form `8080:80[/udp]` (or `80[/udp]`: a port from 30000-32767).
+pub fn parse_publish(s: &str) -> Result<shoal_proto::objects::PortConfig, String> {
+    let mut p = shoal_proto::objects::PortConfig::default();
+    let port = |v: &str| -> Result<u32, String> {
+        v.parse::<u32>()
+            .ok()
+            .filter(|n| (1..=65535).contains(n))
+            .ok_or_else(|| format!("--publish {s:?}: {v:?} is not a port (1-65535)"))
+    };
+    if s.contains('=') {
+        for part in s.split(',') {
+            match part.split_once('=') {
+                Some(("published", v)) => p.published = port(v)?,
+                Some(("target", v)) => p.target = port(v)?,
+                Some(("protocol", v @ ("tcp" | "udp"))) => p.protocol = v.to_string(),
+                Some(("mode", v @ ("ingress" | "host"))) => p.mode = v.to_string(),
+                _ => {
+                    return Err(format!(
+                        "--publish {s:?}: {part:?} is not published=PORT, target=PORT, protocol=tcp|udp or mode=ingress|host"
+                    ))
+                }
+            }
+        }
+    } else {
+        let (ports, proto) = match s.split_once('/') {
+            Some((ports, proto @ ("tcp" | "udp"))) => (ports, proto),
+            Some((_, other)) => {
+                return Err(format!(
+                    "--publish {s:?}: protocol {other:?} is not tcp or udp"
+                ))
+            }
+            None => (s, "tcp"),
+        };
+        p.protocol = proto.to_string();
+        match ports.split_once(':') {
+            Some((published, target)) => {
+                p.published = port(published)?;
+                p.target = port(target)?;
+            }
+            None => p.target = port(ports)?,
+        }
+    }
+    if p.target == 0 {
+        return Err(format!(
+            "--publish {s:?}: target=PORT (the port in the tasks) is missing"
+        ));
+    }
+    if p.protocol.is_empty() {
+        p.protocol = "tcp".into();
+    }
+    if p.mode.is_empty() {
+        p.mode = "ingress".into();
+    }
+    Ok(p)
+}
+
+/// Published ports as swarm mode's `service inspect` shows them.
+fn ports_json(ports: &[shoal_proto::objects::PortConfig]) -> serde_json::Value {
+    ports
+        .iter()
+        .map(|p| {
+            json!({
+                "Protocol": if p.protocol.is_empty() { "tcp" } else { p.protocol.as_str() },
+                "TargetPort": p.target,
+                "PublishedPort": p.published,
+                "PublishMode": if p.mode.is_empty() { "ingress" } else { p.mode.as_str() },
+            })
+        })
+        .collect()
+}
+
 pub fn parse_network(s: &str) -> Result<NetworkAttachmentConfig, String> {
     if !s.contains('=') {
         return match s.trim() {
@@ -153,6 +225,10 @@ pub struct CreateArgs {
     /// namespace of its own on its node's bridge.
     #[arg(long = "network", value_parser = parse_network)]
     networks: Vec<NetworkAttachmentConfig>,
+    /// Publish a port on the nodes: published=8080,target=80[,protocol=tcp|udp]
+    /// [,mode=ingress|host], or 8080:80[/udp] (repeatable).
+    #[arg(short = 'p', long = "publish", value_parser = parse_publish)]
+    publish: Vec<shoal_proto::objects::PortConfig>,
     #[command(flatten)]
     flags: SpecFlags,
     image: String,
@@ -189,6 +265,12 @@ pub struct UpdateArgs {
     /// Detach the tasks from a network.
     #[arg(long = "network-rm")]
     network_rm: Vec<String>,
+    /// Publish another port (as --publish).
+    #[arg(long = "publish-add", value_parser = parse_publish)]
+    publish_add: Vec<shoal_proto::objects::PortConfig>,
+    /// Stop publishing a port: PUBLISHED[/udp].
+    #[arg(long = "publish-rm")]
+    publish_rm: Vec<String>,
     #[arg(long = "label-add", value_parser = kv)]
     label_add: Vec<(String, String)>,
     #[arg(long = "label-rm")]
@@ -669,6 +751,7 @@ impl Client {
                 networks: a.networks,
                 ..Default::default()
             }),
+            ports: a.publish,
             ..Default::default()
         };
         if spec.name.is_empty() {
@@ -739,6 +822,27 @@ impl Client {
                 c.networks.retain(|x| x.target != n.target);
                 c.networks.push(n);
             }
+        }
+        for r in &a.publish_rm {
+            let (port, proto) = r.split_once('/').unwrap_or((r.as_str(), "tcp"));
+            let before = spec.ports.len();
+            spec.ports.retain(|p| {
+                let pp = if p.protocol.is_empty() {
+                    "tcp"
+                } else {
+                    p.protocol.as_str()
+                };
+                !(p.published.to_string() == port && pp == proto)
+            });
+            if spec.ports.len() == before {
+                bail!("--publish-rm {r}: the service does not publish port {port}/{proto}");
+            }
+        }
+        for p in &a.publish_add {
+            spec.ports.retain(|x| {
+                !(x.published == p.published && p.published != 0 && x.protocol == p.protocol)
+            });
+            spec.ports.push(p.clone());
         }
         let mut flags = a.flags.clone();
         flags.env.extend(a.env_add.iter().cloned());
@@ -840,7 +944,7 @@ impl Client {
             }
             return Ok(());
         }
-        let mut rows = vec![["ID", "NAME", "MODE", "REPLICAS", "IMAGE"]
+        let mut rows = vec![["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"]
             .map(String::from)
             .to_vec()];
         let mut services = r.services.clone();
@@ -866,6 +970,19 @@ impl Client {
                     format!("{}/{}", st.running, st.desired)
                 },
                 spec.container.map(|c| c.image).unwrap_or_default(),
+                // As swarm mode shows them: *:8080->80/tcp.
+                spec.ports
+                    .iter()
+                    .map(|p| {
+                        let proto = if p.protocol.is_empty() {
+                            "tcp"
+                        } else {
+                            &p.protocol
+                        };
+                        format!("*:{}->{}/{proto}", p.published, p.target)
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
             ]);
         }
         print_table(&rows);
@@ -1093,6 +1210,11 @@ impl Client {
                         "Resources": {"Limits": {"NanoCPUs": lim.nano_cpus, "MemoryBytes": lim.memory_bytes, "Pids": lim.pids}, "Reservations": {"NanoCPUs": res.nano_cpus, "MemoryBytes": res.memory_bytes}},
                         "Placement": {"Constraints": p.constraints, "Preferences": p.spread.iter().map(|x| json!({"Spread": {"SpreadDescriptor": x}})).collect::<Vec<_>>(), "MaxReplicas": p.max_replicas_per_node},
                     },
+                    "EndpointSpec": {"Mode": if spec.endpoint_mode.is_empty() { "vip" } else { spec.endpoint_mode.as_str() }, "Ports": ports_json(&spec.ports)},
+                },
+                "Endpoint": {
+                    "Ports": ports_json(&spec.ports),
+                    "VirtualIPs": s.virtual_ips.iter().map(|v| json!({"NetworkID": v.network_id, "Addr": v.address})).collect::<Vec<_>>(),
                 },
                 "Security": security_json(&c),
             }));
@@ -1247,4 +1369,41 @@ fn parse_replicas(s: &str) -> Result<u64, String> {
     s.trim()
         .parse::<u64>()
         .map_err(|_| format!("--replicas takes a whole number of tasks, 0 or more (got {s:?})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_takes_the_long_and_the_short_form() {
+        let p = parse_publish("published=8080,target=80,protocol=udp,mode=host").unwrap();
+        assert_eq!(
+            (p.published, p.target, p.protocol.as_str(), p.mode.as_str()),
+            (8080, 80, "udp", "host")
+        );
+        let p = parse_publish("8080:80").unwrap();
+        assert_eq!(
+            (p.published, p.target, p.protocol.as_str(), p.mode.as_str()),
+            (8080, 80, "tcp", "ingress")
+        );
+        let p = parse_publish("53:53/udp").unwrap();
+        assert_eq!((p.published, p.protocol.as_str()), (53, "udp"));
+        let p = parse_publish("80").unwrap();
+        assert_eq!(
+            (p.published, p.target),
+            (0, 80),
+            "a port from the dynamic range"
+        );
+        for bad in [
+            "8080:0",
+            "8080:80/sctp",
+            "published=8080",
+            "target=80,mode=local",
+            "x:80",
+            "70000:80",
+        ] {
+            assert!(parse_publish(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -44,6 +44,10 @@ pub struct NodeState {
     /// stored, whose ID derives from its node ID).
     #[serde(default)]
     pub raft_id: u64,
+    /// `--data-path-addr`: where other nodes send this node's overlay traffic (empty:
+    /// its advertised address).
+    #[serde(default)]
+    pub data_path_addr: String,
 }
 
 impl NodeState {
@@ -349,6 +353,7 @@ mod tests {
             managers: vec!["10.0.0.1:4377".into()],
             advertise_addr: "10.0.0.1:4377".into(),
             raft_id: 7,
+            data_path_addr: String::new(),
         }
     }
 

@@ -19,7 +19,7 @@ use super::netlink::Netlink;
 use super::{discovery, io_msg, mac_of, wg};
 use ipnet::Ipv4Net;
 use rtnetlink::{LinkBridge, LinkUnspec, LinkVxlan};
-use shoal_proto::dispatcher::{NetworkView, PeerView};
+use shoal_proto::dispatcher::{NetworkView, PeerView, PublishedPort};
 use shoal_proto::objects::{DataPlaneStatus, Network};
 use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
@@ -75,6 +75,8 @@ pub struct DataPlane {
     view: discovery::View,
     /// The tasks on overlay networks here: their DNS servers and nftables tables.
     tasks: Mutex<HashMap<String, TaskNet>>,
+    /// The cluster's published ports, and the ingress table last applied for them.
+    published: Mutex<(Vec<PublishedPort>, String)>,
 }
 
 struct TaskNet {
@@ -100,6 +102,7 @@ impl DataPlane {
             overlays: Mutex::new(()),
             view: Default::default(),
             tasks: Mutex::new(HashMap::new()),
+            published: Mutex::new((Vec::new(), String::new())),
         }
     }
 
@@ -188,6 +191,7 @@ impl DataPlane {
             }
             // Overlays a previous daemon left: their remote tasks as the view says now.
             self.reconcile_all();
+            self.refresh_ingress();
         }
         let request = wg::set_request(port, &view.peers);
         if self.state().applied_peers.as_ref() == Some(&request) {
@@ -242,6 +246,9 @@ impl DataPlane {
             .map_err(io_msg("cannot give the WireGuard link its tunnel address"))?;
         sock.set_link(LinkUnspec::new_with_index(index).mtu(wg::MTU).up().build())
             .map_err(io_msg("cannot bring the WireGuard link up"))?;
+        // Published ports are forwarded, to a local task or through the tunnel.
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+            .map_err(io_msg("cannot turn on IPv4 forwarding"))?;
         if !self.state().guard_ready {
             ensure_guard()?;
             self.state().guard_ready = true;
@@ -298,10 +305,15 @@ impl DataPlane {
             error: s.error.clone().unwrap_or_default(),
             guard_dropped_in: s.counters.0,
             guard_dropped_out: s.counters.1,
+            listen_port: match (s.engine, &s.peers) {
+                (Some(_), Some(p)) => p.data_path_port,
+                _ => 0,
+            },
         }
     }
 
     fn on_networks(&self, view: NetworkView) {
+        let published = view.published;
         let view: HashMap<String, discovery::NetView> = view
             .networks
             .into_iter()
@@ -320,6 +332,36 @@ impl DataPlane {
         }
         self.reconcile_all();
         self.refresh_tasks();
+        self.published.lock().unwrap_or_else(|p| p.into_inner()).0 = published;
+        self.refresh_ingress();
+    }
+
+    /// Makes the node's ingress table that of the published ports: each answers on the
+    /// node's addresses and goes to one of the service's ready tasks, a local one by
+    /// its bridge address, a remote one through the WireGuard tunnel to its node
+    /// (which sends it on to its own task), so published traffic between nodes is
+    /// encrypted too. Host-mode ports go only to local tasks.
+    fn refresh_ingress(&self) {
+        let Some(own) = self.state().tunnel.map(|t| t.addr()) else {
+            return;
+        };
+        let mut guard = self.published.lock().unwrap_or_else(|p| p.into_inner());
+        let local = |task: &str| -> Option<Ipv4Addr> {
+            std::fs::read_to_string(self.dir.join("tasks").join(task).join("address"))
+                .ok()?
+                .trim()
+                .parse::<Ipv4Net>()
+                .ok()
+                .map(|a| a.addr())
+        };
+        let script = ingress_table(own, &guard.0, local);
+        if script == guard.1 {
+            return;
+        }
+        match super::apply_nft(&script) {
+            Ok(()) => guard.1 = script,
+            Err(e) => tracing::warn!(error = %e, "cannot update the published ports"),
+        }
     }
 
     /// Starts service discovery for task `id` (namespace `ns`, on `networks`): its DNS
@@ -413,6 +455,23 @@ impl DataPlane {
             })
             .collect();
         let applied_file = self.dir.join("overlays").join(net).join("remote");
+        let ns = overlay_ns(&self.dir, net);
+        let mut sock =
+            Netlink::open_in(&ns).map_err(io_msg("cannot enter the overlay's namespace"))?;
+        if sock
+            .link_index("vx")
+            .map_err(io_msg("cannot read the overlay's links"))?
+            .is_none()
+        {
+            // The engine was restarted: its link, and the VXLAN device on it, are new.
+            let vni: u32 = std::fs::read_to_string(self.dir.join("overlays").join(net).join("vni"))
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or("the overlay's VNI is not recorded")?;
+            add_vx(&ns, vni, own)
+                .map_err(io_msg("cannot make the overlay's VXLAN device again"))?;
+            let _ = std::fs::remove_file(&applied_file);
+        }
         let have: BTreeSet<(Ipv4Addr, Ipv4Addr)> = std::fs::read_to_string(&applied_file)
             .unwrap_or_default()
             .lines()
@@ -424,8 +483,6 @@ impl DataPlane {
         if want == have {
             return Ok(());
         }
-        let mut sock = Netlink::open_in(&overlay_ns(&self.dir, net))
-            .map_err(io_msg("cannot enter the overlay's namespace"))?;
         let vx = sock
             .link_index("vx")
             .map_err(io_msg("cannot read the overlay's links"))?
@@ -473,7 +530,10 @@ impl DataPlane {
         let _ = remove_ns(&path);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(io_msg("cannot create the overlay's directory"))?;
-        let br = make_overlay_ns(&path, gateway, net.vni, tunnel.addr()).map_err(|e| {
+        super::write_file(&dir.join("vni"), &format!("{}\n", net.vni))?;
+        let made = make_overlay_ns(&path, gateway)
+            .and_then(|br| add_vx(&path, net.vni, tunnel.addr()).map(|()| br));
+        let br = made.map_err(|e| {
             let _ = remove_ns(&path);
             let _ = std::fs::remove_dir_all(&dir);
             format!("cannot set up overlay network {name} on this node: {e}")
@@ -505,6 +565,8 @@ impl DataPlane {
     pub fn shutdown(&self) {
         wg::stop_helper(&self.state_dir);
         let _ = super::apply_nft(&format!("delete table inet {GUARD_TABLE}\n"));
+        let _ = super::apply_nft(&format!("delete table ip {INGRESS_TABLE}\n"));
+        *self.published.lock().unwrap_or_else(|p| p.into_inner()) = Default::default();
         self.tasks_lock().clear();
         if let Ok(mut v) = self.view.write() {
             v.clear();
@@ -540,19 +602,9 @@ fn remove_ns(path: &Path) -> Result<(), String> {
     }
 }
 
-/// Makes an overlay namespace at `path`: `br0` with the gateway address, and `vx`
-/// (made from the node's namespace, so its socket stays there: bound to the tunnel
-/// address, sending through `shoal-wg`) in it. Returns `br0`'s index.
-fn make_overlay_ns(
-    path: &Path,
-    gateway: Ipv4Net,
-    vni: u32,
-    tunnel: Ipv4Addr,
-) -> std::io::Result<u32> {
-    let mut node = Netlink::open()?;
-    let wg_index = node
-        .link_index(wg::LINK)?
-        .ok_or_else(|| std::io::Error::other(format!("{} is missing", wg::LINK)))?;
+/// Makes an overlay namespace at `path` with `br0` (the gateway address) in it.
+/// Returns `br0`'s index.
+fn make_overlay_ns(path: &Path, gateway: Ipv4Net) -> std::io::Result<u32> {
     std::thread::scope(|s| {
         s.spawn(move || -> std::io::Result<u32> {
             let step = |what: &'static str| {
@@ -561,8 +613,6 @@ fn make_overlay_ns(
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
                 .map_err(|e| step("unshare")(e.into()))?;
             super::bind_thread_netns(path).map_err(step("bind-mount the namespace"))?;
-            let ns = std::fs::File::open("/proc/thread-self/ns/net")
-                .map_err(step("open the namespace"))?;
             let mut inner =
                 Netlink::open().map_err(step("open a netlink socket in the namespace"))?;
             inner
@@ -578,29 +628,6 @@ fn make_overlay_ns(
             inner
                 .add_address(br, gateway.addr(), gateway.prefix_len())
                 .map_err(step("give the bridge its address"))?;
-            let vx = LinkVxlan::new("vx", vni)
-                .dev(wg_index)
-                .local(tunnel)
-                .port(VXLAN_PORT)
-                .learning(false)
-                .proxy(true)
-                .setns_by_fd(ns.as_raw_fd())
-                .build();
-            node.add_link(vx).map_err(step("create the VXLAN device"))?;
-            drop(node);
-            let vx = inner
-                .link_index("vx")
-                .map_err(step("find the VXLAN device"))?
-                .ok_or_else(|| std::io::Error::other("the VXLAN device did not arrive"))?;
-            inner
-                .set_link(
-                    LinkUnspec::new_with_index(vx)
-                        .controller(br)
-                        .mtu(TASK_MTU)
-                        .up()
-                        .build(),
-                )
-                .map_err(step("put the VXLAN device in the bridge"))?;
             inner
                 .set_link(LinkUnspec::new_with_index(br).up().build())
                 .map_err(step("bring the bridge up"))?;
@@ -609,6 +636,125 @@ fn make_overlay_ns(
         .join()
         .unwrap_or_else(|_| Err(std::io::Error::other("the namespace thread panicked")))
     })
+}
+
+/// Adds `vx` to the overlay namespace at `path`, in its bridge: made from the node's
+/// namespace, so its socket stays there, bound to the tunnel address and sending
+/// through `shoal-wg` (whose going takes `vx` with it: a restarted engine needs it
+/// made again).
+fn add_vx(path: &Path, vni: u32, tunnel: Ipv4Addr) -> std::io::Result<()> {
+    let step = |what: &'static str| {
+        move |e: std::io::Error| std::io::Error::new(e.kind(), format!("{what}: {e}"))
+    };
+    let mut node = Netlink::open()?;
+    let wg_index = node
+        .link_index(wg::LINK)?
+        .ok_or_else(|| std::io::Error::other(format!("{} is missing", wg::LINK)))?;
+    let ns = std::fs::File::open(path)?;
+    let vx = LinkVxlan::new("vx", vni)
+        .dev(wg_index)
+        .local(tunnel)
+        .port(VXLAN_PORT)
+        .learning(false)
+        .proxy(true)
+        .setns_by_fd(ns.as_raw_fd())
+        .build();
+    node.add_link(vx).map_err(step("create the VXLAN device"))?;
+    let mut inner = Netlink::open_in(path)?;
+    let br = inner
+        .link_index("br0")?
+        .ok_or_else(|| std::io::Error::other("the overlay has no bridge"))?;
+    let vx = inner
+        .link_index("vx")
+        .map_err(step("find the VXLAN device"))?
+        .ok_or_else(|| std::io::Error::other("the VXLAN device did not arrive"))?;
+    inner
+        .set_link(
+            LinkUnspec::new_with_index(vx)
+                .controller(br)
+                .mtu(TASK_MTU)
+                .up()
+                .build(),
+        )
+        .map_err(step("put the VXLAN device in the bridge"))
+}
+
+/// The nftables table of published ports, in the node's namespace.
+pub const INGRESS_TABLE: &str = "shoal_ingress";
+
+/// The ingress table for `published`, on the node whose tunnel address is `own`;
+/// `local` gives the bridge address of a task of this node.
+pub fn ingress_table(
+    own: Ipv4Addr,
+    published: &[PublishedPort],
+    local: impl Fn(&str) -> Option<Ipv4Addr>,
+) -> String {
+    let (t, wg) = (INGRESS_TABLE, wg::LINK);
+    let map = |to: &[(Ipv4Addr, u32)]| -> String {
+        let entries: Vec<String> = to
+            .iter()
+            .enumerate()
+            .map(|(i, (ip, port))| format!("{i} : {ip} . {port}"))
+            .collect();
+        format!(
+            "dnat ip to numgen random mod {} map {{ {} }}",
+            to.len(),
+            entries.join(", ")
+        )
+    };
+    let (mut pre, mut out) = (String::new(), String::new());
+    for p in published {
+        let Some(port) = &p.port else { continue };
+        let proto = if port.protocol == "udp" { "udp" } else { "tcp" };
+        let (published, target) = (port.published, port.target);
+        let mut mine = Vec::new();
+        let mut all = Vec::new();
+        for task in &p.tasks {
+            if task.node_tunnel_addr == own.to_string() {
+                if let Some(ip) = local(&task.task_id) {
+                    mine.push((ip, target));
+                    all.push((ip, target));
+                }
+            } else if let Ok(ip) = task.node_tunnel_addr.parse::<Ipv4Addr>() {
+                all.push((ip, published));
+            }
+        }
+        let front = if port.mode == "host" { &mine } else { &all };
+        let m = format!("{proto} dport {published}");
+        if !front.is_empty() {
+            pre.push_str(&format!(
+                "\t\tiifname != \"{wg}\" fib daddr type local {m} {}\n",
+                map(front)
+            ));
+            out.push_str(&format!(
+                "\t\tip daddr != 127.0.0.0/8 fib daddr type local {m} {}\n",
+                map(front)
+            ));
+        }
+        if port.mode != "host" && !mine.is_empty() {
+            // Sent on by another node: to a task of this one.
+            pre.push_str(&format!(
+                "\t\tiifname \"{wg}\" ip daddr {own} {m} {}\n",
+                map(&mine)
+            ));
+        }
+    }
+    format!(
+        "add table ip {t}\n\
+         delete table ip {t}\n\
+         table ip {t} {{\n\
+         \tchain prerouting {{\n\
+         \t\ttype nat hook prerouting priority -100; policy accept;\n\
+         {pre}\t}}\n\
+         \tchain output {{\n\
+         \t\ttype nat hook output priority -100; policy accept;\n\
+         {out}\t}}\n\
+         \tchain postrouting {{\n\
+         \t\ttype nat hook postrouting priority 100; policy accept;\n\
+         \t\toifname \"{wg}\" ct status dnat masquerade\n\
+         \t}}\n\
+         }}\n"
+    )
 }
 
 /// The guard: VXLAN may enter this node only from `shoal-wg` and leave only through
@@ -693,5 +839,49 @@ mod tests {
         let listed = "table inet shoal_guard {\n\tcounter vxlan_in {\n\t\tpackets 5 bytes 390\n\t}\n\tcounter vxlan_out {\n\t\tpackets 0 bytes 0\n\t}\n}\n";
         assert_eq!(parse_counters(listed), (5, 0));
         assert_eq!(TASK_MTU, 1370);
+    }
+
+    #[test]
+    fn published_ports_go_to_local_tasks_directly_and_to_remote_ones_through_the_tunnel() {
+        use shoal_proto::dispatcher::PublishedTask;
+        use shoal_proto::objects::PortConfig;
+        let task = |id: &str, tun: &str| PublishedTask {
+            task_id: id.into(),
+            node_tunnel_addr: tun.into(),
+            ..Default::default()
+        };
+        let port = |published, target, mode: &str| PortConfig {
+            protocol: "tcp".into(),
+            published,
+            target,
+            mode: mode.into(),
+        };
+        let published = [
+            PublishedPort {
+                port: Some(port(8080, 80, "ingress")),
+                tasks: vec![task("a", "10.255.240.1"), task("b", "10.255.240.2")],
+                ..Default::default()
+            },
+            PublishedPort {
+                port: Some(port(9090, 80, "host")),
+                tasks: vec![task("c", "10.255.240.2")],
+                ..Default::default()
+            },
+        ];
+        let own: Ipv4Addr = "10.255.240.1".parse().unwrap();
+        let t = ingress_table(own, &published, |id| {
+            (id == "a").then(|| "172.18.0.5".parse().unwrap())
+        });
+        assert!(t.contains(
+            "iifname != \"shoal-wg\" fib daddr type local tcp dport 8080 dnat ip to numgen random mod 2 map { 0 : 172.18.0.5 . 80, 1 : 10.255.240.2 . 8080 }"
+        ), "{t}");
+        assert!(t.contains(
+            "iifname \"shoal-wg\" ip daddr 10.255.240.1 tcp dport 8080 dnat ip to numgen random mod 1 map { 0 : 172.18.0.5 . 80 }"
+        ), "{t}");
+        assert!(
+            !t.contains("dport 9090"),
+            "a host-mode port with no task here: {t}"
+        );
+        assert!(t.contains("oifname \"shoal-wg\" ct status dnat masquerade"));
     }
 }

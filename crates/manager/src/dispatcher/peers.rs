@@ -7,7 +7,8 @@
 //! and only when that part changed.
 
 use shoal_proto::dispatcher::{
-    Endpoint, NetworkEndpoints, NetworkView, Peer, PeerView, ServiceVip,
+    Endpoint, NetworkEndpoints, NetworkView, Peer, PeerView, PublishedPort, PublishedTask,
+    ServiceVip,
 };
 use shoal_proto::objects::{Node, RevokedCert, Service, Task, TaskState};
 use shoal_store::{Object, Store};
@@ -24,6 +25,10 @@ pub struct View {
     pub peers: Vec<Peer>,
     /// The live tasks of every overlay network, by network ID and task ID order.
     pub networks: Vec<NetworkEndpoints>,
+    /// Every published port, with the ready tasks behind it.
+    pub published: Vec<PublishedPort>,
+    /// The UDP port of every node's engine.
+    pub data_path_port: u16,
 }
 
 pub type Peers = Arc<View>;
@@ -45,7 +50,7 @@ impl View {
                 .find(|p| p.node_id == node_id)
                 .map(|p| p.tunnel_addr.clone())
                 .unwrap_or_default(),
-            data_path_port: crate::controlapi_networks::DEFAULT_DATA_PATH_PORT as u32,
+            data_path_port: u32::from(self.data_path_port),
         }
     }
 
@@ -58,6 +63,7 @@ impl View {
                 .filter(|n| n.endpoints.iter().any(|e| e.node_id == node_id))
                 .cloned()
                 .collect(),
+            published: self.published.clone(),
         }
     }
 }
@@ -66,8 +72,7 @@ impl View {
 const COALESCE: Duration = Duration::from_millis(50);
 
 /// The peers among `nodes`.
-pub fn peers_of(nodes: &[Node], revoked: &HashSet<String>) -> Vec<Peer> {
-    let port = crate::controlapi_networks::DEFAULT_DATA_PATH_PORT;
+pub fn peers_of(nodes: &[Node], revoked: &HashSet<String>, port: u16) -> Vec<Peer> {
     let mut out: Vec<Peer> = nodes
         .iter()
         .filter(|n| !n.tunnel_addr.is_empty())
@@ -77,8 +82,12 @@ pub fn peers_of(nodes: &[Node], revoked: &HashSet<String>) -> Vec<Peer> {
                 .is_none_or(|c| !revoked.contains(&c.serial))
         })
         .filter_map(|n| {
-            let key = n.description.as_ref()?.wg_public_key.clone();
-            let ip = n.addr.rsplit_once(':').map_or(n.addr.as_str(), |x| x.0);
+            let d = n.description.as_ref()?;
+            let key = d.wg_public_key.clone();
+            let ip = match d.data_path_addr.as_str() {
+                "" => n.addr.rsplit_once(':').map_or(n.addr.as_str(), |x| x.0),
+                a => a,
+            };
             if key.is_empty() || ip.is_empty() {
                 return None;
             }
@@ -128,11 +137,7 @@ pub fn endpoints_of(tasks: &[Task], services: &[Service], peers: &[Peer]) -> Vec
             let (Some(net), Some(address)) = (a.network.as_ref(), a.addresses.first()) else {
                 continue;
             };
-            let status = t.status.as_ref();
-            let ready = status.is_some_and(|s| {
-                s.state == TaskState::Running as i32
-                    && s.health != shoal_proto::objects::HealthState::Unhealthy as i32
-            });
+            let ready = ready(t);
             by_net.entry(net.id.clone()).or_default().push(Endpoint {
                 task_id: t.id.clone(),
                 node_id: t.node_id.clone(),
@@ -185,6 +190,56 @@ pub fn endpoints_of(tasks: &[Task], services: &[Service], peers: &[Peer]) -> Vec
         .collect()
 }
 
+/// Whether a task serves: running and not unhealthy.
+fn ready(t: &Task) -> bool {
+    t.status.as_ref().is_some_and(|s| {
+        s.state == TaskState::Running as i32
+            && s.health != shoal_proto::objects::HealthState::Unhealthy as i32
+    })
+}
+
+/// Every port the services publish, with their ready tasks on nodes among `peers`.
+pub fn published_of(tasks: &[Task], services: &[Service], peers: &[Peer]) -> Vec<PublishedPort> {
+    let tunnel: HashMap<&str, &str> = peers
+        .iter()
+        .map(|p| {
+            (
+                p.node_id.as_str(),
+                p.tunnel_addr.split('/').next().unwrap_or_default(),
+            )
+        })
+        .collect();
+    let mut out = Vec::new();
+    for s in services {
+        let spec = s.spec.clone().unwrap_or_default();
+        if spec.ports.is_empty() {
+            continue;
+        }
+        let mut backends: Vec<PublishedTask> = tasks
+            .iter()
+            .filter(|t| t.service_id == s.id && live(t) && ready(t))
+            .filter_map(|t| {
+                Some(PublishedTask {
+                    task_id: t.id.clone(),
+                    node_id: t.node_id.clone(),
+                    node_tunnel_addr: tunnel.get(t.node_id.as_str())?.to_string(),
+                })
+            })
+            .collect();
+        backends.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+        for port in spec.ports {
+            out.push(PublishedPort {
+                service_id: s.id.clone(),
+                service_name: spec.name.clone(),
+                port: Some(port),
+                tasks: backends.clone(),
+            });
+        }
+    }
+    out.sort_by(|a, b| a.service_id.cmp(&b.service_id));
+    out
+}
+
 fn values<T: Object>(store: &Store) -> Option<Vec<T>> {
     Some(
         store
@@ -202,11 +257,21 @@ fn load(store: &Store) -> Option<View> {
         .into_iter()
         .map(|r| r.serial)
         .collect();
-    let peers = peers_of(&nodes, &revoked);
+    let cluster: Option<shoal_proto::objects::Cluster> = values(store)?.into_iter().next();
+    let port = crate::controlapi_networks::data_path_port(
+        cluster.as_ref().and_then(|c| c.network.as_ref()),
+    );
+    let peers = peers_of(&nodes, &revoked, port);
     let tasks: Vec<Task> = values(store)?;
     let services: Vec<Service> = values(store)?;
     let networks = endpoints_of(&tasks, &services, &peers);
-    Some(View { peers, networks })
+    let published = published_of(&tasks, &services, &peers);
+    Some(View {
+        peers,
+        networks,
+        published,
+        data_path_port: port,
+    })
 }
 /// Keeps `tx` current until cancelled.
 pub async fn run(store: Store, tx: Arc<watch::Sender<Peers>>, cancel: CancellationToken) {
@@ -276,7 +341,7 @@ mod tests {
             node("eeeee", "KE", "10.255.240.5/20", "s5"),
         ];
         let revoked: HashSet<String> = ["s5".to_string()].into();
-        let p = peers_of(&nodes, &revoked);
+        let p = peers_of(&nodes, &revoked, 51820);
         let ids: Vec<&str> = p.iter().map(|p| p.node_id.as_str()).collect();
         assert_eq!(
             ids,
@@ -286,6 +351,11 @@ mod tests {
         assert_eq!(p[1].endpoint, "10.0.0.2:51820");
         assert_eq!(p[1].public_key, "KB");
         assert_eq!(p[1].tunnel_addr, "10.255.240.2/20");
+        // A node's --data-path-addr is where its peers send.
+        let mut moved = nodes[0].clone();
+        moved.description.as_mut().unwrap().data_path_addr = "192.168.9.9".into();
+        let p = peers_of(&[moved], &revoked, 4789 + 1);
+        assert_eq!(p[0].endpoint, "192.168.9.9:4790");
     }
 
     #[test]
@@ -372,6 +442,8 @@ mod tests {
         let view = View {
             peers: peers.to_vec(),
             networks: v,
+            published: Vec::new(),
+            data_path_port: 51820,
         };
         assert_eq!(view.networks_for("a").networks.len(), 2);
         assert_eq!(view.networks_for("bb").networks.len(), 1);

@@ -89,6 +89,14 @@ fn main() -> Result<()> {
         print!("{}", bench_netns(runs_containers())?);
         return Ok(());
     }
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("overlay") {
+        print!("{}", bench_overlay(&shoal, runs_containers())?);
+        return Ok(());
+    }
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("throughput") {
+        print!("{}", bench_throughput(&shoal)?);
+        return Ok(());
+    }
     if std::env::var("BENCH_ONLY").as_deref() == Ok("ha") {
         print!("{}", bench_ha(&shoal)?);
         return Ok(());
@@ -379,6 +387,246 @@ fn bench_containers(shoal: &std::path::Path, n: usize) -> Result<String> {
         sups + 1,
         (daemon_pss + sup_pss) as f64 / 1024.0,
     ));
+    Ok(md)
+}
+
+/// Issue #12: what an overlay network adds to a task's start (its leg on the overlay,
+/// its DNS server and its service table, beside the bridge leg every task has), and
+/// the memory of the userspace WireGuard helper. Tasks on node1 of a 2-node cluster,
+/// alternately on an attachable overlay network and on the node's bridge only.
+fn bench_overlay(shoal: &std::path::Path, n: usize) -> Result<String> {
+    let tb = Testbed::with_nodes(shoal, 2)?;
+    tb.init(0, &[])?;
+    tb.join_worker(1, 0)?;
+    let tar = shoal_testbed::busybox_rootfs_tar(tb.dir())?;
+    tb.cli_ok(
+        0,
+        &[
+            "image",
+            "import",
+            tar.to_str().context("path")?,
+            "busybox:latest",
+        ],
+    )?;
+    tb.cli_ok(0, &["network", "create", "--attachable", "benchnet"])?;
+    // Warm: the image unpacked, the overlay's namespace made, the engine running.
+    tb.cli_ok(
+        0,
+        &[
+            "task",
+            "run",
+            "--node",
+            "node1",
+            "--network",
+            "benchnet",
+            "busybox",
+            "true",
+        ],
+    )?;
+    tb.cli_ok(0, &["task", "run", "--node", "node1", "busybox", "true"])?;
+    let (mut overlay, mut bridge) = (Vec::new(), Vec::new());
+    for i in 0..2 * n {
+        let on_overlay = i % 2 == 0;
+        let mut run = vec!["task", "run", "-d", "--node", "node1"];
+        if on_overlay {
+            run.extend(["--network", "benchnet"]);
+        }
+        run.extend(["busybox", "sleep", "3600"]);
+        let id = tb.cli_ok(0, &run)?.trim().to_string();
+        wait_for(Duration::from_secs(30), || {
+            let o = tb.cli(0, &["task", "inspect", &id]);
+            o.stdout.contains("\"State\": \"running\"").then_some(())
+        })
+        .context("task never running")?;
+        let ms = tb
+            .log(0)
+            .lines()
+            .filter(|l| l.contains("container running") && l.contains(&id))
+            .find_map(|l| {
+                l.split("startup_ms=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<f64>()
+                    .ok()
+            })
+            .context("no start figure")?;
+        if on_overlay {
+            overlay.push(ms);
+        } else {
+            bridge.push(ms);
+        }
+    }
+    let helpers: Vec<u64> = (0..2)
+        .filter_map(|i| {
+            let dir = tb.nodes[i].state_dir.display().to_string();
+            std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+                let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                (cmd.contains(" dataplane ") && cmd.contains(&dir))
+                    .then(|| kib(pid, "status", "VmRSS:"))
+            })
+        })
+        .collect();
+    drop(tb);
+    let mut md = String::new();
+    md.push_str("\n## Issue #12: overlay networks on the start path\n\n");
+    md.push_str(&format!(
+        "{n} + {n} `busybox sleep 3600` tasks (`task run --node node1`) on node1 of a 2-node cluster, \
+         alternately on an attachable overlay network and on the node's bridge only; the agent's \
+         figure (assignment received -> RUNNING reported), milliseconds:\n\n\
+         | tasks | median | p99 | max |\n|---|---|---|---|\n\
+         | bridge only | {:.1} | {:.1} | {:.1} |\n\
+         | overlay network (+ bridge leg, DNS server, service table) | {:.1} | {:.1} | {:.1} |\n\
+         | **added by the overlay (medians)** | **{:.1}** | | target < 30 |\n\n",
+        p(&bridge, 0.5), p(&bridge, 0.99), p(&bridge, 1.0),
+        p(&overlay, 0.5), p(&overlay, 0.99), p(&overlay, 1.0),
+        p(&overlay, 0.5) - p(&bridge, 0.5),
+    ));
+    md.push_str(&format!(
+        "RSS of the userspace WireGuard helper (`shoal dataplane`), per node: {} \
+         (target < 15 MB).\n\n\
+         Rerun: `BENCH_ONLY=overlay BENCH_CONTAINERS={n} target/release/shoal-bench target/release/shoal`.\n",
+        helpers
+            .iter()
+            .map(|k| format!("{:.1} MiB", *k as f64 / 1024.0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    Ok(md)
+}
+
+/// Issue #12: TCP throughput between containers on two nodes, as busybox measures it
+/// (`dd` into `nc`), over the encrypted overlay (VXLAN in the userspace WireGuard
+/// engine), over plain VXLAN between the nodes (made by hand, no encryption: what the
+/// encryption costs) and over the bare veth underlay (`--network host`), in one run.
+fn bench_throughput(shoal: &std::path::Path) -> Result<String> {
+    const MB: u64 = 256;
+    let tb = Testbed::with_nodes(shoal, 2)?;
+    tb.init(0, &[])?;
+    tb.join_worker(1, 0)?;
+    let tar = shoal_testbed::busybox_rootfs_tar(tb.dir())?;
+    for i in 0..2 {
+        tb.cli_ok(
+            i,
+            &[
+                "image",
+                "import",
+                tar.to_str().context("path")?,
+                "busybox:latest",
+            ],
+        )?;
+    }
+    wait_for(Duration::from_secs(30), || {
+        let o = tb.cli(0, &["node", "inspect", "node2"]);
+        o.stdout.contains("\"Engine\": \"userspace\"").then_some(())
+    })
+    .context("node2's WireGuard engine never ran")?;
+    tb.cli_ok(0, &["network", "create", "benchnet"])?;
+    // Plain VXLAN between the nodes' own namespaces, on another port than the guarded one.
+    for (i, other) in [(0usize, 1usize), (1, 0)] {
+        let remote = tb.nodes[other].ip.clone();
+        let me = format!("192.168.251.{}/24", i + 1);
+        tb.exec_in(
+            i,
+            &[
+                "ip", "link", "add", "vxbench", "type", "vxlan", "id", "99", "remote", &remote,
+                "dstport", "4790", "dev", "eth0",
+            ],
+        )?;
+        tb.exec_in(i, &["ip", "addr", "add", &me, "dev", "vxbench"])?;
+        tb.exec_in(i, &["ip", "link", "set", "vxbench", "up"])?;
+    }
+    let sink = "while true; do nc -l -p 5001 > /dev/null; done";
+    let send = |to: &str| {
+        format!(
+            "dd if=/dev/zero bs=65536 count={} 2>/tmp/dd | nc {to} 5001; cat /tmp/dd",
+            MB * 16
+        )
+    };
+    let rate = |logs: &str| -> Result<f64> {
+        // busybox: "268435456 bytes (256.0MB) copied, 2.1 seconds, 121.9MB/s"
+        let line = logs
+            .lines()
+            .find(|l| l.contains("copied"))
+            .context("no dd figure")?;
+        let secs: f64 = line
+            .split(", ")
+            .nth(1)
+            .and_then(|x| x.split_whitespace().next())
+            .and_then(|x| x.parse().ok())
+            .context("no seconds in dd's figure")?;
+        Ok((MB * 8 * 1024 * 1024) as f64 / secs / 1e9)
+    };
+    let mut rows = Vec::new();
+    for (name, net, to) in [
+        (
+            "encrypted overlay (VXLAN in userspace WireGuard)",
+            "benchnet",
+            "sink-0".to_string(),
+        ),
+        (
+            "plain VXLAN (no encryption)",
+            "host",
+            "192.168.251.1".to_string(),
+        ),
+        ("bare veth underlay", "host", tb.nodes[0].ip.clone()),
+    ] {
+        let svc = format!("sink-{}", rows.len());
+        let create = vec![
+            "service",
+            "create",
+            "--name",
+            &svc,
+            "--network",
+            net,
+            "--constraint",
+            "node.hostname==node1",
+            "busybox",
+            "sh",
+            "-c",
+            sink,
+        ];
+        tb.cli_ok(0, &create)?;
+        let job = format!("send-{}", rows.len());
+        let script = send(&to);
+        tb.cli_ok(
+            0,
+            &[
+                "service",
+                "create",
+                "--name",
+                &job,
+                "--mode",
+                "replicated-job",
+                "--network",
+                net,
+                "--constraint",
+                "node.hostname==node2",
+                "busybox",
+                "sh",
+                "-c",
+                &script,
+            ],
+        )?;
+        let logs = tb.cli_ok(0, &["service", "logs", &job])?;
+        rows.push((name, rate(&logs)?));
+        tb.cli_ok(0, &["service", "rm", &svc, &job])?;
+    }
+    drop(tb);
+    let mut md = String::from("\n## Issue #12: throughput between containers on two nodes\n\n");
+    md.push_str(&format!(
+        "{MB} MiB from a container on node2 to one on node1 (busybox `dd | nc`, one TCP stream), in one run:\n\n\
+         | path | Gbit/s |\n|---|---|\n"
+    ));
+    for (name, gbps) in &rows {
+        md.push_str(&format!("| {name} | {gbps:.2} |\n"));
+    }
+    md.push_str(
+        "\nTarget for the encrypted overlay with the userspace engine: >= 0.35 Gbit/s here. \
+         Rerun: `BENCH_ONLY=throughput target/release/shoal-bench target/release/shoal`.\n",
+    );
     Ok(md)
 }
 
