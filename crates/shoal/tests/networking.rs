@@ -759,19 +759,53 @@ fn every_node_hears_of_its_peers_and_a_removed_or_revoked_node_leaves_them_at_on
     );
 }
 
-/// A command left running in the background (a packet capture), its output in a file.
+/// A packet capture left running in the background, written to a pcap file as each
+/// packet comes (`-U -w`), read back as text (with payloads) when it is finished.
 struct Capture {
     child: std::process::Child,
-    out: std::path::PathBuf,
+    pcap: std::path::PathBuf,
+}
+
+fn strs(a: &[String]) -> Vec<&str> {
+    a.iter().map(String::as_str).collect()
+}
+
+/// The tcpdump arguments that capture on `iface` into `pcap`, with a filter.
+fn tcpdump(iface: &str, pcap: &std::path::Path, filter: &[&str]) -> Vec<String> {
+    // --immediate-mode: each packet as it comes, not in blocks handed over once a
+    // second (which a short capture loses when stopped); -Z root: Debian's tcpdump
+    // would otherwise write the file as user tcpdump.
+    let mut a: Vec<String> = [
+        "tcpdump",
+        "--immediate-mode",
+        "-nn",
+        "-Z",
+        "root",
+        "-s",
+        "0",
+        "-U",
+        "-i",
+        iface,
+        "-w",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    a.push(pcap.display().to_string());
+    a.extend(filter.iter().map(|s| s.to_string()));
+    a
 }
 
 impl Capture {
-    /// Starts tcpdump and waits until it says it listens.
-    fn start(mut cmd: std::process::Command, out: std::path::PathBuf) -> Capture {
-        let file = std::fs::File::create(&out).unwrap();
-        let err_path = out.with_extension("err");
+    /// Starts `cmd` (tcpdump, as [`tcpdump`] makes it) and waits until it listens.
+    fn start(mut cmd: std::process::Command, pcap: std::path::PathBuf) -> Capture {
+        let err_path = pcap.with_extension("err");
         let err = std::fs::File::create(&err_path).unwrap();
-        let child = cmd.stdout(file).stderr(err).spawn().unwrap();
+        let child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(err)
+            .spawn()
+            .unwrap();
         wait_for(T, || {
             std::fs::read_to_string(&err_path)
                 .unwrap_or_default()
@@ -784,20 +818,30 @@ impl Capture {
                 std::fs::read_to_string(&err_path).unwrap_or_default()
             )
         });
-        Capture { child, out }
+        Capture { child, pcap }
     }
 
-    /// Stops it (tcpdump writes out what it has on SIGINT) and returns what it printed.
+    /// Stops it and returns every packet captured: a header line, then the payload.
     fn finish(mut self) -> String {
+        // What is in flight reaches the file first.
+        std::thread::sleep(Duration::from_millis(200));
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
         let _ = self.child.wait();
-        std::fs::read_to_string(&self.out).unwrap_or_default()
+        let out = std::process::Command::new("tcpdump")
+            .args(["-nn", "-A", "-r"])
+            .arg(&self.pcap)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "the capture cannot be read: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(self.pcap.with_extension("err")).unwrap_or_default()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
-
-/// tcpdump, printing every packet with its payload, line by line.
-const TCPDUMP: [&str; 8] = ["tcpdump", "-nn", "-l", "-A", "-s", "0", "-i", "br0"];
 
 /// Every node's agent starts the engine once the managers give the node a tunnel
 /// address.
@@ -906,29 +950,32 @@ fn overlay_networks_join_tasks_across_nodes_only_inside_wireguard() {
     // The wire: everything on every port of the test's bridge (a capture on the bridge
     // device itself sees only what is flooded to it), and any VXLAN; inside node1's
     // overlay bridge: the clear frames, as a positive control.
+    let pcap = |name: &str| dir.path().join(format!("{name}.pcap"));
     let wire = Capture::start(
-        tb.command_on_wire(&[&TCPDUMP[..7], &["any"]].concat()),
-        dir.path().join("wire"),
+        tb.command_on_wire(&strs(&tcpdump("any", &pcap("wire"), &[]))),
+        pcap("wire"),
     );
     let vxlan = Capture::start(
-        tb.command_on_wire(&["tcpdump", "-nn", "-l", "-i", "any", "udp", "port", "4789"]),
-        dir.path().join("vxlan"),
+        tb.command_on_wire(&strs(&tcpdump(
+            "any",
+            &pcap("vxlan"),
+            &["udp", "port", "4789"],
+        ))),
+        pcap("vxlan"),
     );
     let overlay_ns = tb.nodes[0]
         .state_dir
         .join("network/overlays")
         .join(&front_id)
         .join("netns");
+    let enter = format!("--net={}", overlay_ns.display());
+    let inside_args = tcpdump("br0", &pcap("inside"), &[]);
     let inside = Capture::start(
         tb.command_in(
             0,
-            &[
-                &["nsenter", &format!("--net={}", overlay_ns.display()), "--"][..],
-                &TCPDUMP[..],
-            ]
-            .concat(),
+            &[&["nsenter", enter.as_str(), "--"][..], &strs(&inside_args)].concat(),
         ),
-        dir.path().join("inside"),
+        pcap("inside"),
     );
     std::thread::sleep(Duration::from_millis(500));
 
@@ -1483,11 +1530,12 @@ fn published_ports_answer_on_every_node_and_host_mode_only_where_a_task_runs() {
     // Between node1 (the task) and node3 (no task) only WireGuard crosses.
     let (n1, n3) = (tb.nodes[0].ip.clone(), tb.nodes[2].ip.clone());
     let dir = tempfile::tempdir().unwrap();
+    let pcap = dir.path().join("wire.pcap");
+    let wire_args = tcpdump("any", &pcap, &[]);
     let wire = Capture::start(
-        tb.command_on_wire(&[&TCPDUMP[..7], &["any"]].concat()),
-        dir.path().join("wire"),
+        tb.command_on_wire(&wire_args.iter().map(String::as_str).collect::<Vec<_>>()),
+        pcap,
     );
-    std::thread::sleep(Duration::from_millis(300));
     // Every node answers, from node2 (the client) to each node's address, and a node
     // to its own address.
     for (client, node) in [(1, 0), (1, 1), (1, 2), (2, 2)] {
@@ -1518,7 +1566,17 @@ fn published_ports_answer_on_every_node_and_host_mode_only_where_a_task_runs() {
         !between.contains(&marker),
         "the page crossed between node1 and node3 in clear"
     );
-    assert!(between.contains(".51820 > "), "it crossed inside WireGuard");
+    assert!(
+        between.contains(".51820 > "),
+        "it crossed inside WireGuard: {} lines between node1 and node3 of {} on the wire:\n{}",
+        between.lines().count(),
+        wire.lines().count(),
+        wire.lines()
+            .filter(|l| l.contains(" IP "))
+            .take(30)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     assert!(
         between
             .lines()

@@ -278,6 +278,10 @@ impl Networks {
                 .collect();
             write_file(&dir.join("overlays"), &text)?;
         }
+        if !overlays.is_empty() {
+            let ids: Vec<String> = overlays.iter().map(|o| o.network.id.clone()).collect();
+            self.data_plane.wait_view(&ids);
+        }
         for (i, o) in overlays.iter().enumerate() {
             let (ns, br) = self.data_plane.ensure_overlay(&o.network)?;
             legs.push(Leg {

@@ -38,6 +38,8 @@ const VXLAN_OVERHEAD: u32 = 50;
 pub const TASK_MTU: u32 = wg::MTU - VXLAN_OVERHEAD;
 /// How long a task start waits for the engine the first peer list starts.
 const ENGINE_WAIT: Duration = Duration::from_secs(10);
+/// How long a task's start waits for the managers' view of its networks.
+const VIEW_WAIT: Duration = Duration::from_secs(2);
 /// How often the engine is checked for life.
 const CHECK_EVERY: Duration = Duration::from_secs(5);
 
@@ -263,6 +265,36 @@ impl DataPlane {
         Ok(())
     }
 
+    /// Waits a while (the managers send it just after the task) until the view has
+    /// each of `networks`, so that the first task of a network on this node starts
+    /// with the other nodes' tasks, names and VIPs in place.
+    pub fn wait_view(&self, networks: &[String]) {
+        let deadline = Instant::now() + VIEW_WAIT;
+        let mut s = self.state();
+        loop {
+            let have = self
+                .view
+                .read()
+                .map(|v| networks.iter().all(|n| v.contains_key(n)))
+                .unwrap_or(true);
+            let now = Instant::now();
+            if have || now >= deadline {
+                if !have {
+                    tracing::warn!(
+                        ?networks,
+                        "no view of the task's networks yet; starting it anyway"
+                    );
+                }
+                return;
+            }
+            s = self
+                .changed
+                .wait_timeout(s, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
     /// The node's tunnel address once the engine runs; waits a while for the first
     /// peer list to start it.
     fn wait_engine(&self) -> Result<Ipv4Net, String> {
@@ -329,6 +361,10 @@ impl DataPlane {
             .collect();
         if let Ok(mut v) = self.view.write() {
             *v = view;
+        }
+        {
+            let _s = self.state();
+            self.changed.notify_all();
         }
         self.reconcile_all();
         self.refresh_tasks();

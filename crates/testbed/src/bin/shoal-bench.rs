@@ -538,26 +538,27 @@ fn bench_throughput(shoal: &std::path::Path) -> Result<String> {
         tb.exec_in(i, &["ip", "addr", "add", &me, "dev", "vxbench"])?;
         tb.exec_in(i, &["ip", "link", "set", "vxbench", "up"])?;
     }
-    let sink = "while true; do nc -l -p 5001 > /dev/null; done";
+    // nc ends a connection when its input ends: an input that never does.
+    let sink = "while true; do sleep 1000000 | nc -l -p 5001 > /dev/null; done";
     let send = |to: &str| {
         format!(
-            "dd if=/dev/zero bs=65536 count={} 2>/tmp/dd | nc {to} 5001; cat /tmp/dd",
+            "time sh -c 'dd if=/dev/zero bs=65536 count={} 2>/dev/null | nc {to} 5001'",
             MB * 16
         )
     };
     let rate = |logs: &str| -> Result<f64> {
-        // busybox: "268435456 bytes (256.0MB) copied, 2.1 seconds, 121.9MB/s"
-        let line = logs
+        // busybox's time: "real\t0m 2.34s"
+        let real = logs
             .lines()
-            .find(|l| l.contains("copied"))
-            .context("no dd figure")?;
-        let secs: f64 = line
-            .split(", ")
-            .nth(1)
-            .and_then(|x| x.split_whitespace().next())
-            .and_then(|x| x.parse().ok())
-            .context("no seconds in dd's figure")?;
-        Ok((MB * 8 * 1024 * 1024) as f64 / secs / 1e9)
+            .find_map(|l| l.split("real").nth(1))
+            .with_context(|| format!("no time in {logs:?}"))?;
+        let (m, sec) = real
+            .trim()
+            .trim_end_matches('s')
+            .split_once("m ")
+            .context("time's format")?;
+        let secs = m.trim().parse::<f64>()? * 60.0 + sec.trim().parse::<f64>()?;
+        Ok((MB * 8 * 1024 * 1024) as f64 / secs.max(0.01) / 1e9)
     };
     let mut rows = Vec::new();
     for (name, net, to) in [
@@ -610,7 +611,8 @@ fn bench_throughput(shoal: &std::path::Path) -> Result<String> {
                 &script,
             ],
         )?;
-        let logs = tb.cli_ok(0, &["service", "logs", &job])?;
+        let out = tb.cli(0, &["service", "logs", &job]);
+        let logs = format!("{}{}", out.stdout, out.stderr);
         rows.push((name, rate(&logs)?));
         tb.cli_ok(0, &["service", "rm", &svc, &job])?;
     }
