@@ -133,15 +133,8 @@ pub fn answer(
         .trim_end_matches('.')
         .to_ascii_lowercase();
     let ips = lookup(view, networks, &name)?;
-    let mut r = Message::new();
-    r.set_id(query.id())
-        .set_message_type(MessageType::Response)
-        .set_op_code(query.op_code())
-        .set_recursion_desired(query.recursion_desired())
-        .set_recursion_available(true)
-        .set_authoritative(true)
-        .set_response_code(ResponseCode::NoError)
-        .add_query(q.clone());
+    let mut r = response_to(query, ResponseCode::NoError);
+    r.set_authoritative(true);
     if matches!(q.query_type(), RecordType::A | RecordType::ANY) {
         for ip in ips {
             r.add_answer(Record::from_rdata(q.name().clone(), TTL, RData::A(A(ip))));
@@ -150,15 +143,15 @@ pub fn answer(
     Some(r)
 }
 
-/// A SERVFAIL for a query that could not be answered (no resolver reachable).
-fn servfail(query: &Message) -> Message {
+/// A response to `query` with `code`, repeating its questions, and no answers yet.
+fn response_to(query: &Message, code: ResponseCode) -> Message {
     let mut r = Message::new();
     r.set_id(query.id())
         .set_message_type(MessageType::Response)
         .set_op_code(query.op_code())
         .set_recursion_desired(query.recursion_desired())
         .set_recursion_available(true)
-        .set_response_code(ResponseCode::ServFail);
+        .set_response_code(code);
     for q in query.queries() {
         r.add_query(q.clone());
     }
@@ -175,7 +168,6 @@ pub struct DnsPorts {
 /// The nftables script that makes a task's table: port 53 of 127.0.0.11 to its DNS
 /// server, and each VIP of its networks to the VIP's ready tasks (or refused).
 pub fn task_table(dns: Option<DnsPorts>, vips: &[(Ipv4Addr, Vec<Ipv4Addr>)]) -> String {
-    let t = TASK_TABLE;
     let mut nat = String::new();
     let mut filter = String::new();
     if let Some(p) = dns {
@@ -205,17 +197,12 @@ pub fn task_table(dns: Option<DnsPorts>, vips: &[(Ipv4Addr, Vec<Ipv4Addr>)]) -> 
             }
         }
     }
-    format!(
-        "add table ip {t}\n\
-         delete table ip {t}\n\
-         table ip {t} {{\n\
-         \tchain output {{\n\
-         \t\ttype nat hook output priority -100; policy accept;\n\
-         {nat}\t}}\n\
-         \tchain refuse {{\n\
-         \t\ttype filter hook output priority 0; policy accept;\n\
-         {filter}\t}}\n\
-         }}\n"
+    super::ip_table(
+        TASK_TABLE,
+        &[
+            ("output", "type nat hook output priority -100", &nat),
+            ("refuse", "type filter hook output priority 0", &filter),
+        ],
     )
 }
 
@@ -328,7 +315,7 @@ impl Server {
             Some(r) => r,
             None => match self.forward(query.to_vec()).await {
                 Some(bytes) => return Some(bytes),
-                None => servfail(&msg),
+                None => response_to(&msg, ResponseCode::ServFail),
             },
         };
         reply.to_vec().ok()

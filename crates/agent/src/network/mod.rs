@@ -599,16 +599,28 @@ fn make_namespace(path: &Path, legs: &[Leg], gateway: Option<Ipv4Addr>) -> std::
 /// The outbound NAT of the bridge's subnet: what leaves through another link takes
 /// the node's address.
 pub fn nat_rules(subnet: &Ipv4Net) -> String {
-    format!(
-        "add table ip {NAT_TABLE}\n\
-         delete table ip {NAT_TABLE}\n\
-         table ip {NAT_TABLE} {{\n\
-         \tchain postrouting {{\n\
-         \t\ttype nat hook postrouting priority 100; policy accept;\n\
-         \t\tip saddr {subnet} oifname != \"{BRIDGE}\" masquerade\n\
-         \t}}\n\
-         }}\n"
+    ip_table(
+        NAT_TABLE,
+        &[(
+            "postrouting",
+            "type nat hook postrouting priority 100",
+            &format!("\t\tip saddr {subnet} oifname != \"{BRIDGE}\" masquerade\n"),
+        )],
     )
+}
+
+/// An nftables script that replaces the table `ip NAME` whole, in one transaction
+/// (made first, so deleting it never fails): one chain per (name, hook, rules), the
+/// rules one per line.
+pub fn ip_table(name: &str, chains: &[(&str, &str, &str)]) -> String {
+    let mut s = format!("add table ip {name}\ndelete table ip {name}\ntable ip {name} {{\n");
+    for (chain, hook, rules) in chains {
+        s.push_str(&format!(
+            "\tchain {chain} {{\n\t\t{hook}; policy accept;\n{rules}\t}}\n"
+        ));
+    }
+    s.push_str("}\n");
+    s
 }
 
 /// Runs an nftables script as one transaction in the node's namespace.

@@ -725,7 +725,7 @@ pub fn ingress_table(
     published: &[PublishedPort],
     local: impl Fn(&str) -> Option<Ipv4Addr>,
 ) -> String {
-    let (t, wg) = (INGRESS_TABLE, wg::LINK);
+    let wg = wg::LINK;
     let map = |to: &[(Ipv4Addr, u32)]| -> String {
         let entries: Vec<String> = to
             .iter()
@@ -775,21 +775,17 @@ pub fn ingress_table(
             ));
         }
     }
-    format!(
-        "add table ip {t}\n\
-         delete table ip {t}\n\
-         table ip {t} {{\n\
-         \tchain prerouting {{\n\
-         \t\ttype nat hook prerouting priority -100; policy accept;\n\
-         {pre}\t}}\n\
-         \tchain output {{\n\
-         \t\ttype nat hook output priority -100; policy accept;\n\
-         {out}\t}}\n\
-         \tchain postrouting {{\n\
-         \t\ttype nat hook postrouting priority 100; policy accept;\n\
-         \t\toifname \"{wg}\" ct status dnat masquerade\n\
-         \t}}\n\
-         }}\n"
+    super::ip_table(
+        INGRESS_TABLE,
+        &[
+            ("prerouting", "type nat hook prerouting priority -100", &pre),
+            ("output", "type nat hook output priority -100", &out),
+            (
+                "postrouting",
+                "type nat hook postrouting priority 100",
+                &format!("\t\toifname \"{wg}\" ct status dnat masquerade\n"),
+            ),
+        ],
     )
 }
 
