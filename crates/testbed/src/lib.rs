@@ -712,6 +712,46 @@ pub fn busybox_rootfs_tar(dir: &Path) -> Result<PathBuf> {
     Ok(tar)
 }
 
+/// A root filesystem tar with iperf3, built from Debian's packages (`apt-get download`,
+/// unpacked with `dpkg -x`: iperf3, its libraries and the C library they link to), for
+/// the throughput benchmark. Made once per directory.
+pub fn iperf3_rootfs_tar(dir: &Path) -> Result<PathBuf> {
+    let root = dir.join("iperf3-rootfs");
+    let debs = dir.join("iperf3-debs");
+    let tar = dir.join("iperf3.tar");
+    if tar.exists() {
+        return Ok(tar);
+    }
+    std::fs::create_dir_all(&debs)?;
+    run(Command::new("apt-get").current_dir(&debs).args([
+        "download",
+        "iperf3",
+        "libiperf0",
+        "libsctp1",
+        "libssl3",
+        "libc6",
+    ]))
+    .context("apt-get download iperf3 and its libraries (Debian's package mirror)")?;
+    for d in ["etc", "tmp", "proc", "sys", "dev", "root"] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    for deb in std::fs::read_dir(&debs)? {
+        run(Command::new("dpkg").arg("-x").arg(deb?.path()).arg(&root))?;
+    }
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/false\n",
+    )?;
+    std::fs::write(root.join("etc/group"), "root:x:0:\n")?;
+    run(Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tar)
+        .arg("."))?;
+    Ok(tar)
+}
+
 /// Polls `f` until it returns `Some` or `timeout` passes.
 pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
