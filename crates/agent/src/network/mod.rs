@@ -15,6 +15,7 @@
 //! path); the NAT rule is one `nft -f -` transaction when the bridge is set up.
 
 pub mod discovery;
+pub mod kernelwg;
 pub mod netlink;
 pub mod overlay;
 pub mod wg;

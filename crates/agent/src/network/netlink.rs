@@ -133,11 +133,27 @@ impl Netlink {
 
     /// The index of the link called `name`, if there is one.
     pub fn link_index(&mut self, name: &str) -> io::Result<Option<u32>> {
+        Ok(self.link(name)?.map(|(index, _)| index))
+    }
+
+    /// The index and kind (`bridge`, `vxlan`, `wireguard`; none for a TUN link) of the
+    /// link called `name`, if there is one.
+    pub fn link(&mut self, name: &str) -> io::Result<Option<(u32, Option<String>)>> {
+        use netlink_packet_route::link::LinkInfo;
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::IfName(name.to_string()));
         match self.request(RouteNetlinkMessage::GetLink(msg), 0) {
             Ok(m) => Ok(m.into_iter().find_map(|m| match m {
-                RouteNetlinkMessage::NewLink(l) => Some(l.header.index),
+                RouteNetlinkMessage::NewLink(l) => {
+                    let kind = l.attributes.iter().find_map(|a| match a {
+                        LinkAttribute::LinkInfo(info) => info.iter().find_map(|i| match i {
+                            LinkInfo::Kind(k) => Some(k.to_string()),
+                            _ => None,
+                        }),
+                        _ => None,
+                    });
+                    Some((l.header.index, kind))
+                }
                 _ => None,
             })),
             Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(None),

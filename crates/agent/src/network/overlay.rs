@@ -16,7 +16,7 @@
 //! tasks. It also restarts an engine that died.
 
 use super::netlink::Netlink;
-use super::{discovery, io_msg, mac_of, wg};
+use super::{discovery, io_msg, kernelwg, mac_of, wg};
 use ipnet::Ipv4Net;
 use rtnetlink::{LinkBridge, LinkUnspec, LinkVxlan};
 use shoal_proto::dispatcher::{NetworkView, PeerView, PublishedPort};
@@ -42,6 +42,9 @@ const ENGINE_WAIT: Duration = Duration::from_secs(10);
 const VIEW_WAIT: Duration = Duration::from_secs(2);
 /// How often the engine is checked for life.
 const CHECK_EVERY: Duration = Duration::from_secs(5);
+/// The engines, as `node inspect` names them.
+const KERNEL: &str = "kernel";
+const USERSPACE: &str = "userspace";
 
 enum Msg {
     Peers(PeerView),
@@ -52,7 +55,7 @@ enum Msg {
 struct State {
     /// The node's tunnel address, once the engine has it.
     tunnel: Option<Ipv4Net>,
-    /// "userspace" while the engine runs.
+    /// "kernel" or "userspace" while the engine runs.
     engine: Option<&'static str>,
     /// Why it does not.
     error: Option<String>,
@@ -199,7 +202,13 @@ impl DataPlane {
         if self.state().applied_peers.as_ref() == Some(&request) {
             return;
         }
-        match wg::uapi(&wg::socket_path(&self.state_dir), &request) {
+        let applied = if self.state().engine == Some(KERNEL) {
+            self.key()
+                .and_then(|key| kernelwg::configure(key, port, &view.peers))
+        } else {
+            wg::uapi(&wg::socket_path(&self.state_dir), &request).map(|_| ())
+        };
+        match applied {
             Ok(_) => {
                 tracing::info!(peers = view.peers.len(), "WireGuard peers applied");
                 self.state().applied_peers = Some(request);
@@ -214,7 +223,7 @@ impl DataPlane {
             let s = self.state();
             (s.engine.is_some(), s.peers.clone())
         };
-        if !running || wg::uapi(&wg::socket_path(&self.state_dir), "get=1\n\n").is_ok() {
+        if !running || self.engine_alive() {
             return;
         }
         tracing::warn!("the WireGuard engine stopped; starting it again");
@@ -228,9 +237,34 @@ impl DataPlane {
         }
     }
 
-    /// The engine up with the node's tunnel address, and the guard in place.
+    /// Whether the running engine is still there: the kernel link, or the helper
+    /// answering on its socket.
+    fn engine_alive(&self) -> bool {
+        match self.state().engine {
+            Some(KERNEL) => kernelwg::link_alive(),
+            Some(_) => wg::uapi(&wg::socket_path(&self.state_dir), "get=1\n\n").is_ok(),
+            None => false,
+        }
+    }
+
+    /// The node's WireGuard private key (the kernel engine is given it; the helper
+    /// reads it from the same file itself).
+    fn key(&self) -> Result<[u8; 32], String> {
+        let path = self.dir.join("wg.key");
+        super::wgkey::WgKey::load_or_create(&path).map(|k| k.secret_bytes())
+    }
+
+    /// The engine up with the node's tunnel address, and the guard in place: kernel
+    /// WireGuard where the kernel has it, else the userspace helper.
     fn start_engine(&self, tunnel: Ipv4Net) -> Result<(), String> {
-        wg::ensure_helper(&self.state_dir)?;
+        let engine = match kernelwg::ensure_link() {
+            Ok(()) => KERNEL,
+            Err(why) => {
+                tracing::info!(reason = %why, "no kernel WireGuard: using the userspace engine");
+                wg::ensure_helper(&self.state_dir)?;
+                USERSPACE
+            }
+        };
         let mut sock = Netlink::open().map_err(io_msg("cannot open a netlink socket"))?;
         let index = sock
             .link_index(wg::LINK)
@@ -255,10 +289,10 @@ impl DataPlane {
             ensure_guard()?;
             self.state().guard_ready = true;
         }
-        tracing::info!(engine = "userspace", tunnel = %tunnel, "encrypted data plane ready");
+        tracing::info!(engine, tunnel = %tunnel, "encrypted data plane ready");
         let mut s = self.state();
         s.tunnel = Some(tunnel);
-        s.engine = Some("userspace");
+        s.engine = Some(engine);
         s.error = None;
         s.applied_peers = None;
         self.changed.notify_all();
@@ -600,6 +634,7 @@ impl DataPlane {
     /// guard. Overlay namespaces went with the tasks.
     pub fn shutdown(&self) {
         wg::stop_helper(&self.state_dir);
+        kernelwg::remove_link();
         let _ = super::apply_nft(&format!("delete table inet {GUARD_TABLE}\n"));
         let _ = super::apply_nft(&format!("delete table ip {INGRESS_TABLE}\n"));
         *self.published.lock().unwrap_or_else(|p| p.into_inner()) = Default::default();
