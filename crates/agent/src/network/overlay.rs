@@ -42,6 +42,8 @@ const ENGINE_WAIT: Duration = Duration::from_secs(10);
 const VIEW_WAIT: Duration = Duration::from_secs(2);
 /// How often the engine is checked for life.
 const CHECK_EVERY: Duration = Duration::from_secs(5);
+/// Task tables written at once when a view changes many.
+const TABLE_WRITERS: usize = 4;
 /// The engines, as `node inspect` names them.
 const KERNEL: &str = "kernel";
 const USERSPACE: &str = "userspace";
@@ -76,6 +78,9 @@ pub struct DataPlane {
     tx: Mutex<Option<mpsc::Sender<Msg>>>,
     /// Held while an overlay namespace is made, changed or removed.
     overlays: Mutex<()>,
+    /// Held while task tables are written, so an older table never lands after a
+    /// newer one.
+    tables: Mutex<()>,
     /// The managers' last view of the networks this node has tasks on.
     view: discovery::View,
     /// The tasks on overlay networks here: their DNS servers and nftables tables.
@@ -105,6 +110,7 @@ impl DataPlane {
             changed: Condvar::new(),
             tx: Mutex::new(None),
             overlays: Mutex::new(()),
+            tables: Mutex::new(()),
             view: Default::default(),
             tasks: Mutex::new(HashMap::new()),
             published: Mutex::new((Vec::new(), String::new())),
@@ -158,8 +164,23 @@ impl DataPlane {
         let mut tick = Instant::now() + CHECK_EVERY;
         loop {
             match rx.recv_timeout(tick.saturating_duration_since(Instant::now())) {
-                Ok(Msg::Peers(p)) => self.on_peers(p),
-                Ok(Msg::Networks(v)) => self.on_networks(v),
+                Ok(first) => {
+                    // Each message is a whole view: when several wait (a busy node
+                    // applying a large one), only the newest of each kind matters.
+                    let (mut peers, mut networks) = (None, None);
+                    for m in std::iter::once(first).chain(rx.try_iter()) {
+                        match m {
+                            Msg::Peers(p) => peers = Some(p),
+                            Msg::Networks(v) => networks = Some(v),
+                        }
+                    }
+                    if let Some(p) = peers {
+                        self.on_peers(p);
+                    }
+                    if let Some(v) = networks {
+                        self.on_networks(v);
+                    }
+                }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     self.check_engine();
                     self.read_counters();
@@ -450,6 +471,7 @@ impl DataPlane {
             dns,
             applied: String::new(),
         };
+        let _tables = self.tables.lock().unwrap_or_else(|p| p.into_inner());
         self.apply_table(&mut t)?;
         self.tasks_lock().insert(id.to_string(), t);
         Ok(())
@@ -464,30 +486,69 @@ impl DataPlane {
         self.tasks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Writes task `t`'s table if the view changed it.
-    fn apply_table(&self, t: &mut TaskNet) -> Result<(), String> {
+    /// Task `t`'s table as the view makes it.
+    fn table_of(&self, t: &TaskNet) -> String {
         let vips = match self.view.read() {
             Ok(v) => discovery::vips_of(&v, &t.networks),
             Err(_) => Vec::new(),
         };
-        let script = discovery::task_table(t.dns.as_ref().map(|d| d.ports), &vips);
+        discovery::task_table(t.dns.as_ref().map(|d| d.ports), &vips)
+    }
+
+    /// Writes task `t`'s table if the view changed it.
+    fn apply_table(&self, t: &mut TaskNet) -> Result<(), String> {
+        let script = self.table_of(t);
         if script == t.applied {
             return Ok(());
         }
-        discovery::in_netns(&t.ns, || {
-            super::apply_nft(&script).map_err(std::io::Error::other)
-        })
-        .map_err(io_msg("cannot write the task's service table"))?;
+        write_table(&t.ns, &script)?;
         t.applied = script;
         Ok(())
     }
 
-    /// Brings every task's table up to the view.
+    /// Brings every task's table up to the view: the changed ones, written a few at a
+    /// time (each is an `nft` run in the task's namespace) and without holding the
+    /// task map.
     fn refresh_tasks(&self) {
+        let _tables = self.tables.lock().unwrap_or_else(|p| p.into_inner());
+        let work: Vec<(String, PathBuf, String)> = self
+            .tasks_lock()
+            .iter()
+            .filter_map(|(id, t)| {
+                let script = self.table_of(t);
+                (script != t.applied).then(|| (id.clone(), t.ns.clone(), script))
+            })
+            .collect();
+        if work.is_empty() {
+            return;
+        }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let done = Mutex::new(Vec::with_capacity(work.len()));
+        std::thread::scope(|s| {
+            for _ in 0..TABLE_WRITERS.min(work.len()) {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some((id, ns, script)) = work.get(i) else {
+                        return;
+                    };
+                    let r = write_table(ns, script);
+                    done.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((id, script, r));
+                });
+            }
+        });
         let mut tasks = self.tasks_lock();
-        for (id, t) in tasks.iter_mut() {
-            if let Err(e) = self.apply_table(t) {
-                tracing::warn!(task = %id, error = %e, "cannot update the task's service table");
+        for (id, script, r) in done.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            match r {
+                Ok(()) => {
+                    if let Some(t) = tasks.get_mut(id) {
+                        t.applied = script.clone();
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(task = %id, error = %e, "cannot update the task's service table")
+                }
             }
         }
     }
@@ -664,6 +725,14 @@ fn upstreams() -> Vec<Ipv4Addr> {
         out = vec![Ipv4Addr::new(8, 8, 8, 8), Ipv4Addr::new(8, 8, 4, 4)];
     }
     out
+}
+
+/// Replaces the service table in the task namespace `ns`.
+fn write_table(ns: &Path, script: &str) -> Result<(), String> {
+    discovery::in_netns(ns, || {
+        super::apply_nft(script).map_err(std::io::Error::other)
+    })
+    .map_err(io_msg("cannot write the task's service table"))
 }
 
 fn remove_ns(path: &Path) -> Result<(), String> {

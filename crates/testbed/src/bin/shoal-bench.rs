@@ -5,6 +5,9 @@
 //! Run with `scripts/bench.sh` (as root). `BENCH_ONLY=containers` runs only the container
 //! start measurement and prints its table without touching BENCHMARKS.md.
 
+#[path = "shoal-bench/discovery.rs"]
+mod discovery;
+
 use anyhow::{bail, Context, Result};
 use shoal_testbed::{wait_for, Testbed};
 use std::path::PathBuf;
@@ -95,6 +98,10 @@ fn main() -> Result<()> {
     }
     if std::env::var("BENCH_ONLY").as_deref() == Ok("throughput") {
         print!("{}", bench_throughput(&shoal)?);
+        return Ok(());
+    }
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("discovery") {
+        print!("{}", discovery::bench(&shoal)?);
         return Ok(());
     }
     if std::env::var("BENCH_ONLY").as_deref() == Ok("ha") {
