@@ -1707,3 +1707,86 @@ fn the_data_path_port_and_address_are_the_operators_to_choose() {
     .expect("ping over the tunnel");
     assert!(out.contains("2 packets received"), "{out}");
 }
+
+#[test]
+fn an_unhealthy_task_leaves_dns_and_the_vip() {
+    let tb = two_nodes();
+    wait_engines(&tb, 2);
+    tb.cli_ok(0, &["network", "create", "front"]).unwrap();
+    // Healthy while /tmp/w/ok exists; each task's page names its host.
+    let serve = "mkdir -p /tmp/w && touch /tmp/w/ok && hostname > /tmp/w/index.html \
+                 && exec httpd -f -p 8080 -h /tmp/w";
+    tb.cli_ok(
+        0,
+        &[
+            "service",
+            "create",
+            "--name",
+            "h",
+            "--network",
+            "front",
+            "--replicas",
+            "2",
+            "--health-cmd",
+            "test -f /tmp/w/ok",
+            "--health-interval",
+            "1s",
+            "--health-retries",
+            "1",
+            "busybox",
+            "sh",
+            "-c",
+            serve,
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
+    tb.cli_ok(
+        0,
+        &[
+            "service",
+            "create",
+            "--name",
+            "a",
+            "--network",
+            "front",
+            "--constraint",
+            "node.hostname==node2",
+            "busybox",
+            "sleep",
+            "1000000",
+        ],
+    )
+    .unwrap();
+    let (a, _, _) = running(&tb, "a").remove(0);
+    let h = running(&tb, "h");
+    assert_eq!(h.len(), 2);
+    let mut both: Vec<String> = h.iter().map(|t| t.2.clone()).collect();
+    both.sort();
+    wait_for(T, || (resolve(&tb, 1, &a, "tasks.h") == both).then_some(()))
+        .expect("both healthy tasks in DNS");
+
+    // One task turns unhealthy: it leaves the names and the VIP.
+    let (sick, sick_node, sick_ip) = h[0].clone();
+    let sick_page = exec_task(&tb, sick_node, &sick, &["cat", "/tmp/w/index.html"]).unwrap();
+    exec_task(&tb, sick_node, &sick, &["busybox", "rm", "/tmp/w/ok"]).unwrap();
+    wait_for(T, || {
+        (!resolve(&tb, 1, &a, "tasks.h").contains(&sick_ip)).then_some(())
+    })
+    .expect("the unhealthy task leaves tasks.h");
+    let pages = exec_task(
+        &tb,
+        1,
+        &a,
+        &[
+            "sh",
+            "-c",
+            "for i in $(seq 20); do wget -qO- http://h:8080/ || echo failed; done",
+        ],
+    )
+    .unwrap_or_else(|e| e);
+    assert!(
+        pages.lines().any(|l| l != "failed") && !pages.contains(sick_page.trim()),
+        "the VIP sends nothing to the unhealthy task {}: {pages}",
+        sick_page.trim()
+    );
+}

@@ -190,11 +190,13 @@ pub fn endpoints_of(tasks: &[Task], services: &[Service], peers: &[Peer]) -> Vec
         .collect()
 }
 
-/// Whether a task serves: running and not unhealthy.
+/// Whether a task serves: running, and healthy if it has a health check (one still
+/// starting, or unhealthy, gets no names' answers and no VIP traffic).
 fn ready(t: &Task) -> bool {
+    use shoal_proto::objects::HealthState;
     t.status.as_ref().is_some_and(|s| {
         s.state == TaskState::Running as i32
-            && s.health != shoal_proto::objects::HealthState::Unhealthy as i32
+            && [HealthState::None as i32, HealthState::Healthy as i32].contains(&s.health)
     })
 }
 
@@ -452,5 +454,23 @@ mod tests {
         assert_eq!(p.tunnel_addr, "10.255.240.2/20");
         assert_eq!(p.peers.len(), 1);
         assert_eq!(p.data_path_port, 51820);
+    }
+
+    #[test]
+    fn a_task_serves_once_running_and_healthy_and_stops_serving_when_unhealthy() {
+        use shoal_proto::objects::{HealthState, TaskStatus};
+        let t = |state: TaskState, health: HealthState| Task {
+            status: Some(TaskStatus {
+                state: state as i32,
+                health: health as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(ready(&t(TaskState::Running, HealthState::None)));
+        assert!(ready(&t(TaskState::Running, HealthState::Healthy)));
+        assert!(!ready(&t(TaskState::Running, HealthState::Starting)));
+        assert!(!ready(&t(TaskState::Running, HealthState::Unhealthy)));
+        assert!(!ready(&t(TaskState::Starting, HealthState::None)));
     }
 }
