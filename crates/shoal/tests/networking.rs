@@ -1537,13 +1537,21 @@ fn published_ports_answer_on_every_node_and_host_mode_only_where_a_task_runs() {
         pcap,
     );
     // Every node answers, from node2 (the client) to each node's address, and a node
-    // to its own address.
-    for (client, node) in [(1, 0), (1, 1), (1, 2), (2, 2)] {
-        let got = wait_for(T, || fetch(&tb, client, &tb.nodes[node].ip, 8000, "/"));
+    // to its own address and at localhost (node1 has the task, node3 has none).
+    let localhost = "127.0.0.1".to_string();
+    for (client, node, ip) in [
+        (1, 0, &tb.nodes[0].ip),
+        (1, 1, &tb.nodes[1].ip),
+        (1, 2, &tb.nodes[2].ip),
+        (2, 2, &tb.nodes[2].ip),
+        (2, 2, &localhost),
+        (0, 0, &localhost),
+    ] {
+        let got = wait_for(T, || fetch(&tb, client, ip, 8000, "/"));
         assert_eq!(
             got.as_deref().map(str::trim),
             Some(page.as_str()),
-            "port 8000 of node{} from node{}\n{}",
+            "port 8000 of node{} at {ip} from node{}\n{}",
             node + 1,
             client + 1,
             tb.all_logs()

@@ -466,10 +466,18 @@ impl Networks {
         write_file(&saved, &format!("{}\n", gateway.trunc()))?;
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
             .map_err(io_msg("cannot turn on IPv4 forwarding"))?;
+        route_localnet(BRIDGE)?;
         apply_nft(&nat_rules(&gateway.trunc()))?;
         tracing::info!(bridge = BRIDGE, subnet = %gateway.trunc(), "bridge network ready");
         Ok(Bridge { gateway, index })
     }
+}
+
+/// Lets a packet from 127.0.0.1 leave through `link`: a published port at
+/// localhost:PORT on the node goes to a task (the ingress table rewrites both ends).
+fn route_localnet(link: &str) -> Result<(), String> {
+    let path = format!("/proc/sys/net/ipv4/conf/{link}/route_localnet");
+    std::fs::write(&path, "1").map_err(|e| format!("cannot write {path}: {e}"))
 }
 
 fn list_dir(dir: &Path) -> Vec<String> {

@@ -306,6 +306,7 @@ impl DataPlane {
         // Published ports are forwarded, to a local task or through the tunnel.
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
             .map_err(io_msg("cannot turn on IPv4 forwarding"))?;
+        super::route_localnet(wg::LINK)?;
         if !self.state().guard_ready {
             ensure_guard()?;
             self.state().guard_ready = true;
@@ -866,10 +867,8 @@ pub fn ingress_table(
                 "\t\tiifname != \"{wg}\" fib daddr type local {m} {}\n",
                 map(front)
             ));
-            out.push_str(&format!(
-                "\t\tip daddr != 127.0.0.0/8 fib daddr type local {m} {}\n",
-                map(front)
-            ));
+            // The node's own processes too, at localhost:PORT as at its addresses.
+            out.push_str(&format!("\t\tfib daddr type local {m} {}\n", map(front)));
         }
         if port.mode != "host" && !mine.is_empty() {
             // Sent on by another node: to a task of this one.
@@ -887,7 +886,10 @@ pub fn ingress_table(
             (
                 "postrouting",
                 "type nat hook postrouting priority 100",
-                &format!("\t\toifname \"{wg}\" ct status dnat masquerade\n"),
+                &format!(
+                    "\t\toifname \"{wg}\" ct status dnat masquerade\n\
+                     \t\tip saddr 127.0.0.0/8 ct status dnat masquerade\n"
+                ),
             ),
         ],
     )
@@ -1019,5 +1021,11 @@ mod tests {
             "a host-mode port with no task here: {t}"
         );
         assert!(t.contains("oifname \"shoal-wg\" ct status dnat masquerade"));
+        // The node's own processes, localhost included, reach the port too.
+        assert!(
+            t.contains("\t\tfib daddr type local tcp dport 8080 dnat ip to numgen random mod 2"),
+            "{t}"
+        );
+        assert!(t.contains("ip saddr 127.0.0.0/8 ct status dnat masquerade"));
     }
 }
