@@ -189,10 +189,14 @@ impl Ctl {
 
     /// Notes the task's addresses, if it has any (a re-adopted container), and starts
     /// its discovery again (its DNS server went with the previous daemon).
-    fn find_addresses(&mut self) {
-        let a = self.deps.network.addresses(&self.task.id);
+    async fn find_addresses(&mut self) {
+        let (net, id) = (self.deps.network.clone(), self.task.id.clone());
+        // Blocking work (files, a thread in the task's namespace, an nft run).
+        let found =
+            tokio::task::spawn_blocking(move || (net.addresses(&id), net.resume(&id))).await;
+        let Ok((a, resumed)) = found else { return };
         self.set_addresses(a);
-        if let Err(e) = self.deps.network.resume(&self.task.id) {
+        if let Err(e) = resumed {
             tracing::warn!(task = %self.task.id, error = %e, "cannot resume the task's service discovery");
         }
     }
@@ -555,7 +559,7 @@ impl Ctl {
             ContainerStatus::Running { pid } => {
                 tracing::info!(task_id = %id, pid, "re-adopted running container");
                 self.find_health_check().await;
-                self.find_addresses();
+                self.find_addresses().await;
                 self.report(TaskState::Running, "running", "", None, pid)
                     .await;
                 return self.supervise(pid).await;
