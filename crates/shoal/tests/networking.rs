@@ -1717,13 +1717,14 @@ fn the_data_path_port_and_address_are_the_operators_to_choose() {
 }
 
 #[test]
-fn an_unhealthy_task_leaves_dns_and_the_vip() {
+fn an_unhealthy_task_leaves_dns_and_the_vip_and_backends_see_the_client() {
     let tb = two_nodes();
     wait_engines(&tb, 2);
     tb.cli_ok(0, &["network", "create", "front"]).unwrap();
     // Healthy while /tmp/w/ok exists; each task's page names its host.
+    // httpd -v logs each client's address.
     let serve = "mkdir -p /tmp/w && touch /tmp/w/ok && hostname > /tmp/w/index.html \
-                 && exec httpd -f -p 8080 -h /tmp/w";
+                 && exec httpd -f -v -p 8080 -h /tmp/w";
     tb.cli_ok(
         0,
         &[
@@ -1765,7 +1766,7 @@ fn an_unhealthy_task_leaves_dns_and_the_vip() {
         ],
     )
     .unwrap();
-    let (a, _, _) = running(&tb, "a").remove(0);
+    let (a, _, a_ip) = running(&tb, "a").remove(0);
     let h = running(&tb, "h");
     assert_eq!(h.len(), 2);
     let mut both: Vec<String> = h.iter().map(|t| t.2.clone()).collect();
@@ -1796,5 +1797,12 @@ fn an_unhealthy_task_leaves_dns_and_the_vip() {
         pages.lines().any(|l| l != "failed") && !pages.contains(sick_page.trim()),
         "the VIP sends nothing to the unhealthy task {}: {pages}",
         sick_page.trim()
+    );
+    // Through the VIP, the backend saw the client's own address.
+    let logs = tb.cli(0, &["service", "logs", "h"]);
+    let logs = format!("{}{}", logs.stdout, logs.stderr);
+    assert!(
+        logs.contains(&format!("{a_ip}]:")) || logs.contains(&format!("{a_ip}:")),
+        "the backends see the client {a_ip}: {logs}"
     );
 }
