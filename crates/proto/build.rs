@@ -9,7 +9,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/shoal/raft.proto",
     ];
     let fds = protox::compile(files, ["proto"])?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // Secret data never reaches a log through Debug (lib.rs implements it, redacted).
+    tonic_prost_build::configure()
+        .skip_debug(["shoal.objects.SecretVersion", "shoal.dispatcher.SecretData"])
+        .compile_fds(fds)?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

@@ -25,12 +25,19 @@ pub struct Deps {
     pub creds: Arc<CredentialStore>,
     pub status: StatusSender,
     pub network: Arc<Networks>,
+    pub secrets: Arc<crate::secrets::Secrets>,
 }
 
-/// Removes everything a task left on this node: its container, then its network
-/// namespace and address. Blocks (use `spawn_blocking`).
-pub fn remove_task(runtime: &dyn Runtime, network: &Networks, id: &str) -> Result<(), String> {
+/// Removes everything a task left on this node: its container, its secrets' tmpfs,
+/// then its network namespace and address. Blocks (use `spawn_blocking`).
+pub fn remove_task(
+    runtime: &dyn Runtime,
+    network: &Networks,
+    secrets: &crate::secrets::Secrets,
+    id: &str,
+) -> Result<(), String> {
     let container = runtime.remove(id).map_err(|e| e.to_string());
+    secrets.remove(id);
     network.release(id)?;
     container
 }
@@ -213,12 +220,13 @@ impl Ctl {
 
     /// Removes the task's container and network state.
     async fn remove(&self) -> Result<(), String> {
-        let (rt, net, id) = (
+        let (rt, net, sec, id) = (
             self.deps.runtime.clone(),
             self.deps.network.clone(),
+            self.deps.secrets.clone(),
             self.task.id.clone(),
         );
-        tokio::task::spawn_blocking(move || remove_task(rt.as_ref(), &net, &id))
+        tokio::task::spawn_blocking(move || remove_task(rt.as_ref(), &net, &sec, &id))
             .await
             .unwrap_or_else(|e| Err(e.to_string()))
     }
@@ -238,6 +246,8 @@ impl Ctl {
     async fn prepare(&mut self) -> Result<(), String> {
         let spec = self.task.spec.clone().unwrap_or_default();
         let mode = net_mode(&self.task)?;
+        // Only this task's own secrets and configs, from what the node holds.
+        let files = self.deps.secrets.files_for(&spec)?;
         let images = self.deps.images.clone();
         let reference = spec.image.clone();
         let found = tokio::task::spawn_blocking({
@@ -328,18 +338,26 @@ impl Ctl {
             netns: None,
         };
         let network = self.deps.network.clone();
+        let secrets = self.deps.secrets.clone();
         let attached = self
             .blocking(move |rt| {
                 let mut container = container;
+                for (file, target) in secrets.materialize(&container.id, &files)? {
+                    container.mounts.push(MountSpec {
+                        kind: MountKind::Bind,
+                        source: file.display().to_string(),
+                        target,
+                        readonly: true,
+                        size_bytes: 0,
+                    });
+                }
+                drop(files);
                 let attached = match mode {
                     NetMode::Host => None,
                     NetMode::Own { overlays, outbound } => {
-                        let a = network.attach(
-                            &container.id,
-                            &container.hostname,
-                            &overlays,
-                            outbound,
-                        )?;
+                        let a = network
+                            .attach(&container.id, &container.hostname, &overlays, outbound)
+                            .inspect_err(|_| secrets.remove(&container.id))?;
                         container.netns = Some(a.netns.clone());
                         container.mounts.extend(a.mounts.iter().cloned());
                         Some(a.addresses)
@@ -348,6 +366,7 @@ impl Ctl {
                 match rt.prepare(&container) {
                     Ok(()) => Ok(attached),
                     Err(e) => {
+                        secrets.remove(&container.id);
                         let _ = network.release(&container.id);
                         Err(e.to_string())
                     }
@@ -368,8 +387,17 @@ impl Ctl {
     async fn finish_with(&mut self, exit: Exit, stopped: bool, unhealthy: Option<String>) {
         // Its addresses are free again once it has finished (the managers give them
         // out again): its namespace goes now, not with its container.
-        let (net, id) = (self.deps.network.clone(), self.task.id.clone());
-        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || net.release(&id)).await {
+        let (net, sec, id) = (
+            self.deps.network.clone(),
+            self.deps.secrets.clone(),
+            self.task.id.clone(),
+        );
+        // Its secrets go as it ends, not with its container.
+        let released = tokio::task::spawn_blocking(move || {
+            sec.remove(&id);
+            net.release(&id)
+        });
+        if let Ok(Err(e)) = released.await {
             tracing::warn!(task = %self.task.id, error = %e, "cannot release the task's network");
         }
         if let Some(why) = unhealthy {

@@ -12,6 +12,7 @@ pub mod logs;
 pub mod network;
 pub mod reporter;
 pub mod runtime;
+pub mod secrets;
 pub mod session;
 pub mod state;
 pub mod worker;

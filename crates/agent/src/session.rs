@@ -400,6 +400,8 @@ pub async fn run_assignments(
                             if let Some(mut first) = split.take() {
                                 first.assignments.append(&mut m.assignments);
                                 first.log_subscriptions.append(&mut m.log_subscriptions);
+                                first.secrets.append(&mut m.secrets);
+                                first.secrets_removed.append(&mut m.secrets_removed);
                                 first.more = m.more;
                                 m = first;
                             }
@@ -407,7 +409,13 @@ pub async fn run_assignments(
                                 split = Some(m);
                                 continue;
                             }
+                            // Secrets before the tasks that use them; forgotten after.
+                            worker
+                                .deps()
+                                .secrets
+                                .receive(&m.secrets, m.secrets_complete);
                             worker.apply(&m);
+                            worker.deps().secrets.forget(&m.secrets_removed);
                             // Peers first: they give the node its tunnel address,
                             // which tells its own tasks from others.
                             if let Some(p) = m.peers.take() {

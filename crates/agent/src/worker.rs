@@ -144,8 +144,12 @@ impl Worker {
         }
         let mut removals = tokio::task::JoinSet::new();
         for id in ids {
-            let (rt, net) = (self.deps.runtime.clone(), self.deps.network.clone());
-            removals.spawn_blocking(move || controller::remove_task(rt.as_ref(), &net, &id));
+            let (rt, net, sec) = (
+                self.deps.runtime.clone(),
+                self.deps.network.clone(),
+                self.deps.secrets.clone(),
+            );
+            removals.spawn_blocking(move || controller::remove_task(rt.as_ref(), &net, &sec, &id));
         }
         while removals.join_next().await.is_some() {}
     }
@@ -156,7 +160,11 @@ impl Worker {
             return;
         }
         let entry = self.tasks.lock().ok().and_then(|mut t| t.remove(id));
-        let (runtime, network) = (self.deps.runtime.clone(), self.deps.network.clone());
+        let (runtime, network, secrets) = (
+            self.deps.runtime.clone(),
+            self.deps.network.clone(),
+            self.deps.secrets.clone(),
+        );
         let id = id.to_string();
         tokio::spawn(async move {
             if let Some(e) = entry {
@@ -167,7 +175,7 @@ impl Worker {
             }
             let i = id.clone();
             match tokio::task::spawn_blocking(move || {
-                controller::remove_task(runtime.as_ref(), &network, &i)
+                controller::remove_task(runtime.as_ref(), &network, &secrets, &i)
             })
             .await
             {

@@ -61,6 +61,9 @@ pub enum ControlError {
     AmbiguousService(String, usize),
     #[error("{0}")]
     Exists(String),
+    /// Something named that does not exist (the message says what to do).
+    #[error("{0}")]
+    NotFound(String),
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -75,7 +78,8 @@ impl From<ControlError> for Status {
             ControlError::NoSuchNode(_)
             | ControlError::NoSuchTask(_)
             | ControlError::NoSuchService(_)
-            | ControlError::NoSuchNetwork(_) => Status::not_found(e.to_string()),
+            | ControlError::NoSuchNetwork(_)
+            | ControlError::NotFound(_) => Status::not_found(e.to_string()),
             ControlError::AmbiguousService(..) => Status::invalid_argument(e.to_string()),
             ControlError::Exists(_) => Status::already_exists(e.to_string()),
             ControlError::Conflict(_) => Status::aborted(e.to_string()),
@@ -256,6 +260,7 @@ impl ControlApi {
         let mut spec = req.spec.unwrap_or_default();
         validate_spec(&spec)?;
         self.resolve_networks(&mut spec, true)?;
+        self.resolve_secrets(&mut spec)?;
         if !req.name.is_empty() {
             shoal_proto::limits::check_name("task name", &req.name)
                 .map_err(ControlError::BadRequest)?;
@@ -702,6 +707,59 @@ impl Control for ControlService {
         Ok(Response::new(
             shoal_proto::control::RemoveNetworkResponse {},
         ))
+    }
+    async fn create_secret(
+        &self,
+        req: Request<shoal_proto::control::CreateSecretRequest>,
+    ) -> Result<Response<shoal_proto::control::SecretView>, Status> {
+        control_caller(&req, "CreateSecret")?;
+        let r = req.into_inner();
+        let kind = crate::controlapi_secrets::Kind::parse(&r.kind)?;
+        Ok(Response::new(
+            self.0
+                .create_secret(kind, r.spec.unwrap_or_default(), r.data)
+                .await?,
+        ))
+    }
+    async fn update_secret(
+        &self,
+        req: Request<shoal_proto::control::UpdateSecretRequest>,
+    ) -> Result<Response<shoal_proto::control::SecretView>, Status> {
+        control_caller(&req, "UpdateSecret")?;
+        let r = req.into_inner();
+        let kind = crate::controlapi_secrets::Kind::parse(&r.kind)?;
+        Ok(Response::new(
+            self.0.update_secret(kind, &r.reference, r.data).await?,
+        ))
+    }
+    async fn list_secrets(
+        &self,
+        req: Request<shoal_proto::control::ListSecretsRequest>,
+    ) -> Result<Response<shoal_proto::control::ListSecretsResponse>, Status> {
+        control_caller(&req, "ListSecrets")?;
+        let kind = crate::controlapi_secrets::Kind::parse(&req.get_ref().kind)?;
+        Ok(Response::new(shoal_proto::control::ListSecretsResponse {
+            secrets: self.0.list_secrets(kind)?,
+        }))
+    }
+    async fn get_secret(
+        &self,
+        req: Request<shoal_proto::control::GetSecretRequest>,
+    ) -> Result<Response<shoal_proto::control::SecretView>, Status> {
+        control_caller(&req, "GetSecret")?;
+        let r = req.into_inner();
+        let kind = crate::controlapi_secrets::Kind::parse(&r.kind)?;
+        Ok(Response::new(self.0.get_secret(kind, &r.reference)?))
+    }
+    async fn remove_secret(
+        &self,
+        req: Request<shoal_proto::control::RemoveSecretRequest>,
+    ) -> Result<Response<shoal_proto::control::RemoveSecretResponse>, Status> {
+        control_caller(&req, "RemoveSecret")?;
+        let r = req.into_inner();
+        let kind = crate::controlapi_secrets::Kind::parse(&r.kind)?;
+        self.0.remove_secret(kind, &r.reference).await?;
+        Ok(Response::new(shoal_proto::control::RemoveSecretResponse {}))
     }
     async fn update_node(
         &self,

@@ -233,6 +233,7 @@ impl ControlApi {
     pub async fn create_service(&self, mut spec: ServiceSpec) -> Result<Service, ControlError> {
         validate_service(&spec)?;
         self.resolve_networks(spec.container.get_or_insert_with(Default::default), false)?;
+        self.resolve_secrets(spec.container.get_or_insert_with(Default::default))?;
         self.refuse_ambiguous_hostnames(&spec)?;
         if self.name_taken(&spec.name, "")? {
             return Err(ControlError::Exists(format!(
@@ -267,6 +268,7 @@ impl ControlApi {
         let mut spec = req.spec.unwrap_or_default();
         validate_service(&spec)?;
         self.resolve_networks(spec.container.get_or_insert_with(Default::default), false)?;
+        self.resolve_secrets(spec.container.get_or_insert_with(Default::default))?;
         self.refuse_ambiguous_hostnames(&spec)?;
         let cur = self.get_service(&req.reference)?;
         if req.spec_version != 0 && req.spec_version != cur.value.spec_version {
@@ -464,6 +466,9 @@ impl ControlApi {
         b.delete::<Service>(&s.value.id, Expect::Version(s.version));
         self.store().commit(b).await?;
         tracing::info!(service_id = %s.value.id, "service removed");
+        if let Err(e) = self.prune_versions().await {
+            tracing::warn!(error = %e, "cannot delete unused secret versions");
+        }
         Ok(())
     }
 

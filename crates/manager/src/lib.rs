@@ -17,6 +17,7 @@ pub mod bootstrap;
 pub mod ca_server;
 pub mod controlapi;
 pub mod controlapi_networks;
+pub mod controlapi_secrets;
 pub mod controlapi_services;
 pub mod dispatcher;
 pub mod leader;

@@ -29,3 +29,51 @@ pub mod raft {
 }
 
 pub mod limits;
+
+/// A secret's data in a Debug line (a log, a panic message): its size, never its bytes.
+impl std::fmt::Debug for objects::SecretVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretVersion")
+            .field("version", &self.version)
+            .field(
+                "data",
+                &format_args!("<{} bytes redacted>", self.data.len()),
+            )
+            .field("created_at_unix", &self.created_at_unix)
+            .field("size", &self.size)
+            .field("digest", &self.digest)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for dispatcher::SecretData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretData")
+            .field("key", &self.key)
+            .field(
+                "data",
+                &format_args!("<{} bytes redacted>", self.data.len()),
+            )
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn secret_data_never_shows_in_debug_output() {
+        let v = super::objects::SecretVersion {
+            version: 2,
+            data: b"hunter2-marker".to_vec(),
+            ..Default::default()
+        };
+        let d = super::dispatcher::SecretData {
+            key: None,
+            data: b"hunter2-marker".to_vec(),
+        };
+        for text in [format!("{v:?}"), format!("{d:?}"), format!("{:?}", vec![v])] {
+            assert!(!text.contains("hunter2"), "{text}");
+            assert!(text.contains("14 bytes redacted"), "{text}");
+        }
+    }
+}

@@ -60,6 +60,8 @@ pub struct Daemon {
     pub creds: Arc<CredentialStore>,
     runtime: Arc<dyn Runtime>,
     network: Arc<shoal_agent::network::Networks>,
+    /// Secrets and configs the node's tasks use: in memory only.
+    secrets: Arc<shoal_agent::secrets::Secrets>,
     /// What this node is to a cluster: one value behind one lock, never held across a
     /// network call (see [`Membership`]).
     membership: Arc<Mutex<Membership>>,
@@ -311,6 +313,7 @@ impl Daemon {
                 .context("cannot set up the container runtime")?,
         );
         let network = Arc::new(shoal_agent::network::Networks::new(&opts.state_dir));
+        let secrets = Arc::new(shoal_agent::secrets::Secrets::new(&opts.state_dir));
         Ok(Daemon {
             opts,
             dir,
@@ -318,6 +321,7 @@ impl Daemon {
             creds,
             runtime,
             network,
+            secrets,
             membership: Arc::new(Mutex::new(Membership::None { note: None })),
             removed: Arc::new(tokio::sync::Notify::new()),
             untrusted: Arc::new(tokio::sync::Notify::new()),
@@ -620,6 +624,7 @@ impl Daemon {
             creds: self.creds.clone(),
             status,
             network: self.network.clone(),
+            secrets: self.secrets.clone(),
         });
         tokio::spawn(run_assignments(
             session.channels.clone(),
@@ -1552,7 +1557,11 @@ impl Daemon {
     /// node leaving from a membership it could not resume).
     async fn remove_containers(&self) {
         use shoal_agent::runtime::ContainerStatus;
-        let (rt, net) = (self.runtime.clone(), self.network.clone());
+        let (rt, net, sec) = (
+            self.runtime.clone(),
+            self.network.clone(),
+            self.secrets.clone(),
+        );
         let _ = tokio::task::spawn_blocking(move || {
             let mut ids: std::collections::BTreeSet<String> = rt.list().into_iter().collect();
             ids.extend(net.list());
@@ -1566,7 +1575,7 @@ impl Daemon {
                         std::thread::sleep(Duration::from_millis(100));
                     }
                 }
-                if let Err(e) = shoal_agent::controller::remove_task(rt.as_ref(), &net, &id) {
+                if let Err(e) = shoal_agent::controller::remove_task(rt.as_ref(), &net, &sec, &id) {
                     tracing::warn!(container = %id, error = %e, "cannot remove a container");
                 }
             }

@@ -9,6 +9,7 @@ mod network_cli;
 mod policy_cli;
 mod raft_transport;
 mod renewal;
+mod secret_cli;
 mod security_cli;
 mod services_cli;
 mod socket;
@@ -224,6 +225,17 @@ enum Cmd {
     Network {
         #[command(subcommand)]
         cmd: network_cli::NetworkCmd,
+    },
+    /// Manage secrets: data for services, kept encrypted, delivered only to the tasks
+    /// that use it, never shown again.
+    Secret {
+        #[command(subcommand)]
+        cmd: secret_cli::SecretCmd,
+    },
+    /// Manage configs: like secrets, but not confidential (`inspect --pretty` shows them).
+    Config {
+        #[command(subcommand)]
+        cmd: secret_cli::SecretCmd,
     },
 }
 
@@ -625,6 +637,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             },
             Cmd::Network { cmd } => c.network(cmd).await,
+            Cmd::Secret { cmd } => c.secret("secret", cmd).await,
+            Cmd::Config { cmd } => c.secret("config", cmd).await,
             Cmd::Service { cmd } => match cmd {
                 ServiceCmd::Create(a) => c.service_create(*a).await,
                 ServiceCmd::Update(a) => c.service_update(*a).await,

@@ -12,8 +12,8 @@ use shoal_proto::control::{
     UpdateServiceRequest,
 };
 use shoal_proto::objects::{
-    ContainerSpec, Mount, NetworkAttachmentConfig, Placement, Resources, Service, ServiceMode,
-    ServiceSpec, Task, TaskState,
+    ContainerSpec, Mount, NetworkAttachmentConfig, Placement, Resources, SecretReference, Service,
+    ServiceMode, ServiceSpec, Task, TaskState,
 };
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
@@ -130,6 +130,93 @@ pub fn parse_network(s: &str) -> Result<NetworkAttachmentConfig, String> {
     Ok(n)
 }
 
+/// `--secret NAME` or `--secret source=NAME,target=T,uid=N,gid=N,mode=0400` (and the
+/// same for `--config`).
+pub fn parse_reference(flag: &str, s: &str) -> Result<SecretReference, String> {
+    let mut r = SecretReference::default();
+    if !s.contains('=') {
+        r.secret_name = s.trim().to_string();
+    } else {
+        for part in s.split(',') {
+            let Some((k, v)) = part.split_once('=') else {
+                return Err(format!("--{flag} {s:?}: {part:?} is not KEY=VALUE"));
+            };
+            let num = |v: &str| {
+                v.parse::<u32>()
+                    .map_err(|_| format!("--{flag} {s:?}: {k}={v} is not a number"))
+            };
+            match k {
+                "source" | "src" => r.secret_name = v.to_string(),
+                "target" => r.target = v.to_string(),
+                "uid" => r.uid = num(v)?,
+                "gid" => r.gid = num(v)?,
+                "mode" => {
+                    r.mode = Some(u32::from_str_radix(v, 8).map_err(|_| {
+                        format!("--{flag} {s:?}: mode={v} is not an octal file mode such as 0400")
+                    })?)
+                }
+                _ => {
+                    return Err(format!(
+                        "--{flag} {s:?}: unknown option {k:?} (source, target, uid, gid, mode)"
+                    ))
+                }
+            }
+        }
+    }
+    if r.secret_name.is_empty() {
+        return Err(format!(
+            "--{flag} {s:?}: the {flag}'s name (source=) is missing"
+        ));
+    }
+    Ok(r)
+}
+
+fn parse_secret(s: &str) -> Result<SecretReference, String> {
+    parse_reference("secret", s)
+}
+
+fn parse_config(s: &str) -> Result<SecretReference, String> {
+    parse_reference("config", s)
+}
+
+/// Secret or config references as `inspect` shows them (swarm's `Secrets`/`Configs`).
+pub fn references_json(refs: &[SecretReference]) -> serde_json::Value {
+    serde_json::Value::Array(
+        refs.iter()
+            .map(|r| {
+                serde_json::json!({
+                    "SecretID": r.secret_id, "SecretName": r.secret_name, "Version": r.version,
+                    "File": {"Name": r.target, "UID": r.uid.to_string(), "GID": r.gid.to_string(),
+                             "Mode": r.mode.unwrap_or(0o444)},
+                })
+            })
+            .collect(),
+    )
+}
+
+/// Applies `--secret-rm/--secret-add` (or the config flags) to a spec's references:
+/// a removed name must be there; an added one replaces a reference of the same name
+/// and gets the newest version.
+fn change_references(
+    flag: &str,
+    refs: &mut Vec<SecretReference>,
+    rm: &[String],
+    add: &[SecretReference],
+) -> Result<()> {
+    for r in rm {
+        let before = refs.len();
+        refs.retain(|x| x.secret_name != *r && x.secret_id != *r);
+        if refs.len() == before {
+            bail!("--{flag}-rm {r}: the service does not use {flag} {r}");
+        }
+    }
+    for a in add {
+        refs.retain(|x| x.secret_name != a.secret_name);
+        refs.push(a.clone());
+    }
+    Ok(())
+}
+
 /// A spec's networks as `inspect` shows them (swarm's `Networks`: target and aliases).
 pub fn networks_json(c: &ContainerSpec) -> serde_json::Value {
     serde_json::Value::Array(
@@ -229,6 +316,14 @@ pub struct CreateArgs {
     /// [,mode=ingress|host], or 8080:80[/udp] (repeatable).
     #[arg(short = 'p', long = "publish", value_parser = parse_publish)]
     publish: Vec<shoal_proto::objects::PortConfig>,
+    /// Give the tasks a secret, as a file on a tmpfs at /run/secrets/TARGET: NAME or
+    /// source=NAME,target=T,uid=N,gid=N,mode=0400 (repeatable).
+    #[arg(long = "secret", value_parser = parse_secret)]
+    secrets: Vec<SecretReference>,
+    /// Give the tasks a config as a file at its target (default /NAME): NAME or
+    /// source=NAME,target=/PATH,uid=N,gid=N,mode=0444 (repeatable).
+    #[arg(long = "config", value_parser = parse_config)]
+    configs: Vec<SecretReference>,
     #[command(flatten)]
     flags: SpecFlags,
     image: String,
@@ -271,6 +366,18 @@ pub struct UpdateArgs {
     /// Stop publishing a port: PUBLISHED[/udp].
     #[arg(long = "publish-rm")]
     publish_rm: Vec<String>,
+    /// Give the tasks another secret (as --secret on create).
+    #[arg(long = "secret-add", value_parser = parse_secret)]
+    secret_add: Vec<SecretReference>,
+    /// Take a secret away from the tasks: NAME.
+    #[arg(long = "secret-rm")]
+    secret_rm: Vec<String>,
+    /// Give the tasks another config (as --config on create).
+    #[arg(long = "config-add", value_parser = parse_config)]
+    config_add: Vec<SecretReference>,
+    /// Take a config away from the tasks: NAME.
+    #[arg(long = "config-rm")]
+    config_rm: Vec<String>,
     #[arg(long = "label-add", value_parser = kv)]
     label_add: Vec<(String, String)>,
     #[arg(long = "label-rm")]
@@ -749,6 +856,8 @@ impl Client {
                 image: a.image,
                 args: a.args,
                 networks: a.networks,
+                secrets: a.secrets,
+                configs: a.configs,
                 ..Default::default()
             }),
             ports: a.publish,
@@ -799,6 +908,8 @@ impl Client {
             for k in &a.env_rm {
                 c.env.retain(|e| e.split('=').next() != Some(k.as_str()));
             }
+            change_references("secret", &mut c.secrets, &a.secret_rm, &a.secret_add)?;
+            change_references("config", &mut c.configs, &a.config_rm, &a.config_add)?;
         }
         {
             // Specs name networks by ID: resolve what the flags name.
@@ -1204,7 +1315,8 @@ impl Client {
                     "TaskTemplate": {
                         "ContainerSpec": {"Image": c.image, "Command": c.command, "Args": c.args, "Env": c.env, "Dir": c.workdir, "User": c.user, "Hostname": c.hostname, "ReadOnly": c.readonly_rootfs, "Init": !c.no_init,
                             "Mounts": c.mounts.iter().map(|m| json!({"Type": m.r#type, "Source": m.source, "Target": m.target, "ReadOnly": m.readonly})).collect::<Vec<_>>(),
-                            "CapabilityAdd": c.cap_add, "CapabilityDrop": c.cap_drop, "Healthcheck": health},
+                            "CapabilityAdd": c.cap_add, "CapabilityDrop": c.cap_drop, "Healthcheck": health,
+                            "Secrets": references_json(&c.secrets), "Configs": references_json(&c.configs)},
                         "Networks": networks_json(&c),
                         "RestartPolicy": restart,
                         "Resources": {"Limits": {"NanoCPUs": lim.nano_cpus, "MemoryBytes": lim.memory_bytes, "Pids": lim.pids}, "Reservations": {"NanoCPUs": res.nano_cpus, "MemoryBytes": res.memory_bytes}},

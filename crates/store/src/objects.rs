@@ -51,3 +51,11 @@ impl Object for shoal_proto::objects::RevokedCert {
         &self.serial
     }
 }
+
+/// Secrets and configs, both (`kind` tells them apart).
+impl Object for shoal_proto::objects::Secret {
+    const TABLE: &'static str = "secrets";
+    fn id(&self) -> &str {
+        &self.id
+    }
+}

@@ -5,10 +5,13 @@
 use super::logs::LogBroker;
 use crate::auth::Caller;
 use shoal_proto::dispatcher::assignment::Action;
-use shoal_proto::dispatcher::{Assignment, LogSubscription, NetworkView, PeerView, SessionMessage};
-use shoal_proto::objects::Task;
+use shoal_proto::dispatcher::{
+    Assignment, LogSubscription, NetworkView, PeerView, SecretData, SecretKey, SessionMessage,
+};
+use shoal_proto::objects::{Secret, Task, TaskState};
 use shoal_store::{Change, Object, Store};
 use std::collections::HashMap;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
@@ -22,7 +25,139 @@ type Tx = mpsc::Sender<Result<SessionMessage, Status>>;
 struct CompleteSet {
     watch: shoal_store::Watch,
     known: HashMap<String, i32>,
+    needs: Needs,
     assignments: Vec<Assignment>,
+}
+
+/// A secret or config version: (ID, version).
+type Key = (String, u64);
+
+/// The secret and config versions each of the node's tasks needs: only tasks meant to
+/// run (a task asked to stop needs nothing more).
+#[derive(Default)]
+struct Needs(HashMap<String, Vec<Key>>);
+
+impl Needs {
+    fn note(&mut self, t: &Task) {
+        let refs: Vec<Key> = t
+            .spec
+            .iter()
+            .flat_map(|c| c.secrets.iter().chain(c.configs.iter()))
+            .map(|r| (r.secret_id.clone(), r.version))
+            .collect();
+        if refs.is_empty() || t.desired_state > TaskState::Running as i32 {
+            self.0.remove(&t.id);
+        } else {
+            self.0.insert(t.id.clone(), refs);
+        }
+    }
+
+    fn forget(&mut self, task_id: &str) {
+        self.0.remove(task_id);
+    }
+
+    fn all(&self) -> BTreeSet<Key> {
+        self.0.values().flatten().cloned().collect()
+    }
+}
+
+/// What the node holds, as the session told it.
+#[derive(Default)]
+struct Held(HashSet<Key>);
+
+impl Held {
+    /// The messages that bring the node from what it holds to `needed`: the data it
+    /// lacks (before the assignments that use it), and what it may forget (after).
+    /// `complete`: the node is told its whole set (a new session).
+    fn catch_up(
+        &mut self,
+        store: &Store,
+        needed: &BTreeSet<Key>,
+        complete: bool,
+    ) -> (Vec<SessionMessage>, Option<SessionMessage>) {
+        if complete {
+            self.0.clear();
+        }
+        let missing: Vec<&Key> = needed.iter().filter(|k| !self.0.contains(*k)).collect();
+        let mut data = Vec::new();
+        let mut secrets: HashMap<String, Option<Secret>> = HashMap::new();
+        for (id, version) in missing {
+            let s = secrets
+                .entry(id.clone())
+                .or_insert_with(|| store.get::<Secret>(id).ok().flatten().map(|v| v.value));
+            let Some(v) = s
+                .as_ref()
+                .and_then(|s| s.versions.iter().find(|v| v.version == *version))
+            else {
+                // Gone from the store: the task that needs it fails with the reason.
+                continue;
+            };
+            self.0.insert((id.clone(), *version));
+            data.push(SecretData {
+                key: Some(SecretKey {
+                    secret_id: id.clone(),
+                    version: *version,
+                }),
+                data: v.data.clone(),
+            });
+        }
+        let mut before = Vec::new();
+        let mut cur = Vec::new();
+        let mut size = 0usize;
+        for d in data {
+            let len = d.data.len() + 64;
+            if !cur.is_empty() && size + len > MAX_MESSAGE_BYTES {
+                before.push(std::mem::take(&mut cur));
+                size = 0;
+            }
+            size += len;
+            cur.push(d);
+        }
+        if !cur.is_empty() {
+            before.push(cur);
+        }
+        // With a complete set, these are its first parts (`more`: the agent applies
+        // them together with the assignments that follow).
+        let mut before: Vec<SessionMessage> = before
+            .into_iter()
+            .map(|secrets| SessionMessage {
+                secrets,
+                complete,
+                more: complete,
+                ..Default::default()
+            })
+            .collect();
+        if complete {
+            match before.first_mut() {
+                Some(m) => m.secrets_complete = true,
+                None => before.push(SessionMessage {
+                    secrets_complete: true,
+                    complete: true,
+                    more: true,
+                    ..Default::default()
+                }),
+            }
+        }
+        let gone: Vec<Key> = self
+            .0
+            .iter()
+            .filter(|k| !needed.contains(*k))
+            .cloned()
+            .collect();
+        let after = (!gone.is_empty()).then(|| {
+            for k in &gone {
+                self.0.remove(k);
+            }
+            SessionMessage {
+                secrets_removed: gone
+                    .into_iter()
+                    .map(|(secret_id, version)| SecretKey { secret_id, version })
+                    .collect(),
+                ..Default::default()
+            }
+        });
+        (before, after)
+    }
 }
 
 /// What the node was last told about a task: only desired-state changes (and new or
@@ -36,6 +171,7 @@ fn complete_set(store: &Store, node_id: &str) -> Result<CompleteSet, Status> {
         .list::<Task>()
         .map_err(|e| Status::unavailable(format!("cluster store: {e}")))?;
     let mut known = HashMap::new();
+    let mut needs = Needs::default();
     let mut assignments = Vec::new();
     for t in tasks
         .into_iter()
@@ -43,6 +179,7 @@ fn complete_set(store: &Store, node_id: &str) -> Result<CompleteSet, Status> {
         .filter(|t| t.node_id == node_id)
     {
         known.insert(t.id.clone(), t.desired_state);
+        needs.note(&t);
         assignments.push(Assignment {
             action: Action::Update as i32,
             task: Some(t),
@@ -52,6 +189,7 @@ fn complete_set(store: &Store, node_id: &str) -> Result<CompleteSet, Status> {
     Ok(CompleteSet {
         watch,
         known,
+        needs,
         assignments,
     })
 }
@@ -74,6 +212,7 @@ pub fn start(
     let CompleteSet {
         mut watch,
         mut known,
+        mut needs,
         assignments: first,
     } = complete_set(&store, &node_id)?;
     let (log_tx, mut log_rx) = mpsc::channel::<LogSubscription>(64);
@@ -82,6 +221,9 @@ pub fn start(
         let cut = caller.cut();
         tokio::pin!(cut);
         let mut pending = Some((watch.snapshot.index(), first));
+        // The secret and config versions the node holds (need-to-know: only those its
+        // tasks use, sent before the tasks, dropped when the last such task stops).
+        let mut held = Held::default();
         // The peer list goes out once after the complete set, then on every change.
         peers.mark_changed();
         let mut peers_open = true;
@@ -95,7 +237,16 @@ pub fn start(
                     let _ = tx.send(Err(s)).await;
                     break;
                 }
-                if !send_chunked(&tx, true, set).await {
+                let (mut before, after) = held.catch_up(&store, &needs.all(), true);
+                let mut parts = chunk(true, set);
+                if before.len() == 1 && before[0].secrets.is_empty() {
+                    // Nothing to hold: the first part of the set says so itself.
+                    before.clear();
+                    parts[0].secrets_complete = true;
+                }
+                before.extend(parts);
+                before.extend(after);
+                if !send_all(&tx, before).await {
                     break;
                 }
             }
@@ -158,8 +309,11 @@ pub fn start(
                                 break;
                             }
                         }
-                        let a = changes(&node_id, &mut known, &ev.changes);
+                        let a = changes(&node_id, &mut known, &mut needs, &ev.changes);
+                        let (before, after) = held.catch_up(&store, &needs.all(), false);
+                        if !send_all(&tx, before).await { break; }
                         if !a.is_empty() && !send_chunked(&tx, false, a).await { break; }
+                        if !send_all(&tx, after.into_iter().collect()).await { break; }
                     }
                     Err(RecvError::Lagged(_)) => {
                         // Too far behind to trust the gaps: start over with a complete set.
@@ -168,6 +322,7 @@ pub fn start(
                                 pending = Some((c.watch.snapshot.index(), c.assignments));
                                 watch = c.watch;
                                 known = c.known;
+                                needs = c.needs;
                             }
                             Err(s) => { let _ = tx.send(Err(s)).await; break; }
                         }
@@ -219,10 +374,18 @@ pub fn chunk(complete: bool, assignments: Vec<Assignment>) -> Vec<SessionMessage
             assignments,
             log_subscriptions: Vec::new(),
             more: i + 1 < n,
-            peers: None,
-            networks: None,
+            ..Default::default()
         })
         .collect()
+}
+
+async fn send_all(tx: &Tx, msgs: Vec<SessionMessage>) -> bool {
+    for msg in msgs {
+        if tx.send(Ok(msg)).await.is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 async fn send_chunked(tx: &Tx, complete: bool, assignments: Vec<Assignment>) -> bool {
@@ -234,7 +397,12 @@ async fn send_chunked(tx: &Tx, complete: bool, assignments: Vec<Assignment>) -> 
     true
 }
 
-fn changes(node_id: &str, known: &mut HashMap<String, i32>, changes: &[Change]) -> Vec<Assignment> {
+fn changes(
+    node_id: &str,
+    known: &mut HashMap<String, i32>,
+    needs: &mut Needs,
+    changes: &[Change],
+) -> Vec<Assignment> {
     let mut out = Vec::new();
     for c in changes {
         if c.table() != Task::TABLE {
@@ -244,8 +412,11 @@ fn changes(node_id: &str, known: &mut HashMap<String, i32>, changes: &[Change]) 
             Some(Ok(v)) => {
                 let t = v.value;
                 if t.node_id != node_id {
+                    // Moved off this node (or never on it).
+                    needs.forget(&t.id);
                     continue;
                 }
+                needs.note(&t);
                 if known.get(&t.id) == Some(&t.desired_state) {
                     continue;
                 }
@@ -258,6 +429,7 @@ fn changes(node_id: &str, known: &mut HashMap<String, i32>, changes: &[Change]) 
             }
             Some(Err(e)) => tracing::warn!(error = %e, "undecodable task in the store"),
             None => {
+                needs.forget(c.id());
                 if known.remove(c.id()).is_some() {
                     out.push(Assignment {
                         action: Action::Remove as i32,
