@@ -536,3 +536,92 @@ fn bad_secrets_and_configs_are_refused_with_what_to_do() {
     let out = tb.cli(0, &["secret", "create", "argv"]);
     assert!(!out.success);
 }
+
+#[test]
+fn a_failed_rotation_rolls_back_and_a_config_update_rolls_the_service() {
+    let tb = debug_cluster(2, &[]);
+    assert!(
+        tb.cli_stdin(0, &["secret", "create", "tok", "-"], "good")
+            .success
+    );
+    assert!(
+        tb.cli_stdin(0, &["config", "create", "conf", "-"], "port=1")
+            .success
+    );
+    // The tasks run only with a good token: a bad one makes them fail.
+    tb.cli_ok(
+        0,
+        &[
+            "service",
+            "create",
+            "--name",
+            "app",
+            "--replicas",
+            "2",
+            "--secret",
+            "tok",
+            "--config",
+            "source=conf,target=/etc/app/conf,mode=0440",
+            "--update-monitor",
+            "2s",
+            "--update-failure-action",
+            "rollback",
+            "--restart-delay",
+            "100ms",
+            "busybox",
+            "sh",
+            "-c",
+            "grep -q good /run/secrets/tok && exec sleep 1000000",
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
+    let inspect = |what: &str| -> serde_json::Value {
+        serde_json::from_str(&tb.cli_ok(0, &["service", "inspect", what]).unwrap()).unwrap()
+    };
+    assert!(
+        tb.cli_stdin(0, &["secret", "update", "tok", "-"], "bad")
+            .success
+    );
+    let s = wait_for(Duration::from_secs(60), || {
+        let s = inspect("app");
+        (s[0]["UpdateStatus"]["State"] == "rollback_completed").then_some(s)
+    })
+    .unwrap_or_else(|| panic!("the update rolls back: {}", inspect("app")));
+    let secrets = &s[0]["Spec"]["TaskTemplate"]["ContainerSpec"]["Secrets"];
+    assert_eq!(secrets[0]["Version"], 1, "back on the old version: {s}");
+    let tasks = wait_for(T, || {
+        let t = running_task(&tb, "app");
+        (t.len() == 2).then_some(t)
+    })
+    .expect("two tasks run again");
+    for (t, i) in &tasks {
+        assert_eq!(exec_task(&tb, *i, t, &["cat", "/run/secrets/tok"]), "good");
+    }
+
+    // A config update rolls the service onto the new content, at the same path and mode.
+    let before = running_task(&tb, "app");
+    let out = tb.cli_stdin(0, &["config", "update", "conf", "-"], "port=2");
+    assert!(out.success, "{}", out.stderr);
+    let after = wait_for(Duration::from_secs(60), || {
+        let now = running_task(&tb, "app");
+        (now.len() == 2 && now.iter().all(|t| !before.contains(t))).then_some(now)
+    })
+    .expect("the config update replaced the tasks");
+    for (t, i) in &after {
+        assert_eq!(exec_task(&tb, *i, t, &["cat", "/etc/app/conf"]), "port=2");
+        assert_eq!(
+            exec_task(
+                &tb,
+                *i,
+                t,
+                &["busybox", "stat", "-c", "%a", "/etc/app/conf"]
+            )
+            .trim(),
+            "440"
+        );
+    }
+    let pretty = tb
+        .cli_ok(0, &["config", "inspect", "--pretty", "conf"])
+        .unwrap();
+    assert!(pretty.contains("port=2"), "{pretty}");
+}
