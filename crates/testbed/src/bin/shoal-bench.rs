@@ -7,6 +7,8 @@
 
 #[path = "shoal-bench/discovery.rs"]
 mod discovery;
+#[path = "shoal-bench/secrets.rs"]
+mod secrets;
 
 use anyhow::{bail, Context, Result};
 use shoal_testbed::{wait_for, Testbed};
@@ -98,6 +100,10 @@ fn main() -> Result<()> {
     }
     if std::env::var("BENCH_ONLY").as_deref() == Ok("throughput") {
         print!("{}", bench_throughput(&shoal)?);
+        return Ok(());
+    }
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("secrets") {
+        print!("{}", secrets::bench(&shoal, runs_containers())?);
         return Ok(());
     }
     if std::env::var("BENCH_ONLY").as_deref() == Ok("discovery") {
