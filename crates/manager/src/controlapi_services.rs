@@ -333,7 +333,13 @@ impl ControlApi {
         let mut b = Batch::default();
         b.put(&next, Expect::Version(cur.version));
         match self.store().commit(b).await {
-            Ok(_) => Ok(next),
+            Ok(_) => {
+                // A secret version the old previous spec held may be unused now.
+                if let Err(e) = self.prune_versions().await {
+                    tracing::warn!(error = %e, "cannot delete unused secret versions");
+                }
+                Ok(next)
+            }
             Err(StoreError::Conflict { .. }) => Err(ControlError::Conflict(
                 "the service changed meanwhile: run the update again".into(),
             )),

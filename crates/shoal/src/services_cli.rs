@@ -195,8 +195,8 @@ pub fn references_json(refs: &[SecretReference]) -> serde_json::Value {
 }
 
 /// Applies `--secret-rm/--secret-add` (or the config flags) to a spec's references:
-/// a removed name must be there; an added one replaces a reference of the same name
-/// and gets the newest version.
+/// a removed name must be there (all its references go); an added one replaces a
+/// reference to the same file and gets the newest version.
 fn change_references(
     flag: &str,
     refs: &mut Vec<SecretReference>,
@@ -210,8 +210,16 @@ fn change_references(
             bail!("--{flag}-rm {r}: the service does not use {flag} {r}");
         }
     }
+    // The file a reference makes: its target, or the name when it gives none.
+    let file = |r: &SecretReference| {
+        if r.target.is_empty() {
+            r.secret_name.clone()
+        } else {
+            r.target.clone()
+        }
+    };
     for a in add {
-        refs.retain(|x| x.secret_name != a.secret_name);
+        refs.retain(|x| file(x) != file(a));
         refs.push(a.clone());
     }
     Ok(())

@@ -624,4 +624,30 @@ fn a_failed_rotation_rolls_back_and_a_config_update_rolls_the_service() {
         .cli_ok(0, &["config", "inspect", "--pretty", "conf"])
         .unwrap();
     assert!(pretty.contains("port=2"), "{pretty}");
+
+    // --secret-add: the same secret at a second target too.
+    tb.cli_ok(
+        0,
+        &[
+            "service",
+            "update",
+            "--secret-add",
+            "source=tok,target=renamed",
+            "app",
+        ],
+    )
+    .unwrap();
+    let (t, i) = running_task(&tb, "app").remove(0);
+    // The reference kept keeps its version; the one added gets the newest.
+    assert_eq!(exec_task(&tb, i, &t, &["cat", "/run/secrets/tok"]), "good");
+    assert_eq!(
+        exec_task(&tb, i, &t, &["cat", "/run/secrets/renamed"]),
+        "bad"
+    );
+    let out = tb.cli(0, &["service", "update", "--secret-rm", "nosuch", "app"]);
+    assert!(
+        !out.success && out.stderr.contains("does not use secret nosuch"),
+        "{}",
+        out.stderr
+    );
 }
