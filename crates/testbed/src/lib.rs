@@ -703,13 +703,18 @@ pub fn busybox_rootfs_tar(dir: &Path) -> Result<PathBuf> {
         "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
     )?;
     std::fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n")?;
+    tar_of(&root, &tar)
+}
+
+/// Packs directory `root` into the tar `tar`, for `image import`.
+fn tar_of(root: &Path, tar: &Path) -> Result<PathBuf> {
     run(Command::new("tar")
         .arg("-C")
-        .arg(&root)
+        .arg(root)
         .arg("-cf")
-        .arg(&tar)
+        .arg(tar)
         .arg("."))?;
-    Ok(tar)
+    Ok(tar.to_path_buf())
 }
 
 /// A root filesystem tar with iperf3, built from Debian's packages (`apt-get download`,
@@ -743,13 +748,7 @@ pub fn iperf3_rootfs_tar(dir: &Path) -> Result<PathBuf> {
         "root:x:0:0:root:/root:/bin/false\n",
     )?;
     std::fs::write(root.join("etc/group"), "root:x:0:\n")?;
-    run(Command::new("tar")
-        .arg("-C")
-        .arg(&root)
-        .arg("-cf")
-        .arg(&tar)
-        .arg("."))?;
-    Ok(tar)
+    tar_of(&root, &tar)
 }
 
 /// Polls `f` until it returns `Some` or `timeout` passes.

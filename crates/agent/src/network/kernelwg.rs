@@ -4,9 +4,7 @@
 //! A kernel link outlives the daemon by itself, so the data plane survives restarts
 //! with no process of ours.
 
-use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
-};
+use netlink_packet_core::NLM_F_ACK;
 use netlink_packet_generic::ctrl::nlas::GenlCtrlAttrs;
 use netlink_packet_generic::ctrl::{GenlCtrl, GenlCtrlCmd};
 use netlink_packet_generic::GenlMessage;
@@ -57,44 +55,8 @@ impl Genl {
         self.seq = self.seq.wrapping_add(1);
         let mut genl = GenlMessage::from_payload(payload);
         genl.set_resolved_family_id(family);
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | flags;
-        header.sequence_number = self.seq;
-        let mut req = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(genl));
-        req.finalize();
-        let mut out = vec![0; req.buffer_len()];
-        req.serialize(&mut out);
-        self.sock.send(&out, 0)?;
-        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
-        let mut answer = Vec::new();
-        loop {
-            let n = self.sock.recv(&mut &mut self.buf[..], 0)?;
-            let mut at = 0;
-            while at < n {
-                let reply = NetlinkMessage::<GenlMessage<F>>::deserialize(&self.buf[at..n])
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-                at += (reply.header.length as usize).max(1).next_multiple_of(4);
-                if reply.header.sequence_number != self.seq {
-                    continue;
-                }
-                match reply.payload {
-                    NetlinkPayload::Error(e) => {
-                        return match e.code {
-                            Some(code) => Err(io::Error::from_raw_os_error(-code.get())),
-                            None => Ok(answer),
-                        };
-                    }
-                    NetlinkPayload::Done(_) => return Ok(answer),
-                    NetlinkPayload::InnerMessage(m) => {
-                        answer.push(m.payload);
-                        if !dump && flags & NLM_F_ACK == 0 {
-                            return Ok(answer);
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        }
+        let answer = super::netlink::exchange(&self.sock, &mut self.buf, self.seq, genl, flags)?;
+        Ok(answer.into_iter().map(|m| m.payload).collect())
     }
 
     /// The ID the kernel gave the generic netlink family `name`; ENOENT when the

@@ -4,8 +4,8 @@
 //! life, so one opened inside a task's namespace configures that namespace.
 
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
-    NLM_F_REPLACE, NLM_F_REQUEST,
+    NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
@@ -27,6 +27,61 @@ pub struct Netlink {
 
 fn kernel_error(code: i32) -> io::Error {
     io::Error::from_raw_os_error(-code)
+}
+
+/// Sends `msg` as request `seq` on `sock` and collects the payloads of the answer: a
+/// dump's parts, the one reply to a get, or nothing for an acknowledged change (the
+/// acknowledgement is read, so the socket is clean for the next request). Shared by the
+/// route socket here and the generic one of kernel WireGuard.
+pub fn exchange<T>(
+    sock: &Socket,
+    buf: &mut [u8],
+    seq: u32,
+    msg: T,
+    flags: u16,
+) -> io::Result<Vec<T>>
+where
+    T: NetlinkSerializable + NetlinkDeserializable + std::fmt::Debug,
+{
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | flags;
+    header.sequence_number = seq;
+    let mut req = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+    req.finalize();
+    let mut out = vec![0; req.buffer_len()];
+    req.serialize(&mut out);
+    sock.send(&out, 0)?;
+    let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
+    let ack = flags & NLM_F_ACK == NLM_F_ACK;
+    let mut answer = Vec::new();
+    loop {
+        let n = sock.recv(&mut &mut buf[..], 0)?;
+        let mut at = 0;
+        while at < n {
+            let reply = NetlinkMessage::<T>::deserialize(&buf[at..n])
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            at += (reply.header.length as usize).max(1).next_multiple_of(4);
+            if reply.header.sequence_number != seq {
+                continue;
+            }
+            match reply.payload {
+                NetlinkPayload::Error(e) => {
+                    return match e.code {
+                        Some(code) => Err(kernel_error(code.get())),
+                        None => Ok(answer),
+                    };
+                }
+                NetlinkPayload::Done(_) => return Ok(answer),
+                NetlinkPayload::InnerMessage(m) => {
+                    answer.push(m);
+                    if !dump && !ack {
+                        return Ok(answer);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 impl Netlink {
@@ -65,45 +120,7 @@ impl Netlink {
         flags: u16,
     ) -> io::Result<Vec<RouteNetlinkMessage>> {
         self.seq = self.seq.wrapping_add(1);
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | flags;
-        header.sequence_number = self.seq;
-        let mut req = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
-        req.finalize();
-        let mut out = vec![0; req.buffer_len()];
-        req.serialize(&mut out);
-        self.sock.send(&out, 0)?;
-        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
-        let mut answer = Vec::new();
-        loop {
-            let n = self.sock.recv(&mut &mut self.buf[..], 0)?;
-            let mut at = 0;
-            while at < n {
-                let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[at..n])
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-                let len = reply.header.length as usize;
-                at += len.max(1).next_multiple_of(4);
-                if reply.header.sequence_number != self.seq {
-                    continue;
-                }
-                match reply.payload {
-                    NetlinkPayload::Error(e) => {
-                        return match e.code {
-                            Some(code) => Err(kernel_error(code.get())),
-                            None => Ok(answer),
-                        };
-                    }
-                    NetlinkPayload::Done(_) => return Ok(answer),
-                    NetlinkPayload::InnerMessage(m) => {
-                        answer.push(m);
-                        if !dump {
-                            return Ok(answer);
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        }
+        exchange(&self.sock, &mut self.buf, self.seq, msg, flags)
     }
 
     fn change(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
