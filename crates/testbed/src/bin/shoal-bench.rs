@@ -243,6 +243,31 @@ fn runs_containers() -> usize {
         .unwrap_or(100)
 }
 
+/// Imports the busybox test image on node `i`.
+fn import_busybox(tb: &Testbed, i: usize) -> Result<()> {
+    let tar = shoal_testbed::busybox_rootfs_tar(tb.dir())?;
+    let tar = tar.to_str().context("path")?;
+    tb.cli_ok(i, &["image", "import", tar, "busybox:latest"])
+        .map(|_| ())
+}
+
+/// The agent's start figures (assignment received -> RUNNING reported), milliseconds,
+/// from node `i`'s log lines that `keep` takes.
+fn start_figures(tb: &Testbed, i: usize, keep: impl Fn(&str) -> bool) -> Vec<f64> {
+    tb.log(i)
+        .lines()
+        .filter(|l| l.contains("container running") && keep(l))
+        .filter_map(|l| {
+            l.split("startup_ms=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
 fn p(v: &[f64], q: f64) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
@@ -297,16 +322,7 @@ fn bench_netns(n: usize) -> Result<String> {
 fn bench_containers(shoal: &std::path::Path, n: usize) -> Result<String> {
     let tb = Testbed::with_nodes(shoal, 1)?;
     tb.init(0, &[])?;
-    let tar = shoal_testbed::busybox_rootfs_tar(tb.dir())?;
-    tb.cli_ok(
-        0,
-        &[
-            "image",
-            "import",
-            tar.to_str().context("path")?,
-            "busybox:latest",
-        ],
-    )?;
+    import_busybox(&tb, 0)?;
     // One container first, so the image's layer is unpacked and caches are warm.
     tb.cli_ok(0, &["task", "run", "--monitor", "0s", "busybox", "true"])?;
     let mut e2e = Vec::new();
@@ -332,19 +348,7 @@ fn bench_containers(shoal: &std::path::Path, n: usize) -> Result<String> {
         e2e.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     // The agent's own figure: assignment received -> RUNNING reported.
-    let log = tb.log(0);
-    let agent: Vec<f64> = log
-        .lines()
-        .filter(|l| l.contains("container running"))
-        .filter_map(|l| {
-            l.split("startup_ms=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .collect();
+    let agent = start_figures(&tb, 0, |_| true);
     std::thread::sleep(Duration::from_secs(5));
     let daemon_pid = tb.nodes[0].pid().context("pid")?;
     let daemon_pss = kib(daemon_pid, "smaps_rollup", "Pss:");
@@ -411,16 +415,7 @@ fn bench_overlay(shoal: &std::path::Path, n: usize) -> Result<String> {
     let tb = Testbed::with_nodes(shoal, 2)?;
     tb.init(0, &[])?;
     tb.join_worker(1, 0)?;
-    let tar = shoal_testbed::busybox_rootfs_tar(tb.dir())?;
-    tb.cli_ok(
-        0,
-        &[
-            "image",
-            "import",
-            tar.to_str().context("path")?,
-            "busybox:latest",
-        ],
-    )?;
+    import_busybox(&tb, 0)?;
     tb.cli_ok(0, &["network", "create", "--attachable", "benchnet"])?;
     // Warm: the image unpacked, the overlay's namespace made, the engine running.
     tb.cli_ok(
@@ -451,18 +446,8 @@ fn bench_overlay(shoal: &std::path::Path, n: usize) -> Result<String> {
             o.stdout.contains("\"State\": \"running\"").then_some(())
         })
         .context("task never running")?;
-        let ms = tb
-            .log(0)
-            .lines()
-            .filter(|l| l.contains("container running") && l.contains(&id))
-            .find_map(|l| {
-                l.split("startup_ms=")
-                    .nth(1)?
-                    .split_whitespace()
-                    .next()?
-                    .parse::<f64>()
-                    .ok()
-            })
+        let ms = *start_figures(&tb, 0, |l| l.contains(&id))
+            .first()
             .context("no start figure")?;
         if on_overlay {
             overlay.push(ms);
@@ -691,17 +676,8 @@ fn services_cluster(shoal: &std::path::Path, heartbeat: &str) -> Result<Testbed>
     tb.init(0, &["--dispatcher-heartbeat", heartbeat])?;
     tb.join_worker(1, 0)?;
     tb.join_worker(2, 0)?;
-    let tar = shoal_testbed::busybox_rootfs_tar(tb.dir())?;
     for i in 0..3 {
-        tb.cli_ok(
-            i,
-            &[
-                "image",
-                "import",
-                tar.to_str().context("path")?,
-                "busybox:latest",
-            ],
-        )?;
+        import_busybox(&tb, i)?;
     }
     Ok(tb)
 }

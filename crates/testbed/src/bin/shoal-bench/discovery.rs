@@ -189,15 +189,7 @@ pub fn bench(shoal: &std::path::Path) -> Result<String> {
     const ROUND_TRIPS: usize = 2000;
     const CONNECTS: usize = 500;
     const BIG: usize = 100;
-    let tb = Testbed::with_nodes(shoal, 3)?;
-    tb.init(0, &["--dispatcher-heartbeat", "1s"])?;
-    tb.join_worker(1, 0)?;
-    tb.join_worker(2, 0)?;
-    let tar = shoal_testbed::busybox_rootfs_tar(tb.dir())?;
-    for i in 0..3 {
-        let tar = tar.to_str().context("path")?;
-        tb.cli_ok(i, &["image", "import", tar, "busybox:latest"])?;
-    }
+    let tb = super::services_cluster(shoal, "1s")?;
     for node in ["node2", "node3"] {
         wait_for(Duration::from_secs(30), || {
             let o = tb.cli(0, &["node", "inspect", node]);

@@ -2,34 +2,8 @@
 //! own figure: assignment received -> RUNNING reported), against the same task without
 //! them, started one at a time on the same node.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use shoal_testbed::Testbed;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn p99(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[((v.len() - 1) as f64 * 0.99).round() as usize]
-}
-
-/// The agent's start figures of `service`'s tasks, from node `i`'s log.
-fn start_ms(tb: &Testbed, i: usize, ids: &[String]) -> Vec<f64> {
-    tb.log(i)
-        .lines()
-        .filter(|l| l.contains("container running") && ids.iter().any(|id| l.contains(id.as_str())))
-        .filter_map(|l| {
-            l.split("startup_ms=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse::<f64>()
-                .ok()
-        })
-        .collect()
-}
 
 fn task_ids(tb: &Testbed, service: &str) -> Result<Vec<String>> {
     Ok(tb
@@ -42,16 +16,7 @@ fn task_ids(tb: &Testbed, service: &str) -> Result<Vec<String>> {
 pub fn bench(shoal: &std::path::Path, n: usize) -> Result<String> {
     let tb = Testbed::with_nodes(shoal, 1)?;
     tb.init(0, &[])?;
-    let tar = shoal_testbed::busybox_rootfs_tar(tb.dir())?;
-    tb.cli_ok(
-        0,
-        &[
-            "image",
-            "import",
-            tar.to_str().context("path")?,
-            "busybox:latest",
-        ],
-    )?;
+    super::import_busybox(&tb, 0)?;
     let mut flags: Vec<String> = Vec::new();
     for k in 0..3 {
         let secret = format!("s{k}");
@@ -82,8 +47,13 @@ pub fn bench(shoal: &std::path::Path, n: usize) -> Result<String> {
             tb.cli_ok(0, &["service", "scale", &format!("{svc}={k}")])?;
         }
     }
-    let plain = start_ms(&tb, 0, &task_ids(&tb, "plain")?);
-    let secret = start_ms(&tb, 0, &task_ids(&tb, "with-secrets")?);
+    let of = |svc: &str| -> Result<Vec<f64>> {
+        let ids = task_ids(&tb, svc)?;
+        Ok(super::start_figures(&tb, 0, |l| {
+            ids.iter().any(|id| l.contains(id.as_str()))
+        }))
+    };
+    let (plain, secret) = (of("plain")?, of("with-secrets")?);
     anyhow::ensure!(
         plain.len() == n && secret.len() == n,
         "{} and {} start figures, not {n}",
@@ -91,7 +61,7 @@ pub fn bench(shoal: &std::path::Path, n: usize) -> Result<String> {
         secret.len()
     );
     drop(tb);
-    let (mp, ms) = (median(plain.clone()), median(secret.clone()));
+    let (mp, ms) = (super::p(&plain, 0.5), super::p(&secret, 0.5));
     Ok(format!(
         "\n## Issue #13: secrets and configs on the start path\n\n\
          {n} + {n} `busybox sleep` tasks on one node, started one at a time (`service scale` \
@@ -102,8 +72,8 @@ pub fn bench(shoal: &std::path::Path, n: usize) -> Result<String> {
          | 3 secrets + 3 configs (4 KiB each: a tmpfs, 6 files, 6 read-only bind mounts) | {ms:.1} | {:.1} |\n\
          | **added (medians)** | **{:.1}** | target < 5 |\n\n\
          Rerun: `BENCH_ONLY=secrets BENCH_CONTAINERS={n} target/release/shoal-bench target/release/shoal`.\n",
-        p99(plain),
-        p99(secret),
+        super::p(&plain, 0.99),
+        super::p(&secret, 0.99),
         ms - mp
     ))
 }
