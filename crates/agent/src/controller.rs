@@ -18,6 +18,11 @@ pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
 /// came with Linux 5.3); otherwise the controller sleeps until its container ends.
 const FALLBACK_CHECK: Duration = Duration::from_secs(1);
 
+/// The exit code of a container whose process was killed by SIGSYS (128 + 31), as the
+/// supervisor and the init report it. The seccomp filter's only killing action is the
+/// one for a foreign architecture: a 32-bit system call.
+const SIGSYS_EXIT: i32 = 128 + libc::SIGSYS;
+
 #[derive(Clone)]
 pub struct Deps {
     pub runtime: Arc<dyn Runtime>,
@@ -425,7 +430,15 @@ impl Ctl {
             self.report(TaskState::Failed, "failed", &e, Some(&exit), 0)
                 .await;
         } else {
-            let e = format!("task: non-zero exit ({})", exit.code);
+            let e = match exit.code {
+                SIGSYS_EXIT => format!(
+                    "task: non-zero exit ({}): killed by SIGSYS, a system call the \
+                     container's seccomp filter does not allow (32-bit system calls are not \
+                     allowed: build the program for this host's architecture)",
+                    exit.code
+                ),
+                code => format!("task: non-zero exit ({code})"),
+            };
             self.report(TaskState::Failed, "failed", &e, Some(&exit), 0)
                 .await;
         }

@@ -32,6 +32,18 @@ fn run_script(tb: &Testbed, flags: &[&str], script: &str) -> String {
 /// A static x86_64 program that makes one syscall with two arguments and exits with
 /// its errno (0 on success): a way to call what busybox has no applet for.
 fn syscall_probe(nr: u32, arg0: u32, arg1: u32) -> Vec<u8> {
+    probe(nr, arg0, arg1, [0x0f, 0x05])
+}
+
+/// The same program making its call through the 32-bit ABI (`int 0x80`: i386 numbers,
+/// arguments in ebx/ecx, so only calls without arguments are meaningful here).
+fn ia32_probe(nr: u32) -> Vec<u8> {
+    probe(nr, 0, 0, [0xcd, 0x80])
+}
+
+const IA32_GETPID: u32 = 20;
+
+fn probe(nr: u32, arg0: u32, arg1: u32, call: [u8; 2]) -> Vec<u8> {
     let mut code = vec![0xb8]; // mov eax, nr
     code.extend(nr.to_le_bytes());
     code.push(0xbf); // mov edi, arg0
@@ -42,7 +54,7 @@ fn syscall_probe(nr: u32, arg0: u32, arg1: u32) -> Vec<u8> {
         0x31, 0xd2, // xor edx, edx
         0x45, 0x31, 0xd2, // xor r10d, r10d
         0x45, 0x31, 0xc0, // xor r8d, r8d
-        0x0f, 0x05, // syscall
+        call[0], call[1], // syscall, or int 0x80
         0x48, 0x3d, 0x01, 0xf0, 0xff, 0xff, // cmp rax, -4095
         0x73, 0x04, // jae err
         0x31, 0xff, // xor edi, edi
@@ -97,6 +109,7 @@ fn containers_run_under_seccomp_with_masked_and_readonly_paths() {
         ),
         // add_key(NULL, …): EFAULT unfiltered, EPERM under the filter.
         ("add_key", syscall_probe(SYS_ADD_KEY, 0, 0)),
+        ("ia32", ia32_probe(IA32_GETPID)),
     ] {
         let p = probes.join(name);
         std::fs::write(&p, elf).unwrap();
@@ -111,6 +124,12 @@ fn containers_run_under_seccomp_with_masked_and_readonly_paths() {
         .status()
         .unwrap();
     assert_eq!(host.code(), Some(libc::EFAULT), "add_key probe on the host");
+    // The 32-bit probe works where the kernel runs 32-bit calls (most do).
+    let ia32_on_host = std::process::Command::new(probes.join("ia32"))
+        .status()
+        .unwrap()
+        .code()
+        == Some(0);
 
     let mount = format!(
         "type=bind,source={},target=/probes,readonly",
@@ -122,6 +141,7 @@ fn containers_run_under_seccomp_with_masked_and_readonly_paths() {
         r=$(busybox mount -t tmpfs x /tmp 2>&1); echo \"mount=$? $r\"; \
         /probes/keyctl; echo keyctl=$?; \
         /probes/add_key; echo add_key=$?; \
+        /probes/ia32; echo ia32=$?; \
         for f in /proc/kcore /proc/keys /proc/timer_list /proc/interrupts; do \
           echo \"masked $f=$(busybox stat -c '%F %t:%T %s' $f 2>&1)\"; done; \
         echo \"firmware=$(busybox ls -A /sys/firmware | busybox wc -l)\"; \
@@ -150,6 +170,10 @@ fn containers_run_under_seccomp_with_masked_and_readonly_paths() {
     );
     assert_eq!(line("keyctl="), "1", "keyctl fails with EPERM");
     assert_eq!(line("add_key="), "1", "add_key fails with EPERM");
+    if ia32_on_host {
+        // 128 + SIGSYS: no 32-bit system calls in a container.
+        assert_eq!(line("ia32="), "159", "a 32-bit call is killed");
+    }
     // Masked files are /dev/null. This test's kernel may lack some (/proc/kcore needs
     // CONFIG_PROC_KCORE): each one the host has is checked.
     let mut checked = 0;
@@ -189,6 +213,33 @@ fn containers_run_under_seccomp_with_masked_and_readonly_paths() {
         "no NET_ADMIN by default: {iplink}"
     );
     assert!(tb.exec_in(0, &["ip", "link", "show", "shoalcap0"]).is_err());
+
+    // A task whose program makes a 32-bit call fails, and says why.
+    let mount = format!(
+        "type=bind,source={},target=/probes,readonly",
+        probes.display()
+    );
+    let out = tb.cli(
+        0,
+        &[
+            "task",
+            "run",
+            "--monitor",
+            "0s",
+            "--mount",
+            &mount,
+            "busybox",
+            "/probes/ia32",
+        ],
+    );
+    assert!(out.success, "task run: {}{}", out.stdout, out.stderr);
+    let id = out.stdout.lines().next().unwrap().trim().to_string();
+    let t = wait_task_state(&tb, &id, "failed", T);
+    let err = t["Status"]["Err"].as_str().unwrap();
+    assert!(
+        err.contains("non-zero exit (159)") && err.contains("SIGSYS") && err.contains("32-bit"),
+        "{err}"
+    );
 }
 
 #[test]

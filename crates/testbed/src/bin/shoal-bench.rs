@@ -636,38 +636,95 @@ fn bench_throughput(shoal: &std::path::Path) -> Result<String> {
     Ok(md)
 }
 
-/// The `sleep` processes in the testbed's namespaces. One pass over /proc reading each
-/// process's name, and the namespace only of the sleeps: `ip netns pids` per node reads
-/// every process's namespace link, and polled every 50 ms during a scale of 200
-/// containers it took CPU from the nodes it measured.
-fn sleeps(tb: &Testbed) -> usize {
-    use std::os::unix::fs::MetadataExt;
-    let nets: std::collections::HashSet<u64> = tb
-        .nodes
-        .iter()
-        .filter_map(|n| std::fs::metadata(format!("/run/netns/{}", n.netns)).ok())
-        .map(|m| m.ino())
-        .collect();
-    let cgroups = format!("/{}/", shoal_testbed::cgroup_root(&tb.tag));
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    dir.flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        })
-        .filter(|e| {
-            std::fs::read(e.path().join("comm")).is_ok_and(|c| c.trim_ascii_end() == b"sleep")
-        })
-        .filter(|e| {
+/// Counts the `sleep` processes in the testbed's namespaces, polled every 50 ms while a
+/// scale runs. It must cost the nodes it measures next to nothing: `ip netns pids` per
+/// node reads every process's namespace link, and even one pass reading every process's
+/// name took about 7 % of the machine during a scale of 200 containers (`perf record
+/// -a`). So a pid is classified once: a testbed sleep stays one, and any other process
+/// is looked at again only while it is young (a container's process is forked by its
+/// init and becomes `sleep` at its exec, within milliseconds).
+struct Sleeps {
+    nets: std::collections::HashSet<u64>,
+    cgroups: String,
+    seen: std::collections::HashMap<u32, Seen>,
+}
+
+enum Seen {
+    Sleep,
+    /// Not (yet) a testbed sleep, first seen then.
+    Other(Instant),
+}
+
+/// How long a process that is not a sleep is looked at again.
+const YOUNG: Duration = Duration::from_secs(5);
+
+impl Sleeps {
+    fn new(tb: &Testbed) -> Sleeps {
+        use std::os::unix::fs::MetadataExt;
+        Sleeps {
+            nets: tb
+                .nodes
+                .iter()
+                .filter_map(|n| std::fs::metadata(format!("/run/netns/{}", n.netns)).ok())
+                .map(|m| m.ino())
+                .collect(),
+            cgroups: format!("/{}/", shoal_testbed::cgroup_root(&tb.tag)),
+            seen: Default::default(),
+        }
+    }
+
+    fn is_testbed_sleep(&self, proc_dir: &std::path::Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::read(proc_dir.join("comm")).is_ok_and(|c| c.trim_ascii_end() == b"sleep")
             // On the node's network, or in a container cgroup of the testbed's nodes.
-            std::fs::metadata(e.path().join("ns/net")).is_ok_and(|m| nets.contains(&m.ino()))
-                || std::fs::read_to_string(e.path().join("cgroup"))
-                    .is_ok_and(|c| c.contains(&cgroups))
-        })
-        .count()
+            && (std::fs::metadata(proc_dir.join("ns/net"))
+                .is_ok_and(|m| self.nets.contains(&m.ino()))
+                || std::fs::read_to_string(proc_dir.join("cgroup"))
+                    .is_ok_and(|c| c.contains(&self.cgroups)))
+    }
+
+    fn count(&mut self) -> usize {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return 0;
+        };
+        let now = Instant::now();
+        let mut live = std::collections::HashMap::with_capacity(self.seen.len());
+        let mut n = 0;
+        for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let seen = match self.seen.remove(&pid) {
+                Some(Seen::Other(first)) if now - first >= YOUNG => Seen::Other(first),
+                Some(Seen::Sleep) => Seen::Sleep,
+                earlier => match self.is_testbed_sleep(&e.path()) {
+                    true => Seen::Sleep,
+                    false => Seen::Other(match earlier {
+                        Some(Seen::Other(first)) => first,
+                        _ => now,
+                    }),
+                },
+            };
+            n += matches!(seen, Seen::Sleep) as usize;
+            live.insert(pid, seen);
+        }
+        self.seen = live;
+        n
+    }
+}
+
+/// The testbed's sleeps right now (one pass, nothing kept).
+fn sleeps(tb: &Testbed) -> usize {
+    Sleeps::new(tb).count()
+}
+
+/// Waits until `done` holds for the number of the testbed's sleeps.
+fn wait_sleeps(tb: &Testbed, what: &str, done: impl Fn(usize) -> bool) -> Result<()> {
+    let mut counter = Sleeps::new(tb);
+    wait_for(Duration::from_secs(120), || {
+        done(counter.count()).then_some(())
+    })
+    .with_context(|| format!("{what}: never happened in 120 s"))
 }
 
 /// A 3-node cluster (1 manager, 2 workers) with busybox on every node.
@@ -731,10 +788,7 @@ fn bench_rolling(shoal: &std::path::Path) -> Result<String> {
     let running = sleeps(&tb);
     let rm = timed(|| {
         tb.cli_ok(0, &["service", "rm", "roll"])?;
-        wait_for(Duration::from_secs(120), || {
-            (sleeps(&tb) == 0).then_some(())
-        })
-        .context("containers never all gone")
+        wait_sleeps(&tb, "all containers gone", |n| n == 0)
     })?;
     drop(tb);
     Ok(format!(
@@ -784,10 +838,7 @@ fn bench_idle(shoal: &std::path::Path) -> Result<String> {
     )?;
     let scale = timed(|| {
         tb.cli_ok(0, &["service", "scale", "-d", "idle=200"])?;
-        wait_for(Duration::from_secs(120), || {
-            (sleeps(&tb) >= 200).then_some(())
-        })
-        .context("200 containers never running")
+        wait_sleeps(&tb, "200 containers running", |n| n >= 200)
     })?;
     std::thread::sleep(Duration::from_secs(10));
     let ticks = |tb: &Testbed| -> Vec<(usize, u32, String, u64)> {
@@ -1129,25 +1180,16 @@ fn bench_services(shoal: &std::path::Path) -> Result<String> {
                 "3600",
             ],
         )?;
-        wait_for(Duration::from_secs(120), || {
-            (sleeps(&tb) >= 50).then_some(())
-        })
-        .context("50 containers never running")
+        wait_sleeps(&tb, "50 containers running", |n| n >= 50)
     })?;
     let scale = timed(|| {
         tb.cli_ok(0, &["service", "scale", "-d", "web=200"])?;
-        wait_for(Duration::from_secs(120), || {
-            (sleeps(&tb) >= 200).then_some(())
-        })
-        .context("200 containers never running")
+        wait_sleeps(&tb, "200 containers running", |n| n >= 200)
     })?;
     let running = sleeps(&tb);
     let rm = timed(|| {
         tb.cli_ok(0, &["service", "rm", "web"])?;
-        wait_for(Duration::from_secs(120), || {
-            (sleeps(&tb) == 0).then_some(())
-        })
-        .context("containers never all gone")
+        wait_sleeps(&tb, "all containers gone", |n| n == 0)
     })?;
     drop(tb);
 
