@@ -718,11 +718,46 @@ fn sleeps(tb: &Testbed) -> usize {
     Sleeps::new(tb).count()
 }
 
-/// Waits until `done` holds for the number of the testbed's sleeps.
-fn wait_sleeps(tb: &Testbed, what: &str, done: impl Fn(usize) -> bool) -> Result<()> {
+/// The number of processes in the containers of the testbed's nodes, from each node's
+/// cgroup (`pids.current` counts a whole subtree): three small reads. None where the
+/// pids controller is not there.
+fn container_processes(tb: &Testbed) -> Option<usize> {
+    let base = std::path::Path::new("/sys/fs/cgroup");
+    let base = match base.join("cgroup.controllers").exists() {
+        true => base.to_path_buf(),
+        false => base.join("pids"),
+    };
+    (0..tb.nodes.len())
+        .map(|i| {
+            std::fs::read_to_string(base.join(tb.node_cgroup(i)).join("pids.current"))
+                .ok()?
+                .trim()
+                .parse::<usize>()
+                .ok()
+        })
+        .sum()
+}
+
+#[derive(Clone, Copy)]
+enum Want {
+    AtLeast(usize),
+    Zero,
+}
+
+/// Waits until there are at least `n` (`AtLeast`) or no (`Zero`) sleeps in the testbed.
+/// Every running sleep is a process in a container cgroup, so while the cgroups hold
+/// fewer processes than wanted, /proc is not read at all.
+fn wait_sleeps(tb: &Testbed, what: &str, want: Want) -> Result<()> {
     let mut counter = Sleeps::new(tb);
     wait_for(Duration::from_secs(120), || {
-        done(counter.count()).then_some(())
+        let procs = container_processes(tb);
+        let done = match want {
+            Want::AtLeast(n) if procs.is_some_and(|p| p < n) => false,
+            Want::AtLeast(n) => counter.count() >= n,
+            Want::Zero if procs == Some(0) => true,
+            Want::Zero => counter.count() == 0,
+        };
+        done.then_some(())
     })
     .with_context(|| format!("{what}: never happened in 120 s"))
 }
@@ -788,7 +823,7 @@ fn bench_rolling(shoal: &std::path::Path) -> Result<String> {
     let running = sleeps(&tb);
     let rm = timed(|| {
         tb.cli_ok(0, &["service", "rm", "roll"])?;
-        wait_sleeps(&tb, "all containers gone", |n| n == 0)
+        wait_sleeps(&tb, "all containers gone", Want::Zero)
     })?;
     drop(tb);
     Ok(format!(
@@ -838,7 +873,7 @@ fn bench_idle(shoal: &std::path::Path) -> Result<String> {
     )?;
     let scale = timed(|| {
         tb.cli_ok(0, &["service", "scale", "-d", "idle=200"])?;
-        wait_sleeps(&tb, "200 containers running", |n| n >= 200)
+        wait_sleeps(&tb, "200 containers running", Want::AtLeast(200))
     })?;
     std::thread::sleep(Duration::from_secs(10));
     let ticks = |tb: &Testbed| -> Vec<(usize, u32, String, u64)> {
@@ -1180,16 +1215,16 @@ fn bench_services(shoal: &std::path::Path) -> Result<String> {
                 "3600",
             ],
         )?;
-        wait_sleeps(&tb, "50 containers running", |n| n >= 50)
+        wait_sleeps(&tb, "50 containers running", Want::AtLeast(50))
     })?;
     let scale = timed(|| {
         tb.cli_ok(0, &["service", "scale", "-d", "web=200"])?;
-        wait_sleeps(&tb, "200 containers running", |n| n >= 200)
+        wait_sleeps(&tb, "200 containers running", Want::AtLeast(200))
     })?;
     let running = sleeps(&tb);
     let rm = timed(|| {
         tb.cli_ok(0, &["service", "rm", "web"])?;
-        wait_sleeps(&tb, "all containers gone", |n| n == 0)
+        wait_sleeps(&tb, "all containers gone", Want::Zero)
     })?;
     drop(tb);
 
