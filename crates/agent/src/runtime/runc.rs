@@ -27,6 +27,65 @@ pub struct Runc {
     runc_bin: String,
     cgroup_parent: String,
     self_exe: PathBuf,
+    starts: StartGate,
+}
+
+/// Bounds how many containers this node starts at once: as many as it has CPUs (at
+/// least 2). A start is mostly runc's CPU (two Go programs, the seccomp filter, the
+/// mounts); when a node is given many tasks at once, running every runc side by side
+/// only makes them share the CPU, so all of them come up late together. Through the gate
+/// they come up one after another from the start, and the batch as a whole no later. A
+/// start that finds no free slot waits at most `wait`, then goes ahead anyway: a hung
+/// runc holds up the others by that much, never more.
+struct StartGate {
+    limit: usize,
+    wait: Duration,
+    running: std::sync::Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+struct StartSlot<'a>(&'a StartGate);
+
+impl StartGate {
+    fn new(limit: usize, wait: Duration) -> StartGate {
+        StartGate {
+            limit: limit.max(1),
+            wait,
+            running: std::sync::Mutex::new(0),
+            freed: std::sync::Condvar::new(),
+        }
+    }
+
+    fn for_this_host() -> StartGate {
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        StartGate::new(cpus.max(2), Duration::from_secs(2))
+    }
+
+    fn enter(&self) -> StartSlot<'_> {
+        let deadline = Instant::now() + self.wait;
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        while *running >= self.limit {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            running = self
+                .freed
+                .wait_timeout(running, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        *running += 1;
+        StartSlot(self)
+    }
+}
+
+impl Drop for StartSlot<'_> {
+    fn drop(&mut self) {
+        let mut running = self.0.running.lock().unwrap_or_else(|e| e.into_inner());
+        *running = running.saturating_sub(1);
+        self.0.freed.notify_one();
+    }
 }
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -101,6 +160,7 @@ impl Runc {
             runc_bin: runc_bin(),
             cgroup_parent: cgroup_parent.trim_matches('/').to_string(),
             self_exe,
+            starts: StartGate::for_this_host(),
         })
     }
 
@@ -443,6 +503,7 @@ impl Runtime for Runc {
     }
 
     fn start(&self, id: &str) -> Result<u32, RuntimeError> {
+        let _slot = self.starts.enter();
         let dir = self.dir(id);
         std::fs::write(dir.join("boot_id"), boot_id())
             .map_err(io_err("cannot record the boot of the container"))?;
@@ -709,6 +770,41 @@ mod tests {
         };
         let spec = runc.spec(&cfg, dir.path()).unwrap();
         serde_json::to_value(&spec).unwrap()
+    }
+
+    #[test]
+    fn the_start_gate_admits_its_limit_and_never_holds_a_start_past_its_wait() {
+        let gate = std::sync::Arc::new(StartGate::new(2, Duration::from_millis(300)));
+        let peak = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let now = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let threads: Vec<_> = (0..6)
+            .map(|_| {
+                let (gate, peak, now) = (gate.clone(), peak.clone(), now.clone());
+                std::thread::spawn(move || {
+                    let _slot = gate.enter();
+                    let n = now.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                    peak.fetch_max(n, std::sync::atomic::Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(20));
+                    now.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(peak.load(std::sync::atomic::Ordering::SeqCst), 2);
+        // Two starts that never end: a third waits the gate's wait, then goes ahead.
+        let a = gate.enter();
+        let b = gate.enter();
+        let t = Instant::now();
+        let c = gate.enter();
+        let waited = t.elapsed();
+        assert!(
+            waited >= Duration::from_millis(300) && waited < Duration::from_secs(2),
+            "{waited:?}"
+        );
+        drop((a, b, c));
+        assert_eq!(*gate.running.lock().unwrap(), 0);
     }
 
     #[test]

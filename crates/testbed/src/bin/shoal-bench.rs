@@ -744,15 +744,19 @@ enum Want {
     Zero,
 }
 
+/// Processes in the cgroup of a running bench task: the init and `sleep` (every bench
+/// service runs with the default init).
+const PROCESSES_PER_TASK: usize = 2;
+
 /// Waits until there are at least `n` (`AtLeast`) or no (`Zero`) sleeps in the testbed.
-/// Every running sleep is a process in a container cgroup, so while the cgroups hold
-/// fewer processes than wanted, /proc is not read at all.
+/// Every running task is two processes in a container cgroup, so while the cgroups hold
+/// fewer than twice as many processes as wanted sleeps, /proc is not read at all.
 fn wait_sleeps(tb: &Testbed, what: &str, want: Want) -> Result<()> {
     let mut counter = Sleeps::new(tb);
     wait_for(Duration::from_secs(120), || {
         let procs = container_processes(tb);
         let done = match want {
-            Want::AtLeast(n) if procs.is_some_and(|p| p < n) => false,
+            Want::AtLeast(n) if procs.is_some_and(|p| p < n * PROCESSES_PER_TASK) => false,
             Want::AtLeast(n) => counter.count() >= n,
             Want::Zero if procs == Some(0) => true,
             Want::Zero => counter.count() == 0,
