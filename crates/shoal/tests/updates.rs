@@ -597,6 +597,45 @@ fn health_checks_fail_unhealthy_tasks_and_roll_back_a_bad_update() {
     })
     .expect("replaced");
 
+    // A check that hangs is cut off at its timeout and counts as a failure.
+    ok(
+        &tb,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "slow",
+            "--health-cmd",
+            "sleep 30",
+            "--health-timeout",
+            "1s",
+            "--health-interval",
+            "1s",
+            "--health-retries",
+            "1",
+            "busybox",
+            "sleep",
+            "100000",
+        ],
+    );
+    let started = Instant::now();
+    let failed = wait_for(T, || {
+        tasks(&tb, "slow")
+            .into_iter()
+            .find(|t| t["CurrentState"] == "Failed")
+    })
+    .unwrap_or_else(|| panic!("never failed: {:?}", tasks(&tb, "slow")));
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    let t = task(&tb, failed["ID"].as_str().unwrap());
+    let output = t["Status"]["Health"]["Output"].as_str().unwrap();
+    assert!(output.contains("timed out after 1s"), "{t}");
+    ok(&tb, &["service", "rm", "slow"]);
+
     // An update whose check never passes rolls back.
     ok(
         &tb,

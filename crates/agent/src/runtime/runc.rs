@@ -106,9 +106,8 @@ fn started_signal(dir: &Path) -> Option<std::fs::File> {
 }
 
 /// Whether `f` turned readable (or its writer hung up) within `timeout`.
-fn wait_readable(f: &std::fs::File, timeout: Duration) -> bool {
+fn wait_readable(f: &impl std::os::fd::AsFd, timeout: Duration) -> bool {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    use std::os::fd::AsFd;
     let mut fds = [PollFd::new(f.as_fd(), PollFlags::POLLIN)];
     let ms = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
     matches!(poll(&mut fds, ms), Ok(n) if n > 0)
@@ -721,17 +720,26 @@ impl Runtime for Runc {
             }
             String::from_utf8_lossy(&kept).into_owned()
         });
+        // A pidfd of runc turns readable when it exits: the wait sleeps until then or
+        // the timeout (a kernel without pidfds gets a 10 ms check instead).
+        let exited = super::pidfd_open(child.id()).ok();
         let deadline = Instant::now() + timeout;
         let status = loop {
             if let Some(st) = child.try_wait().map_err(io_err("waiting for runc exec"))? {
                 break Some(st);
             }
-            if Instant::now() >= deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
                 let _ = child.kill();
                 let _ = child.wait();
                 break None;
             }
-            std::thread::sleep(Duration::from_millis(10));
+            match &exited {
+                Some(fd) => {
+                    wait_readable(fd, left);
+                }
+                None => std::thread::sleep(left.min(Duration::from_millis(10))),
+            }
         };
         let Some(status) = status else {
             // The command inside may live on; the reader ends once it does.
