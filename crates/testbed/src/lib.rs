@@ -234,15 +234,20 @@ pub fn cgroup_pids(rel: &str) -> Vec<u32> {
             }
         }
     }
-    let base = Path::new("/sys/fs/cgroup");
-    let root = if base.join("cgroup.controllers").exists() {
-        base.join(rel.trim_start_matches('/'))
-    } else {
-        base.join("pids").join(rel.trim_start_matches('/'))
-    };
     let mut out = Vec::new();
-    walk(&root, &mut out);
+    walk(&pids_cgroup(rel), &mut out);
     out
+}
+
+/// The directory of cgroup `rel` (as given to runc) in the hierarchy that has the pids
+/// controller: the one hierarchy on cgroup v2, `pids/` on v1.
+pub fn pids_cgroup(rel: &str) -> PathBuf {
+    let base = Path::new("/sys/fs/cgroup");
+    let rel = rel.trim_start_matches('/');
+    match base.join("cgroup.controllers").exists() {
+        true => base.join(rel),
+        false => base.join("pids").join(rel),
+    }
 }
 
 fn kill_pids(pids: impl IntoIterator<Item = u32>) {

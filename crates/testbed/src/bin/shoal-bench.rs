@@ -636,104 +636,54 @@ fn bench_throughput(shoal: &std::path::Path) -> Result<String> {
     Ok(md)
 }
 
-/// Counts the `sleep` processes in the testbed's namespaces, polled every 50 ms while a
-/// scale runs. It must cost the nodes it measures next to nothing: `ip netns pids` per
-/// node reads every process's namespace link, and even one pass reading every process's
-/// name took about 7 % of the machine during a scale of 200 containers (`perf record
-/// -a`). So a pid is classified once: a testbed sleep stays one, and any other process
-/// is looked at again only while it is young (a container's process is forked by its
-/// init and becomes `sleep` at its exec, within milliseconds).
-struct Sleeps {
-    nets: std::collections::HashSet<u64>,
-    cgroups: String,
-    seen: std::collections::HashMap<u32, Seen>,
-}
-
-enum Seen {
-    Sleep,
-    /// Not (yet) a testbed sleep, first seen then.
-    Other(Instant),
-}
-
-/// How long a process that is not a sleep is looked at again.
-const YOUNG: Duration = Duration::from_secs(5);
-
-impl Sleeps {
-    fn new(tb: &Testbed) -> Sleeps {
-        use std::os::unix::fs::MetadataExt;
-        Sleeps {
-            nets: tb
-                .nodes
-                .iter()
-                .filter_map(|n| std::fs::metadata(format!("/run/netns/{}", n.netns)).ok())
-                .map(|m| m.ino())
-                .collect(),
-            cgroups: format!("/{}/", shoal_testbed::cgroup_root(&tb.tag)),
-            seen: Default::default(),
-        }
-    }
-
-    fn is_testbed_sleep(&self, proc_dir: &std::path::Path) -> bool {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::read(proc_dir.join("comm")).is_ok_and(|c| c.trim_ascii_end() == b"sleep")
-            // On the node's network, or in a container cgroup of the testbed's nodes.
-            && (std::fs::metadata(proc_dir.join("ns/net"))
-                .is_ok_and(|m| self.nets.contains(&m.ino()))
-                || std::fs::read_to_string(proc_dir.join("cgroup"))
-                    .is_ok_and(|c| c.contains(&self.cgroups)))
-    }
-
-    fn count(&mut self) -> usize {
-        let Ok(dir) = std::fs::read_dir("/proc") else {
-            return 0;
-        };
-        let now = Instant::now();
-        let mut live = std::collections::HashMap::with_capacity(self.seen.len());
-        let mut n = 0;
-        for e in dir.flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            let seen = match self.seen.remove(&pid) {
-                Some(Seen::Other(first)) if now - first >= YOUNG => Seen::Other(first),
-                Some(Seen::Sleep) => Seen::Sleep,
-                earlier => match self.is_testbed_sleep(&e.path()) {
-                    true => Seen::Sleep,
-                    false => Seen::Other(match earlier {
-                        Some(Seen::Other(first)) => first,
-                        _ => now,
-                    }),
-                },
-            };
-            n += matches!(seen, Seen::Sleep) as usize;
-            live.insert(pid, seen);
-        }
-        self.seen = live;
-        n
-    }
-}
-
-/// The testbed's sleeps right now (one pass, nothing kept).
+/// The `sleep` processes in the testbed's namespaces. One pass over /proc reading each
+/// process's name, and the namespace only of the sleeps (`ip netns pids` per node reads
+/// every process's namespace link). Even so a pass costs the nodes it measures: polled
+/// during a scale it took about 7 % of the machine, so [`wait_sleeps`] reads the node
+/// cgroups first.
 fn sleeps(tb: &Testbed) -> usize {
-    Sleeps::new(tb).count()
+    use std::os::unix::fs::MetadataExt;
+    let nets: std::collections::HashSet<u64> = tb
+        .nodes
+        .iter()
+        .filter_map(|n| std::fs::metadata(format!("/run/netns/{}", n.netns)).ok())
+        .map(|m| m.ino())
+        .collect();
+    let cgroups = format!("/{}/", shoal_testbed::cgroup_root(&tb.tag));
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .filter(|e| {
+            std::fs::read(e.path().join("comm")).is_ok_and(|c| c.trim_ascii_end() == b"sleep")
+        })
+        .filter(|e| {
+            // On the node's network, or in a container cgroup of the testbed's nodes.
+            std::fs::metadata(e.path().join("ns/net")).is_ok_and(|m| nets.contains(&m.ino()))
+                || std::fs::read_to_string(e.path().join("cgroup"))
+                    .is_ok_and(|c| c.contains(&cgroups))
+        })
+        .count()
 }
 
 /// The number of processes in the containers of the testbed's nodes, from each node's
 /// cgroup (`pids.current` counts a whole subtree): three small reads. None where the
 /// pids controller is not there.
 fn container_processes(tb: &Testbed) -> Option<usize> {
-    let base = std::path::Path::new("/sys/fs/cgroup");
-    let base = match base.join("cgroup.controllers").exists() {
-        true => base.to_path_buf(),
-        false => base.join("pids"),
-    };
     (0..tb.nodes.len())
         .map(|i| {
-            std::fs::read_to_string(base.join(tb.node_cgroup(i)).join("pids.current"))
-                .ok()?
-                .trim()
-                .parse::<usize>()
-                .ok()
+            std::fs::read_to_string(
+                shoal_testbed::pids_cgroup(&tb.node_cgroup(i)).join("pids.current"),
+            )
+            .ok()?
+            .trim()
+            .parse::<usize>()
+            .ok()
         })
         .sum()
 }
@@ -752,14 +702,13 @@ const PROCESSES_PER_TASK: usize = 2;
 /// Every running task is two processes in a container cgroup, so while the cgroups hold
 /// fewer than twice as many processes as wanted sleeps, /proc is not read at all.
 fn wait_sleeps(tb: &Testbed, what: &str, want: Want) -> Result<()> {
-    let mut counter = Sleeps::new(tb);
     wait_for(Duration::from_secs(120), || {
         let procs = container_processes(tb);
         let done = match want {
             Want::AtLeast(n) if procs.is_some_and(|p| p < n * PROCESSES_PER_TASK) => false,
-            Want::AtLeast(n) => counter.count() >= n,
+            Want::AtLeast(n) => sleeps(tb) >= n,
             Want::Zero if procs == Some(0) => true,
-            Want::Zero => counter.count() == 0,
+            Want::Zero => sleeps(tb) == 0,
         };
         done.then_some(())
     })
