@@ -47,18 +47,18 @@ async fn run(
         while let Ok((id, st)) = rx.try_recv() {
             merge(&mut pending, id, st);
         }
-        let updates: Vec<TaskStatusUpdate> = pending
-            .iter()
-            .map(|(id, st)| TaskStatusUpdate {
-                task_id: id.clone(),
-                status: Some(st.clone()),
-            })
-            .collect();
+        // At most what one report may carry; the rest go in the next.
+        let updates = next_report(&pending);
+        let sent: Vec<String> = updates.iter().map(|u| u.task_id.clone()).collect();
         let mut req = tonic::Request::new(UpdateTaskStatusRequest { updates });
         req.set_timeout(Duration::from_secs(10));
         let mut client = DispatcherClient::new(channels.borrow().clone());
         match client.update_task_status(req).await {
-            Ok(_) => pending.clear(),
+            Ok(_) => {
+                for id in sent {
+                    pending.remove(&id);
+                }
+            }
             Err(e) => {
                 tracing::warn!(code = ?e.code(), error = %e.message(), "task status not delivered; retrying");
                 tokio::select! {
@@ -67,5 +67,41 @@ async fn run(
                 }
             }
         }
+    }
+}
+
+/// The next report: at most [`shoal_proto::limits::MAX_STATUS_UPDATES`] of the pending
+/// statuses (a manager refuses more in one call).
+fn next_report(pending: &HashMap<String, TaskStatus>) -> Vec<TaskStatusUpdate> {
+    pending
+        .iter()
+        .take(shoal_proto::limits::MAX_STATUS_UPDATES)
+        .map(|(id, st)| TaskStatusUpdate {
+            task_id: id.clone(),
+            status: Some(st.clone()),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod report_tests {
+    use super::*;
+
+    #[test]
+    fn more_pending_statuses_than_one_report_may_carry_go_in_several() {
+        let limit = shoal_proto::limits::MAX_STATUS_UPDATES;
+        let mut pending: HashMap<String, TaskStatus> = (0..limit + 5)
+            .map(|i| (format!("t{i}"), TaskStatus::default()))
+            .collect();
+        let first = next_report(&pending);
+        assert_eq!(first.len(), limit);
+        for u in &first {
+            pending.remove(&u.task_id);
+        }
+        let second = next_report(&pending);
+        assert_eq!(second.len(), 5);
+        assert!(second
+            .iter()
+            .all(|u| !first.iter().any(|f| f.task_id == u.task_id)));
     }
 }

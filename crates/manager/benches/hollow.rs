@@ -75,14 +75,18 @@ fn main() {
             spec_version: 1,
             ..Default::default()
         };
+        let (view, watch) = shoal_manager::view::ClusterView::start(&store).expect("view");
+        let cancel = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(view.clone().run(store.clone(), watch, cancel.clone()));
         let started = Instant::now();
         let mut b = Batch::default();
         b.put(&service, Expect::Absent);
-        store.commit(b).await.expect("service");
+        let index = store.commit(b).await.expect("service");
+        view.wait_index(index, Duration::from_secs(10)).await.expect("the view has the service");
         let mut passes = 0;
         loop {
             passes += 1;
-            let (wrote, _) = orchestrator::reconcile_once(&store).await.expect("reconcile");
+            let (wrote, _) = orchestrator::reconcile_once(&store, &view).await.expect("reconcile");
             if !wrote {
                 break;
             }

@@ -1,6 +1,7 @@
 //! Who may call, right now: the read model every manager checks on each call and on
-//! each open stream. It holds, from the store, the member nodes with the certificates
-//! each may still use, and the revoked serials; one store watch keeps it current, so a
+//! each open stream. It holds, from the cluster view, the member nodes with the
+//! certificates each may still use, and the revoked serials; the view's updates keep it
+//! current, so a
 //! removal, a revocation or a superseded certificate is refused at once on every
 //! manager, also on connections and streams that are already open.
 //!
@@ -10,13 +11,12 @@
 //! many renewals ago it was issued: no certificate outlives its replacement.
 
 use crate::time::unix_now;
+use crate::view::{Kind, State, Subscription, Update};
 use shoal_pki::NodeIdentity;
 use shoal_proto::objects::{Node, RevokedCert};
-use shoal_store::{Change, Object, Store, Watch};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
-use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -161,52 +161,47 @@ impl View {
         Err(Refusal::Superseded)
     }
 
-    fn load(snapshot: &shoal_store::Snapshot) -> Result<View, shoal_store::StoreError> {
-        let mut v = View::default();
-        for n in snapshot.list::<Node>()? {
-            v.nodes.insert(n.value.id.clone(), Certs::of(&n.value));
+    fn load(state: &State) -> View {
+        View {
+            nodes: state
+                .values::<Node>()
+                .map(|n| (n.id.clone(), Certs::of(n)))
+                .collect(),
+            revoked: state
+                .values::<RevokedCert>()
+                .map(|r| (r.serial.clone(), Revoked::of(r)))
+                .collect(),
         }
-        for r in snapshot.list::<RevokedCert>()? {
-            v.revoked
-                .insert(r.value.serial.clone(), Revoked::of(&r.value));
-        }
-        Ok(v)
     }
 
-    /// Applies one committed change; true if the view changed.
-    fn apply(&mut self, c: &Change) -> bool {
-        if c.table() == Node::TABLE {
-            match c.decode::<Node>() {
-                Some(Ok(n)) => {
+    /// Takes in one applied batch; true if the view changed. A resync reloads it whole.
+    fn apply(&mut self, u: &Update) -> bool {
+        let (Some(nodes), Some(revoked)) = (u.changed(Kind::Node), u.changed(Kind::Revocation))
+        else {
+            *self = View::load(&u.state);
+            return true;
+        };
+        let mut changed = false;
+        for id in nodes {
+            changed |= match u.state.get::<Node>(id) {
+                Some(n) => {
                     let certs = Certs::of(&n.value);
-                    if self.nodes.get(&n.value.id) == Some(&certs) {
-                        return false;
-                    }
-                    self.nodes.insert(n.value.id, certs);
-                    true
+                    self.nodes.insert(id.to_string(), certs.clone()) != Some(certs)
                 }
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "undecodable node in the store");
-                    false
-                }
-                None => self.nodes.remove(c.id()).is_some(),
-            }
-        } else if c.table() == RevokedCert::TABLE {
-            match c.decode::<RevokedCert>() {
-                Some(Ok(r)) => {
-                    self.revoked
-                        .insert(r.value.serial.clone(), Revoked::of(&r.value));
-                    true
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "undecodable revocation in the store");
-                    false
-                }
-                None => self.revoked.remove(c.id()).is_some(),
-            }
-        } else {
-            false
+                None => self.nodes.remove(id).is_some(),
+            };
         }
+        for serial in revoked {
+            changed |= match u.state.get::<RevokedCert>(serial) {
+                Some(r) => {
+                    self.revoked
+                        .insert(serial.to_string(), Revoked::of(&r.value));
+                    true
+                }
+                None => self.revoked.remove(serial).is_some(),
+            };
+        }
+        changed
     }
 }
 
@@ -220,11 +215,6 @@ impl Revoked {
     }
 }
 
-/// Whether a store change can change who may call.
-pub fn touches_access(c: &Change) -> bool {
-    c.table() == Node::TABLE || c.table() == RevokedCert::TABLE
-}
-
 /// The shared read model. Cheap to check (one hash lookup under a read lock).
 #[derive(Debug)]
 pub struct AccessList {
@@ -236,69 +226,37 @@ pub struct AccessList {
 }
 
 impl AccessList {
-    /// Loads the view from a store snapshot; [`AccessList::follow`] keeps it current.
-    pub fn start(store: &Store) -> Result<(Arc<AccessList>, Watch), shoal_store::StoreError> {
-        let watch = store.watch()?;
-        let view = View::load(&watch.snapshot)?;
-        let list = AccessList {
-            view: RwLock::new(view),
-            applied: watch::channel(watch.snapshot.index()).0,
+    /// Loads the list from the cluster view's `state`; [`AccessList::follow`] keeps it
+    /// current.
+    pub fn start(state: &State) -> Arc<AccessList> {
+        Arc::new(AccessList {
+            view: RwLock::new(View::load(state)),
+            applied: watch::channel(state.index()).0,
             generation: watch::channel(0).0,
-        };
-        Ok((Arc::new(list), watch))
+        })
     }
 
-    /// Follows the store from `watch` (the one [`AccessList::start`] returned) until
-    /// cancelled or the store closes.
-    pub async fn follow(
-        self: Arc<Self>,
-        store: Store,
-        mut watch: Watch,
-        cancel: CancellationToken,
-    ) {
+    /// Follows the cluster view's `updates` (subscribed before the state given to
+    /// [`AccessList::start`] was read) until cancelled or the view stops.
+    pub async fn follow(self: Arc<Self>, mut updates: Subscription, cancel: CancellationToken) {
         loop {
-            let ev = tokio::select! {
+            let u = tokio::select! {
                 _ = cancel.cancelled() => return,
-                ev = watch.events.recv() => ev,
+                u = updates.next() => u,
             };
-            match ev {
-                Ok(ev) => {
-                    let changed = match self.view.write() {
-                        Ok(mut v) => ev
-                            .changes
-                            .iter()
-                            .filter(|c| touches_access(c))
-                            .fold(false, |acc, c| v.apply(c) | acc),
-                        Err(_) => false,
-                    };
-                    if changed {
-                        self.generation.send_modify(|g| *g += 1);
-                    }
-                    self.applied.send_replace(ev.index);
-                }
-                Err(RecvError::Lagged(_)) => {
-                    // Too far behind to trust the gap: start over from a fresh snapshot.
-                    match store.watch() {
-                        Ok(w) => {
-                            match View::load(&w.snapshot) {
-                                Ok(v) => {
-                                    if let Ok(mut cur) = self.view.write() {
-                                        *cur = v;
-                                    }
-                                }
-                                Err(e) => {
-                                    tracing::error!(error = %e, "cannot reload the access list")
-                                }
-                            }
-                            self.generation.send_modify(|g| *g += 1);
-                            self.applied.send_replace(w.snapshot.index());
-                            watch = w;
-                        }
-                        Err(_) => return,
-                    }
-                }
-                Err(RecvError::Closed) => return,
+            let Some(u) = u else { return };
+            if u.state.index() <= *self.applied.borrow() && u.changes.is_some() {
+                // Already in the state the list was loaded from.
+                continue;
             }
+            let changed = match self.view.write() {
+                Ok(mut v) => v.apply(&u),
+                Err(_) => false,
+            };
+            if changed {
+                self.generation.send_modify(|g| *g += 1);
+            }
+            self.applied.send_replace(u.state.index());
         }
     }
 
@@ -515,19 +473,21 @@ mod tests {
     #[test]
     fn changes_apply_in_order_and_report_whether_anything_changed() {
         let mut v = View::default();
-        let put = |n: &Node| Change::Put {
-            table: Node::TABLE.into(),
-            id: n.id.clone(),
-            version: 1,
-            data: prost::Message::encode_to_vec(n).into(),
+        let mut state = State::default();
+        let mut step = |f: &dyn Fn(&mut State) -> crate::view::Changed| {
+            let changed = f(&mut state);
+            Update {
+                state: Arc::new(state.clone()),
+                changes: Some(vec![changed]),
+            }
         };
         let n = node("a", &[], None);
-        assert!(v.apply(&put(&n)));
-        assert!(!v.apply(&put(&n)), "the same certificates change nothing");
-        assert!(v.apply(&Change::Delete {
-            table: Node::TABLE.into(),
-            id: "n1".into()
-        }));
+        assert!(v.apply(&step(&|s| s.put_for_test(n.clone()))));
+        assert!(
+            !v.apply(&step(&|s| s.put_for_test(n.clone()))),
+            "the same certificates change nothing"
+        );
+        assert!(v.apply(&step(&|s| s.delete_for_test::<Node>("n1"))));
         assert_eq!(
             v.decide("Session", "n1", "a", t(100), t(1)),
             Err(Refusal::Unknown)

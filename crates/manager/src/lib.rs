@@ -30,6 +30,7 @@ pub mod scheduler;
 pub mod server;
 mod time;
 pub mod tokens;
+pub mod view;
 
 pub use bootstrap::{init_cluster, InitParams, InitResult};
 pub use controlapi::{ControlApi, ControlError};

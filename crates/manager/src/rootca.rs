@@ -18,7 +18,7 @@ use shoal_proto::control::{CaNodeProgress, CaStatus};
 use shoal_proto::objects::{
     Cluster, JoinTokens, LimitedToken, Node, NodeState, RootCa as RootCaObject, RootRotation,
 };
-use shoal_store::{Batch, Expect, Object, Store, StoreError};
+use shoal_store::{Batch, Expect, Store, StoreError};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
@@ -120,10 +120,11 @@ impl CaHandle {
         self.tx.subscribe()
     }
 
-    fn reload(&self, store: &Store) {
+    fn reload(&self, state: &crate::view::State) {
         let cur = self.get();
-        let next = load_cluster(store)
-            .map_err(|e| e.to_string())
+        let next = state
+            .cluster()
+            .ok_or_else(|| "the store holds no cluster object".to_string())
             .and_then(|c| {
                 CaState::from_cluster(&c.value, &cur.cluster_id).map_err(|e| e.to_string())
             });
@@ -141,21 +142,22 @@ impl CaHandle {
         }
     }
 
-    /// Keeps the state equal to the store's cluster object until cancelled.
-    pub async fn follow(self, store: Store, cancel: CancellationToken) {
-        let Ok(mut watch) = store.watch() else { return };
-        self.reload(&store);
+    /// Keeps the state equal to the cluster object until cancelled, following the
+    /// cluster view's `updates` (subscribed before `view` was read).
+    pub async fn follow(
+        self,
+        view: crate::view::ClusterView,
+        mut updates: crate::view::Subscription,
+        cancel: CancellationToken,
+    ) {
+        self.reload(&view.current());
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                ev = watch.events.recv() => match ev {
-                    Ok(ev) => {
-                        if ev.changes.iter().any(|c| c.table() == Cluster::TABLE) {
-                            self.reload(&store);
-                        }
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.reload(&store),
-                    Err(_) => return,
+                u = updates.next() => match u {
+                    Some(u) if u.touches(&[crate::view::Kind::Cluster]) => self.reload(&u.state),
+                    Some(_) => {}
+                    None => return,
                 },
             }
         }

@@ -9,6 +9,7 @@ use crate::ca_server::CaServer;
 use crate::controlapi::{ControlApi, ControlService};
 use crate::dispatcher::Dispatcher;
 use crate::rootca::{CaHandle, CaState};
+use crate::view::ClusterView;
 use shoal_pki::ClusterId;
 use shoal_proto::ca::ca_server::CaServer as CaRpcServer;
 use shoal_proto::control::control_server::ControlServer;
@@ -39,6 +40,7 @@ pub struct ManagerConfig {
 
 /// A running manager. Dropping it does not stop it: call [`Manager::shutdown`].
 pub struct Manager {
+    view: ClusterView,
     cancel: CancellationToken,
     identity: IdentityHandle,
     control: ControlApi,
@@ -70,10 +72,23 @@ pub struct TlsConn<I> {
 /// handful; the bound keeps one address from exhausting the manager's sockets and memory.
 pub const MAX_CONNS_PER_ADDR: u32 = 64;
 
-/// Open connections per peer address.
+/// Connections the listener holds at once from all addresses together: room for a
+/// fleet of 10,000 nodes with one each and their managers, and still a bound on what
+/// many addresses together can make the manager hold.
+pub const MAX_CONNS: u32 = 12_288;
+
+/// Open connections per peer address, and in all.
 #[derive(Default)]
 struct ConnLimiter {
     open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, u32>>,
+    /// All open connections (changed under `open`'s lock).
+    all: std::sync::atomic::AtomicU32,
+}
+
+impl ConnLimiter {
+    fn total(&self) -> u32 {
+        self.all.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// One counted connection; dropping it frees the slot.
@@ -85,11 +100,15 @@ pub struct ConnSlot {
 impl ConnLimiter {
     fn acquire(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<ConnSlot> {
         let mut open = self.open.lock().ok()?;
+        if self.total() >= MAX_CONNS {
+            return None;
+        }
         let n = open.entry(ip).or_insert(0);
         if *n >= MAX_CONNS_PER_ADDR {
             return None;
         }
         *n += 1;
+        self.all.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Some(ConnSlot {
             limiter: self.clone(),
             ip,
@@ -102,6 +121,9 @@ impl Drop for ConnSlot {
         if let Ok(mut open) = self.limiter.open.lock() {
             if let Some(n) = open.get_mut(&self.ip) {
                 *n -= 1;
+                self.limiter
+                    .all
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 if *n == 0 {
                     open.remove(&self.ip);
                 }
@@ -204,7 +226,11 @@ async fn accept_loop<A: Admission>(
         let Some(slot) = limiter.acquire(remote.ip()) else {
             // Dropping the socket refuses it; log at most once a second.
             if last_refusal_log.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
-                tracing::warn!(%remote, limit = MAX_CONNS_PER_ADDR, "refused a connection: too many open from this address");
+                if limiter.total() >= MAX_CONNS {
+                    tracing::warn!(%remote, limit = MAX_CONNS, "refused a connection: the listener holds as many connections as it may");
+                } else {
+                    tracing::warn!(%remote, limit = MAX_CONNS_PER_ADDR, "refused a connection: too many open from this address");
+                }
                 last_refusal_log = Some(std::time::Instant::now());
             }
             continue;
@@ -321,13 +347,13 @@ impl Manager {
         let cancel = CancellationToken::new();
         let mut tasks = tokio::task::JoinSet::new();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
-        let (access, access_watch) = AccessList::start(&cfg.store)?;
-        tasks.spawn(
-            access
-                .clone()
-                .follow(cfg.store.clone(), access_watch, cancel.clone()),
-        );
-        tasks.spawn(ca.clone().follow(cfg.store.clone(), cancel.clone()));
+        // The one store watch of this manager: everything below reads the view.
+        let (view, watch) = ClusterView::start(&cfg.store)?;
+        let (access_updates, ca_updates) = (view.subscribe(), view.subscribe());
+        let access = AccessList::start(&view.current());
+        tasks.spawn(view.clone().run(cfg.store.clone(), watch, cancel.clone()));
+        tasks.spawn(access.clone().follow(access_updates, cancel.clone()));
+        tasks.spawn(ca.clone().follow(view.clone(), ca_updates, cancel.clone()));
         tasks.spawn(identity.clone().follow(cancel.clone()));
         let gate = Gate {
             access: access.clone(),
@@ -341,9 +367,10 @@ impl Manager {
             cancel.clone(),
         ));
 
-        let dispatcher = Dispatcher::new(cfg.store.clone(), ca.clone(), cancel.clone());
+        let dispatcher =
+            Dispatcher::new(cfg.store.clone(), view.clone(), ca.clone(), cancel.clone());
         let control = ControlApi::new(cfg.store.clone(), dispatcher.logs.clone());
-        let loops = leader_loops(&cfg.store, &dispatcher);
+        let loops = leader_loops(&cfg.store, &view, &dispatcher);
         let leadership = crate::leader::follow_store(&cfg.store, cancel.clone());
         tasks.spawn(crate::leader::supervise(leadership, loops, cancel.clone()));
         let control_server = ControlServer::new(ControlService(control.clone()));
@@ -373,6 +400,7 @@ impl Manager {
         });
         tracing::info!(addr = %local_addr, "manager listening");
         Ok(Manager {
+            view,
             cancel,
             identity,
             control,
@@ -380,6 +408,11 @@ impl Manager {
             tasks,
             local_addr,
         })
+    }
+
+    /// This manager's view of the cluster.
+    pub fn view(&self) -> &ClusterView {
+        &self.view
     }
 
     /// The control API.
@@ -401,16 +434,21 @@ impl Manager {
 
 /// Every loop that writes to the store: run by [`crate::leader::supervise`] only while
 /// this manager leads.
-fn leader_loops(store: &Store, dispatcher: &Dispatcher) -> Vec<crate::leader::LeaderLoop> {
+fn leader_loops(
+    store: &Store,
+    view: &ClusterView,
+    dispatcher: &Dispatcher,
+) -> Vec<crate::leader::LeaderLoop> {
     use crate::leader::LeaderLoop;
     let (s1, s2, s3) = (store.clone(), store.clone(), store.clone());
+    let v1 = view.clone();
     let (d1, d2, d3) = (dispatcher.clone(), dispatcher.clone(), dispatcher.clone());
     vec![
         LeaderLoop::new("liveness", move |c| d1.clone().run_liveness(c)),
         LeaderLoop::new("peers", move |c| d3.clone().run_peers(c)),
         LeaderLoop::new("status writer", move |c| d2.clone().run_status_writer(c)),
         LeaderLoop::new("orchestrator", move |c| {
-            crate::orchestrator::run(s1.clone(), c)
+            crate::orchestrator::run(s1.clone(), v1.clone(), c)
         }),
         LeaderLoop::new("root rotation", move |c| crate::rootca::run(s2.clone(), c)),
         LeaderLoop::new("revocation and token pruning", move |c| {
@@ -539,5 +577,22 @@ mod tests {
             "closed connections free their slots"
         );
         assert!(limiter.open.lock().unwrap().len() <= 1);
+    }
+
+    #[test]
+    fn connections_are_bounded_in_all_whatever_the_address() {
+        let limiter = Arc::new(ConnLimiter::default());
+        let held: Vec<ConnSlot> = (0..MAX_CONNS)
+            .map(|i| {
+                let ip = std::net::IpAddr::from([10, 1, (i / 256) as u8 % 255, (i % 256) as u8]);
+                limiter.acquire(ip).expect("under the limits")
+            })
+            .collect();
+        assert!(
+            limiter.acquire("10.200.0.1".parse().unwrap()).is_none(),
+            "a new address is refused once the listener is full"
+        );
+        drop(held);
+        assert!(limiter.acquire("10.200.0.1".parse().unwrap()).is_some());
     }
 }

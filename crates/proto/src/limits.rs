@@ -24,6 +24,8 @@ pub const MAX_NAME: usize = 63;
 /// them (each string with its NUL and its pointer). The kernel always accepts 128 KiB
 /// however small the stack limit; this leaves room for the image's environment.
 pub const MAX_EXEC_BYTES: usize = 96 * 1024;
+/// Task status updates in one report: an agent with more to send sends them in several.
+pub const MAX_STATUS_UPDATES: usize = 2000;
 /// A whole encoded container spec.
 pub const MAX_SPEC_BYTES: usize = 256 * 1024;
 

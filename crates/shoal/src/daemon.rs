@@ -531,9 +531,10 @@ impl Daemon {
                 return Err(e);
             }
         };
-        if let Some(store) = &store {
+        if let (Some(store), Some(m)) = (&store, &manager) {
             tokio::spawn(follow_cluster_settings(
                 store.clone(),
+                m.view().clone(),
                 self.dir.clone(),
                 creds.clone(),
             ));
@@ -1473,6 +1474,7 @@ impl Daemon {
         a.state.raft_id = state.raft_id;
         tokio::spawn(follow_cluster_settings(
             store.clone(),
+            manager.view().clone(),
             self.dir.clone(),
             creds.clone(),
         ));
@@ -1874,17 +1876,21 @@ async fn stop(active: Active) {
     }
 }
 
-/// On a manager, for as long as its store is open: applies the cluster's Raft settings
-/// to the store (snapshot interval now, election timeout from the next start), and its
-/// autolock setting to the keys on disk (the data key wrapped by the unlock key and the
-/// TLS key sealed with it, or both back to the local key-encryption key).
-async fn follow_cluster_settings(store: Store, dir: StateDir, creds: Arc<crate::renewal::Creds>) {
-    let Ok(mut watch) = store.watch() else {
-        return;
-    };
+/// On a manager, for as long as it runs: applies the cluster's Raft settings to the
+/// store (snapshot interval now, election timeout from the next start), and its autolock
+/// setting to the keys on disk (the data key wrapped by the unlock key and the TLS key
+/// sealed with it, or both back to the local key-encryption key).
+async fn follow_cluster_settings(
+    store: Store,
+    view: shoal_manager::view::ClusterView,
+    dir: StateDir,
+    creds: Arc<crate::renewal::Creds>,
+) {
+    let mut updates = view.subscribe();
+    let mut state = view.current();
     loop {
-        if let Ok(c) = shoal_manager::bootstrap::load_cluster(&store) {
-            let c = c.value;
+        if let Some(c) = state.cluster() {
+            let c = c.value.clone();
             let spec = c.spec.unwrap_or_default();
             store.set_snapshot_interval(shoal_manager::controlapi::effective_snapshot_interval(
                 &spec,
@@ -1915,16 +1921,13 @@ async fn follow_cluster_settings(store: Store, dir: StateDir, creds: Arc<crate::
         }
         // Wait for the next change to the cluster object.
         loop {
-            match watch.events.recv().await {
-                Ok(ev) => {
-                    if ev.changes.iter().any(|c| {
-                        matches!(c, shoal_store::Change::Put { table, .. } if table == <shoal_proto::objects::Cluster as shoal_store::Object>::TABLE)
-                    }) {
-                        break;
-                    }
+            match updates.next().await {
+                Some(u) if u.touches(&[shoal_manager::view::Kind::Cluster]) => {
+                    state = u.state.clone();
+                    break;
                 }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                Some(_) => {}
+                None => return,
             }
         }
     }

@@ -36,6 +36,11 @@ const TTL: u32 = 1;
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
 /// Forwarded queries in flight per task, at most.
 const FORWARD_MAX: usize = 16;
+/// Queries one task's DNS server answers at once (UDP datagrams beyond it are dropped,
+/// as a busy server drops them; the client retries).
+const QUERIES_MAX: usize = 64;
+/// TCP connections one task's DNS server holds at once (more are closed at accept).
+const TCP_CONNS_MAX: usize = 16;
 
 /// What one network holds, as the managers last said.
 #[derive(Clone, Debug, Default)]
@@ -286,6 +291,8 @@ pub fn start(
         view,
         upstreams,
         forwarding: tokio::sync::Semaphore::new(FORWARD_MAX),
+        queries: Arc::new(tokio::sync::Semaphore::new(QUERIES_MAX)),
+        conns: Arc::new(tokio::sync::Semaphore::new(TCP_CONNS_MAX)),
     });
     let _guard = rt.enter();
     let udp = tokio::net::UdpSocket::from_std(udp)?;
@@ -301,6 +308,10 @@ struct Server {
     view: View,
     upstreams: Vec<Ipv4Addr>,
     forwarding: tokio::sync::Semaphore,
+    /// Bounds what a container can make the daemon hold: queries in flight and open TCP
+    /// connections.
+    queries: Arc<tokio::sync::Semaphore>,
+    conns: Arc<tokio::sync::Semaphore>,
 }
 
 impl Server {
@@ -363,9 +374,13 @@ async fn serve_udp(server: Arc<Server>, sock: Arc<tokio::net::UdpSocket>, stop: 
                 Err(_) => continue,
             },
         };
+        let Ok(permit) = server.queries.clone().try_acquire_owned() else {
+            continue;
+        };
         let query = buf[..n].to_vec();
         let (server, sock) = (server.clone(), sock.clone());
         tokio::spawn(async move {
+            let _permit = permit;
             if let Some(reply) = server.handle(&query).await {
                 let _ = sock.send_to(&reply, from).await;
             }
@@ -387,8 +402,12 @@ async fn serve_tcp(
                 Err(_) => continue,
             },
         };
+        let Ok(permit) = server.conns.clone().try_acquire_owned() else {
+            continue;
+        };
         let (server, stop) = (server.clone(), stop.clone());
         tokio::spawn(async move {
+            let _permit = permit;
             loop {
                 let query = async {
                     let len = conn.read_u16().await.ok()? as usize;

@@ -517,6 +517,12 @@ impl Runtime for Runc {
         let forked = match super::zygote::get() {
             Some(z) => match z.spawn(&args) {
                 Ok(_) => true,
+                // The zygote may still fork it: a second supervisor for the same
+                // container must not race it. The start waits for the one it may make.
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    tracing::warn!(error = %e, "supervisor zygote did not answer; waiting for the supervisor it may have started");
+                    true
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "supervisor zygote failed; re-executing instead");
                     false

@@ -54,7 +54,8 @@ pub fn start() -> std::io::Result<()> {
 }
 
 impl Zygote {
-    /// Starts a supervisor for `args`; returns its pid.
+    /// Starts a supervisor for `args`; returns its pid. An error of kind `TimedOut`
+    /// means the request was sent and not answered: the supervisor may be starting.
     pub fn spawn(&self, args: &SupervisorArgs) -> std::io::Result<u32> {
         let mut guard = self
             .sock
@@ -70,7 +71,17 @@ impl Zygote {
             return Err(e);
         }
         let mut reply = String::new();
-        if r.read_line(&mut reply)? == 0 {
+        let read = r.read_line(&mut reply).map_err(|e| {
+            // The request went out and may be acted on; a late answer would be read as
+            // the answer to the next request. This zygote is done: later starts
+            // re-execute, and this one must not start a second supervisor.
+            DEAD.store(true, std::sync::atomic::Ordering::SeqCst);
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the supervisor zygote did not answer: {e}"),
+            )
+        })?;
+        if read == 0 {
             DEAD.store(true, std::sync::atomic::Ordering::SeqCst);
             return Err(std::io::Error::other("the supervisor zygote is gone"));
         }
@@ -149,4 +160,30 @@ fn supervisor_child(args: &SupervisorArgs, sock_fd: i32) -> ! {
     }
     let _ = setsid();
     std::process::exit(supervisor::run(args))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unanswered_request_is_told_apart_and_retires_the_zygote() {
+        let (ours, theirs) = UnixStream::pair().expect("pair");
+        ours.set_read_timeout(Some(std::time::Duration::from_millis(50)))
+            .expect("timeout");
+        let z = Zygote {
+            sock: Mutex::new((ours.try_clone().expect("clone"), BufReader::new(ours))),
+        };
+        let args = SupervisorArgs {
+            id: "c1".into(),
+            dir: "/nonexistent".into(),
+            runc_root: "/nonexistent".into(),
+            runc_bin: "runc".into(),
+            cgroup_path: String::new(),
+        };
+        let e = z.spawn(&args).expect_err("nobody answers");
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        assert!(DEAD.load(std::sync::atomic::Ordering::SeqCst));
+        drop(theirs);
+    }
 }

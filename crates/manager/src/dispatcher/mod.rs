@@ -13,6 +13,7 @@ pub mod status;
 use crate::auth::{authorize, remote_addr};
 use crate::ca_server::{manager_addrs, store_status};
 use crate::time::unix_now;
+use crate::view::{ClusterView, Kind, State, Update};
 use shoal_pki::Role;
 use shoal_proto::dispatcher::dispatcher_server::Dispatcher as DispatcherRpc;
 use shoal_proto::dispatcher::{
@@ -48,11 +49,17 @@ impl Drop for BeatViewLive {
 
 /// The cluster's heartbeat period, from the store.
 pub fn heartbeat_period(store: &Store) -> Duration {
-    let ms = store
+    let cluster = store
         .list::<Cluster>()
         .ok()
-        .and_then(|c| c.into_iter().next())
-        .and_then(|c| c.value.spec)
+        .and_then(|c| c.into_iter().next());
+    period_of(cluster.as_ref().map(|c| &c.value))
+}
+
+/// The heartbeat period the cluster object sets (the default without one).
+pub fn period_of(cluster: Option<&Cluster>) -> Duration {
+    let ms = cluster
+        .and_then(|c| c.spec.as_ref())
         .map(|s| s.heartbeat_period_ms)
         .unwrap_or(crate::bootstrap::DEFAULT_HEARTBEAT.as_millis() as u64);
     Duration::from_millis(ms.max(100))
@@ -61,6 +68,7 @@ pub fn heartbeat_period(store: &Store) -> Duration {
 #[derive(Clone)]
 pub struct Dispatcher {
     store: Store,
+    view: ClusterView,
     last_seen: Arc<Mutex<HashMap<String, Instant>>>,
     renew_pacer: Arc<Mutex<Pacer>>,
     status: status::StatusWriter,
@@ -102,52 +110,54 @@ struct BeatView {
 }
 
 impl BeatView {
-    fn load(&mut self, store: &Store) -> Result<(), StoreError> {
+    fn load(&mut self, state: &State) {
         self.generation += 1;
         self.version += 1;
         self.node_epochs.clear();
-        self.period = heartbeat_period(store);
-        let nodes = store.list::<Node>()?;
-        self.ready = nodes
-            .iter()
-            .filter(|n| n.value.state == NodeState::Ready as i32)
-            .map(|n| n.value.id.clone())
+        self.period = period_of(state.cluster().map(|c| &c.value));
+        self.ready = state
+            .values::<Node>()
+            .filter(|n| n.state == NodeState::Ready as i32)
+            .map(|n| n.id.clone())
             .collect();
-        self.managers = nodes
-            .into_iter()
-            .filter(|n| n.value.role == shoal_proto::objects::NodeRole::Manager as i32)
-            .filter(|n| !n.value.addr.is_empty())
-            .map(|n| (n.value.id, n.value.addr))
+        self.managers = state
+            .values::<Node>()
+            .filter(|n| n.role == shoal_proto::objects::NodeRole::Manager as i32)
+            .filter(|n| !n.addr.is_empty())
+            .map(|n| (n.id.clone(), n.addr.clone()))
             .collect();
-        Ok(())
     }
 
-    fn apply(&mut self, store: &Store, c: &shoal_store::Change) {
-        use shoal_store::Object;
-        if c.table() == Cluster::TABLE {
-            self.period = heartbeat_period(store);
+    /// Takes in one applied batch (a resync reloads the whole view).
+    fn apply(&mut self, u: &Update) {
+        let Some(nodes) = u.changed(Kind::Node) else {
+            self.load(&u.state);
+            return;
+        };
+        for id in nodes {
+            self.apply_node(&u.state, id);
+        }
+        if u.touches(&[Kind::Cluster]) {
+            self.period = period_of(u.state.cluster().map(|c| &c.value));
             self.version += 1;
         }
-        if c.table() != Node::TABLE {
-            return;
-        }
-        self.touch(c.id());
-        let node = c.decode::<Node>();
-        match &node {
-            Some(Ok(n)) if n.value.state == NodeState::Ready as i32 => {
-                self.ready.insert(n.value.id.clone())
-            }
-            _ => self.ready.remove(c.id()),
+    }
+
+    fn apply_node(&mut self, state: &State, id: &str) {
+        self.touch(id);
+        let node = state.get::<Node>(id).map(|n| &n.value);
+        match node {
+            Some(n) if n.state == NodeState::Ready as i32 => self.ready.insert(n.id.clone()),
+            _ => self.ready.remove(id),
         };
         let changed = match node {
-            Some(Ok(n))
-                if n.value.role == shoal_proto::objects::NodeRole::Manager as i32
-                    && !n.value.addr.is_empty() =>
+            Some(n)
+                if n.role == shoal_proto::objects::NodeRole::Manager as i32
+                    && !n.addr.is_empty() =>
             {
-                let addr = n.value.addr.clone();
-                self.managers.insert(n.value.id, n.value.addr) != Some(addr)
+                self.managers.insert(n.id.clone(), n.addr.clone()) != Some(n.addr.clone())
             }
-            _ => self.managers.remove(c.id()).is_some(),
+            _ => self.managers.remove(id).is_some(),
         };
         if changed {
             self.version += 1;
@@ -230,9 +240,15 @@ impl Pacer {
 }
 
 impl Dispatcher {
-    pub fn new(store: Store, ca: crate::rootca::CaHandle, cancel: CancellationToken) -> Self {
+    pub fn new(
+        store: Store,
+        view: ClusterView,
+        ca: crate::rootca::CaHandle,
+        cancel: CancellationToken,
+    ) -> Self {
         Dispatcher {
             ca,
+            view,
             status: status::StatusWriter::new(),
             store,
             last_seen: Arc::new(Mutex::new(HashMap::new())),
@@ -248,7 +264,7 @@ impl Dispatcher {
 
     /// Keeps the WireGuard peer list current (on the leader), until cancelled.
     pub async fn run_peers(self, cancel: CancellationToken) {
-        peers::run(self.store.clone(), self.peers.clone(), cancel).await
+        peers::run(self.view.clone(), self.peers.clone(), cancel).await
     }
 
     /// Sessions, heartbeats and reports are served by the leader; a follower points the
@@ -328,7 +344,7 @@ impl Dispatcher {
     pub async fn run_liveness(self, cancel: CancellationToken) {
         let started = Instant::now();
         let mut last_full = Instant::now();
-        let mut watch = self.store.watch().ok();
+        let mut updates = self.view.subscribe();
         self.reload_beat_view();
         let _live = BeatViewLive(self.beat_view.clone());
         loop {
@@ -336,27 +352,16 @@ impl Dispatcher {
             let tick = (period / 10).clamp(Duration::from_millis(20), Duration::from_millis(100));
             let deadline_tick = tokio::time::Instant::now() + tick;
             loop {
-                let ev = async {
-                    match watch.as_mut() {
-                        Some(w) => w.events.recv().await,
-                        None => std::future::pending().await,
-                    }
-                };
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::sleep_until(deadline_tick) => break,
-                    ev = ev => match ev {
-                        Ok(ev) => {
+                    u = updates.next() => match u {
+                        Some(u) => {
                             if let Ok(mut v) = self.beat_view.lock() {
-                                for c in &ev.changes {
-                                    v.apply(&self.store, c);
-                                }
+                                v.apply(&u);
                             }
                         }
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                            self.reload_beat_view();
-                        }
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                        None => return,
                     },
                 }
             }
@@ -385,15 +390,15 @@ impl Dispatcher {
                     .ok()
                     .filter(|v| v.live)
                     .map(|v| v.ready.clone());
-                let ready = match ready {
+                let ready: Result<std::collections::HashSet<String>, StoreError> = match ready {
                     Some(r) => Ok(r),
-                    None => self.store.list::<Node>().map(|nodes| {
-                        nodes
-                            .into_iter()
-                            .filter(|n| n.value.state == NodeState::Ready as i32)
-                            .map(|n| n.value.id)
-                            .collect()
-                    }),
+                    None => Ok(self
+                        .view
+                        .current()
+                        .values::<Node>()
+                        .filter(|n| n.state == NodeState::Ready as i32)
+                        .map(|n| n.id.clone())
+                        .collect()),
                 };
                 match (ready, self.last_seen.lock()) {
                     (Ok(ready), Ok(seen)) => overdue.extend(
@@ -447,13 +452,8 @@ impl Dispatcher {
 
     fn reload_beat_view(&self) {
         if let Ok(mut v) = self.beat_view.lock() {
-            match v.load(&self.store) {
-                Ok(()) => v.live = true,
-                Err(e) => {
-                    v.live = false;
-                    tracing::warn!(error = %e, "cannot read the heartbeat settings");
-                }
-            }
+            v.load(&self.view.current());
+            v.live = true;
         }
     }
 
@@ -499,14 +499,12 @@ fn check_heartbeat(req: &HeartbeatRequest) -> Result<(), Status> {
     Ok(())
 }
 
-/// Updates one call may carry.
-pub const MAX_STATUS_UPDATES: usize = 2000;
-
 /// Refuses status reports that are too large, or states an agent never reports (only
 /// the agent's own states, ACCEPTED to REJECTED, come from a node).
 fn check_status_updates(
     updates: &[shoal_proto::dispatcher::TaskStatusUpdate],
 ) -> Result<(), Status> {
+    use shoal_proto::limits::MAX_STATUS_UPDATES;
     use shoal_proto::objects::TaskState;
     let refuse = |e: String| Status::invalid_argument(format!("UpdateTaskStatus refused: {e}"));
     if updates.len() > MAX_STATUS_UPDATES {
@@ -553,7 +551,7 @@ impl DispatcherRpc for Dispatcher {
         let me = self.clone();
         let node = caller.node_id().to_string();
         let rx = session::start(
-            self.store.clone(),
+            self.view.clone(),
             self.logs.clone(),
             self.peers.subscribe(),
             caller,
@@ -575,9 +573,10 @@ impl DispatcherRpc for Dispatcher {
         let node_id = id.node_id().as_str();
         let updates = req.into_inner().updates;
         check_status_updates(&updates)?;
+        let state = self.view.current();
         for u in &updates {
             // A node speaks only for its own tasks; a task already gone is no error.
-            if let Some(t) = self.store.get::<Task>(&u.task_id).map_err(store_status)? {
+            if let Some(t) = state.get::<Task>(&u.task_id) {
                 if t.value.node_id != node_id {
                     return Err(Status::permission_denied(format!(
                         "task {} is not assigned to this node",
@@ -587,7 +586,7 @@ impl DispatcherRpc for Dispatcher {
             }
         }
         self.status
-            .write(updates)
+            .write(self.store.leadership().current(), updates)
             .await
             .map_err(Status::unavailable)?;
         Ok(Response::new(UpdateTaskStatusResponse {}))

@@ -2,16 +2,16 @@
 //! peers, every node with a key and a tunnel address, less removed nodes (gone from the
 //! store) and nodes whose certificate is revoked; and the tasks on each overlay network,
 //! with the tunnel address of their nodes. Kept by one loop on the leader from the
-//! store's changes and shared with the sessions through a watch channel, so a change is
+//! cluster view's changes and shared with the sessions through a watch channel, so a change is
 //! computed once, not once per session; each session sends its node the part it needs,
 //! and only when that part changed.
 
+use crate::view::{ClusterView, Kind, State};
 use shoal_proto::dispatcher::{
     Endpoint, NetworkEndpoints, NetworkView, Peer, PeerView, PublishedPort, PublishedTask,
     ServiceVip,
 };
 use shoal_proto::objects::{Node, RevokedCert, Service, Task, TaskState};
-use shoal_store::{Object, Store};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,9 +72,13 @@ impl View {
 const COALESCE: Duration = Duration::from_millis(50);
 
 /// The peers among `nodes`.
-pub fn peers_of(nodes: &[Node], revoked: &HashSet<String>, port: u16) -> Vec<Peer> {
+pub fn peers_of<'a>(
+    nodes: impl IntoIterator<Item = &'a Node>,
+    revoked: &HashSet<String>,
+    port: u16,
+) -> Vec<Peer> {
     let mut out: Vec<Peer> = nodes
-        .iter()
+        .into_iter()
         .filter(|n| !n.tunnel_addr.is_empty())
         .filter(|n| {
             n.certificate
@@ -113,7 +117,11 @@ fn live(t: &Task) -> bool {
 }
 
 /// The live tasks of every overlay network, on nodes among `peers`.
-pub fn endpoints_of(tasks: &[Task], services: &[Service], peers: &[Peer]) -> Vec<NetworkEndpoints> {
+pub fn endpoints_of(
+    tasks: &[&Task],
+    services: &[&Service],
+    peers: &[Peer],
+) -> Vec<NetworkEndpoints> {
     let tunnel: HashMap<&str, &str> = peers
         .iter()
         .map(|p| {
@@ -201,7 +209,7 @@ fn ready(t: &Task) -> bool {
 }
 
 /// Every port the services publish, with their ready tasks on nodes among `peers`.
-pub fn published_of(tasks: &[Task], services: &[Service], peers: &[Peer]) -> Vec<PublishedPort> {
+pub fn published_of(state: &State, services: &[&Service], peers: &[Peer]) -> Vec<PublishedPort> {
     let tunnel: HashMap<&str, &str> = peers
         .iter()
         .map(|p| {
@@ -217,9 +225,10 @@ pub fn published_of(tasks: &[Task], services: &[Service], peers: &[Peer]) -> Vec
         if spec.ports.is_empty() {
             continue;
         }
-        let mut backends: Vec<PublishedTask> = tasks
-            .iter()
-            .filter(|t| t.service_id == s.id && live(t) && ready(t))
+        let mut backends: Vec<PublishedTask> = state
+            .tasks_of(&s.id)
+            .map(|v| &v.value)
+            .filter(|t| live(t) && ready(t))
             .filter_map(|t| {
                 Some(PublishedTask {
                     task_id: t.id.clone(),
@@ -242,67 +251,48 @@ pub fn published_of(tasks: &[Task], services: &[Service], peers: &[Peer]) -> Vec
     out
 }
 
-fn values<T: Object>(store: &Store) -> Option<Vec<T>> {
-    Some(
-        store
-            .list::<T>()
-            .ok()?
-            .into_iter()
-            .map(|v| v.value)
-            .collect(),
-    )
-}
-
-fn load(store: &Store) -> Option<View> {
-    let nodes: Vec<Node> = values(store)?;
-    let revoked: HashSet<String> = values::<RevokedCert>(store)?
-        .into_iter()
-        .map(|r| r.serial)
+fn load(state: &State) -> View {
+    let revoked: HashSet<String> = state
+        .values::<RevokedCert>()
+        .map(|r| r.serial.clone())
         .collect();
-    let cluster: Option<shoal_proto::objects::Cluster> = values(store)?.into_iter().next();
     let port = crate::controlapi_networks::data_path_port(
-        cluster.as_ref().and_then(|c| c.network.as_ref()),
+        state.cluster().and_then(|c| c.value.network.as_ref()),
     );
-    let peers = peers_of(&nodes, &revoked, port);
-    let tasks: Vec<Task> = values(store)?;
-    let services: Vec<Service> = values(store)?;
+    let peers = peers_of(state.values::<Node>(), &revoked, port);
+    let tasks: Vec<&Task> = state.values::<Task>().collect();
+    let services: Vec<&Service> = state.values::<Service>().collect();
     let networks = endpoints_of(&tasks, &services, &peers);
-    let published = published_of(&tasks, &services, &peers);
-    Some(View {
+    let published = published_of(state, &services, &peers);
+    View {
         peers,
         networks,
         published,
         data_path_port: port,
-    })
+    }
 }
+
 /// Keeps `tx` current until cancelled.
-pub async fn run(store: Store, tx: Arc<watch::Sender<Peers>>, cancel: CancellationToken) {
-    let Ok(mut watch) = store.watch() else {
-        tracing::error!("the peer list cannot watch the store");
-        return;
-    };
+pub async fn run(view: ClusterView, tx: Arc<watch::Sender<Peers>>, cancel: CancellationToken) {
+    let mut updates = view.subscribe();
+    let mut state = view.current();
     loop {
-        if let Some(p) = load(&store) {
-            tx.send_if_modified(|cur| {
-                if **cur == p {
-                    return false;
-                }
-                *cur = Arc::new(p);
-                true
-            });
-        }
+        let p = load(&state);
+        tx.send_if_modified(|cur| {
+            if **cur == p {
+                return false;
+            }
+            *cur = Arc::new(p);
+            true
+        });
         // Until something a peer list is made of changes.
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                ev = watch.events.recv() => match ev {
-                    Ok(ev) => {
-                        if ev.changes.iter().any(|c| [Node::TABLE, RevokedCert::TABLE, Task::TABLE, Service::TABLE].contains(&c.table())) {
-                            break;
-                        }
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                u = updates.next() => match u {
+                    Some(u) if u.touches(&[Kind::Node, Kind::Revocation, Kind::Task, Kind::Service, Kind::Cluster]) => break,
+                    Some(_) => {}
+                    None => return,
                 },
             }
         }
@@ -310,7 +300,7 @@ pub async fn run(store: Store, tx: Arc<watch::Sender<Peers>>, cancel: Cancellati
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(COALESCE) => {}
         }
-        while watch.events.try_recv().is_ok() {}
+        state = view.current();
     }
 }
 
@@ -420,6 +410,8 @@ mod tests {
             ..Default::default()
         };
         let peers = [peer("a", "10.255.240.1/20"), peer("bb", "10.255.240.2/20")];
+        let tasks: Vec<&Task> = tasks.iter().collect();
+        let services: Vec<&Service> = services.iter().collect();
         let v = endpoints_of(&tasks, &services, &peers);
         let got: Vec<(&str, Vec<&str>)> = v
             .iter()

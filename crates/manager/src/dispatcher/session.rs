@@ -1,64 +1,40 @@
 //! A node's session: its complete assignment set, then every change to it, plus log
-//! requests. Built on a store watch, so nothing committed between the first set and the
-//! changes is missed.
+//! requests. Read from the manager's cluster view: the session is woken only when a task
+//! on its node changes ([`ClusterView::watch_node`], taken before the first read, so
+//! nothing committed between the first set and the changes is missed) and then reads
+//! the node's own tasks from the view's index.
 
 use super::logs::LogBroker;
 use crate::auth::Caller;
+use crate::view::{ClusterView, State};
 use shoal_proto::dispatcher::assignment::Action;
 use shoal_proto::dispatcher::{
     Assignment, LogSubscription, NetworkView, PeerView, SecretData, SecretKey, SessionMessage,
 };
-use shoal_proto::objects::{Secret, Task, TaskState};
-use shoal_store::{Change, Object, Store};
+use shoal_proto::objects::{Secret, TaskState};
 use std::collections::HashMap;
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
-use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 type Tx = mpsc::Sender<Result<SessionMessage, Status>>;
 
-/// A node's assignments at one store index, with the watch that follows it and what the
-/// node is told about each task.
-struct CompleteSet {
-    watch: shoal_store::Watch,
-    known: HashMap<String, i32>,
-    needs: Needs,
-    assignments: Vec<Assignment>,
-}
-
 /// A secret or config version: (ID, version).
 type Key = (String, u64);
 
-/// The secret and config versions each of the node's tasks needs: only tasks meant to
-/// run (a task asked to stop needs nothing more).
-#[derive(Default)]
-struct Needs(HashMap<String, Vec<Key>>);
-
-impl Needs {
-    fn note(&mut self, t: &Task) {
-        let refs: Vec<Key> = t
-            .spec
-            .iter()
-            .flat_map(|c| c.secrets.iter().chain(c.configs.iter()))
-            .map(|r| (r.secret_id.clone(), r.version))
-            .collect();
-        if refs.is_empty() || t.desired_state > TaskState::Running as i32 {
-            self.0.remove(&t.id);
-        } else {
-            self.0.insert(t.id.clone(), refs);
-        }
-    }
-
-    fn forget(&mut self, task_id: &str) {
-        self.0.remove(task_id);
-    }
-
-    fn all(&self) -> BTreeSet<Key> {
-        self.0.values().flatten().cloned().collect()
-    }
+/// The secret and config versions the node's tasks need: only tasks meant to run (a
+/// task asked to stop needs nothing more).
+fn needs(state: &State, node_id: &str) -> BTreeSet<Key> {
+    state
+        .tasks_on(node_id)
+        .map(|v| &v.value)
+        .filter(|t| t.desired_state <= TaskState::Running as i32)
+        .flat_map(|t| t.spec.iter())
+        .flat_map(|c| c.secrets.iter().chain(c.configs.iter()))
+        .map(|r| (r.secret_id.clone(), r.version))
+        .collect()
 }
 
 /// What the node holds, as the session told it.
@@ -71,7 +47,7 @@ impl Held {
     /// `complete`: the node is told its whole set (a new session).
     fn catch_up(
         &mut self,
-        store: &Store,
+        state: &State,
         needed: &BTreeSet<Key>,
         complete: bool,
     ) -> (Vec<SessionMessage>, Option<SessionMessage>) {
@@ -80,14 +56,10 @@ impl Held {
         }
         let missing: Vec<&Key> = needed.iter().filter(|k| !self.0.contains(*k)).collect();
         let mut data = Vec::new();
-        let mut secrets: HashMap<String, Option<Secret>> = HashMap::new();
         for (id, version) in missing {
-            let s = secrets
-                .entry(id.clone())
-                .or_insert_with(|| store.get::<Secret>(id).ok().flatten().map(|v| v.value));
-            let Some(v) = s
-                .as_ref()
-                .and_then(|s| s.versions.iter().find(|v| v.version == *version))
+            let Some(v) = state
+                .get::<Secret>(id)
+                .and_then(|s| s.value.versions.iter().find(|v| v.version == *version))
             else {
                 // Gone from the store: the task that needs it fails with the reason.
                 continue;
@@ -160,38 +132,21 @@ impl Held {
     }
 }
 
-/// What the node was last told about a task: only desired-state changes (and new or
-/// removed tasks) are news to an agent; status changes are its own.
-fn complete_set(store: &Store, node_id: &str) -> Result<CompleteSet, Status> {
-    let watch = store
-        .watch()
-        .map_err(|e| Status::unavailable(format!("cluster store: {e}")))?;
-    let tasks = watch
-        .snapshot
-        .list::<Task>()
-        .map_err(|e| Status::unavailable(format!("cluster store: {e}")))?;
+/// The node's assignment set in `state`, and what it is told about each task: only
+/// desired-state changes (and new or removed tasks) are news to an agent; status changes
+/// are its own.
+fn complete_set(state: &State, node_id: &str) -> (HashMap<String, i32>, Vec<Assignment>) {
     let mut known = HashMap::new();
-    let mut needs = Needs::default();
     let mut assignments = Vec::new();
-    for t in tasks
-        .into_iter()
-        .map(|v| v.value)
-        .filter(|t| t.node_id == node_id)
-    {
-        known.insert(t.id.clone(), t.desired_state);
-        needs.note(&t);
+    for t in state.tasks_on(node_id) {
+        known.insert(t.value.id.clone(), t.value.desired_state);
         assignments.push(Assignment {
             action: Action::Update as i32,
-            task: Some(t),
+            task: Some(t.value.clone()),
             task_id: String::new(),
         });
     }
-    Ok(CompleteSet {
-        watch,
-        known,
-        needs,
-        assignments,
-    })
+    (known, assignments)
 }
 
 /// Starts a node's session. It ends, with the reason, when the caller may no longer be
@@ -199,7 +154,7 @@ fn complete_set(store: &Store, node_id: &str) -> Result<CompleteSet, Status> {
 /// each event before anything of it is sent), when `replaced` is cancelled (a newer
 /// session of the node), or when the manager stops.
 pub fn start(
-    store: Store,
+    view: ClusterView,
     logs: Arc<LogBroker>,
     mut peers: tokio::sync::watch::Receiver<super::peers::Peers>,
     caller: Caller,
@@ -209,18 +164,16 @@ pub fn start(
 ) -> Result<mpsc::Receiver<Result<SessionMessage, Status>>, Status> {
     let node_id = caller.node_id().to_string();
     let (tx, rx) = mpsc::channel(64);
-    let CompleteSet {
-        mut watch,
-        mut known,
-        mut needs,
-        assignments: first,
-    } = complete_set(&store, &node_id)?;
+    // Before the first read: every change after it wakes the session.
+    let mut node_changed = view.watch_node(&node_id);
+    let state = view.current();
+    let (mut known, first) = complete_set(&state, &node_id);
     let (log_tx, mut log_rx) = mpsc::channel::<LogSubscription>(64);
     logs.register_node(&node_id, log_tx.clone());
     tokio::spawn(async move {
         let cut = caller.cut();
         tokio::pin!(cut);
-        let mut pending = Some((watch.snapshot.index(), first));
+        let mut pending = Some((state, first));
         // The secret and config versions the node holds (need-to-know: only those its
         // tasks use, sent before the tasks, dropped when the last such task stops).
         let mut held = Held::default();
@@ -232,12 +185,12 @@ pub fn start(
         let mut sent_networks: Option<NetworkView> = None;
         loop {
             // The complete set, in messages the agent's decoder accepts.
-            if let Some((index, set)) = pending.take() {
-                if let Err(s) = caller.check_at(index).await {
+            if let Some((state, set)) = pending.take() {
+                if let Err(s) = caller.check_at(state.index()).await {
                     let _ = tx.send(Err(s)).await;
                     break;
                 }
-                let (mut before, after) = held.catch_up(&store, &needs.all(), true);
+                let (mut before, after) = held.catch_up(&state, &needs(&state, &node_id), true);
                 let mut parts = chunk(true, set);
                 if before.len() == 1 && before[0].secrets.is_empty() {
                     // Nothing to hold: the first part of the set says so itself.
@@ -301,37 +254,22 @@ pub fn start(
                     let msg = SessionMessage { log_subscriptions: vec![sub], ..Default::default() };
                     if tx.send(Ok(msg)).await.is_err() { break; }
                 }
-                ev = watch.events.recv() => match ev {
-                    Ok(ev) => {
-                        if ev.changes.iter().any(crate::access::touches_access) {
-                            if let Err(s) = caller.check_at(ev.index).await {
-                                let _ = tx.send(Err(s)).await;
-                                break;
-                            }
-                        }
-                        let a = changes(&node_id, &mut known, &mut needs, &ev.changes);
-                        let (before, after) = held.catch_up(&store, &needs.all(), false);
-                        if !send_all(&tx, before).await { break; }
-                        if !a.is_empty() && !send_chunked(&tx, false, a).await { break; }
-                        if !send_all(&tx, after.into_iter().collect()).await { break; }
-                    }
-                    Err(RecvError::Lagged(_)) => {
-                        // Too far behind to trust the gaps: start over with a complete set.
-                        match complete_set(&store, &node_id) {
-                            Ok(c) => {
-                                pending = Some((c.watch.snapshot.index(), c.assignments));
-                                watch = c.watch;
-                                known = c.known;
-                                needs = c.needs;
-                            }
-                            Err(s) => { let _ = tx.send(Err(s)).await; break; }
-                        }
-                    }
-                    Err(RecvError::Closed) => {
+                r = node_changed.changed() => {
+                    if r.is_err() {
                         let _ = tx.send(Err(Status::unavailable("the manager is shutting down"))).await;
                         break;
                     }
-                },
+                    let state = view.current();
+                    if let Err(s) = caller.check_at(state.index()).await {
+                        let _ = tx.send(Err(s)).await;
+                        break;
+                    }
+                    let a = changes(&state, &node_id, &mut known);
+                    let (before, after) = held.catch_up(&state, &needs(&state, &node_id), false);
+                    if !send_all(&tx, before).await { break; }
+                    if !a.is_empty() && !send_chunked(&tx, false, a).await { break; }
+                    if !send_all(&tx, after.into_iter().collect()).await { break; }
+                }
             }
         }
         // A newer session of the same node keeps its subscriptions.
@@ -397,48 +335,34 @@ async fn send_chunked(tx: &Tx, complete: bool, assignments: Vec<Assignment>) -> 
     true
 }
 
-fn changes(
-    node_id: &str,
-    known: &mut HashMap<String, i32>,
-    needs: &mut Needs,
-    changes: &[Change],
-) -> Vec<Assignment> {
+/// What changed for the node since it was last told (`known`): new tasks and
+/// desired-state changes, and tasks gone from it (removed, or moved off).
+fn changes(state: &State, node_id: &str, known: &mut HashMap<String, i32>) -> Vec<Assignment> {
     let mut out = Vec::new();
-    for c in changes {
-        if c.table() != Task::TABLE {
+    let mut present = HashSet::new();
+    for v in state.tasks_on(node_id) {
+        let t = &v.value;
+        present.insert(t.id.as_str());
+        if known.get(&t.id) == Some(&t.desired_state) {
             continue;
         }
-        match c.decode::<Task>() {
-            Some(Ok(v)) => {
-                let t = v.value;
-                if t.node_id != node_id {
-                    // Moved off this node (or never on it).
-                    needs.forget(&t.id);
-                    continue;
-                }
-                needs.note(&t);
-                if known.get(&t.id) == Some(&t.desired_state) {
-                    continue;
-                }
-                known.insert(t.id.clone(), t.desired_state);
-                out.push(Assignment {
-                    action: Action::Update as i32,
-                    task: Some(t),
-                    task_id: String::new(),
-                });
-            }
-            Some(Err(e)) => tracing::warn!(error = %e, "undecodable task in the store"),
-            None => {
-                needs.forget(c.id());
-                if known.remove(c.id()).is_some() {
-                    out.push(Assignment {
-                        action: Action::Remove as i32,
-                        task: None,
-                        task_id: c.id().to_string(),
-                    });
-                }
-            }
-        }
+        known.insert(t.id.clone(), t.desired_state);
+        out.push(Assignment {
+            action: Action::Update as i32,
+            task: Some(t.clone()),
+            task_id: String::new(),
+        });
     }
+    known.retain(|id, _| {
+        let keep = present.contains(id.as_str());
+        if !keep {
+            out.push(Assignment {
+                action: Action::Remove as i32,
+                task: None,
+                task_id: id.clone(),
+            });
+        }
+        keep
+    });
     out
 }

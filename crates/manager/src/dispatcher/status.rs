@@ -1,18 +1,27 @@
 //! Task status from agents, written in batches: many nodes' reports within a few
-//! milliseconds become one store transaction (swarm mode batches the same way).
+//! milliseconds become one store transaction (swarm mode batches the same way). A batch
+//! that keeps conflicting is written task by task, so one contended task does not sink
+//! the others; reports queued in one term of leadership are never written in another.
 
 use crate::time::{unix_now, unix_now_ms};
 use shoal_proto::dispatcher::TaskStatusUpdate;
 use shoal_proto::objects::{Task, TaskState};
-use shoal_store::{Batch, Expect, Store, StoreError};
+use shoal_store::{Batch, Expect, Leadership, Store, StoreError};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-const MAX_BATCH: usize = 2000;
+const MAX_BATCH: usize = shoal_proto::limits::MAX_STATUS_UPDATES;
 const BATCH_WINDOW: Duration = Duration::from_millis(5);
 
-type Job = (Vec<TaskStatusUpdate>, oneshot::Sender<Result<(), String>>);
+/// Reports queued while this manager led in a term, and who waits for them.
+struct Job {
+    term: u64,
+    updates: Vec<TaskStatusUpdate>,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+const STEPPED_DOWN: &str = "the manager that took this report stopped leading before writing it: report again to the leader";
 
 /// The queue of status reports; [`StatusWriter::run`] (a leader-only loop) writes them.
 #[derive(Clone)]
@@ -36,16 +45,36 @@ impl StatusWriter {
     }
 
     /// Writes queued reports in batches until cancelled (one term of leadership).
+    /// Reports queued in another term are refused: the agent sends them again.
     pub async fn run(self, store: Store, cancel: CancellationToken) {
         let mut rx = self.rx.lock().await;
-        run(store, &mut rx, cancel).await
+        let Leadership::Leader { term } = store.leadership().current() else {
+            return;
+        };
+        run(store, term, &mut rx, cancel).await;
+        // The term ended: what waits was taken by a leader that no longer is.
+        while let Ok(j) = rx.try_recv() {
+            let _ = j.done.send(Err(STEPPED_DOWN.into()));
+        }
     }
 
-    /// Queues already-authorized updates and waits until they are committed.
-    pub async fn write(&self, updates: Vec<TaskStatusUpdate>) -> Result<(), String> {
+    /// Queues already-authorized updates, taken while `leadership` held, and waits
+    /// until they are committed.
+    pub async fn write(
+        &self,
+        leadership: Leadership,
+        updates: Vec<TaskStatusUpdate>,
+    ) -> Result<(), String> {
+        let Leadership::Leader { term } = leadership else {
+            return Err(STEPPED_DOWN.into());
+        };
         let (done, wait) = oneshot::channel();
         self.tx
-            .send((updates, done))
+            .send(Job {
+                term,
+                updates,
+                done,
+            })
             .await
             .map_err(|_| "the dispatcher is shutting down".to_string())?;
         wait.await
@@ -59,36 +88,70 @@ impl Default for StatusWriter {
     }
 }
 
-async fn run(store: Store, rx: &mut mpsc::Receiver<Job>, cancel: CancellationToken) {
+async fn run(store: Store, term: u64, rx: &mut mpsc::Receiver<Job>, cancel: CancellationToken) {
     loop {
         let first = tokio::select! {
             _ = cancel.cancelled() => return,
             j = rx.recv() => match j { Some(j) => j, None => return },
         };
         let mut jobs = vec![first];
-        let mut n = jobs[0].0.len();
+        let mut n = jobs[0].updates.len();
         let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
         while n < MAX_BATCH {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Ok(Some(j)) => {
-                    n += j.0.len();
+                    n += j.updates.len();
                     jobs.push(j);
                 }
                 _ => break,
             }
         }
-        let updates: Vec<&TaskStatusUpdate> = jobs.iter().flat_map(|j| j.0.iter()).collect();
-        let result = apply(&store, &updates).await.map_err(|e| e.to_string());
-        for (_, done) in jobs {
-            let _ = done.send(result.clone());
+        let (jobs, stale): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| j.term == term);
+        for j in stale {
+            let _ = j.done.send(Err(STEPPED_DOWN.into()));
+        }
+        let updates: Vec<&TaskStatusUpdate> = jobs.iter().flat_map(|j| j.updates.iter()).collect();
+        let result = write_batch(&store, &updates)
+            .await
+            .map_err(|e| e.to_string());
+        for j in jobs {
+            let _ = j.done.send(result.clone());
         }
     }
 }
 
+/// Writes `updates` in one transaction, or, when that keeps conflicting with other
+/// writers, each task's on its own: a conflict on one task does not hold up the rest.
+async fn write_batch(store: &Store, updates: &[&TaskStatusUpdate]) -> Result<(), StoreError> {
+    match apply(store, updates, 3).await {
+        Err(StoreError::Conflict { .. }) if updates.len() > 1 => {}
+        r => return r,
+    }
+    let mut by_task: std::collections::BTreeMap<&str, Vec<&TaskStatusUpdate>> = Default::default();
+    for u in updates {
+        by_task.entry(u.task_id.as_str()).or_default().push(u);
+    }
+    let mut first_err = None;
+    for (id, ups) in by_task {
+        if let Err(e) = apply(store, &ups, 5).await {
+            tracing::warn!(task_id = %id, error = %e, "task status not written");
+            if !matches!(e, StoreError::Conflict { .. }) {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    first_err.map_or(Ok(()), Err)
+}
+
 /// Applies forward moves only; a task whose removal was asked for is deleted once it has
 /// finished.
-async fn apply(store: &Store, updates: &[&TaskStatusUpdate]) -> Result<(), StoreError> {
-    for _attempt in 0..5 {
+async fn apply(
+    store: &Store,
+    updates: &[&TaskStatusUpdate],
+    attempts: usize,
+) -> Result<(), StoreError> {
+    let mut last = None;
+    for _attempt in 0..attempts {
         let mut batch = Batch::default();
         let mut seen = std::collections::HashMap::new();
         for u in updates {
@@ -137,11 +200,11 @@ async fn apply(store: &Store, updates: &[&TaskStatusUpdate]) -> Result<(), Store
         }
         match store.commit(batch).await {
             Ok(_) => return Ok(()),
-            Err(StoreError::Conflict { .. }) => continue,
+            Err(e @ StoreError::Conflict { .. }) => last = Some(e),
             Err(e) => return Err(e),
         }
     }
-    Err(StoreError::Raft(
-        "task status kept changing under the dispatcher".into(),
-    ))
+    Err(last.unwrap_or_else(|| {
+        StoreError::Raft("task status kept changing under the dispatcher".into())
+    }))
 }

@@ -26,7 +26,7 @@ pub fn reconcile(world: &World<'_>, service: &Service, plan: &mut Plan) {
     }
     let mut upd = Update::new(service, world.now_ms);
     let mut old = BTreeMap::new();
-    for node in world.nodes {
+    for node in &world.nodes {
         let tasks = by_node.remove(node.id.as_str()).unwrap_or_default();
         let fits = constraints.iter().all(|c| c.matches(node));
         let drained = node.availability == Availability::Drain as i32;

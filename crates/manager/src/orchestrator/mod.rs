@@ -1,7 +1,7 @@
 //! The orchestrators: they turn services into tasks. Each is a pure reconciler from
 //! (services, tasks, nodes) to a [`Plan`] of task changes ([`replicated`], [`global`]);
 //! the scheduler then places new tasks; [`run`] is the thin loop on the leader that
-//! reads the store, plans, and commits the plan in one transaction.
+//! reads the cluster view, plans, and commits the plan in one transaction.
 
 pub mod global;
 pub mod jobs;
@@ -10,6 +10,7 @@ pub mod restart;
 pub mod update;
 
 use crate::scheduler;
+use crate::view::{ClusterView, Kind, State};
 use shoal_proto::objects::{
     Availability, Node, NodeState, Service, ServiceMode, ServiceSpec, Task, TaskState, TaskStatus,
 };
@@ -25,13 +26,28 @@ pub const TASK_HISTORY: usize = 5;
 /// before it starts anyway.
 pub const OLD_TASK_TIMEOUT_S: i64 = 60;
 
-/// What the orchestrators see.
+/// What the orchestrators see: one state of the cluster view, borrowed.
 pub struct World<'a> {
-    pub services: &'a [Service],
-    pub tasks: &'a [Versioned<Task>],
-    pub nodes: &'a [Node],
-    pub networks: &'a [shoal_proto::objects::Network],
+    state: &'a State,
+    pub services: Vec<&'a Service>,
+    pub tasks: Vec<&'a Versioned<Task>>,
+    /// Sorted by ID (the scheduler takes them whole).
+    pub nodes: Vec<Node>,
+    pub networks: Vec<&'a shoal_proto::objects::Network>,
     pub now_ms: i64,
+}
+
+impl<'a> World<'a> {
+    pub fn of(state: &'a State, now_ms: i64) -> World<'a> {
+        World {
+            state,
+            services: state.values::<Service>().collect(),
+            tasks: state.iter::<Task>().collect(),
+            nodes: state.values::<Node>().cloned().collect(),
+            networks: state.values::<shoal_proto::objects::Network>().collect(),
+            now_ms,
+        }
+    }
 }
 
 /// Changes to make, applied in one store transaction.
@@ -305,13 +321,12 @@ impl World<'_> {
         }
     }
 
+    /// The service's tasks, from the view's index.
     pub fn tasks_of<'b>(
         &'b self,
         service_id: &'b str,
     ) -> impl Iterator<Item = &'b Versioned<Task>> + 'b {
-        self.tasks
-            .iter()
-            .filter(move |t| t.value.service_id == service_id)
+        self.state.tasks_of(service_id)
     }
 }
 
@@ -372,8 +387,8 @@ pub fn trim_history<'a>(plan: &mut Plan, group: impl Iterator<Item = &'a Version
 pub fn plan(world: &World<'_>) -> Plan {
     let mut plan = Plan::default();
     let services: HashMap<&str, &Service> =
-        world.services.iter().map(|s| (s.id.as_str(), s)).collect();
-    for s in world.services {
+        world.services.iter().map(|s| (s.id.as_str(), *s)).collect();
+    for s in world.services.iter().copied() {
         match ServiceMode::try_from(s.spec.as_ref().map(|x| x.mode).unwrap_or(0)) {
             Ok(ServiceMode::Global) => global::reconcile(world, s, &mut plan),
             Ok(ServiceMode::ReplicatedJob) | Ok(ServiceMode::GlobalJob) => {
@@ -384,13 +399,13 @@ pub fn plan(world: &World<'_>) -> Plan {
     }
     // Tasks on removed nodes cannot be stopped or reported by them any more: forget them
     // (their replacements were planned above).
-    for t in world.tasks {
+    for t in world.tasks.iter().copied() {
         if !t.value.node_id.is_empty() && world.node(&t.value.node_id).is_none() {
             plan.delete(t);
         }
     }
     // Tasks of removed services go away.
-    for t in world.tasks {
+    for t in world.tasks.iter().copied() {
         if t.value.service_id.is_empty() || services.contains_key(t.value.service_id.as_str()) {
             continue;
         }
@@ -413,6 +428,7 @@ fn allocate(world: &World<'_>, plan: &mut Plan) {
     let waiting: Vec<&Versioned<Task>> = world
         .tasks
         .iter()
+        .copied()
         .filter(|t| {
             t.value.node_id.is_empty()
                 && is_live(&t.value)
@@ -425,7 +441,7 @@ fn allocate(world: &World<'_>, plan: &mut Plan) {
         return;
     }
     let networks: HashMap<&str, &shoal_proto::objects::Network> =
-        world.networks.iter().map(|n| (n.id.as_str(), n)).collect();
+        world.networks.iter().map(|n| (n.id.as_str(), *n)).collect();
     let mut pools = Pools::of(
         world
             .tasks
@@ -495,7 +511,7 @@ fn schedule(world: &World<'_>, plan: &mut Plan) {
             .filter(|t| !t.node_id.is_empty())
             .cloned(),
     );
-    let out = scheduler::schedule(world.nodes, &current, &pending);
+    let out = scheduler::schedule(&world.nodes, &current, &pending);
     // Indexes: many thousands of decisions must not each scan every task.
     let created: HashMap<String, usize> = plan
         .create
@@ -506,7 +522,7 @@ fn schedule(world: &World<'_>, plan: &mut Plan) {
     let existing: HashMap<&str, &Versioned<Task>> = world
         .tasks
         .iter()
-        .map(|t| (t.value.id.as_str(), t))
+        .map(|t| (t.value.id.as_str(), *t))
         .collect();
     let mut apply = |id: &str, f: &dyn Fn(&mut Task) -> bool| {
         if let Some(&i) = created.get(id) {
@@ -556,57 +572,52 @@ fn now_ms() -> i64 {
     crate::time::unix_now_ms()
 }
 
-/// One pass: read, plan, commit. Returns whether anything was written, and when the
-/// next pass is due at the latest (unix ms) if nothing changes meanwhile.
-pub async fn reconcile_once(store: &Store) -> Result<(bool, Option<i64>), StoreError> {
-    let versioned = store.list::<Service>()?;
-    let versions: HashMap<String, u64> = versioned
-        .iter()
-        .map(|v| (v.value.id.clone(), v.version))
-        .collect();
-    let services: Vec<Service> = versioned.into_iter().map(|v| v.value).collect();
-    let tasks = store.list::<Task>()?;
-    let nodes: Vec<Node> = store.list::<Node>()?.into_iter().map(|v| v.value).collect();
-    let networks: Vec<shoal_proto::objects::Network> = store
-        .list::<shoal_proto::objects::Network>()?
-        .into_iter()
-        .map(|v| v.value)
-        .collect();
-    let world = World {
-        services: &services,
-        tasks: &tasks,
-        nodes: &nodes,
-        networks: &networks,
-        now_ms: now_ms(),
-    };
+/// What one pass decided: the plan, and the nodes' versions as read.
+fn plan_state(state: &State) -> Plan {
+    let world = World::of(state, now_ms());
     let mut plan = plan(&world);
-    if nodes.iter().any(crate::allocator::needs_tunnel_address) {
-        let cluster = store
-            .list::<shoal_proto::objects::Cluster>()?
-            .into_iter()
-            .next();
-        let tunnel = cluster
-            .and_then(|c| c.value.network)
-            .map(|n| n.tunnel_subnet)
+    if world
+        .nodes
+        .iter()
+        .any(crate::allocator::needs_tunnel_address)
+    {
+        let tunnel = state
+            .cluster()
+            .and_then(|c| c.value.network.as_ref())
+            .map(|n| n.tunnel_subnet.clone())
             .and_then(|t| t.parse().ok())
             .unwrap_or_else(|| {
                 crate::controlapi_networks::DEFAULT_TUNNEL_SUBNET
                     .parse()
                     .expect("a valid default")
             });
-        let versions: HashMap<String, u64> = store
-            .list::<Node>()?
-            .into_iter()
-            .map(|v| (v.value.id.clone(), v.version))
-            .collect();
-        for (id, addr) in crate::allocator::tunnel_addresses(&nodes, tunnel) {
-            if let (Some(n), Some(v)) = (nodes.iter().find(|n| n.id == id), versions.get(&id)) {
-                let mut n = n.clone();
+        for (id, addr) in crate::allocator::tunnel_addresses(&world.nodes, tunnel) {
+            if let Some(v) = state.get::<Node>(&id) {
+                let mut n = v.value.clone();
                 n.tunnel_addr = addr;
-                plan.nodes.insert(id, (*v, n));
+                plan.nodes.insert(id, (v.version, n));
             }
         }
     }
+    plan
+}
+
+/// One pass: read the view, plan (on a blocking thread: at many thousands of tasks a
+/// plan is CPU work), commit, and wait until the view has the commit, so the next pass
+/// reads its own writes. Returns whether anything was written, and when the next pass
+/// is due at the latest (unix ms) if nothing changes meanwhile.
+pub async fn reconcile_once(
+    store: &Store,
+    view: &ClusterView,
+) -> Result<(bool, Option<i64>), StoreError> {
+    let state = view.current();
+    let planned = {
+        let state = state.clone();
+        tokio::task::spawn_blocking(move || plan_state(&state))
+            .await
+            .map_err(|e| StoreError::Raft(format!("the orchestration pass panicked: {e}")))?
+    };
+    let plan = planned;
     if plan.is_empty() {
         return Ok((false, plan.wake_at));
     }
@@ -621,15 +632,23 @@ pub async fn reconcile_once(store: &Store) -> Result<(bool, Option<i64>), StoreE
         b.delete::<Task>(id, Expect::Version(*version));
     }
     for s in plan.services.values() {
-        b.put(
-            s,
-            Expect::Version(versions.get(&s.id).copied().unwrap_or(0)),
-        );
+        let version = state.get::<Service>(&s.id).map_or(0, |v| v.version);
+        b.put(s, Expect::Version(version));
     }
     for (version, n) in plan.nodes.values() {
         b.put(n, Expect::Version(*version));
     }
-    store.commit(b).await?;
+    let index = store.commit(b).await?;
+    if view
+        .wait_index(index, Duration::from_secs(5))
+        .await
+        .is_none()
+    {
+        tracing::warn!(
+            index,
+            "the cluster view has not applied the orchestrator's write after 5 s"
+        );
+    }
     Ok((true, plan.wake_at))
 }
 
@@ -642,18 +661,11 @@ const QUIET_PASS: Duration = Duration::from_secs(5);
 /// The leader's orchestration loop: reconciles on every change to services, tasks or
 /// nodes, and when a pass asked to be woken (restart delays, update monitors), until
 /// cancelled.
-pub async fn run(store: Store, cancel: CancellationToken) {
-    use shoal_store::Object;
-    let mut watch = match store.watch() {
-        Ok(w) => w,
-        Err(e) => {
-            tracing::error!(error = %e, "orchestrator cannot watch the store");
-            return;
-        }
-    };
+pub async fn run(store: Store, view: ClusterView, cancel: CancellationToken) {
+    let mut updates = view.subscribe();
     loop {
         let mut wait = QUIET_PASS;
-        match reconcile_once(&store).await {
+        match reconcile_once(&store, &view).await {
             Ok((true, _)) => continue,
             Ok((false, wake)) => {
                 if let Some(at) = wake {
@@ -670,15 +682,10 @@ pub async fn run(store: Store, cancel: CancellationToken) {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = &mut deadline => break,
-                ev = watch.events.recv() => match ev {
-                    Ok(ev) => {
-                        let relevant = ev.changes.iter().any(|c| {
-                            c.table() == Service::TABLE || c.table() == Node::TABLE || c.table() == Task::TABLE
-                        });
-                        if relevant { break; }
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                u = updates.next() => match u {
+                    Some(u) if u.touches(&[Kind::Service, Kind::Node, Kind::Task]) => break,
+                    Some(_) => {}
+                    None => return,
                 },
             }
         }

@@ -929,6 +929,15 @@ async fn channel_from(
         .await?)
 }
 
+/// What the hollow fleet has seen, in all: tasks assigned to its nodes now, and
+/// RUNNING reports the managers took.
+#[derive(Default)]
+struct Fleet {
+    joined: std::sync::atomic::AtomicUsize,
+    assigned: std::sync::atomic::AtomicUsize,
+    reported: std::sync::atomic::AtomicUsize,
+}
+
 /// One hollow node: joins with the worker token (a real certificate from the CA), then
 /// keeps a session open and heartbeats at the period the manager gives, over mTLS,
 /// like an agent with no tasks. Returns once `stop` is set.
@@ -938,7 +947,7 @@ async fn hollow_node(
     root: Vec<u8>,
     token: String,
     n: usize,
-    joined: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    fleet: std::sync::Arc<Fleet>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<()> {
     use shoal_proto::ca::ca_client::CaClient;
@@ -985,8 +994,60 @@ async fn hollow_node(
         .session(SessionRequest::default())
         .await?
         .into_inner();
-    tokio::spawn(async move { while let Ok(Some(_)) = session.message().await {} });
-    joined.fetch_add(1, Ordering::SeqCst);
+    // Counts the tasks assigned to this node and reports each new one RUNNING, as an
+    // agent whose containers start at once would.
+    let reporter = ch.clone();
+    let counts = fleet.clone();
+    tokio::spawn(async move {
+        use shoal_proto::dispatcher::assignment::Action;
+        use shoal_proto::dispatcher::{TaskStatusUpdate, UpdateTaskStatusRequest};
+        use shoal_proto::objects::{TaskState, TaskStatus};
+        let mut tasks = std::collections::HashSet::new();
+        let mut first_part = true;
+        while let Ok(Some(m)) = session.message().await {
+            let before = tasks.len();
+            if m.complete && first_part {
+                tasks.clear();
+            }
+            first_part = !m.more;
+            let mut new = Vec::new();
+            for a in m.assignments {
+                match (Action::try_from(a.action), a.task) {
+                    (Ok(Action::Update), Some(t)) if tasks.insert(t.id.clone()) => new.push(t.id),
+                    (Ok(Action::Remove), _) => {
+                        tasks.remove(&a.task_id);
+                    }
+                    _ => {}
+                }
+            }
+            let after = tasks.len();
+            if after >= before {
+                counts.assigned.fetch_add(after - before, Ordering::SeqCst);
+            } else {
+                counts.assigned.fetch_sub(before - after, Ordering::SeqCst);
+            }
+            for chunk in new.chunks(shoal_proto::limits::MAX_STATUS_UPDATES) {
+                let updates = chunk
+                    .iter()
+                    .map(|id| TaskStatusUpdate {
+                        task_id: id.clone(),
+                        status: Some(TaskStatus {
+                            state: TaskState::Running as i32,
+                            message: "started".into(),
+                            ..Default::default()
+                        }),
+                    })
+                    .collect();
+                let r = DispatcherClient::new(reporter.clone())
+                    .update_task_status(UpdateTaskStatusRequest { updates })
+                    .await;
+                if r.is_ok() {
+                    counts.reported.fetch_add(chunk.len(), Ordering::SeqCst);
+                }
+            }
+        }
+    });
+    fleet.joined.fetch_add(1, Ordering::SeqCst);
     // Beats on one stream, as an agent does, taking answers as they come; a new
     // stream after a failure.
     let mut period = Duration::from_millis(resp.heartbeat_period_ms.max(100));
@@ -1027,7 +1088,7 @@ async fn hollow_node(
 /// Issue #11: the leader's CPU with 1,000 hollow nodes heartbeating at the default
 /// period (and each holding a session open), measured over 30 s.
 fn bench_heartbeats(shoal: &std::path::Path) -> Result<String> {
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     let n: usize = std::env::var("BENCH_HOLLOW")
         .ok()
@@ -1066,11 +1127,11 @@ fn bench_heartbeats(shoal: &std::path::Path) -> Result<String> {
         }
         locals.push(ip.parse()?);
     }
-    let joined = Arc::new(AtomicUsize::new(0));
+    let fleet = Arc::new(Fleet::default());
     let stop = Arc::new(AtomicBool::new(false));
     let path = format!("/run/netns/{}", tb.nodes[1].netns);
     let hollow = {
-        let (joined, stop) = (joined.clone(), stop.clone());
+        let (stop, fleet) = (stop.clone(), fleet.clone());
         std::thread::spawn(move || -> Result<()> {
             let ns = std::fs::File::open(&path)?;
             nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
@@ -1083,7 +1144,7 @@ fn bench_heartbeats(shoal: &std::path::Path) -> Result<String> {
                 let mut set = tokio::task::JoinSet::new();
                 for i in 0..n {
                     // Joins a few at a time, as a fleet coming up would.
-                    while i >= joined.load(Ordering::SeqCst) + 16 {
+                    while i >= fleet.joined.load(Ordering::SeqCst) + 16 {
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                     let node = hollow_node(
@@ -1092,7 +1153,7 @@ fn bench_heartbeats(shoal: &std::path::Path) -> Result<String> {
                         root.clone(),
                         token.clone(),
                         i,
-                        joined.clone(),
+                        fleet.clone(),
                         stop.clone(),
                     );
                     set.spawn(async move {
@@ -1107,21 +1168,71 @@ fn bench_heartbeats(shoal: &std::path::Path) -> Result<String> {
         })
     };
     wait_for(Duration::from_secs(600), || {
-        (joined.load(Ordering::SeqCst) >= n).then_some(())
+        (fleet.joined.load(Ordering::SeqCst) >= n).then_some(())
     })
     .context("the hollow nodes never all joined")?;
     // Every node Ready, then 10 s of quiet before measuring.
     std::thread::sleep(Duration::from_secs(10));
     let pid = tb.nodes[0].pid().context("manager pid")?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    // Then, with BENCH_TASKS_PER_NODE, a service scaled from 0 to that many tasks per
+    // hollow node, timed until every hollow node has its assignments and every task was
+    // reported RUNNING; the manager's CPU in that window, per task.
+    let per_node: usize = std::env::var("BENCH_TASKS_PER_NODE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut scale_line = String::new();
+    if per_node > 0 {
+        let want = n * per_node;
+        tb.cli_ok(
+            0,
+            &[
+                "service",
+                "create",
+                "-d",
+                "--name",
+                "hollow",
+                "--replicas",
+                "0",
+                "busybox",
+                "sleep",
+                "1d",
+            ],
+        )?;
+        std::thread::sleep(Duration::from_secs(2));
+        let cpu0 = cpu_ticks(pid).context("manager cpu")?.1;
+        let t = Instant::now();
+        tb.cli_ok(0, &["service", "scale", "-d", &format!("hollow={want}")])?;
+        wait_for(Duration::from_secs(600), || {
+            (fleet.assigned.load(Ordering::SeqCst) >= want).then_some(())
+        })
+        .context("the hollow nodes never got all their assignments")?;
+        let assigned = t.elapsed().as_secs_f64();
+        wait_for(Duration::from_secs(600), || {
+            (fleet.reported.load(Ordering::SeqCst) >= want).then_some(())
+        })
+        .context("the managers never took every RUNNING report")?;
+        let reported = t.elapsed().as_secs_f64();
+        let cpu = (cpu_ticks(pid).context("manager cpu")?.1 - cpu0) as f64 / hz;
+        scale_line = format!(
+            " `service scale hollow={want}` from 0: every hollow node had its assignments after \
+             **{assigned:.2} s**, every task was reported RUNNING after {reported:.2} s; the manager \
+             used {cpu:.2} s of CPU in that window, **{:.0} µs per task** (placement, the Raft \
+             writes, the assignment delivered and its status report written).",
+            cpu / want as f64 * 1e6
+        );
+        // Quiet again before the idle measurement.
+        std::thread::sleep(Duration::from_secs(10));
+    }
     let before = cpu_ticks(pid).context("manager cpu")?.1;
     let t = Instant::now();
     std::thread::sleep(Duration::from_secs(secs));
     let used = cpu_ticks(pid).context("manager cpu")?.1 - before;
     let wall = t.elapsed().as_secs_f64();
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64;
     let rss = kib(pid, "status", "VmRSS:");
     let nodes = tb.cli_ok(0, &["node", "ls", "-q"])?.lines().count();
     let ready = tb
@@ -1134,15 +1245,17 @@ fn bench_heartbeats(shoal: &std::path::Path) -> Result<String> {
     let _ = hollow.join();
     let pct = used as f64 / hz / wall * 100.0;
     Ok(format!(
-        "\n## Issue #11: the leader with 1,000 hollow nodes at the default heartbeat\n\n\
+        "\n## Issue #22: the leader with {n} hollow nodes, {per_node} tasks each, at the default heartbeat\n\n\
          HOLLOW nodes: {n} simulated agents in one process (in a second network namespace), each \
          joined with the worker token (a real certificate from the cluster CA), holding a session \
          stream open and heartbeating over its own mTLS connection at the period the manager gives \
-         (default 1 s), with no tasks. The manager is a real `shoal daemon` ({nodes} nodes listed, \
-         {ready} Ready). Its CPU (user + system time from /proc) over {wall:.0} s, after 10 s of quiet: \
-         **{pct:.1} % of one core** (target < 5 %), RSS {:.0} MiB. \
+         (default 1 s), with {per_node} tasks each (reported RUNNING by the hollow node as soon as \
+         assigned). The manager is a real `shoal daemon` ({nodes} nodes listed, \
+         {ready} Ready).{scale_line} Its idle CPU (user + system time from /proc) over {wall:.0} s, after 10 s of quiet: \
+         **{pct:.1} % of one core**, RSS {:.0} MiB. \
          Rerun: `BENCH_ONLY=heartbeats target/release/shoal-bench target/release/shoal` \
-         (`BENCH_HOLLOW` sets the count, `BENCH_HEARTBEAT_SECS` the window).\n",
+         (`BENCH_HOLLOW` sets the count, `BENCH_TASKS_PER_NODE` the tasks per node, \
+         `BENCH_HEARTBEAT_SECS` the window).\n",
         rss as f64 / 1024.0
     ))
 }
