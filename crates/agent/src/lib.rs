@@ -1,7 +1,9 @@
 //! The agent: what every node runs. It keeps the node's session with the managers
-//! ([`session`]: heartbeats now; assignments and task status later), describes the host
-//! ([`describe`]), and knows how to reach a manager over mTLS ([`connect`]). It never
-//! imports the manager: it only talks to it over the wire.
+//! ([`session`]: heartbeats, failover, the assignment stream), turns assignments into
+//! running tasks ([`worker`], one [`controller`] per task, [`image`], [`runtime`],
+//! [`network`], [`secrets`]), reports their status ([`reporter`]) and logs ([`logs`]),
+//! describes the host ([`describe`]), and reaches a manager over mTLS ([`connect`]). It
+//! never imports the manager: it only talks to it over the wire.
 
 pub mod connect;
 pub mod controller;

@@ -929,6 +929,19 @@ impl Control for ControlService {
         req: Request<GetJoinTokenRequest>,
     ) -> Result<Response<GetJoinTokenResponse>, Status> {
         control_caller(&req, "GetJoinToken")?;
+        let r = req.into_inner();
+        if r.rotate || r.ttl_secs > 0 || r.max_uses > 0 {
+            return Err(Status::invalid_argument(
+                "GetJoinToken only reads: rotating a token or making a limited one is UpdateJoinToken ('shoal join-token --rotate|--ttl|--max-uses')",
+            ));
+        }
+        Ok(Response::new(self.0.join_token_req(r).await?))
+    }
+    async fn update_join_token(
+        &self,
+        req: Request<GetJoinTokenRequest>,
+    ) -> Result<Response<GetJoinTokenResponse>, Status> {
+        control_caller(&req, "UpdateJoinToken")?;
         Ok(Response::new(
             self.0.join_token_req(req.into_inner()).await?,
         ))

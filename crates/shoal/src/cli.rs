@@ -534,19 +534,21 @@ impl Client {
         if ttl.is_some_and(|d| d.as_secs() == 0) {
             bail!("--ttl must be at least 1s");
         }
-        let t = self
-            .control
-            .clone()
-            .get_join_token(GetJoinTokenRequest {
-                role: role.into(),
-                rotate,
-                ttl_secs: ttl.map(|d| d.as_secs()).unwrap_or(0),
-                max_uses: max_uses.unwrap_or(0),
-                list: false,
-            })
-            .await
-            .map_err(status_err)?
-            .into_inner();
+        let req = GetJoinTokenRequest {
+            role: role.into(),
+            rotate,
+            ttl_secs: ttl.map(|d| d.as_secs()).unwrap_or(0),
+            max_uses: max_uses.unwrap_or(0),
+            list: false,
+        };
+        let mut control = self.control.clone();
+        let t = if rotate || ttl.is_some() || max_uses.is_some() {
+            control.update_join_token(req).await
+        } else {
+            control.get_join_token(req).await
+        }
+        .map_err(status_err)?
+        .into_inner();
         if quiet {
             println!("{}", t.token);
             return Ok(());

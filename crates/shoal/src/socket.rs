@@ -198,7 +198,7 @@ impl tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>> f
         // Reads answer from this manager's copy (so they work without a leader too);
         // writes, and log streams (served where the nodes' sessions are), go to the leader.
         let method = req.uri().path().rsplit('/').next().unwrap_or("");
-        let read = method.starts_with("Get") || method.starts_with("List");
+        let read = shoal_manager::routing::route(method) == shoal_manager::routing::Route::Local;
         Box::pin(async move {
             match daemon.control_route(read).await {
                 Ok(crate::daemon::ControlRoute::Local(mut svc, stale)) => {

@@ -56,7 +56,39 @@ fn three_managers_survive_the_loss_of_the_leader() {
     import_busybox(&tb, 3);
     sleep_service_on_workers(&tb, 0, "web", 1);
     sleeps_become(&tb, 3, 1);
-    // A follower forwards its administrator's calls to the leader, reads and writes.
+    // A follower forwards its administrator's calls to the leader, reads and writes;
+    // join-token writes too (a rotation or a limited token is a write, whatever the
+    // name of the call that once carried it).
+    let f = (0..3).find(|i| *i != old).unwrap();
+    let before = tb.cli_ok(f, &["join-token", "-q", "worker"]).unwrap();
+    let out = tb
+        .cli_ok(f, &["join-token", "--rotate", "worker"])
+        .unwrap_or_else(|e| panic!("rotate through a follower: {e}"));
+    assert!(
+        out.contains("Successfully rotated worker join token"),
+        "{out}"
+    );
+    let after = tb.cli_ok(f, &["join-token", "-q", "worker"]).unwrap();
+    assert_ne!(
+        before.trim(),
+        after.trim(),
+        "the follower shows the new token"
+    );
+    let limited = tb
+        .cli_ok(
+            f,
+            &[
+                "join-token",
+                "-q",
+                "--ttl",
+                "1h",
+                "--max-uses",
+                "1",
+                "worker",
+            ],
+        )
+        .unwrap_or_else(|e| panic!("a limited token through a follower: {e}"));
+    assert!(limited.trim().starts_with("SHOAL-1-"), "{limited}");
     let ls = tb.cli_ok(2, &["service", "ls"]).unwrap();
     assert!(ls.contains("web"), "{ls}");
     tb.cli_ok(2, &["service", "scale", "web=2"])

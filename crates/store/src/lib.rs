@@ -9,9 +9,10 @@
 //!
 //! Under the hood the store is an [openraft] node whose log, vote, applied
 //! state and snapshots live in one redb file, `store.redb`, in the node's
-//! state directory. The Raft group has a single member for now; replicated
-//! managers will only add members (and a real transport in the `network` module). No
-//! openraft or redb type appears in this crate's API.
+//! state directory. Every manager is a member of the Raft group; Raft messages travel
+//! through the transport the binary provides (the [`network`] module's trait, over the
+//! managers' mTLS listener). Objects are sealed at rest ([`seal`]). No openraft or redb
+//! type appears in this crate's API.
 //!
 //! [openraft]: https://docs.rs/openraft/0.9
 

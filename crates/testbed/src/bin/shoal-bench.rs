@@ -1198,6 +1198,9 @@ fn bench_heartbeats(shoal: &std::path::Path) -> Result<String> {
                 "hollow",
                 "--replicas",
                 "0",
+                // The real manager node has no busybox image: the hollow nodes only.
+                "--constraint",
+                "node.role==worker",
                 "busybox",
                 "sleep",
                 "1d",
