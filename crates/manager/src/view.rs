@@ -455,12 +455,6 @@ impl ClusterView {
         }
     }
 
-    /// A view of exactly `store`'s state now, kept current by nobody (for tests of
-    /// code that reads the view).
-    pub fn snapshot_of(store: &Store) -> Result<ClusterView, StoreError> {
-        Ok(ClusterView::start(store)?.0)
-    }
-
     /// The state now.
     pub fn current(&self) -> Arc<State> {
         self.shared.current.borrow().clone()
@@ -689,12 +683,38 @@ mod tests {
         (dir, store)
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_task_change_wakes_only_its_nodes_session_and_subscribers_see_it_once() {
-        let (_dir, store) = test_store().await;
+    /// A view of a new one-member store, with its writer running.
+    struct Running {
+        _dir: tempfile::TempDir,
+        store: Store,
+        view: ClusterView,
+        cancel: CancellationToken,
+        writer: tokio::task::JoinHandle<()>,
+    }
+
+    async fn running_view() -> Running {
+        let (dir, store) = test_store().await;
         let (view, watch) = ClusterView::start(&store).expect("view");
         let cancel = CancellationToken::new();
         let writer = tokio::spawn(view.clone().run(store.clone(), watch, cancel.clone()));
+        Running {
+            _dir: dir,
+            store,
+            view,
+            cancel,
+            writer,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_task_change_wakes_only_its_nodes_session_and_subscribers_see_it_once() {
+        let Running {
+            _dir,
+            store,
+            view,
+            cancel,
+            writer,
+        } = running_view().await;
         let mut n1 = view.watch_node("n1");
         let n2 = view.watch_node("n2");
         let mut sub = view.subscribe();
@@ -731,10 +751,13 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_subscriber_that_falls_behind_gets_the_current_state_once() {
-        let (_dir, store) = test_store().await;
-        let (view, watch) = ClusterView::start(&store).expect("view");
-        let cancel = CancellationToken::new();
-        let writer = tokio::spawn(view.clone().run(store.clone(), watch, cancel.clone()));
+        let Running {
+            _dir,
+            store,
+            view,
+            cancel,
+            writer,
+        } = running_view().await;
         let mut sub = view.subscribe();
         let mut last = 0;
         for i in 0..(UPDATE_CAPACITY + 20) {

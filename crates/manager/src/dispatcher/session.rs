@@ -132,23 +132,6 @@ impl Held {
     }
 }
 
-/// The node's assignment set in `state`, and what it is told about each task: only
-/// desired-state changes (and new or removed tasks) are news to an agent; status changes
-/// are its own.
-fn complete_set(state: &State, node_id: &str) -> (HashMap<String, i32>, Vec<Assignment>) {
-    let mut known = HashMap::new();
-    let mut assignments = Vec::new();
-    for t in state.tasks_on(node_id) {
-        known.insert(t.value.id.clone(), t.value.desired_state);
-        assignments.push(Assignment {
-            action: Action::Update as i32,
-            task: Some(t.value.clone()),
-            task_id: String::new(),
-        });
-    }
-    (known, assignments)
-}
-
 /// Starts a node's session. It ends, with the reason, when the caller may no longer be
 /// served (removed, revoked, superseded, expired: checked against the store state of
 /// each event before anything of it is sent), when `replaced` is cancelled (a newer
@@ -167,7 +150,10 @@ pub fn start(
     // Before the first read: every change after it wakes the session.
     let mut node_changed = view.watch_node(&node_id);
     let state = view.current();
-    let (mut known, first) = complete_set(&state, &node_id);
+    // What the node was told of each task (its desired state): the complete set is
+    // every task, news to a node that was told nothing.
+    let mut known = HashMap::new();
+    let first = changes(&state, &node_id, &mut known);
     let (log_tx, mut log_rx) = mpsc::channel::<LogSubscription>(64);
     logs.register_node(&node_id, log_tx.clone());
     tokio::spawn(async move {
@@ -336,7 +322,8 @@ async fn send_chunked(tx: &Tx, complete: bool, assignments: Vec<Assignment>) -> 
 }
 
 /// What changed for the node since it was last told (`known`): new tasks and
-/// desired-state changes, and tasks gone from it (removed, or moved off).
+/// desired-state changes, and tasks gone from it (removed, or moved off). Only those are
+/// news to an agent; status changes are its own.
 fn changes(state: &State, node_id: &str, known: &mut HashMap<String, i32>) -> Vec<Assignment> {
     let mut out = Vec::new();
     let mut present = HashSet::new();

@@ -572,7 +572,8 @@ fn now_ms() -> i64 {
     crate::time::unix_now_ms()
 }
 
-/// What one pass decided: the plan, and the nodes' versions as read.
+/// What one pass decides from `state`: the orchestrators' plan, then tunnel addresses
+/// for nodes that lack one.
 fn plan_state(state: &State) -> Plan {
     let world = World::of(state, now_ms());
     let mut plan = plan(&world);
@@ -611,13 +612,12 @@ pub async fn reconcile_once(
     view: &ClusterView,
 ) -> Result<(bool, Option<i64>), StoreError> {
     let state = view.current();
-    let planned = {
+    let plan = {
         let state = state.clone();
         tokio::task::spawn_blocking(move || plan_state(&state))
             .await
             .map_err(|e| StoreError::Raft(format!("the orchestration pass panicked: {e}")))?
     };
-    let plan = planned;
     if plan.is_empty() {
         return Ok((false, plan.wake_at));
     }
