@@ -22,6 +22,9 @@ type Limiter<K> = governor::DefaultKeyedRateLimiter<K>;
 pub struct CaServer {
     store: Store,
     ca: CaHandle,
+    /// Waited on after each issue: a node's first call with its new certificate must not
+    /// be refused because this manager's access list has not applied it yet.
+    access: std::sync::Arc<crate::access::AccessList>,
     /// Renewals per node (a root rotation's request is not counted).
     renewals: Limiter<String>,
     /// Certificates issued (joins and rejoins) per peer address.
@@ -36,13 +39,18 @@ pub const ISSUANCE_PER_SEC: u32 = 10;
 pub const ISSUANCE_BURST: u32 = 20;
 
 impl CaServer {
-    pub fn new(store: Store, ca: CaHandle) -> Self {
+    pub fn new(
+        store: Store,
+        ca: CaHandle,
+        access: std::sync::Arc<crate::access::AccessList>,
+    ) -> Self {
         use governor::Quota;
         use std::num::NonZeroU32;
         let nz = |n: u32| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
         CaServer {
             store,
             ca,
+            access,
             renewals: governor::RateLimiter::keyed(Quota::per_minute(nz(RENEWALS_PER_MINUTE))),
             issuance: governor::RateLimiter::keyed(
                 Quota::per_second(nz(ISSUANCE_PER_SEC)).allow_burst(nz(ISSUANCE_BURST)),
@@ -241,13 +249,28 @@ impl CaServer {
                 b.put(&used, Expect::Version(t.version));
             }
             match self.store.commit(b).await {
-                Ok(_) => return Ok((cert, role)),
+                Ok(index) => {
+                    self.applied(index).await;
+                    return Ok((cert, role));
+                }
                 Err(shoal_store::StoreError::Conflict { .. }) => continue,
                 Err(shoal_store::StoreError::NotLeader) => {
                     return Err(crate::raft_service::not_leader(&self.store))
                 }
                 Err(e) => return Err(store_status(e)),
             }
+        }
+    }
+
+    /// Waits (at most a few seconds) until this manager's access list has the write at
+    /// `index`, so the certificate just issued is accepted on the node's next call. Past
+    /// that, the certificate is issued anyway: the node retries a refused call.
+    async fn applied(&self, index: u64) {
+        if self.access.wait_applied(index).await.is_err() {
+            tracing::warn!(
+                index,
+                "the access list has not applied a certificate just issued"
+            );
         }
     }
 
@@ -451,13 +474,14 @@ impl Ca for CaServer {
             used.uses += 1;
             batch.put(&used, Expect::Version(t.version));
         }
-        self.store.commit(batch).await.map_err(|e| match e {
+        let index = self.store.commit(batch).await.map_err(|e| match e {
             shoal_store::StoreError::Conflict { .. } => Status::aborted(
                 "the join token was used by another node at the same moment: try again",
             ),
             shoal_store::StoreError::NotLeader => crate::raft_service::not_leader(&self.store),
             e => store_status(e),
         })?;
+        self.applied(index).await;
         tracing::info!(node_id = %node_id, role = %role, "issued a certificate to a joining node");
         self.response(&node_id, role, cert.cert_der)
     }

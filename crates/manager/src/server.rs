@@ -375,7 +375,11 @@ impl Manager {
         tasks.spawn(crate::leader::supervise(leadership, loops, cancel.clone()));
         let control_server = ControlServer::new(ControlService(control.clone()));
         let router = tonic::transport::Server::builder()
-            .add_service(CaRpcServer::new(CaServer::new(cfg.store.clone(), ca)))
+            .add_service(CaRpcServer::new(CaServer::new(
+                cfg.store.clone(),
+                ca,
+                access.clone(),
+            )))
             .add_service(DispatcherServer::new(dispatcher))
             .add_service(
                 shoal_proto::raft::raft_server::RaftServer::new(crate::raft_service::RaftService {
