@@ -115,6 +115,8 @@ viewed!(LimitedToken, JoinToken, tokens);
 #[derive(Clone, Default)]
 pub struct State {
     index: u64,
+    /// The index of the last batch that changed who may call (a node or a revocation).
+    access_index: u64,
     clusters: Table<Cluster>,
     nodes: Table<Node>,
     services: Table<Service>,
@@ -174,6 +176,12 @@ impl State {
     /// The store index this state reflects.
     pub fn index(&self) -> u64 {
         self.index
+    }
+
+    /// The index of the last change to who may call (nodes, revocations) in this
+    /// state: what a stream sending from this state must have the access list at.
+    pub fn access_index(&self) -> u64 {
+        self.access_index
     }
 
     pub fn get<T: Viewed>(&self, id: &str) -> Option<&Versioned<T>> {
@@ -271,6 +279,7 @@ impl State {
         }
         let mut s = State {
             index: snapshot.index(),
+            access_index: snapshot.index(),
             ..State::default()
         };
         fill::<Cluster>(&mut s, snapshot)?;
@@ -557,10 +566,17 @@ impl ClusterView {
         let mut nodes = HashSet::new();
         let mut changes = Vec::new();
         for ev in events {
+            let before = changes.len();
             for c in &ev.changes {
                 changes.extend(state.apply(c, &mut nodes));
             }
             state.index = ev.index;
+            if changes[before..]
+                .iter()
+                .any(|c| matches!(c.kind, Kind::Node | Kind::Revocation))
+            {
+                state.access_index = ev.index;
+            }
         }
         let state = Arc::new(state);
         self.publish(state, Some(changes), Some(nodes));
@@ -726,6 +742,10 @@ mod tests {
             .await
             .expect("applied");
         assert_eq!(ids(state.tasks_on("n1")), ["t1"]);
+        assert!(
+            state.access_index() < state.index(),
+            "a task changes nothing about who may call"
+        );
         assert!(n1.has_changed().expect("open"));
         n1.borrow_and_update();
         assert!(
@@ -741,6 +761,22 @@ mod tests {
             }])
         );
         assert!(u.touches(&[Kind::Task]) && !u.touches(&[Kind::Node]));
+        let mut b = Batch::default();
+        b.put(
+            &shoal_proto::objects::Node {
+                id: "n1".into(),
+                ..Default::default()
+            },
+            Expect::Absent,
+        );
+        let index = store.commit(b).await.expect("commit");
+        let state = view
+            .wait_index(index, std::time::Duration::from_secs(5))
+            .await
+            .expect("applied");
+        assert_eq!(state.access_index(), index, "a node is who may call");
+        let u = sub.next().await.expect("the node's update");
+        assert!(u.touches(&[Kind::Node]));
         cancel.cancel();
         writer.await.expect("writer");
         assert!(

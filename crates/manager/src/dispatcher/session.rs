@@ -172,7 +172,7 @@ pub fn start(
         loop {
             // The complete set, in messages the agent's decoder accepts.
             if let Some((state, set)) = pending.take() {
-                if let Err(s) = caller.check_at(state.index()).await {
+                if let Err(s) = caller.check_at(state.access_index()).await {
                     let _ = tx.send(Err(s)).await;
                     break;
                 }
@@ -246,7 +246,7 @@ pub fn start(
                         break;
                     }
                     let state = view.current();
-                    if let Err(s) = caller.check_at(state.index()).await {
+                    if let Err(s) = caller.check_at(state.access_index()).await {
                         let _ = tx.send(Err(s)).await;
                         break;
                     }
