@@ -663,21 +663,30 @@ fn messages_point_the_right_way() {
     std::fs::copy(env!("CARGO_BIN_EXE_shoal"), &bin).unwrap();
     let bin = bin.to_str().unwrap();
     let sock = format!("unix://{}", tb.nodes[0].socket.display());
-    let out = std::process::Command::new("setpriv")
-        .args([
-            "--reuid",
-            "65534",
-            "--regid",
-            "65534",
-            "--clear-groups",
-            bin,
-            "-H",
-            &sock,
-            "info",
-        ])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    // A thread of this test that forked while the copy was open for writing makes
+    // the kernel refuse to run it ("Text file busy") until that child execs.
+    let mut stderr = String::new();
+    for _ in 0..50 {
+        let out = std::process::Command::new("setpriv")
+            .args([
+                "--reuid",
+                "65534",
+                "--regid",
+                "65534",
+                "--clear-groups",
+                bin,
+                "-H",
+                &sock,
+                "info",
+            ])
+            .output()
+            .unwrap();
+        stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !stderr.contains("Text file busy") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     assert!(
         stderr.contains("run as root or as a member of the socket's group"),
         "{stderr}"

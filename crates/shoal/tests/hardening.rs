@@ -92,6 +92,22 @@ const SYS_ADD_KEY: u32 = 248;
 const KEYCTL_GET_KEYRING_ID: u32 = 0;
 const KEY_SPEC_SESSION_KEYRING: u32 = -3i32 as u32;
 
+/// Runs a probe just written by this process. Another thread of the test may
+/// have forked while the probe's file was open for writing; until that child
+/// execs, the kernel refuses to run the file ("Text file busy"), so wait it out.
+fn run_on_host(probe: &std::path::Path) -> std::process::ExitStatus {
+    let mut tries = 0;
+    loop {
+        match std::process::Command::new(probe).status() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other.unwrap(),
+        }
+    }
+}
+
 #[test]
 #[cfg_attr(
     not(target_arch = "x86_64"),
@@ -116,20 +132,12 @@ fn containers_run_under_seccomp_with_masked_and_readonly_paths() {
         std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     }
     // The probes work: outside a container the key calls get through to the kernel.
-    let host = std::process::Command::new(probes.join("keyctl"))
-        .status()
-        .unwrap();
+    let host = run_on_host(&probes.join("keyctl"));
     assert_eq!(host.code(), Some(0), "keyctl probe on the host");
-    let host = std::process::Command::new(probes.join("add_key"))
-        .status()
-        .unwrap();
+    let host = run_on_host(&probes.join("add_key"));
     assert_eq!(host.code(), Some(libc::EFAULT), "add_key probe on the host");
     // The 32-bit probe works where the kernel runs 32-bit calls (most do).
-    let ia32_on_host = std::process::Command::new(probes.join("ia32"))
-        .status()
-        .unwrap()
-        .code()
-        == Some(0);
+    let ia32_on_host = run_on_host(&probes.join("ia32")).code() == Some(0);
 
     let mount = format!(
         "type=bind,source={},target=/probes,readonly",
