@@ -80,7 +80,7 @@ async fn read_blocking(path: &Path, pos: &mut u64) -> std::io::Result<Vec<LogLin
 /// certificate (the managers stop accepting the old one shortly after), and the old
 /// stream is closed cleanly. The managers keep the subscription across the switch.
 struct Stream {
-    channels: crate::session::Channels,
+    channels: crate::managers::Channels,
     tx: mpsc::Sender<PublishLogsMessage>,
     call: tokio::task::JoinHandle<
         Result<tonic::Response<shoal_proto::dispatcher::PublishLogsResponse>, tonic::Status>,
@@ -88,7 +88,7 @@ struct Stream {
 }
 
 impl Stream {
-    fn open(mut channels: crate::session::Channels) -> Stream {
+    fn open(mut channels: crate::managers::Channels) -> Stream {
         channels.mark_unchanged();
         let (tx, rx) = mpsc::channel::<PublishLogsMessage>(16);
         let mut client = DispatcherClient::new(channels.borrow().clone());
@@ -126,7 +126,7 @@ impl Stream {
 /// Serves one subscription: sends the last `tail` lines (all if 0), then, if following,
 /// new lines until the container has exited or the manager stops listening.
 pub async fn publish(
-    channels: crate::session::Channels,
+    channels: crate::managers::Channels,
     runtime: Arc<dyn Runtime>,
     sub: LogSubscription,
     known: bool,

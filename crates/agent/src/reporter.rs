@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 pub type StatusSender = mpsc::Sender<(String, TaskStatus)>;
 
-pub fn start(channels: crate::session::Channels, cancel: CancellationToken) -> StatusSender {
+pub fn start(channels: crate::managers::Channels, cancel: CancellationToken) -> StatusSender {
     let (tx, rx) = mpsc::channel(4096);
     tokio::spawn(run(channels, rx, cancel));
     tx
@@ -28,7 +28,7 @@ fn merge(pending: &mut HashMap<String, TaskStatus>, id: String, st: TaskStatus) 
 }
 
 async fn run(
-    channels: crate::session::Channels,
+    channels: crate::managers::Channels,
     mut rx: mpsc::Receiver<(String, TaskStatus)>,
     cancel: CancellationToken,
 ) {

@@ -4,10 +4,10 @@
 //! in use while a task holding it has not finished, so a new leader knows every
 //! allocation from the tasks it reads, and nothing is kept beside them.
 
-use crate::controlapi::HOST_NETWORK;
-use crate::orchestrator::has_finished;
+use crate::cluster::has_finished;
 use ipnet::Ipv4Net;
 use shoal_proto::objects::{Network, NetworkAttachment, Node, Task};
+use shoal_proto::HOST_NETWORK;
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 

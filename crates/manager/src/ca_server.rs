@@ -4,7 +4,8 @@
 //! only its public key.
 
 use crate::bootstrap::load_cluster;
-use crate::rootca::CaHandle;
+use crate::cluster::{manager_addrs, store_status};
+use crate::security::rootca::CaHandle;
 use crate::time::{unix, unix_now};
 use shoal_pki::{JoinToken, NodeId, Role};
 use shoal_proto::ca::ca_server::Ca;
@@ -24,7 +25,7 @@ pub struct CaServer {
     ca: CaHandle,
     /// Waited on after each issue: a node's first call with its new certificate must not
     /// be refused because this manager's access list has not applied it yet.
-    access: std::sync::Arc<crate::access::AccessList>,
+    access: std::sync::Arc<crate::security::access::AccessList>,
     /// Renewals per node (a root rotation's request is not counted).
     renewals: Limiter<String>,
     /// Certificates issued (joins and rejoins) per peer address.
@@ -42,7 +43,7 @@ impl CaServer {
     pub fn new(
         store: Store,
         ca: CaHandle,
-        access: std::sync::Arc<crate::access::AccessList>,
+        access: std::sync::Arc<crate::security::access::AccessList>,
     ) -> Self {
         use governor::Quota;
         use std::num::NonZeroU32;
@@ -77,21 +78,6 @@ impl CaServer {
             ))
         })
     }
-}
-
-pub(crate) fn store_status(e: shoal_store::StoreError) -> Status {
-    Status::unavailable(format!("cluster store: {e}"))
-}
-
-/// Addresses of the manager nodes, from the store.
-pub(crate) fn manager_addrs(store: &Store) -> Result<Vec<String>, Status> {
-    Ok(store
-        .list::<Node>()
-        .map_err(store_status)?
-        .into_iter()
-        .filter(|n| n.value.role == NodeRole::Manager as i32 && !n.value.addr.is_empty())
-        .map(|n| n.value.addr)
-        .collect())
 }
 
 impl CaServer {
@@ -255,7 +241,7 @@ impl CaServer {
                 }
                 Err(shoal_store::StoreError::Conflict { .. }) => continue,
                 Err(shoal_store::StoreError::NotLeader) => {
-                    return Err(crate::raft_service::not_leader(&self.store))
+                    return Err(crate::cluster::not_leader(&self.store))
                 }
                 Err(e) => return Err(store_status(e)),
             }
@@ -281,7 +267,7 @@ impl CaServer {
         role: Role,
         cert_der: Vec<u8>,
     ) -> Result<Response<IssueNodeCertificateResponse>, Status> {
-        let heartbeat = crate::dispatcher::heartbeat_period(&self.store);
+        let heartbeat = crate::cluster::heartbeat_period(&self.store);
         let ca = self.ca.get();
         let raft_id = match role {
             Role::Manager => self
@@ -315,8 +301,11 @@ impl Ca for CaServer {
         &self,
         req: Request<RenewNodeCertificateRequest>,
     ) -> Result<Response<IssueNodeCertificateResponse>, Status> {
-        let id =
-            crate::auth::authorize(&req, "RenewNodeCertificate", &[Role::Manager, Role::Worker])?;
+        let id = crate::security::auth::authorize(
+            &req,
+            "RenewNodeCertificate",
+            &[Role::Manager, Role::Worker],
+        )?;
         let csr = req.into_inner().csr_der;
         let node_id = id.node_id().clone();
         // A root rotation, or a promotion or demotion (the certificate's role is not the
@@ -332,7 +321,10 @@ impl Ca for CaServer {
                     Role::Worker
                 };
                 held != id.role()
-                    || crate::rootca::needs_rotation(self.ca.get().rotating_to.as_deref(), &n.value)
+                    || crate::security::rootca::needs_rotation(
+                        self.ca.get().rotating_to.as_deref(),
+                        &n.value,
+                    )
             });
         if !asked {
             Self::limit(&self.renewals, &node_id.to_string(), || {
@@ -341,7 +333,7 @@ impl Ca for CaServer {
                 )
             })?;
         }
-        let missing = Status::permission_denied(crate::revocation::REMOVED);
+        let missing = Status::permission_denied(crate::cluster::REMOVED);
         let (cert, role) = self.reissue(&node_id, &csr, missing, None).await?;
         tracing::info!(node_id = %node_id, serial = %cert.serial, "renewed a node certificate");
         self.response(&node_id, role, cert.cert_der)
@@ -360,7 +352,7 @@ impl Ca for CaServer {
         &self,
         req: Request<IssueNodeCertificateRequest>,
     ) -> Result<Response<IssueNodeCertificateResponse>, Status> {
-        let remote = crate::auth::remote_addr(&req);
+        let remote = crate::security::auth::remote_addr(&req);
         if let Some(addr) = remote {
             Self::limit(&self.issuance, &addr.ip(), || {
                 format!(
@@ -392,8 +384,10 @@ impl Ca for CaServer {
             Role::Worker
         } else if matches(&tokens.manager) {
             Role::Manager
-        } else if let Some(t) = crate::tokens::find(&self.store, &token).map_err(store_status)? {
-            if let Some(why) = crate::tokens::exhausted(&t.value, unix_now()) {
+        } else if let Some(t) =
+            crate::security::tokens::find(&self.store, &token).map_err(store_status)?
+        {
+            if let Some(why) = crate::security::tokens::exhausted(&t.value, unix_now()) {
                 tracing::warn!(?remote, token_id = %t.value.id, "refused a join with a spent limited token");
                 return Err(Status::permission_denied(why));
             }
@@ -478,7 +472,7 @@ impl Ca for CaServer {
             shoal_store::StoreError::Conflict { .. } => Status::aborted(
                 "the join token was used by another node at the same moment: try again",
             ),
-            shoal_store::StoreError::NotLeader => crate::raft_service::not_leader(&self.store),
+            shoal_store::StoreError::NotLeader => crate::cluster::not_leader(&self.store),
             e => store_status(e),
         })?;
         self.applied(index).await;

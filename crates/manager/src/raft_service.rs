@@ -3,7 +3,8 @@
 //! manager certificates may call, checked like every other call; a manager that is still
 //! joining (its store holds nothing yet, so it knows no members) checks the role alone.
 
-use crate::auth::authorize;
+use crate::cluster::not_leader;
+use crate::security::auth::authorize;
 use shoal_pki::Role;
 use shoal_proto::raft::raft_server::Raft;
 use shoal_proto::raft::{JoinRaftRequest, JoinRaftResponse, RaftMessage};
@@ -25,44 +26,6 @@ fn store_err(store: &Store, e: StoreError) -> Status {
     match e {
         StoreError::NotLeader => not_leader(store),
         e => Status::unavailable(format!("raft: {e}")),
-    }
-}
-
-/// The metadata key a follower's refusal names the leader's address under.
-pub const LEADER_KEY: &str = "shoal-leader";
-
-/// The advertised address of the manager that leads now, if one is known.
-pub fn leader_addr(store: &Store) -> Option<String> {
-    let id = store.leader()?;
-    store
-        .list::<shoal_proto::objects::Node>()
-        .ok()?
-        .into_iter()
-        .map(|n| n.value)
-        .find(|n| {
-            n.role == shoal_proto::objects::NodeRole::Manager as i32
-                && crate::bootstrap::node_raft_id(n) == id
-        })
-        .map(|n| n.addr)
-        .filter(|a| !a.is_empty())
-}
-
-/// A follower's answer to a call only the leader serves: where the leader is (in the
-/// message, and under [`LEADER_KEY`] for agents to follow).
-pub fn not_leader(store: &Store) -> Status {
-    match leader_addr(store) {
-        Some(addr) => {
-            let mut s = Status::unavailable(format!(
-                "this manager is not the leader; the leader is at {addr}"
-            ));
-            if let Ok(v) = addr.parse() {
-                s.metadata_mut().insert(LEADER_KEY, v);
-            }
-            s
-        }
-        None => Status::unavailable(
-            "this manager is not the leader and no leader is known now (an election may be under way, or too few managers are reachable): try again",
-        ),
     }
 }
 
@@ -189,7 +152,7 @@ pub struct JoiningAdmission {
     pub trust: shoal_pki::ClusterTrust,
 }
 
-impl crate::server::Admission for JoiningAdmission {
+impl crate::listener::Admission for JoiningAdmission {
     type Info = JoiningPeer;
     fn trust(&self) -> shoal_pki::ClusterTrust {
         self.trust.clone()

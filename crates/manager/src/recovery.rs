@@ -210,7 +210,7 @@ pub async fn reform(
             continue;
         }
         b.delete::<Node>(&n.id, Expect::Any);
-        crate::revocation::revoke_all(&mut b, &n, me.why);
+        crate::security::revocation::revoke_all(&mut b, &n, me.why);
         tracing::warn!(node_id = %n.id, "removed a manager that is not part of the re-formed cluster");
     }
     let mut issued = None;

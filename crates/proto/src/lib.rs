@@ -30,6 +30,10 @@ pub mod raft {
 
 pub mod limits;
 
+/// The network a service names to keep its tasks in their node's own network namespace
+/// (the manager allocates nothing for it; the agent attaches nothing).
+pub const HOST_NETWORK: &str = "host";
+
 /// A secret's data in a Debug line (a log, a panic message): its size, never its bytes.
 impl std::fmt::Debug for objects::SecretVersion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -213,7 +213,7 @@ fn data_path_endpoint(n: &Node) -> String {
         a => a,
     };
     let port = match d.data_plane.map(|p| p.listen_port).unwrap_or(0) {
-        0 => u32::from(shoal_manager::controlapi_networks::DEFAULT_DATA_PATH_PORT),
+        0 => u32::from(shoal_manager::cluster::DEFAULT_DATA_PATH_PORT),
         p => p,
     };
     match ip {

@@ -4,13 +4,15 @@
 
 use crate::netaddr::{detect_ip, with_port, DEFAULT_PORT};
 use crate::statedir::{Loaded, NodeState, StateDir};
+use crate::tls::client_tls;
 use anyhow::{bail, Context, Result};
+use shoal_agent::assignments::run_assignments;
 use shoal_agent::connect::{channel, error_chain, lazy_channel};
 use shoal_agent::controller::Deps;
 use shoal_agent::describe::describe;
+use shoal_agent::heartbeat::{heartbeat_once, Session};
 use shoal_agent::image::{CredentialStore, ImageStore};
 use shoal_agent::runtime::{runc::Runc, Runtime};
-use shoal_agent::session::{heartbeat_once, run_assignments, Session};
 use shoal_agent::worker::Worker;
 use shoal_manager::bootstrap::{DEFAULT_CERT_EXPIRY, DEFAULT_HEARTBEAT};
 use shoal_manager::{init_cluster, InitParams, Manager, ManagerConfig};
@@ -281,23 +283,6 @@ fn check_data_path_addr(addr: &str) -> Result<String> {
 
 fn user(code: tonic::Code, msg: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(UserError(code, msg.into()))
-}
-
-pub(crate) fn client_tls(
-    root_ders: &[Vec<u8>],
-    cert_der: &[u8],
-    key_pem: &str,
-) -> Result<Arc<rustls::ClientConfig>> {
-    let key = NodeKey::from_pem(key_pem)?;
-    let mut roots = rustls::RootCertStore::empty();
-    for r in root_ders {
-        roots.add(rustls::pki_types::CertificateDer::from(r.clone()))?;
-    }
-    let chain = [cert_der.to_vec()];
-    Ok(Arc::new(shoal_pki::client_config(
-        Arc::new(roots),
-        Some((&chain, &key.pkcs8_der())),
-    )?))
 }
 
 impl Daemon {
@@ -747,18 +732,18 @@ impl Daemon {
                 ),
             )
         })?;
-        shoal_manager::revocation::check_raft_settings(
+        shoal_manager::security::revocation::check_raft_settings(
             req.snapshot_interval,
             req.election_timeout_ms,
         )
         .map_err(|e| user(tonic::Code::InvalidArgument, e))?;
-        let mut network = shoal_manager::controlapi_networks::network_config(
+        let mut network = shoal_manager::controlapi::networks::network_config(
             &req.default_addr_pool,
             req.default_addr_pool_mask_length,
         )
         .map_err(|e| user(tonic::Code::InvalidArgument, e))?;
         network.data_path_port =
-            shoal_manager::controlapi_networks::check_data_path_port(req.data_path_port)
+            shoal_manager::controlapi::networks::check_data_path_port(req.data_path_port)
                 .map_err(|e| user(tonic::Code::InvalidArgument, e))?;
         let data_path_addr = check_data_path_addr(&req.data_path_addr)?;
         let election_timeout = Duration::from_millis(req.election_timeout_ms);
@@ -1106,7 +1091,7 @@ impl Daemon {
         if let Some(leader) = issued
             .as_ref()
             .err()
-            .and_then(shoal_agent::session::leader_pointer)
+            .and_then(shoal_agent::managers::leader_pointer)
         {
             if let Ok(ch) = channel(&leader, boot.clone()).await {
                 let mut r = tonic::Request::new(retry);
@@ -1169,7 +1154,7 @@ impl Daemon {
         if let Some(leader) = beat
             .as_ref()
             .err()
-            .and_then(shoal_agent::session::leader_pointer)
+            .and_then(shoal_agent::managers::leader_pointer)
         {
             if let Ok(ch) = channel(&leader, tls.clone()).await {
                 beat = heartbeat_once(ch, self.description(), advertise.clone()).await;
@@ -1306,7 +1291,7 @@ impl Daemon {
                     Err(s) => {
                         let leader = s
                             .metadata()
-                            .get(shoal_manager::raft_service::LEADER_KEY)
+                            .get(shoal_manager::cluster::LEADER_KEY)
                             .and_then(|v| v.to_str().ok())
                             .map(str::to_string);
                         match leader {
@@ -1826,7 +1811,7 @@ impl Daemon {
         if store.is_leader() || store.leader().is_none() {
             return Ok(ControlRoute::Local(server, None));
         }
-        let Some(addr) = shoal_manager::raft_service::leader_addr(&store) else {
+        let Some(addr) = shoal_manager::cluster::leader_addr(&store) else {
             return Ok(ControlRoute::Local(server, None));
         };
         let c = creds.get();
@@ -1892,10 +1877,8 @@ async fn follow_cluster_settings(
         if let Some(c) = state.cluster() {
             let c = c.value.clone();
             let spec = c.spec.unwrap_or_default();
-            store.set_snapshot_interval(shoal_manager::controlapi::effective_snapshot_interval(
-                &spec,
-            ));
-            let timeout = shoal_manager::controlapi::effective_election_timeout(&spec);
+            store.set_snapshot_interval(shoal_manager::cluster::effective_snapshot_interval(&spec));
+            let timeout = shoal_manager::cluster::effective_election_timeout(&spec);
             let unlock =
                 shoal_store::UnlockKey::from_bytes(&c.unlock_key).filter(|_| spec.autolock);
             let (s, d) = (store.clone(), dir.clone());

@@ -13,8 +13,11 @@ mod secret_cli;
 mod security_cli;
 mod services_cli;
 mod socket;
+mod spec_flags;
 mod statedir;
+mod table;
 mod tasks_cli;
+mod tls;
 
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;

@@ -227,7 +227,7 @@ impl Client {
 
     /// A network's ID from its name, ID or ID prefix; `host` stays `host`.
     pub async fn network_id(&self, reference: &str) -> Result<String> {
-        if reference == shoal_manager::controlapi::HOST_NETWORK {
+        if reference == shoal_proto::HOST_NETWORK {
             return Ok(reference.to_string());
         }
         Ok(self

@@ -65,7 +65,7 @@ impl Creds {
     }
 
     fn reconnect(&self, c: &Current) -> Result<()> {
-        let tls = crate::daemon::client_tls(&c.roots, &c.cert_der, &c.key_pem)?;
+        let tls = crate::tls::client_tls(&c.roots, &c.cert_der, &c.key_pem)?;
         if let Some(r) = self.raft.lock().ok().and_then(|r| r.clone()) {
             r.set_tls(tls.clone());
         }

@@ -2,7 +2,10 @@
 
 use crate::cli::{fmt_time, print_table, status_err, Client};
 use crate::security_cli::{apply_caps, parse_cap, print_security, security_json};
-use crate::tasks_cli::{parse_bytes, parse_cpus, parse_mount};
+use crate::spec_flags::{parse_bytes, parse_cpus, parse_mount, parse_network};
+use crate::table::{
+    ago, health_label, networks_json, state_name as state_label, task_table_header, truncate,
+};
 use anyhow::{bail, Result};
 use clap::Args;
 use serde_json::json;
@@ -102,34 +105,6 @@ fn ports_json(ports: &[shoal_proto::objects::PortConfig]) -> serde_json::Value {
         .collect()
 }
 
-pub fn parse_network(s: &str) -> Result<NetworkAttachmentConfig, String> {
-    if !s.contains('=') {
-        return match s.trim() {
-            "" => Err("--network needs a network name".into()),
-            n => Ok(NetworkAttachmentConfig {
-                target: n.to_string(),
-                aliases: vec![],
-            }),
-        };
-    }
-    let mut n = NetworkAttachmentConfig::default();
-    for part in s.split(',') {
-        match part.split_once('=') {
-            Some(("name" | "target", v)) if !v.is_empty() => n.target = v.to_string(),
-            Some(("alias", v)) if !v.is_empty() => n.aliases.push(v.to_string()),
-            _ => {
-                return Err(format!(
-                    "--network {s:?}: {part:?} is not name=NETWORK or alias=NAME"
-                ))
-            }
-        }
-    }
-    if n.target.is_empty() {
-        return Err(format!("--network {s:?}: name=NETWORK is missing"));
-    }
-    Ok(n)
-}
-
 /// `--secret NAME` or `--secret source=NAME,target=T,uid=N,gid=N,mode=0400` (and the
 /// same for `--config`).
 pub fn parse_reference(flag: &str, s: &str) -> Result<SecretReference, String> {
@@ -223,16 +198,6 @@ fn change_references(
         refs.push(a.clone());
     }
     Ok(())
-}
-
-/// A spec's networks as `inspect` shows them (swarm's `Networks`: target and aliases).
-pub fn networks_json(c: &ContainerSpec) -> serde_json::Value {
-    serde_json::Value::Array(
-        c.networks
-            .iter()
-            .map(|n| serde_json::json!({"Target": n.target, "Aliases": n.aliases}))
-            .collect(),
-    )
 }
 
 fn spread(s: &str) -> Result<String, String> {
@@ -474,26 +439,12 @@ fn mode_name(spec: &ServiceSpec) -> &'static str {
     }
 }
 
-pub use crate::tasks_cli::{ago, state_name as state_label};
-
 fn chrono_now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
-
-/// A task's health, for task lists: starting, healthy or unhealthy.
-pub fn health_label(t: &Task) -> Option<&'static str> {
-    use shoal_proto::objects::HealthState;
-    match HealthState::try_from(t.status.as_ref().map(|s| s.health).unwrap_or(0)) {
-        Ok(HealthState::Starting) => Some("health: starting"),
-        Ok(HealthState::Healthy) => Some("healthy"),
-        Ok(HealthState::Unhealthy) => Some("unhealthy"),
-        _ => None,
-    }
-}
-use crate::tasks_cli::{task_table_header, truncate};
 
 impl Client {
     async fn service_tasks(

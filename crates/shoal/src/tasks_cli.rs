@@ -1,6 +1,8 @@
 //! CLI: images, registry credentials and one-off tasks.
 
 use crate::cli::{fmt_time, print_table, status_err, Client};
+use crate::spec_flags::{parse_bytes, parse_cpus, parse_mount};
+use crate::table::{ago, state_name, task_table_header, truncate};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::json;
@@ -16,60 +18,6 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 use tokio_stream::StreamExt;
-
-/// `1g`, `512m`, `64MiB`, `100k`, `1048576` → bytes.
-pub fn parse_bytes(s: &str) -> Result<i64, String> {
-    let t = s.trim().to_ascii_lowercase();
-    let digits = t
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(digits);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size like 64m or 1g"))?;
-    let mult: f64 = match unit.trim_end_matches("ib").trim_end_matches('b') {
-        "" => 1.0,
-        "k" => 1024.0,
-        "m" => 1024.0 * 1024.0,
-        "g" => 1024.0 * 1024.0 * 1024.0,
-        _ => return Err(format!("{s:?} is not a size like 64m or 1g")),
-    };
-    Ok((n * mult) as i64)
-}
-
-/// `0.5` CPUs → nano CPUs.
-pub fn parse_cpus(s: &str) -> Result<i64, String> {
-    let n: f64 = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of CPUs like 0.5"))?;
-    if n <= 0.0 {
-        return Err("CPUs must be more than 0".into());
-    }
-    Ok((n * 1e9) as i64)
-}
-
-/// `type=bind,source=/a,target=/b,readonly` or `type=tmpfs,target=/t,tmpfs-size=64m`.
-pub fn parse_mount(s: &str) -> Result<Mount, String> {
-    let mut m = Mount {
-        r#type: "bind".into(),
-        ..Default::default()
-    };
-    for part in s.split(',') {
-        let (k, v) = part.split_once('=').unwrap_or((part, ""));
-        match k {
-            "type" => m.r#type = v.to_string(),
-            "source" | "src" => m.source = v.to_string(),
-            "target" | "dst" | "destination" => m.target = v.to_string(),
-            "readonly" | "ro" => m.readonly = v.is_empty() || v == "true" || v == "1",
-            "tmpfs-size" => m.size_bytes = parse_bytes(v)? as u64,
-            _ => return Err(format!("unknown mount option {k:?} in {s:?}")),
-        }
-    }
-    if m.target.is_empty() {
-        return Err(format!("mount {s:?} has no target"));
-    }
-    Ok(m)
-}
 
 #[derive(Args)]
 pub struct TaskRunArgs {
@@ -108,7 +56,7 @@ pub struct TaskRunArgs {
     mounts: Vec<Mount>,
     /// The task's network: `host` for its node's own; without it the task gets a
     /// namespace of its own on its node's bridge.
-    #[arg(long = "network", value_parser = crate::services_cli::parse_network)]
+    #[arg(long = "network", value_parser = crate::spec_flags::parse_network)]
     networks: Vec<shoal_proto::objects::NetworkAttachmentConfig>,
     /// Add a Linux capability: NET_ADMIN, CAP_NET_ADMIN or ALL (repeatable).
     #[arg(long = "cap-add", value_parser = crate::security_cli::parse_cap)]
@@ -134,65 +82,6 @@ pub struct TaskRunArgs {
 
 fn state_of(t: &Task) -> TaskState {
     TaskState::try_from(t.status.as_ref().map(|s| s.state).unwrap_or(0)).unwrap_or(TaskState::New)
-}
-
-/// A task state as swarm shows it: "Running", "Pending", ...
-pub fn state_name(s: i32) -> String {
-    let name = TaskState::try_from(s)
-        .map(|s| s.as_str_name())
-        .unwrap_or("TASK_STATE_NEW")
-        .trim_start_matches("TASK_STATE_")
-        .to_lowercase();
-    let mut c = name.chars();
-    c.next()
-        .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
-        .unwrap_or_default()
-}
-
-/// The columns of task listings (`task ls`, `service ps`, `node ps`), as swarm's.
-pub fn task_table_header() -> Vec<String> {
-    [
-        "ID",
-        "NAME",
-        "IMAGE",
-        "NODE",
-        "DESIRED STATE",
-        "CURRENT STATE",
-        "ERROR",
-    ]
-    .map(String::from)
-    .to_vec()
-}
-
-/// The first `n` characters of `s`, unless `no_trunc`.
-pub fn truncate(s: &str, n: usize, no_trunc: bool) -> String {
-    if no_trunc {
-        s.to_string()
-    } else {
-        s.chars().take(n).collect()
-    }
-}
-
-/// "1 minute ago", "5 minutes ago".
-fn plural(n: u64, unit: &str) -> String {
-    if n == 1 {
-        format!("1 {unit} ago")
-    } else {
-        format!("{n} {unit}s ago")
-    }
-}
-
-/// "5 seconds ago", from a unix time in milliseconds.
-pub fn ago(ms: i64) -> String {
-    let now = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
-    let s = ((now - ms).max(0) / 1000) as u64;
-    match s {
-        0..=1 => "Less than a second ago".into(),
-        2..=59 => format!("{s} seconds ago"),
-        60..=3599 => plural(s / 60, "minute"),
-        3600..=86399 => plural(s / 3600, "hour"),
-        _ => plural(s / 86400, "day"),
-    }
 }
 
 impl Client {
@@ -491,7 +380,7 @@ impl Client {
                     "Resources": {"Limits": {"NanoCPUs": limits.nano_cpus, "MemoryBytes": limits.memory_bytes, "Pids": limits.pids}},
                     "Mounts": spec.mounts.iter().map(|m| json!({"Type": m.r#type, "Source": m.source, "Target": m.target, "ReadOnly": m.readonly})).collect::<Vec<_>>(),
                     "CapabilityAdd": spec.cap_add, "CapabilityDrop": spec.cap_drop,
-                    "Networks": crate::services_cli::networks_json(&spec),
+                    "Networks": crate::table::networks_json(&spec),
                 },
                 "NetworksAttachments": t.networks.iter().map(|a| {
                         let n = a.network.clone().unwrap_or_default();
@@ -505,7 +394,7 @@ impl Client {
                     "State": state_name(st.state).to_lowercase(), "Message": st.message, "Err": st.err,
                     "Timestamp": fmt_time(st.timestamp_unix_ms / 1000),
                     "ContainerStatus": {"PID": st.pid, "ExitCode": st.exit_code},
-                    "Health": match crate::services_cli::health_label(&t) {
+                    "Health": match crate::table::health_label(&t) {
                         Some(h) => json!({"Status": h.trim_start_matches("health: "), "Output": st.health_output}),
                         None => serde_json::Value::Null,
                     },

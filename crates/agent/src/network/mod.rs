@@ -37,8 +37,7 @@ use std::sync::Mutex;
 pub const BRIDGE: &str = "shoal0";
 /// What a task's address on [`BRIDGE`] is reported as.
 pub const BRIDGE_NETWORK: &str = "bridge";
-/// The network a service names to keep its tasks in their node's namespace.
-pub const HOST_NETWORK: &str = "host";
+pub use shoal_proto::HOST_NETWORK;
 /// The nftables table of the bridge's outbound NAT.
 pub const NAT_TABLE: &str = "shoal_bridge";
 

@@ -10,8 +10,8 @@ pub mod peers;
 pub mod session;
 pub mod status;
 
-use crate::auth::{authorize, remote_addr};
-use crate::ca_server::{manager_addrs, store_status};
+use crate::cluster::{heartbeat_period, manager_addrs, period_of, store_status};
+use crate::security::auth::{authorize, remote_addr};
 use crate::time::unix_now;
 use crate::view::{ClusterView, Kind, State, Update};
 use shoal_pki::Role;
@@ -21,7 +21,7 @@ use shoal_proto::dispatcher::{
     SessionRequest, UpdateTaskStatusRequest, UpdateTaskStatusResponse,
 };
 use shoal_proto::objects::Task;
-use shoal_proto::objects::{Cluster, Node, NodeState};
+use shoal_proto::objects::{Node, NodeState};
 use shoal_store::{Batch, Expect, Store, StoreError};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -47,24 +47,6 @@ impl Drop for BeatViewLive {
     }
 }
 
-/// The cluster's heartbeat period, from the store.
-pub fn heartbeat_period(store: &Store) -> Duration {
-    let cluster = store
-        .list::<Cluster>()
-        .ok()
-        .and_then(|c| c.into_iter().next());
-    period_of(cluster.as_ref().map(|c| &c.value))
-}
-
-/// The heartbeat period the cluster object sets (the default without one).
-pub fn period_of(cluster: Option<&Cluster>) -> Duration {
-    let ms = cluster
-        .and_then(|c| c.spec.as_ref())
-        .map(|s| s.heartbeat_period_ms)
-        .unwrap_or(crate::bootstrap::DEFAULT_HEARTBEAT.as_millis() as u64);
-    Duration::from_millis(ms.max(100))
-}
-
 #[derive(Clone)]
 pub struct Dispatcher {
     store: Store,
@@ -83,7 +65,7 @@ pub struct Dispatcher {
     beat_view: Arc<Mutex<BeatView>>,
     /// The WireGuard peers sessions tell their nodes of, kept by [`peers::run`].
     peers: Arc<tokio::sync::watch::Sender<peers::Peers>>,
-    ca: crate::rootca::CaHandle,
+    ca: crate::security::rootca::CaHandle,
     cancel: CancellationToken,
 }
 
@@ -182,7 +164,7 @@ impl BeatView {
 
 /// What a beat's answer is made of, cheap to compare with the last one a stream sent.
 struct Answer {
-    ca: Arc<crate::rootca::CaState>,
+    ca: Arc<crate::security::rootca::CaState>,
     /// The heartbeat view's version; `None` when the view is not kept current.
     view: Option<u64>,
     manager: bool,
@@ -243,7 +225,7 @@ impl Dispatcher {
     pub fn new(
         store: Store,
         view: ClusterView,
-        ca: crate::rootca::CaHandle,
+        ca: crate::security::rootca::CaHandle,
         cancel: CancellationToken,
     ) -> Self {
         Dispatcher {
@@ -273,7 +255,7 @@ impl Dispatcher {
         if self.store.is_leader() {
             Ok(())
         } else {
-            Err(crate::raft_service::not_leader(&self.store))
+            Err(crate::cluster::not_leader(&self.store))
         }
     }
 
@@ -716,7 +698,7 @@ impl DispatcherRpc for Dispatcher {
 /// A heartbeat stream's state between beats.
 struct BeatStreamState {
     me: Dispatcher,
-    caller: crate::auth::Caller,
+    caller: crate::security::auth::Caller,
     remote_ip: Option<String>,
     beats: tonic::Streaming<HeartbeatRequest>,
     cut: std::pin::Pin<Box<dyn std::future::Future<Output = Status> + Send>>,
@@ -753,7 +735,7 @@ impl Dispatcher {
         let facts = |node: &Node| {
             (
                 node.role == shoal_proto::objects::NodeRole::Manager as i32,
-                crate::rootca::needs_rotation(ca.rotating_to.as_deref(), node),
+                crate::security::rootca::needs_rotation(ca.rotating_to.as_deref(), node),
             )
         };
         let cached = cache
@@ -856,7 +838,7 @@ impl Dispatcher {
                     c.renewal_error = renewal_error.clone();
                     changed = true;
                 }
-                crate::access::confirm(node, id) || changed
+                crate::security::access::confirm(node, id) || changed
             })
             .await
             .map_err(store_status)?;

@@ -256,9 +256,8 @@ fn load(state: &State) -> View {
         .values::<RevokedCert>()
         .map(|r| r.serial.clone())
         .collect();
-    let port = crate::controlapi_networks::data_path_port(
-        state.cluster().and_then(|c| c.value.network.as_ref()),
-    );
+    let port =
+        crate::cluster::data_path_port(state.cluster().and_then(|c| c.value.network.as_ref()));
     let peers = peers_of(state.values::<Node>(), &revoked, port);
     let tasks: Vec<&Task> = state.values::<Task>().collect();
     let services: Vec<&Service> = state.values::<Service>().collect();

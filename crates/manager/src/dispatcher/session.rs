@@ -5,7 +5,7 @@
 //! the node's own tasks from the view's index.
 
 use super::logs::LogBroker;
-use crate::auth::Caller;
+use crate::security::auth::Caller;
 use crate::view::{ClusterView, State};
 use shoal_proto::dispatcher::assignment::Action;
 use shoal_proto::dispatcher::{

@@ -9,6 +9,7 @@ pub mod replicated;
 pub mod restart;
 pub mod update;
 
+use crate::cluster::has_finished;
 use crate::scheduler;
 use crate::view::{ClusterView, Kind, State};
 use shoal_proto::objects::{
@@ -119,10 +120,6 @@ pub fn state_of(t: &Task) -> i32 {
 /// Desired to run (not being stopped or removed).
 pub fn is_live(t: &Task) -> bool {
     t.desired_state <= TaskState::Running as i32
-}
-
-pub fn has_finished(t: &Task) -> bool {
-    state_of(t) >= TaskState::Complete as i32
 }
 
 /// When the task's current state was recorded: by a manager when known (its clock),
@@ -588,7 +585,7 @@ fn plan_state(state: &State) -> Plan {
             .map(|n| n.tunnel_subnet.clone())
             .and_then(|t| t.parse().ok())
             .unwrap_or_else(|| {
-                crate::controlapi_networks::DEFAULT_TUNNEL_SUBNET
+                crate::cluster::DEFAULT_TUNNEL_SUBNET
                     .parse()
                     .expect("a valid default")
             });

@@ -384,7 +384,7 @@ pub fn open_heartbeats(
             }
         };
         let mut s =
-            match shoal_agent::session::BeatStream::open(ch, HeartbeatRequest::default()).await {
+            match shoal_agent::heartbeat::BeatStream::open(ch, HeartbeatRequest::default()).await {
                 Ok(s) => s,
                 Err(e) => {
                     let _ = tx.send((Instant::now(), Err(e)));

@@ -1051,12 +1051,12 @@ async fn hollow_node(
     // Beats on one stream, as an agent does, taking answers as they come; a new
     // stream after a failure.
     let mut period = Duration::from_millis(resp.heartbeat_period_ms.max(100));
-    let mut beats: Option<shoal_agent::session::BeatStream> = None;
+    let mut beats: Option<shoal_agent::heartbeat::BeatStream> = None;
     while !stop.load(Ordering::SeqCst) {
         let next = tokio::time::Instant::now() + period;
         let sent = match beats.as_mut() {
             Some(b) => b.send(HeartbeatRequest::default()).await.map(|()| None),
-            None => match shoal_agent::session::BeatStream::open(
+            None => match shoal_agent::heartbeat::BeatStream::open(
                 ch.clone(),
                 HeartbeatRequest::default(),
             )

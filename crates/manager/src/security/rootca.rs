@@ -11,12 +11,11 @@
 //! the key the store remembers for them.
 
 use crate::bootstrap::load_cluster;
-use crate::controlapi::{ControlApi, ControlError};
 use crate::time::unix_now;
 use shoal_pki::{ClusterId, ClusterTrust, JoinToken, PkiError, RootCa};
-use shoal_proto::control::{CaNodeProgress, CaStatus};
+use shoal_proto::control::CaNodeProgress;
 use shoal_proto::objects::{
-    Cluster, JoinTokens, LimitedToken, Node, NodeState, RootCa as RootCaObject, RootRotation,
+    Cluster, JoinTokens, LimitedToken, Node, NodeState, RootCa as RootCaObject,
 };
 use shoal_store::{Batch, Expect, Store, StoreError};
 use std::sync::Arc;
@@ -187,7 +186,7 @@ fn state_name(n: &Node) -> String {
 
 /// Progress of a rotation: (converged, counted, every node with its state). Nodes that are
 /// down are not counted when the rotation is forced.
-fn progress(cluster: &Cluster, nodes: &[Node]) -> (u32, u32, Vec<CaNodeProgress>) {
+pub(crate) fn progress(cluster: &Cluster, nodes: &[Node]) -> (u32, u32, Vec<CaNodeProgress>) {
     let rot = cluster.root_rotation.as_ref();
     let (target, force) = (rot.map(|r| r.digest.as_str()), rot.is_some_and(|r| r.force));
     let (mut done, mut total) = (0, 0);
@@ -274,7 +273,7 @@ pub async fn run(store: Store, cancel: CancellationToken) {
     }
 }
 
-fn root_summary(der: &[u8]) -> (String, i64) {
+pub(crate) fn root_summary(der: &[u8]) -> (String, i64) {
     shoal_pki::CertSummary::parse(der)
         .map(|c| {
             let t = c
@@ -287,140 +286,12 @@ fn root_summary(der: &[u8]) -> (String, i64) {
         .unwrap_or_default()
 }
 
-impl ControlApi {
-    /// The root CA and the state of its rotation.
-    pub fn ca_status(&self) -> Result<CaStatus, ControlError> {
-        let c = load_cluster(self.store())?.value;
-        let root = c.root_ca.clone().unwrap_or_default();
-        let der = shoal_pki::pem_certs(&root.cert_pem)
-            .ok()
-            .and_then(|v| v.into_iter().next())
-            .unwrap_or_default();
-        let (subject, not_after) = root_summary(&der);
-        let nodes: Vec<Node> = self
-            .store()
-            .list::<Node>()?
-            .into_iter()
-            .map(|n| n.value)
-            .collect();
-        let mut s = CaStatus {
-            root_pem: root.cert_pem,
-            root_digest: root.digest,
-            root_subject: subject,
-            root_not_after_unix: not_after,
-            last_rotation_unix: c.last_rotation_unix,
-            last_rotation_left_out: c.last_rotation_left_out.clone(),
-            ..Default::default()
-        };
-        if let Some(rot) = &c.root_rotation {
-            let (converged, total, list) = progress(&c, &nodes);
-            s.rotating = true;
-            s.new_root_pem = rot.cert_pem.clone();
-            s.new_root_digest = rot.digest.clone();
-            s.rotation_started_at_unix = rot.started_at_unix;
-            s.force = rot.force;
-            s.converged = converged;
-            s.total = total;
-            s.nodes = list;
-        }
-        Ok(s)
-    }
-
-    /// Starts a root rotation to a new root (generated, or the operator's), or with
-    /// `force` lets the running one finish without the nodes that are down.
-    pub async fn rotate_ca(
-        &self,
-        force: bool,
-        cert_pem: &str,
-        key_pem: &str,
-    ) -> Result<CaStatus, ControlError> {
-        if cert_pem.is_empty() != key_pem.is_empty() {
-            return Err(ControlError::BadRequest(
-                "--ca-cert and --ca-key go together: give both, or neither to generate a new root"
-                    .into(),
-            ));
-        }
-        let supplied = if cert_pem.is_empty() {
-            None
-        } else {
-            Some(
-                RootCa::from_operator_pem(cert_pem, key_pem)
-                    .map_err(|e| ControlError::BadRequest(e.to_string()))?,
-            )
-        };
-        loop {
-            let cur = load_cluster(self.store())?;
-            let mut c = cur.value.clone();
-            if let Some(rot) = c.root_rotation.as_mut() {
-                if supplied.is_some() || !force {
-                    let s = self.ca_status()?;
-                    return Err(ControlError::Refused(format!(
-                        "a root CA rotation is already running ({}/{} nodes): wait for it ('shoal ca' shows its progress), or finish it without the nodes that are down with 'shoal ca --rotate --force'",
-                        s.converged, s.total
-                    )));
-                }
-                rot.force = true;
-            } else {
-                let r = c.root_ca.clone().unwrap_or_default();
-                let old = RootCa::from_pem(&r.cert_pem, &r.key_pem)
-                    .map_err(|e| ControlError::Refused(format!("the current root CA: {e}")))?;
-                let generated;
-                let new: &RootCa = match &supplied {
-                    Some(s) => {
-                        if s.same_key(&old) {
-                            return Err(ControlError::BadRequest(
-                                "the supplied root uses the current root's key: a rotation needs a new key".into(),
-                            ));
-                        }
-                        let subject =
-                            |r: &RootCa| shoal_pki::root_subject(r.cert_der()).unwrap_or_default();
-                        if subject(s) == subject(&old) {
-                            return Err(ControlError::BadRequest(format!(
-                                "the supplied root has the same subject as the current root ({}): give the new root a name of its own, so certificates of the two roots are told apart",
-                                subject(&old)
-                            )));
-                        }
-                        s
-                    }
-                    None => {
-                        generated = RootCa::generate_named(
-                            crate::bootstrap::ROOT_CA_EXPIRY,
-                            &format!("shoal-ca {}", &shoal_pki::random_id()[..8]),
-                        )
-                        .map_err(|e| ControlError::Refused(e.to_string()))?;
-                        &generated
-                    }
-                };
-                let cross = old
-                    .cross_sign(new)
-                    .map_err(|e| ControlError::BadRequest(e.to_string()))?;
-                c.root_rotation = Some(RootRotation {
-                    cert_pem: new.cert_pem(),
-                    key_pem: new.key_pem(),
-                    cross_signed_pem: shoal_pki::cert_pem(&cross),
-                    digest: new.digest(),
-                    started_at_unix: unix_now(),
-                    force,
-                });
-            }
-            let mut b = Batch::default();
-            b.put(&c, Expect::Version(cur.version));
-            match self.store().commit(b).await {
-                Ok(_) => break,
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        tracing::info!(force, "root CA rotation started or forced");
-        self.ca_status()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::{authorize, PeerInfo};
+    use crate::security::auth::{authorize, PeerInfo};
     use shoal_pki::{NodeId, NodeKey, Role};
+    use shoal_proto::objects::RootRotation;
 
     fn root_obj(r: &RootCa) -> RootCaObject {
         RootCaObject {
@@ -444,8 +315,8 @@ mod tests {
         req.extensions_mut().insert(PeerInfo {
             remote_addr: None,
             identity: Some(id.clone()),
-            gate: crate::auth::Gate {
-                access: crate::access::AccessList::with_nodes(&[member]),
+            gate: crate::security::auth::Gate {
+                access: crate::security::access::AccessList::with_nodes(&[member]),
                 ca: handle,
             },
         });

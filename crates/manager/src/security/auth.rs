@@ -4,8 +4,8 @@
 //! expired, of a member node, not revoked or superseded, with an allowed role. A stream
 //! keeps its [`Caller`] and is cut as soon as the caller would be refused.
 
-use crate::access::AccessList;
-use crate::rootca::CaHandle;
+use crate::security::access::AccessList;
+use crate::security::rootca::CaHandle;
 use shoal_pki::{NodeIdentity, Role};
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -46,7 +46,7 @@ impl Refusal {
         match self {
             Refusal::Removed => Status::permission_denied(format!(
                 "{call} refused: {} (node {})",
-                crate::revocation::REMOVED,
+                crate::cluster::REMOVED,
                 id.node_id()
             )),
             Refusal::Revoked(reason) => Status::permission_denied(format!(
@@ -137,7 +137,7 @@ impl View {
             let removed = self
                 .revoked
                 .values()
-                .any(|r| r.node_id == node_id && r.reason == crate::revocation::REMOVED);
+                .any(|r| r.node_id == node_id && r.reason == crate::cluster::REMOVED);
             return Err(if removed {
                 Refusal::Removed
             } else {
@@ -450,7 +450,7 @@ mod tests {
         v.revoked.insert(
             "g1".into(),
             Revoked {
-                reason: crate::revocation::REMOVED.into(),
+                reason: crate::cluster::REMOVED.into(),
                 node_id: "gone".into(),
                 renewal_allowed: false,
             },

@@ -1,16 +1,14 @@
-//! The node's session with the managers: a heartbeat every period, as the dispatcher
+//! The node's heartbeat to the managers: a beat every period, as the dispatcher
 //! asks, on one long-lived stream. A missed beat is retried at once against the next
 //! manager; the dispatcher decides liveness, not us.
 
+use crate::managers::{leader_pointer, Channels};
 use shoal_proto::dispatcher::dispatcher_client::DispatcherClient;
 use shoal_proto::dispatcher::{HeartbeatRequest, HeartbeatResponse};
 use shoal_proto::objects::NodeDescription;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
-
-/// The node's current channel to the managers; replaced when its certificate is renewed.
-pub type Channels = tokio::sync::watch::Receiver<Channel>;
 
 pub struct Session {
     pub channels: Channels,
@@ -38,14 +36,6 @@ pub struct Session {
 
 /// See [`Session::on_redirect`].
 pub type Redirect = std::sync::Arc<dyn Fn(Option<String>) + Send + Sync>;
-
-/// The leader's address a follower's refusal names, if it does.
-pub fn leader_pointer(s: &tonic::Status) -> Option<String> {
-    s.metadata()
-        .get("shoal-leader")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-}
 
 /// Unanswered beats before trying another manager.
 const UNREACHABLE_BEATS: u32 = 3;
@@ -361,101 +351,4 @@ impl Session {
 struct Tally {
     failures: u32,
     untrusted: u32,
-}
-
-/// Keeps the node's session stream open: applies assignments to the worker and serves
-/// log requests, reconnecting with backoff until cancelled.
-pub async fn run_assignments(
-    mut channels: Channels,
-    worker: crate::worker::Worker,
-    description: NodeDescription,
-    cancel: CancellationToken,
-) {
-    use shoal_proto::dispatcher::SessionRequest;
-    use tokio_stream::StreamExt;
-    let mut failures = 0u32;
-    loop {
-        channels.mark_unchanged();
-        let channel = channels.borrow().clone();
-        let mut client = DispatcherClient::new(channel.clone());
-        let opened = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = client.session(SessionRequest { description: Some(description.clone()) }) => r,
-        };
-        match opened {
-            Ok(resp) => {
-                let mut stream = resp.into_inner();
-                // Assignments split over several messages, applied once all are here.
-                let mut split: Option<shoal_proto::dispatcher::SessionMessage> = None;
-                loop {
-                    let msg = tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        // A renewed certificate: reopen the session with it.
-                        _ = channels.changed() => break,
-                        m = stream.next() => m,
-                    };
-                    match msg {
-                        Some(Ok(mut m)) => {
-                            failures = 0;
-                            if let Some(mut first) = split.take() {
-                                first.assignments.append(&mut m.assignments);
-                                first.log_subscriptions.append(&mut m.log_subscriptions);
-                                first.secrets.append(&mut m.secrets);
-                                first.secrets_removed.append(&mut m.secrets_removed);
-                                first.more = m.more;
-                                m = first;
-                            }
-                            if m.more {
-                                split = Some(m);
-                                continue;
-                            }
-                            // Secrets before the tasks that use them; forgotten after.
-                            worker
-                                .deps()
-                                .secrets
-                                .receive(&m.secrets, m.secrets_complete);
-                            worker.apply(&m);
-                            worker.deps().secrets.forget(&m.secrets_removed);
-                            // Peers first: they give the node its tunnel address,
-                            // which tells its own tasks from others.
-                            if let Some(p) = m.peers.take() {
-                                worker.deps().network.set_peers(p);
-                            }
-                            if let Some(v) = m.networks.take() {
-                                worker.deps().network.set_networks(v);
-                            }
-                            for sub in m.log_subscriptions {
-                                if sub.close {
-                                    continue;
-                                }
-                                let known = worker.has_task(&sub.task_id);
-                                tokio::spawn(crate::logs::publish(
-                                    channels.clone(),
-                                    worker.deps().runtime.clone(),
-                                    sub,
-                                    known,
-                                ));
-                            }
-                        }
-                        Some(Err(e)) => {
-                            tracing::warn!(code = ?e.code(), error = %e.message(), "session stream broke");
-                            break;
-                        }
-                        None => break,
-                    }
-                }
-            }
-            Err(e) => {
-                if failures == 0 {
-                    tracing::warn!(code = ?e.code(), error = %e.message(), "cannot open a session with the manager");
-                }
-            }
-        }
-        failures += 1;
-        let wait = (Duration::from_millis(100) * failures.min(20)).min(Duration::from_secs(2));
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
-        }
-    }
 }

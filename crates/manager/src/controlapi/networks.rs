@@ -2,11 +2,13 @@
 //! their subnets from the cluster's address pools (`init --default-addr-pool`), and the
 //! names services give with `--network`, which are kept as network IDs.
 
-use crate::controlapi::{ControlApi, ControlError, HOST_NETWORK};
+use crate::cluster::{DEFAULT_DATA_PATH_PORT, DEFAULT_TUNNEL_SUBNET};
+use crate::controlapi::{ControlApi, ControlError};
 use ipnet::Ipv4Net;
 use shoal_proto::objects::{
     Cluster, ContainerSpec, Network, NetworkConfig, NetworkSpec, Node, Service, Task, TaskState,
 };
+use shoal_proto::HOST_NETWORK;
 use shoal_store::{Batch, Expect};
 use std::net::Ipv4Addr;
 
@@ -14,10 +16,6 @@ use std::net::Ipv4Addr;
 pub const DEFAULT_POOL: &str = "10.0.0.0/8";
 /// The prefix length of pool subnets without `--default-addr-pool-mask-length`.
 pub const DEFAULT_MASK_LENGTH: u32 = 24;
-/// Node tunnel endpoints' addresses; no network may overlap it.
-pub const DEFAULT_TUNNEL_SUBNET: &str = "10.255.240.0/20";
-/// The UDP port of the data path (WireGuard), as WireGuard's own default.
-pub const DEFAULT_DATA_PATH_PORT: u16 = 51820;
 /// The first VXLAN network identifier (as swarm mode's).
 pub const FIRST_VNI: u32 = 4096;
 /// Names of the built-in networks, which no network may take.
@@ -54,13 +52,6 @@ pub fn check_data_path_port(port: u32) -> Result<u32, String> {
             "--data-path-port {p}: use a port from 1024 to 65535 (default {DEFAULT_DATA_PATH_PORT})"
         )),
     }
-}
-
-/// The cluster's data path port.
-pub fn data_path_port(cfg: Option<&NetworkConfig>) -> u16 {
-    cfg.and_then(|c| u16::try_from(c.data_path_port).ok())
-        .filter(|p| *p != 0)
-        .unwrap_or(DEFAULT_DATA_PATH_PORT)
 }
 
 pub fn network_config(pools: &[String], mask: u32) -> Result<NetworkConfig, String> {
@@ -588,7 +579,7 @@ impl ControlApi {
             }
         }
         for t in self.store().list::<Task>()? {
-            if crate::orchestrator::has_finished(&t.value) {
+            if crate::cluster::has_finished(&t.value) {
                 continue;
             }
             for a in t.value.networks {

@@ -2,10 +2,7 @@
 //! beside the role's standing one; `--list` shows what is live (never a secret);
 //! `--rotate` replaces the standing token and cancels the role's limited ones.
 
-use crate::controlapi::{ControlApi, ControlError};
-use crate::time::unix_now;
-use shoal_pki::{JoinToken, Role};
-use shoal_proto::control::{GetJoinTokenRequest, GetJoinTokenResponse, TokenInfo};
+use shoal_pki::JoinToken;
 use shoal_proto::objects::LimitedToken;
 use shoal_store::{Batch, Expect, Store, StoreError, Versioned};
 
@@ -64,100 +61,6 @@ pub fn find(
             .map(|x| x.matches(token))
             .unwrap_or(false)
     }))
-}
-
-impl ControlApi {
-    pub async fn join_token_req(
-        &self,
-        req: GetJoinTokenRequest,
-    ) -> Result<GetJoinTokenResponse, ControlError> {
-        let managers = self.managers()?;
-        if req.list {
-            let cluster = crate::bootstrap::load_cluster(self.store())?.value;
-            let mut tokens = vec![];
-            if cluster.join_tokens.is_some() {
-                for role in ["worker", "manager"] {
-                    tokens.push(TokenInfo {
-                        id: format!("{role}-standing"),
-                        role: role.into(),
-                        kind: "standing".into(),
-                        ..Default::default()
-                    });
-                }
-            }
-            let now = unix_now();
-            for t in self.store().list::<LimitedToken>()? {
-                let t = t.value;
-                if exhausted(&t, now).is_some() {
-                    continue;
-                }
-                tokens.push(TokenInfo {
-                    id: t.id,
-                    role: t.role,
-                    kind: "limited".into(),
-                    expires_at_unix: t.expires_at_unix,
-                    max_uses: t.max_uses,
-                    uses: t.uses,
-                });
-            }
-            return Ok(GetJoinTokenResponse {
-                token: String::new(),
-                managers,
-                tokens,
-            });
-        }
-        let role = Role::parse(&req.role).ok_or_else(|| ControlError::BadRole(req.role.clone()))?;
-        if req.ttl_secs > 0 || req.max_uses > 0 {
-            if req.rotate {
-                return Err(ControlError::BadSpec(
-                    "--rotate cannot be combined with --ttl or --max-uses".into(),
-                ));
-            }
-            let cluster = crate::bootstrap::load_cluster(self.store())?.value;
-            let digest = cluster.root_ca.map(|r| r.digest).unwrap_or_default();
-            let now = unix_now();
-            let t = LimitedToken {
-                id: shoal_pki::random_id()[..12].to_string(),
-                role: role.as_str().into(),
-                token: JoinToken::generate(&digest).to_string(),
-                expires_at_unix: if req.ttl_secs > 0 {
-                    now + req.ttl_secs as i64
-                } else {
-                    0
-                },
-                max_uses: req.max_uses,
-                uses: 0,
-                created_at_unix: now,
-            };
-            let mut b = Batch::default();
-            b.put(&t, Expect::Absent);
-            self.store().commit(b).await?;
-            tracing::info!(token_id = %t.id, role = %role, "limited join token created");
-            return Ok(GetJoinTokenResponse {
-                token: t.token,
-                managers,
-                tokens: vec![],
-            });
-        }
-        let token = self.join_token(role.as_str(), req.rotate).await?;
-        if req.rotate {
-            // Rotation also cancels the role's limited tokens.
-            let mut b = Batch::default();
-            for t in self.store().list::<LimitedToken>()? {
-                if t.value.role == role.as_str() {
-                    b.delete::<LimitedToken>(&t.value.id, Expect::Version(t.version));
-                }
-            }
-            if !b.is_empty() {
-                self.store().commit(b).await?;
-            }
-        }
-        Ok(GetJoinTokenResponse {
-            token,
-            managers,
-            tokens: vec![],
-        })
-    }
 }
 
 #[cfg(test)]

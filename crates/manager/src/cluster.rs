@@ -1,0 +1,117 @@
+//! Small facts about the cluster that several components read: the heartbeat period,
+//! the managers' addresses, who leads, whether a task has finished, the data path's
+//! addresses and port. A leaf: it imports no other component of the manager, so any
+//! of them may use it.
+
+use shoal_proto::objects::{Cluster, NetworkConfig, Node, NodeRole, Task, TaskState};
+use shoal_store::Store;
+use std::time::Duration;
+use tonic::Status;
+
+/// The cluster's heartbeat period, from the store.
+pub fn heartbeat_period(store: &Store) -> Duration {
+    let cluster = store
+        .list::<Cluster>()
+        .ok()
+        .and_then(|c| c.into_iter().next());
+    period_of(cluster.as_ref().map(|c| &c.value))
+}
+
+/// The heartbeat period the cluster object sets (the default without one).
+pub fn period_of(cluster: Option<&Cluster>) -> Duration {
+    let ms = cluster
+        .and_then(|c| c.spec.as_ref())
+        .map(|s| s.heartbeat_period_ms)
+        .unwrap_or(crate::bootstrap::DEFAULT_HEARTBEAT.as_millis() as u64);
+    Duration::from_millis(ms.max(100))
+}
+
+/// A store error as the gRPC status a node sees.
+pub(crate) fn store_status(e: shoal_store::StoreError) -> Status {
+    Status::unavailable(format!("cluster store: {e}"))
+}
+
+/// Addresses of the manager nodes, from the store.
+pub(crate) fn manager_addrs(store: &Store) -> Result<Vec<String>, Status> {
+    Ok(store
+        .list::<Node>()
+        .map_err(store_status)?
+        .into_iter()
+        .filter(|n| n.value.role == NodeRole::Manager as i32 && !n.value.addr.is_empty())
+        .map(|n| n.value.addr)
+        .collect())
+}
+
+/// The metadata key a follower's refusal names the leader's address under.
+pub const LEADER_KEY: &str = "shoal-leader";
+
+/// The advertised address of the manager that leads now, if one is known.
+pub fn leader_addr(store: &Store) -> Option<String> {
+    let id = store.leader()?;
+    store
+        .list::<shoal_proto::objects::Node>()
+        .ok()?
+        .into_iter()
+        .map(|n| n.value)
+        .find(|n| {
+            n.role == shoal_proto::objects::NodeRole::Manager as i32
+                && crate::bootstrap::node_raft_id(n) == id
+        })
+        .map(|n| n.addr)
+        .filter(|a| !a.is_empty())
+}
+
+/// A follower's answer to a call only the leader serves: where the leader is (in the
+/// message, and under [`LEADER_KEY`] for agents to follow).
+pub fn not_leader(store: &Store) -> Status {
+    match leader_addr(store) {
+        Some(addr) => {
+            let mut s = Status::unavailable(format!(
+                "this manager is not the leader; the leader is at {addr}"
+            ));
+            if let Ok(v) = addr.parse() {
+                s.metadata_mut().insert(LEADER_KEY, v);
+            }
+            s
+        }
+        None => Status::unavailable(
+            "this manager is not the leader and no leader is known now (an election may be under way, or too few managers are reachable): try again",
+        ),
+    }
+}
+
+/// Whether a task has reached a final state (complete, failed, shut down, rejected...).
+pub fn has_finished(t: &Task) -> bool {
+    t.status.as_ref().map_or(0, |s| s.state) >= TaskState::Complete as i32
+}
+
+/// Node tunnel endpoints' addresses; no network may overlap it.
+pub const DEFAULT_TUNNEL_SUBNET: &str = "10.255.240.0/20";
+/// The UDP port of the data path (WireGuard), as WireGuard's own default.
+pub const DEFAULT_DATA_PATH_PORT: u16 = 51820;
+
+/// The cluster's data path port.
+pub fn data_path_port(cfg: Option<&NetworkConfig>) -> u16 {
+    cfg.and_then(|c| u16::try_from(c.data_path_port).ok())
+        .filter(|p| *p != 0)
+        .unwrap_or(DEFAULT_DATA_PATH_PORT)
+}
+
+/// The reason recorded when a removed node's certificates are revoked.
+pub const REMOVED: &str = "node removed from cluster";
+
+/// The snapshot interval a cluster spec asks for (0 is the default).
+pub fn effective_snapshot_interval(spec: &shoal_proto::objects::ClusterSpec) -> u64 {
+    match spec.snapshot_interval {
+        0 => shoal_store::DEFAULT_SNAPSHOT_INTERVAL,
+        n => n,
+    }
+}
+
+/// The election timeout a cluster spec asks for (0 is the default).
+pub fn effective_election_timeout(spec: &shoal_proto::objects::ClusterSpec) -> std::time::Duration {
+    match spec.election_timeout_ms {
+        0 => shoal_store::DEFAULT_ELECTION_TIMEOUT,
+        ms => std::time::Duration::from_millis(ms),
+    }
+}
