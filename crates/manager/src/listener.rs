@@ -3,6 +3,7 @@
 //! and carries what was verified about its client to every request on it.
 
 use crate::security::auth::{Gate, PeerInfo};
+use crate::security::rootca::{CaHandle, CaState};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -223,6 +224,105 @@ pub(crate) async fn accept_loop<A: Admission>(
             };
             let _ = tx.send(Ok(conn)).await;
         });
+    }
+}
+
+pub(crate) fn acceptor_for(
+    ca: &CaState,
+    leaf: &[u8],
+    key_pkcs8: &[u8],
+) -> Result<TlsAcceptor, shoal_pki::PkiError> {
+    let cfg = shoal_pki::server_config(&ca.trust, &ca.server_chain(leaf), key_pkcs8, None)?;
+    Ok(TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// What a manager's listener serves and trusts: its certificate (swapped after a
+/// renewal) and the cluster's roots (swapped when a root rotation starts or ends). The
+/// same identity is what the manager presents when it forwards a call to the leader.
+#[derive(Clone)]
+pub struct IdentityHandle {
+    acceptor: Arc<std::sync::RwLock<TlsAcceptor>>,
+    ca: CaHandle,
+    /// The certificate and PKCS#8 key served now.
+    current: Arc<std::sync::Mutex<(Vec<u8>, Vec<u8>)>>,
+    /// Counts changes of certificate or roots: what was built from an older one (a
+    /// channel to the leader) is built again.
+    generation: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl IdentityHandle {
+    pub(crate) fn new(
+        ca: CaHandle,
+        cert_der: &[u8],
+        key_pkcs8: &[u8],
+    ) -> Result<IdentityHandle, shoal_pki::PkiError> {
+        Ok(IdentityHandle {
+            acceptor: Arc::new(std::sync::RwLock::new(acceptor_for(
+                &ca.get(),
+                cert_der,
+                key_pkcs8,
+            )?)),
+            ca,
+            current: Arc::new(std::sync::Mutex::new((
+                cert_der.to_vec(),
+                key_pkcs8.to_vec(),
+            ))),
+            generation: Arc::default(),
+        })
+    }
+
+    pub(crate) fn acceptor(&self) -> Arc<std::sync::RwLock<TlsAcceptor>> {
+        self.acceptor.clone()
+    }
+
+    /// Serves a new certificate (after a renewal).
+    pub fn set(&self, cert_der: &[u8], key_pkcs8: &[u8]) -> Result<(), shoal_pki::PkiError> {
+        let a = acceptor_for(&self.ca.get(), cert_der, key_pkcs8)?;
+        if let Ok(mut cur) = self.current.lock() {
+            *cur = (cert_der.to_vec(), key_pkcs8.to_vec());
+        }
+        if let Ok(mut w) = self.acceptor.write() {
+            *w = a;
+        }
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    /// Which identity is in force (see [`IdentityHandle::client_config`]).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// A TLS client configuration with the identity in force: this manager's certificate,
+    /// verifying the other side against the roots trusted now.
+    pub(crate) fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, shoal_pki::PkiError> {
+        let (cert, key) = self.current.lock().map(|c| c.clone()).unwrap_or_default();
+        let mut roots = rustls::RootCertStore::empty();
+        for r in &self.ca.get().roots {
+            roots
+                .add(rustls::pki_types::CertificateDer::from(r.clone()))
+                .map_err(|e| shoal_pki::PkiError::BadRoot(e.to_string()))?;
+        }
+        Ok(Arc::new(shoal_pki::client_config(
+            Arc::new(roots),
+            Some((&[cert], &key)),
+        )?))
+    }
+
+    /// Rebuilds the listener's configuration whenever the cluster's roots change.
+    pub(crate) async fn follow(self, cancel: CancellationToken) {
+        let mut rx = self.ca.subscribe();
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = rx.changed() => if r.is_err() { return },
+            }
+            let (leaf, key) = self.current.lock().map(|c| c.clone()).unwrap_or_default();
+            if let Err(e) = self.set(&leaf, &key) {
+                tracing::error!(error = %e, "cannot serve the new root CA chain");
+            }
+        }
     }
 }
 

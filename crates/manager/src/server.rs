@@ -6,7 +6,8 @@ use crate::bootstrap::load_cluster;
 use crate::ca_server::CaServer;
 use crate::controlapi::{ControlApi, ControlService};
 use crate::dispatcher::Dispatcher;
-use crate::listener::{accept_loop, RAFT_MAX_MESSAGE};
+use crate::listener::{accept_loop, IdentityHandle, RAFT_MAX_MESSAGE};
+use crate::routing::ControlRouter;
 use crate::security::access::AccessList;
 use crate::security::auth::Gate;
 use crate::security::rootca::{CaHandle, CaState};
@@ -31,6 +32,8 @@ pub struct ManagerConfig {
     /// This node's certificate and PKCS#8 key.
     pub cert_der: Vec<u8>,
     pub key_pkcs8: Vec<u8>,
+    /// How a follower reaches the leader to forward its local administrator's writes.
+    pub dial: crate::routing::Dial,
 }
 
 /// A running manager. Dropping it does not stop it: call [`Manager::shutdown`].
@@ -38,8 +41,7 @@ pub struct Manager {
     view: ClusterView,
     cancel: CancellationToken,
     identity: IdentityHandle,
-    control: ControlApi,
-    control_server: ControlServer<ControlService>,
+    router: ControlRouter,
     tasks: tokio::task::JoinSet<()>,
     pub local_addr: SocketAddr,
 }
@@ -104,18 +106,7 @@ impl Manager {
     pub async fn start(cfg: ManagerConfig) -> Result<Manager, ManagerError> {
         let cluster = load_cluster(&cfg.store)?.value;
         let ca = CaHandle::new(CaState::from_cluster(&cluster, &cfg.cluster_id)?);
-        let identity = IdentityHandle {
-            acceptor: Arc::new(std::sync::RwLock::new(acceptor_for(
-                &ca.get(),
-                &cfg.cert_der,
-                &cfg.key_pkcs8,
-            )?)),
-            ca: ca.clone(),
-            current: Arc::new(std::sync::Mutex::new((
-                cfg.cert_der.clone(),
-                cfg.key_pkcs8.clone(),
-            ))),
-        };
+        let identity = IdentityHandle::new(ca.clone(), &cfg.cert_der, &cfg.key_pkcs8)?;
         let listener =
             TcpListener::bind(cfg.listen_addr)
                 .await
@@ -146,7 +137,7 @@ impl Manager {
         };
         tasks.spawn(accept_loop(
             listener,
-            identity.acceptor.clone(),
+            identity.acceptor(),
             gate,
             tx,
             cancel.clone(),
@@ -158,8 +149,8 @@ impl Manager {
         let loops = leader_loops(&cfg.store, &view, &dispatcher);
         let leadership = crate::leader::follow_store(&cfg.store, cancel.clone());
         tasks.spawn(crate::leader::supervise(leadership, loops, cancel.clone()));
-        let control_server = ControlServer::new(ControlService(control.clone()));
-        let router = tonic::transport::Server::builder()
+        let control_server = ControlServer::new(ControlService(control));
+        let grpc = tonic::transport::Server::builder()
             .add_service(CaRpcServer::new(CaServer::new(
                 cfg.store.clone(),
                 ca,
@@ -180,20 +171,25 @@ impl Manager {
         let stop = cancel.clone();
         tasks.spawn(async move {
             let incoming = tokio_stream::wrappers::ReceiverStream::new(rx);
-            if let Err(e) = router
+            if let Err(e) = grpc
                 .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
                 .await
             {
                 tracing::error!(error = %e, "manager gRPC server stopped");
             }
         });
+        let router = ControlRouter::new(
+            cfg.store.clone(),
+            control_server,
+            identity.clone(),
+            cfg.dial,
+        );
         tracing::info!(addr = %local_addr, "manager listening");
         Ok(Manager {
             view,
             cancel,
             identity,
-            control,
-            control_server,
+            router,
             tasks,
             local_addr,
         })
@@ -204,15 +200,9 @@ impl Manager {
         &self.view
     }
 
-    /// The control API.
-    pub fn control(&self) -> &ControlApi {
-        &self.control
-    }
-
-    /// The control API's gRPC service, for the local socket to route to (with
-    /// [`crate::controlapi::LocalAdmin`] on each request).
-    pub fn control_server(&self) -> ControlServer<ControlService> {
-        self.control_server.clone()
+    /// Serves the local administrator's control calls (the unix socket routes to it).
+    pub fn control_router(&self) -> ControlRouter {
+        self.router.clone()
     }
 
     pub async fn shutdown(mut self) {
@@ -248,62 +238,14 @@ fn leader_loops(
     ]
 }
 
-fn acceptor_for(ca: &CaState, leaf: &[u8], key_pkcs8: &[u8]) -> Result<TlsAcceptor, ManagerError> {
-    let cfg = shoal_pki::server_config(&ca.trust, &ca.server_chain(leaf), key_pkcs8, None)?;
-    Ok(TlsAcceptor::from(Arc::new(cfg)))
-}
-
-/// What a manager's listener serves and trusts: its certificate (swapped after a
-/// renewal) and the cluster's roots (swapped when a root rotation starts or ends).
-#[derive(Clone)]
-pub struct IdentityHandle {
-    acceptor: Arc<std::sync::RwLock<TlsAcceptor>>,
-    ca: CaHandle,
-    /// The certificate and PKCS#8 key served now.
-    current: Arc<std::sync::Mutex<(Vec<u8>, Vec<u8>)>>,
-}
-
-impl IdentityHandle {
-    /// Serves a new certificate (after a renewal).
-    pub fn set(&self, cert_der: &[u8], key_pkcs8: &[u8]) -> Result<(), ManagerError> {
-        let a = acceptor_for(&self.ca.get(), cert_der, key_pkcs8)?;
-        if let Ok(mut cur) = self.current.lock() {
-            *cur = (cert_der.to_vec(), key_pkcs8.to_vec());
-        }
-        if let Ok(mut w) = self.acceptor.write() {
-            *w = a;
-        }
-        Ok(())
-    }
-
-    /// Rebuilds the listener's configuration whenever the cluster's roots change.
-    async fn follow(self, cancel: CancellationToken) {
-        let mut rx = self.ca.subscribe();
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                r = rx.changed() => if r.is_err() { return },
-            }
-            let (leaf, key) = self.current.lock().map(|c| c.clone()).unwrap_or_default();
-            if let Err(e) = self.set(&leaf, &key) {
-                tracing::error!(error = %e, "cannot serve the new root CA chain");
-            }
-        }
-    }
-}
-
 impl Manager {
     pub fn identity_handle(&self) -> IdentityHandle {
         self.identity.clone()
     }
 }
 
-/// The response header that carries the index this manager had applied when it
-/// answered a control call: a follower that forwarded a write waits until its own copy
-/// has it, so that a read right after, on the same node, sees the write.
-pub const APPLIED_HEADER: &str = "shoal-applied";
-
-/// The control service over mTLS, adding [`APPLIED_HEADER`] to every answer.
+/// The control service over mTLS, adding [`crate::routing::APPLIED_HEADER`] to every
+/// answer.
 #[derive(Clone)]
 struct WithAppliedIndex {
     inner: ControlServer<ControlService>,
@@ -338,7 +280,7 @@ impl tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>>
             if let Ok(v) =
                 tonic::codegen::http::HeaderValue::from_str(&store.applied_index().to_string())
             {
-                resp.headers_mut().insert(APPLIED_HEADER, v);
+                resp.headers_mut().insert(crate::routing::APPLIED_HEADER, v);
             }
             Ok(resp)
         })

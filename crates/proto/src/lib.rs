@@ -34,6 +34,21 @@ pub mod limits;
 /// (the manager allocates nothing for it; the agent attaches nothing).
 pub const HOST_NETWORK: &str = "host";
 
+/// An error and the chain of its causes, for a message (each cause once).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
 /// A secret's data in a Debug line (a log, a panic message): its size, never its bytes.
 impl std::fmt::Debug for objects::SecretVersion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

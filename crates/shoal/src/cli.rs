@@ -154,7 +154,7 @@ fn warn_if_stale(
     static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     if let Some(why) = resp
         .headers()
-        .get(crate::socket::STALE_HEADER)
+        .get(shoal_manager::routing::STALE_HEADER)
         .and_then(|v| v.to_str().ok())
     {
         if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {

@@ -206,19 +206,6 @@ impl Drop for Busy {
     }
 }
 
-/// See [`Daemon::control_route`].
-pub enum ControlRoute {
-    /// With why a read may be stale, if it may.
-    Local(
-        shoal_proto::control::control_server::ControlServer<
-            shoal_manager::controlapi::ControlService,
-        >,
-        Option<String>,
-    ),
-    /// The leader's address and a channel to it.
-    Leader(tonic::transport::Channel, String),
-}
-
 /// An identity kept only to rejoin with.
 #[derive(Clone)]
 struct Stale {
@@ -243,12 +230,6 @@ impl Stale {
         )
     }
 }
-
-/// How long a follower tries to reach the leader for a forwarded call.
-const FORWARD_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// How long a write waits for an election under way to elect a leader.
-const LEADER_WAIT: Duration = Duration::from_secs(3);
 
 const RESTORED_WHY: &str = "node removed from cluster: the cluster was restored from a backup without this manager; join it again";
 const REFORMED_WHY: &str = "node removed from cluster: the cluster was re-formed (init --force-new-cluster) without this manager; join it again";
@@ -654,6 +635,7 @@ impl Daemon {
             cluster_id: ClusterId::parse(&state.cluster_id)?,
             cert_der: cert_der.to_vec(),
             key_pkcs8: key.pkcs8_der(),
+            dial: shoal_agent::connect::lazy_channel_timeout,
         })
         .await?)
     }
@@ -1771,70 +1753,25 @@ impl Daemon {
         }
     }
 
-    /// The control API of this node's manager, if it is one.
-    /// Where this node's local administrator's control calls go: this manager's own
-    /// service for reads, or when it leads (or no leader is known), else the leader, over
-    /// mTLS, one hop.
-    pub async fn control_route(&self, read: bool) -> Result<ControlRoute, tonic::Status> {
-        // What the route needs, copied out: the wait below must not hold the lock.
-        let (server, store, creds) = {
-            let guard = self.membership.lock().await;
-            let a = match &*guard {
-                Membership::Active(a) => a,
-                Membership::Locked => return Err(tonic::Status::failed_precondition(LOCKED_WHY)),
-                Membership::Busy(doing) => {
-                    return Err(tonic::Status::unavailable(format!(
-                        "this node is {doing}: try again when that is done"
-                    )))
-                }
-                _ => {
-                    return Err(tonic::Status::failed_precondition(
-                        "this node is not part of a cluster: run 'shoal init' to create one or 'shoal join' to join one",
-                    ))
-                }
-            };
-            let (Some(m), Some(store)) = (&a.manager, &a.store) else {
-                return Err(tonic::Status::failed_precondition(
+    /// Where this node's local administrator's control calls go: this manager's router
+    /// (which answers reads here and sends writes to the leader), if this node is an
+    /// unlocked manager.
+    pub async fn control_router(
+        &self,
+    ) -> Result<shoal_manager::routing::ControlRouter, tonic::Status> {
+        match &*self.membership.lock().await {
+            Membership::Active(a) => a.manager.as_ref().map(|m| m.control_router()).ok_or_else(|| {
+                tonic::Status::failed_precondition(
                     "this node is not a manager: worker nodes cannot view or change cluster state; run this command on a manager node",
-                ));
-            };
-            (m.control_server(), store.clone(), a.creds.clone())
-        };
-        if read {
-            return Ok(ControlRoute::Local(server, store.stale_reason()));
-        }
-        // A write during an election (a quorum is reachable, no leader known yet) waits
-        // for the outcome instead of failing.
-        if store.leader().is_none() && store.quorum_reachable() {
-            store.wait_leader_known(LEADER_WAIT).await;
-        }
-        if store.is_leader() || store.leader().is_none() {
-            return Ok(ControlRoute::Local(server, None));
-        }
-        let Some(addr) = shoal_manager::cluster::leader_addr(&store) else {
-            return Ok(ControlRoute::Local(server, None));
-        };
-        let c = creds.get();
-        let channel = client_tls(&c.roots, &c.cert_der, &c.key_pem)
-            .and_then(|tls| {
-                Ok(shoal_agent::connect::lazy_channel_timeout(
-                    &addr,
-                    tls,
-                    FORWARD_CONNECT_TIMEOUT,
-                )?)
-            })
-            .map_err(|e| tonic::Status::internal(format!("{e:#}")))?;
-        Ok(ControlRoute::Leader(channel, addr))
-    }
-
-    /// Waits until this manager's store has applied `index` (at most 2 s).
-    pub async fn wait_applied(&self, index: u64) {
-        let store = match &*self.membership.lock().await {
-            Membership::Active(a) => a.store.clone(),
-            _ => None,
-        };
-        if let Some(s) = store {
-            s.wait_applied(index, Duration::from_secs(2)).await;
+                )
+            }),
+            Membership::Locked => Err(tonic::Status::failed_precondition(LOCKED_WHY)),
+            Membership::Busy(doing) => Err(tonic::Status::unavailable(format!(
+                "this node is {doing}: try again when that is done"
+            ))),
+            _ => Err(tonic::Status::failed_precondition(
+                "this node is not part of a cluster: run 'shoal init' to create one or 'shoal join' to join one",
+            )),
         }
     }
 

@@ -38,7 +38,7 @@ pub struct Creds {
     pub current: Mutex<Current>,
     pub channels: watch::Sender<Channel>,
     /// On a manager: what its listener serves (set and cleared by a promotion or demotion).
-    pub manager: Mutex<Option<shoal_manager::server::IdentityHandle>>,
+    pub manager: Mutex<Option<shoal_manager::listener::IdentityHandle>>,
     /// On a manager: the Raft transport, which presents this node's certificate too.
     pub raft: Mutex<Option<Arc<crate::raft_transport::GrpcTransport>>>,
     /// The root the managers asked this node to renew onto (a rotation), if any.

@@ -166,11 +166,8 @@ fn image_msg(i: &ImageInfo) -> Image {
     }
 }
 
-/// Set on a read answered without a leader or a quorum: why it may be stale.
-pub const STALE_HEADER: &str = "shoal-stale";
-
-/// The control API on the unix socket: requests go to this node's manager's one
-/// implementation, marked as coming from the local administrator.
+/// The control API on the unix socket: requests go to this node's manager's router,
+/// which marks them as coming from the local administrator.
 #[derive(Clone)]
 pub struct LocalControl(pub Arc<Daemon>);
 
@@ -193,58 +190,13 @@ impl tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>> f
         std::task::Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
+    fn call(&mut self, req: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
         let daemon = self.0.clone();
-        // Reads answer from this manager's copy (so they work without a leader too);
-        // writes, and log streams (served where the nodes' sessions are), go to the leader.
-        let method = req.uri().path().rsplit('/').next().unwrap_or("");
-        let read = shoal_manager::routing::route(method) == shoal_manager::routing::Route::Local;
         Box::pin(async move {
-            match daemon.control_route(read).await {
-                Ok(crate::daemon::ControlRoute::Local(mut svc, stale)) => {
-                    req.extensions_mut()
-                        .insert(shoal_manager::controlapi::LocalAdmin);
-                    let mut resp = tonic::codegen::Service::call(&mut svc, req).await?;
-                    if let Some(v) =
-                        stale.and_then(|why| tonic::codegen::http::HeaderValue::from_str(&why).ok())
-                    {
-                        resp.headers_mut().insert(STALE_HEADER, v);
-                    }
-                    Ok(resp)
-                }
-                Ok(crate::daemon::ControlRoute::Leader(mut channel, addr)) => {
-                    req.headers_mut().insert(
-                        shoal_manager::controlapi::FORWARDED_HEADER,
-                        tonic::codegen::http::HeaderValue::from_static("local-admin"),
-                    );
-                    // A channel must be ready before each call (it buffers requests).
-                    let sent = match tower::ServiceExt::ready(&mut channel).await {
-                        Ok(ch) => tonic::codegen::Service::call(ch, req).await,
-                        Err(e) => Err(e),
-                    };
-                    match sent {
-                        Ok(resp) => {
-                            // Read-your-writes on this node: wait (briefly) until this
-                            // manager's copy has what the leader had applied.
-                            let applied = resp
-                                .headers()
-                                .get(shoal_manager::server::APPLIED_HEADER)
-                                .and_then(|v| v.to_str().ok())
-                                .and_then(|v| v.parse::<u64>().ok());
-                            if let Some(index) = applied {
-                                daemon.wait_applied(index).await;
-                            }
-                            Ok(resp)
-                        }
-                        Err(e) => Ok(Status::unavailable(format!(
-                            "this manager is a follower and cannot reach the leader at {addr}: {}",
-                            shoal_agent::connect::error_chain(&e)
-                        ))
-                        .into_http()),
-                    }
-                }
-                Err(status) => Ok(status.into_http()),
-            }
+            Ok(match daemon.control_router().await {
+                Ok(router) => router.serve_local(req).await,
+                Err(status) => status.into_http(),
+            })
         })
     }
 }

@@ -1,5 +1,5 @@
 //! The root CA: its state and rotation, and revoking one certificate.
-use super::{ControlApi, ControlError};
+use super::{ControlApi, ControlCaller, ControlError};
 use crate::bootstrap::load_cluster;
 use crate::security::revocation::record;
 use crate::security::rootca::{progress, root_summary};
@@ -11,7 +11,7 @@ use shoal_store::{Batch, Expect, StoreError};
 
 impl ControlApi {
     /// The root CA and the state of its rotation.
-    pub fn ca_status(&self) -> Result<CaStatus, ControlError> {
+    pub fn ca_status(&self, _caller: &ControlCaller) -> Result<CaStatus, ControlError> {
         let c = load_cluster(self.store())?.value;
         let root = c.root_ca.clone().unwrap_or_default();
         let der = shoal_pki::pem_certs(&root.cert_pem)
@@ -52,6 +52,7 @@ impl ControlApi {
     /// `force` lets the running one finish without the nodes that are down.
     pub async fn rotate_ca(
         &self,
+        caller: &ControlCaller,
         force: bool,
         cert_pem: &str,
         key_pem: &str,
@@ -75,7 +76,7 @@ impl ControlApi {
             let mut c = cur.value.clone();
             if let Some(rot) = c.root_rotation.as_mut() {
                 if supplied.is_some() || !force {
-                    let s = self.ca_status()?;
+                    let s = self.ca_status(caller)?;
                     return Err(ControlError::Refused(format!(
                         "a root CA rotation is already running ({}/{} nodes): wait for it ('shoal ca' shows its progress), or finish it without the nodes that are down with 'shoal ca --rotate --force'",
                         s.converged, s.total
@@ -133,8 +134,8 @@ impl ControlApi {
                 Err(e) => return Err(e.into()),
             }
         }
-        tracing::info!(force, "root CA rotation started or forced");
-        self.ca_status()
+        tracing::info!(force, by = %caller, "root CA rotation started or forced");
+        self.ca_status(caller)
     }
 
     /// Revokes one certificate of a node: its current one, one it superseded, or any
@@ -142,6 +143,7 @@ impl ControlApi {
     /// current certificate; the record makes that explicit and survives a renewal).
     pub async fn revoke_certificate(
         &self,
+        caller: &ControlCaller,
         node: &str,
         serial: &str,
     ) -> Result<(), crate::controlapi::ControlError> {
@@ -153,7 +155,7 @@ impl ControlApi {
                 "certificate serial {serial:?} is not a serial: give the hexadecimal serial that 'shoal node inspect {node}' shows"
             )));
         }
-        let n = self.get_node(node)?.node.unwrap_or_default();
+        let n = self.get_node(caller, node)?.node.unwrap_or_default();
         let c = n.certificate.clone().unwrap_or_default();
         let not_after = if c.serial == serial {
             c.not_after_unix
@@ -170,7 +172,7 @@ impl ControlApi {
             Expect::Any,
         );
         self.store().commit(b).await?;
-        tracing::info!(node_id = %n.id, serial = %serial, "certificate revoked");
+        tracing::info!(node_id = %n.id, serial = %serial, by = %caller, "certificate revoked");
         Ok(())
     }
 }

@@ -1,6 +1,6 @@
 //! Cluster settings: what `shoal info` shows and `shoal update` changes, backups and the
 //! unlock key.
-use super::{ControlApi, ControlError};
+use super::{ControlApi, ControlCaller, ControlError};
 use crate::bootstrap::load_cluster;
 use crate::cluster::{effective_election_timeout, effective_snapshot_interval};
 use crate::security::revocation::check_raft_settings;
@@ -9,7 +9,7 @@ use shoal_store::{Batch, Expect};
 use std::time::Duration;
 
 impl ControlApi {
-    pub fn cluster_info(&self) -> Result<ClusterInfo, ControlError> {
+    pub fn cluster_info(&self, _caller: &ControlCaller) -> Result<ClusterInfo, ControlError> {
         let c = load_cluster(&self.store)?.value;
         let spec = c.spec.unwrap_or_default();
         Ok(ClusterInfo {
@@ -31,6 +31,7 @@ impl ControlApi {
     /// snapshot interval, the election timeout, and autolock (on, off, or a new key).
     pub async fn update_cluster(
         &self,
+        caller: &ControlCaller,
         req: shoal_proto::control::UpdateClusterRequest,
     ) -> Result<shoal_proto::control::ClusterInfo, crate::controlapi::ControlError> {
         use crate::controlapi::ControlError;
@@ -97,8 +98,39 @@ impl ControlApi {
                 Err(e) => return Err(e.into()),
             }
         }
-        let mut info = self.cluster_info()?;
+        let mut info = self.cluster_info(caller)?;
         info.unlock_key = new_key.map(|k| k.to_human()).unwrap_or_default();
         Ok(info)
+    }
+
+    /// A backup of the cluster's state (`shoal backup`), made on a blocking thread.
+    pub async fn backup(
+        &self,
+        _caller: &ControlCaller,
+    ) -> Result<shoal_proto::control::GetBackupResponse, tonic::Status> {
+        let store = self.store().clone();
+        let (data, needs_unlock_key) =
+            tokio::task::spawn_blocking(move || crate::recovery::backup(&store))
+                .await
+                .map_err(|e| tonic::Status::internal(e.to_string()))?
+                .map_err(|e| match e {
+                    crate::recovery::RecoveryError::Store(s) => {
+                        tonic::Status::from(ControlError::from(s))
+                    }
+                    other => tonic::Status::failed_precondition(other.to_string()),
+                })?;
+        Ok(shoal_proto::control::GetBackupResponse {
+            data,
+            needs_unlock_key,
+        })
+    }
+
+    /// The unlock key in human form while autolock is on (empty when it is off).
+    pub fn unlock_key(&self, _caller: &ControlCaller) -> Result<String, ControlError> {
+        let c = load_cluster(self.store())?.value;
+        Ok(shoal_store::UnlockKey::from_bytes(&c.unlock_key)
+            .filter(|_| c.spec.as_ref().is_some_and(|s| s.autolock))
+            .map(|k| k.to_human())
+            .unwrap_or_default())
     }
 }

@@ -3,7 +3,7 @@
 //! names services give with `--network`, which are kept as network IDs.
 
 use crate::cluster::{DEFAULT_DATA_PATH_PORT, DEFAULT_TUNNEL_SUBNET};
-use crate::controlapi::{ControlApi, ControlError};
+use crate::controlapi::{ControlApi, ControlCaller, ControlError};
 use ipnet::Ipv4Net;
 use shoal_proto::objects::{
     Cluster, ContainerSpec, Network, NetworkConfig, NetworkSpec, Node, Service, Task, TaskState,
@@ -257,8 +257,17 @@ impl ControlApi {
             .collect())
     }
 
+    /// A network by name, ID or unique ID prefix (`shoal network inspect`).
+    pub fn get_network(
+        &self,
+        _caller: &ControlCaller,
+        reference: &str,
+    ) -> Result<Network, ControlError> {
+        self.find_network(reference)
+    }
+
     /// A network by name, ID or unique ID prefix.
-    pub fn get_network(&self, reference: &str) -> Result<Network, ControlError> {
+    fn find_network(&self, reference: &str) -> Result<Network, ControlError> {
         let all = self.networks()?;
         if let Some(n) = all.iter().find(|n| n.id == reference) {
             return Ok(n.clone());
@@ -283,7 +292,7 @@ impl ControlApi {
         }
     }
 
-    pub fn list_networks(&self) -> Result<Vec<Network>, ControlError> {
+    pub fn list_networks(&self, _caller: &ControlCaller) -> Result<Vec<Network>, ControlError> {
         let mut all = self.networks()?;
         all.sort_by(|a, b| {
             let name = |n: &Network| n.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
@@ -292,7 +301,11 @@ impl ControlApi {
         Ok(all)
     }
 
-    pub async fn create_network(&self, mut spec: NetworkSpec) -> Result<Network, ControlError> {
+    pub async fn create_network(
+        &self,
+        caller: &ControlCaller,
+        mut spec: NetworkSpec,
+    ) -> Result<Network, ControlError> {
         validate_network(&spec).map_err(bad)?;
         if spec.driver.is_empty() {
             spec.driver = OVERLAY.into();
@@ -358,13 +371,17 @@ impl ControlApi {
         let mut b = Batch::default();
         b.put(&network, Expect::Absent);
         self.store().commit(b).await?;
-        tracing::info!(network_id = %network.id, subnet = %network.subnet, "network created");
+        tracing::info!(network_id = %network.id, subnet = %network.subnet, by = %caller, "network created");
         Ok(network)
     }
 
     /// Removes a network no service or task uses.
-    pub async fn remove_network(&self, reference: &str) -> Result<(), ControlError> {
-        let n = self.get_network(reference)?;
+    pub async fn remove_network(
+        &self,
+        caller: &ControlCaller,
+        reference: &str,
+    ) -> Result<(), ControlError> {
+        let n = self.find_network(reference)?;
         let name = n.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
         let uses = |c: Option<&ContainerSpec>| {
             c.is_some_and(|c| c.networks.iter().any(|a| a.target == n.id))
@@ -408,7 +425,7 @@ impl ControlApi {
         let mut b = Batch::default();
         b.delete::<Network>(&n.id, Expect::Any);
         self.store().commit(b).await?;
-        tracing::info!(network_id = %n.id, "network removed");
+        tracing::info!(network_id = %n.id, by = %caller, "network removed");
         Ok(())
     }
 
@@ -426,7 +443,7 @@ impl ControlApi {
             if a.target == HOST_NETWORK {
                 continue;
             }
-            let n = self.get_network(&a.target).map_err(|e| match e {
+            let n = self.find_network(&a.target).map_err(|e| match e {
                 ControlError::NoSuchNetwork(_) => bad(format!(
                     "network {:?} not found: create it with 'shoal network create {}', or see 'shoal network ls'",
                     a.target, a.target
@@ -590,7 +607,7 @@ impl ControlApi {
             }
         }
         for net in missing {
-            let n = self.get_network(net)?;
+            let n = self.find_network(net)?;
             let name = n.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
             let subnet: Ipv4Net = n
                 .subnet

@@ -1,6 +1,6 @@
 //! Nodes: their list and details, availability and labels, promotion, demotion and
 //! removal.
-use super::{ControlApi, ControlError};
+use super::{ControlApi, ControlCaller, ControlError};
 use crate::time::unix_now;
 use shoal_proto::control::{NodeView, UpdateNodeRequest};
 use shoal_proto::objects::{Availability, Node, NodeRole, NodeState};
@@ -31,7 +31,7 @@ impl ControlApi {
         }
     }
 
-    pub fn list_nodes(&self) -> Result<Vec<NodeView>, ControlError> {
+    pub fn list_nodes(&self, _caller: &ControlCaller) -> Result<Vec<NodeView>, ControlError> {
         let mut nodes: Vec<Node> = self
             .store
             .list::<Node>()?
@@ -51,7 +51,11 @@ impl ControlApi {
     }
 
     /// A node by ID, unique ID prefix, or hostname.
-    pub fn get_node(&self, reference: &str) -> Result<NodeView, ControlError> {
+    pub fn get_node(
+        &self,
+        _caller: &ControlCaller,
+        reference: &str,
+    ) -> Result<NodeView, ControlError> {
         if let Some(n) = self.store.get::<Node>(reference)? {
             return Ok(self.view(n.value));
         }
@@ -89,7 +93,11 @@ impl ControlApi {
         }
     }
 
-    pub async fn update_node(&self, req: UpdateNodeRequest) -> Result<NodeView, ControlError> {
+    pub async fn update_node(
+        &self,
+        caller: &ControlCaller,
+        req: UpdateNodeRequest,
+    ) -> Result<NodeView, ControlError> {
         let availability = match req.availability.as_str() {
             "" => None,
             "active" => Some(Availability::Active),
@@ -110,7 +118,11 @@ impl ControlApi {
             }
         }
         loop {
-            let id = self.get_node(&req.reference)?.node.unwrap_or_default().id;
+            let id = self
+                .get_node(caller, &req.reference)?
+                .node
+                .unwrap_or_default()
+                .id;
             let Some(cur) = self.store().get::<Node>(&id)? else {
                 return Err(ControlError::NoSuchNode(req.reference.clone()));
             };
@@ -130,7 +142,7 @@ impl ControlApi {
             let mut b = Batch::default();
             b.put(&n, Expect::Version(cur.version));
             match self.store().commit(b).await {
-                Ok(_) => return self.get_node(&id),
+                Ok(_) => return self.get_node(caller, &id),
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(e.into()),
             }
@@ -179,8 +191,12 @@ impl ControlApi {
     /// Makes a manager a worker: the managers hold its role as worker, its manager
     /// certificate is refused at once for everything but exchanging it (by renewal) for
     /// a worker certificate, and it leaves the Raft group.
-    pub async fn demote_node(&self, reference: &str) -> Result<NodeView, ControlError> {
-        let n = self.get_node(reference)?.node.unwrap_or_default();
+    pub async fn demote_node(
+        &self,
+        caller: &ControlCaller,
+        reference: &str,
+    ) -> Result<NodeView, ControlError> {
+        let n = self.get_node(caller, reference)?.node.unwrap_or_default();
         if n.role != NodeRole::Manager as i32 {
             return Err(ControlError::BadRequest(format!(
                 "node {reference} is not a manager"
@@ -226,15 +242,19 @@ impl ControlApi {
             }
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
-        tracing::info!(node_id = %n.id, "manager demoted");
-        self.get_node(&n.id)
+        tracing::info!(node_id = %n.id, by = %caller, "manager demoted");
+        self.get_node(caller, &n.id)
     }
 
     /// Makes a running worker a manager. The managers hold its role as manager; its next
     /// heartbeat tells it so, it renews into a manager certificate and joins the Raft
     /// group itself (as a learner, then a voter once caught up).
-    pub async fn promote_node(&self, reference: &str) -> Result<NodeView, ControlError> {
-        let n = self.get_node(reference)?.node.unwrap_or_default();
+    pub async fn promote_node(
+        &self,
+        caller: &ControlCaller,
+        reference: &str,
+    ) -> Result<NodeView, ControlError> {
+        let n = self.get_node(caller, reference)?.node.unwrap_or_default();
         if n.role == NodeRole::Manager as i32 {
             return Err(ControlError::BadRequest(format!(
                 "node {reference} is already a manager"
@@ -262,12 +282,17 @@ impl ControlApi {
                 Err(e) => return Err(e.into()),
             }
         }
-        tracing::info!(node_id = %n.id, "node promoted to manager");
-        self.get_node(&n.id)
+        tracing::info!(node_id = %n.id, by = %caller, "node promoted to manager");
+        self.get_node(caller, &n.id)
     }
 
-    pub async fn remove_node(&self, reference: &str, force: bool) -> Result<(), ControlError> {
-        let view = self.get_node(reference)?;
+    pub async fn remove_node(
+        &self,
+        caller: &ControlCaller,
+        reference: &str,
+        force: bool,
+    ) -> Result<(), ControlError> {
+        let view = self.get_node(caller, reference)?;
         let n = view.node.unwrap_or_default();
         if n.role == NodeRole::Manager as i32 {
             if !force || n.state != NodeState::Down as i32 {
@@ -300,7 +325,7 @@ impl ControlApi {
                 Err(e) => return Err(e.into()),
             }
         }
-        tracing::info!(node_id = %n.id, "node removed; its certificates are revoked");
+        tracing::info!(node_id = %n.id, by = %caller, "node removed; its certificates are revoked");
         Ok(())
     }
 }

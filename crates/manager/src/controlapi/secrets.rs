@@ -3,7 +3,7 @@
 //! leaves through this API; a config's may (`config inspect --pretty`). Services name
 //! them with `--secret`/`--config`; the names are kept as IDs and versions.
 
-use crate::controlapi::{ControlApi, ControlError};
+use crate::controlapi::{ControlApi, ControlCaller, ControlError};
 use sha2::Digest;
 use shoal_proto::control::{SecretUse, SecretView};
 use shoal_proto::objects::{
@@ -254,12 +254,21 @@ impl ControlApi {
         })
     }
 
-    pub fn get_secret(&self, kind: Kind, reference: &str) -> Result<SecretView, ControlError> {
+    pub fn get_secret(
+        &self,
+        _caller: &ControlCaller,
+        kind: Kind,
+        reference: &str,
+    ) -> Result<SecretView, ControlError> {
         let s = self.find_secret(kind, reference)?;
         self.secret_view(kind, s)
     }
 
-    pub fn list_secrets(&self, kind: Kind) -> Result<Vec<SecretView>, ControlError> {
+    pub fn list_secrets(
+        &self,
+        _caller: &ControlCaller,
+        kind: Kind,
+    ) -> Result<Vec<SecretView>, ControlError> {
         let services = self.services()?;
         let mut all = self.secrets_of(kind)?;
         let name = |s: &Secret| s.spec.as_ref().map(|x| x.name.clone()).unwrap_or_default();
@@ -275,6 +284,7 @@ impl ControlApi {
 
     pub async fn create_secret(
         &self,
+        caller: &ControlCaller,
         kind: Kind,
         spec: SecretSpec,
         data: Vec<u8>,
@@ -306,7 +316,7 @@ impl ControlApi {
         let mut b = Batch::default();
         b.put(&secret, Expect::Absent);
         self.store().commit(b).await?;
-        tracing::info!(kind = k, id = %secret.id, "{k} created");
+        tracing::info!(kind = k, id = %secret.id, by = %caller, "{k} created");
         self.secret_view(kind, secret)
     }
 
@@ -315,6 +325,7 @@ impl ControlApi {
     /// failure action: a failed update rolls back to the old version if it says so).
     pub async fn update_secret(
         &self,
+        caller: &ControlCaller,
         kind: Kind,
         reference: &str,
         data: Vec<u8>,
@@ -347,7 +358,7 @@ impl ControlApi {
             }
             Err(e) => return Err(e.into()),
         }
-        tracing::info!(kind = k, id = %id, version = n, "{k} updated");
+        tracing::info!(kind = k, id = %id, version = n, by = %caller, "{k} updated");
         let mut failed = Vec::new();
         for svc in self.services()? {
             let Some(mut spec) = svc.spec.clone() else {
@@ -371,7 +382,7 @@ impl ControlApi {
                 force: false,
                 rollback: false,
             };
-            if let Err(e) = self.update_service(req).await {
+            if let Err(e) = self.update_service(caller, req).await {
                 tracing::warn!(service = %spec.name, error = %e, "cannot move a service onto the new {k} version");
                 failed.push(format!("{} ({e})", spec.name));
             }
@@ -445,7 +456,12 @@ impl ControlApi {
     }
 
     /// Removes a secret no service uses.
-    pub async fn remove_secret(&self, kind: Kind, reference: &str) -> Result<(), ControlError> {
+    pub async fn remove_secret(
+        &self,
+        caller: &ControlCaller,
+        kind: Kind,
+        reference: &str,
+    ) -> Result<(), ControlError> {
         let k = kind.name();
         let s = self.find_secret(kind, reference)?;
         let name = s.spec.as_ref().map(|x| x.name.clone()).unwrap_or_default();
@@ -467,7 +483,7 @@ impl ControlApi {
         let mut b = Batch::default();
         b.delete::<Secret>(&s.id, Expect::Any);
         self.store().commit(b).await?;
-        tracing::info!(kind = k, id = %s.id, "{k} removed");
+        tracing::info!(kind = k, id = %s.id, by = %caller, "{k} removed");
         Ok(())
     }
 

@@ -1,21 +1,31 @@
-//! The control API as a gRPC service: each call's caller is checked here, once, before
-//! any handler runs.
+//! The control API as a gRPC service. Each call's caller is checked here, once, in
+//! [`ControlService::serve`], before any handler runs: every handler of [`ControlApi`]
+//! takes the [`ControlCaller`] that check made, and nothing else can make one. Each call
+//! runs in a `control` span naming the call and its caller.
 
-use super::{ControlApi, ControlError};
-use crate::bootstrap::load_cluster;
-use crate::security::auth::authorize;
+use super::secrets::Kind;
+use super::ControlApi;
+use crate::security::auth::{authorize, Caller};
 use shoal_pki::Role;
 use shoal_proto::control::control_server::Control;
 use shoal_proto::control::{
-    ClusterInfo, CreateServiceRequest, CreateTaskRequest, GetClusterInfoRequest,
-    GetJoinTokenRequest, GetJoinTokenResponse, GetNodeRequest, GetServiceRequest, GetTaskRequest,
-    ListNodesRequest, ListNodesResponse, ListServicesRequest, ListServicesResponse,
-    ListTasksRequest, ListTasksResponse, NodeView, RemoveNodeRequest, RemoveNodeResponse,
-    RemoveServiceRequest, RemoveServiceResponse, RemoveTaskRequest, RemoveTaskResponse,
-    TaskLogsMessage, TaskLogsRequest, UpdateNodeRequest, UpdateServiceRequest,
+    CaStatus, ClusterInfo, CreateNetworkRequest, CreateSecretRequest, CreateServiceRequest,
+    CreateTaskRequest, DemoteNodeRequest, GetBackupRequest, GetBackupResponse, GetCaRequest,
+    GetClusterInfoRequest, GetJoinTokenRequest, GetJoinTokenResponse, GetNetworkRequest,
+    GetNodeRequest, GetSecretRequest, GetServiceRequest, GetTaskRequest, GetUnlockKeyRequest,
+    GetUnlockKeyResponse, ListNetworksRequest, ListNetworksResponse, ListNodesRequest,
+    ListNodesResponse, ListSecretsRequest, ListSecretsResponse, ListServicesRequest,
+    ListServicesResponse, ListTasksRequest, ListTasksResponse, NodeView, PromoteNodeRequest,
+    RemoveNetworkRequest, RemoveNetworkResponse, RemoveNodeRequest, RemoveNodeResponse,
+    RemoveSecretRequest, RemoveSecretResponse, RemoveServiceRequest, RemoveServiceResponse,
+    RemoveTaskRequest, RemoveTaskResponse, RevokeCertificateRequest, RevokeCertificateResponse,
+    RotateCaRequest, SecretView, TaskLogsMessage, TaskLogsRequest, UpdateClusterRequest,
+    UpdateNodeRequest, UpdateSecretRequest, UpdateServiceRequest,
 };
-use shoal_proto::objects::{Service, Task};
+use shoal_proto::objects::{Network, Service, Task};
+use std::future::Future;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 /// The control API: one implementation, whatever the transport. Its callers are a
 /// manager over mTLS (checked like every node call) or the node's local administrator on
@@ -29,33 +39,93 @@ const MANAGERS: &[Role] = &[Role::Manager];
 #[derive(Clone, Copy, Debug)]
 pub struct LocalAdmin;
 
-/// Who is calling the control API.
-pub enum ControlCaller {
-    /// Whoever may open the node's unix socket (root or the socket's group).
-    LocalAdmin,
-    /// A manager node, verified and checked like every node call.
-    Node(crate::security::auth::Caller),
-    /// The local administrator of another manager, whose call that manager (a follower)
-    /// forwarded to this one; `by` is the forwarding manager, checked like any caller.
-    Forwarded { by: crate::security::auth::Caller },
-}
-
 /// The header a follower adds when it forwards its local administrator's call to the
 /// leader. Believed only from a manager certificate, and never forwarded again.
 pub const FORWARDED_HEADER: &str = "shoal-forwarded-for";
 
-/// The caller of a control API request: the local administrator, or a manager whose
-/// certificate passes every check.
-fn control_caller<T>(req: &Request<T>, call: &'static str) -> Result<ControlCaller, Status> {
-    if req.extensions().get::<LocalAdmin>().is_some() {
-        return Ok(ControlCaller::LocalAdmin);
+/// Who is calling the control API, checked. Only [`ControlCaller::check`] makes one (its
+/// field is private to this module), so a handler that takes one cannot run unchecked.
+pub struct ControlCaller {
+    who: Who,
+}
+
+/// See [`ControlCaller::who`].
+pub enum Who {
+    /// Whoever may open the node's unix socket (root or the socket's group).
+    LocalAdmin,
+    /// A manager node, verified and checked like every node call.
+    Node(Caller),
+    /// The local administrator of another manager, whose call that manager (a follower)
+    /// forwarded to this one; `by` is the forwarding manager, checked like any caller.
+    Forwarded { by: Caller },
+}
+
+impl ControlCaller {
+    /// The caller of a control API request: the local administrator, or a manager whose
+    /// certificate passes every check. A request with neither is refused.
+    fn check<T>(req: &Request<T>, call: &'static str) -> Result<ControlCaller, Status> {
+        if req.extensions().get::<LocalAdmin>().is_some() {
+            return Ok(ControlCaller {
+                who: Who::LocalAdmin,
+            });
+        }
+        let caller = authorize(req, call, MANAGERS)?;
+        let who = if req.metadata().get(FORWARDED_HEADER).is_some() {
+            Who::Forwarded { by: caller }
+        } else {
+            Who::Node(caller)
+        };
+        Ok(ControlCaller { who })
     }
-    let caller = authorize(req, call, MANAGERS)?;
-    if req.metadata().get(FORWARDED_HEADER).is_some() {
-        tracing::debug!(by = %caller.node_id(), call, "a call forwarded by a follower");
-        return Ok(ControlCaller::Forwarded { by: caller });
+
+    pub fn who(&self) -> &Who {
+        &self.who
     }
-    Ok(ControlCaller::Node(caller))
+
+    /// The node whose certificate made the call (none for the local administrator).
+    pub fn node(&self) -> Option<&Caller> {
+        match &self.who {
+            Who::LocalAdmin => None,
+            Who::Node(c) | Who::Forwarded { by: c } => Some(c),
+        }
+    }
+}
+
+impl std::fmt::Display for ControlCaller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.who {
+            Who::LocalAdmin => write!(f, "local-admin"),
+            Who::Node(c) => write!(f, "node {}", c.node_id()),
+            Who::Forwarded { by } => write!(f, "local-admin of {}", by.node_id()),
+        }
+    }
+}
+
+impl ControlService {
+    /// Checks the caller of `call`, then runs the handler with it in the call's span.
+    async fn serve<T, R, F, Fut>(
+        &self,
+        req: Request<T>,
+        call: &'static str,
+        handler: F,
+    ) -> Result<Response<R>, Status>
+    where
+        F: FnOnce(ControlApi, ControlCaller, T) -> Fut,
+        Fut: Future<Output = Result<R, Status>>,
+    {
+        let caller = ControlCaller::check(&req, call)?;
+        let span = tracing::debug_span!("control", call, caller = %caller);
+        let api = self.0.clone();
+        async move {
+            let r = handler(api, caller, req.into_inner()).await;
+            if let Err(e) = &r {
+                tracing::debug!(code = ?e.code(), error = e.message(), "refused");
+            }
+            r.map(Response::new)
+        }
+        .instrument(span)
+        .await
+    }
 }
 
 pub type TaskLogsStream = tokio_stream::wrappers::ReceiverStream<Result<TaskLogsMessage, Status>>;
@@ -68,328 +138,353 @@ impl Control for ControlService {
         &self,
         req: Request<CreateServiceRequest>,
     ) -> Result<Response<Service>, Status> {
-        control_caller(&req, "CreateService")?;
-        Ok(Response::new(
-            self.0
-                .create_service(req.into_inner().spec.unwrap_or_default())
-                .await?,
-        ))
+        self.serve(req, "CreateService", |api, c, r| async move {
+            Ok(api.create_service(&c, r.spec.unwrap_or_default()).await?)
+        })
+        .await
     }
     async fn update_service(
         &self,
         req: Request<UpdateServiceRequest>,
     ) -> Result<Response<Service>, Status> {
-        control_caller(&req, "UpdateService")?;
-        Ok(Response::new(
-            self.0.update_service(req.into_inner()).await?,
-        ))
+        self.serve(req, "UpdateService", |api, c, r| async move {
+            Ok(api.update_service(&c, r).await?)
+        })
+        .await
     }
     async fn get_service(
         &self,
         req: Request<GetServiceRequest>,
     ) -> Result<Response<Service>, Status> {
-        control_caller(&req, "GetService")?;
-        Ok(Response::new(
-            self.0.get_service(&req.into_inner().reference)?.value,
-        ))
+        self.serve(req, "GetService", |api, c, r| async move {
+            Ok(api.get_service(&c, &r.reference)?.value)
+        })
+        .await
     }
     async fn list_services(
         &self,
         req: Request<ListServicesRequest>,
     ) -> Result<Response<ListServicesResponse>, Status> {
-        control_caller(&req, "ListServices")?;
-        Ok(Response::new(self.0.list_services()?))
+        self.serve(req, "ListServices", |api, c, _| async move {
+            Ok(api.list_services(&c)?)
+        })
+        .await
     }
     async fn remove_service(
         &self,
         req: Request<RemoveServiceRequest>,
     ) -> Result<Response<RemoveServiceResponse>, Status> {
-        control_caller(&req, "RemoveService")?;
-        self.0.remove_service(&req.into_inner().reference).await?;
-        Ok(Response::new(RemoveServiceResponse {}))
+        self.serve(req, "RemoveService", |api, c, r| async move {
+            api.remove_service(&c, &r.reference).await?;
+            Ok(RemoveServiceResponse {})
+        })
+        .await
     }
     async fn create_network(
         &self,
-        req: Request<shoal_proto::control::CreateNetworkRequest>,
-    ) -> Result<Response<shoal_proto::objects::Network>, Status> {
-        control_caller(&req, "CreateNetwork")?;
-        Ok(Response::new(
-            self.0
-                .create_network(req.into_inner().spec.unwrap_or_default())
-                .await?,
-        ))
+        req: Request<CreateNetworkRequest>,
+    ) -> Result<Response<Network>, Status> {
+        self.serve(req, "CreateNetwork", |api, c, r| async move {
+            Ok(api.create_network(&c, r.spec.unwrap_or_default()).await?)
+        })
+        .await
     }
     async fn list_networks(
         &self,
-        req: Request<shoal_proto::control::ListNetworksRequest>,
-    ) -> Result<Response<shoal_proto::control::ListNetworksResponse>, Status> {
-        control_caller(&req, "ListNetworks")?;
-        Ok(Response::new(shoal_proto::control::ListNetworksResponse {
-            networks: self.0.list_networks()?,
-        }))
+        req: Request<ListNetworksRequest>,
+    ) -> Result<Response<ListNetworksResponse>, Status> {
+        self.serve(req, "ListNetworks", |api, c, _| async move {
+            Ok(ListNetworksResponse {
+                networks: api.list_networks(&c)?,
+            })
+        })
+        .await
     }
     async fn get_network(
         &self,
-        req: Request<shoal_proto::control::GetNetworkRequest>,
-    ) -> Result<Response<shoal_proto::objects::Network>, Status> {
-        control_caller(&req, "GetNetwork")?;
-        Ok(Response::new(
-            self.0.get_network(&req.into_inner().reference)?,
-        ))
+        req: Request<GetNetworkRequest>,
+    ) -> Result<Response<Network>, Status> {
+        self.serve(req, "GetNetwork", |api, c, r| async move {
+            Ok(api.get_network(&c, &r.reference)?)
+        })
+        .await
     }
     async fn remove_network(
         &self,
-        req: Request<shoal_proto::control::RemoveNetworkRequest>,
-    ) -> Result<Response<shoal_proto::control::RemoveNetworkResponse>, Status> {
-        control_caller(&req, "RemoveNetwork")?;
-        self.0.remove_network(&req.into_inner().reference).await?;
-        Ok(Response::new(
-            shoal_proto::control::RemoveNetworkResponse {},
-        ))
+        req: Request<RemoveNetworkRequest>,
+    ) -> Result<Response<RemoveNetworkResponse>, Status> {
+        self.serve(req, "RemoveNetwork", |api, c, r| async move {
+            api.remove_network(&c, &r.reference).await?;
+            Ok(RemoveNetworkResponse {})
+        })
+        .await
     }
     async fn create_secret(
         &self,
-        req: Request<shoal_proto::control::CreateSecretRequest>,
-    ) -> Result<Response<shoal_proto::control::SecretView>, Status> {
-        control_caller(&req, "CreateSecret")?;
-        let r = req.into_inner();
-        let kind = crate::controlapi::secrets::Kind::parse(&r.kind)?;
-        Ok(Response::new(
-            self.0
-                .create_secret(kind, r.spec.unwrap_or_default(), r.data)
-                .await?,
-        ))
+        req: Request<CreateSecretRequest>,
+    ) -> Result<Response<SecretView>, Status> {
+        self.serve(req, "CreateSecret", |api, c, r| async move {
+            let kind = Kind::parse(&r.kind)?;
+            Ok(api
+                .create_secret(&c, kind, r.spec.unwrap_or_default(), r.data)
+                .await?)
+        })
+        .await
     }
     async fn update_secret(
         &self,
-        req: Request<shoal_proto::control::UpdateSecretRequest>,
-    ) -> Result<Response<shoal_proto::control::SecretView>, Status> {
-        control_caller(&req, "UpdateSecret")?;
-        let r = req.into_inner();
-        let kind = crate::controlapi::secrets::Kind::parse(&r.kind)?;
-        Ok(Response::new(
-            self.0.update_secret(kind, &r.reference, r.data).await?,
-        ))
+        req: Request<UpdateSecretRequest>,
+    ) -> Result<Response<SecretView>, Status> {
+        self.serve(req, "UpdateSecret", |api, c, r| async move {
+            let kind = Kind::parse(&r.kind)?;
+            Ok(api.update_secret(&c, kind, &r.reference, r.data).await?)
+        })
+        .await
     }
     async fn list_secrets(
         &self,
-        req: Request<shoal_proto::control::ListSecretsRequest>,
-    ) -> Result<Response<shoal_proto::control::ListSecretsResponse>, Status> {
-        control_caller(&req, "ListSecrets")?;
-        let kind = crate::controlapi::secrets::Kind::parse(&req.get_ref().kind)?;
-        Ok(Response::new(shoal_proto::control::ListSecretsResponse {
-            secrets: self.0.list_secrets(kind)?,
-        }))
+        req: Request<ListSecretsRequest>,
+    ) -> Result<Response<ListSecretsResponse>, Status> {
+        self.serve(req, "ListSecrets", |api, c, r| async move {
+            let kind = Kind::parse(&r.kind)?;
+            Ok(ListSecretsResponse {
+                secrets: api.list_secrets(&c, kind)?,
+            })
+        })
+        .await
     }
     async fn get_secret(
         &self,
-        req: Request<shoal_proto::control::GetSecretRequest>,
-    ) -> Result<Response<shoal_proto::control::SecretView>, Status> {
-        control_caller(&req, "GetSecret")?;
-        let r = req.into_inner();
-        let kind = crate::controlapi::secrets::Kind::parse(&r.kind)?;
-        Ok(Response::new(self.0.get_secret(kind, &r.reference)?))
+        req: Request<GetSecretRequest>,
+    ) -> Result<Response<SecretView>, Status> {
+        self.serve(req, "GetSecret", |api, c, r| async move {
+            let kind = Kind::parse(&r.kind)?;
+            Ok(api.get_secret(&c, kind, &r.reference)?)
+        })
+        .await
     }
     async fn remove_secret(
         &self,
-        req: Request<shoal_proto::control::RemoveSecretRequest>,
-    ) -> Result<Response<shoal_proto::control::RemoveSecretResponse>, Status> {
-        control_caller(&req, "RemoveSecret")?;
-        let r = req.into_inner();
-        let kind = crate::controlapi::secrets::Kind::parse(&r.kind)?;
-        self.0.remove_secret(kind, &r.reference).await?;
-        Ok(Response::new(shoal_proto::control::RemoveSecretResponse {}))
+        req: Request<RemoveSecretRequest>,
+    ) -> Result<Response<RemoveSecretResponse>, Status> {
+        self.serve(req, "RemoveSecret", |api, c, r| async move {
+            let kind = Kind::parse(&r.kind)?;
+            api.remove_secret(&c, kind, &r.reference).await?;
+            Ok(RemoveSecretResponse {})
+        })
+        .await
     }
     async fn update_node(
         &self,
         req: Request<UpdateNodeRequest>,
     ) -> Result<Response<NodeView>, Status> {
-        control_caller(&req, "UpdateNode")?;
-        Ok(Response::new(self.0.update_node(req.into_inner()).await?))
+        self.serve(req, "UpdateNode", |api, c, r| async move {
+            Ok(api.update_node(&c, r).await?)
+        })
+        .await
     }
     async fn update_cluster(
         &self,
-        req: Request<shoal_proto::control::UpdateClusterRequest>,
+        req: Request<UpdateClusterRequest>,
     ) -> Result<Response<ClusterInfo>, Status> {
-        control_caller(&req, "UpdateCluster")?;
-        Ok(Response::new(
-            self.0.update_cluster(req.into_inner()).await?,
-        ))
+        self.serve(req, "UpdateCluster", |api, c, r| async move {
+            Ok(api.update_cluster(&c, r).await?)
+        })
+        .await
     }
     async fn get_backup(
         &self,
-        req: Request<shoal_proto::control::GetBackupRequest>,
-    ) -> Result<Response<shoal_proto::control::GetBackupResponse>, Status> {
-        control_caller(&req, "GetBackup")?;
-        let store = self.0.store.clone();
-        let (data, needs_unlock_key) =
-            tokio::task::spawn_blocking(move || crate::recovery::backup(&store))
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?
-                .map_err(|e| match e {
-                    crate::recovery::RecoveryError::Store(s) => Status::from(ControlError::from(s)),
-                    other => Status::failed_precondition(other.to_string()),
-                })?;
-        Ok(Response::new(shoal_proto::control::GetBackupResponse {
-            data,
-            needs_unlock_key,
-        }))
+        req: Request<GetBackupRequest>,
+    ) -> Result<Response<GetBackupResponse>, Status> {
+        self.serve(
+            req,
+            "GetBackup",
+            |api, c, _| async move { api.backup(&c).await },
+        )
+        .await
     }
     async fn get_unlock_key(
         &self,
-        req: Request<shoal_proto::control::GetUnlockKeyRequest>,
-    ) -> Result<Response<shoal_proto::control::GetUnlockKeyResponse>, Status> {
-        control_caller(&req, "GetUnlockKey")?;
-        let c = load_cluster(&self.0.store)
-            .map_err(ControlError::from)?
-            .value;
-        let unlock_key = shoal_store::UnlockKey::from_bytes(&c.unlock_key)
-            .filter(|_| c.spec.as_ref().is_some_and(|s| s.autolock))
-            .map(|k| k.to_human())
-            .unwrap_or_default();
-        Ok(Response::new(shoal_proto::control::GetUnlockKeyResponse {
-            unlock_key,
-        }))
+        req: Request<GetUnlockKeyRequest>,
+    ) -> Result<Response<GetUnlockKeyResponse>, Status> {
+        self.serve(req, "GetUnlockKey", |api, c, _| async move {
+            Ok(GetUnlockKeyResponse {
+                unlock_key: api.unlock_key(&c)?,
+            })
+        })
+        .await
     }
     async fn revoke_certificate(
         &self,
-        req: Request<shoal_proto::control::RevokeCertificateRequest>,
-    ) -> Result<Response<shoal_proto::control::RevokeCertificateResponse>, Status> {
-        control_caller(&req, "RevokeCertificate")?;
-        let r = req.into_inner();
-        self.0.revoke_certificate(&r.node, &r.serial).await?;
-        Ok(Response::new(
-            shoal_proto::control::RevokeCertificateResponse {},
-        ))
+        req: Request<RevokeCertificateRequest>,
+    ) -> Result<Response<RevokeCertificateResponse>, Status> {
+        self.serve(req, "RevokeCertificate", |api, c, r| async move {
+            api.revoke_certificate(&c, &r.node, &r.serial).await?;
+            Ok(RevokeCertificateResponse {})
+        })
+        .await
     }
-    async fn get_ca(
-        &self,
-        req: Request<shoal_proto::control::GetCaRequest>,
-    ) -> Result<Response<shoal_proto::control::CaStatus>, Status> {
-        control_caller(&req, "GetCa")?;
-        Ok(Response::new(self.0.ca_status()?))
+    async fn get_ca(&self, req: Request<GetCaRequest>) -> Result<Response<CaStatus>, Status> {
+        self.serve(
+            req,
+            "GetCa",
+            |api, c, _| async move { Ok(api.ca_status(&c)?) },
+        )
+        .await
     }
-    async fn rotate_ca(
-        &self,
-        req: Request<shoal_proto::control::RotateCaRequest>,
-    ) -> Result<Response<shoal_proto::control::CaStatus>, Status> {
-        control_caller(&req, "RotateCa")?;
-        let r = req.into_inner();
-        Ok(Response::new(
-            self.0.rotate_ca(r.force, &r.cert_pem, &r.key_pem).await?,
-        ))
+    async fn rotate_ca(&self, req: Request<RotateCaRequest>) -> Result<Response<CaStatus>, Status> {
+        self.serve(req, "RotateCa", |api, c, r| async move {
+            Ok(api.rotate_ca(&c, r.force, &r.cert_pem, &r.key_pem).await?)
+        })
+        .await
     }
     async fn remove_node(
         &self,
         req: Request<RemoveNodeRequest>,
     ) -> Result<Response<RemoveNodeResponse>, Status> {
-        control_caller(&req, "RemoveNode")?;
-        let r = req.into_inner();
-        self.0.remove_node(&r.reference, r.force).await?;
-        Ok(Response::new(RemoveNodeResponse {}))
+        self.serve(req, "RemoveNode", |api, c, r| async move {
+            api.remove_node(&c, &r.reference, r.force).await?;
+            Ok(RemoveNodeResponse {})
+        })
+        .await
     }
-
     async fn demote_node(
         &self,
-        req: Request<shoal_proto::control::DemoteNodeRequest>,
+        req: Request<DemoteNodeRequest>,
     ) -> Result<Response<NodeView>, Status> {
-        control_caller(&req, "DemoteNode")?;
-        Ok(Response::new(
-            self.0.demote_node(&req.into_inner().reference).await?,
-        ))
+        self.serve(req, "DemoteNode", |api, c, r| async move {
+            Ok(api.demote_node(&c, &r.reference).await?)
+        })
+        .await
     }
-
     async fn promote_node(
         &self,
-        req: Request<shoal_proto::control::PromoteNodeRequest>,
+        req: Request<PromoteNodeRequest>,
     ) -> Result<Response<NodeView>, Status> {
-        control_caller(&req, "PromoteNode")?;
-        Ok(Response::new(
-            self.0.promote_node(&req.into_inner().reference).await?,
-        ))
+        self.serve(req, "PromoteNode", |api, c, r| async move {
+            Ok(api.promote_node(&c, &r.reference).await?)
+        })
+        .await
     }
-
     async fn create_task(&self, req: Request<CreateTaskRequest>) -> Result<Response<Task>, Status> {
-        control_caller(&req, "CreateTask")?;
-        Ok(Response::new(self.0.create_task(req.into_inner()).await?))
+        self.serve(req, "CreateTask", |api, c, r| async move {
+            Ok(api.create_task(&c, r).await?)
+        })
+        .await
     }
     async fn list_tasks(
         &self,
         req: Request<ListTasksRequest>,
     ) -> Result<Response<ListTasksResponse>, Status> {
-        control_caller(&req, "ListTasks")?;
-        let r = req.into_inner();
-        Ok(Response::new(self.0.list_tasks(&r.node, &r.service_id)?))
+        self.serve(req, "ListTasks", |api, c, r| async move {
+            Ok(api.list_tasks(&c, &r.node, &r.service_id)?)
+        })
+        .await
     }
     async fn get_task(&self, req: Request<GetTaskRequest>) -> Result<Response<Task>, Status> {
-        control_caller(&req, "GetTask")?;
-        Ok(Response::new(self.0.get_task(&req.into_inner().reference)?))
+        self.serve(req, "GetTask", |api, c, r| async move {
+            Ok(api.get_task(&c, &r.reference)?)
+        })
+        .await
     }
     async fn remove_task(
         &self,
         req: Request<RemoveTaskRequest>,
     ) -> Result<Response<RemoveTaskResponse>, Status> {
-        control_caller(&req, "RemoveTask")?;
-        self.0.remove_task(&req.into_inner().reference).await?;
-        Ok(Response::new(RemoveTaskResponse {}))
+        self.serve(req, "RemoveTask", |api, c, r| async move {
+            api.remove_task(&c, &r.reference).await?;
+            Ok(RemoveTaskResponse {})
+        })
+        .await
     }
     async fn task_logs(
         &self,
         req: Request<TaskLogsRequest>,
     ) -> Result<Response<TaskLogsStream>, Status> {
-        let caller = control_caller(&req, "TaskLogs")?;
-        let r = req.into_inner();
-        let rx = self.0.task_logs(&r.reference, r.follow, r.tail).await?;
-        let rx = match caller {
-            ControlCaller::Node(c) | ControlCaller::Forwarded { by: c } => {
-                crate::security::auth::guard_stream(c, rx)
-            }
-            ControlCaller::LocalAdmin => rx,
-        };
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
-            rx,
-        )))
+        self.serve(req, "TaskLogs", |api, c, r| async move {
+            let rx = api.task_logs(&c, &r.reference, r.follow, r.tail).await?;
+            // A node's stream is cut as soon as that node would be refused.
+            let rx = match c.node() {
+                Some(node) => crate::security::auth::guard_stream(node.clone(), rx),
+                None => rx,
+            };
+            Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
+        })
+        .await
     }
     async fn list_nodes(
         &self,
         req: Request<ListNodesRequest>,
     ) -> Result<Response<ListNodesResponse>, Status> {
-        control_caller(&req, "ListNodes")?;
-        Ok(Response::new(ListNodesResponse {
-            nodes: self.0.list_nodes()?,
-        }))
+        self.serve(req, "ListNodes", |api, c, _| async move {
+            Ok(ListNodesResponse {
+                nodes: api.list_nodes(&c)?,
+            })
+        })
+        .await
     }
     async fn get_node(&self, req: Request<GetNodeRequest>) -> Result<Response<NodeView>, Status> {
-        control_caller(&req, "GetNode")?;
-        Ok(Response::new(self.0.get_node(&req.into_inner().reference)?))
+        self.serve(req, "GetNode", |api, c, r| async move {
+            Ok(api.get_node(&c, &r.reference)?)
+        })
+        .await
     }
     async fn get_join_token(
         &self,
         req: Request<GetJoinTokenRequest>,
     ) -> Result<Response<GetJoinTokenResponse>, Status> {
-        control_caller(&req, "GetJoinToken")?;
-        let r = req.into_inner();
-        if r.rotate || r.ttl_secs > 0 || r.max_uses > 0 {
-            return Err(Status::invalid_argument(
-                "GetJoinToken only reads: rotating a token or making a limited one is UpdateJoinToken ('shoal join-token --rotate|--ttl|--max-uses')",
-            ));
-        }
-        Ok(Response::new(self.0.join_token_req(r).await?))
+        self.serve(req, "GetJoinToken", |api, c, r| async move {
+            if r.rotate || r.ttl_secs > 0 || r.max_uses > 0 {
+                return Err(Status::invalid_argument(
+                    "GetJoinToken only reads: rotating a token or making a limited one is UpdateJoinToken ('shoal join-token --rotate|--ttl|--max-uses')",
+                ));
+            }
+            Ok(api.join_token_req(&c, r).await?)
+        })
+        .await
     }
     async fn update_join_token(
         &self,
         req: Request<GetJoinTokenRequest>,
     ) -> Result<Response<GetJoinTokenResponse>, Status> {
-        control_caller(&req, "UpdateJoinToken")?;
-        Ok(Response::new(
-            self.0.join_token_req(req.into_inner()).await?,
-        ))
+        self.serve(req, "UpdateJoinToken", |api, c, r| async move {
+            Ok(api.join_token_req(&c, r).await?)
+        })
+        .await
     }
     async fn get_cluster_info(
         &self,
         req: Request<GetClusterInfoRequest>,
     ) -> Result<Response<ClusterInfo>, Status> {
-        control_caller(&req, "GetClusterInfo")?;
-        Ok(Response::new(self.0.cluster_info()?))
+        self.serve(req, "GetClusterInfo", |api, c, _| async move {
+            Ok(api.cluster_info(&c)?)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_socket_mark_or_a_verified_certificate_makes_a_caller() {
+        // Nothing: no connection info, no mark.
+        let bare = Request::new(());
+        let e = ControlCaller::check(&bare, "ListNodes").err().unwrap();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+        // A forwarding header proves nothing on its own.
+        let mut fwd = Request::new(());
+        fwd.metadata_mut()
+            .insert(FORWARDED_HEADER, "local-admin".parse().unwrap());
+        let e = ControlCaller::check(&fwd, "RemoveNode").err().unwrap();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+        assert!(e.message().contains("RemoveNode"), "{}", e.message());
+        // The unix socket's mark (inserted by the socket's server, never by the wire).
+        let mut local = Request::new(());
+        local.extensions_mut().insert(LocalAdmin);
+        let c = ControlCaller::check(&local, "ListNodes").unwrap();
+        assert!(matches!(c.who(), Who::LocalAdmin) && c.node().is_none());
+        assert_eq!(c.to_string(), "local-admin");
     }
 }

@@ -1,6 +1,6 @@
 //! The control API for services and node management.
 
-use crate::controlapi::{validate_spec, ControlApi, ControlError};
+use crate::controlapi::{validate_spec, ControlApi, ControlCaller, ControlError};
 use crate::scheduler::constraint;
 use crate::time::unix_now;
 use shoal_proto::control::{ListServicesResponse, ServiceStatus, UpdateServiceRequest};
@@ -164,6 +164,7 @@ impl ControlApi {
     /// A service by ID, unique ID prefix, or name.
     pub fn get_service(
         &self,
+        _caller: &ControlCaller,
         reference: &str,
     ) -> Result<shoal_store::Versioned<Service>, ControlError> {
         if let Some(s) = self.store().get::<Service>(reference)? {
@@ -228,7 +229,11 @@ impl ControlApi {
         Ok(())
     }
 
-    pub async fn create_service(&self, mut spec: ServiceSpec) -> Result<Service, ControlError> {
+    pub async fn create_service(
+        &self,
+        caller: &ControlCaller,
+        mut spec: ServiceSpec,
+    ) -> Result<Service, ControlError> {
         validate_service(&spec)?;
         self.resolve_networks(spec.container.get_or_insert_with(Default::default), false)?;
         self.resolve_secrets(spec.container.get_or_insert_with(Default::default))?;
@@ -255,20 +260,24 @@ impl ControlApi {
         let mut b = Batch::default();
         b.put(&service, Expect::Absent);
         self.store().commit(b).await?;
-        tracing::info!(service_id = %service.id, "service created");
+        tracing::info!(service_id = %service.id, by = %caller, "service created");
         Ok(service)
     }
 
-    pub async fn update_service(&self, req: UpdateServiceRequest) -> Result<Service, ControlError> {
+    pub async fn update_service(
+        &self,
+        caller: &ControlCaller,
+        req: UpdateServiceRequest,
+    ) -> Result<Service, ControlError> {
         if req.rollback {
-            return self.rollback_service(&req.reference).await;
+            return self.rollback_service(caller, &req.reference).await;
         }
         let mut spec = req.spec.unwrap_or_default();
         validate_service(&spec)?;
         self.resolve_networks(spec.container.get_or_insert_with(Default::default), false)?;
         self.resolve_secrets(spec.container.get_or_insert_with(Default::default))?;
         self.refuse_ambiguous_hostnames(&spec)?;
-        let cur = self.get_service(&req.reference)?;
+        let cur = self.get_service(caller, &req.reference)?;
         if req.spec_version != 0 && req.spec_version != cur.value.spec_version {
             return Err(ControlError::Conflict(format!(
                 "service {} changed meanwhile (version {} now, {} when read): run the update again",
@@ -347,8 +356,12 @@ impl ControlApi {
 
     /// Returns the service to its previous spec (swapping the two, as swarm does), with
     /// its rollback settings.
-    async fn rollback_service(&self, reference: &str) -> Result<Service, ControlError> {
-        let cur = self.get_service(reference)?;
+    async fn rollback_service(
+        &self,
+        caller: &ControlCaller,
+        reference: &str,
+    ) -> Result<Service, ControlError> {
+        let cur = self.get_service(caller, reference)?;
         let mut next = cur.value.clone();
         let name = next
             .spec
@@ -388,7 +401,10 @@ impl ControlApi {
         }
     }
 
-    pub fn list_services(&self) -> Result<ListServicesResponse, ControlError> {
+    pub fn list_services(
+        &self,
+        _caller: &ControlCaller,
+    ) -> Result<ListServicesResponse, ControlError> {
         let services: Vec<Service> = self
             .store()
             .list::<Service>()?
@@ -464,12 +480,16 @@ impl ControlApi {
         Ok(ListServicesResponse { services, status })
     }
 
-    pub async fn remove_service(&self, reference: &str) -> Result<(), ControlError> {
-        let s = self.get_service(reference)?;
+    pub async fn remove_service(
+        &self,
+        caller: &ControlCaller,
+        reference: &str,
+    ) -> Result<(), ControlError> {
+        let s = self.get_service(caller, reference)?;
         let mut b = Batch::default();
         b.delete::<Service>(&s.value.id, Expect::Version(s.version));
         self.store().commit(b).await?;
-        tracing::info!(service_id = %s.value.id, "service removed");
+        tracing::info!(service_id = %s.value.id, by = %caller, "service removed");
         if let Err(e) = self.prune_versions().await {
             tracing::warn!(error = %e, "cannot delete unused secret versions");
         }

@@ -1,5 +1,5 @@
 //! Tasks: one-off tasks (`shoal task run`), their list, removal and logs.
-use super::{runtime_error, validate_spec, ControlApi, ControlError};
+use super::{runtime_error, validate_spec, ControlApi, ControlCaller, ControlError};
 use shoal_proto::control::{CreateTaskRequest, ListTasksResponse};
 use shoal_proto::objects::{Availability, Node, NodeState, Task, TaskState, TaskStatus};
 use shoal_proto::HOST_NETWORK;
@@ -8,7 +8,7 @@ use tonic::Status;
 
 impl ControlApi {
     /// A task by ID, unique ID prefix, or name.
-    pub fn get_task(&self, reference: &str) -> Result<Task, ControlError> {
+    pub fn get_task(&self, _caller: &ControlCaller, reference: &str) -> Result<Task, ControlError> {
         if let Some(t) = self.store.get::<Task>(reference)? {
             return Ok(t.value);
         }
@@ -39,7 +39,11 @@ impl ControlApi {
 
     /// Creates a one-off task on a node (`shoal task run`): the node given, or the ready,
     /// active node running the fewest tasks.
-    pub async fn create_task(&self, req: CreateTaskRequest) -> Result<Task, ControlError> {
+    pub async fn create_task(
+        &self,
+        caller: &ControlCaller,
+        req: CreateTaskRequest,
+    ) -> Result<Task, ControlError> {
         let mut spec = req.spec.unwrap_or_default();
         validate_spec(&spec)?;
         self.resolve_networks(&mut spec, true)?;
@@ -72,7 +76,7 @@ impl ControlApi {
                     ControlError::Unplaceable("no ready, active node to run the task on".into())
                 })?
         } else {
-            let n = self.get_node(&req.node)?.node.unwrap_or_default();
+            let n = self.get_node(caller, &req.node)?.node.unwrap_or_default();
             if n.state != NodeState::Ready as i32 {
                 return Err(ControlError::Unplaceable(format!(
                     "node {} is not ready (it is down or disconnected)",
@@ -130,19 +134,20 @@ impl ControlApi {
         let mut b = Batch::default();
         b.put(&task, Expect::Absent);
         self.store.commit(b).await?;
-        tracing::info!(task_id = %task.id, node_id = %node.id, "task created");
+        tracing::info!(task_id = %task.id, node_id = %node.id, by = %caller, "task created");
         Ok(task)
     }
 
     pub fn list_tasks(
         &self,
+        caller: &ControlCaller,
         node: &str,
         service_id: &str,
     ) -> Result<ListTasksResponse, ControlError> {
         let node_id = if node.is_empty() {
             None
         } else {
-            Some(self.get_node(node)?.node.unwrap_or_default().id)
+            Some(self.get_node(caller, node)?.node.unwrap_or_default().id)
         };
         let mut tasks: Vec<Task> = self
             .store
@@ -170,9 +175,13 @@ impl ControlApi {
     }
 
     /// Stops a task and deletes it once its node reports it finished (at once if it has).
-    pub async fn remove_task(&self, reference: &str) -> Result<(), ControlError> {
+    pub async fn remove_task(
+        &self,
+        caller: &ControlCaller,
+        reference: &str,
+    ) -> Result<(), ControlError> {
         loop {
-            let task = self.get_task(reference)?;
+            let task = self.get_task(caller, reference)?;
             let Some(cur) = self.store.get::<Task>(&task.id)? else {
                 return Ok(());
             };
@@ -197,11 +206,12 @@ impl ControlApi {
     /// The task's output, relayed from the node that runs it.
     pub async fn task_logs(
         &self,
+        caller: &ControlCaller,
         reference: &str,
         follow: bool,
         tail: u64,
     ) -> Result<crate::dispatcher::logs::LogStream, Status> {
-        let task = self.get_task(reference)?;
+        let task = self.get_task(caller, reference)?;
         self.logs.subscribe(&task, follow, tail).await
     }
 }

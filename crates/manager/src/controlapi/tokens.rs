@@ -1,5 +1,5 @@
 //! Join tokens: the standing token of each role, its rotation, and limited tokens.
-use super::{ControlApi, ControlError};
+use super::{ControlApi, ControlCaller, ControlError};
 use crate::bootstrap::load_cluster;
 use crate::cluster::manager_addrs;
 use crate::security::tokens::exhausted;
@@ -51,6 +51,7 @@ impl ControlApi {
 
     pub async fn join_token_req(
         &self,
+        caller: &ControlCaller,
         req: GetJoinTokenRequest,
     ) -> Result<GetJoinTokenResponse, ControlError> {
         let managers = self.managers()?;
@@ -114,7 +115,7 @@ impl ControlApi {
             let mut b = Batch::default();
             b.put(&t, Expect::Absent);
             self.store().commit(b).await?;
-            tracing::info!(token_id = %t.id, role = %role, "limited join token created");
+            tracing::info!(token_id = %t.id, role = %role, by = %caller, "limited join token created");
             return Ok(GetJoinTokenResponse {
                 token: t.token,
                 managers,
