@@ -4,6 +4,10 @@
 //! under a cancellation token for that term, and is cancelled *and awaited* when it
 //! steps down. A loop never decides for itself whether it leads. Read models (the
 //! access list, the trusted roots) run on every manager, outside this module.
+//!
+//! The term itself is published as a [`Term`]: what serves nodes only while this manager
+//! leads (their sessions, heartbeat streams, log relays) holds its token and ends the
+//! moment the term does, as the loops do.
 
 use shoal_store::{Leadership, Store};
 use tokio::sync::watch;
@@ -14,6 +18,17 @@ type BoxFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
 
 /// Starts one leader-only loop for a term; the loop returns once the token is cancelled.
 pub type Starter = Box<dyn Fn(CancellationToken) -> BoxFuture + Send + Sync>;
+
+/// A term of leadership of this manager: its number, and a token cancelled the moment
+/// it ends (before the term's loops are awaited).
+#[derive(Clone, Debug)]
+pub struct Term {
+    pub term: u64,
+    pub ended: CancellationToken,
+}
+
+/// The term this manager leads in now, if it leads.
+pub type Terms = watch::Receiver<Option<Term>>;
 
 /// A named leader-only loop.
 pub struct LeaderLoop {
@@ -56,10 +71,12 @@ pub fn follow_store(store: &Store, cancel: CancellationToken) -> watch::Receiver
     rx
 }
 
-/// Runs `loops` for each term this manager leads, until `cancel`.
+/// Runs `loops` for each term this manager leads, until `cancel`, and publishes the term
+/// on `terms` while it lasts.
 pub async fn supervise(
     mut leadership: watch::Receiver<Leadership>,
     loops: Vec<LeaderLoop>,
+    terms: watch::Sender<Option<Term>>,
     cancel: CancellationToken,
 ) {
     loop {
@@ -67,6 +84,10 @@ pub async fn supervise(
         if let Leadership::Leader { term } = now {
             tracing::info!(term, "leading: starting the control loops");
             let term_cancel = cancel.child_token();
+            terms.send_replace(Some(Term {
+                term,
+                ended: term_cancel.clone(),
+            }));
             let mut running = JoinSet::new();
             for l in &loops {
                 let name = l.name;
@@ -95,6 +116,7 @@ pub async fn supervise(
                     }
                 }
             }
+            terms.send_replace(None);
             term_cancel.cancel();
             while running.join_next().await.is_some() {}
             tracing::info!(term, "stepped down: control loops stopped");
@@ -141,21 +163,29 @@ mod tests {
         let (tx, rx) = watch::channel(Leadership::Follower { leader: None });
         let (running, started) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let cancel = CancellationToken::new();
+        let (terms_tx, terms) = watch::channel(None);
         let sup = tokio::spawn(supervise(
             rx,
             vec![counting(running.clone(), started.clone())],
+            terms_tx,
             cancel.clone(),
         ));
         settle().await;
         assert_eq!(running.load(Ordering::SeqCst), 0, "a follower runs none");
+        assert!(terms.borrow().is_none(), "a follower has no term");
 
         tx.send(Leadership::Leader { term: 2 }).unwrap();
         settle().await;
         assert_eq!(running.load(Ordering::SeqCst), 1, "the leader runs it");
+        let term = terms.borrow().clone().expect("the term while leading");
+        assert_eq!(term.term, 2);
+        assert!(!term.ended.is_cancelled());
 
         tx.send(Leadership::Follower { leader: Some(3) }).unwrap();
         settle().await;
         assert_eq!(running.load(Ordering::SeqCst), 0, "stopped on step-down");
+        assert!(term.ended.is_cancelled(), "what holds the term sees it end");
+        assert!(terms.borrow().is_none());
 
         // A new term starts a fresh loop; a later term while leading restarts it.
         tx.send(Leadership::Leader { term: 4 }).unwrap();

@@ -143,12 +143,17 @@ impl Manager {
             cancel.clone(),
         ));
 
-        let dispatcher =
-            Dispatcher::new(cfg.store.clone(), view.clone(), ca.clone(), cancel.clone());
+        let (terms_tx, terms) = tokio::sync::watch::channel(None);
+        let dispatcher = Dispatcher::new(cfg.store.clone(), view.clone(), ca.clone(), terms);
         let control = ControlApi::new(cfg.store.clone(), dispatcher.logs.clone());
         let loops = leader_loops(&cfg.store, &view, &dispatcher);
         let leadership = crate::leader::follow_store(&cfg.store, cancel.clone());
-        tasks.spawn(crate::leader::supervise(leadership, loops, cancel.clone()));
+        tasks.spawn(crate::leader::supervise(
+            leadership,
+            loops,
+            terms_tx,
+            cancel.clone(),
+        ));
         let control_server = ControlServer::new(ControlService(control));
         let grpc = tonic::transport::Server::builder()
             .add_service(CaRpcServer::new(CaServer::new(
@@ -222,6 +227,7 @@ fn leader_loops(
     let (s1, s2, s3) = (store.clone(), store.clone(), store.clone());
     let v1 = view.clone();
     let (d1, d2, d3) = (dispatcher.clone(), dispatcher.clone(), dispatcher.clone());
+    let logs = dispatcher.logs.clone();
     vec![
         LeaderLoop::new("liveness", move |c| d1.clone().run_liveness(c)),
         LeaderLoop::new("peers", move |c| d3.clone().run_peers(c)),
@@ -234,6 +240,15 @@ fn leader_loops(
         }),
         LeaderLoop::new("revocation and token pruning", move |c| {
             crate::security::revocation::run_pruner(s3.clone(), c)
+        }),
+        // Log streams relayed through this leader end with its term (the nodes'
+        // registrations end with their sessions).
+        LeaderLoop::new("log relay", move |c| {
+            let logs = logs.clone();
+            async move {
+                c.cancelled().await;
+                logs.end_all(crate::dispatcher::session::TERM_ENDED);
+            }
         }),
     ]
 }

@@ -88,6 +88,22 @@ impl LogBroker {
         Ok(rx)
     }
 
+    /// Ends every relayed stream with `why` and forgets every node's registration (the
+    /// term they were made in ended).
+    pub fn end_all(&self, why: &str) {
+        let subs: Vec<Sub> = self
+            .subs
+            .lock()
+            .map(|mut s| s.drain().map(|(_, v)| v).collect())
+            .unwrap_or_default();
+        for s in subs {
+            let _ = s.tx.try_send(Err(Status::unavailable(why.to_string())));
+        }
+        if let Ok(mut n) = self.nodes.lock() {
+            n.clear();
+        }
+    }
+
     fn remove(&self, id: &str) -> Option<Sub> {
         self.subs.lock().ok().and_then(|mut s| s.remove(id))
     }
@@ -198,5 +214,34 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unavailable);
         assert!(err.message().contains("not connected"));
+    }
+
+    #[tokio::test]
+    async fn a_term_ending_ends_every_relayed_stream_and_registration() {
+        let broker = LogBroker::default();
+        let (node_tx, mut node_rx) = mpsc::channel(4);
+        broker.register_node("nodeA", node_tx);
+        let mut out = broker
+            .subscribe(&task("t1", "nodeA"), true, 0)
+            .await
+            .unwrap();
+        let sub = node_rx.recv().await.unwrap();
+        broker.end_all("the term ended");
+        let err = out.recv().await.unwrap().unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+        assert_eq!(err.message(), "the term ended");
+        assert!(out.recv().await.is_none(), "and the stream ends");
+        // What the node publishes for it now goes nowhere (it is told to stop) ...
+        let late = PublishLogsMessage {
+            subscription_id: sub.id,
+            ..Default::default()
+        };
+        assert!(!broker.publish("nodeA", late).await.unwrap());
+        // ... and a new subscription needs the node's new session, with the new leader.
+        let err = broker
+            .subscribe(&task("t1", "nodeA"), false, 0)
+            .await
+            .unwrap_err();
+        assert!(err.message().contains("not connected"), "{err:?}");
     }
 }

@@ -66,7 +66,9 @@ pub struct Dispatcher {
     /// The WireGuard peers sessions tell their nodes of, kept by [`peers::run`].
     peers: Arc<tokio::sync::watch::Sender<peers::Peers>>,
     ca: crate::security::rootca::CaHandle,
-    cancel: CancellationToken,
+    /// The term this manager leads in: sessions, heartbeat streams and log relays are
+    /// served only within one and end with it.
+    terms: crate::leader::Terms,
 }
 
 const ANY_NODE: &[Role] = &[Role::Manager, Role::Worker];
@@ -226,7 +228,7 @@ impl Dispatcher {
         store: Store,
         view: ClusterView,
         ca: crate::security::rootca::CaHandle,
-        cancel: CancellationToken,
+        terms: crate::leader::Terms,
     ) -> Self {
         Dispatcher {
             ca,
@@ -240,7 +242,7 @@ impl Dispatcher {
             suspects: Arc::new(Mutex::new(HashMap::new())),
             beat_view: Arc::new(Mutex::new(BeatView::default())),
             peers: Arc::new(tokio::sync::watch::Sender::new(Default::default())),
-            cancel,
+            terms,
         }
     }
 
@@ -249,13 +251,12 @@ impl Dispatcher {
         peers::run(self.view.clone(), self.peers.clone(), cancel).await
     }
 
-    /// Sessions, heartbeats and reports are served by the leader; a follower points the
-    /// node to it.
-    fn lead(&self) -> Result<(), Status> {
-        if self.store.is_leader() {
-            Ok(())
-        } else {
-            Err(crate::cluster::not_leader(&self.store))
+    /// Sessions, heartbeats and reports are served by the leader, within its term; a
+    /// follower points the node to the leader. The token is cancelled when the term ends.
+    fn lead(&self) -> Result<CancellationToken, Status> {
+        match &*self.terms.borrow() {
+            Some(t) if self.store.is_leader() && !t.ended.is_cancelled() => Ok(t.ended.clone()),
+            _ => Err(crate::cluster::not_leader(&self.store)),
         }
     }
 
@@ -528,7 +529,7 @@ impl DispatcherRpc for Dispatcher {
         req: Request<SessionRequest>,
     ) -> Result<Response<SessionStream>, Status> {
         let caller = authorize(&req, "Session", ANY_NODE)?;
-        self.lead()?;
+        let term = self.lead()?;
         let replaced = self.replace_session(caller.node_id().as_str());
         let me = self.clone();
         let node = caller.node_id().to_string();
@@ -538,7 +539,7 @@ impl DispatcherRpc for Dispatcher {
             self.peers.subscribe(),
             caller,
             replaced,
-            self.cancel.clone(),
+            term,
             Box::new(move || me.session_dropped(&node)),
         )?;
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
@@ -579,7 +580,7 @@ impl DispatcherRpc for Dispatcher {
         req: Request<tonic::Streaming<PublishLogsMessage>>,
     ) -> Result<Response<PublishLogsResponse>, Status> {
         let caller = authorize(&req, "PublishLogs", ANY_NODE)?;
-        self.lead()?;
+        let term = self.lead()?;
         let node_id = caller.node_id().to_string();
         let mut stream = req.into_inner();
         let cut = caller.cut();
@@ -587,6 +588,7 @@ impl DispatcherRpc for Dispatcher {
         loop {
             let msg = tokio::select! {
                 s = &mut cut => return Err(s),
+                _ = term.cancelled() => return Err(crate::cluster::not_leader(&self.store)),
                 m = stream.next() => match m {
                     Some(m) => m?,
                     None => break,
@@ -623,7 +625,7 @@ impl DispatcherRpc for Dispatcher {
         req: Request<tonic::Streaming<HeartbeatRequest>>,
     ) -> Result<Response<Self::HeartbeatsStream>, Status> {
         let caller = authorize(&req, "Heartbeat", ANY_NODE)?;
-        self.lead()?;
+        let term = self.lead()?;
         let remote_ip = remote_addr(&req).map(|a| a.ip().to_string());
         // Answered in the task that sends the answers (no task of its own): a beat
         // wakes nothing but its own stream.
@@ -637,6 +639,7 @@ impl DispatcherRpc for Dispatcher {
             remote_ip,
             beats: req.into_inner(),
             cut,
+            term,
             cache: None,
             last: None,
             unanswered: 0,
@@ -649,7 +652,8 @@ impl DispatcherRpc for Dispatcher {
                 }
                 let beat = tokio::select! {
                     s = &mut st.cut => Err(s),
-                    _ = st.me.cancel.cancelled() => return None,
+                    // The term ended: the node fails over to the new leader at once.
+                    _ = st.term.cancelled() => Err(crate::cluster::not_leader(&st.me.store)),
                     b = st.beats.next() => match b {
                         Some(Ok(b)) => Ok(b),
                         _ => return None,
@@ -702,6 +706,8 @@ struct BeatStreamState {
     remote_ip: Option<String>,
     beats: tonic::Streaming<HeartbeatRequest>,
     cut: std::pin::Pin<Box<dyn std::future::Future<Output = Status> + Send>>,
+    /// Cancelled when the term the stream was opened in ends.
+    term: CancellationToken,
     cache: Option<BeatCache>,
     /// The last answer sent, and the beats since.
     last: Option<Answer>,

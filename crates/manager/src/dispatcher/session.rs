@@ -135,14 +135,14 @@ impl Held {
 /// Starts a node's session. It ends, with the reason, when the caller may no longer be
 /// served (removed, revoked, superseded, expired: checked against the store state of
 /// each event before anything of it is sent), when `replaced` is cancelled (a newer
-/// session of the node), or when the manager stops.
+/// session of the node), or when `term` ends (this manager stopped leading, or stops).
 pub fn start(
     view: ClusterView,
     logs: Arc<LogBroker>,
     mut peers: tokio::sync::watch::Receiver<super::peers::Peers>,
     caller: Caller,
     replaced: CancellationToken,
-    cancel: CancellationToken,
+    term: CancellationToken,
     dropped: Box<dyn FnOnce() + Send>,
 ) -> Result<mpsc::Receiver<Result<SessionMessage, Status>>, Status> {
     let node_id = caller.node_id().to_string();
@@ -190,7 +190,10 @@ pub fn start(
                 }
             }
             tokio::select! {
-                _ = cancel.cancelled() => break,
+                _ = term.cancelled() => {
+                    let _ = tx.send(Err(Status::unavailable(TERM_ENDED))).await;
+                    break;
+                }
                 _ = tx.closed() => {
                     // The node went away (its connection closed) rather than the
                     // manager ending the session.
@@ -265,6 +268,10 @@ pub fn start(
     });
     Ok(rx)
 }
+
+/// Why a session ends when its manager's term does; the node fails over.
+pub const TERM_ENDED: &str =
+    "this manager is no longer the leader (its term ended): connect to the new leader";
 
 /// Largest encoded session message the dispatcher sends: well under the 4 MiB a gRPC
 /// decoder accepts by default, whatever the number of tasks.
@@ -352,4 +359,117 @@ fn changes(state: &State, node_id: &str, known: &mut HashMap<String, i32>) -> Ve
         keep
     });
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::security::auth::{authorize, Gate, PeerInfo};
+    use crate::security::rootca::{CaHandle, CaState};
+    use shoal_pki::{ClusterId, NodeId, NodeKey, Role, RootCa};
+    use std::time::{Duration, SystemTime};
+
+    /// A worker's verified caller, as the listener and `authorize` make it.
+    fn worker_caller() -> Caller {
+        let cluster_id = ClusterId::generate();
+        let root = RootCa::generate(Duration::from_secs(86400)).unwrap();
+        let ca = CaState::from_cluster(
+            &shoal_proto::objects::Cluster {
+                id: cluster_id.to_string(),
+                root_ca: Some(shoal_proto::objects::RootCa {
+                    cert_pem: root.cert_pem(),
+                    key_pem: root.key_pem(),
+                    digest: root.digest(),
+                }),
+                ..Default::default()
+            },
+            &cluster_id,
+        )
+        .unwrap();
+        let key = NodeKey::generate().unwrap();
+        let cert = root
+            .sign_node(
+                &key.csr_der().unwrap(),
+                &NodeId::generate(),
+                Role::Worker,
+                &cluster_id,
+                Duration::from_secs(3600),
+            )
+            .unwrap();
+        let id = ca
+            .trust
+            .verify(&cert.cert_der, &[], SystemTime::now())
+            .unwrap();
+        let member = shoal_proto::objects::Node {
+            id: id.node_id().to_string(),
+            certificate: Some(shoal_proto::objects::NodeCertificate {
+                serial: id.serial().to_string(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut req = tonic::Request::new(());
+        req.extensions_mut().insert(PeerInfo {
+            remote_addr: None,
+            identity: Some(id),
+            gate: Gate {
+                access: crate::security::access::AccessList::with_nodes(&[member]),
+                ca: CaHandle::new(ca),
+            },
+        });
+        authorize(&req, "Session", &[Role::Worker]).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_ends_the_moment_its_managers_term_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = shoal_store::Store::open(dir.path(), 1, "m1").await.unwrap();
+        store.bootstrap().await.unwrap();
+        store.wait_leader(Duration::from_secs(10)).await.unwrap();
+        let (view, watch) = ClusterView::start(&store).unwrap();
+        let cancel = CancellationToken::new();
+        tokio::spawn(view.clone().run(store.clone(), watch, cancel.clone()));
+        let (_peers_tx, peers) = tokio::sync::watch::channel(Default::default());
+        let logs = Arc::new(LogBroker::default());
+        let caller = worker_caller();
+        let node = caller.node_id().to_string();
+        let term = CancellationToken::new();
+        let mut rx = start(
+            view,
+            logs.clone(),
+            peers,
+            caller,
+            CancellationToken::new(),
+            term.clone(),
+            Box::new(|| {}),
+        )
+        .unwrap();
+        let first = rx.recv().await.unwrap().unwrap();
+        assert!(first.complete, "the session opens with the complete set");
+        term.cancel();
+        let end = tokio::time::timeout(Duration::from_secs(2), async {
+            loop {
+                match rx.recv().await {
+                    Some(Ok(_)) => continue,
+                    other => return other,
+                }
+            }
+        })
+        .await
+        .expect("the session ends at once");
+        let status = end.expect("with a reason").unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert_eq!(status.message(), TERM_ENDED);
+        assert!(rx.recv().await.is_none());
+        // Its log registration went with it.
+        let task = shoal_proto::objects::Task {
+            id: "t1".into(),
+            node_id: node,
+            ..Default::default()
+        };
+        let e = logs.subscribe(&task, false, 0).await.unwrap_err();
+        assert!(e.message().contains("not connected"), "{e:?}");
+        cancel.cancel();
+        store.shutdown().await.unwrap();
+    }
 }
