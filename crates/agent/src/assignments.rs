@@ -8,12 +8,25 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Keeps the node's session stream open: applies assignments to the worker and serves
-/// log requests, reconnecting with backoff until cancelled.
+/// log requests, reconnecting with backoff until cancelled. The log publishers it starts
+/// are its own: they are stopped and awaited before it returns.
 pub async fn run_assignments(
+    channels: Channels,
+    worker: crate::worker::Worker,
+    description: NodeDescription,
+    cancel: CancellationToken,
+) {
+    let mut publishers = tokio::task::JoinSet::new();
+    follow_session(channels, worker, description, cancel, &mut publishers).await;
+    publishers.shutdown().await;
+}
+
+async fn follow_session(
     mut channels: Channels,
     worker: crate::worker::Worker,
     description: NodeDescription,
     cancel: CancellationToken,
+    publishers: &mut tokio::task::JoinSet<()>,
 ) {
     use shoal_proto::dispatcher::SessionRequest;
     use tokio_stream::StreamExt;
@@ -58,7 +71,7 @@ pub async fn run_assignments(
                                 .deps()
                                 .secrets
                                 .receive(&m.secrets, m.secrets_complete);
-                            worker.apply(&m);
+                            worker.apply(&m).await;
                             worker.deps().secrets.forget(&m.secrets_removed);
                             // Peers first: they give the node its tunnel address,
                             // which tells its own tasks from others.
@@ -73,7 +86,8 @@ pub async fn run_assignments(
                                     continue;
                                 }
                                 let known = worker.has_task(&sub.task_id);
-                                tokio::spawn(crate::logs::publish(
+                                while publishers.try_join_next().is_some() {}
+                                publishers.spawn(crate::logs::publish(
                                     channels.clone(),
                                     worker.deps().runtime.clone(),
                                     sub,

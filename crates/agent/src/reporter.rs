@@ -12,10 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 pub type StatusSender = mpsc::Sender<(String, TaskStatus)>;
 
-pub fn start(channels: crate::managers::Channels, cancel: CancellationToken) -> StatusSender {
-    let (tx, rx) = mpsc::channel(4096);
-    tokio::spawn(run(channels, rx, cancel));
-    tx
+/// Where task status goes, and what [`run`] sends from.
+pub fn channel() -> (StatusSender, mpsc::Receiver<(String, TaskStatus)>) {
+    mpsc::channel(4096)
 }
 
 fn merge(pending: &mut HashMap<String, TaskStatus>, id: String, st: TaskStatus) {
@@ -27,7 +26,8 @@ fn merge(pending: &mut HashMap<String, TaskStatus>, id: String, st: TaskStatus) 
     }
 }
 
-async fn run(
+/// Sends what arrives on `rx` to the managers, in batches, until cancelled.
+pub async fn run(
     channels: crate::managers::Channels,
     mut rx: mpsc::Receiver<(String, TaskStatus)>,
     cancel: CancellationToken,

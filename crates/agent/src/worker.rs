@@ -19,6 +19,8 @@ struct Entry {
 pub struct Worker {
     deps: Deps,
     tasks: Arc<Mutex<HashMap<String, Entry>>>,
+    /// Removals under way (each stops a task's controller, then removes what it left).
+    removals: Arc<Mutex<tokio::task::JoinSet<()>>>,
 }
 
 /// Task IDs name directories on this node: only base36 IDs are used as such.
@@ -39,7 +41,30 @@ impl Worker {
         Worker {
             deps,
             tasks: Arc::new(Mutex::new(HashMap::new())),
+            removals: Arc::default(),
         }
+    }
+
+    /// Stops every task controller (their containers run on, to be adopted by the next
+    /// start, or removed by a leave) and waits for them and for removals under way.
+    pub async fn stop(&self) {
+        let entries: Vec<Entry> = self
+            .tasks
+            .lock()
+            .map(|mut t| t.drain().map(|(_, e)| e).collect())
+            .unwrap_or_default();
+        for e in entries {
+            if let Some(h) = e.handle {
+                h.abort();
+                let _ = h.await;
+            }
+        }
+        let mut removals = self
+            .removals
+            .lock()
+            .map(|mut r| std::mem::take(&mut *r))
+            .unwrap_or_default();
+        while removals.join_next().await.is_some() {}
     }
 
     pub fn deps(&self) -> &Deps {
@@ -54,8 +79,9 @@ impl Worker {
             .unwrap_or(false)
     }
 
-    /// Applies one session message's assignments.
-    pub fn apply(&self, msg: &SessionMessage) {
+    /// Applies one session message's assignments. A complete set also removes what is
+    /// left on disk of tasks it no longer has (listed on a blocking thread).
+    pub async fn apply(&self, msg: &SessionMessage) {
         if msg.complete {
             let keep: HashSet<String> = msg
                 .assignments
@@ -67,8 +93,14 @@ impl Worker {
                 .lock()
                 .map(|t| t.keys().cloned().collect())
                 .unwrap_or_default();
-            let mut on_disk = self.deps.runtime.list();
-            on_disk.extend(self.deps.network.list());
+            let (runtime, network) = (self.deps.runtime.clone(), self.deps.network.clone());
+            let on_disk = tokio::task::spawn_blocking(move || {
+                let mut ids = runtime.list();
+                ids.extend(network.list());
+                ids
+            })
+            .await
+            .unwrap_or_default();
             let gone: HashSet<String> = known
                 .into_iter()
                 .chain(on_disk)
@@ -107,10 +139,15 @@ impl Worker {
         let handle = if is_terminal(&task) {
             None
         } else {
-            Some(tokio::spawn(controller::run(
-                task.clone(),
-                rx,
-                self.deps.clone(),
+            let span = tracing::info_span!(
+                "task",
+                task_id = %task.id,
+                service_id = %task.service_id,
+                slot = task.slot
+            );
+            Some(tokio::spawn(tracing::Instrument::instrument(
+                controller::run(task.clone(), rx, self.deps.clone()),
+                span,
             )))
         };
         tasks.insert(
@@ -129,8 +166,14 @@ impl Worker {
             .lock()
             .map(|mut t| t.drain().collect())
             .unwrap_or_default();
-        let mut ids: HashSet<String> = self.deps.runtime.list().into_iter().collect();
-        ids.extend(self.deps.network.list());
+        let (runtime, network) = (self.deps.runtime.clone(), self.deps.network.clone());
+        let mut ids: HashSet<String> = tokio::task::spawn_blocking(move || {
+            let mut ids: HashSet<String> = runtime.list().into_iter().collect();
+            ids.extend(network.list());
+            ids
+        })
+        .await
+        .unwrap_or_default();
         // Every container is told to stop first, then all are awaited: one grace period
         // in total, not one per container.
         let mut handles = Vec::new();
@@ -166,7 +209,11 @@ impl Worker {
             self.deps.secrets.clone(),
         );
         let id = id.to_string();
-        tokio::spawn(async move {
+        let Ok(mut removals) = self.removals.lock() else {
+            return;
+        };
+        while removals.try_join_next().is_some() {}
+        removals.spawn(async move {
             if let Some(e) = entry {
                 let _ = e.desired.send(TaskState::Remove as i32);
                 if let Some(h) = e.handle {

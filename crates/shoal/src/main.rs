@@ -1,22 +1,14 @@
 //! `shoal`: the one binary. `shoal daemon` is the node; every other subcommand is a
 //! client of the local daemon over its unix socket.
 
-mod ca_cli;
 mod cli;
 mod daemon;
 mod netaddr;
-mod network_cli;
-mod policy_cli;
+mod process;
 mod raft_transport;
 mod renewal;
-mod secret_cli;
-mod security_cli;
-mod services_cli;
 mod socket;
-mod spec_flags;
 mod statedir;
-mod table;
-mod tasks_cli;
 mod tls;
 
 use clap::{Parser, Subcommand};
@@ -167,7 +159,7 @@ enum Cmd {
         force: bool,
     },
     /// Show the cluster's root CA and its rotation, or rotate it.
-    Ca(ca_cli::CaArgs),
+    Ca(cli::ca::CaArgs),
     /// Change cluster settings.
     Update {
         /// Life of certificates issued from now on (renewals included).
@@ -227,27 +219,27 @@ enum Cmd {
     /// Manage networks.
     Network {
         #[command(subcommand)]
-        cmd: network_cli::NetworkCmd,
+        cmd: cli::network::NetworkCmd,
     },
     /// Manage secrets: data for services, kept encrypted, delivered only to the tasks
     /// that use it, never shown again.
     Secret {
         #[command(subcommand)]
-        cmd: secret_cli::SecretCmd,
+        cmd: cli::secret::SecretCmd,
     },
     /// Manage configs: like secrets, but not confidential (`inspect --pretty` shows them).
     Config {
         #[command(subcommand)]
-        cmd: secret_cli::SecretCmd,
+        cmd: cli::secret::SecretCmd,
     },
 }
 
 #[derive(Subcommand)]
 enum ServiceCmd {
     /// Create a service and wait until it converges (unless -d).
-    Create(Box<services_cli::CreateArgs>),
+    Create(Box<cli::service::CreateArgs>),
     /// Change a service and wait until it converges (unless -d).
-    Update(Box<services_cli::UpdateArgs>),
+    Update(Box<cli::service::UpdateArgs>),
     /// Set the replica count of services: SERVICE=N ...
     Scale {
         #[arg(required = true)]
@@ -363,7 +355,7 @@ enum RegistryCmd {
 #[derive(Subcommand)]
 enum TaskCmd {
     /// Run one container as a task on a node and wait until it runs.
-    Run(Box<tasks_cli::TaskRunArgs>),
+    Run(Box<cli::task::TaskRunArgs>),
     /// List tasks.
     #[command(alias = "list")]
     Ls {
@@ -406,7 +398,7 @@ enum NodeCmd {
         /// active, pause or drain.
         #[arg(long)]
         availability: Option<String>,
-        #[arg(long = "label-add", value_parser = services_cli::parse_kv)]
+        #[arg(long = "label-add", value_parser = cli::service::parse_kv)]
         label_add: Vec<(String, String)>,
         #[arg(long = "label-rm")]
         label_rm: Vec<String>,
@@ -518,7 +510,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             .max_blocking_threads(16)
             .enable_all()
             .build()?;
-        return rt.block_on(cli::run_daemon(daemon::DaemonOpts {
+        return rt.block_on(process::run(daemon::DaemonOpts {
             state_dir,
             listen_addr,
             advertise_addr,
@@ -620,89 +612,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 RegistryCmd::Logout { registry } => c.registry_logout(&registry).await,
             },
-            Cmd::Task { cmd } => match cmd {
-                TaskCmd::Run(args) => c.task_run(*args).await,
-                TaskCmd::Ls {
-                    node,
-                    quiet,
-                    no_trunc,
-                } => c.task_ls(node, quiet, no_trunc).await,
-                TaskCmd::Inspect { tasks } => c.task_inspect(&tasks).await,
-                TaskCmd::Rm { tasks } => c.task_rm(&tasks).await,
-                TaskCmd::Logs {
-                    task,
-                    follow,
-                    tail,
-                    timestamps,
-                } => {
-                    c.task_logs(&task, follow, tail.unwrap_or(0), timestamps)
-                        .await
-                }
-            },
+            Cmd::Task { cmd } => c.task(cmd).await,
             Cmd::Network { cmd } => c.network(cmd).await,
             Cmd::Secret { cmd } => c.secret("secret", cmd).await,
             Cmd::Config { cmd } => c.secret("config", cmd).await,
-            Cmd::Service { cmd } => match cmd {
-                ServiceCmd::Create(a) => c.service_create(*a).await,
-                ServiceCmd::Update(a) => c.service_update(*a).await,
-                ServiceCmd::Scale { pairs, detach } => c.service_scale(&pairs, detach).await,
-                ServiceCmd::Ls { quiet } => c.service_ls(quiet).await,
-                ServiceCmd::Ps {
-                    service,
-                    filters,
-                    no_trunc,
-                    quiet,
-                    format,
-                } => {
-                    c.service_ps(&service, &filters, no_trunc, quiet, format.as_deref())
-                        .await
-                }
-                ServiceCmd::Inspect { pretty, services } => {
-                    c.service_inspect(&services, pretty).await
-                }
-                ServiceCmd::Rm { services } => c.service_rm(&services).await,
-                ServiceCmd::Rollback { service, detach } => {
-                    c.service_rollback(&service, detach).await
-                }
-                ServiceCmd::Restart { service, detach } => {
-                    c.service_restart(&service, detach).await
-                }
-                ServiceCmd::Logs {
-                    service,
-                    follow,
-                    tail,
-                } => c.service_logs(&service, follow, tail.unwrap_or(0)).await,
-            },
-            Cmd::Node { cmd } => match cmd {
-                NodeCmd::Update {
-                    availability,
-                    label_add,
-                    label_rm,
-                    node,
-                } => {
-                    c.node_update(&node, availability, label_add, label_rm)
-                        .await
-                }
-                NodeCmd::Ps { node, no_trunc } => {
-                    let node = match node {
-                        Some(n) if n != "self" => n,
-                        _ => c.self_id().await?,
-                    };
-                    c.task_ls(Some(node), false, no_trunc).await
-                }
-                NodeCmd::Rm { force, nodes } => c.node_rm(&nodes, force).await,
-                NodeCmd::Demote { nodes } => c.node_demote(&nodes).await,
-                NodeCmd::Promote { nodes } => c.node_promote(&nodes).await,
-                NodeCmd::RevokeCertificate { node, serial } => {
-                    c.revoke_certificate(&node, &serial).await
-                }
-                NodeCmd::Ls { quiet, format } => c.node_ls(quiet, format.as_deref()).await,
-                NodeCmd::Inspect {
-                    pretty,
-                    format,
-                    nodes,
-                } => c.node_inspect(&nodes, pretty, format.as_deref()).await,
-            },
+            Cmd::Service { cmd } => c.service(cmd).await,
+            Cmd::Node { cmd } => c.node(cmd).await,
         }
     })
 }

@@ -33,7 +33,7 @@ impl std::fmt::Display for KeySealed {
 }
 impl std::error::Error for KeySealed {}
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct NodeState {
     pub node_id: String,
     pub cluster_id: String,
@@ -283,6 +283,37 @@ impl StateDir {
         Ok(())
     }
 
+    /// The managers' addresses as the last heartbeat gave them (a restart starts from
+    /// these, not from the list the node joined with), or `None` if none were saved or
+    /// the file is unreadable (the join-time list then serves).
+    pub fn load_managers(&self) -> Option<Vec<String>> {
+        let text = std::fs::read(self.managers_file()).ok()?;
+        match serde_json::from_slice::<Vec<String>>(&text) {
+            Ok(m) if !m.is_empty() => Some(m),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(
+                    file = %self.managers_file().display(),
+                    error = %e,
+                    "ignoring a damaged list of managers: using the one the node joined with"
+                );
+                None
+            }
+        }
+    }
+
+    /// Saves the managers' addresses the heartbeat gave (atomically).
+    pub fn save_managers(&self, managers: &[String]) -> Result<()> {
+        let tmp = self.root.join("managers.json.new");
+        shoal_pki::write_private(&tmp, &serde_json::to_vec(managers)?)?;
+        std::fs::rename(&tmp, self.managers_file())
+            .with_context(|| format!("cannot replace {}", self.managers_file().display()))
+    }
+
+    fn managers_file(&self) -> PathBuf {
+        self.root.join("managers.json")
+    }
+
     /// Forgets the cluster: state, identity and store (and stores kept aside by
     /// `init --force-new-cluster`).
     pub fn wipe(&self) -> Result<()> {
@@ -296,10 +327,15 @@ impl StateDir {
                     .and_then(|n| n.to_str())
                     .is_some_and(|n| n.starts_with("raft."))
             });
-        let all: Vec<PathBuf> = [self.state_file(), self.certs(), self.raft_dir()]
-            .into_iter()
-            .chain(aside)
-            .collect();
+        let all: Vec<PathBuf> = [
+            self.state_file(),
+            self.managers_file(),
+            self.certs(),
+            self.raft_dir(),
+        ]
+        .into_iter()
+        .chain(aside)
+        .collect();
         for p in all {
             let r = if p.is_dir() {
                 std::fs::remove_dir_all(&p)
@@ -417,5 +453,25 @@ mod tests {
         // Back in clear.
         fresh.set_kek(None, "OLD KEY").unwrap();
         assert_eq!(std::fs::read_to_string(dir.key_file()).unwrap(), "OLD KEY");
+    }
+
+    #[test]
+    fn the_managers_a_heartbeat_named_outlive_a_restart_and_leaving() {
+        let (_t, dir, _old, _new) = saved();
+        assert_eq!(
+            dir.load_managers(),
+            None,
+            "none saved: the join-time list serves"
+        );
+        let now = vec!["10.0.0.2:4377".to_string(), "10.0.0.3:4377".to_string()];
+        dir.save_managers(&now).unwrap();
+        let again = StateDir::new(&dir.root);
+        assert_eq!(again.load_managers(), Some(now));
+        // A damaged file is ignored, not fatal: the join-time list serves.
+        std::fs::write(again.managers_file(), b"{ not a list").unwrap();
+        assert_eq!(again.load_managers(), None);
+        again.save_managers(&["10.0.0.4:4377".to_string()]).unwrap();
+        again.wipe().unwrap();
+        assert_eq!(again.load_managers(), None, "leaving forgets them");
     }
 }

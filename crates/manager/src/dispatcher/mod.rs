@@ -645,7 +645,20 @@ impl DispatcherRpc for Dispatcher {
             unanswered: 0,
             done: false,
         };
-        let answers = futures_util::stream::unfold(state, |mut st| async move {
+        let span = tracing::debug_span!("heartbeat stream", node_id = %state.caller.node_id());
+        let answers = futures_util::stream::unfold(state, move |st| {
+            tracing::Instrument::instrument(Self::next_answer(st), span.clone())
+        });
+        Ok(Response::new(Box::pin(answers)))
+    }
+}
+
+impl Dispatcher {
+    /// The heartbeat stream's next answer, after as many beats as it takes.
+    async fn next_answer(
+        mut st: BeatStreamState,
+    ) -> Option<(Result<HeartbeatResponse, Status>, BeatStreamState)> {
+        {
             loop {
                 if st.done {
                     return None;
@@ -694,8 +707,7 @@ impl DispatcherRpc for Dispatcher {
                     }
                 }
             }
-        });
-        Ok(Response::new(Box::pin(answers)))
+        }
     }
 }
 

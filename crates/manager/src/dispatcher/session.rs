@@ -156,116 +156,120 @@ pub fn start(
     let first = changes(&state, &node_id, &mut known);
     let (log_tx, mut log_rx) = mpsc::channel::<LogSubscription>(64);
     logs.register_node(&node_id, log_tx.clone());
-    tokio::spawn(async move {
-        let cut = caller.cut();
-        tokio::pin!(cut);
-        let mut pending = Some((state, first));
-        // The secret and config versions the node holds (need-to-know: only those its
-        // tasks use, sent before the tasks, dropped when the last such task stops).
-        let mut held = Held::default();
-        // The peer list goes out once after the complete set, then on every change.
-        peers.mark_changed();
-        let mut peers_open = true;
-        // What the node was last told, so it hears only of changes to its own part.
-        let mut sent_peers: Option<PeerView> = None;
-        let mut sent_networks: Option<NetworkView> = None;
-        loop {
-            // The complete set, in messages the agent's decoder accepts.
-            if let Some((state, set)) = pending.take() {
-                if let Err(s) = caller.check_at(state.access_index()).await {
-                    let _ = tx.send(Err(s)).await;
-                    break;
-                }
-                let (mut before, after) = held.catch_up(&state, &needs(&state, &node_id), true);
-                let mut parts = chunk(true, set);
-                if before.len() == 1 && before[0].secrets.is_empty() {
-                    // Nothing to hold: the first part of the set says so itself.
-                    before.clear();
-                    parts[0].secrets_complete = true;
-                }
-                before.extend(parts);
-                before.extend(after);
-                if !send_all(&tx, before).await {
-                    break;
-                }
-            }
-            tokio::select! {
-                _ = term.cancelled() => {
-                    let _ = tx.send(Err(Status::unavailable(TERM_ENDED))).await;
-                    break;
-                }
-                _ = tx.closed() => {
-                    // The node went away (its connection closed) rather than the
-                    // manager ending the session.
-                    dropped();
-                    break;
-                }
-                _ = replaced.cancelled() => {
-                    let _ = tx.send(Err(Status::aborted("a newer session of this node replaced this one"))).await;
-                    break;
-                }
-                s = &mut cut => {
-                    let _ = tx.send(Err(s)).await;
-                    break;
-                }
-                r = peers.changed(), if peers_open => {
-                    if r.is_err() {
-                        peers_open = false;
-                        continue;
-                    }
-                    if let Err(s) = caller.check() {
-                        let _ = tx.send(Err(s)).await;
-                        break;
-                    }
-                    let view = peers.borrow_and_update().clone();
-                    let mut msg = SessionMessage::default();
-                    let p = view.peers_for(&node_id);
-                    if sent_peers.as_ref() != Some(&p) {
-                        msg.peers = Some(p.clone());
-                        sent_peers = Some(p);
-                    }
-                    let n = view.networks_for(&node_id);
-                    if sent_networks.as_ref() != Some(&n) {
-                        msg.networks = Some(n.clone());
-                        sent_networks = Some(n);
-                    }
-                    if msg.peers.is_none() && msg.networks.is_none() {
-                        continue;
-                    }
-                    if tx.send(Ok(msg)).await.is_err() { break; }
-                }
-                sub = log_rx.recv() => {
-                    let Some(sub) = sub else { break };
-                    if let Err(s) = caller.check() {
-                        let _ = tx.send(Err(s)).await;
-                        break;
-                    }
-                    let msg = SessionMessage { log_subscriptions: vec![sub], ..Default::default() };
-                    if tx.send(Ok(msg)).await.is_err() { break; }
-                }
-                r = node_changed.changed() => {
-                    if r.is_err() {
-                        let _ = tx.send(Err(Status::unavailable("the manager is shutting down"))).await;
-                        break;
-                    }
-                    let state = view.current();
+    let span = tracing::debug_span!("session", node_id = %node_id);
+    tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            let cut = caller.cut();
+            tokio::pin!(cut);
+            let mut pending = Some((state, first));
+            // The secret and config versions the node holds (need-to-know: only those its
+            // tasks use, sent before the tasks, dropped when the last such task stops).
+            let mut held = Held::default();
+            // The peer list goes out once after the complete set, then on every change.
+            peers.mark_changed();
+            let mut peers_open = true;
+            // What the node was last told, so it hears only of changes to its own part.
+            let mut sent_peers: Option<PeerView> = None;
+            let mut sent_networks: Option<NetworkView> = None;
+            loop {
+                // The complete set, in messages the agent's decoder accepts.
+                if let Some((state, set)) = pending.take() {
                     if let Err(s) = caller.check_at(state.access_index()).await {
                         let _ = tx.send(Err(s)).await;
                         break;
                     }
-                    let a = changes(&state, &node_id, &mut known);
-                    let (before, after) = held.catch_up(&state, &needs(&state, &node_id), false);
-                    if !send_all(&tx, before).await { break; }
-                    if !a.is_empty() && !send_chunked(&tx, false, a).await { break; }
-                    if !send_all(&tx, after.into_iter().collect()).await { break; }
+                    let (mut before, after) = held.catch_up(&state, &needs(&state, &node_id), true);
+                    let mut parts = chunk(true, set);
+                    if before.len() == 1 && before[0].secrets.is_empty() {
+                        // Nothing to hold: the first part of the set says so itself.
+                        before.clear();
+                        parts[0].secrets_complete = true;
+                    }
+                    before.extend(parts);
+                    before.extend(after);
+                    if !send_all(&tx, before).await {
+                        break;
+                    }
+                }
+                tokio::select! {
+                    _ = term.cancelled() => {
+                        let _ = tx.send(Err(Status::unavailable(TERM_ENDED))).await;
+                        break;
+                    }
+                    _ = tx.closed() => {
+                        // The node went away (its connection closed) rather than the
+                        // manager ending the session.
+                        dropped();
+                        break;
+                    }
+                    _ = replaced.cancelled() => {
+                        let _ = tx.send(Err(Status::aborted("a newer session of this node replaced this one"))).await;
+                        break;
+                    }
+                    s = &mut cut => {
+                        let _ = tx.send(Err(s)).await;
+                        break;
+                    }
+                    r = peers.changed(), if peers_open => {
+                        if r.is_err() {
+                            peers_open = false;
+                            continue;
+                        }
+                        if let Err(s) = caller.check() {
+                            let _ = tx.send(Err(s)).await;
+                            break;
+                        }
+                        let view = peers.borrow_and_update().clone();
+                        let mut msg = SessionMessage::default();
+                        let p = view.peers_for(&node_id);
+                        if sent_peers.as_ref() != Some(&p) {
+                            msg.peers = Some(p.clone());
+                            sent_peers = Some(p);
+                        }
+                        let n = view.networks_for(&node_id);
+                        if sent_networks.as_ref() != Some(&n) {
+                            msg.networks = Some(n.clone());
+                            sent_networks = Some(n);
+                        }
+                        if msg.peers.is_none() && msg.networks.is_none() {
+                            continue;
+                        }
+                        if tx.send(Ok(msg)).await.is_err() { break; }
+                    }
+                    sub = log_rx.recv() => {
+                        let Some(sub) = sub else { break };
+                        if let Err(s) = caller.check() {
+                            let _ = tx.send(Err(s)).await;
+                            break;
+                        }
+                        let msg = SessionMessage { log_subscriptions: vec![sub], ..Default::default() };
+                        if tx.send(Ok(msg)).await.is_err() { break; }
+                    }
+                    r = node_changed.changed() => {
+                        if r.is_err() {
+                            let _ = tx.send(Err(Status::unavailable("the manager is shutting down"))).await;
+                            break;
+                        }
+                        let state = view.current();
+                        if let Err(s) = caller.check_at(state.access_index()).await {
+                            let _ = tx.send(Err(s)).await;
+                            break;
+                        }
+                        let a = changes(&state, &node_id, &mut known);
+                        let (before, after) = held.catch_up(&state, &needs(&state, &node_id), false);
+                        if !send_all(&tx, before).await { break; }
+                        if !a.is_empty() && !send_chunked(&tx, false, a).await { break; }
+                        if !send_all(&tx, after.into_iter().collect()).await { break; }
+                    }
                 }
             }
-        }
-        // A newer session of the same node keeps its subscriptions.
-        if logs.unregister_node(&node_id, &log_tx) {
-            logs.drop_node_subs(&node_id);
-        }
-    });
+            // A newer session of the same node keeps its subscriptions.
+            if logs.unregister_node(&node_id, &log_tx) {
+                logs.drop_node_subs(&node_id);
+            }
+        },
+        span,
+    ));
     Ok(rx)
 }
 

@@ -604,11 +604,13 @@ fn plan_state(state: &State) -> Plan {
 /// plan is CPU work), commit, and wait until the view has the commit, so the next pass
 /// reads its own writes. Returns whether anything was written, and when the next pass
 /// is due at the latest (unix ms) if nothing changes meanwhile.
+#[tracing::instrument(name = "orchestrator pass", level = "debug", skip_all, fields(index))]
 pub async fn reconcile_once(
     store: &Store,
     view: &ClusterView,
 ) -> Result<(bool, Option<i64>), StoreError> {
     let state = view.current();
+    tracing::Span::current().record("index", state.index());
     let plan = {
         let state = state.clone();
         tokio::task::spawn_blocking(move || plan_state(&state))

@@ -1,8 +1,8 @@
 //! `shoal secret` and `shoal config`: create, list, inspect, update (a new version) and
 //! remove. The data comes from a file or standard input, never from the command line.
 
+use crate::cli::service::kv;
 use crate::cli::{fmt_time, print_table, status_err, Client};
-use crate::services_cli::kv;
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use serde_json::json;

@@ -1,18 +1,17 @@
 //! CLI: services and node management.
 
-use crate::cli::{fmt_time, print_table, status_err, Client};
-use crate::security_cli::{apply_caps, parse_cap, print_security, security_json};
-use crate::spec_flags::{parse_bytes, parse_cpus, parse_mount, parse_network};
-use crate::table::{
+use crate::cli::security::{apply_caps, parse_cap, print_security, security_json};
+use crate::cli::spec_flags::{parse_bytes, parse_cpus, parse_mount, parse_network};
+use crate::cli::table::{
     ago, health_label, networks_json, state_name as state_label, task_table_header, truncate,
 };
+use crate::cli::{fmt_time, print_table, status_err, Client};
 use anyhow::{bail, Result};
 use clap::Args;
 use serde_json::json;
 use shoal_proto::control::{
     CreateServiceRequest, GetServiceRequest, ListServicesRequest, ListTasksRequest,
-    RemoveNodeRequest, RemoveServiceRequest, TaskLogsRequest, UpdateNodeRequest,
-    UpdateServiceRequest,
+    RemoveServiceRequest, TaskLogsRequest, UpdateServiceRequest,
 };
 use shoal_proto::objects::{
     ContainerSpec, Mount, NetworkAttachmentConfig, Placement, Resources, SecretReference, Service,
@@ -265,7 +264,7 @@ pub struct SpecFlags {
     #[arg(long)]
     no_init: bool,
     #[command(flatten)]
-    policy: crate::policy_cli::UpdateFlags,
+    policy: crate::cli::policy::UpdateFlags,
     /// Return at once instead of waiting for the service to converge.
     #[arg(short = 'd', long)]
     detach: bool,
@@ -1238,7 +1237,7 @@ impl Client {
                         println!("Networks:\t{}", names.join(", "));
                     }
                 }
-                crate::policy_cli::print_pretty(&spec, s.update_status.as_ref());
+                crate::cli::policy::print_pretty(&spec, s.update_status.as_ref());
                 println!(
                     "Resources:\n Reservations:\tCPU {} Memory {}\n Limits:\tCPU {} Memory {}",
                     res.nano_cpus as f64 / 1e9,
@@ -1250,7 +1249,7 @@ impl Client {
                 continue;
             }
             let [update, rollback, restart, health, update_status] =
-                crate::policy_cli::inspect_json(&spec, s.update_status.as_ref());
+                crate::cli::policy::inspect_json(&spec, s.update_status.as_ref());
             let mode = match ServiceMode::try_from(spec.mode) {
                 Ok(ServiceMode::Global) => json!({"Global": {}}),
                 Ok(ServiceMode::GlobalJob) => json!({"GlobalJob": {}}),
@@ -1368,66 +1367,6 @@ impl Client {
         }
         Ok(())
     }
-
-    pub async fn node_update(
-        &self,
-        node: &str,
-        availability: Option<String>,
-        add: Vec<(String, String)>,
-        rm: Vec<String>,
-    ) -> Result<()> {
-        self.control()
-            .update_node(UpdateNodeRequest {
-                reference: node.to_string(),
-                availability: availability.unwrap_or_default(),
-                labels_add: add.into_iter().collect(),
-                labels_rm: rm,
-            })
-            .await
-            .map_err(status_err)?;
-        println!("{node}");
-        Ok(())
-    }
-
-    pub async fn node_demote(&self, nodes: &[String]) -> Result<()> {
-        for n in nodes {
-            self.control()
-                .demote_node(shoal_proto::control::DemoteNodeRequest {
-                    reference: n.clone(),
-                })
-                .await
-                .map_err(status_err)?;
-            println!("Manager {n} demoted in the swarm.");
-        }
-        Ok(())
-    }
-
-    pub async fn node_promote(&self, nodes: &[String]) -> Result<()> {
-        for n in nodes {
-            self.control()
-                .promote_node(shoal_proto::control::PromoteNodeRequest {
-                    reference: n.clone(),
-                })
-                .await
-                .map_err(status_err)?;
-            println!("Node {n} promoted to a manager in the cluster.");
-        }
-        Ok(())
-    }
-
-    pub async fn node_rm(&self, nodes: &[String], force: bool) -> Result<()> {
-        for n in nodes {
-            self.control()
-                .remove_node(RemoveNodeRequest {
-                    reference: n.clone(),
-                    force,
-                })
-                .await
-                .map_err(status_err)?;
-            println!("{n}");
-        }
-        Ok(())
-    }
 }
 
 pub fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -1440,6 +1379,44 @@ fn parse_replicas(s: &str) -> Result<u64, String> {
     s.trim()
         .parse::<u64>()
         .map_err(|_| format!("--replicas takes a whole number of tasks, 0 or more (got {s:?})"))
+}
+
+impl Client {
+    /// `shoal service …`.
+    pub async fn service(&self, cmd: crate::ServiceCmd) -> Result<()> {
+        let c = self;
+        match cmd {
+            crate::ServiceCmd::Create(a) => c.service_create(*a).await,
+            crate::ServiceCmd::Update(a) => c.service_update(*a).await,
+            crate::ServiceCmd::Scale { pairs, detach } => c.service_scale(&pairs, detach).await,
+            crate::ServiceCmd::Ls { quiet } => c.service_ls(quiet).await,
+            crate::ServiceCmd::Ps {
+                service,
+                filters,
+                no_trunc,
+                quiet,
+                format,
+            } => {
+                c.service_ps(&service, &filters, no_trunc, quiet, format.as_deref())
+                    .await
+            }
+            crate::ServiceCmd::Inspect { pretty, services } => {
+                c.service_inspect(&services, pretty).await
+            }
+            crate::ServiceCmd::Rm { services } => c.service_rm(&services).await,
+            crate::ServiceCmd::Rollback { service, detach } => {
+                c.service_rollback(&service, detach).await
+            }
+            crate::ServiceCmd::Restart { service, detach } => {
+                c.service_restart(&service, detach).await
+            }
+            crate::ServiceCmd::Logs {
+                service,
+                follow,
+                tail,
+            } => c.service_logs(&service, follow, tail.unwrap_or(0)).await,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! `shoal network`: create, list, inspect and remove overlay networks.
 
+use crate::cli::service::kv;
 use crate::cli::{fmt_time, print_table, status_err, Client};
-use crate::services_cli::kv;
 use anyhow::{bail, Result};
 use clap::Subcommand;
 use serde_json::json;

@@ -1,8 +1,8 @@
 //! CLI: images, registry credentials and one-off tasks.
 
+use crate::cli::spec_flags::{parse_bytes, parse_cpus, parse_mount};
+use crate::cli::table::{ago, state_name, task_table_header, truncate};
 use crate::cli::{fmt_time, print_table, status_err, Client};
-use crate::spec_flags::{parse_bytes, parse_cpus, parse_mount};
-use crate::table::{ago, state_name, task_table_header, truncate};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::json;
@@ -56,13 +56,13 @@ pub struct TaskRunArgs {
     mounts: Vec<Mount>,
     /// The task's network: `host` for its node's own; without it the task gets a
     /// namespace of its own on its node's bridge.
-    #[arg(long = "network", value_parser = crate::spec_flags::parse_network)]
+    #[arg(long = "network", value_parser = crate::cli::spec_flags::parse_network)]
     networks: Vec<shoal_proto::objects::NetworkAttachmentConfig>,
     /// Add a Linux capability: NET_ADMIN, CAP_NET_ADMIN or ALL (repeatable).
-    #[arg(long = "cap-add", value_parser = crate::security_cli::parse_cap)]
+    #[arg(long = "cap-add", value_parser = crate::cli::security::parse_cap)]
     cap_add: Vec<String>,
     /// Drop a Linux capability: KILL, CAP_KILL or ALL (repeatable).
-    #[arg(long = "cap-drop", value_parser = crate::security_cli::parse_cap)]
+    #[arg(long = "cap-drop", value_parser = crate::cli::security::parse_cap)]
     cap_drop: Vec<String>,
     /// Time to wait after SIGTERM before SIGKILL (default 10s).
     #[arg(long, value_parser = crate::parse_duration_pub)]
@@ -262,7 +262,7 @@ impl Client {
             networks: a.networks,
             ..Default::default()
         };
-        crate::security_cli::apply_caps(&mut spec, &a.cap_add, &a.cap_drop);
+        crate::cli::security::apply_caps(&mut spec, &a.cap_add, &a.cap_drop);
         let t = self
             .control()
             .create_task(CreateTaskRequest {
@@ -380,7 +380,7 @@ impl Client {
                     "Resources": {"Limits": {"NanoCPUs": limits.nano_cpus, "MemoryBytes": limits.memory_bytes, "Pids": limits.pids}},
                     "Mounts": spec.mounts.iter().map(|m| json!({"Type": m.r#type, "Source": m.source, "Target": m.target, "ReadOnly": m.readonly})).collect::<Vec<_>>(),
                     "CapabilityAdd": spec.cap_add, "CapabilityDrop": spec.cap_drop,
-                    "Networks": crate::table::networks_json(&spec),
+                    "Networks": crate::cli::table::networks_json(&spec),
                 },
                 "NetworksAttachments": t.networks.iter().map(|a| {
                         let n = a.network.clone().unwrap_or_default();
@@ -389,12 +389,12 @@ impl Client {
                     })
                     .chain(st.addresses.iter().map(|a| json!({"Network": a.network, "Addresses": [a.address]})))
                     .collect::<Vec<_>>(),
-                "Security": crate::security_cli::security_json(&spec),
+                "Security": crate::cli::security::security_json(&spec),
                 "Status": {
                     "State": state_name(st.state).to_lowercase(), "Message": st.message, "Err": st.err,
                     "Timestamp": fmt_time(st.timestamp_unix_ms / 1000),
                     "ContainerStatus": {"PID": st.pid, "ExitCode": st.exit_code},
-                    "Health": match crate::table::health_label(&t) {
+                    "Health": match crate::cli::table::health_label(&t) {
                         Some(h) => json!({"Status": h.trim_start_matches("health: "), "Output": st.health_output}),
                         None => serde_json::Value::Null,
                     },
@@ -463,6 +463,32 @@ impl Client {
             out.flush()?;
         }
         Ok(())
+    }
+}
+
+impl Client {
+    /// `shoal task …`.
+    pub async fn task(&self, cmd: crate::TaskCmd) -> Result<()> {
+        let c = self;
+        match cmd {
+            crate::TaskCmd::Run(args) => c.task_run(*args).await,
+            crate::TaskCmd::Ls {
+                node,
+                quiet,
+                no_trunc,
+            } => c.task_ls(node, quiet, no_trunc).await,
+            crate::TaskCmd::Inspect { tasks } => c.task_inspect(&tasks).await,
+            crate::TaskCmd::Rm { tasks } => c.task_rm(&tasks).await,
+            crate::TaskCmd::Logs {
+                task,
+                follow,
+                tail,
+                timestamps,
+            } => {
+                c.task_logs(&task, follow, tail.unwrap_or(0), timestamps)
+                    .await
+            }
+        }
     }
 }
 
