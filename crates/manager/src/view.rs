@@ -746,13 +746,15 @@ mod tests {
             state.access_index() < state.index(),
             "a task changes nothing about who may call"
         );
+        // The state is published first, then the wake-ups, then the update: once the
+        // update is here, every wake-up of this change has been sent.
+        let u = sub.next().await.expect("an update");
         assert!(n1.has_changed().expect("open"));
         n1.borrow_and_update();
         assert!(
             !n2.has_changed().expect("open"),
             "node n2's session is not woken"
         );
-        let u = sub.next().await.expect("an update");
         assert_eq!(
             u.changes,
             Some(vec![Changed {

@@ -269,7 +269,8 @@ impl AccessList {
         }
         Arc::new(AccessList {
             view: RwLock::new(view),
-            applied: watch::channel(0).0,
+            // A fixed list follows no store: it is as current as any index asked for.
+            applied: watch::channel(u64::MAX).0,
             generation: watch::channel(0).0,
         })
     }
