@@ -12,6 +12,7 @@
 use crate::cluster::leader_addr;
 use crate::controlapi::{ControlService, LocalAdmin, FORWARDED_HEADER};
 use crate::listener::IdentityHandle;
+use crate::view::ClusterView;
 use shoal_proto::control::control_server::ControlServer;
 use shoal_store::Store;
 use std::sync::{Arc, Mutex};
@@ -120,6 +121,8 @@ type HttpResponse = tonic::codegen::http::Response<tonic::body::Body>;
 #[derive(Clone)]
 pub struct ControlRouter {
     store: Store,
+    /// What this manager's reads read: a forwarded write is waited for here.
+    view: ClusterView,
     local: ControlServer<ControlService>,
     leader: Arc<LeaderLink>,
 }
@@ -142,12 +145,14 @@ struct LeaderChannel {
 impl ControlRouter {
     pub(crate) fn new(
         store: Store,
+        view: ClusterView,
         local: ControlServer<ControlService>,
         identity: IdentityHandle,
         dial: Dial,
     ) -> ControlRouter {
         ControlRouter {
             store,
+            view,
             local,
             leader: Arc::new(LeaderLink {
                 identity,
@@ -231,7 +236,7 @@ impl ControlRouter {
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse::<u64>().ok());
                 if let Some(index) = applied {
-                    self.store.wait_applied(index, READ_YOUR_WRITES_WAIT).await;
+                    self.view.wait_index(index, READ_YOUR_WRITES_WAIT).await;
                 }
                 resp
             }

@@ -145,7 +145,7 @@ impl Manager {
 
         let (terms_tx, terms) = tokio::sync::watch::channel(None);
         let dispatcher = Dispatcher::new(cfg.store.clone(), view.clone(), ca.clone(), terms);
-        let control = ControlApi::new(cfg.store.clone(), dispatcher.logs.clone());
+        let control = ControlApi::new(cfg.store.clone(), view.clone(), dispatcher.logs.clone());
         let loops = leader_loops(&cfg.store, &view, &dispatcher);
         let leadership = crate::leader::follow_store(&cfg.store, cancel.clone());
         tasks.spawn(crate::leader::supervise(
@@ -185,6 +185,7 @@ impl Manager {
         });
         let router = ControlRouter::new(
             cfg.store.clone(),
+            view.clone(),
             control_server,
             identity.clone(),
             cfg.dial,

@@ -1,6 +1,5 @@
 //! The root CA: its state and rotation, and revoking one certificate.
 use super::{ControlApi, ControlCaller, ControlError};
-use crate::bootstrap::load_cluster;
 use crate::security::revocation::record;
 use crate::security::rootca::{progress, root_summary};
 use crate::time::unix_now;
@@ -12,19 +11,14 @@ use shoal_store::{Batch, Expect, StoreError};
 impl ControlApi {
     /// The root CA and the state of its rotation.
     pub fn ca_status(&self, _caller: &ControlCaller) -> Result<CaStatus, ControlError> {
-        let c = load_cluster(self.store())?.value;
+        let c = self.cluster()?.value;
         let root = c.root_ca.clone().unwrap_or_default();
         let der = shoal_pki::pem_certs(&root.cert_pem)
             .ok()
             .and_then(|v| v.into_iter().next())
             .unwrap_or_default();
         let (subject, not_after) = root_summary(&der);
-        let nodes: Vec<Node> = self
-            .store()
-            .list::<Node>()?
-            .into_iter()
-            .map(|n| n.value)
-            .collect();
+        let nodes: Vec<Node> = self.list::<Node>()?.into_iter().map(|n| n.value).collect();
         let mut s = CaStatus {
             root_pem: root.cert_pem,
             root_digest: root.digest,
@@ -72,7 +66,7 @@ impl ControlApi {
             )
         };
         loop {
-            let cur = load_cluster(self.store())?;
+            let cur = self.cluster()?;
             let mut c = cur.value.clone();
             if let Some(rot) = c.root_rotation.as_mut() {
                 if supplied.is_some() || !force {
@@ -128,7 +122,7 @@ impl ControlApi {
             }
             let mut b = Batch::default();
             b.put(&c, Expect::Version(cur.version));
-            match self.store().commit(b).await {
+            match self.commit(b).await {
                 Ok(_) => break,
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(e.into()),
@@ -171,7 +165,7 @@ impl ControlApi {
             &record(&serial, &n.id, not_after, "certificate revoked"),
             Expect::Any,
         );
-        self.store().commit(b).await?;
+        self.commit(b).await?;
         tracing::info!(node_id = %n.id, serial = %serial, by = %caller, "certificate revoked");
         Ok(())
     }

@@ -1,7 +1,6 @@
 //! Cluster settings: what `shoal info` shows and `shoal update` changes, backups and the
 //! unlock key.
 use super::{ControlApi, ControlCaller, ControlError};
-use crate::bootstrap::load_cluster;
 use crate::cluster::{effective_election_timeout, effective_snapshot_interval};
 use crate::security::revocation::check_raft_settings;
 use shoal_proto::control::ClusterInfo;
@@ -10,7 +9,7 @@ use std::time::Duration;
 
 impl ControlApi {
     pub fn cluster_info(&self, _caller: &ControlCaller) -> Result<ClusterInfo, ControlError> {
-        let c = load_cluster(&self.store)?.value;
+        let c = self.cluster()?.value;
         let spec = c.spec.unwrap_or_default();
         Ok(ClusterInfo {
             cluster_id: c.id,
@@ -55,7 +54,7 @@ impl ControlApi {
         };
         let mut new_key = None;
         loop {
-            let cur = crate::bootstrap::load_cluster(self.store())?;
+            let cur = self.cluster()?;
             let mut c = cur.value.clone();
             let spec = c.spec.get_or_insert_with(Default::default);
             if req.cert_expiry_secs != 0 {
@@ -89,7 +88,7 @@ impl ControlApi {
             }
             let mut b = Batch::default();
             b.put(&c, Expect::Version(cur.version));
-            match self.store().commit(b).await {
+            match self.commit(b).await {
                 Ok(_) => break,
                 Err(shoal_store::StoreError::Conflict { .. }) => {
                     new_key = None;
@@ -127,7 +126,7 @@ impl ControlApi {
 
     /// The unlock key in human form while autolock is on (empty when it is off).
     pub fn unlock_key(&self, _caller: &ControlCaller) -> Result<String, ControlError> {
-        let c = load_cluster(self.store())?.value;
+        let c = self.cluster()?.value;
         Ok(shoal_store::UnlockKey::from_bytes(&c.unlock_key)
             .filter(|_| c.spec.as_ref().is_some_and(|s| s.autolock))
             .map(|k| k.to_human())

@@ -99,6 +99,9 @@ impl From<ControlError> for Status {
 #[derive(Clone)]
 pub struct ControlApi {
     store: Store,
+    /// What reads read: this manager's decoded view of the store (no table is listed
+    /// and decrypted per call).
+    view: crate::view::ClusterView,
     logs: Arc<crate::dispatcher::logs::LogBroker>,
 }
 
@@ -108,6 +111,9 @@ fn runtime_error(n: &Node) -> &str {
         .as_ref()
         .map_or("", |d| d.runtime_error.as_str())
 }
+
+/// How long a write waits for this manager's view to have it.
+const VIEW_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Docker's floor: below this runc and the kernel cannot start a container reliably.
 const MIN_MEMORY_LIMIT: i64 = 6 * 1024 * 1024;
@@ -208,8 +214,51 @@ pub fn validate_spec(spec: &ContainerSpec) -> Result<(), ControlError> {
 }
 
 impl ControlApi {
-    pub fn new(store: Store, logs: Arc<crate::dispatcher::logs::LogBroker>) -> Self {
-        ControlApi { store, logs }
+    pub fn new(
+        store: Store,
+        view: crate::view::ClusterView,
+        logs: Arc<crate::dispatcher::logs::LogBroker>,
+    ) -> Self {
+        ControlApi { store, view, logs }
+    }
+
+    /// Every object of type `T`, in ID order, from this manager's view.
+    pub(crate) fn list<T: crate::view::Viewed>(
+        &self,
+    ) -> Result<Vec<shoal_store::Versioned<T>>, ControlError> {
+        Ok(self.view.current().iter::<T>().cloned().collect())
+    }
+
+    /// One object of type `T`, from this manager's view.
+    pub(crate) fn get<T: crate::view::Viewed>(
+        &self,
+        id: &str,
+    ) -> Result<Option<shoal_store::Versioned<T>>, ControlError> {
+        Ok(self.view.current().get::<T>(id).cloned())
+    }
+
+    /// The cluster object, from this manager's view.
+    pub(crate) fn cluster(
+        &self,
+    ) -> Result<shoal_store::Versioned<shoal_proto::objects::Cluster>, ControlError> {
+        self.view.current().cluster().cloned().ok_or_else(|| {
+            ControlError::Store(StoreError::Corrupt(
+                "the store holds no cluster object".into(),
+            ))
+        })
+    }
+
+    /// Commits `b`, then waits until this manager's view has it, so that what the
+    /// caller reads next (here, or on a follower that forwarded the call) includes it.
+    pub(crate) async fn commit(&self, b: shoal_store::Batch) -> Result<u64, StoreError> {
+        let index = self.store.commit(b).await?;
+        if self.view.wait_index(index, VIEW_WAIT).await.is_none() {
+            tracing::warn!(
+                index,
+                "this manager's view did not reach its own write in time"
+            );
+        }
+        Ok(index)
     }
 
     pub(crate) fn store(&self) -> &Store {

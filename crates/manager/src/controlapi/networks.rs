@@ -250,7 +250,6 @@ fn free_vni(networks: &[Network]) -> u32 {
 impl ControlApi {
     fn networks(&self) -> Result<Vec<Network>, ControlError> {
         Ok(self
-            .store()
             .list::<Network>()?
             .into_iter()
             .map(|v| v.value)
@@ -320,12 +319,7 @@ impl ControlApi {
                 spec.name
             )));
         }
-        let cluster = self
-            .store()
-            .list::<Cluster>()?
-            .into_iter()
-            .next()
-            .map(|c| c.value);
+        let cluster = self.list::<Cluster>()?.into_iter().next().map(|c| c.value);
         let mut subnets: Vec<(String, Ipv4Net)> = all
             .iter()
             .filter_map(|n| {
@@ -336,7 +330,6 @@ impl ControlApi {
         // The first clash by name, so the same request gets the same answer.
         subnets.sort();
         let nodes: Vec<(String, Ipv4Addr)> = self
-            .store()
             .list::<Node>()?
             .into_iter()
             .filter_map(|n| {
@@ -370,7 +363,7 @@ impl ControlApi {
         };
         let mut b = Batch::default();
         b.put(&network, Expect::Absent);
-        self.store().commit(b).await?;
+        self.commit(b).await?;
         tracing::info!(network_id = %network.id, subnet = %network.subnet, by = %caller, "network created");
         Ok(network)
     }
@@ -387,7 +380,6 @@ impl ControlApi {
             c.is_some_and(|c| c.networks.iter().any(|a| a.target == n.id))
         };
         let services: Vec<String> = self
-            .store()
             .list::<Service>()?
             .into_iter()
             .filter_map(|s| {
@@ -404,7 +396,6 @@ impl ControlApi {
             )));
         }
         let tasks: Vec<String> = self
-            .store()
             .list::<Task>()?
             .into_iter()
             .filter(|t| {
@@ -424,7 +415,7 @@ impl ControlApi {
         }
         let mut b = Batch::default();
         b.delete::<Network>(&n.id, Expect::Any);
-        self.store().commit(b).await?;
+        self.commit(b).await?;
         tracing::info!(network_id = %n.id, by = %caller, "network removed");
         Ok(())
     }
@@ -531,7 +522,7 @@ impl ControlApi {
             return Ok(());
         }
         let mut taken: std::collections::HashMap<(u32, String), String> = Default::default();
-        for s in self.store().list::<Service>()? {
+        for s in self.list::<Service>()? {
             if s.value.id == service.id {
                 continue;
             }
@@ -588,14 +579,14 @@ impl ControlApi {
             return Ok(());
         }
         let mut used: std::collections::HashSet<(String, Ipv4Addr)> = Default::default();
-        for s in self.store().list::<Service>()? {
+        for s in self.list::<Service>()? {
             for v in s.value.virtual_ips {
                 if let Ok(a) = v.address.parse::<Ipv4Net>() {
                     used.insert((v.network_id, a.addr()));
                 }
             }
         }
-        for t in self.store().list::<Task>()? {
+        for t in self.list::<Task>()? {
             if crate::cluster::has_finished(&t.value) {
                 continue;
             }

@@ -32,12 +32,7 @@ impl ControlApi {
     }
 
     pub fn list_nodes(&self, _caller: &ControlCaller) -> Result<Vec<NodeView>, ControlError> {
-        let mut nodes: Vec<Node> = self
-            .store
-            .list::<Node>()?
-            .into_iter()
-            .map(|v| v.value)
-            .collect();
+        let mut nodes: Vec<Node> = self.list::<Node>()?.into_iter().map(|v| v.value).collect();
         nodes.sort_by(|a, b| {
             let host = |n: &Node| {
                 n.description
@@ -56,15 +51,10 @@ impl ControlApi {
         _caller: &ControlCaller,
         reference: &str,
     ) -> Result<NodeView, ControlError> {
-        if let Some(n) = self.store.get::<Node>(reference)? {
+        if let Some(n) = self.get::<Node>(reference)? {
             return Ok(self.view(n.value));
         }
-        let nodes: Vec<Node> = self
-            .store
-            .list::<Node>()?
-            .into_iter()
-            .map(|v| v.value)
-            .collect();
+        let nodes: Vec<Node> = self.list::<Node>()?.into_iter().map(|v| v.value).collect();
         let by_host: Vec<&Node> = nodes
             .iter()
             .filter(|n| n.description.as_ref().map(|d| d.hostname.as_str()) == Some(reference))
@@ -123,7 +113,7 @@ impl ControlApi {
                 .node
                 .unwrap_or_default()
                 .id;
-            let Some(cur) = self.store().get::<Node>(&id)? else {
+            let Some(cur) = self.get::<Node>(&id)? else {
                 return Err(ControlError::NoSuchNode(req.reference.clone()));
             };
             let mut n = cur.value.clone();
@@ -141,7 +131,7 @@ impl ControlApi {
             n.updated_at_unix = unix_now();
             let mut b = Batch::default();
             b.put(&n, Expect::Version(cur.version));
-            match self.store().commit(b).await {
+            match self.commit(b).await {
                 Ok(_) => return self.get_node(caller, &id),
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(e.into()),
@@ -159,7 +149,6 @@ impl ControlApi {
         what: &str,
     ) -> Result<(), ControlError> {
         let managers = self
-            .store()
             .list::<Node>()?
             .into_iter()
             .filter(|m| m.value.role == NodeRole::Manager as i32)
@@ -204,7 +193,7 @@ impl ControlApi {
         }
         self.refuse_losing_quorum(&n, reference, "demoting")?;
         loop {
-            let Some(cur) = self.store().get::<Node>(&n.id)? else {
+            let Some(cur) = self.get::<Node>(&n.id)? else {
                 return Err(ControlError::NoSuchNode(reference.to_string()));
             };
             let mut node = cur.value.clone();
@@ -224,7 +213,7 @@ impl ControlApi {
             if !c.serial.is_empty() {
                 b.put(&revoked, Expect::Any);
             }
-            match self.store().commit(b).await {
+            match self.commit(b).await {
                 Ok(_) => break,
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(e.into()),
@@ -266,7 +255,7 @@ impl ControlApi {
             )));
         }
         loop {
-            let Some(cur) = self.store().get::<Node>(&n.id)? else {
+            let Some(cur) = self.get::<Node>(&n.id)? else {
                 return Err(ControlError::NoSuchNode(reference.to_string()));
             };
             let mut node = cur.value.clone();
@@ -276,7 +265,7 @@ impl ControlApi {
             node.updated_at_unix = unix_now();
             let mut b = Batch::default();
             b.put(&node, Expect::Version(cur.version));
-            match self.store().commit(b).await {
+            match self.commit(b).await {
                 Ok(_) => break,
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(e.into()),
@@ -313,13 +302,13 @@ impl ControlApi {
         // A heartbeat may update the node between our read and our write: re-read and
         // retry rather than fail the operator's command.
         loop {
-            let Some(cur) = self.store().get::<Node>(&n.id)? else {
+            let Some(cur) = self.get::<Node>(&n.id)? else {
                 return Ok(());
             };
             let mut b = Batch::default();
             b.delete::<Node>(&n.id, Expect::Version(cur.version));
             crate::security::revocation::revoke_all(&mut b, &cur.value, crate::cluster::REMOVED);
-            match self.store().commit(b).await {
+            match self.commit(b).await {
                 Ok(_) => break,
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(e.into()),

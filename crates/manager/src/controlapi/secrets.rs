@@ -198,7 +198,6 @@ fn uses_of(kind: Kind, id: &str, services: &[Service]) -> Vec<SecretUse> {
 impl ControlApi {
     fn secrets_of(&self, kind: Kind) -> Result<Vec<Secret>, ControlError> {
         Ok(self
-            .store()
             .list::<Secret>()?
             .into_iter()
             .map(|v| v.value)
@@ -208,7 +207,6 @@ impl ControlApi {
 
     fn services(&self) -> Result<Vec<Service>, ControlError> {
         Ok(self
-            .store()
             .list::<Service>()?
             .into_iter()
             .map(|v| v.value)
@@ -315,7 +313,7 @@ impl ControlApi {
         };
         let mut b = Batch::default();
         b.put(&secret, Expect::Absent);
-        self.store().commit(b).await?;
+        self.commit(b).await?;
         tracing::info!(kind = k, id = %secret.id, by = %caller, "{k} created");
         self.secret_view(kind, secret)
     }
@@ -334,7 +332,6 @@ impl ControlApi {
         check_data(kind, &data).map_err(bad)?;
         let id = self.find_secret(kind, reference)?.id;
         let cur = self
-            .store()
             .get::<Secret>(&id)?
             .ok_or_else(|| ControlError::Conflict(format!("the {k} was removed meanwhile")))?;
         let mut next = cur.value.clone();
@@ -349,7 +346,7 @@ impl ControlApi {
         next.updated_at_unix = now;
         let mut b = Batch::default();
         b.put(&next, Expect::Version(cur.version));
-        match self.store().commit(b).await {
+        match self.commit(b).await {
             Ok(_) => {}
             Err(shoal_store::StoreError::Conflict { .. }) => {
                 return Err(ControlError::Conflict(format!(
@@ -402,7 +399,6 @@ impl ControlApi {
     /// no service's spec or previous spec, and no task meant to run.
     pub async fn prune_versions(&self) -> Result<(), ControlError> {
         let secrets: Vec<_> = self
-            .store()
             .list::<Secret>()?
             .into_iter()
             .filter(|s| s.value.versions.len() > 1)
@@ -427,7 +423,7 @@ impl ControlApi {
                     .and_then(|x| x.container.as_ref()),
             );
         }
-        for t in self.store().list::<shoal_proto::objects::Task>()? {
+        for t in self.list::<shoal_proto::objects::Task>()? {
             if t.value.desired_state <= shoal_proto::objects::TaskState::Running as i32 {
                 note(t.value.spec.as_ref());
             }
@@ -447,7 +443,7 @@ impl ControlApi {
         }
         if any {
             // A conflict means someone changed a secret meanwhile: the next pass prunes.
-            match self.store().commit(b).await {
+            match self.commit(b).await {
                 Ok(_) | Err(shoal_store::StoreError::Conflict { .. }) => {}
                 Err(e) => return Err(e.into()),
             }
@@ -482,7 +478,7 @@ impl ControlApi {
         }
         let mut b = Batch::default();
         b.delete::<Secret>(&s.id, Expect::Any);
-        self.store().commit(b).await?;
+        self.commit(b).await?;
         tracing::info!(kind = k, id = %s.id, by = %caller, "{k} removed");
         Ok(())
     }

@@ -167,10 +167,10 @@ impl ControlApi {
         _caller: &ControlCaller,
         reference: &str,
     ) -> Result<shoal_store::Versioned<Service>, ControlError> {
-        if let Some(s) = self.store().get::<Service>(reference)? {
+        if let Some(s) = self.get::<Service>(reference)? {
             return Ok(s);
         }
-        let all = self.store().list::<Service>()?;
+        let all = self.list::<Service>()?;
         let by_name: Vec<_> = all
             .iter()
             .filter(|s| s.value.spec.as_ref().map(|x| x.name.as_str()) == Some(reference))
@@ -193,7 +193,7 @@ impl ControlApi {
     }
 
     fn name_taken(&self, name: &str, except: &str) -> Result<bool, ControlError> {
-        Ok(self.store().list::<Service>()?.iter().any(|s| {
+        Ok(self.list::<Service>()?.iter().any(|s| {
             s.value.id != except && s.value.spec.as_ref().map(|x| x.name.as_str()) == Some(name)
         }))
     }
@@ -204,12 +204,7 @@ impl ControlApi {
         let placement = spec.placement.clone().unwrap_or_default();
         let constraints =
             constraint::parse_all(&placement.constraints).map_err(|e| bad(e.to_string()))?;
-        let nodes: Vec<Node> = self
-            .store()
-            .list::<Node>()?
-            .into_iter()
-            .map(|v| v.value)
-            .collect();
+        let nodes: Vec<Node> = self.list::<Node>()?.into_iter().map(|v| v.value).collect();
         for c in constraints.iter().filter(|c| {
             matches!(c.key(), constraint::Key::Hostname) && c.op() == constraint::Op::Eq
         }) {
@@ -259,7 +254,7 @@ impl ControlApi {
         self.assign_vips(&mut service)?;
         let mut b = Batch::default();
         b.put(&service, Expect::Absent);
-        self.store().commit(b).await?;
+        self.commit(b).await?;
         tracing::info!(service_id = %service.id, by = %caller, "service created");
         Ok(service)
     }
@@ -339,7 +334,7 @@ impl ControlApi {
         self.assign_vips(&mut next)?;
         let mut b = Batch::default();
         b.put(&next, Expect::Version(cur.version));
-        match self.store().commit(b).await {
+        match self.commit(b).await {
             Ok(_) => {
                 // A secret version the old previous spec held may be unused now.
                 if let Err(e) = self.prune_versions().await {
@@ -392,7 +387,7 @@ impl ControlApi {
         });
         let mut b = Batch::default();
         b.put(&next, Expect::Version(cur.version));
-        match self.store().commit(b).await {
+        match self.commit(b).await {
             Ok(_) => Ok(next),
             Err(StoreError::Conflict { .. }) => Err(ControlError::Conflict(
                 "the service changed meanwhile: run the rollback again".into(),
@@ -406,23 +401,12 @@ impl ControlApi {
         _caller: &ControlCaller,
     ) -> Result<ListServicesResponse, ControlError> {
         let services: Vec<Service> = self
-            .store()
             .list::<Service>()?
             .into_iter()
             .map(|v| v.value)
             .collect();
-        let tasks: Vec<Task> = self
-            .store()
-            .list::<Task>()?
-            .into_iter()
-            .map(|v| v.value)
-            .collect();
-        let nodes: Vec<Node> = self
-            .store()
-            .list::<Node>()?
-            .into_iter()
-            .map(|v| v.value)
-            .collect();
+        let tasks: Vec<Task> = self.list::<Task>()?.into_iter().map(|v| v.value).collect();
+        let nodes: Vec<Node> = self.list::<Node>()?.into_iter().map(|v| v.value).collect();
         let mut status = std::collections::HashMap::new();
         for s in &services {
             let running = tasks
@@ -488,7 +472,7 @@ impl ControlApi {
         let s = self.get_service(caller, reference)?;
         let mut b = Batch::default();
         b.delete::<Service>(&s.value.id, Expect::Version(s.version));
-        self.store().commit(b).await?;
+        self.commit(b).await?;
         tracing::info!(service_id = %s.value.id, by = %caller, "service removed");
         if let Err(e) = self.prune_versions().await {
             tracing::warn!(error = %e, "cannot delete unused secret versions");

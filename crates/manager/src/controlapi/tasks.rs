@@ -9,15 +9,10 @@ use tonic::Status;
 impl ControlApi {
     /// A task by ID, unique ID prefix, or name.
     pub fn get_task(&self, _caller: &ControlCaller, reference: &str) -> Result<Task, ControlError> {
-        if let Some(t) = self.store.get::<Task>(reference)? {
+        if let Some(t) = self.get::<Task>(reference)? {
             return Ok(t.value);
         }
-        let tasks: Vec<Task> = self
-            .store
-            .list::<Task>()?
-            .into_iter()
-            .map(|v| v.value)
-            .collect();
+        let tasks: Vec<Task> = self.list::<Task>()?.into_iter().map(|v| v.value).collect();
         let by_name: Vec<&Task> = tasks.iter().filter(|t| t.name == reference).collect();
         let found: Vec<&Task> = if by_name.is_empty() && !reference.is_empty() {
             tasks
@@ -53,7 +48,7 @@ impl ControlApi {
                 .map_err(ControlError::BadRequest)?;
         }
         let node = if req.node.is_empty() {
-            let tasks = self.store.list::<Task>()?;
+            let tasks = self.list::<Task>()?;
             let load = |id: &str| {
                 tasks
                     .iter()
@@ -62,8 +57,7 @@ impl ControlApi {
                     })
                     .count()
             };
-            self.store
-                .list::<Node>()?
+            self.list::<Node>()?
                 .into_iter()
                 .map(|v| v.value)
                 .filter(|n| {
@@ -133,7 +127,7 @@ impl ControlApi {
         };
         let mut b = Batch::default();
         b.put(&task, Expect::Absent);
-        self.store.commit(b).await?;
+        self.commit(b).await?;
         tracing::info!(task_id = %task.id, node_id = %node.id, by = %caller, "task created");
         Ok(task)
     }
@@ -150,7 +144,6 @@ impl ControlApi {
             Some(self.get_node(caller, node)?.node.unwrap_or_default().id)
         };
         let mut tasks: Vec<Task> = self
-            .store
             .list::<Task>()?
             .into_iter()
             .map(|v| v.value)
@@ -163,7 +156,6 @@ impl ControlApi {
                 .then(b.created_at_unix.cmp(&a.created_at_unix))
         });
         let node_names = self
-            .store
             .list::<Node>()?
             .into_iter()
             .map(|v| {
@@ -182,7 +174,7 @@ impl ControlApi {
     ) -> Result<(), ControlError> {
         loop {
             let task = self.get_task(caller, reference)?;
-            let Some(cur) = self.store.get::<Task>(&task.id)? else {
+            let Some(cur) = self.get::<Task>(&task.id)? else {
                 return Ok(());
             };
             let state = cur.value.status.as_ref().map(|s| s.state).unwrap_or(0);
@@ -195,7 +187,7 @@ impl ControlApi {
                 t.updated_at_unix = crate::time::unix_now();
                 b.put(&t, Expect::Version(cur.version));
             }
-            match self.store.commit(b).await {
+            match self.commit(b).await {
                 Ok(_) => return Ok(()),
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(e.into()),

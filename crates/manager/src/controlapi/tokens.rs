@@ -1,6 +1,5 @@
 //! Join tokens: the standing token of each role, its rotation, and limited tokens.
 use super::{ControlApi, ControlCaller, ControlError};
-use crate::bootstrap::load_cluster;
 use crate::cluster::manager_addrs;
 use crate::security::tokens::exhausted;
 use crate::time::unix_now;
@@ -14,7 +13,7 @@ impl ControlApi {
     pub async fn join_token(&self, role: &str, rotate: bool) -> Result<String, ControlError> {
         let role = Role::parse(role).ok_or_else(|| ControlError::BadRole(role.to_string()))?;
         loop {
-            let cur = load_cluster(&self.store)?;
+            let cur = self.cluster()?;
             let mut cluster = cur.value.clone();
             let digest = cluster
                 .root_ca
@@ -33,7 +32,7 @@ impl ControlApi {
             let token = slot.clone();
             let mut b = Batch::default();
             b.put(&cluster, Expect::Version(cur.version));
-            match self.store.commit(b).await {
+            match self.commit(b).await {
                 Ok(_) => {
                     tracing::info!(role = %role, "join token rotated");
                     return Ok(token);
@@ -56,7 +55,7 @@ impl ControlApi {
     ) -> Result<GetJoinTokenResponse, ControlError> {
         let managers = self.managers()?;
         if req.list {
-            let cluster = crate::bootstrap::load_cluster(self.store())?.value;
+            let cluster = self.cluster()?.value;
             let mut tokens = vec![];
             if cluster.join_tokens.is_some() {
                 for role in ["worker", "manager"] {
@@ -69,7 +68,7 @@ impl ControlApi {
                 }
             }
             let now = unix_now();
-            for t in self.store().list::<LimitedToken>()? {
+            for t in self.list::<LimitedToken>()? {
                 let t = t.value;
                 if exhausted(&t, now).is_some() {
                     continue;
@@ -96,7 +95,7 @@ impl ControlApi {
                     "--rotate cannot be combined with --ttl or --max-uses".into(),
                 ));
             }
-            let cluster = crate::bootstrap::load_cluster(self.store())?.value;
+            let cluster = self.cluster()?.value;
             let digest = cluster.root_ca.map(|r| r.digest).unwrap_or_default();
             let now = unix_now();
             let t = LimitedToken {
@@ -114,7 +113,7 @@ impl ControlApi {
             };
             let mut b = Batch::default();
             b.put(&t, Expect::Absent);
-            self.store().commit(b).await?;
+            self.commit(b).await?;
             tracing::info!(token_id = %t.id, role = %role, by = %caller, "limited join token created");
             return Ok(GetJoinTokenResponse {
                 token: t.token,
@@ -126,13 +125,13 @@ impl ControlApi {
         if req.rotate {
             // Rotation also cancels the role's limited tokens.
             let mut b = Batch::default();
-            for t in self.store().list::<LimitedToken>()? {
+            for t in self.list::<LimitedToken>()? {
                 if t.value.role == role.as_str() {
                     b.delete::<LimitedToken>(&t.value.id, Expect::Version(t.version));
                 }
             }
             if !b.is_empty() {
-                self.store().commit(b).await?;
+                self.commit(b).await?;
             }
         }
         Ok(GetJoinTokenResponse {
