@@ -12,6 +12,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Secret data never reaches a log through Debug (lib.rs implements it, redacted).
     tonic_prost_build::configure()
         .skip_debug(["shoal.objects.SecretVersion", "shoal.dispatcher.SecretData"])
+        // Small starting buffers per call (src/codec.rs says why).
+        .codec_path("crate::codec::SmallCodec")
         .compile_fds(fds)?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())

@@ -4,7 +4,7 @@
 //! only its public key.
 
 use crate::bootstrap::load_cluster;
-use crate::cluster::{manager_addrs, store_status};
+use crate::cluster::store_status;
 use crate::security::rootca::CaHandle;
 use crate::time::{unix, unix_now};
 use shoal_pki::{JoinToken, NodeId, Role};
@@ -22,6 +22,9 @@ type Limiter<K> = governor::DefaultKeyedRateLimiter<K>;
 
 pub struct CaServer {
     store: Store,
+    /// What a new certificate's answer reads (the period, the managers): no join reads
+    /// and decrypts every node.
+    view: crate::view::ClusterView,
     ca: CaHandle,
     /// Waited on after each issue: a node's first call with its new certificate must not
     /// be refused because this manager's access list has not applied it yet.
@@ -42,6 +45,7 @@ pub const ISSUANCE_BURST: u32 = 20;
 impl CaServer {
     pub fn new(
         store: Store,
+        view: crate::view::ClusterView,
         ca: CaHandle,
         access: std::sync::Arc<crate::security::access::AccessList>,
     ) -> Self {
@@ -50,6 +54,7 @@ impl CaServer {
         let nz = |n: u32| NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
         CaServer {
             store,
+            view,
             ca,
             access,
             renewals: governor::RateLimiter::keyed(Quota::per_minute(nz(RENEWALS_PER_MINUTE))),
@@ -267,7 +272,17 @@ impl CaServer {
         role: Role,
         cert_der: Vec<u8>,
     ) -> Result<Response<IssueNodeCertificateResponse>, Status> {
-        let heartbeat = crate::cluster::heartbeat_period(&self.store);
+        let state = self.view.current();
+        let heartbeat = crate::cluster::bounded_period(
+            crate::cluster::period_of(state.cluster().map(|c| &c.value)),
+            state.count::<Node>(),
+        );
+        let managers = state
+            .values::<Node>()
+            .filter(|n| n.role == shoal_proto::objects::NodeRole::Manager as i32)
+            .filter(|n| !n.addr.is_empty())
+            .map(|n| n.addr.clone())
+            .collect();
         let ca = self.ca.get();
         let raft_id = match role {
             Role::Manager => self
@@ -283,7 +298,7 @@ impl CaServer {
             role: role.as_str().to_string(),
             cert_der,
             root_der: ca.root.cert_der().to_vec(),
-            managers: manager_addrs(&self.store)?,
+            managers,
             heartbeat_period_ms: heartbeat.as_millis() as u64,
             roots_der: ca.roots.clone(),
             intermediates_der: ca.intermediates.clone(),

@@ -8,13 +8,15 @@ use shoal_store::Store;
 use std::time::Duration;
 use tonic::Status;
 
-/// The cluster's heartbeat period, from the store.
+/// The cluster's heartbeat period, from the store, bounded by its node count
+/// ([`bounded_period`]).
 pub fn heartbeat_period(store: &Store) -> Duration {
     let cluster = store
         .list::<Cluster>()
         .ok()
         .and_then(|c| c.into_iter().next());
-    period_of(cluster.as_ref().map(|c| &c.value))
+    let nodes = store.list::<Node>().map(|n| n.len()).unwrap_or(0);
+    bounded_period(period_of(cluster.as_ref().map(|c| &c.value)), nodes)
 }
 
 /// The heartbeat period the cluster object sets (the default without one).
@@ -24,6 +26,26 @@ pub fn period_of(cluster: Option<&Cluster>) -> Duration {
         .map(|s| s.heartbeat_period_ms)
         .unwrap_or(crate::bootstrap::DEFAULT_HEARTBEAT.as_millis() as u64);
     Duration::from_millis(ms.max(100))
+}
+
+/// The most heartbeats a second a leader takes by default. At 47 µs of the leader's
+/// CPU a beat (BENCHMARKS.md, #11), 1,000 nodes at 1 s cost 5 % of a core and 5,000
+/// nodes 25 %: past 250 nodes the period grows by a second per 250 nodes, as Nomad
+/// bounds its heartbeats (`max_heartbeats_per_second`). A node that dies or loses its
+/// connection is still noticed within seconds (its session drops); only a node that
+/// goes silent with its connection open waits out 3 periods.
+pub const MAX_BEATS_PER_SEC: usize = 250;
+
+/// The period nodes beat at: the cluster's setting, stretched so that `nodes` beat at
+/// most [`MAX_BEATS_PER_SEC`] times a second in all (past a second, to whole seconds,
+/// so the period changes only every 250 nodes).
+pub fn bounded_period(configured: Duration, nodes: usize) -> Duration {
+    let floor = if nodes <= MAX_BEATS_PER_SEC {
+        Duration::from_millis((nodes * 1000 / MAX_BEATS_PER_SEC) as u64)
+    } else {
+        Duration::from_secs(nodes.div_ceil(MAX_BEATS_PER_SEC) as u64)
+    };
+    configured.max(floor)
 }
 
 /// A store error as the gRPC status a node sees.
@@ -113,5 +135,34 @@ pub fn effective_election_timeout(spec: &shoal_proto::objects::ClusterSpec) -> s
     match spec.election_timeout_ms {
         0 => shoal_store::DEFAULT_ELECTION_TIMEOUT,
         ms => std::time::Duration::from_millis(ms),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_period_grows_a_second_per_250_nodes_and_never_shrinks_a_setting() {
+        let s = Duration::from_secs;
+        assert_eq!(bounded_period(s(1), 0), s(1));
+        assert_eq!(bounded_period(s(1), 250), s(1));
+        assert_eq!(bounded_period(s(1), 251), s(2));
+        assert_eq!(bounded_period(s(1), 1001), s(5));
+        assert_eq!(bounded_period(s(1), 5000), s(20));
+        // A longer setting stands; a shorter one is stretched.
+        assert_eq!(bounded_period(s(30), 5000), s(30));
+        assert_eq!(
+            bounded_period(Duration::from_millis(200), 10),
+            Duration::from_millis(200)
+        );
+        // However many nodes beat, the leader takes at most MAX_BEATS_PER_SEC a second.
+        for nodes in [1, 249, 250, 251, 999, 1000, 4999, 5000, 12345] {
+            let p = bounded_period(Duration::from_millis(100), nodes).as_secs_f64();
+            assert!(
+                nodes as f64 / p <= MAX_BEATS_PER_SEC as f64,
+                "{nodes} nodes at {p} s"
+            );
+        }
     }
 }

@@ -158,6 +158,7 @@ impl Manager {
         let grpc = tonic::transport::Server::builder()
             .add_service(CaRpcServer::new(CaServer::new(
                 cfg.store.clone(),
+                view.clone(),
                 ca,
                 access.clone(),
             )))

@@ -8,6 +8,7 @@
 #![allow(clippy::all, missing_docs)]
 
 pub mod caps;
+pub mod codec;
 
 pub mod objects {
     tonic::include_proto!("shoal.objects");

@@ -78,7 +78,13 @@ const ANY_NODE: &[Role] = &[Role::Manager, Role::Worker];
 struct BeatView {
     /// Set while the liveness loop keeps the view current.
     live: bool,
+    /// The period nodes beat at: the cluster's setting, bounded by the node count
+    /// ([`crate::cluster::bounded_period`]).
     period: Duration,
+    /// The cluster's setting.
+    configured: Duration,
+    /// How many nodes the store holds.
+    nodes: usize,
     /// Manager node ID -> address.
     managers: std::collections::BTreeMap<String, String>,
     /// The nodes the store has Ready.
@@ -98,7 +104,9 @@ impl BeatView {
         self.generation += 1;
         self.version += 1;
         self.node_epochs.clear();
-        self.period = period_of(state.cluster().map(|c| &c.value));
+        self.configured = period_of(state.cluster().map(|c| &c.value));
+        self.nodes = state.count::<Node>();
+        self.period = crate::cluster::bounded_period(self.configured, self.nodes);
         self.ready = state
             .values::<Node>()
             .filter(|n| n.state == NodeState::Ready as i32)
@@ -122,7 +130,12 @@ impl BeatView {
             self.apply_node(&u.state, id);
         }
         if u.touches(&[Kind::Cluster]) {
-            self.period = period_of(u.state.cluster().map(|c| &c.value));
+            self.configured = period_of(u.state.cluster().map(|c| &c.value));
+        }
+        self.nodes = u.state.count::<Node>();
+        let period = crate::cluster::bounded_period(self.configured, self.nodes);
+        if period != self.period || u.touches(&[Kind::Cluster]) {
+            self.period = period;
             self.version += 1;
         }
     }
@@ -518,7 +531,14 @@ fn check_status_updates(
     Ok(())
 }
 
-type SessionStream = tokio_stream::wrappers::ReceiverStream<Result<SessionMessage, Status>>;
+type SessionStream = futures_util::stream::Map<
+    tokio_stream::wrappers::ReceiverStream<session::Sent>,
+    fn(session::Sent) -> Result<SessionMessage, Status>,
+>;
+
+fn unbox(m: session::Sent) -> Result<SessionMessage, Status> {
+    *m
+}
 
 #[tonic::async_trait]
 impl DispatcherRpc for Dispatcher {
@@ -542,8 +562,10 @@ impl DispatcherRpc for Dispatcher {
             term,
             Box::new(move || me.session_dropped(&node)),
         )?;
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
-            rx,
+        let unbox: fn(session::Sent) -> Result<SessionMessage, Status> = unbox;
+        Ok(Response::new(futures_util::StreamExt::map(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            unbox,
         )))
     }
 
@@ -633,7 +655,9 @@ impl DispatcherRpc for Dispatcher {
             let caller = caller.clone();
             Box::pin(async move { caller.cut().await })
         };
-        let state = BeatStreamState {
+        // Boxed, and the rare slow step of a beat boxed apart (take_beat): what a
+        // quiet stream holds between beats stays small (1,000 streams on a leader).
+        let state = Box::new(BeatStreamState {
             me: self.clone(),
             caller,
             remote_ip,
@@ -644,7 +668,7 @@ impl DispatcherRpc for Dispatcher {
             last: None,
             unanswered: 0,
             done: false,
-        };
+        });
         let span = tracing::debug_span!("heartbeat stream", node_id = %state.caller.node_id());
         let answers = futures_util::stream::unfold(state, move |st| {
             tracing::Instrument::instrument(Self::next_answer(st), span.clone())
@@ -656,8 +680,8 @@ impl DispatcherRpc for Dispatcher {
 impl Dispatcher {
     /// The heartbeat stream's next answer, after as many beats as it takes.
     async fn next_answer(
-        mut st: BeatStreamState,
-    ) -> Option<(Result<HeartbeatResponse, Status>, BeatStreamState)> {
+        mut st: Box<BeatStreamState>,
+    ) -> Option<(Result<HeartbeatResponse, Status>, Box<BeatStreamState>)> {
         {
             loop {
                 if st.done {
@@ -762,9 +786,9 @@ impl Dispatcher {
         let (manager, needs_renewal) = match cached {
             Some(c) => facts(&c.node),
             None => {
-                let node = self
-                    .confirm_beat(id, remote_ip.clone(), req.clone())
-                    .await?;
+                // Boxed: a write, taken when something changed, kept out of the
+                // stream's own state.
+                let node = Box::pin(self.confirm_beat(id, remote_ip.clone(), req.clone())).await?;
                 let f = facts(&node);
                 *cache = stamp.map(|stamp| BeatCache {
                     req,

@@ -19,7 +19,22 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
-type Tx = mpsc::Sender<Result<SessionMessage, Status>>;
+/// One message of a session stream, boxed: a channel allocates its slots 32 at a
+/// time, and a bare `Result<SessionMessage, Status>` made that 6.7 KiB per session.
+pub type Sent = Box<Result<SessionMessage, Status>>;
+
+/// The sending side of a session stream.
+struct Tx(mpsc::Sender<Sent>);
+
+impl Tx {
+    async fn send(&self, m: Result<SessionMessage, Status>) -> Result<(), ()> {
+        self.0.send(Box::new(m)).await.map_err(|_| ())
+    }
+
+    async fn closed(&self) {
+        self.0.closed().await
+    }
+}
 
 /// A secret or config version: (ID, version).
 type Key = (String, u64);
@@ -144,9 +159,10 @@ pub fn start(
     replaced: CancellationToken,
     term: CancellationToken,
     dropped: Box<dyn FnOnce() + Send>,
-) -> Result<mpsc::Receiver<Result<SessionMessage, Status>>, Status> {
+) -> Result<mpsc::Receiver<Sent>, Status> {
     let node_id = caller.node_id().to_string();
     let (tx, rx) = mpsc::channel(64);
+    let tx = Tx(tx);
     // Before the first read: every change after it wakes the session.
     let mut node_changed = view.watch_node(&node_id);
     let state = view.current();
@@ -453,7 +469,7 @@ mod tests {
         term.cancel();
         let end = tokio::time::timeout(Duration::from_secs(2), async {
             loop {
-                match rx.recv().await {
+                match rx.recv().await.map(|m| *m) {
                     Some(Ok(_)) => continue,
                     other => return other,
                 }
