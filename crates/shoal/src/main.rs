@@ -76,7 +76,8 @@ enum Cmd {
         /// Life of node certificates (minimum 1m).
         #[arg(long, value_parser = parse_duration)]
         cert_expiry: Option<Duration>,
-        /// Heartbeat period; a node missing 3 is Down.
+        /// Heartbeat period (past 250 nodes it grows a second per 250 nodes); a node
+        /// missing 3 is Down.
         #[arg(long, value_parser = parse_duration)]
         dispatcher_heartbeat: Option<Duration>,
         /// Managers restart locked and need the unlock key ('shoal unlock'); the key is

@@ -331,11 +331,23 @@ fn demote_and_promote_round_trip_and_the_old_manager_certificate_is_refused_at_o
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
     assert!(err.message().contains("demoted"), "{err:?}");
     // The node renews into a worker certificate, stops its manager and forgets the
-    // cluster state it held.
+    // cluster state it held; its daemon answers all the while (the demotion does not
+    // hold the membership lock across the manager's shutdown): `info` and `node ls`
+    // return at once, whatever they say.
+    let mut slowest = Duration::ZERO;
     wait_for(Duration::from_secs(15), || {
-        (info(&tb, 2)["Role"] == "worker").then_some(())
+        let t = Instant::now();
+        let worker = info(&tb, 2)["Role"] == "worker";
+        let _ = tb.cli(2, &["node", "ls"]);
+        slowest = slowest.max(t.elapsed());
+        worker.then_some(())
     })
     .unwrap_or_else(|| panic!("node3 is a worker\n{}", tb.all_logs()));
+    assert!(
+        slowest < Duration::from_secs(2),
+        "info and node ls took {slowest:?} during the demotion\n{}",
+        tb.all_logs()
+    );
     wait_for(Duration::from_secs(5), || {
         (!tb.nodes[2].state_dir.join("raft").exists()).then_some(())
     })

@@ -93,14 +93,14 @@ impl Certs {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 struct View {
     nodes: HashMap<String, Certs>,
     /// Serial -> revocation.
     revoked: HashMap<String, Revoked>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 struct Revoked {
     reason: String,
     node_id: String,
@@ -178,8 +178,13 @@ impl View {
     fn apply(&mut self, u: &Update) -> bool {
         let (Some(nodes), Some(revoked)) = (u.changed(Kind::Node), u.changed(Kind::Revocation))
         else {
-            *self = View::load(&u.state);
-            return true;
+            // A resync (this list fell behind the view): changed only if who may call
+            // did. Every change wakes each open stream's watch on its caller, a
+            // thousand and more on a leader.
+            let fresh = View::load(&u.state);
+            let changed = fresh != *self;
+            *self = fresh;
+            return changed;
         };
         let mut changed = false;
         for id in nodes {
@@ -493,5 +498,14 @@ mod tests {
             v.decide("Session", "n1", "a", t(100), t(1)),
             Err(Refusal::Unknown)
         );
+        // A resync (no list of changes) reports a change only if there was one.
+        let resync = |s: &State| Update {
+            state: Arc::new(s.clone()),
+            changes: None,
+        };
+        assert!(!v.apply(&resync(&state)), "nothing changed since");
+        state.put_for_test(node("b", &[], None));
+        assert!(v.apply(&resync(&state)), "a new certificate");
+        assert!(!v.apply(&resync(&state)));
     }
 }

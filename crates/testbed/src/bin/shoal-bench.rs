@@ -1252,7 +1252,7 @@ fn bench_heartbeats(shoal: &std::path::Path) -> Result<String> {
          HOLLOW nodes: {n} simulated agents in one process (in a second network namespace), each \
          joined with the worker token (a real certificate from the cluster CA), holding a session \
          stream open and heartbeating over its own mTLS connection at the period the manager gives \
-         (default 1 s), with {per_node} tasks each (reported RUNNING by the hollow node as soon as \
+         (default 1 s, stretched by a second per 250 nodes past 250), with {per_node} tasks each (reported RUNNING by the hollow node as soon as \
          assigned). The manager is a real `shoal daemon` ({nodes} nodes listed, \
          {ready} Ready).{scale_line} Its idle CPU (user + system time from /proc) over {wall:.0} s, after 10 s of quiet: \
          **{pct:.1} % of one core**, RSS {:.0} MiB. \
