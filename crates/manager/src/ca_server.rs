@@ -273,16 +273,6 @@ impl CaServer {
         cert_der: Vec<u8>,
     ) -> Result<Response<IssueNodeCertificateResponse>, Status> {
         let state = self.view.current();
-        let heartbeat = crate::cluster::bounded_period(
-            crate::cluster::period_of(state.cluster().map(|c| &c.value)),
-            state.count::<Node>(),
-        );
-        let managers = state
-            .values::<Node>()
-            .filter(|n| n.role == shoal_proto::objects::NodeRole::Manager as i32)
-            .filter(|n| !n.addr.is_empty())
-            .map(|n| n.addr.clone())
-            .collect();
         let ca = self.ca.get();
         let raft_id = match role {
             Role::Manager => self
@@ -298,8 +288,8 @@ impl CaServer {
             role: role.as_str().to_string(),
             cert_der,
             root_der: ca.root.cert_der().to_vec(),
-            managers,
-            heartbeat_period_ms: heartbeat.as_millis() as u64,
+            managers: state.manager_addrs(),
+            heartbeat_period_ms: state.heartbeat_period().as_millis() as u64,
             roots_der: ca.roots.clone(),
             intermediates_der: ca.intermediates.clone(),
             raft_id,

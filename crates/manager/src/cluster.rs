@@ -8,17 +8,6 @@ use shoal_store::Store;
 use std::time::Duration;
 use tonic::Status;
 
-/// The cluster's heartbeat period, from the store, bounded by its node count
-/// ([`bounded_period`]).
-pub fn heartbeat_period(store: &Store) -> Duration {
-    let cluster = store
-        .list::<Cluster>()
-        .ok()
-        .and_then(|c| c.into_iter().next());
-    let nodes = store.list::<Node>().map(|n| n.len()).unwrap_or(0);
-    bounded_period(period_of(cluster.as_ref().map(|c| &c.value)), nodes)
-}
-
 /// The heartbeat period the cluster object sets (the default without one).
 pub fn period_of(cluster: Option<&Cluster>) -> Duration {
     let ms = cluster
@@ -53,15 +42,9 @@ pub(crate) fn store_status(e: shoal_store::StoreError) -> Status {
     Status::unavailable(format!("cluster store: {e}"))
 }
 
-/// Addresses of the manager nodes, from the store.
-pub(crate) fn manager_addrs(store: &Store) -> Result<Vec<String>, Status> {
-    Ok(store
-        .list::<Node>()
-        .map_err(store_status)?
-        .into_iter()
-        .filter(|n| n.value.role == NodeRole::Manager as i32 && !n.value.addr.is_empty())
-        .map(|n| n.value.addr)
-        .collect())
+/// A manager with an address nodes can reach: what heartbeats and join answers list.
+pub fn is_listed_manager(n: &Node) -> bool {
+    n.role == NodeRole::Manager as i32 && !n.addr.is_empty()
 }
 
 /// The metadata key a follower's refusal names the leader's address under.

@@ -207,6 +207,23 @@ impl State {
         self.iter::<Cluster>().next()
     }
 
+    /// The period nodes beat at: the cluster's setting, bounded by the node count
+    /// ([`crate::cluster::bounded_period`]).
+    pub fn heartbeat_period(&self) -> std::time::Duration {
+        crate::cluster::bounded_period(
+            crate::cluster::period_of(self.cluster().map(|c| &c.value)),
+            self.count::<Node>(),
+        )
+    }
+
+    /// The managers' addresses, in node ID order.
+    pub fn manager_addrs(&self) -> Vec<String> {
+        self.values::<Node>()
+            .filter(|n| crate::cluster::is_listed_manager(n))
+            .map(|n| n.addr.clone())
+            .collect()
+    }
+
     fn tasks_in<'a>(
         &'a self,
         index: &'a Index,

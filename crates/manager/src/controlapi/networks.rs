@@ -6,7 +6,7 @@ use crate::cluster::{DEFAULT_DATA_PATH_PORT, DEFAULT_TUNNEL_SUBNET};
 use crate::controlapi::{ControlApi, ControlCaller, ControlError};
 use ipnet::Ipv4Net;
 use shoal_proto::objects::{
-    Cluster, ContainerSpec, Network, NetworkConfig, NetworkSpec, Node, Service, Task, TaskState,
+    ContainerSpec, Network, NetworkConfig, NetworkSpec, Node, Service, Task, TaskState,
 };
 use shoal_proto::HOST_NETWORK;
 use shoal_store::{Batch, Expect};
@@ -319,7 +319,7 @@ impl ControlApi {
                 spec.name
             )));
         }
-        let cluster = self.list::<Cluster>()?.into_iter().next().map(|c| c.value);
+        let cluster = self.view.current().cluster().map(|c| c.value.clone());
         let mut subnets: Vec<(String, Ipv4Net)> = all
             .iter()
             .filter_map(|n| {

@@ -1,6 +1,5 @@
 //! Join tokens: the standing token of each role, its rotation, and limited tokens.
 use super::{ControlApi, ControlCaller, ControlError};
-use crate::cluster::manager_addrs;
 use crate::security::tokens::exhausted;
 use crate::time::unix_now;
 use shoal_pki::{JoinToken, Role};
@@ -44,8 +43,7 @@ impl ControlApi {
     }
 
     pub fn managers(&self) -> Result<Vec<String>, ControlError> {
-        manager_addrs(&self.store)
-            .map_err(|s| ControlError::Store(StoreError::Raft(s.message().to_string())))
+        Ok(self.view.current().manager_addrs())
     }
 
     pub async fn join_token_req(

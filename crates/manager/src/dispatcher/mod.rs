@@ -10,7 +10,7 @@ pub mod peers;
 pub mod session;
 pub mod status;
 
-use crate::cluster::{heartbeat_period, manager_addrs, period_of, store_status};
+use crate::cluster::store_status;
 use crate::security::auth::{authorize, remote_addr};
 use crate::time::unix_now;
 use crate::view::{ClusterView, Kind, State, Update};
@@ -78,13 +78,8 @@ const ANY_NODE: &[Role] = &[Role::Manager, Role::Worker];
 struct BeatView {
     /// Set while the liveness loop keeps the view current.
     live: bool,
-    /// The period nodes beat at: the cluster's setting, bounded by the node count
-    /// ([`crate::cluster::bounded_period`]).
+    /// The period nodes beat at ([`State::heartbeat_period`]).
     period: Duration,
-    /// The cluster's setting.
-    configured: Duration,
-    /// How many nodes the store holds.
-    nodes: usize,
     /// Manager node ID -> address.
     managers: std::collections::BTreeMap<String, String>,
     /// The nodes the store has Ready.
@@ -104,9 +99,7 @@ impl BeatView {
         self.generation += 1;
         self.version += 1;
         self.node_epochs.clear();
-        self.configured = period_of(state.cluster().map(|c| &c.value));
-        self.nodes = state.count::<Node>();
-        self.period = crate::cluster::bounded_period(self.configured, self.nodes);
+        self.period = state.heartbeat_period();
         self.ready = state
             .values::<Node>()
             .filter(|n| n.state == NodeState::Ready as i32)
@@ -114,8 +107,7 @@ impl BeatView {
             .collect();
         self.managers = state
             .values::<Node>()
-            .filter(|n| n.role == shoal_proto::objects::NodeRole::Manager as i32)
-            .filter(|n| !n.addr.is_empty())
+            .filter(|n| crate::cluster::is_listed_manager(n))
             .map(|n| (n.id.clone(), n.addr.clone()))
             .collect();
     }
@@ -129,11 +121,8 @@ impl BeatView {
         for id in nodes {
             self.apply_node(&u.state, id);
         }
-        if u.touches(&[Kind::Cluster]) {
-            self.configured = period_of(u.state.cluster().map(|c| &c.value));
-        }
-        self.nodes = u.state.count::<Node>();
-        let period = crate::cluster::bounded_period(self.configured, self.nodes);
+        // The period follows the cluster's setting and the node count.
+        let period = u.state.heartbeat_period();
         if period != self.period || u.touches(&[Kind::Cluster]) {
             self.period = period;
             self.version += 1;
@@ -148,10 +137,7 @@ impl BeatView {
             _ => self.ready.remove(id),
         };
         let changed = match node {
-            Some(n)
-                if n.role == shoal_proto::objects::NodeRole::Manager as i32
-                    && !n.addr.is_empty() =>
-            {
+            Some(n) if crate::cluster::is_listed_manager(n) => {
                 self.managers.insert(n.id.clone(), n.addr.clone()) != Some(n.addr.clone())
             }
             _ => self.managers.remove(id).is_some(),
@@ -453,15 +439,16 @@ impl Dispatcher {
         }
     }
 
-    /// The heartbeat period and the managers' addresses, from the view when it is kept
-    /// current, else from the store.
+    /// The heartbeat period and the managers' addresses, from the heartbeat view when
+    /// the liveness loop keeps it current, else from the cluster view.
     fn beat_answer(&self) -> Result<(Duration, Vec<String>), Status> {
         if let Ok(v) = self.beat_view.lock() {
             if v.live {
                 return Ok((v.period, v.managers.values().cloned().collect()));
             }
         }
-        Ok((heartbeat_period(&self.store), manager_addrs(&self.store)?))
+        let state = self.view.current();
+        Ok((state.heartbeat_period(), state.manager_addrs()))
     }
 
     /// A node's session stream closed under it: suspect until it opens a new one.
@@ -562,10 +549,9 @@ impl DispatcherRpc for Dispatcher {
             term,
             Box::new(move || me.session_dropped(&node)),
         )?;
-        let unbox: fn(session::Sent) -> Result<SessionMessage, Status> = unbox;
         Ok(Response::new(futures_util::StreamExt::map(
             tokio_stream::wrappers::ReceiverStream::new(rx),
-            unbox,
+            unbox as fn(_) -> _,
         )))
     }
 
