@@ -217,6 +217,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ServiceCmd,
     },
+    /// Deploy and manage stacks: applications from compose files.
+    Stack {
+        #[command(subcommand)]
+        cmd: cli::stack::StackCmd,
+    },
     /// Manage networks.
     Network {
         #[command(subcommand)]
@@ -615,6 +620,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             },
             Cmd::Task { cmd } => c.task(cmd).await,
             Cmd::Network { cmd } => c.network(cmd).await,
+            Cmd::Stack { cmd } => c.stack(cmd).await,
             Cmd::Secret { cmd } => c.secret("secret", cmd).await,
             Cmd::Config { cmd } => c.secret("config", cmd).await,
             Cmd::Service { cmd } => c.service(cmd).await,

@@ -8,7 +8,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// The crates whose modules must form a DAG.
-const CRATES: &[&str] = &["proto", "pki", "store", "manager", "agent", "shoal"];
+const CRATES: &[&str] = &[
+    "proto", "pki", "store", "manager", "agent", "compose", "shoal",
+];
 
 /// One source file: its module path from the crate root, and its text without comments.
 struct File {

@@ -685,6 +685,16 @@ impl DataPlane {
             return;
         }
         let path = overlay_ns(&self.dir, net);
+        // The VXLAN device goes first, at once: a namespace is torn down by the kernel
+        // some time after its last reference goes, and until then its VXLAN device
+        // would hold the network's VNI on the node's tunnel socket, so a task of the
+        // same network starting here meanwhile could not make a new one ("File
+        // exists").
+        if let Ok(mut nl) = Netlink::open_in(&path) {
+            if let Err(e) = nl.del_link("vx") {
+                tracing::warn!(network = %net, error = %e, "cannot remove the overlay's VXLAN device");
+            }
+        }
         if let Err(e) = remove_ns(&path) {
             tracing::warn!(network = %net, error = %e, "cannot remove the overlay's namespace");
             return;
@@ -800,7 +810,19 @@ fn add_vx(path: &Path, vni: u32, tunnel: Ipv4Addr) -> std::io::Result<()> {
         .proxy(true)
         .setns_by_fd(ns.as_raw_fd())
         .build();
-    node.add_link(vx).map_err(step("create the VXLAN device"))?;
+    // A VXLAN device of a namespace the kernel has not finished tearing down (one
+    // removed without its device first, by an older daemon or a crash) holds the VNI
+    // for a moment: wait for it, up to 2 s.
+    let mut tries = 0;
+    loop {
+        match node.add_link(vx.clone()) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries < 40 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            r => break r.map_err(step("create the VXLAN device"))?,
+        }
+    }
     let mut inner = Netlink::open_in(path)?;
     let br = inner
         .link_index("br0")?

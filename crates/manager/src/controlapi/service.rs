@@ -237,7 +237,9 @@ impl Control for ControlService {
     ) -> Result<Response<SecretView>, Status> {
         self.serve(req, "UpdateSecret", |api, c, r| async move {
             let kind = Kind::parse(&r.kind)?;
-            Ok(api.update_secret(&c, kind, &r.reference, r.data).await?)
+            Ok(api
+                .update_secret(&c, kind, &r.reference, r.data, r.only_if_changed)
+                .await?)
         })
         .await
     }

@@ -292,6 +292,21 @@ impl ControlApi {
         }
         let mut next = cur.value.clone();
         let old = next.spec.clone().unwrap_or_default();
+        // A port published where the managers chose keeps that port.
+        for p in spec.ports.iter_mut().filter(|p| p.published == 0) {
+            if let Some(o) = old
+                .ports
+                .iter()
+                .find(|o| o.target == p.target && o.protocol == p.protocol && o.mode == p.mode)
+            {
+                p.published = o.published;
+            }
+        }
+        // The same spec again (`stack deploy` of an unchanged file) changes nothing, and
+        // keeps the previous spec that `rollback` returns to.
+        if !req.force && old == spec {
+            return Ok(cur.value.clone());
+        }
         let job = crate::orchestrator::is_job(&spec);
         if req.force {
             // Every task becomes out of date: a rolling restart (or a job's new run).

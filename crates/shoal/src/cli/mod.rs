@@ -9,6 +9,7 @@ pub mod secret;
 pub mod security;
 pub mod service;
 pub mod spec_flags;
+pub mod stack;
 pub mod table;
 pub mod task;
 

@@ -141,6 +141,7 @@ impl Client {
                         kind: kind.into(),
                         reference: name.clone(),
                         data,
+                        only_if_changed: false,
                     })
                     .await
                     .map_err(status_err)?

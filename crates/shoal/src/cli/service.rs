@@ -518,7 +518,7 @@ impl Client {
     /// (and healthy) for the monitor period, none of an old spec left, and its update
     /// (or `rollback`) done; for a job, until every completion is in. Shows progress.
     /// Fails with the reason (and the failed task's last output) if it cannot.
-    async fn converge(&self, id: &str, rollback: bool) -> Result<()> {
+    pub(crate) async fn converge(&self, id: &str, rollback: bool) -> Result<()> {
         use shoal_manager::orchestrator::{is_current, is_job, update};
         use shoal_proto::objects::UpdateState;
         let tty = std::io::stdout().is_terminal();
@@ -1007,54 +1007,7 @@ impl Client {
             .await
             .map_err(status_err)?
             .into_inner();
-        if quiet {
-            for s in &r.services {
-                println!("{}", s.id);
-            }
-            return Ok(());
-        }
-        let mut rows = vec![["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"]
-            .map(String::from)
-            .to_vec()];
-        let mut services = r.services.clone();
-        services.sort_by(|a, b| {
-            a.spec
-                .as_ref()
-                .map(|s| &s.name)
-                .cmp(&b.spec.as_ref().map(|s| &s.name))
-        });
-        for s in &services {
-            let spec = s.spec.clone().unwrap_or_default();
-            let st = r.status.get(&s.id).cloned().unwrap_or_default();
-            rows.push(vec![
-                s.id.chars().take(12).collect(),
-                spec.name.clone(),
-                mode_name(&spec).into(),
-                if shoal_manager::orchestrator::is_job(&spec) {
-                    format!(
-                        "{}/{} ({}/{} completed)",
-                        st.running, st.desired, st.completed, st.completions
-                    )
-                } else {
-                    format!("{}/{}", st.running, st.desired)
-                },
-                spec.container.map(|c| c.image).unwrap_or_default(),
-                // As swarm mode shows them: *:8080->80/tcp.
-                spec.ports
-                    .iter()
-                    .map(|p| {
-                        let proto = if p.protocol.is_empty() {
-                            "tcp"
-                        } else {
-                            &p.protocol
-                        };
-                        format!("*:{}->{}/{proto}", p.published, p.target)
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            ]);
-        }
-        print_table(&rows);
+        print_services(&r.services, &r.status, quiet);
         Ok(())
     }
 
@@ -1096,77 +1049,7 @@ impl Client {
                 std::cmp::Reverse(b.created_at_unix),
             ))
         });
-        if quiet {
-            for t in &tasks {
-                println!("{}", t.id);
-            }
-            return Ok(());
-        }
-        match format {
-            None | Some("table") => {}
-            Some("json") => {
-                for t in &tasks {
-                    let st = t.status.clone().unwrap_or_default();
-                    println!(
-                        "{}",
-                        json!({
-                            "ID": t.id, "Name": t.name, "Node": names.get(&t.node_id).cloned().unwrap_or_default(),
-                            "NodeID": t.node_id, "Slot": t.slot,
-                            "DesiredState": state_label(t.desired_state), "CurrentState": state_label(st.state),
-                            "Error": st.err, "SpecVersion": t.spec_version,
-                            "Health": health_label(t).unwrap_or(""), "Image": t.spec.as_ref().map(|s| s.image.clone()).unwrap_or_default(),
-                        })
-                    );
-                }
-                return Ok(());
-            }
-            Some(f) => bail!("unknown --format {f:?}: use table or json"),
-        }
-        let cut = |s: &str, n: usize| truncate(s, n, no_trunc);
-        let mut rows = vec![task_table_header()];
-        let mut prev_group: Option<(u64, String)> = None;
-        for t in &tasks {
-            let st = t.status.clone().unwrap_or_default();
-            let group = (
-                t.slot,
-                if t.slot == 0 {
-                    t.node_id.clone()
-                } else {
-                    String::new()
-                },
-            );
-            let name = if prev_group.as_ref() == Some(&group) {
-                format!(" \\_ {}", t.name)
-            } else {
-                t.name.clone()
-            };
-            prev_group = Some(group);
-            let err = if st.err.is_empty() {
-                String::new()
-            } else if no_trunc {
-                format!("\"{}\"", st.err)
-            } else {
-                format!("\"{}\"", cut(&st.err, 40))
-            };
-            rows.push(vec![
-                cut(&t.id, 12),
-                name,
-                t.spec.as_ref().map(|s| s.image.clone()).unwrap_or_default(),
-                names.get(&t.node_id).cloned().unwrap_or_default(),
-                state_label(t.desired_state),
-                match health_label(t) {
-                    Some(h) => format!(
-                        "{} {} ({h})",
-                        state_label(st.state),
-                        ago(st.timestamp_unix_ms)
-                    ),
-                    None => format!("{} {}", state_label(st.state), ago(st.timestamp_unix_ms)),
-                },
-                err,
-            ]);
-        }
-        print_table(&rows);
-        Ok(())
+        print_tasks(&tasks, &names, no_trunc, quiet, format)
     }
 
     pub async fn service_inspect(&self, refs: &[String], pretty: bool) -> Result<()> {
@@ -1417,6 +1300,145 @@ impl Client {
             } => c.service_logs(&service, follow, tail.unwrap_or(0)).await,
         }
     }
+}
+
+/// Services as `service ls` shows them, by name: a table or IDs only.
+pub(crate) fn print_services(
+    services: &[Service],
+    status: &HashMap<String, shoal_proto::control::ServiceStatus>,
+    quiet: bool,
+) {
+    if quiet {
+        for s in services {
+            println!("{}", s.id);
+        }
+        return;
+    }
+    let mut rows = vec![["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"]
+        .map(String::from)
+        .to_vec()];
+    let mut services = services.to_vec();
+    services.sort_by(|a, b| {
+        a.spec
+            .as_ref()
+            .map(|s| &s.name)
+            .cmp(&b.spec.as_ref().map(|s| &s.name))
+    });
+    for s in &services {
+        let spec = s.spec.clone().unwrap_or_default();
+        let st = status.get(&s.id).cloned().unwrap_or_default();
+        rows.push(vec![
+            s.id.chars().take(12).collect(),
+            spec.name.clone(),
+            mode_name(&spec).into(),
+            if shoal_manager::orchestrator::is_job(&spec) {
+                format!(
+                    "{}/{} ({}/{} completed)",
+                    st.running, st.desired, st.completed, st.completions
+                )
+            } else {
+                format!("{}/{}", st.running, st.desired)
+            },
+            spec.container.map(|c| c.image).unwrap_or_default(),
+            // As swarm mode shows them: *:8080->80/tcp.
+            spec.ports
+                .iter()
+                .map(|p| {
+                    let proto = if p.protocol.is_empty() {
+                        "tcp"
+                    } else {
+                        &p.protocol
+                    };
+                    format!("*:{}->{}/{proto}", p.published, p.target)
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+        ]);
+    }
+    print_table(&rows);
+}
+
+/// Tasks as `service ps` shows them (sorted by the caller: a slot's tasks together,
+/// newest first): a table, IDs only, or JSON lines.
+pub(crate) fn print_tasks(
+    tasks: &[Task],
+    names: &HashMap<String, String>,
+    no_trunc: bool,
+    quiet: bool,
+    format: Option<&str>,
+) -> Result<()> {
+    if quiet {
+        for t in tasks {
+            println!("{}", t.id);
+        }
+        return Ok(());
+    }
+    match format {
+        None | Some("table") => {}
+        Some("json") => {
+            for t in tasks {
+                let st = t.status.clone().unwrap_or_default();
+                println!(
+                    "{}",
+                    json!({
+                        "ID": t.id, "Name": t.name, "Node": names.get(&t.node_id).cloned().unwrap_or_default(),
+                        "NodeID": t.node_id, "Slot": t.slot,
+                        "DesiredState": state_label(t.desired_state), "CurrentState": state_label(st.state),
+                        "Error": st.err, "SpecVersion": t.spec_version,
+                        "Health": health_label(t).unwrap_or(""), "Image": t.spec.as_ref().map(|s| s.image.clone()).unwrap_or_default(),
+                    })
+                );
+            }
+            return Ok(());
+        }
+        Some(f) => bail!("unknown --format {f:?}: use table or json"),
+    }
+    let cut = |s: &str, n: usize| truncate(s, n, no_trunc);
+    let mut rows = vec![task_table_header()];
+    let mut prev_group: Option<(&str, u64, String)> = None;
+    for t in tasks {
+        let st = t.status.clone().unwrap_or_default();
+        let group = (
+            t.service_id.as_str(),
+            t.slot,
+            if t.slot == 0 {
+                t.node_id.clone()
+            } else {
+                String::new()
+            },
+        );
+        let name = if prev_group.as_ref() == Some(&group) {
+            format!(" \\_ {}", t.name)
+        } else {
+            t.name.clone()
+        };
+        prev_group = Some(group);
+        let err = if st.err.is_empty() {
+            String::new()
+        } else if no_trunc {
+            format!("\"{}\"", st.err)
+        } else {
+            format!("\"{}\"", cut(&st.err, 40))
+        };
+        rows.push(vec![
+            cut(&t.id, 12),
+            name,
+            t.spec.as_ref().map(|s| s.image.clone()).unwrap_or_default(),
+            names.get(&t.node_id).cloned().unwrap_or_default(),
+            state_label(t.desired_state),
+            match health_label(t) {
+                Some(h) => format!(
+                    "{} {} ({h})",
+                    state_label(st.state),
+                    ago(st.timestamp_unix_ms)
+                ),
+                None => format!("{} {}", state_label(st.state), ago(st.timestamp_unix_ms)),
+            },
+            err,
+        ]);
+    }
+    print_table(&rows);
+    Ok(())
 }
 
 #[cfg(test)]

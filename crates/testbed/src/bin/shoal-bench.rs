@@ -931,11 +931,24 @@ async fn channel_from(
 
 /// What the hollow fleet has seen, in all: tasks assigned to its nodes now, and
 /// RUNNING reports the managers took.
-#[derive(Default)]
 struct Fleet {
     joined: std::sync::atomic::AtomicUsize,
     assigned: std::sync::atomic::AtomicUsize,
     reported: std::sync::atomic::AtomicUsize,
+    /// While false, hollow nodes hold their RUNNING reports (so the bench can measure
+    /// the manager's cost of assignments and of status reports apart).
+    report: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Fleet {
+    fn default() -> Self {
+        Fleet {
+            joined: Default::default(),
+            assigned: Default::default(),
+            reported: Default::default(),
+            report: tokio::sync::watch::Sender::new(true),
+        }
+    }
 }
 
 /// One hollow node: joins with the worker token (a real certificate from the CA), then
@@ -998,10 +1011,39 @@ async fn hollow_node(
     // agent whose containers start at once would.
     let reporter = ch.clone();
     let counts = fleet.clone();
+    let (news, mut new_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<String>>();
+    let gate = fleet.clone();
     tokio::spawn(async move {
-        use shoal_proto::dispatcher::assignment::Action;
         use shoal_proto::dispatcher::{TaskStatusUpdate, UpdateTaskStatusRequest};
         use shoal_proto::objects::{TaskState, TaskStatus};
+        let mut open = gate.report.subscribe();
+        while let Some(new) = new_rx.recv().await {
+            if open.wait_for(|o| *o).await.is_err() {
+                return;
+            }
+            for chunk in new.chunks(shoal_proto::limits::MAX_STATUS_UPDATES) {
+                let updates = chunk
+                    .iter()
+                    .map(|id| TaskStatusUpdate {
+                        task_id: id.clone(),
+                        status: Some(TaskStatus {
+                            state: TaskState::Running as i32,
+                            message: "started".into(),
+                            ..Default::default()
+                        }),
+                    })
+                    .collect();
+                let r = DispatcherClient::new(reporter.clone())
+                    .update_task_status(UpdateTaskStatusRequest { updates })
+                    .await;
+                if r.is_ok() {
+                    gate.reported.fetch_add(chunk.len(), Ordering::SeqCst);
+                }
+            }
+        }
+    });
+    tokio::spawn(async move {
+        use shoal_proto::dispatcher::assignment::Action;
         let mut tasks = std::collections::HashSet::new();
         let mut first_part = true;
         while let Ok(Some(m)) = session.message().await {
@@ -1026,24 +1068,8 @@ async fn hollow_node(
             } else {
                 counts.assigned.fetch_sub(before - after, Ordering::SeqCst);
             }
-            for chunk in new.chunks(shoal_proto::limits::MAX_STATUS_UPDATES) {
-                let updates = chunk
-                    .iter()
-                    .map(|id| TaskStatusUpdate {
-                        task_id: id.clone(),
-                        status: Some(TaskStatus {
-                            state: TaskState::Running as i32,
-                            message: "started".into(),
-                            ..Default::default()
-                        }),
-                    })
-                    .collect();
-                let r = DispatcherClient::new(reporter.clone())
-                    .update_task_status(UpdateTaskStatusRequest { updates })
-                    .await;
-                if r.is_ok() {
-                    counts.reported.fetch_add(chunk.len(), Ordering::SeqCst);
-                }
+            if !new.is_empty() && news.send(new).is_err() {
+                break;
             }
         }
     });
@@ -1207,6 +1233,12 @@ fn bench_heartbeats(shoal: &std::path::Path) -> Result<String> {
             ],
         )?;
         std::thread::sleep(Duration::from_secs(2));
+        // First the assignments alone (the hollow nodes hold their reports), then the
+        // status reports alone: the manager's CPU in each phase, per task.
+        let split = std::env::var("BENCH_SPLIT").is_ok_and(|v| v == "1");
+        if split {
+            fleet.report.send_replace(false);
+        }
         let cpu0 = cpu_ticks(pid).context("manager cpu")?.1;
         let t = Instant::now();
         tb.cli_ok(0, &["service", "scale", "-d", &format!("hollow={want}")])?;
@@ -1215,19 +1247,52 @@ fn bench_heartbeats(shoal: &std::path::Path) -> Result<String> {
         })
         .context("the hollow nodes never got all their assignments")?;
         let assigned = t.elapsed().as_secs_f64();
+        let mut phases = String::new();
+        if split {
+            // The manager may still be writing after the last assignment went out.
+            std::thread::sleep(Duration::from_secs(3));
+            let cpu1 = cpu_ticks(pid).context("manager cpu")?.1;
+            let t1 = Instant::now();
+            fleet.report.send_replace(true);
+            wait_for(Duration::from_secs(600), || {
+                (fleet.reported.load(Ordering::SeqCst) >= want).then_some(())
+            })
+            .context("the managers never took every RUNNING report")?;
+            let reported = t1.elapsed().as_secs_f64();
+            std::thread::sleep(Duration::from_secs(3));
+            let cpu2 = cpu_ticks(pid).context("manager cpu")?.1;
+            let per = |ticks: u64| ticks as f64 / hz / want as f64 * 1e6;
+            phases = format!(
+                " With the reports held back until every assignment was out (`BENCH_SPLIT=1`): \
+                 the assignments alone cost the manager **{:.0} µs per task** (placement, the \
+                 Raft write, the assignment delivered; until 3 s after the last one arrived); \
+                 then the {want} RUNNING reports, all taken after {reported:.2} s, cost \
+                 **{:.0} µs per status update** (the report checked, its Raft write, the view \
+                 and the node's session woken).",
+                per(cpu1 - cpu0),
+                per(cpu2 - cpu1)
+            );
+        }
         wait_for(Duration::from_secs(600), || {
             (fleet.reported.load(Ordering::SeqCst) >= want).then_some(())
         })
         .context("the managers never took every RUNNING report")?;
         let reported = t.elapsed().as_secs_f64();
         let cpu = (cpu_ticks(pid).context("manager cpu")?.1 - cpu0) as f64 / hz;
-        scale_line = format!(
-            " `service scale hollow={want}` from 0: every hollow node had its assignments after \
-             **{assigned:.2} s**, every task was reported RUNNING after {reported:.2} s; the manager \
-             used {cpu:.2} s of CPU in that window, **{:.0} µs per task** (placement, the Raft \
-             writes, the assignment delivered and its status report written).",
-            cpu / want as f64 * 1e6
-        );
+        scale_line = if split {
+            format!(
+                " `service scale hollow={want}` from 0: every hollow node had its assignments \
+                 after **{assigned:.2} s**.{phases}"
+            )
+        } else {
+            format!(
+                " `service scale hollow={want}` from 0: every hollow node had its assignments after \
+                 **{assigned:.2} s**, every task was reported RUNNING after {reported:.2} s; the manager \
+                 used {cpu:.2} s of CPU in that window, **{:.0} µs per task** (placement, the Raft \
+                 writes, the assignment delivered and its status report written).",
+                cpu / want as f64 * 1e6
+            )
+        };
         // Quiet again before the idle measurement.
         std::thread::sleep(Duration::from_secs(10));
     }
@@ -1257,7 +1322,7 @@ fn bench_heartbeats(shoal: &std::path::Path) -> Result<String> {
          {ready} Ready).{scale_line} Its idle CPU (user + system time from /proc) over {wall:.0} s, after 10 s of quiet: \
          **{pct:.1} % of one core**, RSS {:.0} MiB. \
          Rerun: `BENCH_ONLY=heartbeats target/release/shoal-bench target/release/shoal` \
-         (`BENCH_HOLLOW` sets the count, `BENCH_TASKS_PER_NODE` the tasks per node, \
+         (`BENCH_HOLLOW` sets the count, `BENCH_TASKS_PER_NODE` the tasks per node, `BENCH_SPLIT=1` the two phases apart, \
          `BENCH_HEARTBEAT_SECS` the window).\n",
         rss as f64 / 1024.0
     ))
