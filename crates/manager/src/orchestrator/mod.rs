@@ -651,6 +651,46 @@ pub async fn reconcile_once(
     Ok((true, plan.wake_at))
 }
 
+/// Whether the tasks an update changed may call for a pass.
+fn tasks_matter(seen: &State, u: &crate::view::Update) -> bool {
+    match u.changed(Kind::Task) {
+        None => true,
+        Some(mut ids) => ids.any(|id| task_change_matters(seen, &u.state, id)),
+    }
+}
+
+/// Whether a change to task `id` between `before` (what the last pass planned from)
+/// and `after` may change what the orchestrators decide. Most of a large cluster's
+/// task changes are status reports on the way to RUNNING, which decide nothing: a pass
+/// over every task for each of them kept a core busy while 50,000 tasks reported in.
+/// A task that appeared, went, moved, was told to stop or ended matters; so does any
+/// change to a task of a service in the middle of an update (its monitor counts
+/// running, healthy time).
+fn task_change_matters(before: &State, after: &State, id: &str) -> bool {
+    let (Some(a), Some(b)) = (before.get::<Task>(id), after.get::<Task>(id)) else {
+        return true;
+    };
+    let (a, b) = (&a.value, &b.value);
+    if a.desired_state != b.desired_state
+        || a.node_id != b.node_id
+        || a.spec_version != b.spec_version
+        || a.service_id != b.service_id
+    {
+        return true;
+    }
+    if state_of(b) != state_of(a) && state_of(b) >= TaskState::Complete as i32 {
+        return true;
+    }
+    if a.status == b.status {
+        return false;
+    }
+    after.get::<Service>(&b.service_id).is_none_or(|s| {
+        use shoal_proto::objects::UpdateState;
+        let st = s.value.update_status.as_ref().map_or(0, |u| u.state);
+        st == UpdateState::Updating as i32 || st == UpdateState::RollbackStarted as i32
+    })
+}
+
 /// A pass when nothing changed and nothing is due: every decision that waits on the
 /// clock (restart delays, update delays and monitors) asks for its own wake-up, so this
 /// only bounds what a missed one could cost. Each pass reads every node, which at
@@ -673,6 +713,9 @@ pub async fn run(store: Store, view: ClusterView, cancel: CancellationToken) {
     let mut updates = view.subscribe();
     loop {
         let started = std::time::Instant::now();
+        // What this pass plans from, at the latest: later task changes are weighed
+        // against it.
+        let seen = view.current();
         let pass = reconcile_once(&store, &view).await;
         let quiet = quiet_wait(started.elapsed());
         let mut wait = quiet;
@@ -694,7 +737,8 @@ pub async fn run(store: Store, view: ClusterView, cancel: CancellationToken) {
                 _ = cancel.cancelled() => return,
                 _ = &mut deadline => break,
                 u = updates.next() => match u {
-                    Some(u) if u.touches(&[Kind::Service, Kind::Node, Kind::Task]) => break,
+                    Some(u) if u.touches(&[Kind::Service, Kind::Node]) => break,
+                    Some(u) if u.touches(&[Kind::Task]) && tasks_matter(&seen, &u) => break,
                     Some(_) => {}
                     None => return,
                 },
@@ -706,6 +750,56 @@ pub async fn run(store: Store, view: ClusterView, cancel: CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_report_on_the_way_to_running_calls_for_no_pass_unless_its_service_is_updating() {
+        use shoal_proto::objects::{UpdateState, UpdateStatus};
+        let mut before = State::default();
+        let svc = Service {
+            id: "s".into(),
+            ..Default::default()
+        };
+        before.put_for_test(svc.clone());
+        let task = |state: TaskState| Task {
+            id: "t".into(),
+            service_id: "s".into(),
+            node_id: "n".into(),
+            desired_state: TaskState::Running as i32,
+            status: Some(TaskStatus {
+                state: state as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        before.put_for_test(task(TaskState::Assigned));
+        let after = |t: Task, s: &Service| {
+            let mut a = before.clone();
+            a.put_for_test(s.clone());
+            a.put_for_test(t);
+            a
+        };
+        let running = after(task(TaskState::Running), &svc);
+        assert!(!task_change_matters(&before, &running, "t"));
+        let failed = after(task(TaskState::Failed), &svc);
+        assert!(task_change_matters(&before, &failed, "t"));
+        let mut told = task(TaskState::Assigned);
+        told.desired_state = TaskState::Shutdown as i32;
+        assert!(task_change_matters(&before, &after(told, &svc), "t"));
+        let mut moved = task(TaskState::Assigned);
+        moved.node_id = "m".into();
+        assert!(task_change_matters(&before, &after(moved, &svc), "t"));
+        let mut updating = svc.clone();
+        updating.update_status = Some(UpdateStatus {
+            state: UpdateState::Updating as i32,
+            ..Default::default()
+        });
+        assert!(task_change_matters(
+            &before,
+            &after(task(TaskState::Running), &updating),
+            "t"
+        ));
+        assert!(task_change_matters(&before, &before, "gone"));
+    }
 
     #[test]
     fn quiet_passes_cost_at_most_a_hundredth_of_the_time() {

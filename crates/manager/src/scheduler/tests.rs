@@ -585,10 +585,39 @@ proptest! {
         for t in &existing {
             *per_service.entry((t.node_id.clone(), t.service_id.clone())).or_default() += 1;
         }
+        // Every active task per node, for the least-loaded check below.
+        let mut total: BTreeMap<String, u32> = BTreeMap::new();
+        for t in &existing {
+            *total.entry(t.node_id.clone()).or_default() += 1;
+        }
         for d in &out.assigned {
             let node = by_id[d.node_id.as_str()];
             let task = tasks[d.task_id.as_str()];
             let placement = task.placement.clone().unwrap_or_default();
+            // Without spread, the node taken is the least loaded of those that could
+            // take the task then: fewest of its service's tasks, then fewest tasks.
+            if placement.spread.is_empty() {
+                let reserve = task.reservations.unwrap_or_default().memory_bytes;
+                let could = |n: &Node| {
+                    n.state() == NodeState::Ready
+                        && n.availability() == Availability::Active
+                        && placement.constraints.iter().all(|c| parse(c).unwrap().matches(n))
+                        && (placement.max_replicas_per_node == 0
+                            || per_service.get(&(n.id.clone(), task.service_id.clone())).copied().unwrap_or(0)
+                                < placement.max_replicas_per_node)
+                        && memory.get(&n.id).copied().unwrap_or(0) + reserve
+                            <= n.description.as_ref().map_or(0, |d| d.memory_bytes) as i64
+                };
+                let load = |n: &Node| {
+                    (
+                        per_service.get(&(n.id.clone(), task.service_id.clone())).copied().unwrap_or(0),
+                        total.get(&n.id).copied().unwrap_or(0),
+                    )
+                };
+                let best = nodes.iter().filter(|n| could(n)).map(load).min();
+                prop_assert_eq!(Some(load(node)), best, "task {} on {}", &task.id, &node.id);
+            }
+            *total.entry(d.node_id.clone()).or_default() += 1;
             prop_assert!(node.state() == NodeState::Ready && node.availability() == Availability::Active);
             for c in &placement.constraints {
                 prop_assert!(parse(c).unwrap().matches(node), "{} on {:?}", c, node);
@@ -607,4 +636,37 @@ proptest! {
             prop_assert!(u.reason.starts_with("no suitable node"), "{}", u.reason);
         }
     }
+}
+
+#[test]
+fn two_groups_of_one_service_fill_the_least_loaded_nodes_in_turn() {
+    // The same service in two groups (one with a constraint every node meets): each
+    // placement of one group changes the load the other sees.
+    let nodes = vec![node("n0"), node("n1"), node("n2")];
+    let a = replicas("s", 3);
+    let b = place(
+        (0..3).map(|i| pending(&format!("b{i}"), "s")).collect(),
+        Placement {
+            constraints: vec!["node.role!=manager".into()],
+            ..Default::default()
+        },
+    );
+    let pending: Vec<Task> = a.into_iter().zip(b).flat_map(|(x, y)| [x, y]).collect();
+    let out = schedule(&nodes, &[], &pending);
+    let got: Vec<(&str, &str)> = out
+        .assigned
+        .iter()
+        .map(|d| (d.task_id.as_str(), d.node_id.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("s.0", "n0"),
+            ("b0", "n1"),
+            ("s.1", "n2"),
+            ("b1", "n0"),
+            ("s.2", "n1"),
+            ("b2", "n2")
+        ]
+    );
 }

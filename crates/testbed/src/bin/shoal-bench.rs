@@ -1111,6 +1111,26 @@ async fn hollow_node(
     Ok(())
 }
 
+/// `perf record -g` of process `pid` into `out`, until [`perf_stop`].
+fn perf_start(out: &str, pid: u32) -> Result<std::process::Child> {
+    let p = std::process::Command::new("perf")
+        .args(["record", "-g", "-o", out, "-p", &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("perf")?;
+    std::thread::sleep(Duration::from_millis(500));
+    Ok(p)
+}
+
+fn perf_stop(mut p: std::process::Child) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(p.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    );
+    let _ = p.wait();
+}
+
 /// Issue #11: the leader's CPU with 1,000 hollow nodes heartbeating at the default
 /// period (and each holding a session open), measured over 30 s.
 fn bench_heartbeats(shoal: &std::path::Path) -> Result<String> {
@@ -1239,6 +1259,11 @@ fn bench_heartbeats(shoal: &std::path::Path) -> Result<String> {
         if split {
             fleet.report.send_replace(false);
         }
+        let perf_assign = std::env::var("BENCH_PERF_PHASE").is_ok_and(|v| v == "assign");
+        let perf = match std::env::var("BENCH_PERF") {
+            Ok(out) if perf_assign => Some(perf_start(&out, pid)?),
+            _ => None,
+        };
         let cpu0 = cpu_ticks(pid).context("manager cpu")?.1;
         let t = Instant::now();
         tb.cli_ok(0, &["service", "scale", "-d", &format!("hollow={want}")])?;
@@ -1247,10 +1272,19 @@ fn bench_heartbeats(shoal: &std::path::Path) -> Result<String> {
         })
         .context("the hollow nodes never got all their assignments")?;
         let assigned = t.elapsed().as_secs_f64();
+        if let Some(p) = perf {
+            perf_stop(p);
+        }
         let mut phases = String::new();
         if split {
             // The manager may still be writing after the last assignment went out.
             std::thread::sleep(Duration::from_secs(3));
+            // BENCH_PERF=FILE: a `perf record -g` of the manager through the reports
+            // (with BENCH_PERF_PHASE=assign, through the assignments).
+            let perf = match std::env::var("BENCH_PERF") {
+                Ok(out) if !perf_assign => Some(perf_start(&out, pid)?),
+                _ => None,
+            };
             let cpu1 = cpu_ticks(pid).context("manager cpu")?.1;
             let t1 = Instant::now();
             fleet.report.send_replace(true);
@@ -1259,6 +1293,9 @@ fn bench_heartbeats(shoal: &std::path::Path) -> Result<String> {
             })
             .context("the managers never took every RUNNING report")?;
             let reported = t1.elapsed().as_secs_f64();
+            if let Some(p) = perf {
+                perf_stop(p);
+            }
             std::thread::sleep(Duration::from_secs(3));
             let cpu2 = cpu_ticks(pid).context("manager cpu")?.1;
             let per = |ticks: u64| ticks as f64 / hz / want as f64 * 1e6;
