@@ -278,10 +278,12 @@ pub fn parse_bytes(s: &str) -> Option<i64> {
 /// The plan for deploying `loaded` as stack `stack`; `env` gives the values of
 /// `environment:` entries without one.
 pub fn plan(loaded: &Loaded, stack: &str, env: &dyn Fn(&str) -> Option<String>) -> R<Plan> {
-    if stack.is_empty()
+    // Its objects are named STACK_NAME, and a service name is letters, digits, '-'
+    // and '_'.
+    if !stack.starts_with(|c: char| c.is_ascii_alphanumeric())
         || !stack
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
     {
         return Err(Error(format!("invalid stack name: {stack:?}")));
     }

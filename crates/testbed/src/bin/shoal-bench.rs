@@ -9,6 +9,8 @@
 mod discovery;
 #[path = "shoal-bench/secrets.rs"]
 mod secrets;
+#[path = "shoal-bench/stacks.rs"]
+mod stacks;
 
 use anyhow::{bail, Context, Result};
 use shoal_testbed::{wait_for, Testbed};
@@ -108,6 +110,10 @@ fn main() -> Result<()> {
     }
     if std::env::var("BENCH_ONLY").as_deref() == Ok("discovery") {
         print!("{}", discovery::bench(&shoal)?);
+        return Ok(());
+    }
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("stacks") {
+        print!("{}", stacks::bench(&shoal)?);
         return Ok(());
     }
     if std::env::var("BENCH_ONLY").as_deref() == Ok("ha") {
