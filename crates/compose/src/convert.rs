@@ -126,9 +126,27 @@ impl Cx<'_> {
     fn u64(&self, n: &Node, path: &str) -> R<u64> {
         match &n.v {
             V::Int(i) if *i >= 0 => Ok(*i as u64),
-            V::Str(s) if s.trim().parse::<u64>().is_ok() => Ok(s.trim().parse().unwrap_or(0)),
+            V::Str(s) => s
+                .trim()
+                .parse()
+                .map_err(|_| self.err(n, path, "must be a whole number, 0 or more")),
             _ => Err(self.err(n, path, "must be a whole number, 0 or more")),
         }
+    }
+
+    /// One of the named values: `"x" is not a, b or c` otherwise.
+    fn choice<T: Copy>(&self, n: &Node, path: &str, options: &[(&str, T)]) -> R<T> {
+        let s = self.string(n, path)?;
+        if let Some((_, v)) = options.iter().find(|(name, _)| *name == s) {
+            return Ok(*v);
+        }
+        let names: Vec<&str> = options.iter().map(|(name, _)| *name).collect();
+        let (last, rest) = names.split_last().unwrap_or((&"", &[]));
+        Err(self.err(
+            n,
+            path,
+            format!("{s:?} is not {} or {last}", rest.join(", ")),
+        ))
     }
 
     fn bool(&self, n: &Node, path: &str) -> R<bool> {
@@ -1107,18 +1125,15 @@ fn restart(cx: &Cx, n: &Node, path: &str) -> R<Option<RestartPolicy>> {
         let p = format!("{path}.deploy.restart_policy");
         let mut r = RestartPolicy::default();
         if let Some(c) = rp.get("condition") {
-            r.condition = match cx.string(c, &format!("{p}.condition"))?.as_str() {
-                "none" => RestartCondition::None,
-                "on-failure" => RestartCondition::OnFailure,
-                "any" => RestartCondition::Any,
-                other => {
-                    return Err(cx.err(
-                        c,
-                        &format!("{p}.condition"),
-                        format!("{other:?} is not none, on-failure or any"),
-                    ))
-                }
-            } as i32;
+            r.condition = cx.choice(
+                c,
+                &format!("{p}.condition"),
+                &[
+                    ("none", RestartCondition::None),
+                    ("on-failure", RestartCondition::OnFailure),
+                    ("any", RestartCondition::Any),
+                ],
+            )? as i32;
         }
         if let Some(d) = rp.get("delay") {
             r.delay_ms = Some(cx.duration_ms(d, &format!("{p}.delay"))?);
@@ -1290,31 +1305,25 @@ fn update(cx: &Cx, u: &Node, path: &str) -> R<UpdateConfig> {
         out.max_failure_ratio = cx.f64(r, &format!("{path}.max_failure_ratio"))? as f32;
     }
     if let Some(f) = u.get("failure_action") {
-        out.failure_action = match cx.string(f, &format!("{path}.failure_action"))?.as_str() {
-            "pause" => FailureAction::Pause,
-            "continue" => FailureAction::Continue,
-            "rollback" => FailureAction::Rollback,
-            other => {
-                return Err(cx.err(
-                    f,
-                    &format!("{path}.failure_action"),
-                    format!("{other:?} is not pause, continue or rollback"),
-                ))
-            }
-        } as i32;
+        out.failure_action = cx.choice(
+            f,
+            &format!("{path}.failure_action"),
+            &[
+                ("pause", FailureAction::Pause),
+                ("continue", FailureAction::Continue),
+                ("rollback", FailureAction::Rollback),
+            ],
+        )? as i32;
     }
     if let Some(o) = u.get("order") {
-        out.order = match cx.string(o, &format!("{path}.order"))?.as_str() {
-            "stop-first" => UpdateOrder::StopFirst,
-            "start-first" => UpdateOrder::StartFirst,
-            other => {
-                return Err(cx.err(
-                    o,
-                    &format!("{path}.order"),
-                    format!("{other:?} is not stop-first or start-first"),
-                ))
-            }
-        } as i32;
+        out.order = cx.choice(
+            o,
+            &format!("{path}.order"),
+            &[
+                ("stop-first", UpdateOrder::StopFirst),
+                ("start-first", UpdateOrder::StartFirst),
+            ],
+        )? as i32;
     }
     Ok(out)
 }
@@ -1347,18 +1356,18 @@ fn depends_on(
             for e in entries {
                 let cond = match e.value.get("condition") {
                     None => Condition::Started,
-                    Some(c) => match cx.string(c, &format!("{p}.{}.condition", e.key))?.as_str() {
-                        "service_started" => Condition::Started,
-                        "service_healthy" => Condition::Healthy,
-                        "service_completed_successfully" => Condition::CompletedSuccessfully,
-                        other => {
-                            return Err(cx.err(
-                                c,
-                                &format!("{p}.{}.condition", e.key),
-                                format!("{other:?} is not service_started, service_healthy or service_completed_successfully"),
-                            ))
-                        }
-                    },
+                    Some(c) => cx.choice(
+                        c,
+                        &format!("{p}.{}.condition", e.key),
+                        &[
+                            ("service_started", Condition::Started),
+                            ("service_healthy", Condition::Healthy),
+                            (
+                                "service_completed_successfully",
+                                Condition::CompletedSuccessfully,
+                            ),
+                        ],
+                    )?,
                 };
                 add(e.key.clone(), cond, &e.value)?;
             }

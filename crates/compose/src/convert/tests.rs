@@ -279,6 +279,7 @@ fn errors_name_the_service_the_key_and_the_line() {
         ("services:\n  a:\n    image: x\n    depends_on: [b]\n", "services.a.depends_on: unknown service \"b\" (stack.yml, line 4)"),
         ("services:\n  a:\n    image: x\n    depends_on: [b]\n  b:\n    image: x\n    depends_on: [a]\n", "depends_on makes a cycle among the services a, b"),
         ("services:\n  a:\n    image: x\n    healthcheck: {test: [CMD, x], disable: true}\n", "services.a.healthcheck: test and disable can't be set at the same time (stack.yml, line 4)"),
+        ("services:\n  a:\n    image: x\n    deploy: {restart_policy: {condition: sometimes}}\n", "services.a.deploy.restart_policy.condition: \"sometimes\" is not none, on-failure or any (stack.yml, line 4)"),
         ("services:\n  a:\n    image: x\n    dns: 1.1.1.1\n", "services.a: dns is not supported by shoal yet; remove it from the file to deploy (stack.yml, line 4)"),
         ("services:\n  a:\n    image: x\n    stop_grace_period: soon\n", "services.a.stop_grace_period: \"soon\" is not a duration like 10s, 1m30s or 500ms (stack.yml, line 4)"),
         ("secrets:\n  s: {labels: {a: b}}\n", "secrets.s: needs file: (the data) or external: true (one that exists already) (stack.yml, line 2)"),

@@ -132,6 +132,17 @@ impl Client {
         self.control.clone()
     }
 
+    /// Every network the cluster has.
+    pub(crate) async fn networks(&self) -> Result<Vec<shoal_proto::objects::Network>> {
+        Ok(self
+            .control()
+            .list_networks(shoal_proto::control::ListNetworksRequest {})
+            .await
+            .map_err(status_err)?
+            .into_inner()
+            .networks)
+    }
+
     pub(crate) async fn self_id(&self) -> Result<String> {
         Ok(self.info_raw().await?.node_id)
     }

@@ -123,13 +123,7 @@ impl Client {
                 Ok(())
             }
             NetworkCmd::Ls { quiet, format } => {
-                let nets = self
-                    .control()
-                    .list_networks(ListNetworksRequest {})
-                    .await
-                    .map_err(status_err)?
-                    .into_inner()
-                    .networks;
+                let nets = self.networks().await?;
                 if quiet {
                     for n in &nets {
                         println!("{}", n.id);

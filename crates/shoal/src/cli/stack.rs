@@ -10,11 +10,10 @@ use clap::Subcommand;
 use shoal_compose::convert::{Condition, Plan, NAMESPACE_LABEL};
 use shoal_proto::control::{
     CreateNetworkRequest, CreateSecretRequest, CreateServiceRequest, GetServiceRequest,
-    ListNetworksRequest, ListSecretsRequest, ListServicesRequest, ListTasksRequest,
-    RemoveNetworkRequest, RemoveSecretRequest, RemoveServiceRequest, UpdateSecretRequest,
-    UpdateServiceRequest,
+    ListSecretsRequest, ListServicesRequest, ListTasksRequest, RemoveNetworkRequest,
+    RemoveSecretRequest, RemoveServiceRequest, UpdateSecretRequest, UpdateServiceRequest,
 };
-use shoal_proto::objects::{SecretSpec, Service, TaskState};
+use shoal_proto::objects::{Network, SecretSpec, Service, TaskState};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -190,7 +189,8 @@ impl Client {
         for w in &plan.warnings {
             eprintln!("{w}");
         }
-        self.check_externals(&plan).await?;
+        let networks = self.networks().await?;
+        self.check_externals(&plan, &networks).await?;
         let (existing, _) = self.services_of(stack).await?;
         if prune {
             let keep: HashSet<&str> = plan.services.iter().map(|s| s.spec.name.as_str()).collect();
@@ -219,13 +219,6 @@ impl Client {
         }
         // A new secret or config version moved its services onto it: read them again.
         let (existing, _) = self.services_of(stack).await?;
-        let networks = self
-            .control()
-            .list_networks(ListNetworksRequest {})
-            .await
-            .map_err(status_err)?
-            .into_inner()
-            .networks;
         for n in plan.networks.iter().filter(|n| !n.external) {
             if networks
                 .iter()
@@ -286,15 +279,8 @@ impl Client {
 
     /// Every external network, secret and config must exist: one error names all that
     /// do not, before anything is created.
-    async fn check_externals(&self, plan: &Plan) -> Result<()> {
+    async fn check_externals(&self, plan: &Plan, networks: &[Network]) -> Result<()> {
         let mut missing = Vec::new();
-        let networks = self
-            .control()
-            .list_networks(ListNetworksRequest {})
-            .await
-            .map_err(status_err)?
-            .into_inner()
-            .networks;
         for n in plan.networks.iter().filter(|n| n.external) {
             let found = n.name == shoal_proto::HOST_NETWORK
                 || networks
@@ -325,11 +311,11 @@ impl Client {
         Ok(())
     }
 
-    /// Secret or config names → IDs.
+    /// Secret or config names → (ID, labels, versions).
     async fn names_of(
         &self,
         kind: &str,
-    ) -> Result<BTreeMap<String, (String, HashMap<String, String>)>> {
+    ) -> Result<BTreeMap<String, (String, HashMap<String, String>, usize)>> {
         let list = self
             .control()
             .list_secrets(ListSecretsRequest { kind: kind.into() })
@@ -342,7 +328,7 @@ impl Client {
             .filter_map(|v| v.secret)
             .filter_map(|s| {
                 let spec = s.spec?;
-                Some((spec.name, (s.id, spec.labels)))
+                Some((spec.name, (s.id, spec.labels, s.versions.len())))
             })
             .collect())
     }
@@ -356,8 +342,7 @@ impl Client {
     ) -> Result<()> {
         let have = self.names_of(kind).await?;
         for f in items.iter().filter(|f| !f.external) {
-            if have.contains_key(&f.name) {
-                let before = self.versions_of(kind, &f.name).await?;
+            if let Some((_, _, before)) = have.get(&f.name) {
                 let v = self
                     .control()
                     .update_secret(UpdateSecretRequest {
@@ -372,7 +357,7 @@ impl Client {
                     })?
                     .into_inner();
                 let after = v.secret.map(|s| s.versions.len()).unwrap_or(0);
-                if after != before {
+                if after != *before {
                     println!("Updating {kind} {}", f.name);
                 }
                 continue;
@@ -391,19 +376,6 @@ impl Client {
                 .map_err(|s| anyhow::anyhow!("cannot create {kind} {}: {}", f.name, s.message()))?;
         }
         Ok(())
-    }
-
-    async fn versions_of(&self, kind: &str, name: &str) -> Result<usize> {
-        let v = self
-            .control()
-            .get_secret(shoal_proto::control::GetSecretRequest {
-                kind: kind.into(),
-                reference: name.into(),
-            })
-            .await
-            .map_err(status_err)?
-            .into_inner();
-        Ok(v.secret.map(|s| s.versions.len()).unwrap_or(0))
     }
 
     /// Creates the service, or updates it if its spec changed; returns its ID.
@@ -457,65 +429,37 @@ impl Client {
         Ok(cur.id.clone())
     }
 
-    /// Waits until a dependency's condition holds: its tasks running (and healthy, for
-    /// service_healthy: converged counts only healthy tasks of a checked service), or,
-    /// for service_completed_successfully, every task complete.
+    /// Waits until a dependency's condition holds, through `converge`: its tasks
+    /// running (and healthy: convergence counts only healthy tasks of a checked
+    /// service), or, for a job, every completion in (`converge` fails on a task that
+    /// will not be retried).
     async fn wait_condition(&self, id: &str, cond: Condition) -> Result<()> {
-        if cond == Condition::Healthy {
-            let svc = self
-                .control()
-                .get_service(GetServiceRequest {
-                    reference: id.into(),
-                })
-                .await
-                .map_err(status_err)?
-                .into_inner();
-            let checked = svc
-                .spec
-                .as_ref()
-                .and_then(|s| s.container.as_ref())
-                .and_then(|c| c.healthcheck.as_ref())
-                .is_some_and(|h| h.test.first().map(String::as_str) != Some("NONE"));
-            if !checked {
-                let name = svc.spec.map(|s| s.name).unwrap_or_default();
-                bail!("{name} has no healthcheck in the file, so service_healthy cannot be told: give it one, or use service_started");
-            }
-        }
-        self.converge(id, false).await?;
-        if cond == Condition::CompletedSuccessfully {
-            loop {
-                let tasks = self
-                    .control()
-                    .list_tasks(ListTasksRequest {
-                        node: String::new(),
-                        service_id: id.into(),
-                    })
-                    .await
-                    .map_err(status_err)?
-                    .into_inner()
-                    .tasks;
-                let state =
-                    |t: &shoal_proto::objects::Task| t.status.as_ref().map_or(0, |s| s.state);
-                if let Some(t) = tasks.iter().find(|t| {
-                    matches!(
-                        TaskState::try_from(state(t)),
-                        Ok(TaskState::Failed | TaskState::Rejected)
-                    )
-                }) {
-                    bail!(
-                        "task {} failed: {}",
-                        t.name,
-                        t.status.as_ref().map(|s| s.err.clone()).unwrap_or_default()
-                    );
+        let svc = self
+            .control()
+            .get_service(GetServiceRequest {
+                reference: id.into(),
+            })
+            .await
+            .map_err(status_err)?
+            .into_inner();
+        let spec = svc.spec.unwrap_or_default();
+        match cond {
+            Condition::Healthy => {
+                let checked = spec
+                    .container
+                    .as_ref()
+                    .and_then(|c| c.healthcheck.as_ref())
+                    .is_some_and(|h| h.test.first().map(String::as_str) != Some("NONE"));
+                if !checked {
+                    bail!("{} has no healthcheck in the file, so service_healthy cannot be told: give it one, or use service_started", spec.name);
                 }
-                if !tasks.is_empty() && tasks.iter().all(|t| state(t) == TaskState::Complete as i32)
-                {
-                    return Ok(());
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
             }
+            Condition::CompletedSuccessfully if !shoal_manager::orchestrator::is_job(&spec) => {
+                bail!("{} is not a job, so it never completes: give it deploy.mode replicated-job or global-job, or use service_started", spec.name);
+            }
+            _ => {}
         }
-        Ok(())
+        self.converge(id, false).await
     }
 
     async fn stack_ls(&self) -> Result<()> {
@@ -533,20 +477,14 @@ impl Client {
         }
         // Beyond swarm: a stack whose services are gone but whose networks, secrets or
         // configs remain is listed too, with 0 services.
-        let networks = self
-            .control()
-            .list_networks(ListNetworksRequest {})
-            .await
-            .map_err(status_err)?
-            .into_inner()
-            .networks;
+        let networks = self.networks().await?;
         for n in networks.iter().filter_map(|n| n.spec.as_ref()) {
             if let Some(st) = n.labels.get(NAMESPACE_LABEL) {
                 stacks.entry(st.clone()).or_default();
             }
         }
         for kind in ["secret", "config"] {
-            for (_, (_, labels)) in self.names_of(kind).await? {
+            for (_, (_, labels, _)) in self.names_of(kind).await? {
                 if let Some(st) = labels.get(NAMESPACE_LABEL) {
                     stacks.entry(st.clone()).or_default();
                 }
@@ -627,19 +565,15 @@ impl Client {
             services.sort_by_key(|s| s.spec.as_ref().map(|x| x.name.clone()));
             let mut files = Vec::new();
             for kind in ["secret", "config"] {
-                for (name, (_, labels)) in self.names_of(kind).await? {
+                for (name, (_, labels, _)) in self.names_of(kind).await? {
                     if in_stack(&labels, stack) {
                         files.push((kind, name));
                     }
                 }
             }
             let mut networks: Vec<String> = self
-                .control()
-                .list_networks(ListNetworksRequest {})
-                .await
-                .map_err(status_err)?
-                .into_inner()
-                .networks
+                .networks()
+                .await?
                 .into_iter()
                 .filter_map(|n| n.spec)
                 .filter(|s| in_stack(&s.labels, stack))
