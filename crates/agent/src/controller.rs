@@ -8,6 +8,7 @@ use crate::network::Networks;
 use crate::reporter::StatusSender;
 use crate::runtime::{ContainerConfig, ContainerStatus, Exit, MountKind, MountSpec, Runtime};
 use crate::state::TaskProgress;
+use nix::sys::signal::Signal;
 use shoal_proto::objects::{HealthState, Task, TaskAddress, TaskState, TaskStatus};
 use std::sync::Arc;
 use std::time::Duration;
@@ -115,6 +116,19 @@ struct Ctl {
     last_health: Option<(HealthState, String)>,
     /// The task's addresses, reported with every state once known.
     addresses: Vec<TaskAddress>,
+    /// The signal that asks it to stop: its spec's, else its image's, else SIGTERM.
+    stop_signal: Signal,
+}
+
+/// The signal that asks a task to stop: its spec's `--stop-signal`, else its image's
+/// STOPSIGNAL, else SIGTERM (the manager checked the spec's; an image's that names no
+/// signal is passed over).
+fn stop_signal(spec: &str, image: Option<&str>) -> Signal {
+    [spec, image.unwrap_or("")]
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .find_map(|s| shoal_proto::options::signal_number(s).and_then(|n| Signal::try_from(n).ok()))
+        .unwrap_or(Signal::SIGTERM)
 }
 
 impl Ctl {
@@ -178,9 +192,10 @@ impl Ctl {
         let _ = self.deps.status.send((self.task.id.clone(), st)).await;
     }
 
-    /// The task's health check: its own, else its image's. For a re-adopted container;
-    /// a new one learns it in [`Self::prepare`], from the image it resolved.
-    async fn find_health_check(&mut self) {
+    /// The task's health check and stop signal: its own, else its image's. For a
+    /// re-adopted container; a new one learns them in [`Self::prepare`], from the image
+    /// it resolved.
+    async fn find_image_defaults(&mut self) {
         let spec = self.task.spec.clone().unwrap_or_default();
         let images = self.deps.images.clone();
         let image = tokio::task::spawn_blocking(move || images.resolve(&spec.image))
@@ -192,6 +207,10 @@ impl Ctl {
         self.health = crate::health::effective(
             spec.healthcheck.as_ref(),
             image.as_ref().and_then(|i| i.config.healthcheck.as_ref()),
+        );
+        self.stop_signal = stop_signal(
+            &spec.stop_signal,
+            image.as_ref().map(|i| i.config.stop_signal.as_str()),
         );
     }
 
@@ -275,6 +294,7 @@ impl Ctl {
         };
         let cfg = &image.config;
         self.health = crate::health::effective(spec.healthcheck.as_ref(), cfg.healthcheck.as_ref());
+        self.stop_signal = stop_signal(&spec.stop_signal, Some(&cfg.stop_signal));
         let entrypoint = if spec.command.is_empty() {
             cfg.entrypoint.clone()
         } else {
@@ -332,6 +352,7 @@ impl Ctl {
                     target: m.target.clone(),
                     readonly: m.readonly,
                     size_bytes: m.size_bytes,
+                    mode: m.tmpfs_mode,
                 })
                 .collect(),
             memory_bytes: limits.memory_bytes,
@@ -341,6 +362,24 @@ impl Ctl {
             cap_drop: spec.cap_drop.clone(),
             init: !spec.no_init,
             netns: None,
+            sysctls: spec.sysctls.clone().into_iter().collect(),
+            rlimits: spec
+                .ulimits
+                .iter()
+                .filter_map(|u| {
+                    let r = shoal_proto::options::rlimit_of(&u.name)?;
+                    Some((r.to_string(), u.soft, u.hard))
+                })
+                .collect(),
+            groups: spec.groups.clone(),
+            tty: spec.tty,
+        };
+        let etc = crate::network::EtcOptions {
+            hostname: container.hostname.clone(),
+            nameservers: spec.dns_nameservers.clone(),
+            search: spec.dns_search.clone(),
+            options: spec.dns_options.clone(),
+            hosts: spec.hosts.clone(),
         };
         let network = self.deps.network.clone();
         let secrets = self.deps.secrets.clone();
@@ -354,6 +393,7 @@ impl Ctl {
                         target,
                         readonly: true,
                         size_bytes: 0,
+                        mode: 0,
                     });
                 }
                 drop(files);
@@ -361,7 +401,7 @@ impl Ctl {
                     NetMode::Host => None,
                     NetMode::Own { overlays, outbound } => {
                         let a = network
-                            .attach(&container.id, &container.hostname, &overlays, outbound)
+                            .attach(&container.id, &etc, &overlays, outbound)
                             .inspect_err(|_| secrets.remove(&container.id))?;
                         container.netns = Some(a.netns.clone());
                         container.mounts.extend(a.mounts.iter().cloned());
@@ -519,11 +559,9 @@ impl Ctl {
                 }
             }
             if stopping.is_none() && (self.wants_stop() || unhealthy.is_some()) {
-                tracing::info!(task_id = %id, pid, unhealthy = unhealthy.is_some(), "stopping container");
-                let i = id.clone();
-                let _ = self
-                    .blocking(move |rt| rt.signal(&i, nix::sys::signal::Signal::SIGTERM))
-                    .await;
+                tracing::info!(task_id = %id, pid, unhealthy = unhealthy.is_some(), signal = %self.stop_signal, "stopping container");
+                let (i, sig) = (id.clone(), self.stop_signal);
+                let _ = self.blocking(move |rt| rt.signal(&i, sig)).await;
                 stopping = Some(tokio::time::Instant::now() + grace);
             }
             if let Some(deadline) = stopping {
@@ -599,7 +637,7 @@ impl Ctl {
         match existing {
             ContainerStatus::Running { pid } => {
                 tracing::info!(task_id = %id, pid, "re-adopted running container");
-                self.find_health_check().await;
+                self.find_image_defaults().await;
                 self.find_addresses().await;
                 self.report(TaskState::Running, "running", "", None, pid)
                     .await;
@@ -686,6 +724,7 @@ pub async fn run(task: Task, desired: watch::Receiver<i32>, deps: Deps) {
         health: None,
         last_health: None,
         addresses: Vec::new(),
+        stop_signal: Signal::SIGTERM,
         received: std::time::Instant::now(),
         progress: TaskProgress::new(state),
         task,

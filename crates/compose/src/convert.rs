@@ -73,21 +73,16 @@ impl Condition {
 
 type R<T> = Result<T, Error>;
 
-/// Service keys shoal does not apply yet; a file using them is refused rather than
-/// deployed as something else.
-const NOT_YET: &[&str] = &[
-    "dns",
-    "dns_search",
-    "extra_hosts",
-    "sysctls",
-    "ulimits",
-    "stop_signal",
-    "tty",
+/// Service keys swarm converts but that mean nothing on shoal; ignored with a warning.
+/// (`stdin_open`: nothing attaches to a service task's stdin; `task exec -i` is the way
+/// in.)
+const NOT_USED: &[&str] = &[
+    "credential_spec",
+    "isolation",
+    "logging",
+    "oom_score_adj",
     "stdin_open",
 ];
-
-/// Service keys swarm converts but that mean nothing on shoal; ignored with a warning.
-const NOT_USED: &[&str] = &["credential_spec", "isolation", "logging", "oom_score_adj"];
 
 struct Cx<'a> {
     l: &'a Loaded,
@@ -147,6 +142,17 @@ impl Cx<'_> {
             path,
             format!("{s:?} is not {} or {last}", rest.join(", ")),
         ))
+    }
+
+    fn i64(&self, n: &Node, path: &str) -> R<i64> {
+        match &n.v {
+            V::Int(i) => Ok(*i),
+            V::Str(s) => s
+                .trim()
+                .parse()
+                .map_err(|_| self.err(n, path, "must be a whole number")),
+            _ => Err(self.err(n, path, "must be a whole number")),
+        }
     }
 
     fn bool(&self, n: &Node, path: &str) -> R<bool> {
@@ -276,21 +282,7 @@ pub fn go_duration_ms(s: &str) -> Option<u64> {
 
 /// `512M`, `1g`, `64MiB`, `100k`, `1048576` → bytes.
 pub fn parse_bytes(s: &str) -> Option<i64> {
-    let t = s.trim().to_ascii_lowercase();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().ok()?;
-    let mult = match unit.trim().trim_end_matches("ib").trim_end_matches('b') {
-        "" => 1.0,
-        "k" => 1024.0,
-        "m" => 1024.0 * 1024.0,
-        "g" => 1024.0 * 1024.0 * 1024.0,
-        "t" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-        _ => return None,
-    };
-    Some((n * mult) as i64)
+    shoal_proto::options::parse_bytes(s).ok()
 }
 
 /// The plan for deploying `loaded` as stack `stack`; `env` gives the values of
@@ -331,16 +323,6 @@ pub fn plan(loaded: &Loaded, stack: &str, env: &dyn Fn(&str) -> Option<String>) 
         for k in e.value.map().unwrap_or_default() {
             if NOT_USED.contains(&k.key.as_str()) {
                 not_used.insert(k.key.clone());
-            }
-            if NOT_YET.contains(&k.key.as_str()) {
-                return Err(cx.err(
-                    &k.value,
-                    &path,
-                    format!(
-                        "{} is not supported by shoal yet; remove it from the file to deploy",
-                        k.key
-                    ),
-                ));
             }
         }
         let (spec, default_net) = service(
@@ -602,6 +584,7 @@ fn service(cx: &Cx, short: &str, n: &Node, path: &str, refs: &Refs) -> R<(Servic
         .labels(n.get("labels"), &format!("{path}.labels"))?
         .into_iter()
         .collect();
+    process_options(cx, n, path, &mut c)?;
     if let Some(h) = n.get("healthcheck") {
         c.healthcheck = Some(healthcheck(cx, h, &format!("{path}.healthcheck"))?);
     }
@@ -671,6 +654,82 @@ fn service(cx: &Cx, short: &str, n: &Node, path: &str, refs: &Refs) -> R<(Servic
     Ok((spec, default_net))
 }
 
+/// `dns`, `dns_search`, `extra_hosts`, `sysctls`, `ulimits`, `stop_signal`, `tty`:
+/// checked here with the manager's own rules, so a bad value is named with its line.
+fn process_options(cx: &Cx, n: &Node, path: &str, c: &mut ContainerSpec) -> R<()> {
+    use shoal_proto::options;
+    if let Some(x) = n.get("dns") {
+        c.dns_nameservers = cx.strings(x, &format!("{path}.dns"))?;
+    }
+    if let Some(x) = n.get("dns_search") {
+        c.dns_search = cx.strings(x, &format!("{path}.dns_search"))?;
+    }
+    if let Some(x) = n.get("extra_hosts") {
+        let p = format!("{path}.extra_hosts");
+        let entries = match &x.v {
+            // host: ip
+            V::Map(_) => cx
+                .kv(x, &p)?
+                .into_iter()
+                .map(|(h, ip)| format!("{h}:{}", ip.unwrap_or_default()))
+                .collect(),
+            _ => cx.strings(x, &p)?,
+        };
+        for e in entries {
+            c.hosts
+                .push(options::parse_host(&e).map_err(|m| cx.err(x, &p, m))?);
+        }
+    }
+    if let Some(x) = n.get("sysctls") {
+        let p = format!("{path}.sysctls");
+        for (k, v) in cx.kv(x, &p)? {
+            c.sysctls.insert(k, v.unwrap_or_default());
+        }
+    }
+    if let Some(x) = n.get("ulimits") {
+        let p = format!("{path}.ulimits");
+        let Some(m) = x.map() else {
+            return Err(cx.err(
+                x,
+                &p,
+                "must be a mapping of NAME: LIMIT or NAME: {soft, hard}",
+            ));
+        };
+        for e in m {
+            let ep = format!("{p}.{}", e.key);
+            let (soft, hard) = match &e.value.v {
+                V::Map(_) => {
+                    let get = |k: &str| match e.value.get(k) {
+                        Some(v) => cx.i64(v, &format!("{ep}.{k}")),
+                        None => Err(cx.err(&e.value, &ep, format!("{k} is required"))),
+                    };
+                    (get("soft")?, get("hard")?)
+                }
+                _ => {
+                    let v = cx.i64(&e.value, &ep)?;
+                    (v, v)
+                }
+            };
+            let u = shoal_proto::objects::Ulimit {
+                name: e.key.clone(),
+                soft,
+                hard,
+            };
+            options::check_ulimit(&u).map_err(|m| cx.err(&e.value, &ep, m))?;
+            c.ulimits.push(u);
+        }
+    }
+    if let Some(x) = n.get("stop_signal") {
+        let p = format!("{path}.stop_signal");
+        c.stop_signal = options::parse_signal(&cx.string(x, &p)?).map_err(|m| cx.err(x, &p, m))?;
+    }
+    if let Some(x) = n.get("tty") {
+        c.tty = cx.bool(x, &format!("{path}.tty"))?;
+    }
+    // The rest with the manager's rules, named at the service.
+    options::check_spec(c).map_err(|m| cx.err(n, path, m))
+}
+
 fn command(cx: &Cx, n: &Node, path: &str) -> R<Vec<String>> {
     match &n.v {
         V::Seq(_) => cx.strings(n, path),
@@ -708,15 +767,8 @@ fn environment(cx: &Cx, n: &Node, path: &str) -> R<Vec<String>> {
                     format!("cannot read {}: {e}", p.display()),
                 )
             })?;
-            for line in text.lines() {
-                let l = line.trim_start();
-                if l.is_empty() || l.starts_with('#') {
-                    continue;
-                }
-                match l.split_once('=') {
-                    Some((k, v)) => put(k.to_string(), Some(v.to_string())),
-                    None => put(l.trim_end().to_string(), None),
-                }
+            for (k, v) in shoal_proto::options::env_file_entries(&text) {
+                put(k, v);
             }
         }
     }
@@ -769,22 +821,9 @@ fn healthcheck(cx: &Cx, h: &Node, path: &str) -> R<HealthCheck> {
     Ok(hc)
 }
 
-/// `/run` or `/run:size=64m,mode=1777` (the size is kept).
+/// `/run` or `/run:size=64m,mode=1777`.
 fn tmpfs(cx: &Cx, n: &Node, path: &str, s: &str) -> R<Mount> {
-    let (target, opts) = s.split_once(':').unwrap_or((s, ""));
-    let mut m = Mount {
-        r#type: "tmpfs".into(),
-        target: target.to_string(),
-        ..Default::default()
-    };
-    for o in opts.split(',').filter(|o| !o.is_empty()) {
-        if let Some(size) = o.strip_prefix("size=") {
-            m.size_bytes = parse_bytes(size)
-                .ok_or_else(|| cx.err(n, path, format!("{size:?} is not a size")))?
-                as u64;
-        }
-    }
-    Ok(m)
+    shoal_proto::options::parse_tmpfs(s).map_err(|e| cx.err(n, path, e))
 }
 
 fn volume(cx: &Cx, n: &Node, path: &str, volumes: &BTreeSet<String>) -> R<Mount> {
@@ -849,7 +888,7 @@ fn volume(cx: &Cx, n: &Node, path: &str, volumes: &BTreeSet<String>) -> R<Mount>
                 source: src,
                 target,
                 readonly,
-                size_bytes: 0,
+                ..Default::default()
             })
         }
         "tmpfs" => Ok(Mount {

@@ -3,7 +3,8 @@
 //! Generated from `proto/shoal/*.proto`. Services: `ca` (join), `dispatcher` (every
 //! node's link to the managers), `control` (the CLI's API on managers) and `local` (the
 //! node's own admin API on its unix socket). [`caps`] is the capability vocabulary that
-//! `ContainerSpec` carries, shared by the CLI, the manager and the agent.
+//! `ContainerSpec` carries, shared by the CLI, the manager and the agent; [`options`] the
+//! vocabulary of its process options (sysctls, ulimits, signals, hosts, resolver).
 
 #![allow(clippy::all, missing_docs)]
 
@@ -30,6 +31,7 @@ pub mod raft {
 }
 
 pub mod limits;
+pub mod options;
 
 /// The network a service names to keep its tasks in their node's own network namespace
 /// (the manager allocates nothing for it; the agent attaches nothing).

@@ -25,8 +25,9 @@ pub const DEFAULT_SOCKET: &str = "/run/shoal/shoal.sock";
     about = "A container orchestrator in one binary, secure by default"
 )]
 struct Cli {
-    /// Daemon socket to talk to (unix:///path).
-    #[arg(short = 'H', long = "host", env = "SHOAL_HOST", global = true)]
+    /// Daemon socket to talk to (unix:///path), given before the command as with
+    /// docker's -H (after it, `--host` is a task's /etc/hosts entry).
+    #[arg(short = 'H', long = "host", env = "SHOAL_HOST")]
     host: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
@@ -627,4 +628,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Cmd::Node { cmd } => c.node(cmd).await,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every command's flags are consistent (clap checks them only when a command is
+    /// parsed: a clash in one subcommand would otherwise show first to a user).
+    #[test]
+    fn every_commands_flags_are_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

@@ -67,6 +67,9 @@ pub struct ImageConfig {
     /// The image's HEALTHCHECK (absent in images stored before it was kept).
     #[serde(default)]
     pub healthcheck: Option<ImageHealthcheck>,
+    /// The image's STOPSIGNAL (empty: none; absent in images stored before it was kept).
+    #[serde(default)]
+    pub stop_signal: String,
 }
 
 /// A HEALTHCHECK as image configs carry it (durations in nanoseconds).

@@ -176,6 +176,12 @@ pub(crate) struct RunConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub healthcheck: Option<super::ImageHealthcheck>,
+    #[serde(
+        rename = "StopSignal",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stop_signal: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -221,6 +227,7 @@ pub(crate) fn parse_config(bytes: &[u8], what: &str) -> Result<ParsedConfig, Ima
             working_dir: run.working_dir.unwrap_or_default(),
             user: run.user.unwrap_or_default(),
             healthcheck: run.healthcheck,
+            stop_signal: run.stop_signal.unwrap_or_default(),
         },
         diff_ids,
         created_unix,

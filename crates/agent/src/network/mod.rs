@@ -243,16 +243,16 @@ impl Networks {
     /// Gives task `id` a namespace of its own: an interface on each of `overlays`
     /// (eth0, eth1, ... in order), and, when `outbound`, one on the node's bridge with
     /// the default route (its way out, NATed); the bridge is set up first if this is
-    /// the first task on it. `hostname` goes into its /etc files. Only the bridge
+    /// the first task on it. `etc` goes into its /etc files. Only the bridge
     /// address is chosen under the lock: namespaces are made in parallel.
     pub fn attach(
         &self,
         id: &str,
-        hostname: &str,
+        etc: &EtcOptions,
         overlays: &[OverlayLeg],
         outbound: bool,
     ) -> Result<Attachment, String> {
-        let result = self.attach_inner(id, hostname, overlays, outbound);
+        let result = self.attach_inner(id, etc, overlays, outbound);
         if result.is_err() {
             let _ = self.release(id);
         }
@@ -262,7 +262,7 @@ impl Networks {
     fn attach_inner(
         &self,
         id: &str,
-        hostname: &str,
+        etc: &EtcOptions,
         overlays: &[OverlayLeg],
         outbound: bool,
     ) -> Result<Attachment, String> {
@@ -317,13 +317,18 @@ impl Networks {
             .map_or(Ipv4Addr::LOCALHOST, |(_, a)| a.addr());
         let node = node_resolv_conf();
         let resolv = if overlays.is_empty() {
-            resolv_conf(&node)
+            resolv_conf(&node, etc)
         } else {
             let ids = overlays.iter().map(|o| o.network.id.clone()).collect();
-            self.data_plane.start_task(id, &netns, ids)?;
-            discovery_resolv_conf(&node)
+            let forward = etc.forwarders();
+            if !forward.is_empty() {
+                let text: String = forward.iter().map(|a| format!("{a}\n")).collect();
+                write_file(&dir.join(FORWARDERS), &text)?;
+            }
+            self.data_plane.start_task(id, &netns, ids, &forward)?;
+            discovery_resolv_conf(&node, etc)
         };
-        let mounts = etc_files(&dir, hostname, first, &resolv)?;
+        let mounts = etc_files(&dir, etc, first, &resolv)?;
         Ok(Attachment {
             netns,
             addresses,
@@ -340,7 +345,12 @@ impl Networks {
         if nets.is_empty() || !netns.exists() {
             return Ok(());
         }
-        self.data_plane.start_task(id, &netns, nets)
+        let forward: Vec<Ipv4Addr> = std::fs::read_to_string(self.task_dir(id).join(FORWARDERS))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        self.data_plane.start_task(id, &netns, nets, &forward)
     }
 
     /// An address on the node's bridge for task `id` (the one it has, after a
@@ -657,15 +667,51 @@ fn apply_nft(script: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// In a task's network directory: the nameservers its DNS server forwards to, when
+/// the task names its own (`--dns`), so a restarted daemon forwards there again.
+const FORWARDERS: &str = "dns-forwarders";
+
+/// What a task's /etc files hold beyond its address: its hostname, and what its spec
+/// asks for (`--dns`, `--dns-search`, `--dns-option`, `--host`). Empty lists: the
+/// node's.
+#[derive(Clone, Debug, Default)]
+pub struct EtcOptions {
+    pub hostname: String,
+    pub nameservers: Vec<String>,
+    pub search: Vec<String>,
+    pub options: Vec<String>,
+    /// `IP HOSTNAME` lines.
+    pub hosts: Vec<String>,
+}
+
+impl EtcOptions {
+    /// Only a hostname: the node's resolver settings, no extra hosts.
+    pub fn named(hostname: &str) -> EtcOptions {
+        EtcOptions {
+            hostname: hostname.to_string(),
+            ..Default::default()
+        }
+    }
+
+    /// The IPv4 nameservers the task names (its DNS server forwards over IPv4).
+    fn forwarders(&self) -> Vec<Ipv4Addr> {
+        self.nameservers
+            .iter()
+            .filter_map(|s| s.parse().ok())
+            .collect()
+    }
+}
+
 /// Writes the task's /etc files and returns their mounts.
 fn etc_files(
     dir: &Path,
-    hostname: &str,
+    etc: &EtcOptions,
     ip: Ipv4Addr,
     resolv: &str,
 ) -> Result<Vec<MountSpec>, String> {
+    let hostname = &etc.hostname;
     let files = [
-        ("hosts", hosts_file(hostname, ip)),
+        ("hosts", hosts_file(hostname, ip, &etc.hosts)),
         ("hostname", format!("{hostname}\n")),
         ("resolv.conf", resolv.to_string()),
     ];
@@ -679,13 +725,15 @@ fn etc_files(
             target: format!("/etc/{name}"),
             readonly: false,
             size_bytes: 0,
+            mode: 0,
         });
     }
     Ok(mounts)
 }
 
-pub fn hosts_file(hostname: &str, ip: Ipv4Addr) -> String {
-    format!(
+/// A task's /etc/hosts: the usual names, its own, then the `--host` entries.
+pub fn hosts_file(hostname: &str, ip: Ipv4Addr, extra: &[String]) -> String {
+    let mut out = format!(
         "127.0.0.1\tlocalhost\n\
          ::1\tlocalhost ip6-localhost ip6-loopback\n\
          fe00::0\tip6-localnet\n\
@@ -693,7 +741,15 @@ pub fn hosts_file(hostname: &str, ip: Ipv4Addr) -> String {
          ff02::1\tip6-allnodes\n\
          ff02::2\tip6-allrouters\n\
          {ip}\t{hostname}\n"
-    )
+    );
+    for line in extra {
+        let mut w = line.split_whitespace();
+        if let Some(addr) = w.next() {
+            let names: Vec<&str> = w.collect();
+            out.push_str(&format!("{addr}\t{}\n", names.join(" ")));
+        }
+    }
+    out
 }
 
 /// The node's resolver configuration: /etc/resolv.conf, or systemd-resolved's list of
@@ -718,38 +774,59 @@ fn nameservers(text: &str) -> impl Iterator<Item = &str> {
         })
 }
 
+/// The node's `search`/`domain` lines, or the task's own search domains.
+fn search_lines(node: &str, etc: &EtcOptions) -> String {
+    if !etc.search.is_empty() {
+        return format!("search {}\n", etc.search.join(" "));
+    }
+    node.lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("search") || l.starts_with("domain"))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
 /// A task's resolv.conf from the node's: its reachable nameservers (Docker's public
-/// fallback when there are none), search domains and options.
-pub fn resolv_conf(node: &str) -> String {
+/// fallback when there are none), search domains and options; each replaced by the
+/// task's own when its spec names them.
+pub fn resolv_conf(node: &str, etc: &EtcOptions) -> String {
     let mut out = String::new();
-    let servers: Vec<&str> = nameservers(node).collect();
+    let servers: Vec<&str> = match etc.nameservers.is_empty() {
+        true => nameservers(node).collect(),
+        false => etc.nameservers.iter().map(String::as_str).collect(),
+    };
     if servers.is_empty() {
         out.push_str("nameserver 8.8.8.8\nnameserver 8.8.4.4\n");
     }
     for s in servers {
         out.push_str(&format!("nameserver {s}\n"));
     }
-    for l in node.lines().map(str::trim) {
-        if l.starts_with("search") || l.starts_with("options") || l.starts_with("domain") {
-            out.push_str(l);
-            out.push('\n');
+    out.push_str(&search_lines(node, etc));
+    if etc.options.is_empty() {
+        for l in node.lines().map(str::trim) {
+            if l.starts_with("options") {
+                out.push_str(l);
+                out.push('\n');
+            }
         }
+    } else {
+        out.push_str(&format!("options {}\n", etc.options.join(" ")));
     }
     out
 }
 
 /// The resolv.conf of a task on overlay networks: the embedded DNS server (which
-/// forwards what it does not know to the node's resolvers), with the node's search
-/// domains, as swarm mode writes it.
-pub fn discovery_resolv_conf(node: &str) -> String {
+/// forwards what it does not know to the node's resolvers, or the task's `--dns`), with
+/// the node's search domains (or the task's), as swarm mode writes it: `ndots:0` unless
+/// the task sets ndots itself.
+pub fn discovery_resolv_conf(node: &str, etc: &EtcOptions) -> String {
     let mut out = format!("nameserver {}\n", discovery::DNS_ADDR);
-    for l in node.lines().map(str::trim) {
-        if l.starts_with("search") || l.starts_with("domain") {
-            out.push_str(l);
-            out.push('\n');
-        }
+    out.push_str(&search_lines(node, etc));
+    let mut options = etc.options.clone();
+    if !options.iter().any(|o| o.starts_with("ndots:")) {
+        options.insert(0, "ndots:0".into());
     }
-    out.push_str("options ndots:0\n");
+    out.push_str(&format!("options {}\n", options.join(" ")));
     out
 }
 
@@ -790,21 +867,55 @@ mod tests {
     #[test]
     fn a_tasks_resolv_conf_drops_the_nodes_loopback_resolvers() {
         let node = "# comment\nnameserver 127.0.0.53\nnameserver 10.0.0.2\nsearch corp.example\noptions edns0\n";
+        let none = EtcOptions::default();
         assert_eq!(
-            resolv_conf(node),
+            resolv_conf(node, &none),
             "nameserver 10.0.0.2\nsearch corp.example\noptions edns0\n"
         );
         assert_eq!(
-            resolv_conf("nameserver 127.0.0.53\n"),
+            resolv_conf("nameserver 127.0.0.53\n", &none),
             "nameserver 8.8.8.8\nnameserver 8.8.4.4\n"
         );
     }
 
     #[test]
+    fn a_tasks_own_dns_settings_replace_the_nodes() {
+        let node = "nameserver 10.0.0.2\nsearch corp.example\noptions edns0\n";
+        let etc = EtcOptions {
+            nameservers: vec!["10.9.9.9".into()],
+            search: vec!["a.example".into(), "b.example".into()],
+            options: vec!["ndots:2".into(), "timeout:1".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            resolv_conf(node, &etc),
+            "nameserver 10.9.9.9\nsearch a.example b.example\noptions ndots:2 timeout:1\n"
+        );
+        assert_eq!(
+            discovery_resolv_conf(node, &etc),
+            "nameserver 127.0.0.11\nsearch a.example b.example\noptions ndots:2 timeout:1\n"
+        );
+        assert_eq!(
+            discovery_resolv_conf(node, &EtcOptions::default()),
+            "nameserver 127.0.0.11\nsearch corp.example\noptions ndots:0\n"
+        );
+        assert_eq!(etc.forwarders(), [Ipv4Addr::new(10, 9, 9, 9)]);
+    }
+
+    #[test]
     fn hosts_name_the_task_and_veths_fit_ifnamsiz() {
-        let h = hosts_file("web-1", Ipv4Addr::new(172, 18, 0, 7));
+        let h = hosts_file("web-1", Ipv4Addr::new(172, 18, 0, 7), &[]);
         assert!(h.starts_with("127.0.0.1\tlocalhost\n"));
         assert!(h.ends_with("172.18.0.7\tweb-1\n"));
+        let h = hosts_file(
+            "web-1",
+            Ipv4Addr::new(172, 18, 0, 7),
+            &["10.0.0.5 db.local".into()],
+        );
+        assert!(
+            h.ends_with("172.18.0.7\tweb-1\n10.0.0.5\tdb.local\n"),
+            "{h}"
+        );
         let v = host_veth("abcdefghijklmnopqrstuvwxy");
         assert_eq!(v.len(), 15);
         assert_ne!(v, host_veth("abcdefghijklmnopqrstuvwxz"));
@@ -845,9 +956,13 @@ mod root_tests {
         let dir = tempfile::tempdir().unwrap();
         in_scratch_netns(|| {
             let net = Networks::new(dir.path());
-            let a = net.attach("task1", "task1host", &[], true).unwrap();
+            let a = net
+                .attach("task1", &EtcOptions::named("task1host"), &[], true)
+                .unwrap();
             assert_eq!(a.addresses[0].1.to_string(), "172.18.0.2/16");
-            let b = net.attach("task2", "task2host", &[], true).unwrap();
+            let b = net
+                .attach("task2", &EtcOptions::named("task2host"), &[], true)
+                .unwrap();
             assert_eq!(b.addresses[0].1.to_string(), "172.18.0.3/16");
             let mut sock = Netlink::open().unwrap();
             assert!(sock.link_index(&host_veth("task1")).unwrap().is_some());
@@ -857,7 +972,9 @@ mod root_tests {
             let mut listed = again.list();
             listed.sort();
             assert_eq!(listed, ["task1", "task2"]);
-            let c = again.attach("task3", "task3host", &[], true).unwrap();
+            let c = again
+                .attach("task3", &EtcOptions::named("task3host"), &[], true)
+                .unwrap();
             assert_eq!(c.addresses[0].1.to_string(), "172.18.0.4/16");
             for id in ["task1", "task2", "task3"] {
                 again.release(id).unwrap();

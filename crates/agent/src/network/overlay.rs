@@ -458,10 +458,22 @@ impl DataPlane {
 
     /// Starts service discovery for task `id` (namespace `ns`, on `networks`): its DNS
     /// server and its table (DNS, VIPs). Replaces what it had (a resumed task).
-    pub fn start_task(&self, id: &str, ns: &Path, networks: Vec<String>) -> Result<(), String> {
+    /// `nameservers`: where its DNS server forwards names it does not know (`--dns`);
+    /// empty: the node's resolvers.
+    pub fn start_task(
+        &self,
+        id: &str,
+        ns: &Path,
+        networks: Vec<String>,
+        nameservers: &[Ipv4Addr],
+    ) -> Result<(), String> {
+        let up = match nameservers {
+            [] => upstreams(),
+            given => given.to_vec(),
+        };
         let dns = match tokio::runtime::Handle::try_current() {
             Ok(rt) => Some(
-                discovery::start(&rt, ns, networks.clone(), self.view.clone(), upstreams())
+                discovery::start(&rt, ns, networks.clone(), self.view.clone(), up)
                     .map_err(io_msg("cannot start the task's DNS server"))?,
             ),
             Err(_) => None,

@@ -23,6 +23,8 @@ pub struct MountSpec {
     pub target: String,
     pub readonly: bool,
     pub size_bytes: u64,
+    /// A tmpfs's mode (0: the kernel's 1777).
+    pub mode: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -55,6 +57,15 @@ pub struct ContainerConfig {
     pub init: bool,
     /// The network namespace to join (see [`crate::network`]); None shares the node's.
     pub netns: Option<PathBuf>,
+    /// Kernel parameters of its namespaces (the manager let only namespaced, safe ones
+    /// through: see `shoal_proto::options`).
+    pub sysctls: std::collections::HashMap<String, String>,
+    /// Resource limits of its processes: (`RLIMIT_NOFILE`, soft, hard); -1 is unlimited.
+    pub rlimits: Vec<(String, i64, i64)>,
+    /// Supplementary groups: names in the image's /etc/group, or numbers.
+    pub groups: Vec<String>,
+    /// Its stdin, stdout and stderr are a pseudo-terminal (its output comes through it).
+    pub tty: bool,
 }
 
 /// Where the init a container runs as PID 1 is mounted, read-only, inside it.

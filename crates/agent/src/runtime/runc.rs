@@ -15,7 +15,8 @@ use super::supervisor::{self, SupervisorArgs};
 use super::{io_err, ContainerConfig, ContainerStatus, Exit, MountKind, Runtime, RuntimeError};
 use oci_spec::runtime::{
     LinuxBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxPidsBuilder,
-    LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
+    LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType,
+    ProcessBuilder, RootBuilder, Spec, UserBuilder,
 };
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -216,9 +217,53 @@ impl Runc {
         Ok((uid, gid))
     }
 
+    /// Resolves supplementary groups (`--group`): numbers, or names in the image's
+    /// /etc/group.
+    fn resolve_groups(rootfs: &Path, groups: &[String]) -> Result<Vec<u32>, RuntimeError> {
+        let file = match groups.iter().all(|g| g.parse::<u32>().is_ok()) {
+            true => String::new(),
+            false => std::fs::read_to_string(rootfs.join("etc/group")).unwrap_or_default(),
+        };
+        groups
+            .iter()
+            .map(|g| {
+                g.parse::<u32>().or_else(|_| {
+                    file.lines()
+                        .find_map(|l| {
+                            let f: Vec<&str> = l.split(':').collect();
+                            (f.first() == Some(&g.as_str()))
+                                .then(|| f.get(2)?.parse().ok())
+                                .flatten()
+                        })
+                        .ok_or_else(|| {
+                            failed(format!(
+                                "group {g:?} is not in the image's /etc/group: use a number"
+                            ))
+                        })
+                })
+            })
+            .collect()
+    }
+
     fn spec(&self, cfg: &ContainerConfig, rootfs: &Path) -> Result<Spec, RuntimeError> {
         let e = |x: oci_spec::OciSpecError| failed(format!("building the container config: {x}"));
         let (uid, gid) = Self::resolve_user(rootfs, &cfg.user)?;
+        let groups = Self::resolve_groups(rootfs, &cfg.groups)?;
+        let mut rlimits = Vec::new();
+        for (name, soft, hard) in &cfg.rlimits {
+            let typ: PosixRlimitType = name
+                .parse()
+                .map_err(|_| failed(format!("{name} is not a resource limit")))?;
+            let v = |x: i64| if x < 0 { u64::MAX } else { x as u64 };
+            rlimits.push(
+                PosixRlimitBuilder::default()
+                    .typ(typ)
+                    .soft(v(*soft))
+                    .hard(v(*hard))
+                    .build()
+                    .map_err(e)?,
+            );
+        }
         let hardening =
             Hardening::of(&cfg.cap_add, &cfg.cap_drop).map_err(|x| failed(x.to_string()))?;
         let mut env = cfg.env.clone();
@@ -237,8 +282,10 @@ impl Runc {
             }
             false => (cfg.args.clone(), None),
         };
-        let process = ProcessBuilder::default()
-            .terminal(false)
+        // A terminal (`tty`) is made by runc inside the container's own /dev/pts and
+        // handed to the supervisor over a console socket.
+        let mut process = ProcessBuilder::default()
+            .terminal(cfg.tty)
             .args(args)
             .env(env)
             .cwd(if cfg.cwd.is_empty() {
@@ -250,6 +297,7 @@ impl Runc {
                 UserBuilder::default()
                     .uid(uid)
                     .gid(gid)
+                    .additional_gids(groups)
                     .build()
                     .map_err(e)?,
             )
@@ -261,6 +309,9 @@ impl Runc {
             )
             .build()
             .map_err(e)?;
+        if !rlimits.is_empty() {
+            process.set_rlimits(Some(rlimits));
+        }
         let mut resources =
             LinuxResourcesBuilder::default().devices(vec![LinuxDeviceCgroupBuilder::default()
                 .allow(false)
@@ -319,6 +370,7 @@ impl Runc {
             .masked_paths(hardening::host_masked_paths())
             .readonly_paths(hardening.readonly_paths())
             .seccomp(hardening.seccomp_profile().map_err(e)?)
+            .sysctl(cfg.sysctls.clone())
             .build()
             .map_err(e)?;
         let mut mounts: Vec<Mount> = oci_spec::runtime::get_default_mounts();
@@ -347,6 +399,9 @@ impl Runc {
                     options.extend(["nosuid", "nodev", "noexec"].map(String::from));
                     if m.size_bytes > 0 {
                         options.push(format!("size={}", m.size_bytes));
+                    }
+                    if m.mode > 0 {
+                        options.push(format!("mode={:o}", m.mode));
                     }
                     MountBuilder::default()
                         .typ("tmpfs")
@@ -497,6 +552,12 @@ impl Runtime for Runc {
         if let Err(e) = spec.save(bundle.join("config.json")) {
             let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
             return Err(failed(format!("cannot write config.json: {e}")));
+        }
+        let marker = dir.join(supervisor::TTY_MARKER);
+        match cfg.tty {
+            true => std::fs::write(&marker, b"")
+                .map_err(io_err("cannot note that the container has a terminal"))?,
+            false => drop(std::fs::remove_file(&marker)),
         }
         Ok(())
     }

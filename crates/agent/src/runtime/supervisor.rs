@@ -111,6 +111,86 @@ fn flush_lines(log: &mut File, stream: &str, buf: &mut Vec<u8>, all: bool) {
     }
 }
 
+/// The file in a container's directory that asks for a terminal (`tty`): the
+/// container's stdio is a pseudo-terminal runc makes inside it, whose master end comes
+/// to the supervisor over a console socket.
+pub const TTY_MARKER: &str = "tty";
+
+/// A listening console socket for runc (`--console-socket`). Abstract (no file, gone
+/// with the supervisor, and no length limit from the container directory's path).
+struct ConsoleSocket {
+    listener: std::os::unix::net::UnixListener,
+    name: String,
+}
+
+impl ConsoleSocket {
+    fn bind(id: &str) -> Result<ConsoleSocket, String> {
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("shoal-console-{id}");
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+            .map_err(|e| format!("cannot name the console socket: {e}"))?;
+        let listener = std::os::unix::net::UnixListener::bind_addr(&addr)
+            .map_err(|e| format!("cannot make the console socket: {e}"))?;
+        Ok(ConsoleSocket {
+            listener,
+            name: format!("@{name}"),
+        })
+    }
+
+    /// The terminal's master end, which runc sent while it created the container
+    /// (it has exited by now: nothing here blocks).
+    fn receive(&self) -> Result<File, String> {
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+        use std::os::fd::{AsRawFd, FromRawFd};
+        let _ = self.listener.set_nonblocking(true);
+        let (conn, _) = self
+            .listener
+            .accept()
+            .map_err(|e| format!("runc sent no terminal: {e}"))?;
+        let _ = conn.set_nonblocking(false);
+        let mut name = [0u8; 4096];
+        let mut iov = [std::io::IoSliceMut::new(&mut name)];
+        let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let msg = recvmsg::<()>(
+            conn.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .map_err(|e| format!("cannot receive the terminal from runc: {e}"))?;
+        for c in msg.cmsgs().map_err(|e| e.to_string())? {
+            if let ControlMessageOwned::ScmRights(fds) = c {
+                if let Some(&fd) = fds.first() {
+                    // SAFETY: the kernel just installed this descriptor for us.
+                    let f = unsafe { File::from_raw_fd(fd) };
+                    for &extra in &fds[1..] {
+                        // SAFETY: as above; we own and close the ones we do not use.
+                        drop(unsafe { File::from_raw_fd(extra) });
+                    }
+                    set_window(&f, 24, 80);
+                    return Ok(f);
+                }
+            }
+        }
+        Err("runc sent no terminal".into())
+    }
+}
+
+/// Sets a terminal's window size (a new one is 0×0, which confuses programs that lay
+/// out their output).
+pub fn set_window(master: &impl std::os::fd::AsRawFd, rows: u16, cols: u16) {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize from the pointer we pass.
+    unsafe {
+        libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws);
+    }
+}
+
 /// Entry point; never returns.
 pub fn main(args: &[String]) -> ! {
     let Some(a) = SupervisorArgs::parse(args) else {
@@ -166,9 +246,19 @@ pub fn run(a: &SupervisorArgs) -> i32 {
         (Err(e), _) | (_, Err(e)) => return fail(a, e),
     };
     let pid_file = a.dir.join("init.pid");
-    let started = runc(a)
-        .arg("run")
-        .arg("--detach")
+    let console = match a.dir.join(TTY_MARKER).exists() {
+        true => match ConsoleSocket::bind(&a.id) {
+            Ok(c) => Some(c),
+            Err(e) => return fail(a, e),
+        },
+        false => None,
+    };
+    let mut cmd = runc(a);
+    cmd.arg("run").arg("--detach");
+    if let Some(c) = &console {
+        cmd.arg("--console-socket").arg(&c.name);
+    }
+    let started = cmd
         .arg("--bundle")
         .arg(a.dir.join("bundle"))
         .arg("--pid-file")
@@ -179,7 +269,7 @@ pub fn run(a: &SupervisorArgs) -> i32 {
         .stderr(Stdio::from(err_w))
         .output();
     // runc is gone; only the container holds the write ends now.
-    let mut out_r = File::from(out_r);
+    let out_r = File::from(out_r);
     let mut err_r = File::from(err_r);
     match started {
         Ok(o) if o.status.success() => {}
@@ -203,10 +293,23 @@ pub fn run(a: &SupervisorArgs) -> i32 {
     else {
         return fail(a, "runc did not report the container's pid".into());
     };
+    // With a terminal, the container's output is the terminal's (runc's pipes closed
+    // with runc).
+    let mut streams = match &console {
+        Some(c) => match c.receive() {
+            Ok(master) => vec![Stream::new(master, "stdout", true)],
+            Err(e) => return fail(a, e),
+        },
+        None => vec![
+            Stream::new(out_r, "stdout", false),
+            Stream::new(err_r, "stderr", false),
+        ],
+    };
+    drop(console);
     write_atomic(&a.dir.join("pid"), pid.to_string().as_bytes());
     notify_started(&a.dir);
 
-    let status = pump(&mut log, &mut out_r, &mut err_r, pid);
+    let status = pump(&mut log, &mut streams, pid);
     let oom = super::cgroup::oom_kills(&a.cgroup_path) > 0;
     let _ = runc(a)
         .args(["delete", "--force", &a.id])
@@ -239,15 +342,49 @@ fn runc_error(stderr: &str) -> String {
     }
 }
 
+/// One output of a container: a pipe, or a terminal's master end.
+struct Stream {
+    file: File,
+    name: &'static str,
+    /// A terminal's lines end in \r\n: the log keeps them as lines.
+    tty: bool,
+    buf: Vec<u8>,
+    open: bool,
+}
+
+impl Stream {
+    fn new(file: impl Into<File>, name: &'static str, tty: bool) -> Stream {
+        Stream {
+            file: file.into(),
+            name,
+            tty,
+            buf: Vec::new(),
+            open: true,
+        }
+    }
+
+    fn flush(&mut self, log: &mut File, all: bool) {
+        if self.tty {
+            // "\r\n" → "\n" (a lone \r stays: progress bars redraw with it).
+            let mut out = Vec::with_capacity(self.buf.len());
+            for (i, &b) in self.buf.iter().enumerate() {
+                if !(b == b'\r' && self.buf.get(i + 1) == Some(&b'\n')) {
+                    out.push(b);
+                }
+            }
+            self.buf = out;
+        }
+        flush_lines(log, self.name, &mut self.buf, all);
+    }
+}
+
 /// Copies output to the log until the container exits, then returns its exit code
 /// (128 + signal if killed). Sleeps in poll(2) until there is output or the container
 /// ends (a pidfd of its init turns readable): an idle container costs no wake-ups.
-fn pump(log: &mut File, out: &mut File, err: &mut File, pid: i32) -> i32 {
+fn pump(log: &mut File, streams: &mut [Stream], pid: i32) -> i32 {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
     let ended = super::pidfd_open(pid as u32).ok();
-    let mut bufs = [Vec::new(), Vec::new()];
-    let mut open = [true, true];
     let mut exit: Option<i32> = None;
     let mut chunk = [0u8; 8192];
     loop {
@@ -262,7 +399,7 @@ fn pump(log: &mut File, out: &mut File, err: &mut File, pid: i32) -> i32 {
                 Ok(_) => continue,
             }
         }
-        if (!open[0] && !open[1]) && exit.is_some() {
+        if streams.iter().all(|s| !s.open) && exit.is_some() {
             break;
         }
         // Once the container has ended, its output gets a moment to drain; while it
@@ -274,9 +411,9 @@ fn pump(log: &mut File, out: &mut File, err: &mut File, pid: i32) -> i32 {
         };
         let mut fds = Vec::new();
         let mut which = Vec::new();
-        for (i, f) in [&*out, &*err].into_iter().enumerate() {
-            if open[i] {
-                fds.push(PollFd::new(f.as_fd(), PollFlags::POLLIN));
+        for (i, s) in streams.iter().enumerate() {
+            if s.open {
+                fds.push(PollFd::new(s.file.as_fd(), PollFlags::POLLIN));
                 which.push(Some(i));
             }
         }
@@ -308,17 +445,19 @@ fn pump(log: &mut File, out: &mut File, err: &mut File, pid: i32) -> i32 {
             .collect();
         drop(fds);
         for i in ready {
-            let f: &mut File = if i == 0 { out } else { err };
-            match f.read(&mut chunk) {
-                Ok(0) | Err(_) => open[i] = false,
-                Ok(n) => bufs[i].extend_from_slice(&chunk[..n]),
+            let s = &mut streams[i];
+            match s.file.read(&mut chunk) {
+                // A terminal's master reads EIO once no process holds the terminal.
+                Ok(0) | Err(_) => s.open = false,
+                Ok(n) => s.buf.extend_from_slice(&chunk[..n]),
             }
-            let name = if i == 0 { "stdout" } else { "stderr" };
-            flush_lines(log, name, &mut bufs[i], !open[i]);
+            let all = !s.open;
+            s.flush(log, all);
         }
     }
-    flush_lines(log, "stdout", &mut bufs[0], true);
-    flush_lines(log, "stderr", &mut bufs[1], true);
+    for s in streams.iter_mut() {
+        s.flush(log, true);
+    }
     exit.unwrap_or(-1)
 }
 

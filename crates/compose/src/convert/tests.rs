@@ -267,6 +267,59 @@ secrets:
 }
 
 #[test]
+fn process_options_reach_the_container_spec() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"
+services:
+  a:
+    image: x
+    dns: 10.0.0.2
+    dns_search: [corp.example, example]
+    extra_hosts: ["db.local:10.0.0.5", "v6:fd00::1"]
+    sysctls: [net.core.somaxconn=1024]
+    ulimits:
+      nproc: 512
+      nofile: {soft: 1024, hard: 2048}
+    stop_signal: quit
+    tty: true
+    stdin_open: true
+    tmpfs: ["/run:size=64m,mode=1770"]
+  b:
+    image: x
+    extra_hosts: {db.local: 10.0.0.6}
+    sysctls: {kernel.shmmax: "1000000"}
+"#;
+    let p = plan_of(text, dir.path()).unwrap();
+    let c = svc(&p, "a").container.clone().unwrap();
+    assert_eq!(c.dns_nameservers, ["10.0.0.2"]);
+    assert_eq!(c.dns_search, ["corp.example", "example"]);
+    assert_eq!(c.hosts, ["10.0.0.5 db.local", "fd00::1 v6"]);
+    assert_eq!(
+        c.sysctls.get("net.core.somaxconn").map(String::as_str),
+        Some("1024")
+    );
+    let u: Vec<_> = c
+        .ulimits
+        .iter()
+        .map(|u| (u.name.as_str(), u.soft, u.hard))
+        .collect();
+    assert_eq!(u, [("nproc", 512, 512), ("nofile", 1024, 2048)]);
+    assert_eq!(c.stop_signal, "SIGQUIT");
+    assert!(c.tty);
+    assert_eq!(c.mounts[0].tmpfs_mode, 0o1770);
+    assert_eq!(
+        p.warnings,
+        ["Ignoring options shoal does not use: stdin_open\n"]
+    );
+    let b = svc(&p, "b").container.clone().unwrap();
+    assert_eq!(b.hosts, ["10.0.0.6 db.local"]);
+    assert_eq!(
+        b.sysctls.get("kernel.shmmax").map(String::as_str),
+        Some("1000000")
+    );
+}
+
+#[test]
 fn errors_name_the_service_the_key_and_the_line() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
@@ -280,7 +333,12 @@ fn errors_name_the_service_the_key_and_the_line() {
         ("services:\n  a:\n    image: x\n    depends_on: [b]\n  b:\n    image: x\n    depends_on: [a]\n", "depends_on makes a cycle among the services a, b"),
         ("services:\n  a:\n    image: x\n    healthcheck: {test: [CMD, x], disable: true}\n", "services.a.healthcheck: test and disable can't be set at the same time (stack.yml, line 4)"),
         ("services:\n  a:\n    image: x\n    deploy: {restart_policy: {condition: sometimes}}\n", "services.a.deploy.restart_policy.condition: \"sometimes\" is not none, on-failure or any (stack.yml, line 4)"),
-        ("services:\n  a:\n    image: x\n    dns: 1.1.1.1\n", "services.a: dns is not supported by shoal yet; remove it from the file to deploy (stack.yml, line 4)"),
+        ("services:\n  a:\n    image: x\n    dns: one.one\n", "services.a: --dns \"one.one\" is not an IP address (stack.yml, line 3)"),
+        ("services:\n  a:\n    image: x\n    sysctls: {kernel.panic: 1}\n", "services.a: --sysctl: sysctl kernel.panic is refused: it is not in the namespaced, safe set a task may change (kernel.msgmax, kernel.msgmnb, kernel.msgmni, kernel.sem, kernel.shmall, kernel.shmmax, kernel.shmmni, kernel.shm_rmid_forced, fs.mqueue.*, and, for a task with a network namespace of its own, net.ipv4.*, net.ipv6.*, net.core.somaxconn and net.unix.max_dgram_qlen) (stack.yml, line 3)"),
+        ("services:\n  a:\n    image: x\n    ulimits: {nofile: {soft: 10}}\n", "services.a.ulimits.nofile: hard is required (stack.yml, line 4)"),
+        ("services:\n  a:\n    image: x\n    ulimits:\n      nofile: {soft: 20, hard: 10}\n", "services.a.ulimits.nofile: ulimit nofile: the soft limit 20 is above the hard limit 10 (stack.yml, line 5)"),
+        ("services:\n  a:\n    image: x\n    stop_signal: SIGNOPE\n", "services.a.stop_signal: stop signal \"SIGNOPE\" is not a signal name like SIGINT or a number like 2 (stack.yml, line 4)"),
+        ("services:\n  a:\n    image: x\n    extra_hosts: [\"db:nowhere\"]\n", "services.a.extra_hosts: host entry \"nowhere db\": \"nowhere\" is not an IP address (give HOSTNAME:IP) (stack.yml, line 4)"),
         ("services:\n  a:\n    image: x\n    stop_grace_period: soon\n", "services.a.stop_grace_period: \"soon\" is not a duration like 10s, 1m30s or 500ms (stack.yml, line 4)"),
         ("secrets:\n  s: {labels: {a: b}}\n", "secrets.s: needs file: (the data) or external: true (one that exists already) (stack.yml, line 2)"),
         ("networks:\n  n: {driver: bridge}\n", "networks.n.driver: driver \"bridge\" is not supported: shoal's networks are overlay networks (stack.yml, line 2)"),

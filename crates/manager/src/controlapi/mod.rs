@@ -170,6 +170,7 @@ pub fn validate_spec(spec: &ContainerSpec) -> Result<(), ControlError> {
         }
     }
     validate_networks(&spec.networks).or_else(bad)?;
+    shoal_proto::options::check_spec(spec).or_else(bad)?;
     for e in &spec.env {
         if e.split_once('=').is_none_or(|(k, _)| k.is_empty()) {
             return bad(format!("environment entry {e:?} is not KEY=VALUE"));
@@ -193,6 +194,12 @@ pub fn validate_spec(spec: &ContainerSpec) -> Result<(), ControlError> {
                 return bad(format!(
                     "bind mount source {:?} must be an absolute path",
                     m.source
+                ))
+            }
+            "tmpfs" if m.tmpfs_mode > 0o7777 => {
+                return bad(format!(
+                    "tmpfs mode {:o} of {:?} is not a file mode like 1777",
+                    m.tmpfs_mode, m.target
                 ))
             }
             "bind" | "tmpfs" => {}

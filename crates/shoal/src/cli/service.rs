@@ -1,7 +1,9 @@
 //! CLI: services and node management.
 
 use crate::cli::security::{apply_caps, parse_cap, print_security, security_json};
-use crate::cli::spec_flags::{parse_bytes, parse_cpus, parse_mount, parse_network};
+use crate::cli::spec_flags::{
+    parse_bytes, parse_cpus, parse_mount, parse_network, ProcessFlags, ProcessUpdateFlags,
+};
 use crate::cli::table::{
     ago, health_label, networks_json, state_name as state_label, task_table_header, truncate,
 };
@@ -298,6 +300,8 @@ pub struct CreateArgs {
     configs: Vec<SecretReference>,
     #[command(flatten)]
     flags: SpecFlags,
+    #[command(flatten)]
+    process: ProcessFlags,
     image: String,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     args: Vec<String>,
@@ -363,6 +367,8 @@ pub struct UpdateArgs {
     args: Option<Vec<String>>,
     #[command(flatten)]
     flags: SpecFlags,
+    #[command(flatten)]
+    process: ProcessUpdateFlags,
     service: String,
 }
 
@@ -826,6 +832,9 @@ impl Client {
             spec.name = format!("svc-{}", &shoal_pki::random_id()[..8]);
         }
         apply(&mut spec, &a.flags);
+        a.process
+            .apply(spec.container.get_or_insert_with(ContainerSpec::default))
+            .map_err(anyhow::Error::msg)?;
         let s = self
             .control()
             .create_service(CreateServiceRequest { spec: Some(spec) })
@@ -929,6 +938,9 @@ impl Client {
             }
         }
         apply(&mut spec, &flags);
+        a.process
+            .apply(spec.container.get_or_insert_with(ContainerSpec::default))
+            .map_err(anyhow::Error::msg)?;
         if let Some(r) = a.replicas {
             if spec.mode == ServiceMode::Global as i32 || spec.mode == ServiceMode::GlobalJob as i32
             {
@@ -1102,6 +1114,7 @@ impl Client {
                     println!(" Env:\t\t{}", c.env.join(" "));
                 }
                 println!(" Init:\t\t{}", !c.no_init);
+                crate::cli::table::print_process(&c);
                 print_security(&c);
                 match c.networks.as_slice() {
                     [] => println!("Networks:\tbridge (a namespace per task on its node's bridge)"),
@@ -1145,6 +1158,10 @@ impl Client {
             if shoal_manager::orchestrator::is_job(&spec) {
                 job_status = json!({"JobIteration": {"Index": s.job_iteration}});
             }
+            let mut container = json!({"Image": c.image, "Command": c.command, "Args": c.args, "Env": c.env, "Dir": c.workdir, "User": c.user, "Hostname": c.hostname, "ReadOnly": c.readonly_rootfs, "Init": !c.no_init,
+                "CapabilityAdd": c.cap_add, "CapabilityDrop": c.cap_drop, "Healthcheck": health,
+                "Secrets": references_json(&c.secrets), "Configs": references_json(&c.configs)});
+            crate::cli::table::add_process_json(&mut container, &c);
             out.push(json!({
                 "ID": s.id, "Version": {"Index": s.spec_version},
                 "UpdateStatus": update_status, "JobStatus": job_status,
@@ -1154,10 +1171,7 @@ impl Client {
                     "Mode": mode,
                     "UpdateConfig": update, "RollbackConfig": rollback,
                     "TaskTemplate": {
-                        "ContainerSpec": {"Image": c.image, "Command": c.command, "Args": c.args, "Env": c.env, "Dir": c.workdir, "User": c.user, "Hostname": c.hostname, "ReadOnly": c.readonly_rootfs, "Init": !c.no_init,
-                            "Mounts": c.mounts.iter().map(|m| json!({"Type": m.r#type, "Source": m.source, "Target": m.target, "ReadOnly": m.readonly})).collect::<Vec<_>>(),
-                            "CapabilityAdd": c.cap_add, "CapabilityDrop": c.cap_drop, "Healthcheck": health,
-                            "Secrets": references_json(&c.secrets), "Configs": references_json(&c.configs)},
+                        "ContainerSpec": container,
                         "Networks": networks_json(&c),
                         "RestartPolicy": restart,
                         "Resources": {"Limits": {"NanoCPUs": lim.nano_cpus, "MemoryBytes": lim.memory_bytes, "Pids": lim.pids}, "Reservations": {"NanoCPUs": res.nano_cpus, "MemoryBytes": res.memory_bytes}},

@@ -82,3 +82,70 @@ fn plural(n: u64, unit: &str) -> String {
         format!("{n} {unit}s ago")
     }
 }
+
+/// A spec's mounts and process options as `inspect` shows them (swarm's names:
+/// `Mounts`, `DNSConfig`, `Hosts`, `Sysctls`, `Ulimits`, `StopSignal`, `TTY`, `Groups`),
+/// merged into `into` (a JSON object).
+pub fn add_process_json(into: &mut serde_json::Value, c: &ContainerSpec) {
+    use serde_json::json;
+    let mounts: Vec<_> = c
+        .mounts
+        .iter()
+        .map(|m| {
+            let mut j = json!({"Type": m.r#type, "Source": m.source, "Target": m.target, "ReadOnly": m.readonly});
+            if m.r#type == "tmpfs" {
+                j["TmpfsOptions"] = json!({"SizeBytes": m.size_bytes, "Mode": m.tmpfs_mode});
+            }
+            j
+        })
+        .collect();
+    let extra = json!({
+        "Mounts": mounts,
+        "DNSConfig": {"Nameservers": c.dns_nameservers, "Search": c.dns_search, "Options": c.dns_options},
+        "Hosts": c.hosts,
+        "Sysctls": c.sysctls,
+        "Ulimits": c.ulimits.iter().map(|u| json!({"Name": u.name, "Soft": u.soft, "Hard": u.hard})).collect::<Vec<_>>(),
+        "StopSignal": c.stop_signal,
+        "TTY": c.tty,
+        "Groups": c.groups,
+    });
+    if let (Some(o), serde_json::Value::Object(e)) = (into.as_object_mut(), extra) {
+        o.extend(e);
+    }
+}
+
+/// The process options a spec sets, for `inspect --pretty` (one line each).
+pub fn print_process(c: &ContainerSpec) {
+    let list = |name: &str, v: &[String]| {
+        if !v.is_empty() {
+            println!(" {name}:\t{}", v.join(", "));
+        }
+    };
+    for m in &c.mounts {
+        let ro = if m.readonly { " (read-only)" } else { "" };
+        match m.r#type.as_str() {
+            "tmpfs" => println!(" Mount:\t\ttmpfs at {}{ro}", m.target),
+            t => println!(" Mount:\t\t{t} {} at {}{ro}", m.source, m.target),
+        }
+    }
+    list("DNS", &c.dns_nameservers);
+    list("DNS search", &c.dns_search);
+    list("DNS options", &c.dns_options);
+    list("Hosts", &c.hosts);
+    let sorted: std::collections::BTreeMap<_, _> = c.sysctls.iter().collect();
+    let sysctls: Vec<String> = sorted.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    list("Sysctls", &sysctls);
+    let ulimits: Vec<String> = c
+        .ulimits
+        .iter()
+        .map(|u| format!("{}={}:{}", u.name, u.soft, u.hard))
+        .collect();
+    list("Ulimits", &ulimits);
+    if !c.stop_signal.is_empty() {
+        println!(" Stop signal:\t{}", c.stop_signal);
+    }
+    if c.tty {
+        println!(" TTY:\t\ttrue");
+    }
+    list("Groups", &c.groups);
+}

@@ -74,6 +74,8 @@ pub struct TaskRunArgs {
     /// reports success.
     #[arg(long, default_value = "1s", value_parser = crate::parse_duration_pub)]
     monitor: Duration,
+    #[command(flatten)]
+    process: crate::cli::spec_flags::ProcessFlags,
     image: String,
     /// Command and arguments (replace the image's command).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -263,6 +265,7 @@ impl Client {
             ..Default::default()
         };
         crate::cli::security::apply_caps(&mut spec, &a.cap_add, &a.cap_drop);
+        a.process.apply(&mut spec).map_err(anyhow::Error::msg)?;
         let t = self
             .control()
             .create_task(CreateTaskRequest {
@@ -369,19 +372,20 @@ impl Client {
             let st = t.status.clone().unwrap_or_default();
             let spec = t.spec.clone().unwrap_or_default();
             let limits = spec.limits.unwrap_or_default();
+            let mut spec_json = json!({
+                "Image": spec.image, "Command": spec.command, "Args": spec.args, "Env": spec.env,
+                "Dir": spec.workdir, "User": spec.user, "Hostname": spec.hostname,
+                "ReadOnly": spec.readonly_rootfs, "Init": !spec.no_init,
+                "Resources": {"Limits": {"NanoCPUs": limits.nano_cpus, "MemoryBytes": limits.memory_bytes, "Pids": limits.pids}},
+                "CapabilityAdd": spec.cap_add, "CapabilityDrop": spec.cap_drop,
+                "Networks": crate::cli::table::networks_json(&spec),
+            });
+            crate::cli::table::add_process_json(&mut spec_json, &spec);
             out.push(json!({
                 "ID": t.id, "Name": t.name, "NodeID": t.node_id, "ServiceID": t.service_id,
                 "Slot": t.slot, "CreatedAt": fmt_time(t.created_at_unix), "UpdatedAt": fmt_time(t.updated_at_unix),
                 "DesiredState": state_name(t.desired_state).to_lowercase(),
-                "Spec": {
-                    "Image": spec.image, "Command": spec.command, "Args": spec.args, "Env": spec.env,
-                    "Dir": spec.workdir, "User": spec.user, "Hostname": spec.hostname,
-                    "ReadOnly": spec.readonly_rootfs, "Init": !spec.no_init,
-                    "Resources": {"Limits": {"NanoCPUs": limits.nano_cpus, "MemoryBytes": limits.memory_bytes, "Pids": limits.pids}},
-                    "Mounts": spec.mounts.iter().map(|m| json!({"Type": m.r#type, "Source": m.source, "Target": m.target, "ReadOnly": m.readonly})).collect::<Vec<_>>(),
-                    "CapabilityAdd": spec.cap_add, "CapabilityDrop": spec.cap_drop,
-                    "Networks": crate::cli::table::networks_json(&spec),
-                },
+                "Spec": spec_json,
                 "NetworksAttachments": t.networks.iter().map(|a| {
                         let n = a.network.clone().unwrap_or_default();
                         json!({"Network": n.spec.map(|s| s.name).unwrap_or_default(), "NetworkID": n.id,

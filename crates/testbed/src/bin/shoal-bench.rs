@@ -290,15 +290,17 @@ fn bench_netns(n: usize) -> Result<String> {
     let (attach, release) = std::thread::scope(|s| {
         s.spawn(|| -> Result<(Vec<Duration>, Vec<Duration>)> {
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
+            use shoal_agent::network::EtcOptions;
             let net = shoal_agent::network::Networks::new(dir.path());
             // The first one sets the bridge and its NAT rule up.
-            net.attach("warm", "warm", &[], true)
+            net.attach("warm", &EtcOptions::named("warm"), &[], true)
                 .map_err(anyhow::Error::msg)?;
             let ids: Vec<String> = (0..n).map(|i| format!("task{i}")).collect();
             let (mut a, mut r) = (Vec::new(), Vec::new());
             for id in &ids {
                 let t = Instant::now();
-                net.attach(id, id, &[], true).map_err(anyhow::Error::msg)?;
+                net.attach(id, &EtcOptions::named(id), &[], true)
+                    .map_err(anyhow::Error::msg)?;
                 a.push(t.elapsed());
             }
             for id in &ids {
