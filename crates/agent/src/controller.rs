@@ -8,6 +8,7 @@ use crate::network::Networks;
 use crate::reporter::StatusSender;
 use crate::runtime::{ContainerConfig, ContainerStatus, Exit, MountKind, MountSpec, Runtime};
 use crate::state::TaskProgress;
+use crate::volumes::Volumes;
 use nix::sys::signal::Signal;
 use shoal_proto::objects::{HealthState, Task, TaskAddress, TaskState, TaskStatus};
 use std::sync::Arc;
@@ -32,20 +33,59 @@ pub struct Deps {
     pub status: StatusSender,
     pub network: Arc<Networks>,
     pub secrets: Arc<crate::secrets::Secrets>,
+    pub volumes: Arc<Volumes>,
 }
 
-/// Removes everything a task left on this node: its container, its secrets' tmpfs,
-/// then its network namespace and address. Blocks (use `spawn_blocking`).
+/// Removes everything a task left on this node: its container, its secrets' tmpfs, its
+/// hold on its volumes (its anonymous ones go), then its network namespace and address.
+/// Blocks (use `spawn_blocking`).
 pub fn remove_task(
     runtime: &dyn Runtime,
     network: &Networks,
     secrets: &crate::secrets::Secrets,
+    volumes: &Volumes,
     id: &str,
 ) -> Result<(), String> {
     let container = runtime.remove(id).map_err(|e| e.to_string());
     secrets.remove(id);
+    if container.is_ok() {
+        volumes.release(id);
+    }
     network.release(id)?;
     container
+}
+
+/// The task takes the volumes its mounts name (each created on first use; a mount
+/// without a source gets an anonymous one): their sources become their directories.
+/// On failure it holds none.
+fn take_volumes(
+    volumes: &Volumes,
+    container: &mut ContainerConfig,
+    task_name: &str,
+    labels: &[std::collections::HashMap<String, String>],
+) -> Result<(), String> {
+    for (i, m) in container.mounts.iter_mut().enumerate() {
+        if !matches!(m.kind, MountKind::Volume { .. }) {
+            continue;
+        }
+        let anonymous = m.source.is_empty();
+        let name = match anonymous {
+            true => crate::volumes::anonymous_name(&container.id, i),
+            false => m.source.clone(),
+        };
+        let l = labels
+            .get(i)
+            .map(|l| l.clone().into_iter().collect())
+            .unwrap_or_default();
+        match volumes.take(&container.id, task_name, &name, &l, anonymous) {
+            Ok((dir, _)) => m.source = dir.display().to_string(),
+            Err(e) => {
+                volumes.release(&container.id);
+                return Err(format!("volume {name}: {e}"));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// How a task is networked, from its spec and the addresses the managers gave it.
@@ -244,13 +284,14 @@ impl Ctl {
 
     /// Removes the task's container and network state.
     async fn remove(&self) -> Result<(), String> {
-        let (rt, net, sec, id) = (
+        let (rt, net, sec, vol, id) = (
             self.deps.runtime.clone(),
             self.deps.network.clone(),
             self.deps.secrets.clone(),
+            self.deps.volumes.clone(),
             self.task.id.clone(),
         );
-        tokio::task::spawn_blocking(move || remove_task(rt.as_ref(), &net, &sec, &id))
+        tokio::task::spawn_blocking(move || remove_task(rt.as_ref(), &net, &sec, &vol, &id))
             .await
             .unwrap_or_else(|e| Err(e.to_string()))
     }
@@ -343,11 +384,14 @@ impl Ctl {
                 .mounts
                 .iter()
                 .map(|m| MountSpec {
-                    kind: if m.r#type == "tmpfs" {
-                        MountKind::Tmpfs
-                    } else {
-                        MountKind::Bind
+                    kind: match m.r#type.as_str() {
+                        "tmpfs" => MountKind::Tmpfs,
+                        "volume" => MountKind::Volume {
+                            copy_up: !m.volume_nocopy,
+                        },
+                        _ => MountKind::Bind,
                     },
+                    // A volume's name here; its directory once the task takes it.
                     source: m.source.clone(),
                     target: m.target.clone(),
                     readonly: m.readonly,
@@ -383,9 +427,17 @@ impl Ctl {
         };
         let network = self.deps.network.clone();
         let secrets = self.deps.secrets.clone();
+        let volumes = self.deps.volumes.clone();
+        let task_name = self.task.name.clone();
+        let volume_labels: Vec<_> = spec
+            .mounts
+            .iter()
+            .map(|m| m.volume_labels.clone())
+            .collect();
         let attached = self
             .blocking(move |rt| {
                 let mut container = container;
+                take_volumes(&volumes, &mut container, &task_name, &volume_labels)?;
                 for (file, target) in secrets.materialize(&container.id, &files)? {
                     container.mounts.push(MountSpec {
                         kind: MountKind::Bind,
@@ -402,7 +454,10 @@ impl Ctl {
                     NetMode::Own { overlays, outbound } => {
                         let a = network
                             .attach(&container.id, &etc, &overlays, outbound)
-                            .inspect_err(|_| secrets.remove(&container.id))?;
+                            .inspect_err(|_| {
+                                secrets.remove(&container.id);
+                                volumes.release(&container.id);
+                            })?;
                         container.netns = Some(a.netns.clone());
                         container.mounts.extend(a.mounts.iter().cloned());
                         Some(a.addresses)
@@ -412,6 +467,7 @@ impl Ctl {
                     Ok(()) => Ok(attached),
                     Err(e) => {
                         secrets.remove(&container.id);
+                        volumes.release(&container.id);
                         let _ = network.release(&container.id);
                         Err(e.to_string())
                     }

@@ -36,6 +36,8 @@ pub fn describe(engine_labels: &HashMap<String, String>) -> NodeDescription {
         // Set by the daemon, which holds the key.
         wg_public_key: String::new(),
         data_plane: None,
+        // Set by the heartbeat, from the node's volumes.
+        volumes: Vec::new(),
         // Set by the daemon, from how the node joined.
         data_path_addr: String::new(),
     }

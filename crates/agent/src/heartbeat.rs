@@ -26,6 +26,9 @@ pub struct Session {
     pub on_beat: Option<OnBeat>,
     /// The data plane, whose state every beat reports.
     pub data_plane: Option<std::sync::Arc<crate::network::overlay::DataPlane>>,
+    /// The node's volumes, which every beat reports (the managers store them only when
+    /// they change).
+    pub volumes: Option<std::sync::Arc<crate::volumes::Volumes>>,
     /// Notified to beat at once (after a renewal, so the managers see the new
     /// certificate in use without waiting a period).
     pub beat_now: std::sync::Arc<tokio::sync::Notify>,
@@ -218,6 +221,9 @@ impl Session {
                 crate::runtime::runc::runtime_error().unwrap_or_default();
             if let Some(p) = &self.data_plane {
                 self.description.data_plane = Some(p.status());
+            }
+            if let Some(v) = &self.volumes {
+                self.description.volumes = v.summaries();
             }
             let req = HeartbeatRequest {
                 description: Some(self.description.clone()),

@@ -23,4 +23,5 @@ pub mod reporter;
 pub mod runtime;
 pub mod secrets;
 pub mod state;
+pub mod volumes;
 pub mod worker;

@@ -187,12 +187,15 @@ impl Worker {
         }
         let mut removals = tokio::task::JoinSet::new();
         for id in ids {
-            let (rt, net, sec) = (
+            let (rt, net, sec, vol) = (
                 self.deps.runtime.clone(),
                 self.deps.network.clone(),
                 self.deps.secrets.clone(),
+                self.deps.volumes.clone(),
             );
-            removals.spawn_blocking(move || controller::remove_task(rt.as_ref(), &net, &sec, &id));
+            removals.spawn_blocking(move || {
+                controller::remove_task(rt.as_ref(), &net, &sec, &vol, &id)
+            });
         }
         while removals.join_next().await.is_some() {}
     }
@@ -203,10 +206,11 @@ impl Worker {
             return;
         }
         let entry = self.tasks.lock().ok().and_then(|mut t| t.remove(id));
-        let (runtime, network, secrets) = (
+        let (runtime, network, secrets, volumes) = (
             self.deps.runtime.clone(),
             self.deps.network.clone(),
             self.deps.secrets.clone(),
+            self.deps.volumes.clone(),
         );
         let id = id.to_string();
         let Ok(mut removals) = self.removals.lock() else {
@@ -222,7 +226,7 @@ impl Worker {
             }
             let i = id.clone();
             match tokio::task::spawn_blocking(move || {
-                controller::remove_task(runtime.as_ref(), &network, &secrets, &i)
+                controller::remove_task(runtime.as_ref(), &network, &secrets, &volumes, &i)
             })
             .await
             {

@@ -307,13 +307,7 @@ pub fn plan(loaded: &Loaded, stack: &str, env: &dyn Fn(&str) -> Option<String>) 
     let secrets = files(&cx, root.get("secrets"), "secrets", &mut plan.secrets)?;
     let configs = files(&cx, root.get("configs"), "configs", &mut plan.configs)?;
     let networks = networks(&cx, root.get("networks"), &mut plan.networks)?;
-    let volumes: BTreeSet<String> = root
-        .get("volumes")
-        .and_then(Node::map)
-        .unwrap_or_default()
-        .iter()
-        .map(|e| e.key.clone())
-        .collect();
+    let volumes = volume_defs(&cx, root.get("volumes"))?;
     let services = root.get("services").and_then(Node::map).unwrap_or_default();
     let mut not_used = BTreeSet::new();
     let mut uses_default = false;
@@ -391,7 +385,56 @@ struct Refs<'a> {
     secrets: &'a Names,
     configs: &'a Names,
     networks: &'a Names,
-    volumes: &'a BTreeSet<String>,
+    volumes: &'a Volumes,
+}
+
+/// Top-level volumes: the name in the file → the name on the nodes, and the labels a
+/// volume gets when a task creates it (none for an external one).
+type Volumes = BTreeMap<String, (String, BTreeMap<String, String>)>;
+
+fn volume_defs(cx: &Cx, defs: Option<&Node>) -> R<Volumes> {
+    let mut out = Volumes::new();
+    for e in defs.and_then(Node::map).unwrap_or_default() {
+        let path = format!("volumes.{}", e.key);
+        let def = &e.value;
+        if let Some(d) = def.get("driver") {
+            let d = cx.string(d, &format!("{path}.driver"))?;
+            if d != "local" {
+                return Err(cx.err(
+                    def.get("driver").unwrap_or(def),
+                    &format!("{path}.driver"),
+                    format!(
+                        "driver {d:?} is not supported: shoal's volumes are local to their node"
+                    ),
+                ));
+            }
+        }
+        if let Some(o) = def.get("driver_opts") {
+            return Err(cx.err(
+                o,
+                &format!("{path}.driver_opts"),
+                "driver_opts is not supported: a volume is a directory on its node",
+            ));
+        }
+        let given = def
+            .get("name")
+            .map(|n| cx.string(n, &format!("{path}.name")))
+            .transpose()?;
+        let ext = external(cx, def, &path)?;
+        let name = match (&ext, given) {
+            (Some(Some(n)), _) => n.clone(),
+            (_, Some(n)) => n,
+            (Some(None), None) => e.key.clone(),
+            (None, None) => format!("{}_{}", cx.stack, e.key),
+        };
+        shoal_proto::options::check_volume_name(&name).map_err(|m| cx.err(def, &path, m))?;
+        let labels = match ext {
+            Some(_) => BTreeMap::new(),
+            None => cx.labels(def.get("labels"), &format!("{path}.labels"))?,
+        };
+        out.insert(e.key.clone(), (name, labels));
+    }
+    Ok(out)
 }
 
 /// `external: true`, `external: {name: N}`, or absent.
@@ -826,7 +869,11 @@ fn tmpfs(cx: &Cx, n: &Node, path: &str, s: &str) -> R<Mount> {
     shoal_proto::options::parse_tmpfs(s).map_err(|e| cx.err(n, path, e))
 }
 
-fn volume(cx: &Cx, n: &Node, path: &str, volumes: &BTreeSet<String>) -> R<Mount> {
+fn volume(cx: &Cx, n: &Node, path: &str, volumes: &Volumes) -> R<Mount> {
+    let nocopy = match n.get("volume").and_then(|v| v.get("nocopy")) {
+        Some(x) => cx.bool(x, &format!("{path}.volume.nocopy"))?,
+        None => false,
+    };
     let (kind, source, target, readonly, size) = match &n.v {
         V::Map(_) => {
             let kind = match n.get("type") {
@@ -899,14 +946,23 @@ fn volume(cx: &Cx, n: &Node, path: &str, volumes: &BTreeSet<String>) -> R<Mount>
             ..Default::default()
         }),
         "volume" => {
-            if !source.is_empty() && !volumes.contains(&source) {
-                return Err(cx.err(n, path, format!("undefined volume {source:?}")));
-            }
-            Err(cx.err(
-                n,
-                path,
-                "named and anonymous volumes are not supported by shoal yet: use a bind mount (type: bind) for now",
-            ))
+            let (name, labels) = match source.as_str() {
+                // Anonymous: it lives and dies with its task.
+                "" => (String::new(), BTreeMap::new()),
+                s => volumes
+                    .get(s)
+                    .cloned()
+                    .ok_or_else(|| cx.err(n, path, format!("undefined volume {source:?}")))?,
+            };
+            Ok(Mount {
+                r#type: "volume".into(),
+                source: name,
+                target,
+                readonly,
+                volume_nocopy: nocopy,
+                volume_labels: labels.into_iter().collect(),
+                ..Default::default()
+            })
         }
         other => Err(cx.err(
             n,

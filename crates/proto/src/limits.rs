@@ -100,8 +100,21 @@ pub fn check_description(d: &NodeDescription) -> Result<(), OverLimit> {
         len_at_most("data plane engine", &p.engine, MAX_SHORT_STRING)?;
         len_at_most("data plane error", &p.error, MAX_STATUS_TEXT)?;
     }
+    if d.volumes.len() > MAX_VOLUMES {
+        return Err(OverLimit(format!(
+            "the node reports {} volumes: the limit is {MAX_VOLUMES}",
+            d.volumes.len()
+        )));
+    }
+    for v in &d.volumes {
+        len_at_most("volume name", &v.name, MAX_SHORT_STRING)?;
+        check_labels("volume label", &v.labels)?;
+    }
     check_labels("engine label", &d.engine_labels)
 }
+
+/// Volumes a node may report (a node with more still has them; managers see the first).
+pub const MAX_VOLUMES: usize = 4096;
 
 /// Checks a task status a node reports.
 pub fn check_status(s: &TaskStatus) -> Result<(), OverLimit> {

@@ -76,6 +76,22 @@ pub fn env_file_entries(text: &str) -> Vec<(String, Option<String>)> {
         .collect()
 }
 
+/// A volume name, as Docker allows them: a letter or digit, then letters, digits, `_`,
+/// `.` and `-` (so no path can be made of one), at most 255 bytes.
+pub fn check_volume_name(name: &str) -> Result<(), String> {
+    let ok = name.len() <= 255
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    match ok {
+        true => Ok(()),
+        false => Err(format!(
+            "volume name {name:?} is not valid: it starts with a letter or digit and has only letters, digits, '_', '.' and '-'"
+        )),
+    }
+}
+
 /// IPC-namespace parameters a task may set (every task has its own IPC namespace).
 const IPC_SYSCTLS: &[&str] = &[
     "kernel.msgmax",
@@ -397,6 +413,16 @@ mod tests {
                 ("HOME".to_string(), None)
             ]
         );
+    }
+
+    #[test]
+    fn volume_names_cannot_make_paths() {
+        for ok in ["data", "app_db-1.v2", "0"] {
+            assert_eq!(check_volume_name(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", ".", "..", "../x", "a/b", "-x", "_x", "a b", ".tasks"] {
+            assert!(check_volume_name(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -239,6 +239,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cli::secret::SecretCmd,
     },
+    /// Manage named volumes: data on a node that outlives its tasks.
+    Volume {
+        #[command(subcommand)]
+        cmd: cli::volume::VolumeCmd,
+    },
 }
 
 #[derive(Subcommand)]
@@ -621,6 +626,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             },
             Cmd::Task { cmd } => c.task(cmd).await,
             Cmd::Network { cmd } => c.network(cmd).await,
+            Cmd::Volume { cmd } => c.volume(cmd).await,
             Cmd::Stack { cmd } => c.stack(cmd).await,
             Cmd::Secret { cmd } => c.secret("secret", cmd).await,
             Cmd::Config { cmd } => c.secret("config", cmd).await,

@@ -4,12 +4,15 @@
 use crate::daemon::{Daemon, UserError};
 use anyhow::{bail, Context, Result};
 use shoal_agent::image::{login, registry_of, Credentials, ImageError, ImageInfo};
+use shoal_agent::volumes::{VolumeError, VolumeInfo};
 use shoal_proto::local::local_server::{Local, LocalServer};
 use shoal_proto::local::{
     Image, ImageImportRequest, ImageList, ImageListRequest, ImageLoadRequest, ImagePullRequest,
     ImageRemoveRequest, ImageRemoveResponse, InfoRequest, InfoResponse, InitRequest, InitResponse,
     JoinRequest, JoinResponse, LeaveRequest, LeaveResponse, RegistryLoginRequest,
-    RegistryLoginResponse, RegistryLogoutRequest,
+    RegistryLoginResponse, RegistryLogoutRequest, Volume, VolumeCreateRequest,
+    VolumeInspectRequest, VolumeList, VolumeListRequest, VolumePruneRequest, VolumePruneResponse,
+    VolumeRemoveRequest, VolumeRemoveResponse,
 };
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -136,6 +139,86 @@ impl Local for LocalApi {
             .remove(&req.into_inner().registry)
             .map_err(image_status)?;
         Ok(Response::new(RegistryLoginResponse {}))
+    }
+    async fn volume_create(
+        &self,
+        req: Request<VolumeCreateRequest>,
+    ) -> Result<Response<Volume>, Status> {
+        let r = req.into_inner();
+        let v = self.0.volumes.clone();
+        let labels = r.labels.into_iter().collect();
+        let info = volume_blocking(move || v.create(&r.name, &labels)).await?;
+        Ok(Response::new(volume_msg(info, false)))
+    }
+    async fn volume_list(
+        &self,
+        _req: Request<VolumeListRequest>,
+    ) -> Result<Response<VolumeList>, Status> {
+        let v = self.0.volumes.clone();
+        let list = volume_blocking(move || Ok(v.list())).await?;
+        Ok(Response::new(VolumeList {
+            volumes: list.into_iter().map(|i| volume_msg(i, false)).collect(),
+        }))
+    }
+    async fn volume_inspect(
+        &self,
+        req: Request<VolumeInspectRequest>,
+    ) -> Result<Response<Volume>, Status> {
+        let name = req.into_inner().name;
+        let v = self.0.volumes.clone();
+        let info = volume_blocking(move || v.inspect(&name)).await?;
+        Ok(Response::new(volume_msg(info, true)))
+    }
+    async fn volume_remove(
+        &self,
+        req: Request<VolumeRemoveRequest>,
+    ) -> Result<Response<VolumeRemoveResponse>, Status> {
+        let name = req.into_inner().name;
+        let v = self.0.volumes.clone();
+        volume_blocking(move || v.remove(&name)).await?;
+        Ok(Response::new(VolumeRemoveResponse {}))
+    }
+    async fn volume_prune(
+        &self,
+        req: Request<VolumePruneRequest>,
+    ) -> Result<Response<VolumePruneResponse>, Status> {
+        let all = req.into_inner().all;
+        let v = self.0.volumes.clone();
+        let (removed, reclaimed_bytes) = volume_blocking(move || Ok(v.prune(all))).await?;
+        Ok(Response::new(VolumePruneResponse {
+            removed,
+            reclaimed_bytes,
+        }))
+    }
+}
+
+async fn volume_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, VolumeError> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| match &e {
+            VolumeError::NotFound(_) => Status::not_found(e.to_string()),
+            VolumeError::Invalid(_) => Status::invalid_argument(e.to_string()),
+            VolumeError::InUse(_) => Status::failed_precondition(e.to_string()),
+            VolumeError::Io { .. } => Status::internal(e.to_string()),
+        })
+}
+
+/// A volume for the CLI; `sized`: with the bytes it holds (inspect walks it).
+fn volume_msg(i: VolumeInfo, sized: bool) -> Volume {
+    Volume {
+        size: match sized {
+            true => shoal_agent::volumes::dir_size(&i.mountpoint),
+            false => 0,
+        },
+        name: i.name,
+        labels: i.labels.into_iter().collect(),
+        created_at_unix: i.created_at_unix,
+        mountpoint: i.mountpoint.display().to_string(),
+        anonymous: i.anonymous,
+        used_by: i.used_by,
     }
 }
 

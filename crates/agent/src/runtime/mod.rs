@@ -7,6 +7,7 @@
 //! profile ([`seccomp`]), masked and read-only /proc and /sys paths, few capabilities.
 
 pub mod cgroup;
+pub mod copyup;
 pub mod hardening;
 pub mod runc;
 pub mod seccomp;
@@ -15,7 +16,7 @@ pub mod zygote;
 
 use std::path::PathBuf;
 
-/// A bind or tmpfs mount.
+/// A bind, tmpfs or volume mount.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MountSpec {
     pub kind: MountKind,
@@ -31,6 +32,11 @@ pub struct MountSpec {
 pub enum MountKind {
     Bind,
     Tmpfs,
+    /// A volume's directory (the source), bind-mounted; `copy_up`: an empty one is first
+    /// filled from the image's content at the target ([`copyup`]).
+    Volume {
+        copy_up: bool,
+    },
 }
 
 /// Everything needed to create one container.

@@ -388,7 +388,7 @@ impl Runc {
         for m in &cfg.mounts {
             let mut options = vec![];
             let b = match m.kind {
-                MountKind::Bind => {
+                MountKind::Bind | MountKind::Volume { .. } => {
                     options.push("rbind".to_string());
                     options.push("rprivate".to_string());
                     MountBuilder::default()
@@ -542,6 +542,17 @@ impl Runtime for Runc {
         }
         let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
         mount_overlay(&cfg.layers, &dir.join("upper"), &dir.join("work"), &rootfs)?;
+        for m in &cfg.mounts {
+            if m.kind == (MountKind::Volume { copy_up: true }) {
+                if let Err(e) = super::copyup::fill(&rootfs, &m.target, Path::new(&m.source)) {
+                    let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
+                    return Err(failed(format!(
+                        "cannot fill the volume at {} from the image: {e}",
+                        m.target
+                    )));
+                }
+            }
+        }
         let spec = match self.spec(cfg, &rootfs) {
             Ok(s) => s,
             Err(e) => {

@@ -267,6 +267,70 @@ secrets:
 }
 
 #[test]
+fn volumes_are_named_for_the_stack_unless_external_or_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"
+services:
+  db:
+    image: x
+    volumes:
+      - data:/var/lib/db
+      - {type: volume, source: shared, target: /shared, read_only: true, volume: {nocopy: true}}
+      - named:/n
+      - /anon
+volumes:
+  data:
+    labels: {tier: db}
+  shared: {external: true}
+  named: {name: exact-name}
+"#;
+    let p = plan_of(text, dir.path()).unwrap();
+    let m = &svc(&p, "db").container.as_ref().unwrap().mounts;
+    let view: Vec<_> = m
+        .iter()
+        .map(|m| {
+            (
+                m.r#type.as_str(),
+                m.source.as_str(),
+                m.target.as_str(),
+                m.readonly,
+                m.volume_nocopy,
+            )
+        })
+        .collect();
+    assert_eq!(
+        view,
+        [
+            ("volume", "app_data", "/var/lib/db", false, false),
+            ("volume", "shared", "/shared", true, true),
+            ("volume", "exact-name", "/n", false, false),
+            ("volume", "", "/anon", false, false),
+        ]
+    );
+    assert_eq!(
+        m[0].volume_labels.get("tier").map(String::as_str),
+        Some("db")
+    );
+    assert_eq!(
+        m[0].volume_labels
+            .get("com.docker.stack.namespace")
+            .map(String::as_str),
+        Some("app")
+    );
+    assert!(
+        m[1].volume_labels.is_empty(),
+        "an external volume gets no labels"
+    );
+    let e = plan_of(
+        "services:\n  a:\n    image: x\nvolumes:\n  v: {driver: nfs}\n",
+        dir.path(),
+    )
+    .unwrap_err()
+    .0;
+    assert!(e.contains("driver \"nfs\" is not supported"), "{e}");
+}
+
+#[test]
 fn process_options_reach_the_container_spec() {
     let dir = tempfile::tempdir().unwrap();
     let text = r#"

@@ -183,6 +183,15 @@ pub fn validate_spec(spec: &ContainerSpec) -> Result<(), ControlError> {
         ));
     }
     for m in &spec.mounts {
+        if m.r#type != "volume" && (m.volume_nocopy || !m.volume_labels.is_empty()) {
+            return bad(format!(
+                "mount at {:?}: volume-nocopy and volume-label are for type=volume",
+                m.target
+            ));
+        }
+        if let Err(e) = shoal_proto::limits::check_labels("volume label", &m.volume_labels) {
+            return bad(e.0);
+        }
         if !m.target.starts_with('/') {
             return bad(format!(
                 "mount target {:?} must be an absolute path",
@@ -202,8 +211,11 @@ pub fn validate_spec(spec: &ContainerSpec) -> Result<(), ControlError> {
                     m.tmpfs_mode, m.target
                 ))
             }
-            "bind" | "tmpfs" => {}
-            other => return bad(format!("mount type {other:?} is not bind or tmpfs")),
+            "volume" if !m.source.is_empty() => {
+                shoal_proto::options::check_volume_name(&m.source).or_else(bad)?
+            }
+            "bind" | "tmpfs" | "volume" => {}
+            other => return bad(format!("mount type {other:?} is not bind, tmpfs or volume")),
         }
     }
     if let Some(l) = &spec.limits {

@@ -20,7 +20,8 @@ pub fn parse_cpus(s: &str) -> Result<i64, String> {
     Ok((n * 1e9) as i64)
 }
 
-/// `type=bind,source=/a,target=/b,readonly` or `type=tmpfs,target=/t,tmpfs-size=64m`.
+/// `type=bind,source=/a,target=/b,readonly`, `type=tmpfs,target=/t,tmpfs-size=64m` or
+/// `type=volume,source=NAME,target=/d[,volume-nocopy][,volume-label=K=V]`.
 pub fn parse_mount(s: &str) -> Result<Mount, String> {
     let mut m = Mount {
         r#type: "bind".into(),
@@ -34,6 +35,13 @@ pub fn parse_mount(s: &str) -> Result<Mount, String> {
             "target" | "dst" | "destination" => m.target = v.to_string(),
             "readonly" | "ro" => m.readonly = v.is_empty() || v == "true" || v == "1",
             "tmpfs-size" => m.size_bytes = parse_bytes(v)? as u64,
+            "volume-nocopy" => m.volume_nocopy = v.is_empty() || v == "true" || v == "1",
+            "volume-label" => match v.split_once('=') {
+                Some((k, val)) if !k.is_empty() => {
+                    m.volume_labels.insert(k.to_string(), val.to_string());
+                }
+                _ => return Err(format!("volume-label {v:?} in {s:?} is not KEY=VALUE")),
+            },
             "tmpfs-mode" => {
                 m.tmpfs_mode = u32::from_str_radix(v, 8)
                     .ok()

@@ -51,7 +51,7 @@ pub struct TaskRunArgs {
     /// signals and reaps zombies.
     #[arg(long)]
     no_init: bool,
-    /// type=bind|tmpfs,source=..,target=..[,readonly]
+    /// type=bind|tmpfs|volume,source=..,target=..[,readonly][,volume-nocopy]
     #[arg(long = "mount", value_parser = parse_mount)]
     mounts: Vec<Mount>,
     /// The task's network: `host` for its node's own; without it the task gets a

@@ -35,6 +35,7 @@ impl Daemon {
             on_beat: Some(on_beat(creds.clone(), renew_now.clone())),
             beat_now: beat_now.clone(),
             data_plane: Some(self.network.data_plane.clone()),
+            volumes: Some(self.volumes.clone()),
         };
         let mut agent = shoal_agent::agent::start(session, |status| Deps {
             runtime: self.runtime.clone(),
@@ -43,6 +44,7 @@ impl Daemon {
             status,
             network: self.network.clone(),
             secrets: self.secrets.clone(),
+            volumes: self.volumes.clone(),
         });
         let renewer = crate::renewal::Renewer {
             creds: creds.clone(),

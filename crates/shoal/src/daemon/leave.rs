@@ -53,10 +53,11 @@ impl Daemon {
     /// node leaving from a membership it could not resume).
     pub(super) async fn remove_containers(&self) {
         use shoal_agent::runtime::ContainerStatus;
-        let (rt, net, sec) = (
+        let (rt, net, sec, vol) = (
             self.runtime.clone(),
             self.network.clone(),
             self.secrets.clone(),
+            self.volumes.clone(),
         );
         let _ = tokio::task::spawn_blocking(move || {
             let mut ids: std::collections::BTreeSet<String> = rt.list().into_iter().collect();
@@ -71,7 +72,9 @@ impl Daemon {
                         std::thread::sleep(Duration::from_millis(100));
                     }
                 }
-                if let Err(e) = shoal_agent::controller::remove_task(rt.as_ref(), &net, &sec, &id) {
+                if let Err(e) =
+                    shoal_agent::controller::remove_task(rt.as_ref(), &net, &sec, &vol, &id)
+                {
                     tracing::warn!(container = %id, error = %e, "cannot remove a container");
                 }
             }

@@ -72,6 +72,8 @@ pub struct Daemon {
     network: Arc<shoal_agent::network::Networks>,
     /// Secrets and configs the node's tasks use: in memory only.
     secrets: Arc<shoal_agent::secrets::Secrets>,
+    /// Named volumes on this node.
+    pub volumes: Arc<shoal_agent::volumes::Volumes>,
     /// What this node is to a cluster: one value behind one lock, never held across a
     /// network call (see [`Membership`]).
     membership: Arc<Mutex<Membership>>,
@@ -288,6 +290,7 @@ impl Daemon {
         );
         let network = Arc::new(shoal_agent::network::Networks::new(&opts.state_dir));
         let secrets = Arc::new(shoal_agent::secrets::Secrets::new(&opts.state_dir));
+        let volumes = Arc::new(shoal_agent::volumes::Volumes::new(&opts.state_dir));
         Ok(Daemon {
             opts,
             dir,
@@ -296,6 +299,7 @@ impl Daemon {
             runtime,
             network,
             secrets,
+            volumes,
             membership: Arc::new(Mutex::new(Membership::None { note: None })),
             removed: Arc::new(tokio::sync::Notify::new()),
             untrusted: Arc::new(tokio::sync::Notify::new()),
