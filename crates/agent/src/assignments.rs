@@ -57,6 +57,7 @@ async fn follow_session(
                             if let Some(mut first) = split.take() {
                                 first.assignments.append(&mut m.assignments);
                                 first.log_subscriptions.append(&mut m.log_subscriptions);
+                                first.exec_requests.append(&mut m.exec_requests);
                                 first.secrets.append(&mut m.secrets);
                                 first.secrets_removed.append(&mut m.secrets_removed);
                                 first.more = m.more;
@@ -80,6 +81,17 @@ async fn follow_session(
                             }
                             if let Some(v) = m.networks.take() {
                                 worker.deps().network.set_networks(v);
+                            }
+                            for req in m.exec_requests {
+                                let known =
+                                    req.start.as_ref().is_some_and(|s| worker.has_task(&s.task));
+                                while publishers.try_join_next().is_some() {}
+                                publishers.spawn(crate::exec::serve(
+                                    channels.clone(),
+                                    worker.deps().runtime.clone(),
+                                    req,
+                                    known,
+                                ));
                             }
                             for sub in m.log_subscriptions {
                                 if sub.close {

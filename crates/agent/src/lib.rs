@@ -13,6 +13,7 @@ pub mod assignments;
 pub mod connect;
 pub mod controller;
 pub mod describe;
+pub mod exec;
 pub mod health;
 pub mod heartbeat;
 pub mod image;

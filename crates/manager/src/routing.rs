@@ -61,6 +61,7 @@ const LEADER: &[&str] = &[
     "CreateTask",
     "RemoveTask",
     "TaskLogs",
+    "TaskExec",
     "CreateService",
     "UpdateService",
     "RemoveService",

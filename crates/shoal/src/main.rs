@@ -306,6 +306,8 @@ enum ServiceCmd {
         #[arg(required = true)]
         services: Vec<String>,
     },
+    /// Run a command in one running task of the service (as `task exec`).
+    Exec(Box<cli::exec::ExecArgs>),
     /// Every task's output, each line prefixed with its task.
     Logs {
         service: String,
@@ -390,6 +392,9 @@ enum TaskCmd {
         #[arg(required = true)]
         tasks: Vec<String>,
     },
+    /// Run a command in a running task's container (its namespaces, cgroup, seccomp
+    /// profile and capabilities), from any manager; exits with the command's code.
+    Exec(Box<cli::exec::ExecArgs>),
     /// Print a task's output, from whichever node runs it.
     Logs {
         task: String,

@@ -561,6 +561,12 @@ impl Testbed {
         c
     }
 
+    /// The command `shoal -H <node i's socket> ARGS`, for a test that runs it its own way
+    /// (in the background, under `script`, to read its exit code).
+    pub fn cli_command(&self, i: usize, args: &[&str]) -> Command {
+        self.command(i, args)
+    }
+
     /// Runs `shoal ARGS` against node `i`'s daemon.
     pub fn cli(&self, i: usize, args: &[&str]) -> CliOutput {
         let out = self.command(i, args).output();

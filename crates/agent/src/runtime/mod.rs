@@ -145,6 +145,37 @@ pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) 
     move |source| RuntimeError::Io { context, source }
 }
 
+/// A command to run in a running container for a user (`task exec`).
+#[derive(Clone, Debug, Default)]
+pub struct ExecSpec {
+    pub args: Vec<String>,
+    /// KEY=VALUE, over the container's environment.
+    pub env: Vec<String>,
+    /// Empty: the container's user.
+    pub user: String,
+    /// Empty: the container's working directory.
+    pub cwd: String,
+    pub tty: bool,
+    pub stdin: bool,
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// A running exec: `runc exec` in the foreground (it exits with the command's code),
+/// and the ends of the command's input and output.
+pub struct ExecProcess {
+    pub runc: std::process::Child,
+    /// Where the user's input goes (None without `stdin`).
+    pub input: Option<std::fs::File>,
+    /// The command's output (with a terminal, everything it writes).
+    pub stdout: std::fs::File,
+    pub stderr: Option<std::fs::File>,
+    /// The terminal's master end, for its window size.
+    pub master: Option<std::fs::File>,
+    /// Where runc writes the command's pid (on the node), once it runs.
+    pub pid_file: PathBuf,
+}
+
 /// What task controllers need from a container runtime. Calls block (disk, processes):
 /// callers in async code use `spawn_blocking`.
 pub trait Runtime: Send + Sync + 'static {
@@ -174,6 +205,9 @@ pub trait Runtime: Send + Sync + 'static {
         args: &[String],
         timeout: std::time::Duration,
     ) -> Result<(i32, String), RuntimeError>;
+    /// Starts `spec` inside the running container, with the container's namespaces,
+    /// cgroup, seccomp profile and capabilities (never more), for a user to talk to.
+    fn exec_process(&self, id: &str, spec: &ExecSpec) -> Result<ExecProcess, RuntimeError>;
 }
 
 /// A pidfd for `pid` (Linux 5.3+): readable once the process has exited.

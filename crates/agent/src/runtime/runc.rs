@@ -12,7 +12,10 @@
 
 use super::hardening::{self, Hardening};
 use super::supervisor::{self, SupervisorArgs};
-use super::{io_err, ContainerConfig, ContainerStatus, Exit, MountKind, Runtime, RuntimeError};
+use super::{
+    io_err, ContainerConfig, ContainerStatus, ExecProcess, ExecSpec, Exit, MountKind, Runtime,
+    RuntimeError,
+};
 use oci_spec::runtime::{
     LinuxBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxPidsBuilder,
     LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType,
@@ -827,6 +830,104 @@ impl Runtime for Runc {
         };
         let output = reader.join().unwrap_or_default();
         Ok((status.code().unwrap_or(-1), output))
+    }
+
+    fn exec_process(&self, id: &str, spec: &ExecSpec) -> Result<ExecProcess, RuntimeError> {
+        use std::os::unix::process::CommandExt;
+        if !matches!(self.status(id), ContainerStatus::Running { .. }) {
+            return Err(failed("the task's container is not running"));
+        }
+        let dir = self.dir(id);
+        let pid_file = dir.join(format!("exec-{}.pid", shoal_pki::random_id()));
+        let mut cmd = Command::new(&self.runc_bin);
+        cmd.arg("--root").arg(&self.runc_root).arg("exec");
+        cmd.arg("--pid-file").arg(&pid_file);
+        if !spec.cwd.is_empty() {
+            cmd.arg("--cwd").arg(&spec.cwd);
+        }
+        for e in &spec.env {
+            cmd.arg("--env").arg(e);
+        }
+        if !spec.user.is_empty() {
+            let (uid, gid) = Self::resolve_user(&dir.join("bundle/rootfs"), &spec.user)?;
+            cmd.arg("--user").arg(format!("{uid}:{gid}"));
+        }
+        let pipe = || std::io::pipe().map_err(io_err("cannot make a pipe"));
+        if spec.tty {
+            // runc makes the command's terminal inside the container and relays it to
+            // its own: a terminal we make, which runc has as its controlling terminal
+            // (so it hears of window changes and passes them on).
+            let pty = nix::pty::openpty(None, None)
+                .map_err(|e| failed(format!("cannot make a terminal: {e}")))?;
+            let master = std::fs::File::from(pty.master);
+            super::supervisor::set_window(&master, spec.rows.max(1), spec.cols.max(1));
+            let slave = std::fs::File::from(pty.slave);
+            cmd.arg("--tty")
+                .stdin(
+                    slave
+                        .try_clone()
+                        .map_err(io_err("cannot share the terminal"))?,
+                )
+                .stdout(
+                    slave
+                        .try_clone()
+                        .map_err(io_err("cannot share the terminal"))?,
+                )
+                .stderr(slave);
+            // SAFETY: setsid and TIOCSCTTY are async-signal-safe and touch only the child.
+            unsafe {
+                cmd.pre_exec(|| {
+                    nix::unistd::setsid().map_err(std::io::Error::from)?;
+                    if libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            cmd.arg(id).args(&spec.args);
+            let runc = cmd.spawn().map_err(io_err("cannot run runc exec"))?;
+            let input = match spec.stdin {
+                true => Some(
+                    master
+                        .try_clone()
+                        .map_err(io_err("cannot share the terminal"))?,
+                ),
+                false => None,
+            };
+            return Ok(ExecProcess {
+                runc,
+                input,
+                stdout: master
+                    .try_clone()
+                    .map_err(io_err("cannot share the terminal"))?,
+                stderr: None,
+                master: Some(master),
+                pid_file,
+            });
+        }
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let input = match spec.stdin {
+            true => {
+                let (in_r, in_w) = pipe()?;
+                cmd.stdin(in_r);
+                Some(std::fs::File::from(std::os::fd::OwnedFd::from(in_w)))
+            }
+            false => {
+                cmd.stdin(Stdio::null());
+                None
+            }
+        };
+        cmd.stdout(out_w).stderr(err_w).arg(id).args(&spec.args);
+        let runc = cmd.spawn().map_err(io_err("cannot run runc exec"))?;
+        Ok(ExecProcess {
+            runc,
+            input,
+            stdout: std::fs::File::from(std::os::fd::OwnedFd::from(out_r)),
+            stderr: Some(std::fs::File::from(std::os::fd::OwnedFd::from(err_r))),
+            master: None,
+            pid_file,
+        })
     }
 
     fn exit_fd(&self, id: &str) -> Option<std::os::fd::OwnedFd> {

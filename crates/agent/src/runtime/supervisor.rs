@@ -177,7 +177,7 @@ impl ConsoleSocket {
 }
 
 /// Sets a terminal's window size (a new one is 0×0, which confuses programs that lay
-/// out their output).
+/// out their output); its foreground processes hear of it (SIGWINCH).
 pub fn set_window(master: &impl std::os::fd::AsRawFd, rows: u16, cols: u16) {
     let ws = libc::winsize {
         ws_row: rows,

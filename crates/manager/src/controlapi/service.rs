@@ -133,6 +133,37 @@ pub type TaskLogsStream = tokio_stream::wrappers::ReceiverStream<Result<TaskLogs
 #[tonic::async_trait]
 impl Control for ControlService {
     type TaskLogsStream = TaskLogsStream;
+    type TaskExecStream =
+        tokio_stream::wrappers::ReceiverStream<Result<shoal_proto::dispatcher::ExecOutput, Status>>;
+
+    async fn task_exec(
+        &self,
+        req: Request<tonic::Streaming<shoal_proto::dispatcher::ExecInput>>,
+    ) -> Result<Response<Self::TaskExecStream>, Status> {
+        self.serve(req, "TaskExec", |api, c, mut input| async move {
+            let start = input
+                .message()
+                .await?
+                .and_then(|m| m.start)
+                .ok_or_else(|| Status::invalid_argument("an exec starts with what to run"))?;
+            let (tx, rx) = tokio::sync::mpsc::channel(64);
+            let out = api.task_exec(&c, start, rx).await?;
+            // The user's input, until they go (the end of their stream ends the exec).
+            tokio::spawn(async move {
+                while let Ok(Some(m)) = input.message().await {
+                    if tx.send(m).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let out = match c.node() {
+                Some(node) => crate::security::auth::guard_stream(node.clone(), out),
+                None => out,
+            };
+            Ok(tokio_stream::wrappers::ReceiverStream::new(out))
+        })
+        .await
+    }
 
     async fn create_service(
         &self,

@@ -206,4 +206,29 @@ impl ControlApi {
         let task = self.get_task(caller, reference)?;
         self.logs.subscribe(&task, follow, tail).await
     }
+
+    /// Runs `start` in a running task's container, relayed through its node; `input`
+    /// is the user's.
+    pub async fn task_exec(
+        &self,
+        caller: &ControlCaller,
+        start: shoal_proto::dispatcher::ExecStart,
+        input: tokio::sync::mpsc::Receiver<shoal_proto::dispatcher::ExecInput>,
+    ) -> Result<crate::dispatcher::exec::ExecStream, Status> {
+        if start.cmd.is_empty() {
+            return Err(Status::invalid_argument("exec needs a command to run"));
+        }
+        let task = self.get_task(caller, &start.task)?;
+        let state = task.status.as_ref().map_or(0, |s| s.state);
+        if state != TaskState::Running as i32 {
+            return Err(Status::failed_precondition(format!(
+                "task {} is not running ({}): exec runs in a running task",
+                task.id,
+                TaskState::try_from(state)
+                    .map(|s| s.as_str_name().to_lowercase())
+                    .unwrap_or_default()
+            )));
+        }
+        self.logs.exec_open(&task, start, input).await
+    }
 }

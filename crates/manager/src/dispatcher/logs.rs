@@ -1,6 +1,7 @@
 //! Log relay: a manager asks the node running a task to publish its log lines, over the
 //! node's session, and forwards what the node publishes to the subscriber. A node can
-//! publish only for subscriptions on its own tasks.
+//! publish only for subscriptions on its own tasks. Execs go the same way
+//! ([`super::exec`]).
 
 use shoal_proto::control::TaskLogsMessage;
 use shoal_proto::dispatcher::{LogSubscription, PublishLogsMessage};
@@ -17,22 +18,30 @@ struct Sub {
     tx: mpsc::Sender<Result<TaskLogsMessage, Status>>,
 }
 
+/// What a manager asks of a node through its session.
+#[derive(Debug)]
+pub enum NodeRequest {
+    Logs(LogSubscription),
+    Exec(shoal_proto::dispatcher::ExecRequest),
+}
+
 #[derive(Default)]
 pub struct LogBroker {
-    nodes: Mutex<HashMap<String, mpsc::Sender<LogSubscription>>>,
+    pub(super) nodes: Mutex<HashMap<String, mpsc::Sender<NodeRequest>>>,
     subs: Mutex<HashMap<String, Sub>>,
+    pub(super) execs: Mutex<HashMap<String, super::exec::ExecSub>>,
 }
 
 impl LogBroker {
     /// A node's session registers the channel its log requests go through.
-    pub fn register_node(&self, node_id: &str, tx: mpsc::Sender<LogSubscription>) {
+    pub fn register_node(&self, node_id: &str, tx: mpsc::Sender<NodeRequest>) {
         if let Ok(mut m) = self.nodes.lock() {
             m.insert(node_id.to_string(), tx);
         }
     }
 
     /// Forgets a session's channel; true if it was the node's current one.
-    pub fn unregister_node(&self, node_id: &str, tx: &mpsc::Sender<LogSubscription>) -> bool {
+    pub fn unregister_node(&self, node_id: &str, tx: &mpsc::Sender<NodeRequest>) -> bool {
         if let Ok(mut m) = self.nodes.lock() {
             if m.get(node_id).is_some_and(|cur| cur.same_channel(tx)) {
                 m.remove(node_id);
@@ -78,7 +87,7 @@ impl LogBroker {
             tail,
             close: false,
         };
-        if node_tx.send(sub).await.is_err() {
+        if node_tx.send(NodeRequest::Logs(sub)).await.is_err() {
             self.remove(&id);
             return Err(Status::unavailable(format!(
                 "node {} disconnected",
@@ -99,6 +108,7 @@ impl LogBroker {
         for s in subs {
             let _ = s.tx.try_send(Err(Status::unavailable(why.to_string())));
         }
+        self.end_execs(|_| true, why);
         if let Ok(mut n) = self.nodes.lock() {
             n.clear();
         }
@@ -152,6 +162,10 @@ impl LogBroker {
         if let Ok(mut s) = self.subs.lock() {
             s.retain(|_, sub| sub.node_id != node_id);
         }
+        self.end_execs(
+            |n| n == node_id,
+            "the task's node lost its session with the managers",
+        );
     }
 }
 
@@ -176,7 +190,9 @@ mod tests {
             .subscribe(&task("t1", "nodeA"), false, 0)
             .await
             .unwrap();
-        let sub = node_rx.recv().await.unwrap();
+        let Some(NodeRequest::Logs(sub)) = node_rx.recv().await else {
+            panic!("a log subscription")
+        };
         assert_eq!(sub.task_id, "t1");
 
         let line = |s: &str| shoal_proto::dispatcher::LogLine {
@@ -225,7 +241,9 @@ mod tests {
             .subscribe(&task("t1", "nodeA"), true, 0)
             .await
             .unwrap();
-        let sub = node_rx.recv().await.unwrap();
+        let Some(NodeRequest::Logs(sub)) = node_rx.recv().await else {
+            panic!("a log subscription")
+        };
         broker.end_all("the term ended");
         let err = out.recv().await.unwrap().unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unavailable);

@@ -5,6 +5,7 @@
 //! replicated log); only state changes are written to the store. A new leader gives
 //! every node a full grace period before judging it.
 
+pub mod exec;
 pub mod logs;
 pub mod peers;
 pub mod session;
@@ -608,6 +609,65 @@ impl DispatcherRpc for Dispatcher {
             }
         }
         Ok(Response::new(PublishLogsResponse {}))
+    }
+
+    type ExecStream = std::pin::Pin<
+        Box<
+            dyn tokio_stream::Stream<Item = Result<shoal_proto::dispatcher::ExecInput, Status>>
+                + Send,
+        >,
+    >;
+
+    async fn exec(
+        &self,
+        req: Request<tonic::Streaming<shoal_proto::dispatcher::ExecOutput>>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
+        let caller = authorize(&req, "Exec", ANY_NODE)?;
+        let term = self.lead()?;
+        let node_id = caller.node_id().to_string();
+        let mut up = req.into_inner();
+        let first = up
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("an exec attach starts with its ID"))?;
+        let id = first.exec_id.clone();
+        let (out, input) = self.logs.exec_attach(&node_id, &id)?;
+        let logs = self.logs.clone();
+        tokio::spawn(async move {
+            let cut = caller.cut();
+            tokio::pin!(cut);
+            let mut next = Some(first);
+            loop {
+                let m = match next.take() {
+                    Some(m) => m,
+                    None => tokio::select! {
+                        s = &mut cut => { let _ = out.send(Err(s)).await; break; }
+                        _ = term.cancelled() => {
+                            let _ = out.send(Err(Status::unavailable("the manager relaying the exec stepped down"))).await;
+                            break;
+                        }
+                        m = up.message() => match m {
+                            Ok(Some(m)) => m,
+                            Ok(None) | Err(_) => {
+                                let _ = out.send(Err(Status::unavailable("the task's node ended the exec without an exit code"))).await;
+                                break;
+                            }
+                        },
+                    },
+                };
+                let end = m.exited || !m.error.is_empty();
+                let sent = match m.error.is_empty() {
+                    true => out.send(Ok(m)).await,
+                    false => out.send(Err(Status::failed_precondition(m.error))).await,
+                };
+                if end || sent.is_err() {
+                    break;
+                }
+            }
+            logs.exec_done(&id);
+        });
+        let down = tokio_stream::wrappers::ReceiverStream::new(input).map(Ok);
+        Ok(Response::new(Box::pin(down)))
     }
 
     async fn heartbeat(

@@ -9,7 +9,7 @@ use crate::security::auth::Caller;
 use crate::view::{ClusterView, State};
 use shoal_proto::dispatcher::assignment::Action;
 use shoal_proto::dispatcher::{
-    Assignment, LogSubscription, NetworkView, PeerView, SecretData, SecretKey, SessionMessage,
+    Assignment, NetworkView, PeerView, SecretData, SecretKey, SessionMessage,
 };
 use shoal_proto::objects::{Secret, TaskState};
 use std::collections::HashMap;
@@ -170,7 +170,7 @@ pub fn start(
     // every task, news to a node that was told nothing.
     let mut known = HashMap::new();
     let first = changes(&state, &node_id, &mut known);
-    let (log_tx, mut log_rx) = mpsc::channel::<LogSubscription>(64);
+    let (log_tx, mut log_rx) = mpsc::channel::<super::logs::NodeRequest>(64);
     logs.register_node(&node_id, log_tx.clone());
     let span = tracing::debug_span!("session", node_id = %node_id);
     tokio::spawn(tracing::Instrument::instrument(
@@ -258,7 +258,10 @@ pub fn start(
                             let _ = tx.send(Err(s)).await;
                             break;
                         }
-                        let msg = SessionMessage { log_subscriptions: vec![sub], ..Default::default() };
+                        let msg = match sub {
+                            super::logs::NodeRequest::Logs(sub) => SessionMessage { log_subscriptions: vec![sub], ..Default::default() },
+                            super::logs::NodeRequest::Exec(req) => SessionMessage { exec_requests: vec![req], ..Default::default() },
+                        };
                         if tx.send(Ok(msg)).await.is_err() { break; }
                     }
                     r = node_changed.changed() => {

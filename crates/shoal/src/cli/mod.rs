@@ -2,6 +2,7 @@
 
 pub mod ca;
 pub mod cluster;
+pub mod exec;
 pub mod network;
 pub mod node;
 pub mod policy;

@@ -1312,6 +1312,10 @@ impl Client {
                 follow,
                 tail,
             } => c.service_logs(&service, follow, tail.unwrap_or(0)).await,
+            crate::ServiceCmd::Exec(args) => {
+                let code = c.service_exec(*args).await?;
+                std::process::exit(code)
+            }
         }
     }
 }

@@ -476,6 +476,10 @@ impl Client {
         let c = self;
         match cmd {
             crate::TaskCmd::Run(args) => c.task_run(*args).await,
+            crate::TaskCmd::Exec(args) => {
+                let code = c.task_exec(*args).await?;
+                std::process::exit(code)
+            }
             crate::TaskCmd::Ls {
                 node,
                 quiet,

@@ -1,0 +1,173 @@
+//! Issue #23 point 3: `task exec` / `service exec` — a command in a running task's
+//! container on another node, through a manager: its output, exit code, input, user,
+//! working directory and environment, a real terminal with `-t`, no capability the task
+//! lacks, and no process left behind when the CLI is killed.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(30);
+
+/// A service `app` of one busybox task on the worker; its task's ID.
+fn app(tb: &shoal_testbed::Testbed) -> String {
+    import_busybox(tb, 1);
+    tb.cli_ok(
+        0,
+        &[
+            "service",
+            "create",
+            "--name",
+            "app",
+            "--constraint",
+            "node.role==worker",
+            "--stop-grace-period",
+            "300ms",
+            "busybox",
+            "sleep",
+            "3600",
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
+    let ps = tb.cli_ok(0, &["service", "ps", "-q", "app"]).unwrap();
+    ps.lines().next().unwrap().trim().to_string()
+}
+
+/// Runs `shoal task exec ARGS` on the manager: (exit code, stdout, stderr).
+fn exec(tb: &shoal_testbed::Testbed, args: &[&str], input: Option<&str>) -> (i32, String, String) {
+    use std::io::Write;
+    let mut a = vec!["task", "exec"];
+    a.extend_from_slice(args);
+    let mut child = tb
+        .cli_command(0, &a)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    if let Some(i) = input {
+        stdin.write_all(i.as_bytes()).unwrap();
+    }
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn exec_runs_in_the_task_with_its_output_code_input_and_terminal() {
+    let tb = cluster(2, &[]);
+    let task = app(&tb);
+    let t = task.as_str();
+    let (code, _, err) = exec(&tb, &[t, "true"], None);
+    assert_eq!(code, 0, "{err}\n{}", tb.all_logs());
+    let (code, out, err) = exec(
+        &tb,
+        &[t, "sh", "-c", "echo out; echo err >&2; exit 7"],
+        None,
+    );
+    assert_eq!(
+        (code, out.as_str(), err.as_str()),
+        (7, "out\n", "err\n"),
+        "{}",
+        tb.all_logs()
+    );
+    // Its input with -i (and end of input reaches it).
+    let (code, out, _) = exec(&tb, &["-i", t, "cat"], Some("hello\nworld\n"));
+    assert_eq!((code, out.as_str()), (0, "hello\nworld\n"));
+    // Without -i the command reads nothing.
+    let (_, out, _) = exec(&tb, &[t, "cat"], Some("ignored\n"));
+    assert_eq!(out, "");
+    // User, working directory, environment; the task's hostname (its namespaces).
+    let (code, out, _) = exec(
+        &tb,
+        &[
+            "-u",
+            "65534",
+            "-w",
+            "/tmp",
+            "-e",
+            "FOO=bar",
+            t,
+            "sh",
+            "-c",
+            "id -u; pwd; echo $FOO",
+        ],
+        None,
+    );
+    assert_eq!((code, out.as_str()), (0, "65534\n/tmp\nbar\n"));
+    // No capability the task lacks: it has no NET_ADMIN, so neither has the exec.
+    let (code, _, err) = exec(&tb, &[t, "ip", "link", "add", "x0", "type", "dummy"], None);
+    assert_ne!(code, 0);
+    assert!(err.contains("Operation not permitted"), "{err}");
+    // A real terminal with -t (run under script(1), which gives the CLI one).
+    let cmd = tb.cli_command(
+        0,
+        &[
+            "task",
+            "exec",
+            "-t",
+            t,
+            "sh",
+            "-c",
+            "test -t 0 && echo tty-yes; busybox tty; exit 3",
+        ],
+    );
+    let line: Vec<String> = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|s| format!("'{}'", s.to_string_lossy()))
+        .collect();
+    let out = std::process::Command::new("script")
+        .args(["-qec", &line.join(" "), "/dev/null"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("tty-yes") && text.contains("/dev/pts/"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    // service exec picks a running task; a missing task is named.
+    let out = tb.cli(0, &["service", "exec", "app", "hostname"]);
+    assert!(out.success, "{}", out.stderr);
+    let out = tb.cli(0, &["task", "exec", "nosuchtask", "true"]);
+    assert!(
+        !out.success && out.stderr.contains("nosuchtask"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn killing_the_cli_leaves_no_process_behind() {
+    let tb = cluster(2, &[]);
+    let task = app(&tb);
+    let before = tb.processes_named(1, "sleep");
+    let mut cli = tb
+        .cli_command(
+            0,
+            &["task", "exec", &task, "sh", "-c", "sleep 4242; echo never"],
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    shoal_testbed::wait_for(T, || {
+        (tb.processes_named(1, "sleep") > before).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the exec runs: {}", tb.all_logs()));
+    cli.kill().unwrap();
+    let _ = cli.wait();
+    shoal_testbed::wait_for(T, || {
+        (tb.processes_named(1, "sleep") == before && tb.processes_named(1, "sh") == 0).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the exec's processes are gone: {}", tb.all_logs()));
+    // The task itself runs on.
+    assert_eq!(tb.processes_named(1, "sleep"), before);
+}
