@@ -359,3 +359,93 @@ fn a_stack_deploys_converges_updates_only_what_changed_and_is_removed() {
         out.stderr
     );
 }
+
+/// The visit count of a page like `hello, visit 3`.
+fn visits(page: &str) -> Option<u64> {
+    page.trim().rsplit_once("visit ")?.1.trim().parse().ok()
+}
+
+#[test]
+fn a_three_service_application_from_debian_packages() {
+    let tb = cluster(3, &[]);
+    shoal_testbed::app::import_images(&tb).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    shoal_testbed::app::write_files(d).unwrap();
+    let out = deploy(&tb, d, &["app.yml"], &[]);
+    assert!(
+        out.success,
+        "{}\n{}\n{}",
+        out.stdout,
+        out.stderr,
+        tb.all_logs()
+    );
+    // The page answers through the published port on every node, and counts.
+    let ips: Vec<String> = (0..3).map(|i| tb.nodes[i].ip.to_string()).collect();
+    let mut last = 0;
+    for (i, ip) in ips.iter().enumerate() {
+        let page = wait_for(T, || {
+            fetch(&tb, i, ip, 8080).filter(|p| p.contains("visit"))
+        })
+        .unwrap_or_else(|| panic!("the page on {ip}: {}", tb.all_logs()));
+        assert!(page.starts_with("hello, visit "), "{page}");
+        let n = visits(&page).unwrap();
+        assert!(n > last, "{page} after {last}");
+        last = n;
+    }
+    // One changed variable: only web is updated.
+    let versions: Vec<u64> = ["app_proxy", "app_web", "app_db"]
+        .iter()
+        .map(|s| spec_version(&tb, s))
+        .collect();
+    std::fs::write(d.join(".env"), "GREETING=bonjour\n").unwrap();
+    let out = deploy(&tb, d, &["app.yml"], &[]);
+    assert!(out.success, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("Updating service app_web"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(spec_version(&tb, "app_proxy"), versions[0]);
+    assert!(spec_version(&tb, "app_web") > versions[1]);
+    assert_eq!(spec_version(&tb, "app_db"), versions[2]);
+    let page = wait_for(T, || {
+        fetch(&tb, 0, &ips[0], 8080).filter(|p| p.starts_with("bonjour"))
+    })
+    .unwrap_or_else(|| panic!("the new greeting: {}", tb.all_logs()));
+    last = visits(&page).unwrap();
+    // The count survives db's task being replaced on the same node (its volume).
+    tb.cli_ok(0, &["service", "update", "--force", "app_db"])
+        .unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
+    let page = wait_for(T, || {
+        fetch(&tb, 1, &ips[1], 8080).filter(|p| p.contains("visit"))
+    })
+    .unwrap_or_else(|| panic!("the page after db moved: {}", tb.all_logs()));
+    assert!(visits(&page).unwrap() > last, "{page} after {last}");
+    last = visits(&page).unwrap();
+    // stack rm removes everything but the volume.
+    tb.cli_ok(0, &["stack", "rm", "app"]).unwrap();
+    assert_eq!(tb.cli_ok(0, &["service", "ls", "-q"]).unwrap().trim(), "");
+    assert_eq!(tb.cli_ok(0, &["secret", "ls", "-q"]).unwrap().trim(), "");
+    assert_eq!(tb.cli_ok(0, &["config", "ls", "-q"]).unwrap().trim(), "");
+    assert!(!tb
+        .cli_ok(0, &["network", "ls"])
+        .unwrap()
+        .contains("app_default"));
+    let vols = tb.cli_ok(1, &["volume", "ls", "-q"]).unwrap();
+    assert!(vols.lines().any(|l| l == "app_data"), "{vols}");
+    // Deployed again, the count goes on.
+    let out = deploy(&tb, d, &["app.yml"], &[]);
+    assert!(
+        out.success,
+        "{}\n{}\n{}",
+        out.stdout,
+        out.stderr,
+        tb.all_logs()
+    );
+    let page = wait_for(T, || {
+        fetch(&tb, 2, &ips[2], 8080).filter(|p| p.contains("visit"))
+    })
+    .unwrap_or_else(|| panic!("the page after a new deploy: {}", tb.all_logs()));
+    assert!(visits(&page).unwrap() > last, "{page} after {last}");
+}

@@ -11,6 +11,8 @@
 //! Everything made here is removed on drop, also when the test panics; a testbed left
 //! behind by a killed test process is removed by the next one that starts.
 
+pub mod app;
+
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -726,6 +728,114 @@ fn tar_of(root: &Path, tar: &Path) -> Result<PathBuf> {
         .arg(tar)
         .arg("."))?;
     Ok(tar.to_path_buf())
+}
+
+/// A root filesystem tar `NAME.tar` in `dir` (made once) from Debian's `packages`
+/// (`apt-get download`, unpacked with `dpkg -x`: no maintainer scripts run), with
+/// busybox for a shell and the usual tools, and `passwd`/`group` files.
+pub fn debian_rootfs_tar(dir: &Path, name: &str, packages: &[&str]) -> Result<PathBuf> {
+    let root = dir.join(format!("{name}-rootfs"));
+    let debs = dir.join(format!("{name}-debs"));
+    let tar = dir.join(format!("{name}.tar"));
+    if tar.exists() {
+        return Ok(tar);
+    }
+    std::fs::create_dir_all(&debs)?;
+    let all = with_libraries(packages)?;
+    run(Command::new("apt-get")
+        .current_dir(&debs)
+        .arg("download")
+        .args(&all))
+    .with_context(|| {
+        format!(
+            "apt-get download {} (Debian's package mirror)",
+            all.join(" ")
+        )
+    })?;
+    for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "root", "data"] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    for deb in std::fs::read_dir(&debs)? {
+        run(Command::new("dpkg").arg("-x").arg(deb?.path()).arg(&root))?;
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .context("/bin/busybox is missing: install Debian's busybox-static")?;
+    for app in [
+        "sh", "echo", "sleep", "cat", "ls", "mkdir", "chmod", "grep", "wget", "httpd", "id",
+        "hostname", "printf", "test", "[", "true", "tr",
+    ] {
+        let link = root.join("bin").join(app);
+        if !link.exists() {
+            std::os::unix::fs::symlink("busybox", link)?;
+        }
+    }
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh
+nobody:x:65534:65534:nobody:/:/bin/false
+",
+    )?;
+    std::fs::write(
+        root.join("etc/group"),
+        "root:x:0:
+nogroup:x:65534:
+",
+    )?;
+    tar_of(&root, &tar)
+}
+
+/// `packages` and the libraries they need: their dependencies in Debian's `libs`
+/// section, followed through libraries only (a package's other dependencies, scripts and
+/// tools, are left out; of alternatives `a | b`, the first).
+fn with_libraries(packages: &[&str]) -> Result<Vec<String>> {
+    let mut all: Vec<String> = packages.iter().map(|p| p.to_string()).collect();
+    let mut todo = all.clone();
+    while let Some(p) = todo.pop() {
+        let out = Command::new("apt-cache")
+            .args([
+                "depends",
+                "--no-recommends",
+                "--no-suggests",
+                "--no-conflicts",
+            ])
+            .args(["--no-breaks", "--no-replaces", "--no-enhances", &p])
+            .output()
+            .context("apt-cache depends")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        // `a | b` is printed as " |Depends: a" then "  Depends: b": b is skipped.
+        let mut after_bar = false;
+        for line in text.lines().skip(1) {
+            let t = line.trim_start();
+            let bar = t.starts_with('|');
+            let t = t.trim_start_matches('|');
+            let dep = t
+                .strip_prefix("Depends: ")
+                .or_else(|| t.strip_prefix("PreDepends: "))
+                .map(str::trim);
+            let Some(d) = dep else { continue };
+            let skip = after_bar;
+            after_bar = bar;
+            if skip || all.iter().any(|x| x == d) || !(d.starts_with("lib") || is_library(d)) {
+                continue;
+            }
+            all.push(d.to_string());
+            todo.push(d.to_string());
+        }
+    }
+    Ok(all)
+}
+
+/// Whether Debian files package `p` under `libs` (shared libraries: libc6, zlib1g, ...).
+fn is_library(p: &str) -> bool {
+    Command::new("apt-cache")
+        .args(["show", "--no-all-versions", p])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.trim() == "Section: libs")
+        })
+        .unwrap_or(false)
 }
 
 /// A root filesystem tar with iperf3, built from Debian's packages (`apt-get download`,
