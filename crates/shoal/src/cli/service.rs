@@ -452,7 +452,7 @@ fn chrono_now_ms() -> i64 {
 }
 
 impl Client {
-    async fn service_tasks(
+    pub(crate) async fn service_tasks(
         &self,
         service: &Service,
     ) -> Result<(Vec<Task>, HashMap<String, String>)> {

@@ -265,10 +265,9 @@ impl Client {
         if detach {
             return Ok(());
         }
-        for (name, id) in &ids {
-            if settled.contains(name) {
-                continue;
-            }
+        // Every service, dependencies too (they were waited for only until their
+        // condition held), for its monitor period: the later ones have run it by now.
+        for (_, id) in &ids {
             self.converge(id, false)
                 .await
                 .with_context(|| format!("stack {stack} did not converge"))?;
@@ -429,10 +428,11 @@ impl Client {
         Ok(cur.id.clone())
     }
 
-    /// Waits until a dependency's condition holds, through `converge`: its tasks
-    /// running (and healthy: convergence counts only healthy tasks of a checked
-    /// service), or, for a job, every completion in (`converge` fails on a task that
-    /// will not be retried).
+    /// Waits until a dependency's condition holds: as many tasks of its current spec
+    /// running (and, for `service_healthy`, healthy) as it wants, or, for a job, every
+    /// completion in (through `converge`). Not the whole of `converge`: its monitor
+    /// period is waited for at the end, for every service at once. A task that fails
+    /// hands over to `converge`, which says why.
     async fn wait_condition(&self, id: &str, cond: Condition) -> Result<()> {
         let svc = self
             .control()
@@ -459,7 +459,52 @@ impl Client {
             }
             _ => {}
         }
-        self.converge(id, false).await
+        if shoal_manager::orchestrator::is_job(&spec) {
+            return self.converge(id, false).await;
+        }
+        let healthy = cond == Condition::Healthy;
+        loop {
+            let svc = self
+                .control()
+                .get_service(GetServiceRequest {
+                    reference: id.into(),
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            let desired = self
+                .control()
+                .list_services(ListServicesRequest {})
+                .await
+                .map_err(status_err)?
+                .into_inner()
+                .status
+                .get(&svc.id)
+                .map_or(0, |s| s.desired);
+            let (tasks, _) = self.service_tasks(&svc).await?;
+            let state = |t: &shoal_proto::objects::Task| t.status.as_ref().map_or(0, |s| s.state);
+            let current: Vec<_> = tasks
+                .iter()
+                .filter(|t| shoal_manager::orchestrator::is_current(&svc, t))
+                .collect();
+            if current.iter().any(|t| state(t) > TaskState::Running as i32) {
+                // Failed, rejected or gone: converge tells why, or waits out a restart.
+                return self.converge(id, false).await;
+            }
+            let ready = current
+                .iter()
+                .filter(|t| state(t) == TaskState::Running as i32)
+                .filter(|t| {
+                    !healthy
+                        || t.status.as_ref().map_or(0, |s| s.health)
+                            == shoal_proto::objects::HealthState::Healthy as i32
+                })
+                .count() as u64;
+            if desired > 0 && ready >= desired {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     }
 
     async fn stack_ls(&self) -> Result<()> {
