@@ -171,3 +171,99 @@ fn killing_the_cli_leaves_no_process_behind() {
     // The task itself runs on.
     assert_eq!(tb.processes_named(1, "sleep"), before);
 }
+
+/// The CLI on a terminal of the test's own (a pty whose size the test sets): the
+/// command inside sees the size, and a change of it.
+#[test]
+fn the_terminal_size_is_followed_and_the_task_ending_ends_the_exec() {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    let tb = cluster(2, &[]);
+    let task = app(&tb);
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let master = std::fs::File::from(pty.master);
+    let set = |rows: u16, cols: u16| {
+        use std::os::fd::AsRawFd;
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads one winsize from the pointer.
+        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    };
+    set(30, 100);
+    let slave = std::fs::File::from(pty.slave);
+    let mut cmd = tb.cli_command(
+        0,
+        &[
+            "task", "exec", "-t", &task, "sh", "-c",
+            "busybox stty size; while [ \"$(busybox stty size)\" = '30 100' ]; do sleep 0.1; done; busybox stty size",
+        ],
+    );
+    cmd.stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave);
+    // SAFETY: setsid and TIOCSCTTY touch only the child: the pty becomes its terminal.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            if libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut cli = cmd.spawn().unwrap();
+    drop(cmd);
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let mut reader = master.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1024];
+        let mut all = String::new();
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            all.push_str(&String::from_utf8_lossy(&buf[..n]));
+            let _ = tx.send(all.clone());
+        }
+    });
+    let wait_text = |want: &str| {
+        let deadline = std::time::Instant::now() + T;
+        let mut seen = String::new();
+        while std::time::Instant::now() < deadline {
+            if let Ok(s) = rx.recv_timeout(Duration::from_millis(200)) {
+                seen = s;
+            }
+            if seen.contains(want) {
+                return seen;
+            }
+        }
+        panic!("{want:?} not in {seen:?}: {}", tb.all_logs());
+    };
+    wait_text("30 100");
+    // A new size: the kernel tells the CLI (SIGWINCH), the CLI tells the command's terminal.
+    set(40, 120);
+    wait_text("40 120");
+    let st = cli.wait().unwrap();
+    assert_eq!(st.code(), Some(0));
+
+    // The task ending ends an exec in it.
+    let mut cli = tb
+        .cli_command(0, &["task", "exec", &task, "sleep", "4343"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    tb.cli_ok(0, &["service", "rm", "app"]).unwrap();
+    let ended = shoal_testbed::wait_for(T, || cli.try_wait().ok().flatten());
+    assert!(
+        ended.is_some(),
+        "the exec ended with its task: {}",
+        tb.all_logs()
+    );
+    assert_ne!(ended.unwrap().code(), Some(0));
+}
