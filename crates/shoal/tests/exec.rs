@@ -267,3 +267,43 @@ fn the_terminal_size_is_followed_and_the_task_ending_ends_the_exec() {
     );
     assert_ne!(ended.unwrap().code(), Some(0));
 }
+
+/// From a manager that follows: the call goes to the leader, which holds the node's
+/// session, and the exec's input and output stream through both.
+#[test]
+fn exec_through_a_follower_manager() {
+    let tb = ha_cluster(2, 1);
+    import_busybox(&tb, 2);
+    tb.cli_ok(
+        0,
+        &[
+            "service",
+            "create",
+            "--name",
+            "app",
+            "--constraint",
+            "node.role==worker",
+            "--stop-grace-period",
+            "300ms",
+            "busybox",
+            "sleep",
+            "3600",
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
+    let ps = tb.cli_ok(1, &["service", "ps", "-q", "app"]).unwrap();
+    let task = ps.lines().next().unwrap().trim().to_string();
+    let out = tb.cli_stdin(
+        1,
+        &["task", "exec", "-i", &task, "sh", "-c", "cat; hostname"],
+        "via a follower\n",
+    );
+    assert!(out.success, "{}\n{}", out.stderr, tb.all_logs());
+    assert!(out.stdout.starts_with("via a follower\n"), "{}", out.stdout);
+    let out = tb
+        .cli_command(1, &["task", "exec", &task, "sh", "-c", "exit 5"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+}
