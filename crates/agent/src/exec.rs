@@ -126,6 +126,13 @@ async fn run(
     let pid_file = p.pid_file.clone();
     let runc_pid = p.runc.id();
     let mut runc = p.runc;
+    // If this future is dropped before the command ends (the agent stopping), the
+    // command goes too.
+    let mut guard = Running {
+        pid_file: pid_file.clone(),
+        runc_pid,
+        ended: false,
+    };
     let waited = tokio::task::spawn_blocking(move || runc.wait());
     tokio::pin!(waited);
     let mut user_gone = false;
@@ -157,6 +164,7 @@ async fn run(
             },
         }
     };
+    guard.ended = true;
     drop(in_tx);
     drop(master);
     // The output drains before the exit code goes up; a process the command left in the
@@ -186,6 +194,23 @@ async fn close(up: mpsc::Sender<ExecOutput>, mut down: tonic::Streaming<ExecInpu
     drop(up);
     let rest = async { while let Ok(Some(_)) = down.message().await {} };
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), rest).await;
+}
+
+/// An exec's command while it runs: killed when dropped before it ended.
+struct Running {
+    pid_file: std::path::PathBuf,
+    runc_pid: u32,
+    ended: bool,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if !self.ended {
+            let (pf, pid) = (self.pid_file.clone(), self.runc_pid);
+            // Off the dropping thread: the kill may wait a moment for the pid file.
+            std::thread::spawn(move || kill_exec(&pf, pid));
+        }
+    }
 }
 
 /// Kills the exec's command and every process under it, and runc (`runc_pid`), while

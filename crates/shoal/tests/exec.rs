@@ -307,3 +307,29 @@ fn exec_through_a_follower_manager() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(5), "{err}");
 }
+
+/// A daemon stopping (SIGTERM) while an exec runs on its node: the task's container
+/// runs on (containers outlive the daemon), the exec's command does not.
+#[test]
+fn a_stopping_daemon_leaves_no_exec_behind() {
+    let mut tb = cluster(2, &[]);
+    let task = app(&tb);
+    let before = tb.processes_named(1, "sleep");
+    let mut cli = tb
+        .cli_command(0, &["task", "exec", &task, "sleep", "4545"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    shoal_testbed::wait_for(T, || {
+        (tb.processes_named(1, "sleep") > before).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the exec runs: {}", tb.all_logs()));
+    tb.stop(1).unwrap();
+    shoal_testbed::wait_for(T, || {
+        (tb.processes_named(1, "sleep") == before).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the exec's command is gone: {}", tb.all_logs()));
+    let _ = cli.kill();
+    let _ = cli.wait();
+}
