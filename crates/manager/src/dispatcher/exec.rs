@@ -3,20 +3,13 @@
 //! `Dispatcher.Exec`, sending the output up while the user's input comes down. Only
 //! the task's node may attach to an exec, and only once.
 
-use super::logs::{LogBroker, NodeRequest};
+use super::logs::{ExecSub, LogBroker, NodeRequest};
 use shoal_proto::dispatcher::{ExecInput, ExecOutput, ExecRequest, ExecStart};
 use shoal_proto::objects::Task;
 use tokio::sync::mpsc;
 use tonic::Status;
 
 pub type ExecStream = mpsc::Receiver<Result<ExecOutput, Status>>;
-
-pub(super) struct ExecSub {
-    node_id: String,
-    out: mpsc::Sender<Result<ExecOutput, Status>>,
-    /// The user's input, until the node attaches.
-    input: Option<mpsc::Receiver<ExecInput>>,
-}
 
 impl LogBroker {
     /// Asks the task's node to run `start` in it; returns the process's output. `input`

@@ -1,7 +1,7 @@
 //! Log relay: a manager asks the node running a task to publish its log lines, over the
 //! node's session, and forwards what the node publishes to the subscriber. A node can
-//! publish only for subscriptions on its own tasks. Execs go the same way
-//! ([`super::exec`]).
+//! publish only for subscriptions on its own tasks. Execs go the same way (the exec
+//! module).
 
 use shoal_proto::control::TaskLogsMessage;
 use shoal_proto::dispatcher::{LogSubscription, PublishLogsMessage};
@@ -29,7 +29,16 @@ pub enum NodeRequest {
 pub struct LogBroker {
     pub(super) nodes: Mutex<HashMap<String, mpsc::Sender<NodeRequest>>>,
     subs: Mutex<HashMap<String, Sub>>,
-    pub(super) execs: Mutex<HashMap<String, super::exec::ExecSub>>,
+    pub(super) execs: Mutex<HashMap<String, ExecSub>>,
+}
+
+/// An exec under way (the exec module runs them; kept here, with the node channels it
+/// goes through).
+pub(super) struct ExecSub {
+    pub(super) node_id: String,
+    pub(super) out: mpsc::Sender<Result<shoal_proto::dispatcher::ExecOutput, Status>>,
+    /// The user's input, until the node attaches.
+    pub(super) input: Option<mpsc::Receiver<shoal_proto::dispatcher::ExecInput>>,
 }
 
 impl LogBroker {
