@@ -20,17 +20,12 @@ impl LogBroker {
         mut start: ExecStart,
         input: mpsc::Receiver<ExecInput>,
     ) -> Result<ExecStream, Status> {
-        let node_tx = self
-            .nodes
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&task.node_id).cloned())
-            .ok_or_else(|| {
-                Status::unavailable(format!(
-                    "node {} that runs task {} is not connected: try again once it is",
-                    task.node_id, task.id
-                ))
-            })?;
+        let node_tx = self.node_channel(&task.node_id).ok_or_else(|| {
+            Status::unavailable(format!(
+                "node {} that runs task {} is not connected: try again once it is",
+                task.node_id, task.id
+            ))
+        })?;
         let id = shoal_pki::random_id();
         let (out, rx) = mpsc::channel(64);
         if let Ok(mut e) = self.execs.lock() {

@@ -60,6 +60,11 @@ impl LogBroker {
         false
     }
 
+    /// The session channel of node `node_id`, if it is connected to this manager.
+    pub(super) fn node_channel(&self, node_id: &str) -> Option<mpsc::Sender<NodeRequest>> {
+        self.nodes.lock().ok()?.get(node_id).cloned()
+    }
+
     /// Asks the task's node for its logs; the returned stream ends when the node is done.
     pub async fn subscribe(
         &self,
@@ -67,17 +72,12 @@ impl LogBroker {
         follow: bool,
         tail: u64,
     ) -> Result<LogStream, Status> {
-        let node_tx = self
-            .nodes
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&task.node_id).cloned())
-            .ok_or_else(|| {
-                Status::unavailable(format!(
-                    "node {} that ran task {} is not connected: its logs cannot be read now",
-                    task.node_id, task.id
-                ))
-            })?;
+        let node_tx = self.node_channel(&task.node_id).ok_or_else(|| {
+            Status::unavailable(format!(
+                "node {} that ran task {} is not connected: its logs cannot be read now",
+                task.node_id, task.id
+            ))
+        })?;
         let id = shoal_pki::random_id();
         let (tx, rx) = mpsc::channel(64);
         if let Ok(mut s) = self.subs.lock() {
