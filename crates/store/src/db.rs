@@ -56,7 +56,7 @@ pub(crate) struct Db {
 /// fills as the file grows: a leader at 1,000 nodes and 10,000 tasks held 40 MiB of
 /// pages it does not read again (reads go to the manager's cluster view; a
 /// follower's catch-up and a snapshot read the file once, through the OS page cache).
-const CACHE_BYTES: usize = 16 * 1024 * 1024;
+const CACHE_BYTES: usize = 4 * 1024 * 1024;
 
 impl Db {
     /// Opens or creates the file, creates missing tables and checks that the

@@ -43,7 +43,11 @@ impl LogBroker {
             id: id.clone(),
             start: Some(start),
         };
-        if node_tx.send(NodeRequest::Exec(req)).await.is_err() {
+        if node_tx
+            .send(NodeRequest::Exec(Box::new(req)))
+            .await
+            .is_err()
+        {
             self.execs.lock().ok().and_then(|mut e| e.remove(&id));
             return Err(Status::unavailable(format!(
                 "node {} disconnected",

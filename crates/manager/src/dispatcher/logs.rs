@@ -20,9 +20,11 @@ struct Sub {
 
 /// What a manager asks of a node through its session.
 #[derive(Debug)]
+/// Boxed: a node's channel allocates its slots 32 at a time, and an inline exec request
+/// made that about 5 KiB per session.
 pub enum NodeRequest {
-    Logs(LogSubscription),
-    Exec(shoal_proto::dispatcher::ExecRequest),
+    Logs(Box<LogSubscription>),
+    Exec(Box<shoal_proto::dispatcher::ExecRequest>),
 }
 
 #[derive(Default)]
@@ -96,7 +98,11 @@ impl LogBroker {
             tail,
             close: false,
         };
-        if node_tx.send(NodeRequest::Logs(sub)).await.is_err() {
+        if node_tx
+            .send(NodeRequest::Logs(Box::new(sub)))
+            .await
+            .is_err()
+        {
             self.remove(&id);
             return Err(Status::unavailable(format!(
                 "node {} disconnected",

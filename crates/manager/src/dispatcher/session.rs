@@ -259,8 +259,8 @@ pub fn start(
                             break;
                         }
                         let msg = match sub {
-                            super::logs::NodeRequest::Logs(sub) => SessionMessage { log_subscriptions: vec![sub], ..Default::default() },
-                            super::logs::NodeRequest::Exec(req) => SessionMessage { exec_requests: vec![req], ..Default::default() },
+                            super::logs::NodeRequest::Logs(sub) => SessionMessage { log_subscriptions: vec![*sub], ..Default::default() },
+                            super::logs::NodeRequest::Exec(req) => SessionMessage { exec_requests: vec![*req], ..Default::default() },
                         };
                         if tx.send(Ok(msg)).await.is_err() { break; }
                     }

@@ -1347,6 +1347,8 @@ fn bench_heartbeats(shoal: &std::path::Path) -> Result<String> {
     let used = cpu_ticks(pid).context("manager cpu")?.1 - before;
     let wall = t.elapsed().as_secs_f64();
     let rss = kib(pid, "status", "VmRSS:");
+    let rss_anon = kib(pid, "status", "RssAnon:");
+    let threads = kib(pid, "status", "Threads:");
     let nodes = tb.cli_ok(0, &["node", "ls", "-q"])?.lines().count();
     let ready = tb
         .cli_ok(0, &["node", "ls"])?
@@ -1365,11 +1367,12 @@ fn bench_heartbeats(shoal: &std::path::Path) -> Result<String> {
          (default 1 s, stretched by a second per 250 nodes past 250), with {per_node} tasks each (reported RUNNING by the hollow node as soon as \
          assigned). The manager is a real `shoal daemon` ({nodes} nodes listed, \
          {ready} Ready).{scale_line} Its idle CPU (user + system time from /proc) over {wall:.0} s, after 10 s of quiet: \
-         **{pct:.1} % of one core**, RSS {:.0} MiB. \
+         **{pct:.1} % of one core**, RSS {:.0} MiB ({:.0} MiB of it anonymous; {threads} threads). \
          Rerun: `BENCH_ONLY=heartbeats target/release/shoal-bench target/release/shoal` \
          (`BENCH_HOLLOW` sets the count, `BENCH_TASKS_PER_NODE` the tasks per node, `BENCH_SPLIT=1` the two phases apart, \
          `BENCH_HEARTBEAT_SECS` the window).\n",
-        rss as f64 / 1024.0
+        rss as f64 / 1024.0,
+        rss_anon as f64 / 1024.0
     ))
 }
 
