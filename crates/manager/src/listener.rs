@@ -102,7 +102,7 @@ pub trait Admission: Clone + Send + Sync + 'static {
     type Info: Clone + Send + Sync + 'static;
     /// The roots and cluster client certificates must chain to now.
     fn trust(&self) -> shoal_pki::ClusterTrust;
-    fn info(&self, remote: SocketAddr, identity: Option<shoal_pki::NodeIdentity>) -> Self::Info;
+    fn info(&self, remote: SocketAddr, peer: Option<shoal_pki::Peer>) -> Self::Info;
 }
 
 impl Admission for Gate {
@@ -110,10 +110,16 @@ impl Admission for Gate {
     fn trust(&self) -> shoal_pki::ClusterTrust {
         self.ca.get().trust.clone()
     }
-    fn info(&self, remote: SocketAddr, identity: Option<shoal_pki::NodeIdentity>) -> PeerInfo {
+    fn info(&self, remote: SocketAddr, peer: Option<shoal_pki::Peer>) -> PeerInfo {
+        let (identity, user) = match peer {
+            Some(shoal_pki::Peer::Node(n)) => (Some(n), None),
+            Some(shoal_pki::Peer::User(u)) => (None, Some(u)),
+            None => (None, None),
+        };
         PeerInfo {
             remote_addr: Some(remote),
             identity,
+            user,
             gate: self.clone(),
         }
     }
@@ -211,15 +217,15 @@ pub(crate) async fn accept_loop<A: Admission>(
             };
             // The handshake already verified the chain and cluster; this turns the
             // certificate into the identity handlers use.
-            let identity = tls
+            let peer = tls
                 .get_ref()
                 .1
                 .peer_certificates()
                 .and_then(|c| c.split_first())
-                .and_then(|(ee, rest)| trust.verify(ee, rest, SystemTime::now()).ok());
+                .and_then(|(ee, rest)| trust.verify_peer(ee, rest, SystemTime::now()).ok());
             let conn = TlsConn {
                 inner: tls,
-                info: gate.info(remote, identity),
+                info: gate.info(remote, peer),
                 _slot: slot,
             };
             let _ = tx.send(Ok(conn)).await;

@@ -157,11 +157,11 @@ impl crate::listener::Admission for JoiningAdmission {
     fn trust(&self) -> shoal_pki::ClusterTrust {
         self.trust.clone()
     }
-    fn info(
-        &self,
-        _remote: std::net::SocketAddr,
-        identity: Option<shoal_pki::NodeIdentity>,
-    ) -> JoiningPeer {
-        JoiningPeer(identity)
+    fn info(&self, _remote: std::net::SocketAddr, peer: Option<shoal_pki::Peer>) -> JoiningPeer {
+        // Only a node joins the managers' Raft group.
+        JoiningPeer(match peer {
+            Some(shoal_pki::Peer::Node(n)) => Some(n),
+            _ => None,
+        })
     }
 }

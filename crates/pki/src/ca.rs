@@ -1,10 +1,10 @@
-//! The cluster's root CA and its signing of node certificates.
+//! The cluster's root CA and its signing of node and user certificates.
 //!
 //! The CA trusts nothing in a CSR but its public key (and the CSR's signature, which
 //! proves the requester holds the private key). Subject, SANs, usages and life come from
 //! the caller, who takes them from the store.
 
-use crate::{ClusterId, NodeId, PkiError, Role};
+use crate::{ClusterId, NodeId, PkiError, Role, UserName, USER_OU};
 use rand::RngCore;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
@@ -26,7 +26,7 @@ const ROOT_CN: &str = "shoal-ca";
 /// An operator-supplied root must stay valid at least this long (as swarm mode).
 pub const MIN_ROOT_LIFE: Duration = Duration::from_secs(365 * 86400);
 
-/// A node certificate just issued.
+/// A node or user certificate just issued.
 #[derive(Clone, Debug)]
 pub struct IssuedCert {
     pub cert_der: Vec<u8>,
@@ -258,13 +258,62 @@ impl RootCa {
         crate::cert_digest(&self.cert_der)
     }
 
-    /// Issues a node certificate for the public key in `csr_der`.
+    /// Issues a node certificate for the public key in `csr_der`: CN the node ID, OU its
+    /// role, O the cluster; SANs its role (so `shoal-manager` names any manager), its ID
+    /// and `spiffe://<cluster>/node/<ID>`; server and client use.
     pub fn sign_node(
         &self,
         csr_der: &[u8],
         node: &NodeId,
         role: Role,
         cluster: &ClusterId,
+        validity: Duration,
+    ) -> Result<IssuedCert, PkiError> {
+        self.sign(
+            csr_der,
+            Subject {
+                cn: node.as_str(),
+                ou: role.ou(),
+                cluster,
+                dns: vec![role.ou().to_string(), node.as_str().to_string()],
+                uri: format!("spiffe://{cluster}/node/{node}"),
+                usages: vec![
+                    ExtendedKeyUsagePurpose::ServerAuth,
+                    ExtendedKeyUsagePurpose::ClientAuth,
+                ],
+            },
+            validity,
+        )
+    }
+
+    /// Issues a user certificate for the public key in `csr_der`: CN the user's name, OU
+    /// `shoal-user`, O the cluster, one URI SAN `spiffe://<cluster>/user/<name>`, no DNS
+    /// name and client use only, so it can neither pass for a node nor serve as one.
+    pub fn sign_user(
+        &self,
+        csr_der: &[u8],
+        user: &UserName,
+        cluster: &ClusterId,
+        validity: Duration,
+    ) -> Result<IssuedCert, PkiError> {
+        self.sign(
+            csr_der,
+            Subject {
+                cn: user.as_str(),
+                ou: USER_OU,
+                cluster,
+                dns: Vec::new(),
+                uri: format!("spiffe://{cluster}/user/{user}"),
+                usages: vec![ExtendedKeyUsagePurpose::ClientAuth],
+            },
+            validity,
+        )
+    }
+
+    fn sign(
+        &self,
+        csr_der: &[u8],
+        subject: Subject<'_>,
         validity: Duration,
     ) -> Result<IssuedCert, PkiError> {
         if validity < MIN_CERT_EXPIRY {
@@ -282,24 +331,18 @@ impl RootCa {
                 "only ECDSA P-256 keys are accepted".to_string(),
             ));
         }
-        let mut params =
-            CertificateParams::new(vec![role.ou().to_string(), node.as_str().to_string()])
-                .map_err(sign_err)?;
-        let spiffe = format!("spiffe://{cluster}/node/{node}");
+        let mut params = CertificateParams::new(subject.dns).map_err(sign_err)?;
         params
             .subject_alt_names
-            .push(SanType::URI(spiffe.try_into().map_err(sign_err)?));
+            .push(SanType::URI(subject.uri.try_into().map_err(sign_err)?));
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, node.as_str());
-        dn.push(DnType::OrganizationalUnitName, role.ou());
-        dn.push(DnType::OrganizationName, cluster.as_str());
+        dn.push(DnType::CommonName, subject.cn);
+        dn.push(DnType::OrganizationalUnitName, subject.ou);
+        dn.push(DnType::OrganizationName, subject.cluster.as_str());
         params.distinguished_name = dn;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        params.extended_key_usages = subject.usages;
         let now = SystemTime::now();
         let not_after = now + validity;
         params.not_before = odt(now - CERT_BACKDATE);
@@ -328,4 +371,14 @@ impl RootCa {
             key_digest: key_digest(rcgen::PublicKeyData::der_bytes(&csr.public_key)),
         })
     }
+}
+
+/// The names and uses the CA writes into a certificate it issues.
+struct Subject<'a> {
+    cn: &'a str,
+    ou: &'a str,
+    cluster: &'a ClusterId,
+    dns: Vec<String>,
+    uri: String,
+    usages: Vec<ExtendedKeyUsagePurpose>,
 }

@@ -385,3 +385,275 @@ fn a_forged_or_inconsistent_role_is_refused_even_under_a_trusted_root() {
     .unwrap_err();
     assert!(e.contains("unknown role OU"), "{e}");
 }
+
+fn issue_user(ca: &RootCa, cluster: &ClusterId, name: &str) -> (NodeKey, IssuedCert) {
+    let key = NodeKey::generate().unwrap();
+    let cert = ca
+        .sign_user(
+            &key.csr_der().unwrap(),
+            &UserName::parse(name).unwrap(),
+            cluster,
+            DAY / 2,
+        )
+        .unwrap();
+    (key, cert)
+}
+
+#[test]
+fn user_certificate_names_the_user_and_no_host_and_is_for_clients_only() {
+    let ca = RootCa::generate(DAY).unwrap();
+    let cluster = ClusterId::generate();
+    let (_, issued) = issue_user(&ca, &cluster, "alice");
+    let (_, cert) = X509Certificate::from_der(&issued.cert_der).unwrap();
+    let s = cert.subject();
+    assert_eq!(
+        s.iter_common_name().next().unwrap().as_str().unwrap(),
+        "alice"
+    );
+    assert_eq!(
+        s.iter_organizational_unit()
+            .next()
+            .unwrap()
+            .as_str()
+            .unwrap(),
+        "shoal-user"
+    );
+    assert_eq!(
+        s.iter_organization().next().unwrap().as_str().unwrap(),
+        cluster.as_str()
+    );
+    let san = cert.subject_alternative_name().unwrap().unwrap();
+    let names: Vec<String> = san
+        .value
+        .general_names
+        .iter()
+        .map(|g| g.to_string())
+        .collect();
+    assert_eq!(names, [format!("URI(spiffe://{cluster}/user/alice)")]);
+    let eku = cert.extended_key_usage().unwrap().unwrap().value;
+    assert!(eku.client_auth && !eku.server_auth);
+    assert!(!cert.is_ca());
+}
+
+#[test]
+fn a_user_certificate_never_passes_for_a_node_nor_a_node_certificate_for_a_user() {
+    let ca = RootCa::generate(DAY).unwrap();
+    let cluster = ClusterId::generate();
+    let trust = ClusterTrust::new(cluster.clone(), &[ca.cert_der().to_vec()]).unwrap();
+    let now = SystemTime::now();
+    let (_, user) = issue_user(&ca, &cluster, "alice");
+    let (node, worker) = issue(&ca, &cluster, Role::Worker);
+    let (manager, mgr) = issue(&ca, &cluster, Role::Manager);
+
+    let id = trust.verify_user(&user.cert_der, &[], now).unwrap();
+    assert_eq!(id.name().as_str(), "alice");
+    assert_eq!(id.cluster_id(), &cluster);
+    assert_eq!(id.serial(), user.serial);
+    assert_eq!(id.key_digest(), user.key_digest);
+    assert_eq!(
+        trust.verify_peer(&user.cert_der, &[], now).unwrap(),
+        Peer::User(id)
+    );
+    let e = trust
+        .verify(&user.cert_der, &[], now)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("user certificate of alice") && e.contains("cannot act as a node"),
+        "{e}"
+    );
+
+    for (cert, who, role) in [(worker, node, "worker"), (mgr, manager, "manager")] {
+        let e = trust
+            .verify_user(&cert.cert_der, &[], now)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("certificate of {role} node {who}"))
+                && e.contains("cannot act as a user")
+                && e.contains("shoal login"),
+            "{e}"
+        );
+        assert!(matches!(
+            trust.verify_peer(&cert.cert_der, &[], now).unwrap(),
+            Peer::Node(n) if n.node_id() == &who
+        ));
+    }
+}
+
+#[test]
+fn a_user_certificate_of_another_cluster_or_ca_or_past_its_life_is_refused() {
+    let ca = RootCa::generate(DAY).unwrap();
+    let cluster = ClusterId::generate();
+    let trust = ClusterTrust::new(cluster.clone(), &[ca.cert_der().to_vec()]).unwrap();
+    let now = SystemTime::now();
+    let (_, foreign) = issue_user(&ca, &ClusterId::generate(), "alice");
+    let e = trust.verify_user(&foreign.cert_der, &[], now).unwrap_err();
+    assert!(e.to_string().contains("is for cluster"), "{e}");
+    let (_, other_ca) = issue_user(&RootCa::generate(DAY).unwrap(), &cluster, "alice");
+    let e = trust.verify_peer(&other_ca.cert_der, &[], now).unwrap_err();
+    assert!(e.to_string().contains("chain check failed"), "{e}");
+    let (_, mine) = issue_user(&ca, &cluster, "alice");
+    assert!(trust.verify_user(&mine.cert_der, &[], now).is_ok());
+    let e = trust
+        .verify_user(&mine.cert_der, &[], now + DAY)
+        .unwrap_err();
+    assert!(e.to_string().contains("chain check failed"), "{e}");
+}
+
+#[test]
+fn user_names_are_checked() {
+    for good in ["alice", "a", "ops.team_1-b", &"a".repeat(63)] {
+        assert!(UserName::parse(good).is_ok(), "{good}");
+    }
+    for bad in [
+        "",
+        "Alice",
+        "1alice",
+        "al ice",
+        "al/ice",
+        "é",
+        &"a".repeat(64),
+        "-a",
+    ] {
+        let e = UserName::parse(bad).unwrap_err().to_string();
+        assert!(e.contains("invalid user name"), "{bad}: {e}");
+    }
+}
+
+/// A user leaf signed by a root the test holds, with names and uses the test chooses.
+fn crafted_user(
+    root_cert: &rcgen::Certificate,
+    root_key: &rcgen::KeyPair,
+    cluster: &str,
+    uri: &str,
+    dns: &[&str],
+    server: bool,
+) -> Vec<u8> {
+    use rcgen::{CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, Issuer};
+    let mut p =
+        CertificateParams::new(dns.iter().map(|d| d.to_string()).collect::<Vec<_>>()).unwrap();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "alice");
+    dn.push(DnType::OrganizationalUnitName, "shoal-user");
+    dn.push(DnType::OrganizationName, cluster);
+    p.distinguished_name = dn;
+    p.subject_alt_names
+        .push(rcgen::SanType::URI(uri.to_string().try_into().unwrap()));
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    if server {
+        p.extended_key_usages
+            .push(ExtendedKeyUsagePurpose::ServerAuth);
+    }
+    let key = rcgen::KeyPair::generate().unwrap();
+    let issuer = Issuer::from_ca_cert_der(root_cert.der(), root_key).unwrap();
+    p.signed_by(&key, &issuer).unwrap().der().to_vec()
+}
+
+#[test]
+fn a_user_certificate_with_a_host_name_a_server_use_or_another_name_is_refused() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa};
+    let root_key = rcgen::KeyPair::generate().unwrap();
+    let mut rp = CertificateParams::new(Vec::<String>::new()).unwrap();
+    rp.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let root = rp.self_signed(&root_key).unwrap();
+    let cluster = ClusterId::generate();
+    let trust = ClusterTrust::new(cluster.clone(), &[root.der().to_vec()]).unwrap();
+    let c = cluster.as_str();
+    let uri = format!("spiffe://{c}/user/alice");
+    let now = SystemTime::now();
+    let check = |der: Vec<u8>| trust.verify_user(&der, &[], now).map_err(|e| e.to_string());
+
+    // The harness is sound: consistent names are accepted.
+    assert!(check(crafted_user(&root, &root_key, c, &uri, &[], false)).is_ok());
+    let e = check(crafted_user(
+        &root,
+        &root_key,
+        c,
+        &uri,
+        &["shoal-manager"],
+        false,
+    ))
+    .unwrap_err();
+    assert!(e.contains("names the host shoal-manager"), "{e}");
+    let e = check(crafted_user(&root, &root_key, c, &uri, &[], true)).unwrap_err();
+    assert!(e.contains("client authentication only"), "{e}");
+    let bob = format!("spiffe://{c}/user/bob");
+    let e = check(crafted_user(&root, &root_key, c, &bob, &[], false)).unwrap_err();
+    assert!(e.contains("must be exactly"), "{e}");
+    let node_uri = format!("spiffe://{c}/node/alice");
+    let e = check(crafted_user(&root, &root_key, c, &node_uri, &[], false)).unwrap_err();
+    assert!(e.contains("must be exactly"), "{e}");
+}
+
+/// Runs a TLS handshake in memory; the error of whichever side refused.
+fn handshake(client: rustls::ClientConfig, server: rustls::ServerConfig) -> Result<(), String> {
+    let name = rustls::pki_types::ServerName::try_from(MANAGER_SERVER_NAME).unwrap();
+    let mut c = rustls::ClientConnection::new(std::sync::Arc::new(client), name).unwrap();
+    let mut s = rustls::ServerConnection::new(std::sync::Arc::new(server)).unwrap();
+    for _ in 0..10 {
+        let mut buf = Vec::new();
+        c.write_tls(&mut buf).unwrap();
+        s.read_tls(&mut &buf[..]).unwrap();
+        s.process_new_packets()
+            .map_err(|e| format!("server: {e}"))?;
+        let mut buf = Vec::new();
+        s.write_tls(&mut buf).unwrap();
+        c.read_tls(&mut &buf[..]).unwrap();
+        c.process_new_packets()
+            .map_err(|e| format!("client: {e}"))?;
+        if !c.is_handshaking() && !s.is_handshaking() {
+            // The client's last flight (its certificate) reaches the server.
+            let mut buf = Vec::new();
+            c.write_tls(&mut buf).unwrap();
+            s.read_tls(&mut &buf[..]).unwrap();
+            s.process_new_packets()
+                .map_err(|e| format!("server: {e}"))?;
+            return Ok(());
+        }
+    }
+    Err("the handshake did not finish".into())
+}
+
+#[test]
+fn a_user_certificate_is_accepted_as_a_client_and_cannot_serve() {
+    install_crypto_provider();
+    let ca = RootCa::generate(DAY).unwrap();
+    let cluster = ClusterId::generate();
+    let trust = ClusterTrust::new(cluster.clone(), &[ca.cert_der().to_vec()]).unwrap();
+    let (mkey, mgr) = {
+        let key = NodeKey::generate().unwrap();
+        let cert = ca
+            .sign_node(
+                &key.csr_der().unwrap(),
+                &NodeId::generate(),
+                Role::Manager,
+                &cluster,
+                DAY / 2,
+            )
+            .unwrap();
+        (key, cert)
+    };
+    let (ukey, user) = issue_user(&ca, &cluster, "alice");
+    let server = |chain: &IssuedCert, key: &NodeKey| {
+        server_config(
+            &trust,
+            std::slice::from_ref(&chain.cert_der),
+            &key.pkcs8_der(),
+            None,
+        )
+        .unwrap()
+    };
+    let client = |chain: &IssuedCert, key: &NodeKey| {
+        client_config(
+            trust.roots(),
+            Some((std::slice::from_ref(&chain.cert_der), &key.pkcs8_der())),
+        )
+        .unwrap()
+    };
+    // A user's client reaches a manager.
+    handshake(client(&user, &ukey), server(&mgr, &mkey)).unwrap();
+    // A manager's client does not take a user's certificate for a manager's.
+    let e = handshake(client(&mgr, &mkey), server(&user, &ukey)).unwrap_err();
+    assert!(e.starts_with("client:"), "{e}");
+}

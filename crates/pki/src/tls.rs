@@ -122,9 +122,10 @@ impl ClientCertVerifier for ClusterClientVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(now.as_secs());
-        let id = self
+        // A node or a user: which calls each may make is the listener's business.
+        let peer = self
             .trust
-            .verify(end_entity, intermediates, now)
+            .verify_peer(end_entity, intermediates, now)
             .map_err(|e| {
                 // Say whose certificate it was: a foreign CA's client is then visible in
                 // the manager's log by name, not only as "BadSignature".
@@ -133,8 +134,8 @@ impl ClientCertVerifier for ClusterClientVerifier {
                     describe_cert(end_entity)
                 ))
             })?;
-        if let Some(check) = &self.revoked {
-            if let Some(why) = check(&id) {
+        if let (Some(check), crate::Peer::Node(id)) = (&self.revoked, &peer) {
+            if let Some(why) = check(id) {
                 return Err(rustls::Error::General(why));
             }
         }

@@ -435,6 +435,7 @@ mod tests {
         req.extensions_mut().insert(PeerInfo {
             remote_addr: None,
             identity: Some(id),
+            user: None,
             gate: Gate {
                 access: crate::security::access::AccessList::with_nodes(&[member]),
                 ca: CaHandle::new(ca),

@@ -19,6 +19,8 @@ pub struct PeerInfo {
     /// Present only if the client presented a certificate that chains to this cluster's
     /// root and carries this cluster's ID.
     pub identity: Option<NodeIdentity>,
+    /// A user certificate of this cluster, verified as `identity` is (never both).
+    pub user: Option<shoal_pki::UserIdentity>,
     /// What every call is checked against (there is no way to build a `PeerInfo`
     /// without it, so no call can skip the checks).
     pub gate: Gate,
@@ -119,11 +121,20 @@ pub fn authorize<T>(
     let peer = req.extensions().get::<PeerInfo>().ok_or_else(|| {
         Status::unauthenticated(format!("{call} refused: the connection was not verified"))
     })?;
-    let id = peer.identity.clone().ok_or_else(|| {
-        Status::unauthenticated(format!(
-            "{call} needs a node certificate of this cluster; join the cluster first with 'shoal join'"
-        ))
-    })?;
+    let id = match (&peer.identity, &peer.user) {
+        (Some(id), _) => id.clone(),
+        (None, Some(user)) => {
+            return Err(Status::permission_denied(format!(
+                "{call} refused: the user certificate of {} cannot make a node's calls",
+                user.name()
+            )))
+        }
+        (None, None) => {
+            return Err(Status::unauthenticated(format!(
+                "{call} needs a node certificate of this cluster; join the cluster first with 'shoal join'"
+            )))
+        }
+    };
     if !peer
         .gate
         .ca

@@ -315,6 +315,7 @@ mod tests {
         req.extensions_mut().insert(PeerInfo {
             remote_addr: None,
             identity: Some(id.clone()),
+            user: None,
             gate: crate::security::auth::Gate {
                 access: crate::security::access::AccessList::with_nodes(&[member]),
                 ca: handle,
@@ -339,6 +340,51 @@ mod tests {
                 ..Default::default()
             }),
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_user_certificate_cannot_make_a_nodes_calls() {
+        let cluster_id = ClusterId::generate();
+        let root = RootCa::generate(Duration::from_secs(86400 * 400)).unwrap();
+        let key = NodeKey::generate().unwrap();
+        let leaf = root
+            .sign_user(
+                &key.csr_der().unwrap(),
+                &shoal_pki::UserName::parse("alice").unwrap(),
+                &cluster_id,
+                Duration::from_secs(3600),
+            )
+            .unwrap();
+        let cluster = Cluster {
+            id: cluster_id.to_string(),
+            root_ca: Some(root_obj(&root)),
+            ..Default::default()
+        };
+        let ca = CaState::from_cluster(&cluster, &cluster_id).unwrap();
+        let user = ca
+            .trust
+            .verify_user(&leaf.cert_der, &[], std::time::SystemTime::now())
+            .unwrap();
+        for call in ["Heartbeat", "Session", "RenewCertificate", "Raft.Append"] {
+            let mut req = tonic::Request::new(());
+            req.extensions_mut().insert(PeerInfo {
+                remote_addr: None,
+                identity: None,
+                user: Some(user.clone()),
+                gate: crate::security::auth::Gate {
+                    access: crate::security::access::AccessList::with_nodes(&[]),
+                    ca: CaHandle::new(CaState::from_cluster(&cluster, &cluster_id).unwrap()),
+                },
+            });
+            let Err(e) = authorize(&req, call, &[Role::Worker, Role::Manager]) else {
+                panic!("{call} was allowed for a user certificate");
+            };
+            assert_eq!(e.code(), tonic::Code::PermissionDenied);
+            assert_eq!(
+                e.message(),
+                format!("{call} refused: the user certificate of alice cannot make a node's calls")
+            );
         }
     }
 
