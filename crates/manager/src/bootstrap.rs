@@ -97,6 +97,8 @@ pub async fn init_cluster(
             snapshot_interval: params.snapshot_interval,
             election_timeout_ms: params.election_timeout.as_millis() as u64,
             autolock: params.unlock_key.is_some(),
+            // 0: the default (12 hours).
+            user_cert_expiry_secs: 0,
         }),
         unlock_key: params
             .unlock_key

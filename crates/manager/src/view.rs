@@ -24,7 +24,7 @@
 
 use imbl::{OrdMap, OrdSet};
 use shoal_proto::objects::{
-    Cluster, LimitedToken, Network, Node, RevokedCert, Secret, Service, Task,
+    Cluster, LimitedToken, Network, Node, RevokedCert, Secret, Service, Task, User,
 };
 use shoal_store::{Change, Object, Store, StoreError, Versioned, Watch};
 use std::collections::{HashMap, HashSet};
@@ -56,6 +56,7 @@ pub enum Kind {
     Secret,
     Revocation,
     JoinToken,
+    User,
 }
 
 impl Kind {
@@ -69,6 +70,7 @@ impl Kind {
             t if t == Secret::TABLE => Kind::Secret,
             t if t == RevokedCert::TABLE => Kind::Revocation,
             t if t == LimitedToken::TABLE => Kind::JoinToken,
+            t if t == User::TABLE => Kind::User,
             _ => return None,
         })
     }
@@ -110,12 +112,13 @@ viewed!(Network, Network, networks);
 viewed!(Secret, Secret, secrets);
 viewed!(RevokedCert, Revocation, revoked);
 viewed!(LimitedToken, JoinToken, tokens);
+viewed!(User, User, users);
 
 /// The cluster at one store index, decoded and indexed. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct State {
     index: u64,
-    /// The index of the last batch that changed who may call (a node or a revocation).
+    /// The index of the last batch that changed who may call (a node, a revocation or a user).
     access_index: u64,
     clusters: Table<Cluster>,
     nodes: Table<Node>,
@@ -125,6 +128,7 @@ pub struct State {
     secrets: Table<Secret>,
     revoked: Table<RevokedCert>,
     tokens: Table<LimitedToken>,
+    users: Table<User>,
     by_node: Index,
     by_service: Index,
     by_secret: Index,
@@ -306,6 +310,7 @@ impl State {
         fill::<Secret>(&mut s, snapshot)?;
         fill::<RevokedCert>(&mut s, snapshot)?;
         fill::<LimitedToken>(&mut s, snapshot)?;
+        fill::<User>(&mut s, snapshot)?;
         for v in snapshot.list::<Task>()? {
             s.put_task(Arc::new(v), &mut HashSet::new());
         }
@@ -323,6 +328,7 @@ impl State {
             Kind::Secret => self.put_or_delete::<Secret>(c),
             Kind::Revocation => self.put_or_delete::<RevokedCert>(c),
             Kind::JoinToken => self.put_or_delete::<LimitedToken>(c),
+            Kind::User => self.put_or_delete::<User>(c),
             Kind::Task => match c.decode::<Task>() {
                 Some(Ok(v)) => self.put_task(Arc::new(v), nodes),
                 Some(Err(e)) => {
@@ -590,7 +596,7 @@ impl ClusterView {
             state.index = ev.index;
             if changes[before..]
                 .iter()
-                .any(|c| matches!(c.kind, Kind::Node | Kind::Revocation))
+                .any(|c| matches!(c.kind, Kind::Node | Kind::Revocation | Kind::User))
             {
                 state.access_index = ev.index;
             }

@@ -52,6 +52,13 @@ impl Object for shoal_proto::objects::RevokedCert {
     }
 }
 
+impl Object for shoal_proto::objects::User {
+    const TABLE: &'static str = "users";
+    fn id(&self) -> &str {
+        &self.name
+    }
+}
+
 /// Secrets and configs, both (`kind` tells them apart).
 impl Object for shoal_proto::objects::Secret {
     const TABLE: &'static str = "secrets";

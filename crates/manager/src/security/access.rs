@@ -12,9 +12,9 @@
 
 use crate::time::unix_now;
 use crate::view::{Kind, State, Subscription, Update};
-use shoal_pki::NodeIdentity;
-use shoal_proto::objects::{Node, RevokedCert};
-use std::collections::HashMap;
+use shoal_pki::{NodeIdentity, UserIdentity};
+use shoal_proto::objects::{Node, RevokedCert, User, UserRole};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
@@ -72,6 +72,67 @@ impl Refusal {
     }
 }
 
+/// Why a user's certificate is refused. The texts are the contract users read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserRefusal {
+    /// No such user (removed, or never made), or not yet known to this manager.
+    Unknown,
+    /// The user exists, but this certificate is not one issued to them (the user was
+    /// removed and made again, or its record lost the serial).
+    NotIssued,
+    /// A revocation record names the serial; the record's reason.
+    Revoked(String),
+    Expired,
+}
+
+impl UserRefusal {
+    /// What the caller is told, on a new call or on a stream that is cut.
+    pub fn status(&self, call: &str, id: &UserIdentity) -> Status {
+        let (name, serial) = (id.name(), id.serial());
+        match self {
+            UserRefusal::Unknown => Status::permission_denied(format!(
+                "{call} refused: {name} is not a user of this cluster (removed, or this manager is behind): ask an administrator"
+            )),
+            UserRefusal::NotIssued => Status::permission_denied(format!(
+                "{call} refused: certificate {serial} was not issued to the current user {name} (was the user removed and made again?): log in again with 'shoal login --token <new token> <manager>'"
+            )),
+            UserRefusal::Revoked(reason) => Status::permission_denied(format!(
+                "{call} refused: {reason} (certificate {serial} of user {name})"
+            )),
+            UserRefusal::Expired => Status::unauthenticated(format!(
+                "{call} refused: certificate {serial} of user {name} has expired: log in again with 'shoal login --token <new token> <manager>' (an administrator makes one with 'shoal user token {name}')"
+            )),
+        }
+    }
+}
+
+/// What a user may do: their role and scopes, as the store says now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserGrant {
+    pub role: UserRole,
+    /// `*` or stack names.
+    pub scopes: Vec<String>,
+}
+
+/// A user and the certificates issued to them.
+#[derive(Debug, Clone, PartialEq)]
+struct UserEntry {
+    grant: UserGrant,
+    serials: HashSet<String>,
+}
+
+impl UserEntry {
+    fn of(u: &User) -> UserEntry {
+        UserEntry {
+            grant: UserGrant {
+                role: u.role(),
+                scopes: u.scopes.clone(),
+            },
+            serials: u.certs.iter().map(|c| c.serial.clone()).collect(),
+        }
+    }
+}
+
 /// The certificates one member node may use.
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Certs {
@@ -96,6 +157,7 @@ impl Certs {
 #[derive(Debug, Default, PartialEq)]
 struct View {
     nodes: HashMap<String, Certs>,
+    users: HashMap<String, UserEntry>,
     /// Serial -> revocation.
     revoked: HashMap<String, Revoked>,
 }
@@ -161,8 +223,38 @@ impl View {
         Err(Refusal::Superseded)
     }
 
+    /// The pure decision for a user: may the certificate `serial` of user `name`,
+    /// valid until `not_after`, be used at `now`, and with what grant?
+    fn decide_user(
+        &self,
+        name: &str,
+        serial: &str,
+        not_after: SystemTime,
+        now: SystemTime,
+    ) -> Result<UserGrant, UserRefusal> {
+        if now > not_after {
+            return Err(UserRefusal::Expired);
+        }
+        if let Some(r) = self.revoked.get(serial) {
+            return Err(UserRefusal::Revoked(r.reason.clone()));
+        }
+        let user = self.users.get(name).ok_or(UserRefusal::Unknown)?;
+        if !user.serials.contains(serial) {
+            return Err(UserRefusal::NotIssued);
+        }
+        if user.grant.role == UserRole::Unspecified {
+            // A record without a role grants nothing (the control API never writes one).
+            return Err(UserRefusal::Unknown);
+        }
+        Ok(user.grant.clone())
+    }
+
     fn load(state: &State) -> View {
         View {
+            users: state
+                .values::<User>()
+                .map(|u| (u.name.clone(), UserEntry::of(u)))
+                .collect(),
             nodes: state
                 .values::<Node>()
                 .map(|n| (n.id.clone(), Certs::of(n)))
@@ -176,8 +268,11 @@ impl View {
 
     /// Takes in one applied batch; true if the view changed. A resync reloads it whole.
     fn apply(&mut self, u: &Update) -> bool {
-        let (Some(nodes), Some(revoked)) = (u.changed(Kind::Node), u.changed(Kind::Revocation))
-        else {
+        let (Some(nodes), Some(revoked), Some(users)) = (
+            u.changed(Kind::Node),
+            u.changed(Kind::Revocation),
+            u.changed(Kind::User),
+        ) else {
             // A resync (this list fell behind the view): changed only if who may call
             // did. Every change wakes each open stream's watch on its caller, a
             // thousand and more on a leader.
@@ -194,6 +289,15 @@ impl View {
                     self.nodes.insert(id.to_string(), certs.clone()) != Some(certs)
                 }
                 None => self.nodes.remove(id).is_some(),
+            };
+        }
+        for name in users {
+            changed |= match u.state.get::<User>(name) {
+                Some(v) => {
+                    let entry = UserEntry::of(&v.value);
+                    self.users.insert(name.to_string(), entry.clone()) != Some(entry)
+                }
+                None => self.users.remove(name).is_some(),
             };
         }
         for serial in revoked {
@@ -280,12 +384,37 @@ impl AccessList {
         })
     }
 
+    /// A list of exactly these users (for tests of the code that checks callers).
+    #[cfg(test)]
+    pub(crate) fn with_users(users: &[User]) -> Arc<AccessList> {
+        let mut view = View::default();
+        for u in users {
+            view.users.insert(u.name.clone(), UserEntry::of(u));
+        }
+        Arc::new(AccessList {
+            view: RwLock::new(view),
+            applied: watch::channel(u64::MAX).0,
+            generation: watch::channel(0).0,
+        })
+    }
+
     /// Whether `id` may make `call` now.
     pub fn check(&self, call: &str, id: &NodeIdentity) -> Result<(), Refusal> {
         let view = self.view.read().map_err(|_| Refusal::Unknown)?;
         view.decide(
             call,
             id.node_id().as_str(),
+            id.serial(),
+            id.not_after(),
+            SystemTime::now(),
+        )
+    }
+
+    /// Whether user `id` may call now, and with what grant.
+    pub fn check_user(&self, id: &UserIdentity) -> Result<UserGrant, UserRefusal> {
+        let view = self.view.read().map_err(|_| UserRefusal::Unknown)?;
+        view.decide_user(
+            id.name().as_str(),
             id.serial(),
             id.not_after(),
             SystemTime::now(),
@@ -507,5 +636,88 @@ mod tests {
         state.put_for_test(node("b", &[], None));
         assert!(v.apply(&resync(&state)), "a new certificate");
         assert!(!v.apply(&resync(&state)));
+    }
+
+    fn user(name: &str, role: UserRole, serials: &[&str]) -> User {
+        User {
+            name: name.into(),
+            role: role as i32,
+            scopes: vec!["shop".into()],
+            certs: serials
+                .iter()
+                .map(|s| shoal_proto::objects::UserCert {
+                    serial: s.to_string(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_user_may_call_with_a_certificate_issued_to_them_until_it_expires_or_is_revoked() {
+        let mut state = State::default();
+        let step = |s: &mut State, c: crate::view::Changed| Update {
+            state: Arc::new(s.clone()),
+            changes: Some(vec![c]),
+        };
+        let mut v = View::default();
+        assert_eq!(
+            v.decide_user("alice", "a", t(100), t(1)),
+            Err(UserRefusal::Unknown)
+        );
+        let c = state.put_for_test(user("alice", UserRole::Deployer, &["a"]));
+        assert!(v.apply(&step(&mut state, c)));
+        let grant = v.decide_user("alice", "a", t(100), t(1)).unwrap();
+        assert_eq!(grant.role, UserRole::Deployer);
+        assert_eq!(grant.scopes, ["shop"]);
+        // Another serial naming the user, expiry, and a revocation.
+        assert_eq!(
+            v.decide_user("alice", "b", t(100), t(1)),
+            Err(UserRefusal::NotIssued)
+        );
+        assert_eq!(
+            v.decide_user("alice", "a", t(100), t(101)),
+            Err(UserRefusal::Expired)
+        );
+        let c = state.put_for_test(RevokedCert {
+            serial: "a".into(),
+            user: "alice".into(),
+            reason: "certificate revoked by an administrator".into(),
+            ..Default::default()
+        });
+        assert!(v.apply(&step(&mut state, c)));
+        assert_eq!(
+            v.decide_user("alice", "a", t(100), t(1)),
+            Err(UserRefusal::Revoked(
+                "certificate revoked by an administrator".into()
+            ))
+        );
+        // A narrower role takes effect with the next change; removal ends it all.
+        let c = state.put_for_test(user("alice", UserRole::Viewer, &["a", "b"]));
+        assert!(v.apply(&step(&mut state, c)));
+        assert_eq!(
+            v.decide_user("alice", "b", t(100), t(1)).unwrap().role,
+            UserRole::Viewer
+        );
+        let c = state.delete_for_test::<User>("alice");
+        assert!(v.apply(&step(&mut state, c)));
+        assert_eq!(
+            v.decide_user("alice", "b", t(100), t(1)),
+            Err(UserRefusal::Unknown)
+        );
+        // A resync loads users too.
+        state.put_for_test(user("bob", UserRole::Admin, &["c"]));
+        let fresh = View::load(&state);
+        assert_eq!(
+            fresh.decide_user("bob", "c", t(100), t(1)).unwrap().role,
+            UserRole::Admin
+        );
+        // A record without a role grants nothing.
+        state.put_for_test(user("eve", UserRole::Unspecified, &["d"]));
+        assert_eq!(
+            View::load(&state).decide_user("eve", "d", t(100), t(1)),
+            Err(UserRefusal::Unknown)
+        );
     }
 }

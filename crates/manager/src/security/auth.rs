@@ -165,6 +165,74 @@ pub fn authorize<T>(
     Ok(caller)
 }
 
+/// A verified user, with the grant the store gives them now. Made only from a user
+/// certificate the listener verified.
+#[derive(Clone)]
+pub struct UserCaller {
+    pub id: shoal_pki::UserIdentity,
+    pub grant: crate::security::access::UserGrant,
+    call: &'static str,
+    access: Arc<AccessList>,
+}
+
+impl UserCaller {
+    /// Whether the user may still be served, and with what grant now (a role or scope
+    /// changed takes effect on the next check).
+    pub fn check(&self) -> Result<crate::security::access::UserGrant, Status> {
+        self.access
+            .check_user(&self.id)
+            .map_err(|r| r.status(self.call, &self.id))
+    }
+}
+
+/// The verified user making `call`, if their certificate may be used now: from a root
+/// trusted now, not expired, issued to a current user and not revoked. A node's
+/// certificate is refused, naming the node.
+pub fn authorize_user<T>(req: &Request<T>, call: &'static str) -> Result<UserCaller, Status> {
+    let peer = req.extensions().get::<PeerInfo>().ok_or_else(|| {
+        Status::unauthenticated(format!("{call} refused: the connection was not verified"))
+    })?;
+    let id = match (&peer.user, &peer.identity) {
+        (Some(u), _) => u.clone(),
+        (None, Some(n)) => {
+            return Err(Status::permission_denied(format!(
+                "{call} refused: the certificate of {} node {} cannot act as a user: work on a manager's own socket, or get a user certificate with 'shoal login'",
+                n.role(),
+                n.node_id()
+            )))
+        }
+        (None, None) => {
+            return Err(Status::unauthenticated(format!(
+                "{call} needs a user certificate of this cluster: log in first with 'shoal login --token <token> <manager>'"
+            )))
+        }
+    };
+    if !peer
+        .gate
+        .ca
+        .get()
+        .root_subjects
+        .iter()
+        .any(|s| s == id.issuer())
+    {
+        return Err(Status::unauthenticated(format!(
+            "{call} refused: the certificate of user {} comes from a root CA this cluster no longer trusts (it was rotated); log in again with 'shoal login --token <new token> <manager>'",
+            id.name()
+        )));
+    }
+    let grant = peer
+        .gate
+        .access
+        .check_user(&id)
+        .map_err(|r| r.status(call, &id))?;
+    Ok(UserCaller {
+        id,
+        grant,
+        call,
+        access: peer.gate.access.clone(),
+    })
+}
+
 /// The caller's network address, if known.
 pub fn remote_addr<T>(req: &Request<T>) -> Option<SocketAddr> {
     req.extensions()

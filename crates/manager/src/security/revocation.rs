@@ -66,6 +66,7 @@ pub fn record(serial: &str, node_id: &str, not_after_unix: i64, reason: &str) ->
         reason: reason.to_string(),
         revoked_at_unix: unix_now(),
         renewal_allowed: false,
+        user: String::new(),
     }
 }
 

@@ -386,6 +386,56 @@ mod tests {
                 format!("{call} refused: the user certificate of alice cannot make a node's calls")
             );
         }
+
+        // As a user it is checked against the store's record of the user.
+        let gate = |users: &[shoal_proto::objects::User]| crate::security::auth::Gate {
+            access: crate::security::access::AccessList::with_users(users),
+            ca: CaHandle::new(CaState::from_cluster(&cluster, &cluster_id).unwrap()),
+        };
+        let as_user = |users: &[shoal_proto::objects::User]| {
+            let mut req = tonic::Request::new(());
+            req.extensions_mut().insert(PeerInfo {
+                remote_addr: None,
+                identity: None,
+                user: Some(user.clone()),
+                gate: gate(users),
+            });
+            crate::security::auth::authorize_user(&req, "ListServices")
+        };
+        let alice = shoal_proto::objects::User {
+            name: "alice".into(),
+            role: shoal_proto::objects::UserRole::Operator as i32,
+            scopes: vec!["*".into()],
+            certs: vec![shoal_proto::objects::UserCert {
+                serial: leaf.serial.clone(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let ok = as_user(std::slice::from_ref(&alice)).ok().unwrap();
+        assert_eq!(ok.grant.role, shoal_proto::objects::UserRole::Operator);
+        assert_eq!(ok.id.name().as_str(), "alice");
+        let Err(e) = as_user(&[]) else {
+            panic!("an unknown user was allowed")
+        };
+        assert!(
+            e.message().contains("alice is not a user of this cluster"),
+            "{}",
+            e.message()
+        );
+        let made_again = shoal_proto::objects::User {
+            certs: vec![],
+            ..alice
+        };
+        let Err(e) = as_user(&[made_again]) else {
+            panic!("a certificate of a former user was allowed")
+        };
+        assert!(
+            e.message()
+                .contains(&format!("certificate {} was not issued", leaf.serial)),
+            "{}",
+            e.message()
+        );
     }
 
     #[test]
