@@ -53,6 +53,8 @@ const READS: &[&str] = &[
     "GetUnlockKey",
     "GetBackup",
     "GetCa",
+    "ListUsers",
+    "GetUser",
 ];
 
 /// Calls that write, or stream from the leader.
@@ -77,6 +79,10 @@ const LEADER: &[&str] = &[
     "UpdateCluster",
     "RevokeCertificate",
     "RotateCa",
+    "CreateUser",
+    "UpdateUser",
+    "RemoveUser",
+    "NewUserToken",
 ];
 
 /// Where the control call `method` (its gRPC method name, e.g. `GetJoinToken`) is

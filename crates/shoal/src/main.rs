@@ -176,6 +176,9 @@ enum Cmd {
         /// Turn autolock on or off (--autolock=true|false).
         #[arg(long)]
         autolock: Option<bool>,
+        /// Life of user certificates issued from now on (default 12h, at most 90d).
+        #[arg(long, value_parser = parse_duration)]
+        user_cert_expiry: Option<Duration>,
     },
     /// Unlock a manager that restarted locked: reads the unlock key from standard input.
     Unlock,
@@ -243,6 +246,12 @@ enum Cmd {
     Volume {
         #[command(subcommand)]
         cmd: cli::volume::VolumeCmd,
+    },
+    /// Manage users: who may work with the cluster from their own machines, in which
+    /// role and on which stacks.
+    User {
+        #[command(subcommand)]
+        cmd: cli::user::UserCmd,
     },
 }
 
@@ -603,9 +612,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 snapshot_interval,
                 election_timeout,
                 autolock,
+                user_cert_expiry,
             } => {
-                c.update_cluster(cert_expiry, snapshot_interval, election_timeout, autolock)
-                    .await
+                c.update_cluster(cli::cluster::ClusterUpdate {
+                    cert_expiry,
+                    snapshot_interval,
+                    election_timeout,
+                    autolock,
+                    user_cert_expiry,
+                })
+                .await
             }
             Cmd::Unlock => c.unlock().await,
             Cmd::UnlockKey { quiet, rotate } => c.unlock_key(quiet, rotate).await,
@@ -637,6 +653,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Cmd::Config { cmd } => c.secret("config", cmd).await,
             Cmd::Service { cmd } => c.service(cmd).await,
             Cmd::Node { cmd } => c.node(cmd).await,
+            Cmd::User { cmd } => c.user(cmd).await,
         }
     })
 }

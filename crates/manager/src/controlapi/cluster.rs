@@ -44,6 +44,15 @@ impl ControlApi {
                 ));
             }
         }
+        if req.user_cert_expiry_secs != 0 {
+            let d = Duration::from_secs(req.user_cert_expiry_secs);
+            if d < shoal_pki::MIN_CERT_EXPIRY || d > super::users::MAX_USER_CERT_EXPIRY {
+                return bad(format!(
+                    "--user-cert-expiry {}s: use between 1 minute and 90 days",
+                    req.user_cert_expiry_secs
+                ));
+            }
+        }
         check_raft_settings(req.snapshot_interval, req.election_timeout_ms)
             .map_err(ControlError::BadRequest)?;
         let autolock = match req.autolock.as_str() {
@@ -59,6 +68,9 @@ impl ControlApi {
             let spec = c.spec.get_or_insert_with(Default::default);
             if req.cert_expiry_secs != 0 {
                 spec.cert_expiry_secs = req.cert_expiry_secs;
+            }
+            if req.user_cert_expiry_secs != 0 {
+                spec.user_cert_expiry_secs = req.user_cert_expiry_secs;
             }
             if req.snapshot_interval != 0 {
                 spec.snapshot_interval = req.snapshot_interval;

@@ -16,6 +16,7 @@ mod service;
 pub mod services;
 mod tasks;
 mod tokens;
+pub mod users;
 
 pub use service::{ControlCaller, ControlService, LocalAdmin, TaskLogsStream, FORWARDED_HEADER};
 

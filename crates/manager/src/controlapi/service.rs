@@ -462,6 +462,64 @@ impl Control for ControlService {
         })
         .await
     }
+    async fn create_user(
+        &self,
+        req: Request<shoal_proto::control::CreateUserRequest>,
+    ) -> Result<Response<shoal_proto::control::UserTokenResponse>, Status> {
+        self.serve(req, "CreateUser", |api, c, r| async move {
+            Ok(api.create_user(&c, r).await?)
+        })
+        .await
+    }
+    async fn list_users(
+        &self,
+        req: Request<shoal_proto::control::ListUsersRequest>,
+    ) -> Result<Response<shoal_proto::control::ListUsersResponse>, Status> {
+        self.serve(req, "ListUsers", |api, _c, _r| async move {
+            Ok(shoal_proto::control::ListUsersResponse {
+                users: api.list_users()?,
+            })
+        })
+        .await
+    }
+    async fn get_user(
+        &self,
+        req: Request<shoal_proto::control::GetUserRequest>,
+    ) -> Result<Response<shoal_proto::control::UserView>, Status> {
+        self.serve(req, "GetUser", |api, _c, r| async move {
+            Ok(api.get_user(&r.name)?)
+        })
+        .await
+    }
+    async fn update_user(
+        &self,
+        req: Request<shoal_proto::control::UpdateUserRequest>,
+    ) -> Result<Response<shoal_proto::control::UserView>, Status> {
+        self.serve(req, "UpdateUser", |api, c, r| async move {
+            Ok(api.update_user(&c, r).await?)
+        })
+        .await
+    }
+    async fn remove_user(
+        &self,
+        req: Request<shoal_proto::control::RemoveUserRequest>,
+    ) -> Result<Response<shoal_proto::control::RemoveUserResponse>, Status> {
+        self.serve(req, "RemoveUser", |api, c, r| async move {
+            Ok(shoal_proto::control::RemoveUserResponse {
+                revoked: api.remove_user(&c, &r.name).await?,
+            })
+        })
+        .await
+    }
+    async fn new_user_token(
+        &self,
+        req: Request<shoal_proto::control::NewUserTokenRequest>,
+    ) -> Result<Response<shoal_proto::control::UserTokenResponse>, Status> {
+        self.serve(req, "NewUserToken", |api, c, r| async move {
+            Ok(api.new_user_token(&c, r).await?)
+        })
+        .await
+    }
     async fn get_join_token(
         &self,
         req: Request<GetJoinTokenRequest>,

@@ -19,6 +19,15 @@ pub struct InitArgs {
     pub data_path_addr: String,
 }
 
+/// The cluster settings `shoal update` changes (`None`: unchanged).
+pub struct ClusterUpdate {
+    pub cert_expiry: Option<Duration>,
+    pub snapshot_interval: Option<u64>,
+    pub election_timeout: Option<Duration>,
+    pub autolock: Option<bool>,
+    pub user_cert_expiry: Option<Duration>,
+}
+
 impl Client {
     pub(super) async fn info_raw(&self) -> Result<InfoResponse> {
         Ok(self
@@ -236,19 +245,21 @@ impl Client {
         Ok(())
     }
 
-    pub async fn update_cluster(
-        &self,
-        cert_expiry: Option<Duration>,
-        snapshot_interval: Option<u64>,
-        election_timeout: Option<Duration>,
-        autolock: Option<bool>,
-    ) -> Result<()> {
+    pub async fn update_cluster(&self, u: ClusterUpdate) -> Result<()> {
+        let ClusterUpdate {
+            cert_expiry,
+            snapshot_interval,
+            election_timeout,
+            autolock,
+            user_cert_expiry,
+        } = u;
         if cert_expiry.is_none()
             && snapshot_interval.is_none()
             && election_timeout.is_none()
             && autolock.is_none()
+            && user_cert_expiry.is_none()
         {
-            bail!("nothing to change: give --cert-expiry, --snapshot-interval, --election-timeout or --autolock");
+            bail!("nothing to change: give --cert-expiry, --snapshot-interval, --election-timeout, --autolock or --user-cert-expiry");
         }
         if snapshot_interval == Some(0) {
             bail!("--snapshot-interval 0: use at least 10 entries");
@@ -264,6 +275,7 @@ impl Client {
                     .unwrap_or(0),
                 autolock: autolock.map(|b| b.to_string()).unwrap_or_default(),
                 rotate_unlock_key: false,
+                user_cert_expiry_secs: user_cert_expiry.map(|d| d.as_secs().max(1)).unwrap_or(0),
             })
             .await
             .map_err(status_err)?

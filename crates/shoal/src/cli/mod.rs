@@ -13,6 +13,7 @@ pub mod spec_flags;
 pub mod stack;
 pub mod table;
 pub mod task;
+pub mod user;
 pub mod volume;
 
 pub use cluster::InitArgs;
