@@ -3,6 +3,8 @@
 //! the new node comes from which token matched, its ID from here; the CSR contributes
 //! only its public key.
 
+mod users;
+
 use crate::bootstrap::load_cluster;
 use crate::cluster::store_status;
 use crate::security::rootca::CaHandle;
@@ -342,6 +344,34 @@ impl Ca for CaServer {
         let (cert, role) = self.reissue(&node_id, &csr, missing, None).await?;
         tracing::info!(node_id = %node_id, serial = %cert.serial, "renewed a node certificate");
         self.response(&node_id, role, cert.cert_der)
+    }
+
+    async fn issue_user_certificate(
+        &self,
+        req: Request<shoal_proto::ca::IssueUserCertificateRequest>,
+    ) -> Result<Response<shoal_proto::ca::IssueUserCertificateResponse>, Status> {
+        let remote = crate::security::auth::remote_addr(&req);
+        if let Some(addr) = remote {
+            Self::limit(&self.issuance, &addr.ip(), || {
+                format!(
+                    "IssueUserCertificate refused: too many certificate requests from {} (limit {ISSUANCE_PER_SEC} per second)",
+                    addr.ip()
+                )
+            })?;
+        }
+        let req = req.into_inner();
+        self.issue_user(remote, &req.csr_der, &req.token)
+            .await
+            .map(Response::new)
+    }
+
+    async fn renew_user_certificate(
+        &self,
+        req: Request<shoal_proto::ca::RenewUserCertificateRequest>,
+    ) -> Result<Response<shoal_proto::ca::IssueUserCertificateResponse>, Status> {
+        let caller = crate::security::auth::authorize_user(&req, "RenewUserCertificate")?;
+        let csr = req.into_inner().csr_der;
+        self.renew_user(caller, &csr).await.map(Response::new)
     }
 
     async fn get_root_ca_certificate(

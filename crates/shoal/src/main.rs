@@ -154,6 +154,14 @@ enum Cmd {
         /// worker or manager
         role: Option<String>,
     },
+    /// Log in to a cluster from this machine as a user, with the one-time enrollment
+    /// token an administrator made ('shoal user create' or 'shoal user token').
+    Login {
+        #[arg(long)]
+        token: String,
+        /// A manager's address (IP, IP:PORT or a name; port 4377 by default).
+        manager: String,
+    },
     /// Leave the cluster.
     Leave {
         /// Leave even if this is the cluster's only manager (erases the cluster).
@@ -549,10 +557,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    // A login needs no daemon on this machine.
+    if let Cmd::Login { token, manager } = &cli.cmd {
+        return rt.block_on(cli::login::login(token, manager));
+    }
     rt.block_on(async move {
         let c = cli::Client::connect(&socket).await?;
         match cli.cmd {
-            Cmd::Daemon { .. } => unreachable!("handled above"),
+            Cmd::Daemon { .. } | Cmd::Login { .. } => unreachable!("handled above"),
             Cmd::Init {
                 advertise_addr,
                 cert_expiry,

@@ -147,3 +147,91 @@ fn users_are_managed_by_an_administrator_through_any_manager() {
         assert_eq!(tb.cli_ok(i, &["user", "ls", "-q"]).unwrap().trim(), "bob");
     }
 }
+
+#[test]
+fn a_user_logs_in_from_their_own_machine_once_per_token() {
+    let mut tb = ha_cluster(2, 0);
+    let ws = tb.add_workstation().unwrap();
+    let follower = tb.nodes[1].ip.clone();
+    let token = token_in(
+        &tb.cli_ok(
+            0,
+            &[
+                "user", "create", "alice", "--role", "deployer", "--scope", "shop",
+            ],
+        )
+        .unwrap(),
+    );
+
+    // Through the follower: it names the leader, which issues the certificate.
+    let o = tb.ws_cli(ws, &["login", "--token", &token, &follower]);
+    assert!(o.success, "{}", o.stderr);
+    assert!(
+        o.stdout.contains("as alice (deployer, scope shop)"),
+        "{}",
+        o.stdout
+    );
+    let dir = tb.workstations[ws].home.join(".config/shoal");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&dir.join("key.pem")), 0o600);
+    let cert = std::fs::read_to_string(dir.join("cert.pem")).unwrap();
+    let der = shoal_pki::pem_certs(&cert).unwrap().remove(0);
+    let summary = shoal_pki::CertSummary::parse(&der).unwrap();
+    assert_eq!(summary.common_name, "alice");
+    let login: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("login.json")).unwrap()).unwrap();
+    assert_eq!(login["user"], "alice");
+    assert_eq!(login["role"], "deployer");
+    // The managers recorded the certificate and the token's use.
+    let v: serde_json::Value =
+        serde_json::from_str(&tb.cli_ok(1, &["user", "inspect", "alice"]).unwrap()).unwrap();
+    assert_eq!(v[0]["Certificates"][0]["Serial"], summary.serial.as_str());
+    assert!(v[0]["Enrollment"]["UsedAt"].is_string(), "{v}");
+
+    // Refused, each saying why and what to do.
+    let o = tb.ws_cli(ws, &["login", "--token", &token, &follower]);
+    assert!(
+        !o.success
+            && o.stderr.contains("already used at")
+            && o.stderr.contains("shoal user token alice"),
+        "{}",
+        o.stderr
+    );
+    let short = token_in(
+        &tb.cli_ok(0, &["user", "token", "alice", "--ttl", "1s"])
+            .unwrap(),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let o = tb.ws_cli(ws, &["login", "--token", &short, &follower]);
+    assert!(
+        !o.success && o.stderr.contains("expired at"),
+        "{}",
+        o.stderr
+    );
+    let join = tb.cli_ok(0, &["join-token", "-q", "worker"]).unwrap();
+    let o = tb.ws_cli(ws, &["login", "--token", join.trim(), &follower]);
+    assert!(
+        !o.success && o.stderr.contains("this is a join token"),
+        "{}",
+        o.stderr
+    );
+    let foreign = shoal_pki::EnrollmentToken::generate(&shoal_pki::cert_digest(b"another CA"));
+    let o = tb.ws_cli(ws, &["login", "--token", &foreign.to_string(), &follower]);
+    assert!(
+        !o.success && o.stderr.contains("does not match this cluster's CA"),
+        "{}",
+        o.stderr
+    );
+    let unknown = tb.cli_ok(0, &["user", "token", "-q", "alice"]).unwrap();
+    tb.cli_ok(0, &["user", "token", "-q", "alice"]).unwrap();
+    let o = tb.ws_cli(ws, &["login", "--token", unknown.trim(), &follower]);
+    assert!(
+        !o.success && o.stderr.contains("no user's current token"),
+        "{}",
+        o.stderr
+    );
+    // What was kept from the first login is untouched by the refusals.
+    assert_eq!(std::fs::read_to_string(dir.join("cert.pem")).unwrap(), cert);
+}

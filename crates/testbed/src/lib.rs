@@ -121,6 +121,16 @@ pub struct Testbed {
     pub daemon_args: Vec<String>,
     /// Environment (`NAME=value`) given to one node's daemon, by node index.
     pub node_env: std::collections::HashMap<usize, Vec<String>>,
+    /// Namespaces on the bridge with no daemon: users' machines (`add_workstation`).
+    pub workstations: Vec<Workstation>,
+}
+
+/// A user's machine: a network namespace on the test's bridge with no shoal daemon, and
+/// a home directory of its own (where `shoal login` keeps the user's key).
+pub struct Workstation {
+    pub netns: String,
+    pub ip: String,
+    pub home: PathBuf,
 }
 
 fn pid_alive(pid: i32) -> bool {
@@ -294,6 +304,7 @@ impl Testbed {
             nodes: Vec::new(),
             daemon_args: Vec::new(),
             node_env: Default::default(),
+            workstations: Vec::new(),
         };
         ip(&["netns", "add", &tb.hub])?;
         in_ns(
@@ -368,6 +379,70 @@ impl Testbed {
         let idx = self.nodes.len() - 1;
         self.start(idx)?;
         Ok(idx)
+    }
+
+    /// A workstation on the bridge (at `.200 + j`, with no daemon); its index.
+    pub fn add_workstation(&mut self) -> Result<usize> {
+        let j = self.workstations.len() + 1;
+        let netns = format!("{PREFIX}{}-ws{j}", self.tag);
+        let ip_addr = format!("10.{}.{}.{}", self.subnet.0, self.subnet.1, 200 + j);
+        let host_veth = format!("w{j}");
+        ip(&["netns", "add", &netns])?;
+        in_ns(
+            &self.hub,
+            &[
+                "ip", "link", "add", &host_veth, "type", "veth", "peer", "name", "eth0", "netns",
+                &netns,
+            ],
+        )?;
+        in_ns(
+            &self.hub,
+            &[
+                "ip",
+                "link",
+                "set",
+                &host_veth,
+                "master",
+                &self.bridge,
+                "up",
+            ],
+        )?;
+        in_ns(
+            &netns,
+            &["ip", "addr", "add", &format!("{ip_addr}/24"), "dev", "eth0"],
+        )?;
+        in_ns(&netns, &["ip", "link", "set", "eth0", "up"])?;
+        in_ns(&netns, &["ip", "link", "set", "lo", "up"])?;
+        let home = self.dir.path().join(format!("ws{j}-home"));
+        std::fs::create_dir_all(&home)?;
+        self.workstations.push(Workstation {
+            netns,
+            ip: ip_addr,
+            home,
+        });
+        Ok(self.workstations.len() - 1)
+    }
+
+    /// `shoal ARGS` on workstation `w`, as its user (HOME is the workstation's).
+    pub fn ws_cli(&self, w: usize, args: &[&str]) -> CliOutput {
+        let ws = &self.workstations[w];
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ws.netns,
+                "env",
+                "-u",
+                "SHOAL_HOST",
+                "-u",
+                "SHOAL_CONFIG",
+            ])
+            .arg(format!("HOME={}", ws.home.display()))
+            .arg("XDG_CONFIG_HOME=")
+            .arg(&self.binary)
+            .args(args)
+            .output();
+        CliOutput::from_run(out)
     }
 
     /// A new mount namespace for node `i`, kept by a bind mount on a file under the
@@ -923,6 +998,9 @@ impl Drop for Testbed {
         }
         for n in &self.nodes {
             let _ = ip(&["netns", "del", &n.netns]);
+        }
+        for w in &self.workstations {
+            let _ = ip(&["netns", "del", &w.netns]);
         }
         let _ = ip(&["netns", "del", &self.hub]);
         if std::env::var_os("SHOAL_TESTBED_KEEP").is_some() {

@@ -3,6 +3,7 @@
 pub mod ca;
 pub mod cluster;
 pub mod exec;
+pub mod login;
 pub mod network;
 pub mod node;
 pub mod policy;

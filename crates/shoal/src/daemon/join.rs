@@ -42,7 +42,7 @@ impl Daemon {
         })?;
         let advertise = self.advertise(&req.advertise_addr)?;
         // 1. Reach the manager over TLS pinned to the token's CA digest.
-        let (boot, root_der) = reach_cluster(&token, &remote).await?;
+        let (boot, root_der) = reach_cluster(&Pinned::join(token.ca_digest()), &remote).await?;
         // 2. Ask for a certificate for our own key (for a rejoin: the old key, which
         //    proves we are the node the expired certificate names).
         let key = match &rejoin {
@@ -279,13 +279,33 @@ async fn ask_to_join_raft(
     }
 }
 
+/// The CA digest a token pins, and what to call the token in errors.
+pub(crate) struct Pinned<'a> {
+    pub digest: &'a str,
+    /// "join token", "enrollment token".
+    pub what: &'static str,
+    /// Where a fresh token comes from.
+    pub fresh: &'static str,
+}
+
+impl<'a> Pinned<'a> {
+    fn join(digest: &'a str) -> Self {
+        Pinned {
+            digest,
+            what: "join token",
+            fresh: "ask a manager for a fresh token with 'shoal join-token worker'",
+        }
+    }
+}
+
 /// A TLS connection to the manager at `remote` pinned to the token's CA digest, and the
 /// cluster's root, checked against it.
-async fn reach_cluster(
-    token: &JoinToken,
+pub(crate) async fn reach_cluster(
+    token: &Pinned<'_>,
     remote: &str,
 ) -> Result<(Arc<rustls::ClientConfig>, Vec<u8>)> {
-    let pin = BootstrapPin::new(token.ca_digest());
+    let (what, fresh) = (token.what, token.fresh);
+    let pin = BootstrapPin::new(token.digest);
     let boot = Arc::new(shoal_pki::pinned_bootstrap_client_config(pin.clone())?);
     let ch = match channel(remote, boot.clone()).await {
         Ok(c) => c,
@@ -294,8 +314,8 @@ async fn reach_cluster(
                 bail!(user(
                     tonic::Code::PermissionDenied,
                     format!(
-                        "join token does not match this cluster's CA (expected digest {}, got {got}): the address may not be this cluster's manager, or the token is old; ask a manager for a fresh token with 'shoal join-token worker'",
-                        token.ca_digest()
+                        "{what} does not match this cluster's CA (expected digest {}, got {got}): the address may not be this cluster's manager, or the token is old; {fresh}",
+                        token.digest
                     )
                 ));
             }
@@ -314,10 +334,13 @@ async fn reach_cluster(
         .into_inner()
         .cert_der;
     let got = shoal_pki::cert_digest(&root_der);
-    if got != token.ca_digest() {
+    if got != token.digest {
         bail!(user(
             tonic::Code::PermissionDenied,
-            format!("join token does not match this cluster's CA (expected digest {}, got {got}): ask a manager for a fresh token with 'shoal join-token worker'", token.ca_digest())
+            format!(
+                "{what} does not match this cluster's CA (expected digest {}, got {got}): {fresh}",
+                token.digest
+            )
         ));
     }
     Ok((boot, root_der))

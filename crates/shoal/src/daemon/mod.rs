@@ -4,7 +4,7 @@
 
 mod agent;
 mod init;
-mod join;
+pub(crate) mod join;
 mod leave;
 mod roles;
 mod settings;

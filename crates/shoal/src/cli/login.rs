@@ -1,0 +1,156 @@
+//! `shoal login --token TOKEN MANAGER[:4377]`, on a user's own machine: makes a key
+//! there (it never leaves the machine), pins the cluster's CA by the token's digest, and
+//! gets a user certificate from the cluster CA for the one-time enrollment token. Key,
+//! certificate, the cluster's roots and what the login learned are kept in the user's
+//! configuration directory, readable by the user alone.
+
+use crate::daemon::join::{reach_cluster, Pinned};
+use anyhow::{bail, Context, Result};
+use shoal_agent::connect::{channel, error_chain};
+use shoal_pki::{ClusterId, ClusterTrust, EnrollmentToken, NodeKey};
+use shoal_proto::ca::ca_client::CaClient;
+use shoal_proto::ca::{IssueUserCertificateRequest, IssueUserCertificateResponse};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The private key (PKCS#8 PEM), 0600.
+pub const KEY_FILE: &str = "key.pem";
+/// The user certificate, then any certificates between it and a root.
+pub const CERT_FILE: &str = "cert.pem";
+/// The roots the cluster trusts: a manager must present a certificate under one.
+pub const ROOTS_FILE: &str = "roots.pem";
+/// What the login learned: cluster, user, role, scopes, managers.
+pub const LOGIN_FILE: &str = "login.json";
+
+/// `$SHOAL_CONFIG`, else `$XDG_CONFIG_HOME/shoal`, else `~/.config/shoal`.
+pub fn config_dir() -> Result<PathBuf> {
+    if let Some(d) = std::env::var_os("SHOAL_CONFIG").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(d));
+    }
+    if let Some(d) = std::env::var_os("XDG_CONFIG_HOME").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(d).join("shoal"));
+    }
+    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        Some(h) => Ok(PathBuf::from(h).join(".config/shoal")),
+        None => bail!("no configuration directory: set HOME, XDG_CONFIG_HOME or SHOAL_CONFIG"),
+    }
+}
+
+/// Asks the manager at `remote` (a follower names the leader, which issues it).
+async fn issue(
+    boot: &std::sync::Arc<rustls::ClientConfig>,
+    remote: &str,
+    req: IssueUserCertificateRequest,
+) -> Result<IssueUserCertificateResponse> {
+    let ask = |addr: String| {
+        let (boot, req) = (boot.clone(), req.clone());
+        async move {
+            let ch = channel(&addr, boot).await?;
+            let mut r = tonic::Request::new(req);
+            r.set_timeout(CALL_TIMEOUT);
+            Ok::<_, tonic::transport::Error>(CaClient::new(ch).issue_user_certificate(r).await)
+        }
+    };
+    let mut answer = ask(remote.to_string())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach a manager at {remote}: {}", error_chain(&e)))?;
+    if let Some(leader) = answer
+        .as_ref()
+        .err()
+        .and_then(shoal_agent::managers::leader_pointer)
+    {
+        if let Ok(a) = ask(leader).await {
+            answer = a;
+        }
+    }
+    Ok(answer
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner())
+}
+
+fn pem_all(ders: &[Vec<u8>]) -> String {
+    ders.iter().map(|d| shoal_pki::cert_pem(d)).collect()
+}
+
+/// Writes `data` to `dir/name` through a temporary file and a rename, so a reader sees
+/// the old file or the new one, never half of one.
+fn write_public(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, data).with_context(|| tmp.display().to_string())?;
+    std::fs::rename(&tmp, dir.join(name)).with_context(|| dir.join(name).display().to_string())
+}
+
+pub async fn login(token: &str, manager: &str) -> Result<()> {
+    let token = EnrollmentToken::parse(token)?;
+    let remote = crate::netaddr::with_port(manager, crate::netaddr::DEFAULT_PORT)?;
+    let pinned = Pinned {
+        digest: token.ca_digest(),
+        what: "enrollment token",
+        fresh: "ask an administrator for a new one ('shoal user token NAME')",
+    };
+    let (boot, root_der) = reach_cluster(&pinned, &remote).await?;
+    let key = NodeKey::generate()?;
+    let issued = issue(
+        &boot,
+        &remote,
+        IssueUserCertificateRequest {
+            csr_der: key.csr_der()?,
+            token: token.to_string(),
+        },
+    )
+    .await?;
+    // The certificate must be a user certificate of the cluster the token pinned.
+    let cluster = ClusterId::parse(&issued.cluster_id)?;
+    let trust = ClusterTrust::new(cluster.clone(), std::slice::from_ref(&root_der))?;
+    let intermediates: Vec<rustls::pki_types::CertificateDer<'_>> = issued
+        .intermediates_der
+        .iter()
+        .map(|c| rustls::pki_types::CertificateDer::from(c.as_slice()))
+        .collect();
+    let id = trust
+        .verify_user(&issued.cert_der, &intermediates, SystemTime::now())
+        .context("the manager issued a certificate this login cannot use")?;
+    let roots = if issued.roots_der.contains(&root_der) {
+        issued.roots_der.clone()
+    } else {
+        vec![root_der]
+    };
+
+    let dir = config_dir()?;
+    std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| dir.display().to_string())?;
+    }
+    // The key first: a certificate on disk always has its key beside it.
+    shoal_pki::write_private(&dir.join(KEY_FILE), key.to_pem().as_bytes())?;
+    let mut chain = vec![issued.cert_der.clone()];
+    chain.extend(issued.intermediates_der.iter().cloned());
+    write_public(&dir, CERT_FILE, pem_all(&chain).as_bytes())?;
+    write_public(&dir, ROOTS_FILE, pem_all(&roots).as_bytes())?;
+    let login = serde_json::json!({
+        "cluster_id": cluster.to_string(),
+        "user": issued.user,
+        "role": issued.role,
+        "scopes": issued.scopes,
+        "manager": remote,
+        "managers": issued.managers,
+    });
+    write_public(
+        &dir,
+        LOGIN_FILE,
+        serde_json::to_string_pretty(&login)?.as_bytes(),
+    )?;
+    let until = humantime::format_rfc3339_seconds(id.not_after());
+    println!(
+        "Logged in to cluster {cluster} as {} ({}, scope {}); the certificate in {} is valid until {until}.",
+        issued.user,
+        issued.role,
+        issued.scopes.join(","),
+        dir.display()
+    );
+    Ok(())
+}
