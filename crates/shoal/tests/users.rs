@@ -235,3 +235,98 @@ fn a_user_logs_in_from_their_own_machine_once_per_token() {
     // What was kept from the first login is untouched by the refusals.
     assert_eq!(std::fs::read_to_string(dir.join("cert.pem")).unwrap(), cert);
 }
+
+/// The identity `shoal login` kept on workstation `ws`.
+fn login_identity(tb: &shoal_testbed::Testbed, ws: usize) -> common::raw::Identity {
+    let dir = tb.workstations[ws].home.join(".config/shoal");
+    common::raw::Identity {
+        root: common::raw::pem_der(&dir.join("roots.pem")),
+        cert: common::raw::pem_der(&dir.join("cert.pem")),
+        key: shoal_pki::NodeKey::from_pem(&std::fs::read_to_string(dir.join("key.pem")).unwrap())
+            .unwrap()
+            .pkcs8_der(),
+    }
+}
+
+/// RenewUserCertificate presenting `id`, from node `i`'s namespace.
+fn renew_user(
+    tb: &shoal_testbed::Testbed,
+    i: usize,
+    id: &common::raw::Identity,
+) -> Result<String, tonic::Status> {
+    common::raw::with_channel(tb, i, id, |ch| async move {
+        let key = shoal_pki::NodeKey::generate().unwrap();
+        let r = shoal_proto::ca::ca_client::CaClient::new(ch)
+            .renew_user_certificate(shoal_proto::ca::RenewUserCertificateRequest {
+                csr_der: key.csr_der().unwrap(),
+            })
+            .await?
+            .into_inner();
+        Ok(shoal_pki::CertSummary::parse(&r.cert_der).unwrap().serial)
+    })
+}
+
+#[test]
+fn a_user_certificate_is_no_node_and_a_node_certificate_is_no_user() {
+    let mut tb = ha_cluster(1, 1);
+    let ws = tb.add_workstation().unwrap();
+    let token = token_in(
+        &tb.cli_ok(0, &["user", "create", "alice", "--role", "admin"])
+            .unwrap(),
+    );
+    let o = tb.ws_cli(ws, &["login", "--token", &token, &tb.nodes[0].ip]);
+    assert!(o.success, "{}", o.stderr);
+    let user = login_identity(&tb, ws);
+
+    // As a node: heartbeat, session, renewal of a node certificate.
+    let denied = |r: Result<(), tonic::Status>, call: &str| {
+        let e = r.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{call}: {e:?}");
+        assert!(
+            e.message()
+                .contains("user certificate of alice cannot make a node's calls"),
+            "{call}: {}",
+            e.message()
+        );
+    };
+    denied(common::raw::heartbeat(&tb, 1, &user), "Heartbeat");
+    denied(
+        common::raw::session_first(&tb, 1, &user).map(|_| ()),
+        "Session",
+    );
+    denied(
+        common::raw::renew(&tb, 1, &user).map(|_| ()),
+        "RenewNodeCertificate",
+    );
+
+    // As a user it renews, and the managers record the new certificate.
+    let serial = renew_user(&tb, 1, &user).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&tb.cli_ok(0, &["user", "inspect", "alice"]).unwrap()).unwrap();
+    let serials: Vec<&str> = v[0]["Certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["Serial"].as_str().unwrap())
+        .collect();
+    assert!(serials.contains(&serial.as_str()), "{v}");
+
+    // A worker's certificate is no user's.
+    let worker = common::raw::Identity::of_node(&tb, 1);
+    let e = renew_user(&tb, 1, &worker).unwrap_err();
+    assert!(
+        e.message().contains("cannot act as a user") && e.message().contains("shoal login"),
+        "{}",
+        e.message()
+    );
+
+    // A removed user's certificate is refused at once, saying so.
+    tb.cli_ok(0, &["user", "rm", "alice"]).unwrap();
+    let e = renew_user(&tb, 1, &user).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied);
+    assert!(
+        e.message().contains("user alice was removed"),
+        "{}",
+        e.message()
+    );
+}
