@@ -10,7 +10,7 @@
 //! the leader, which is always correct, only slower.
 
 use crate::cluster::leader_addr;
-use crate::controlapi::{ControlService, LocalAdmin, FORWARDED_HEADER};
+use crate::controlapi::{ControlService, LocalAdmin, FORWARDED_HEADER, LOCAL_ADMIN};
 use crate::listener::IdentityHandle;
 use crate::view::ClusterView;
 use shoal_proto::control::control_server::ControlServer;
@@ -172,6 +172,18 @@ impl ControlRouter {
     /// Serves one control call of this node's local administrator (the unix socket's
     /// server calls this; nothing from the network reaches it).
     pub async fn serve_local(&self, req: HttpRequest) -> HttpResponse {
+        self.serve(req, Front::Local).await
+    }
+
+    /// Serves one control call of a user over mTLS (the listener verified their
+    /// certificate and attached it to `req`); a write on a follower goes to the leader
+    /// naming the user, who is checked there again.
+    pub async fn serve_user(&self, req: HttpRequest, name: &str, serial: &str) -> HttpResponse {
+        self.serve(req, Front::User(format!("user {name} {serial}")))
+            .await
+    }
+
+    async fn serve(&self, req: HttpRequest, front: Front) -> HttpResponse {
         let method = req
             .uri()
             .path()
@@ -182,7 +194,7 @@ impl ControlRouter {
         let span = tracing::debug_span!("route", call = %method);
         async move {
             if route(&method) == Route::Local {
-                return self.here(req, self.store.stale_reason()).await;
+                return self.here(req, &front, self.store.stale_reason()).await;
             }
             // A write during an election (a quorum is reachable, no leader known yet)
             // waits for the outcome instead of failing.
@@ -190,19 +202,26 @@ impl ControlRouter {
                 self.store.wait_leader_known(LEADER_WAIT).await;
             }
             if self.store.is_leader() || self.store.leader().is_none() {
-                return self.here(req, None).await;
+                return self.here(req, &front, None).await;
             }
             match leader_addr(&self.store) {
-                Some(addr) => self.forward(req, &addr).await,
-                None => self.here(req, None).await,
+                Some(addr) => self.forward(req, &front, &addr).await,
+                None => self.here(req, &front, None).await,
             }
         }
         .instrument(span)
         .await
     }
 
-    async fn here(&self, mut req: HttpRequest, stale: Option<String>) -> HttpResponse {
-        req.extensions_mut().insert(LocalAdmin);
+    async fn here(
+        &self,
+        mut req: HttpRequest,
+        front: &Front,
+        stale: Option<String>,
+    ) -> HttpResponse {
+        if matches!(front, Front::Local) {
+            req.extensions_mut().insert(LocalAdmin);
+        }
         let mut svc = self.local.clone();
         let Ok(mut resp) = tonic::codegen::Service::call(&mut svc, req).await;
         if let Some(v) = stale.and_then(|why| HeaderValue::from_str(&why).ok()) {
@@ -211,9 +230,17 @@ impl ControlRouter {
         resp
     }
 
-    async fn forward(&self, mut req: HttpRequest, addr: &str) -> HttpResponse {
-        req.headers_mut()
-            .insert(FORWARDED_HEADER, HeaderValue::from_static("local-admin"));
+    async fn forward(&self, mut req: HttpRequest, front: &Front, addr: &str) -> HttpResponse {
+        let who = match front {
+            Front::Local => HeaderValue::from_static(LOCAL_ADMIN),
+            Front::User(v) => match HeaderValue::from_str(v) {
+                Ok(v) => v,
+                Err(_) => {
+                    return Status::invalid_argument("a user name that is not text").into_http()
+                }
+            },
+        };
+        req.headers_mut().insert(FORWARDED_HEADER, who);
         let unreachable = |why: String| {
             Status::unavailable(format!(
                 "this manager is a follower and cannot reach the leader at {addr}: {why}"
@@ -250,6 +277,14 @@ impl ControlRouter {
             Err(e) => unreachable(shoal_proto::error_chain(&e)),
         }
     }
+}
+
+/// Where a call came in.
+enum Front {
+    /// The node's unix socket: its local administrator.
+    Local,
+    /// A user over mTLS: the forwarded-for header value naming them.
+    User(String),
 }
 
 impl LeaderLink {

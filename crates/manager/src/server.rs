@@ -155,6 +155,13 @@ impl Manager {
             cancel.clone(),
         ));
         let control_server = ControlServer::new(ControlService(control));
+        let router = ControlRouter::new(
+            cfg.store.clone(),
+            view.clone(),
+            control_server.clone(),
+            identity.clone(),
+            cfg.dial,
+        );
         let grpc = tonic::transport::Server::builder()
             .add_service(CaRpcServer::new(CaServer::new(
                 cfg.store.clone(),
@@ -171,8 +178,9 @@ impl Manager {
                 .max_encoding_message_size(RAFT_MAX_MESSAGE),
             )
             .add_service(WithAppliedIndex {
-                inner: control_server.clone(),
+                inner: control_server,
                 store: cfg.store.clone(),
+                router: router.clone(),
             });
         let stop = cancel.clone();
         tasks.spawn(async move {
@@ -184,13 +192,6 @@ impl Manager {
                 tracing::error!(error = %e, "manager gRPC server stopped");
             }
         });
-        let router = ControlRouter::new(
-            cfg.store.clone(),
-            view.clone(),
-            control_server,
-            identity.clone(),
-            cfg.dial,
-        );
         tracing::info!(addr = %local_addr, "manager listening");
         Ok(Manager {
             view,
@@ -262,11 +263,13 @@ impl Manager {
 }
 
 /// The control service over mTLS, adding [`crate::routing::APPLIED_HEADER`] to every
-/// answer.
+/// answer. A user's call goes through the router (a follower forwards their writes);
+/// a manager's (a forwarded call) is served here.
 #[derive(Clone)]
 struct WithAppliedIndex {
     inner: ControlServer<ControlService>,
     store: Store,
+    router: ControlRouter,
 }
 
 impl tonic::server::NamedService for WithAppliedIndex {
@@ -292,8 +295,18 @@ impl tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>>
     fn call(&mut self, req: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
         let mut inner = self.inner.clone();
         let store = self.store.clone();
+        let user = req
+            .extensions()
+            .get::<crate::security::auth::PeerInfo>()
+            .filter(|p| p.identity.is_none())
+            .and_then(|p| p.user.as_ref())
+            .map(|u| (u.name().to_string(), u.serial().to_string()));
+        let router = self.router.clone();
         Box::pin(async move {
-            let mut resp = tonic::codegen::Service::call(&mut inner, req).await?;
+            let mut resp = match user {
+                Some((name, serial)) => router.serve_user(req, &name, &serial).await,
+                None => tonic::codegen::Service::call(&mut inner, req).await?,
+            };
             if let Ok(v) =
                 tonic::codegen::http::HeaderValue::from_str(&store.applied_index().to_string())
             {

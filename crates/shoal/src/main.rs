@@ -486,14 +486,45 @@ enum NodeCmd {
     },
 }
 
-fn socket_path(host: Option<String>) -> anyhow::Result<PathBuf> {
+/// Where the CLI's calls go.
+enum Target {
+    /// A node's unix socket, as its local administrator.
+    Socket(PathBuf),
+    /// A manager over mTLS, as the user `shoal login` made this machine.
+    Tcp(String),
+}
+
+fn target(host: Option<String>) -> anyhow::Result<Target> {
     match host {
-        None => Ok(PathBuf::from(DEFAULT_SOCKET)),
-        Some(h) => match h.strip_prefix("unix://") {
-            Some(p) => Ok(PathBuf::from(p)),
-            None => anyhow::bail!("-H/SHOAL_HOST {h:?}: only unix:///path sockets are supported"),
-        },
+        None => Ok(Target::Socket(PathBuf::from(DEFAULT_SOCKET))),
+        Some(h) => {
+            if let Some(p) = h.strip_prefix("unix://") {
+                return Ok(Target::Socket(PathBuf::from(p)));
+            }
+            match h.strip_prefix("tcp://") {
+                Some(a) if !a.is_empty() => Ok(Target::Tcp(a.trim_end_matches('/').to_string())),
+                _ => anyhow::bail!(
+                    "-H/SHOAL_HOST {h:?}: use unix:///path/to/shoal.sock or tcp://MANAGER[:4377]"
+                ),
+            }
+        }
     }
+}
+
+/// The commands that work only on a node's own socket, not as a remote user.
+fn node_only(cmd: &Cmd) -> Option<&'static str> {
+    Some(match cmd {
+        Cmd::Init { .. } => "init",
+        Cmd::Join { .. } => "join",
+        Cmd::Leave { .. } => "leave",
+        Cmd::Info { .. } => "info",
+        Cmd::Unlock => "unlock",
+        Cmd::Backup { .. } => "backup",
+        Cmd::Image { .. } => "image",
+        Cmd::Registry { .. } => "registry",
+        Cmd::Volume { .. } => "volume",
+        _ => return None,
+    })
 }
 
 fn main() {
@@ -553,7 +584,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cgroup_parent,
         }));
     }
-    let socket = socket_path(cli.host)?;
+    let target = target(cli.host)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -562,7 +593,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         return rt.block_on(cli::login::login(token, manager));
     }
     rt.block_on(async move {
-        let c = cli::Client::connect(&socket).await?;
+        let c = match &target {
+            Target::Socket(socket) => cli::Client::connect(socket).await?,
+            Target::Tcp(addr) => {
+                if let Some(what) = node_only(&cli.cmd) {
+                    anyhow::bail!(
+                        "'shoal {what}' works on a node's own socket (-H unix:///run/shoal/shoal.sock on that node), not through a manager at tcp://{addr}"
+                    );
+                }
+                cli::Client::connect_tcp(addr).await?
+            }
+        };
         match cli.cmd {
             Cmd::Daemon { .. } | Cmd::Login { .. } => unreachable!("handled above"),
             Cmd::Init {

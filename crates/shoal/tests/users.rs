@@ -330,3 +330,133 @@ fn a_user_certificate_is_no_node_and_a_node_certificate_is_no_user() {
         e.message()
     );
 }
+
+/// `shoal -H tcp://ADDR ARGS` on workstation `ws`.
+fn remote(
+    tb: &shoal_testbed::Testbed,
+    ws: usize,
+    addr: &str,
+    args: &[&str],
+) -> shoal_testbed::CliOutput {
+    let host = format!("tcp://{addr}");
+    let mut full = vec!["-H", host.as_str()];
+    full.extend_from_slice(args);
+    tb.ws_cli(ws, &full)
+}
+
+#[test]
+fn an_administrator_works_from_their_own_machine_through_any_manager() {
+    let mut tb = ha_cluster(2, 1);
+    let ws = tb.add_workstation().unwrap();
+    let (leader, follower) = (tb.nodes[0].ip.clone(), tb.nodes[1].ip.clone());
+    let token = token_in(
+        &tb.cli_ok(0, &["user", "create", "alice", "--role", "admin"])
+            .unwrap(),
+    );
+    let o = tb.ws_cli(ws, &["login", "--token", &token, &follower]);
+    assert!(o.success, "{}", o.stderr);
+
+    // Reads through either manager answer as the socket does (no node is "this" one).
+    // The same rows and columns (the socket's marks the node it runs on with '*').
+    let cells = |out: &str| -> Vec<Vec<String>> {
+        out.lines()
+            .map(|l| {
+                l.split_whitespace()
+                    .filter(|c| *c != "*")
+                    .map(str::to_string)
+                    .collect()
+            })
+            .collect()
+    };
+    let on_socket = cells(&tb.cli_ok(0, &["node", "ls"]).unwrap());
+    assert_eq!(on_socket.len(), 4);
+    for addr in [&leader, &follower] {
+        let o = remote(&tb, ws, addr, &["node", "ls"]);
+        assert!(o.success, "{}", o.stderr);
+        assert_eq!(cells(&o.stdout), on_socket);
+        let o = remote(&tb, ws, addr, &["user", "ls", "-q"]);
+        assert_eq!(o.stdout.trim(), "alice", "{}", o.stderr);
+    }
+    // A write through the follower reaches the leader, naming the user there.
+    let o = remote(
+        &tb,
+        ws,
+        &follower,
+        &["user", "create", "bob", "--role", "viewer", "-q"],
+    );
+    assert!(
+        o.success && o.stdout.starts_with("SHOAL-USER-1-"),
+        "{}",
+        o.stderr
+    );
+    assert!(tb.cli_ok(0, &["user", "ls", "-q"]).unwrap().contains("bob"));
+    // SHOAL_HOST works as -H does.
+    let ws_ns = tb.workstations[ws].netns.clone();
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &ws_ns, "env"])
+        .arg(format!("HOME={}", tb.workstations[ws].home.display()))
+        .arg(format!("SHOAL_HOST=tcp://{leader}"))
+        .arg(env!("CARGO_BIN_EXE_shoal"))
+        .args(["user", "ls", "-q"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("bob"));
+    // What only a node's own socket does says so.
+    let o = remote(&tb, ws, &leader, &["info"]);
+    assert!(
+        !o.success && o.stderr.contains("works on a node's own socket"),
+        "{}",
+        o.stderr
+    );
+    let o = remote(&tb, ws, &leader, &["node", "inspect", "self"]);
+    assert!(
+        !o.success && o.stderr.contains("'self' names the node"),
+        "{}",
+        o.stderr
+    );
+
+    // Until role checks are in place, only administrators are served remotely.
+    tb.cli_ok(0, &["user", "update", "alice", "--role", "operator"])
+        .unwrap();
+    let o = remote(&tb, ws, &follower, &["user", "ls"]);
+    assert!(
+        !o.success && o.stderr.contains("user alice is a operator"),
+        "{}",
+        o.stderr
+    );
+    tb.cli_ok(0, &["user", "update", "alice", "--role", "admin"])
+        .unwrap();
+    assert!(remote(&tb, ws, &follower, &["user", "ls"]).success);
+
+    // A certificate past half its life is renewed by the CLI itself: a 2-minute
+    // certificate (backdated 2 minutes) is at half its life at once.
+    tb.cli_ok(0, &["update", "--user-cert-expiry", "2m"])
+        .unwrap();
+    let token = token_in(&tb.cli_ok(0, &["user", "token", "alice"]).unwrap());
+    assert!(
+        tb.ws_cli(ws, &["login", "--token", &token, &leader])
+            .success
+    );
+    let cert = tb.workstations[ws].home.join(".config/shoal/cert.pem");
+    let before = std::fs::read_to_string(&cert).unwrap();
+    let o = remote(&tb, ws, &leader, &["user", "ls", "-q"]);
+    assert!(o.success, "{}", o.stderr);
+    assert_ne!(
+        std::fs::read_to_string(&cert).unwrap(),
+        before,
+        "not renewed"
+    );
+    let o = remote(&tb, ws, &follower, &["user", "ls", "-q"]);
+    assert!(o.success, "the renewed certificate works: {}", o.stderr);
+
+    // Removed: the next call through any manager is refused, saying so.
+    tb.cli_ok(0, &["user", "rm", "alice"]).unwrap();
+    for addr in [&leader, &follower] {
+        let o = remote(&tb, ws, addr, &["node", "ls"]);
+        assert!(
+            !o.success && o.stderr.contains("user alice was removed"),
+            "{}",
+            o.stderr
+        );
+    }
+}

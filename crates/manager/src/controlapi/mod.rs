@@ -18,7 +18,9 @@ mod tasks;
 mod tokens;
 pub mod users;
 
-pub use service::{ControlCaller, ControlService, LocalAdmin, TaskLogsStream, FORWARDED_HEADER};
+pub use service::{
+    ControlCaller, ControlService, LocalAdmin, TaskLogsStream, FORWARDED_HEADER, LOCAL_ADMIN,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {

@@ -14,7 +14,7 @@ use crate::time::unix_now;
 use crate::view::{Kind, State, Subscription, Update};
 use shoal_pki::{NodeIdentity, UserIdentity};
 use shoal_proto::objects::{Node, RevokedCert, User, UserRole};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
@@ -88,7 +88,11 @@ pub enum UserRefusal {
 impl UserRefusal {
     /// What the caller is told, on a new call or on a stream that is cut.
     pub fn status(&self, call: &str, id: &UserIdentity) -> Status {
-        let (name, serial) = (id.name(), id.serial());
+        self.status_for(call, id.name().as_str(), id.serial())
+    }
+
+    /// As [`UserRefusal::status`], for the certificate `serial` of user `name`.
+    pub fn status_for(&self, call: &str, name: &str, serial: &str) -> Status {
         match self {
             UserRefusal::Unknown => Status::permission_denied(format!(
                 "{call} refused: {name} is not a user of this cluster (removed, or this manager is behind): ask an administrator"
@@ -118,7 +122,8 @@ pub struct UserGrant {
 #[derive(Debug, Clone, PartialEq)]
 struct UserEntry {
     grant: UserGrant,
-    serials: HashSet<String>,
+    /// Serial -> expiry (unix seconds) of each certificate issued to the user.
+    serials: HashMap<String, i64>,
 }
 
 impl UserEntry {
@@ -128,7 +133,11 @@ impl UserEntry {
                 role: u.role(),
                 scopes: u.scopes.clone(),
             },
-            serials: u.certs.iter().map(|c| c.serial.clone()).collect(),
+            serials: u
+                .certs
+                .iter()
+                .map(|c| (c.serial.clone(), c.not_after_unix))
+                .collect(),
         }
     }
 }
@@ -239,7 +248,7 @@ impl View {
             return Err(UserRefusal::Revoked(r.reason.clone()));
         }
         let user = self.users.get(name).ok_or(UserRefusal::Unknown)?;
-        if !user.serials.contains(serial) {
+        if !user.serials.contains_key(serial) {
             return Err(UserRefusal::NotIssued);
         }
         if user.grant.role == UserRole::Unspecified {
@@ -408,6 +417,20 @@ impl AccessList {
             id.not_after(),
             SystemTime::now(),
         )
+    }
+
+    /// Whether the certificate `serial` of user `name` may be used now, by the store's
+    /// record of its expiry: for a call another manager forwarded, which verified the
+    /// certificate itself.
+    pub fn check_user_serial(&self, name: &str, serial: &str) -> Result<UserGrant, UserRefusal> {
+        let view = self.view.read().map_err(|_| UserRefusal::Unknown)?;
+        let not_after = view
+            .users
+            .get(name)
+            .and_then(|u| u.serials.get(serial))
+            .map(|&t| SystemTime::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64))
+            .unwrap_or(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::MAX / 4));
+        view.decide_user(name, serial, not_after, SystemTime::now())
     }
 
     /// Whether user `id` may call now, and with what grant.

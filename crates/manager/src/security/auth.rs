@@ -52,6 +52,11 @@ impl std::ops::Deref for Caller {
 }
 
 impl Caller {
+    /// The access list this caller is checked against.
+    pub fn access(&self) -> &AccessList {
+        &self.access
+    }
+
     /// Whether the caller may still be served; checked before each message a stream
     /// sends, so nothing goes out after a revocation.
     pub fn check(&self) -> Result<(), Status> {

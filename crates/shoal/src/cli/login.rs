@@ -154,3 +154,92 @@ pub async fn login(token: &str, manager: &str) -> Result<()> {
     );
     Ok(())
 }
+
+/// A channel to the manager at `addr` presenting the user certificate `shoal login`
+/// kept, which is renewed first (with a fresh key) once past half its life.
+pub async fn remote_channel(addr: &str) -> Result<tonic::transport::Channel> {
+    let dir = config_dir()?;
+    let read = |name: &str| {
+        std::fs::read_to_string(dir.join(name)).with_context(|| {
+            format!(
+                "no user login in {}: run 'shoal login --token <token> <manager>' first",
+                dir.display()
+            )
+        })
+    };
+    let (key_pem, cert_pem, roots_pem) = (read(KEY_FILE)?, read(CERT_FILE)?, read(ROOTS_FILE)?);
+    let chain = shoal_pki::pem_certs(&cert_pem)?;
+    let roots = shoal_pki::pem_certs(&roots_pem)?;
+    let key = NodeKey::from_pem(&key_pem)?;
+    let Some(leaf) = chain.first() else {
+        bail!(
+            "{} holds no certificate: run 'shoal login' again",
+            dir.join(CERT_FILE).display()
+        );
+    };
+    let cert = shoal_pki::CertSummary::parse(leaf)?;
+    let now = SystemTime::now();
+    if now >= cert.not_after {
+        bail!(
+            "the user certificate of {} expired at {}: log in again with 'shoal login --token <new token> <manager>' (an administrator makes one with 'shoal user token {}')",
+            cert.common_name,
+            humantime::format_rfc3339_seconds(cert.not_after),
+            cert.common_name
+        );
+    }
+    let addr = crate::netaddr::with_port(addr, crate::netaddr::DEFAULT_PORT)?;
+    let connect = |chain: Vec<Vec<u8>>, key: Vec<u8>| {
+        let roots = roots.clone();
+        let addr = addr.clone();
+        async move {
+            let mut store = rustls::RootCertStore::empty();
+            for r in &roots {
+                store.add(rustls::pki_types::CertificateDer::from(r.clone()))?;
+            }
+            let cfg = shoal_pki::client_config(std::sync::Arc::new(store), Some((&chain, &key)))?;
+            channel(&addr, std::sync::Arc::new(cfg)).await.map_err(|e| {
+                anyhow::anyhow!("cannot reach a manager at {addr}: {}", error_chain(&e))
+            })
+        }
+    };
+    let ch = connect(chain.clone(), key.pkcs8_der()).await?;
+    let half = cert.not_before
+        + cert
+            .not_after
+            .duration_since(cert.not_before)
+            .unwrap_or_default()
+            / 2;
+    if now < half {
+        return Ok(ch);
+    }
+    // Past half its life: a new key and certificate, then the new channel.
+    let fresh = NodeKey::generate()?;
+    let issued = CaClient::new(ch.clone())
+        .renew_user_certificate(shoal_proto::ca::RenewUserCertificateRequest {
+            csr_der: fresh.csr_der()?,
+        })
+        .await;
+    let issued = match issued {
+        Ok(r) => r.into_inner(),
+        Err(s) => {
+            // Still valid: work on with it, and say why it was not renewed.
+            eprintln!(
+                "Warning: the user certificate was not renewed: {}",
+                s.message()
+            );
+            return Ok(ch);
+        }
+    };
+    let mut chain = vec![issued.cert_der.clone()];
+    chain.extend(issued.intermediates_der.iter().cloned());
+    shoal_pki::write_private(
+        &dir.join(format!("{KEY_FILE}.new")),
+        fresh.to_pem().as_bytes(),
+    )?;
+    write_public(&dir, CERT_FILE, pem_all(&chain).as_bytes())?;
+    std::fs::rename(dir.join(format!("{KEY_FILE}.new")), dir.join(KEY_FILE))?;
+    if !issued.roots_der.is_empty() {
+        write_public(&dir, ROOTS_FILE, pem_all(&issued.roots_der).as_bytes())?;
+    }
+    connect(chain, fresh.pkcs8_der()).await
+}

@@ -33,6 +33,8 @@ use tonic::transport::{Channel, Endpoint, Uri};
 pub struct Client {
     local: LocalClient<Channel>,
     pub(crate) control: ControlClient<ControlChannel>,
+    /// A user's CLI talking to a manager over mTLS: there is no "this node".
+    remote: bool,
 }
 
 /// The control API's channel: answers marked as possibly stale (read from a manager
@@ -117,15 +119,25 @@ impl Client {
                     )
                 }
             })?;
+        Ok(Client::over(ch, false))
+    }
+
+    /// A user's CLI: a manager at `addr` over mTLS, with the certificate of `shoal login`.
+    pub async fn connect_tcp(addr: &str) -> Result<Client> {
+        Ok(Client::over(login::remote_channel(addr).await?, true))
+    }
+
+    fn over(ch: Channel, remote: bool) -> Client {
         // Big clusters make big listings: allow up to 256 MiB replies.
-        Ok(Client {
+        Client {
             local: LocalClient::new(ch.clone()).max_decoding_message_size(256 << 20),
             control: ControlClient::new(tower::util::MapResponse::new(
                 ch,
                 warn_if_stale as fn(_) -> _,
             ))
             .max_decoding_message_size(256 << 20),
-        })
+            remote,
+        }
     }
 
     pub(crate) fn local(&self) -> LocalClient<Channel> {
@@ -147,7 +159,11 @@ impl Client {
             .networks)
     }
 
+    /// This node's ID; none for a user's remote CLI.
     pub(crate) async fn self_id(&self) -> Result<String> {
+        if self.remote {
+            return Ok(String::new());
+        }
         Ok(self.info_raw().await?.node_id)
     }
 }

@@ -6,7 +6,7 @@ use shoal_proto::control::{RemoveNodeRequest, UpdateNodeRequest};
 
 impl Client {
     pub async fn node_ls(&self, quiet: bool, format: Option<&str>) -> Result<()> {
-        let me = self.info_raw().await?.node_id;
+        let me = self.self_id().await?;
         let nodes = self
             .control
             .clone()
@@ -81,9 +81,12 @@ impl Client {
                 bail!("unknown --format {f:?}: use json");
             }
         }
-        let me = self.info_raw().await?.node_id;
+        let me = self.self_id().await?;
         let mut out = Vec::new();
         for r in refs {
+            if r == "self" && me.is_empty() {
+                bail!("'self' names the node the CLI runs on: through a manager at tcp://…, name the node (ID, prefix or hostname)");
+            }
             let reference = if r == "self" { me.clone() } else { r.clone() };
             let v = self
                 .control
