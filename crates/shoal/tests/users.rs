@@ -460,3 +460,111 @@ fn an_administrator_works_from_their_own_machine_through_any_manager() {
         );
     }
 }
+
+/// Spawns `shoal -H tcp://ADDR ARGS` on workstation `ws` and waits for its first line.
+fn follow(
+    tb: &shoal_testbed::Testbed,
+    ws: usize,
+    addr: &str,
+    args: &[&str],
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let host = format!("tcp://{addr}");
+    let mut full = vec!["-H", host.as_str()];
+    full.extend_from_slice(args);
+    let mut child = tb
+        .ws_command(ws, &full)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let first = rx.recv_timeout(std::time::Duration::from_secs(30));
+    assert!(first.is_ok(), "{args:?} printed nothing\n{}", tb.all_logs());
+    (child, rx)
+}
+
+#[test]
+fn removing_a_user_ends_their_open_streams_with_the_reason() {
+    let mut tb = ha_cluster(2, 1);
+    import_busybox(&tb, 2);
+    tb.cli_ok(
+        0,
+        &[
+            "service",
+            "create",
+            "--name",
+            "app",
+            "--constraint",
+            "node.role==worker",
+            "--stop-grace-period",
+            "300ms",
+            "busybox",
+            "sh",
+            "-c",
+            "while true; do echo tick; sleep 0.2; done",
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
+    let task = tb.cli_ok(0, &["service", "ps", "-q", "app"]).unwrap();
+    let task = task.lines().next().unwrap().trim().to_string();
+    let ws = tb.add_workstation().unwrap();
+    let (leader, follower) = (tb.nodes[0].ip.clone(), tb.nodes[1].ip.clone());
+    let token = token_in(
+        &tb.cli_ok(0, &["user", "create", "alice", "--role", "admin"])
+            .unwrap(),
+    );
+    assert!(
+        tb.ws_cli(ws, &["login", "--token", &token, &leader])
+            .success
+    );
+
+    // A log stream through the follower and an exec through the leader, both open.
+    let (mut logs, _) = follow(&tb, ws, &follower, &["task", "logs", "-f", &task]);
+    let (mut exec, _) = follow(
+        &tb,
+        ws,
+        &leader,
+        &["task", "exec", &task, "sh", "-c", "echo started; sleep 60"],
+    );
+    let t0 = std::time::Instant::now();
+    tb.cli_ok(0, &["user", "rm", "alice"]).unwrap();
+    for (what, child) in [("logs -f", &mut logs), ("exec", &mut exec)] {
+        let ended = shoal_testbed::wait_for(std::time::Duration::from_secs(10), || {
+            child.try_wait().ok().flatten()
+        });
+        let Some(status) = ended else {
+            let _ = child.kill();
+            panic!("{what} still runs 10 s after the user was removed");
+        };
+        assert!(!status.success(), "{what}");
+        let mut err = String::new();
+        use std::io::Read;
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert!(err.contains("user alice was removed"), "{what}: {err}");
+    }
+    // Both within about a second (generous here: timing belongs to benchmarks).
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        t0.elapsed()
+    );
+    let o = remote(&tb, ws, &leader, &["service", "ls"]);
+    assert!(
+        !o.success && o.stderr.contains("user alice was removed"),
+        "{}",
+        o.stderr
+    );
+}

@@ -425,24 +425,28 @@ impl Testbed {
 
     /// `shoal ARGS` on workstation `w`, as its user (HOME is the workstation's).
     pub fn ws_cli(&self, w: usize, args: &[&str]) -> CliOutput {
+        CliOutput::from_run(self.ws_command(w, args).output())
+    }
+
+    /// The command `ws_cli` runs, to spawn (a stream that runs on).
+    pub fn ws_command(&self, w: usize, args: &[&str]) -> Command {
         let ws = &self.workstations[w];
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &ws.netns,
-                "env",
-                "-u",
-                "SHOAL_HOST",
-                "-u",
-                "SHOAL_CONFIG",
-            ])
-            .arg(format!("HOME={}", ws.home.display()))
-            .arg("XDG_CONFIG_HOME=")
-            .arg(&self.binary)
-            .args(args)
-            .output();
-        CliOutput::from_run(out)
+        let mut c = Command::new("ip");
+        c.args([
+            "netns",
+            "exec",
+            &ws.netns,
+            "env",
+            "-u",
+            "SHOAL_HOST",
+            "-u",
+            "SHOAL_CONFIG",
+        ])
+        .arg(format!("HOME={}", ws.home.display()))
+        .arg("XDG_CONFIG_HOME=")
+        .arg(&self.binary)
+        .args(args);
+        c
     }
 
     /// A new mount namespace for node `i`, kept by a bind mount on a file under the

@@ -177,6 +177,42 @@ fn admins_only(call: &str, name: &str, role: shoal_proto::objects::UserRole) -> 
     )))
 }
 
+/// `out`, cut the moment its caller would be refused a new call: a node (or the
+/// manager that forwarded the call) by its certificate, a user by the store's record of
+/// them (removed, certificate revoked or expired, role narrowed).
+fn guarded<T: Send + 'static>(
+    c: &ControlCaller,
+    call: &'static str,
+    out: tokio::sync::mpsc::Receiver<Result<T, Status>>,
+) -> tokio::sync::mpsc::Receiver<Result<T, Status>> {
+    use crate::security::auth::{guard, guard_stream, StreamUser};
+    let out = match c.node() {
+        Some(node) => guard_stream(node.clone(), out),
+        None => out,
+    };
+    let user = |name: String, serial: String, access: &std::sync::Arc<_>| StreamUser {
+        name,
+        serial,
+        call,
+        access: std::sync::Arc::clone(access),
+        allows: |g| g.role == shoal_proto::objects::UserRole::Admin,
+    };
+    match c.who() {
+        Who::User(u) => guard(
+            user(
+                u.id.name().to_string(),
+                u.id.serial().to_string(),
+                u.access(),
+            ),
+            out,
+        ),
+        Who::ForwardedUser { by, name, serial } => {
+            guard(user(name.clone(), serial.clone(), by.access()), out)
+        }
+        _ => out,
+    }
+}
+
 impl ControlService {
     /// Checks the caller of `call`, then runs the handler with it in the call's span.
     async fn serve<T, R, F, Fut>(
@@ -232,10 +268,7 @@ impl Control for ControlService {
                     }
                 }
             });
-            let out = match c.node() {
-                Some(node) => crate::security::auth::guard_stream(node.clone(), out),
-                None => out,
-            };
+            let out = guarded(&c, "TaskExec", out);
             Ok(tokio_stream::wrappers::ReceiverStream::new(out))
         })
         .await
@@ -513,10 +546,7 @@ impl Control for ControlService {
         self.serve(req, "TaskLogs", |api, c, r| async move {
             let rx = api.task_logs(&c, &r.reference, r.follow, r.tail).await?;
             // A node's stream is cut as soon as that node would be refused.
-            let rx = match c.node() {
-                Some(node) => crate::security::auth::guard_stream(node.clone(), rx),
-                None => rx,
-            };
+            let rx = guarded(&c, "TaskLogs", rx);
             Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
         })
         .await

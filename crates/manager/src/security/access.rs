@@ -419,6 +419,11 @@ impl AccessList {
         )
     }
 
+    /// Changes whenever who may call changed.
+    pub fn generation(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
     /// Whether the certificate `serial` of user `name` may be used now, by the store's
     /// record of its expiry: for a call another manager forwarded, which verified the
     /// certificate itself.

@@ -53,7 +53,7 @@ impl std::ops::Deref for Caller {
 
 impl Caller {
     /// The access list this caller is checked against.
-    pub fn access(&self) -> &AccessList {
+    pub fn access(&self) -> &Arc<AccessList> {
         &self.access
     }
 
@@ -87,6 +87,30 @@ impl Caller {
 /// stream ends with the reason, and nothing more is sent.
 pub fn guard_stream<T: Send + 'static>(
     caller: Caller,
+    rx: tokio::sync::mpsc::Receiver<Result<T, Status>>,
+) -> tokio::sync::mpsc::Receiver<Result<T, Status>> {
+    guard(caller, rx)
+}
+
+/// Who a guarded stream is served to: what cuts it, and the check before each message.
+pub trait StreamCaller: Send + Sync + 'static {
+    /// Resolves, with what to tell the caller, when it may no longer be served.
+    fn cut(&self) -> impl std::future::Future<Output = Status> + Send;
+    fn check(&self) -> Result<(), Status>;
+}
+
+impl StreamCaller for Caller {
+    fn cut(&self) -> impl std::future::Future<Output = Status> + Send {
+        Caller::cut(self)
+    }
+    fn check(&self) -> Result<(), Status> {
+        Caller::check(self)
+    }
+}
+
+/// Forwards a server stream to `caller` until it may no longer be served.
+pub fn guard<C: StreamCaller, T: Send + 'static>(
+    caller: C,
     mut rx: tokio::sync::mpsc::Receiver<Result<T, Status>>,
 ) -> tokio::sync::mpsc::Receiver<Result<T, Status>> {
     let (tx, out) = tokio::sync::mpsc::channel(16);
@@ -114,6 +138,54 @@ pub fn guard_stream<T: Send + 'static>(
         }
     });
     out
+}
+
+/// A user a stream is served to, by name and certificate serial (a user on this
+/// manager's listener, or one another manager forwarded): cut the moment the store's
+/// record of them would refuse a new call (removed, the certificate revoked or expired,
+/// the role no longer enough).
+pub struct StreamUser {
+    pub name: String,
+    pub serial: String,
+    pub call: &'static str,
+    pub access: Arc<AccessList>,
+    /// Whether a grant still allows the stream.
+    pub allows: fn(&crate::security::access::UserGrant) -> bool,
+}
+
+impl StreamUser {
+    fn refused(&self) -> Option<Status> {
+        match self.access.check_user_serial(&self.name, &self.serial) {
+            Err(r) => Some(r.status_for(self.call, &self.name, &self.serial)),
+            Ok(g) if !(self.allows)(&g) => Some(Status::permission_denied(format!(
+                "{} refused: user {} may no longer make it",
+                self.call, self.name
+            ))),
+            Ok(_) => None,
+        }
+    }
+}
+
+impl StreamCaller for StreamUser {
+    async fn cut(&self) -> Status {
+        let mut rx = self.access.generation();
+        loop {
+            rx.mark_unchanged();
+            if let Some(s) = self.refused() {
+                return s;
+            }
+            // Expiry comes without a store change: look again every second.
+            tokio::select! {
+                r = rx.changed() => if r.is_err() {
+                    return Status::unavailable(format!("{}: this manager stopped", self.call));
+                },
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            }
+        }
+    }
+    fn check(&self) -> Result<(), Status> {
+        self.refused().map_or(Ok(()), Err)
+    }
 }
 
 /// The verified caller, if its certificate may be used now and its role is one of
@@ -181,6 +253,11 @@ pub struct UserCaller {
 }
 
 impl UserCaller {
+    /// The access list this user is checked against.
+    pub fn access(&self) -> &Arc<AccessList> {
+        &self.access
+    }
+
     /// Whether the user may still be served, and with what grant now (a role or scope
     /// changed takes effect on the next check).
     pub fn check(&self) -> Result<crate::security::access::UserGrant, Status> {
