@@ -449,6 +449,36 @@ fn an_administrator_works_from_their_own_machine_through_any_manager() {
     let o = remote(&tb, ws, &follower, &["user", "ls", "-q"]);
     assert!(o.success, "the renewed certificate works: {}", o.stderr);
 
+    // One certificate revoked: refused on its next call; a new login works again.
+    tb.cli_ok(0, &["update", "--user-cert-expiry", "12h"])
+        .unwrap();
+    let pem = std::fs::read_to_string(&cert).unwrap();
+    let der = shoal_pki::pem_certs(&pem).unwrap().remove(0);
+    let serial = shoal_pki::CertSummary::parse(&der).unwrap().serial;
+    let o = tb.cli(0, &["user", "revoke-certificate", "alice", "00ff"]);
+    assert!(
+        !o.success && o.stderr.contains("is not one of user alice's"),
+        "{}",
+        o.stderr
+    );
+    tb.cli_ok(1, &["user", "revoke-certificate", "alice", &serial])
+        .unwrap();
+    let o = remote(&tb, ws, &follower, &["node", "ls"]);
+    assert!(
+        !o.success
+            && o.stderr.contains(&format!(
+                "certificate revoked (certificate {serial} of user alice)"
+            )),
+        "{}",
+        o.stderr
+    );
+    let token = token_in(&tb.cli_ok(0, &["user", "token", "alice"]).unwrap());
+    assert!(
+        tb.ws_cli(ws, &["login", "--token", &token, &leader])
+            .success
+    );
+    assert!(remote(&tb, ws, &follower, &["node", "ls"]).success);
+
     // Removed: the next call through any manager is refused, saying so.
     tb.cli_ok(0, &["user", "rm", "alice"]).unwrap();
     for addr in [&leader, &follower] {

@@ -461,7 +461,11 @@ impl Control for ControlService {
         req: Request<RevokeCertificateRequest>,
     ) -> Result<Response<RevokeCertificateResponse>, Status> {
         self.serve(req, "RevokeCertificate", |api, c, r| async move {
-            api.revoke_certificate(&c, &r.node, &r.serial).await?;
+            if r.user.is_empty() {
+                api.revoke_certificate(&c, &r.node, &r.serial).await?;
+            } else {
+                api.revoke_user_certificate(&c, &r.user, &r.serial).await?;
+            }
             Ok(RevokeCertificateResponse {})
         })
         .await

@@ -266,6 +266,35 @@ impl ControlApi {
         }
     }
 
+    /// Revokes one certificate issued to a user (as `user inspect` lists them): refused on
+    /// every manager from the next call, and open streams end.
+    pub async fn revoke_user_certificate(
+        &self,
+        caller: &ControlCaller,
+        name: &str,
+        serial: &str,
+    ) -> Result<(), ControlError> {
+        let serial = serial.trim().to_lowercase();
+        let u = self.user(name)?.value;
+        let Some(cert) = u.certs.iter().find(|c| c.serial == serial) else {
+            return Err(ControlError::NotFound(format!(
+                "certificate {serial:?} is not one of user {name}'s: 'shoal user inspect {name}' lists them"
+            )));
+        };
+        let mut r = crate::security::revocation::record(
+            &serial,
+            "",
+            cert.not_after_unix,
+            "certificate revoked",
+        );
+        r.user = name.to_string();
+        let mut b = Batch::default();
+        b.put(&r, Expect::Any);
+        self.commit(b).await?;
+        tracing::info!(user = %name, serial = %serial, by = %caller, "user certificate revoked");
+        Ok(())
+    }
+
     /// A new enrollment token for an existing user (the last one no longer works).
     pub async fn new_user_token(
         &self,

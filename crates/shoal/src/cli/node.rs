@@ -173,6 +173,7 @@ impl Client {
             .revoke_certificate(shoal_proto::control::RevokeCertificateRequest {
                 node: node.to_string(),
                 serial: serial.to_string(),
+                user: String::new(),
             })
             .await
             .map_err(status_err)?;

@@ -58,6 +58,8 @@ pub enum UserCmd {
         #[arg(required = true)]
         names: Vec<String>,
     },
+    /// Revoke one of a user's certificates (its serial, as 'user inspect' shows it).
+    RevokeCertificate { name: String, serial: String },
     /// Make a new enrollment token for a user (to log in again, or on another machine).
     Token {
         /// How long the token works (default 24h).
@@ -222,6 +224,18 @@ impl Client {
                         .map_err(status_err)?;
                     println!("{name}");
                 }
+            }
+            UserCmd::RevokeCertificate { name, serial } => {
+                let shown = name.clone();
+                control
+                    .revoke_certificate(shoal_proto::control::RevokeCertificateRequest {
+                        user: name,
+                        serial: serial.clone(),
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(status_err)?;
+                println!("Certificate {serial} of user {shown} revoked.");
             }
             UserCmd::Token { ttl, quiet, name } => {
                 let r = control
