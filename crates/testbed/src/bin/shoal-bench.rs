@@ -11,6 +11,8 @@ mod discovery;
 mod secrets;
 #[path = "shoal-bench/stacks.rs"]
 mod stacks;
+#[path = "shoal-bench/users.rs"]
+mod users;
 
 use anyhow::{bail, Context, Result};
 use shoal_testbed::{wait_for, Testbed};
@@ -110,6 +112,10 @@ fn main() -> Result<()> {
     }
     if std::env::var("BENCH_ONLY").as_deref() == Ok("discovery") {
         print!("{}", discovery::bench(&shoal)?);
+        return Ok(());
+    }
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("users") {
+        print!("{}", users::bench(&shoal, runs)?);
         return Ok(());
     }
     if std::env::var("BENCH_ONLY").as_deref() == Ok("stacks") {
