@@ -66,6 +66,24 @@ impl CaServer {
         }
     }
 
+    /// The caller's address, once its certificate requests are within their quota.
+    fn limit_issuance<T>(
+        &self,
+        req: &Request<T>,
+        call: &str,
+    ) -> Result<Option<std::net::SocketAddr>, Status> {
+        let remote = crate::security::auth::remote_addr(req);
+        if let Some(addr) = remote {
+            Self::limit(&self.issuance, &addr.ip(), || {
+                format!(
+                    "{call} refused: too many certificate requests from {} (limit {ISSUANCE_PER_SEC} per second)",
+                    addr.ip()
+                )
+            })?;
+        }
+        Ok(remote)
+    }
+
     /// Refuses a call over `limiter`'s quota for `key`, saying when to retry.
     fn limit<K: std::hash::Hash + Eq + Clone>(
         limiter: &Limiter<K>,
@@ -350,15 +368,7 @@ impl Ca for CaServer {
         &self,
         req: Request<shoal_proto::ca::IssueUserCertificateRequest>,
     ) -> Result<Response<shoal_proto::ca::IssueUserCertificateResponse>, Status> {
-        let remote = crate::security::auth::remote_addr(&req);
-        if let Some(addr) = remote {
-            Self::limit(&self.issuance, &addr.ip(), || {
-                format!(
-                    "IssueUserCertificate refused: too many certificate requests from {} (limit {ISSUANCE_PER_SEC} per second)",
-                    addr.ip()
-                )
-            })?;
-        }
+        let remote = self.limit_issuance(&req, "IssueUserCertificate")?;
         let req = req.into_inner();
         self.issue_user(remote, &req.csr_der, &req.token)
             .await
@@ -387,15 +397,7 @@ impl Ca for CaServer {
         &self,
         req: Request<IssueNodeCertificateRequest>,
     ) -> Result<Response<IssueNodeCertificateResponse>, Status> {
-        let remote = crate::security::auth::remote_addr(&req);
-        if let Some(addr) = remote {
-            Self::limit(&self.issuance, &addr.ip(), || {
-                format!(
-                    "IssueNodeCertificate refused: too many certificate requests from {} (limit {ISSUANCE_PER_SEC} per second)",
-                    addr.ip()
-                )
-            })?;
-        }
+        let remote = self.limit_issuance(&req, "IssueNodeCertificate")?;
         let req = req.into_inner();
         let token =
             JoinToken::parse(&req.token).map_err(|e| Status::invalid_argument(e.to_string()))?;

@@ -336,32 +336,7 @@ impl Testbed {
         let netns = format!("{PREFIX}{}-{i}", self.tag);
         let ip_addr = format!("10.{}.{}.{i}", self.subnet.0, self.subnet.1);
         let host_veth = format!("v{i}");
-        ip(&["netns", "add", &netns])?;
-        in_ns(
-            &self.hub,
-            &[
-                "ip", "link", "add", &host_veth, "type", "veth", "peer", "name", "eth0", "netns",
-                &netns,
-            ],
-        )?;
-        in_ns(
-            &self.hub,
-            &[
-                "ip",
-                "link",
-                "set",
-                &host_veth,
-                "master",
-                &self.bridge,
-                "up",
-            ],
-        )?;
-        in_ns(
-            &netns,
-            &["ip", "addr", "add", &format!("{ip_addr}/24"), "dev", "eth0"],
-        )?;
-        in_ns(&netns, &["ip", "link", "set", "eth0", "up"])?;
-        in_ns(&netns, &["ip", "link", "set", "lo", "up"])?;
+        self.plug(&netns, &host_veth, &ip_addr)?;
         let nd = self.dir.path().join(&name);
         std::fs::create_dir_all(&nd)?;
         let mnt_ns = self.mount_namespace(i)?;
@@ -381,38 +356,37 @@ impl Testbed {
         Ok(idx)
     }
 
+    /// A new network namespace `netns` on the bridge: its `eth0` at `ip_addr`/24, the
+    /// other end (`host_veth`) on the bridge in the hub.
+    fn plug(&self, netns: &str, host_veth: &str, ip_addr: &str) -> Result<()> {
+        ip(&["netns", "add", netns])?;
+        in_ns(
+            &self.hub,
+            &[
+                "ip", "link", "add", host_veth, "type", "veth", "peer", "name", "eth0", "netns",
+                netns,
+            ],
+        )?;
+        in_ns(
+            &self.hub,
+            &["ip", "link", "set", host_veth, "master", &self.bridge, "up"],
+        )?;
+        in_ns(
+            netns,
+            &["ip", "addr", "add", &format!("{ip_addr}/24"), "dev", "eth0"],
+        )?;
+        in_ns(netns, &["ip", "link", "set", "eth0", "up"])?;
+        in_ns(netns, &["ip", "link", "set", "lo", "up"])?;
+        Ok(())
+    }
+
     /// A workstation on the bridge (at `.200 + j`, with no daemon); its index.
     pub fn add_workstation(&mut self) -> Result<usize> {
         let j = self.workstations.len() + 1;
         let netns = format!("{PREFIX}{}-ws{j}", self.tag);
         let ip_addr = format!("10.{}.{}.{}", self.subnet.0, self.subnet.1, 200 + j);
         let host_veth = format!("w{j}");
-        ip(&["netns", "add", &netns])?;
-        in_ns(
-            &self.hub,
-            &[
-                "ip", "link", "add", &host_veth, "type", "veth", "peer", "name", "eth0", "netns",
-                &netns,
-            ],
-        )?;
-        in_ns(
-            &self.hub,
-            &[
-                "ip",
-                "link",
-                "set",
-                &host_veth,
-                "master",
-                &self.bridge,
-                "up",
-            ],
-        )?;
-        in_ns(
-            &netns,
-            &["ip", "addr", "add", &format!("{ip_addr}/24"), "dev", "eth0"],
-        )?;
-        in_ns(&netns, &["ip", "link", "set", "eth0", "up"])?;
-        in_ns(&netns, &["ip", "link", "set", "lo", "up"])?;
+        self.plug(&netns, &host_veth, &ip_addr)?;
         let home = self.dir.path().join(format!("ws{j}-home"));
         std::fs::create_dir_all(&home)?;
         self.workstations.push(Workstation {

@@ -185,9 +185,9 @@ fn guarded<T: Send + 'static>(
     call: &'static str,
     out: tokio::sync::mpsc::Receiver<Result<T, Status>>,
 ) -> tokio::sync::mpsc::Receiver<Result<T, Status>> {
-    use crate::security::auth::{guard, guard_stream, StreamUser};
+    use crate::security::auth::{guard, StreamUser};
     let out = match c.node() {
-        Some(node) => guard_stream(node.clone(), out),
+        Some(node) => guard(node.clone(), out),
         None => out,
     };
     let user = |name: String, serial: String, access: &std::sync::Arc<_>| StreamUser {

@@ -232,24 +232,28 @@ impl View {
         Err(Refusal::Superseded)
     }
 
-    /// The pure decision for a user: may the certificate `serial` of user `name`,
-    /// valid until `not_after`, be used at `now`, and with what grant?
+    /// The pure decision for a user: may the certificate `serial` of user `name`, valid
+    /// until `not_after` (`None`: until the expiry the user's record holds for it, for a
+    /// call another manager verified), be used at `now`, and with what grant?
     fn decide_user(
         &self,
         name: &str,
         serial: &str,
-        not_after: SystemTime,
+        not_after: Option<SystemTime>,
         now: SystemTime,
     ) -> Result<UserGrant, UserRefusal> {
-        if now > not_after {
-            return Err(UserRefusal::Expired);
-        }
         if let Some(r) = self.revoked.get(serial) {
             return Err(UserRefusal::Revoked(r.reason.clone()));
         }
         let user = self.users.get(name).ok_or(UserRefusal::Unknown)?;
-        if !user.serials.contains_key(serial) {
+        let Some(&recorded) = user.serials.get(serial) else {
             return Err(UserRefusal::NotIssued);
+        };
+        let not_after = not_after.unwrap_or_else(|| {
+            SystemTime::UNIX_EPOCH + Duration::from_secs(recorded.max(0) as u64)
+        });
+        if now > not_after {
+            return Err(UserRefusal::Expired);
         }
         if user.grant.role == UserRole::Unspecified {
             // A record without a role grants nothing (the control API never writes one).
@@ -429,13 +433,7 @@ impl AccessList {
     /// certificate itself.
     pub fn check_user_serial(&self, name: &str, serial: &str) -> Result<UserGrant, UserRefusal> {
         let view = self.view.read().map_err(|_| UserRefusal::Unknown)?;
-        let not_after = view
-            .users
-            .get(name)
-            .and_then(|u| u.serials.get(serial))
-            .map(|&t| SystemTime::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64))
-            .unwrap_or(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::MAX / 4));
-        view.decide_user(name, serial, not_after, SystemTime::now())
+        view.decide_user(name, serial, None, SystemTime::now())
     }
 
     /// Whether user `id` may call now, and with what grant.
@@ -444,7 +442,7 @@ impl AccessList {
         view.decide_user(
             id.name().as_str(),
             id.serial(),
-            id.not_after(),
+            Some(id.not_after()),
             SystemTime::now(),
         )
     }
@@ -691,21 +689,21 @@ mod tests {
         };
         let mut v = View::default();
         assert_eq!(
-            v.decide_user("alice", "a", t(100), t(1)),
+            v.decide_user("alice", "a", Some(t(100)), t(1)),
             Err(UserRefusal::Unknown)
         );
         let c = state.put_for_test(user("alice", UserRole::Deployer, &["a"]));
         assert!(v.apply(&step(&mut state, c)));
-        let grant = v.decide_user("alice", "a", t(100), t(1)).unwrap();
+        let grant = v.decide_user("alice", "a", Some(t(100)), t(1)).unwrap();
         assert_eq!(grant.role, UserRole::Deployer);
         assert_eq!(grant.scopes, ["shop"]);
         // Another serial naming the user, expiry, and a revocation.
         assert_eq!(
-            v.decide_user("alice", "b", t(100), t(1)),
+            v.decide_user("alice", "b", Some(t(100)), t(1)),
             Err(UserRefusal::NotIssued)
         );
         assert_eq!(
-            v.decide_user("alice", "a", t(100), t(101)),
+            v.decide_user("alice", "a", Some(t(100)), t(101)),
             Err(UserRefusal::Expired)
         );
         let c = state.put_for_test(RevokedCert {
@@ -716,7 +714,7 @@ mod tests {
         });
         assert!(v.apply(&step(&mut state, c)));
         assert_eq!(
-            v.decide_user("alice", "a", t(100), t(1)),
+            v.decide_user("alice", "a", Some(t(100)), t(1)),
             Err(UserRefusal::Revoked(
                 "certificate revoked by an administrator".into()
             ))
@@ -725,26 +723,31 @@ mod tests {
         let c = state.put_for_test(user("alice", UserRole::Viewer, &["a", "b"]));
         assert!(v.apply(&step(&mut state, c)));
         assert_eq!(
-            v.decide_user("alice", "b", t(100), t(1)).unwrap().role,
+            v.decide_user("alice", "b", Some(t(100)), t(1))
+                .unwrap()
+                .role,
             UserRole::Viewer
         );
         let c = state.delete_for_test::<User>("alice");
         assert!(v.apply(&step(&mut state, c)));
         assert_eq!(
-            v.decide_user("alice", "b", t(100), t(1)),
+            v.decide_user("alice", "b", Some(t(100)), t(1)),
             Err(UserRefusal::Unknown)
         );
         // A resync loads users too.
         state.put_for_test(user("bob", UserRole::Admin, &["c"]));
         let fresh = View::load(&state);
         assert_eq!(
-            fresh.decide_user("bob", "c", t(100), t(1)).unwrap().role,
+            fresh
+                .decide_user("bob", "c", Some(t(100)), t(1))
+                .unwrap()
+                .role,
             UserRole::Admin
         );
         // A record without a role grants nothing.
         state.put_for_test(user("eve", UserRole::Unspecified, &["d"]));
         assert_eq!(
-            View::load(&state).decide_user("eve", "d", t(100), t(1)),
+            View::load(&state).decide_user("eve", "d", Some(t(100)), t(1)),
             Err(UserRefusal::Unknown)
         );
     }

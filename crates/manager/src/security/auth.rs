@@ -36,6 +36,14 @@ pub struct Gate {
     pub ca: CaHandle,
 }
 
+impl Gate {
+    /// Whether `issuer` (a certificate's issuer name) is one of the roots trusted now: a
+    /// root rotation may have retired the one that signed a connection's certificate.
+    fn trusts_issuer(&self, issuer: &str) -> bool {
+        self.ca.get().root_subjects.iter().any(|s| s == issuer)
+    }
+}
+
 /// A verified, authorized caller. For streams it also tells when to cut them.
 #[derive(Clone)]
 pub struct Caller {
@@ -83,15 +91,6 @@ impl Caller {
     }
 }
 
-/// Forwards a server stream to `caller` until it may no longer be served: then the
-/// stream ends with the reason, and nothing more is sent.
-pub fn guard_stream<T: Send + 'static>(
-    caller: Caller,
-    rx: tokio::sync::mpsc::Receiver<Result<T, Status>>,
-) -> tokio::sync::mpsc::Receiver<Result<T, Status>> {
-    guard(caller, rx)
-}
-
 /// Who a guarded stream is served to: what cuts it, and the check before each message.
 pub trait StreamCaller: Send + Sync + 'static {
     /// Resolves, with what to tell the caller, when it may no longer be served.
@@ -108,7 +107,8 @@ impl StreamCaller for Caller {
     }
 }
 
-/// Forwards a server stream to `caller` until it may no longer be served.
+/// Forwards a server stream to `caller` until it may no longer be served: then the
+/// stream ends with the reason, and nothing more is sent.
 pub fn guard<C: StreamCaller, T: Send + 'static>(
     caller: C,
     mut rx: tokio::sync::mpsc::Receiver<Result<T, Status>>,
@@ -212,14 +212,7 @@ pub fn authorize<T>(
             )))
         }
     };
-    if !peer
-        .gate
-        .ca
-        .get()
-        .root_subjects
-        .iter()
-        .any(|s| s == id.issuer())
-    {
+    if !peer.gate.trusts_issuer(id.issuer()) {
         return Err(Status::unauthenticated(format!(
             "{call} refused: the certificate of node {} comes from a root CA this cluster no longer trusts (it was rotated); rejoin with 'shoal join --token <worker token> --rejoin <manager>'",
             id.node_id()
@@ -289,14 +282,7 @@ pub fn authorize_user<T>(req: &Request<T>, call: &'static str) -> Result<UserCal
             )))
         }
     };
-    if !peer
-        .gate
-        .ca
-        .get()
-        .root_subjects
-        .iter()
-        .any(|s| s == id.issuer())
-    {
+    if !peer.gate.trusts_issuer(id.issuer()) {
         return Err(Status::unauthenticated(format!(
             "{call} refused: the certificate of user {} comes from a root CA this cluster no longer trusts (it was rotated); log in again with 'shoal login --token <new token> <manager>'",
             id.name()

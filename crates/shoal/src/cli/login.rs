@@ -74,12 +74,10 @@ fn pem_all(ders: &[Vec<u8>]) -> String {
     ders.iter().map(|d| shoal_pki::cert_pem(d)).collect()
 }
 
-/// Writes `data` to `dir/name` through a temporary file and a rename, so a reader sees
-/// the old file or the new one, never half of one.
-fn write_public(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, data).with_context(|| tmp.display().to_string())?;
-    std::fs::rename(&tmp, dir.join(name)).with_context(|| dir.join(name).display().to_string())
+/// Writes `data` to `dir/name` whole or not at all (each file of a login is the user's
+/// alone: 0600).
+fn write(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
+    Ok(shoal_pki::write_private(&dir.join(name), data)?)
 }
 
 pub async fn login(token: &str, manager: &str) -> Result<()> {
@@ -126,11 +124,11 @@ pub async fn login(token: &str, manager: &str) -> Result<()> {
             .with_context(|| dir.display().to_string())?;
     }
     // The key first: a certificate on disk always has its key beside it.
-    shoal_pki::write_private(&dir.join(KEY_FILE), key.to_pem().as_bytes())?;
+    write(&dir, KEY_FILE, key.to_pem().as_bytes())?;
     let mut chain = vec![issued.cert_der.clone()];
     chain.extend(issued.intermediates_der.iter().cloned());
-    write_public(&dir, CERT_FILE, pem_all(&chain).as_bytes())?;
-    write_public(&dir, ROOTS_FILE, pem_all(&roots).as_bytes())?;
+    write(&dir, CERT_FILE, pem_all(&chain).as_bytes())?;
+    write(&dir, ROOTS_FILE, pem_all(&roots).as_bytes())?;
     let login = serde_json::json!({
         "cluster_id": cluster.to_string(),
         "user": issued.user,
@@ -139,7 +137,7 @@ pub async fn login(token: &str, manager: &str) -> Result<()> {
         "manager": remote,
         "managers": issued.managers,
     });
-    write_public(
+    write(
         &dir,
         LOGIN_FILE,
         serde_json::to_string_pretty(&login)?.as_bytes(),
@@ -232,14 +230,10 @@ pub async fn remote_channel(addr: &str) -> Result<tonic::transport::Channel> {
     };
     let mut chain = vec![issued.cert_der.clone()];
     chain.extend(issued.intermediates_der.iter().cloned());
-    shoal_pki::write_private(
-        &dir.join(format!("{KEY_FILE}.new")),
-        fresh.to_pem().as_bytes(),
-    )?;
-    write_public(&dir, CERT_FILE, pem_all(&chain).as_bytes())?;
-    std::fs::rename(dir.join(format!("{KEY_FILE}.new")), dir.join(KEY_FILE))?;
+    write(&dir, KEY_FILE, fresh.to_pem().as_bytes())?;
+    write(&dir, CERT_FILE, pem_all(&chain).as_bytes())?;
     if !issued.roots_der.is_empty() {
-        write_public(&dir, ROOTS_FILE, pem_all(&issued.roots_der).as_bytes())?;
+        write(&dir, ROOTS_FILE, pem_all(&issued.roots_der).as_bytes())?;
     }
     connect(chain, fresh.pkcs8_der()).await
 }

@@ -53,7 +53,10 @@ pub fn bench(shoal: &std::path::Path, runs: usize) -> Result<String> {
          Rerun: `BENCH_ONLY=users target/release/shoal-bench target/release/shoal` \
          (`BENCH_RUNS` sets the runs).\n",
         row("the leader's unix socket", socket),
-        row("a workstation → the leader over mTLS (user certificate)", via_leader),
+        row(
+            "a workstation → the leader over mTLS (user certificate)",
+            via_leader
+        ),
         row("a workstation → a follower over mTLS", via_follower),
     ))
 }
