@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// The label every object of a stack carries.
-pub const NAMESPACE_LABEL: &str = "com.docker.stack.namespace";
+pub const NAMESPACE_LABEL: &str = shoal_proto::STACK_LABEL;
 /// The image as the file wrote it, on each service.
 pub const IMAGE_LABEL: &str = "com.docker.stack.image";
 

@@ -37,6 +37,11 @@ pub mod options;
 /// (the manager allocates nothing for it; the agent attaches nothing).
 pub const HOST_NETWORK: &str = "host";
 
+/// The label that puts an object (service, network, secret, config, one-off task) in a
+/// stack: `stack deploy` sets it on everything it makes, and a user's scope is a list
+/// of stacks by this label.
+pub const STACK_LABEL: &str = "com.docker.stack.namespace";
+
 /// An error and the chain of its causes, for a message (each cause once).
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();

@@ -415,12 +415,15 @@ fn an_administrator_works_from_their_own_machine_through_any_manager() {
         o.stderr
     );
 
-    // Until role checks are in place, only administrators are served remotely.
+    // A narrower role takes effect on the next call, on every manager.
     tb.cli_ok(0, &["user", "update", "alice", "--role", "operator"])
         .unwrap();
     let o = remote(&tb, ws, &follower, &["user", "ls"]);
     assert!(
-        !o.success && o.stderr.contains("user alice is a operator"),
+        !o.success
+            && o.stderr.contains(
+                "ListUsers refused: user alice is an operator, and ListUsers needs the admin role"
+            ),
         "{}",
         o.stderr
     );

@@ -11,6 +11,7 @@ mod ca;
 mod cluster;
 pub mod networks;
 mod nodes;
+pub mod roles;
 pub mod secrets;
 mod service;
 pub mod services;
@@ -64,6 +65,10 @@ pub enum ControlError {
     Conflict(String),
     #[error("{0}")]
     Refused(String),
+    /// The caller's role or scope does not allow this (the message names the user, the
+    /// operation, the object and what is missing).
+    #[error("{0}")]
+    Denied(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -80,6 +85,7 @@ impl From<ControlError> for Status {
             ControlError::Exists(_) => Status::already_exists(e.to_string()),
             ControlError::Conflict(_) => Status::aborted(e.to_string()),
             ControlError::Refused(_) => Status::failed_precondition(e.to_string()),
+            ControlError::Denied(_) => Status::permission_denied(e.to_string()),
             ControlError::Ambiguous(..)
             | ControlError::AmbiguousHostname(..)
             | ControlError::BadRole(_)
@@ -281,6 +287,33 @@ impl ControlApi {
             );
         }
         Ok(index)
+    }
+
+    /// Refuses a container spec (its references already resolved to IDs) that uses a
+    /// network, secret or config outside the caller's scope: a deployer of one stack
+    /// cannot mount another stack's secret, nor join its network.
+    pub(crate) fn refs_in_scope(
+        &self,
+        caller: &ControlCaller,
+        spec: Option<&ContainerSpec>,
+    ) -> Result<(), ControlError> {
+        let Some(spec) = spec else { return Ok(()) };
+        if caller.limits().is_none() {
+            return Ok(());
+        }
+        for a in &spec.networks {
+            if let Some(n) = self.get::<shoal_proto::objects::Network>(&a.target)? {
+                let ns = n.value.spec.unwrap_or_default();
+                caller.in_scope("network", &ns.name, &ns.labels)?;
+            }
+        }
+        for r in spec.secrets.iter().chain(&spec.configs) {
+            if let Some(x) = self.get::<shoal_proto::objects::Secret>(&r.secret_id)? {
+                let xs = x.value.spec.unwrap_or_default();
+                caller.in_scope(&x.value.kind, &xs.name, &xs.labels)?;
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn store(&self) -> &Store {

@@ -259,10 +259,13 @@ impl ControlApi {
     /// A network by name, ID or unique ID prefix (`shoal network inspect`).
     pub fn get_network(
         &self,
-        _caller: &ControlCaller,
+        caller: &ControlCaller,
         reference: &str,
     ) -> Result<Network, ControlError> {
-        self.find_network(reference)
+        let n = self.find_network(reference)?;
+        let spec = n.spec.clone().unwrap_or_default();
+        caller.in_scope("network", &spec.name, &spec.labels)?;
+        Ok(n)
     }
 
     /// A network by name, ID or unique ID prefix.
@@ -291,8 +294,16 @@ impl ControlApi {
         }
     }
 
-    pub fn list_networks(&self, _caller: &ControlCaller) -> Result<Vec<Network>, ControlError> {
+    pub fn list_networks(&self, caller: &ControlCaller) -> Result<Vec<Network>, ControlError> {
         let mut all = self.networks()?;
+        all.retain(|n| {
+            caller.sees(
+                &n.spec
+                    .as_ref()
+                    .map(|s| s.labels.clone())
+                    .unwrap_or_default(),
+            )
+        });
         all.sort_by(|a, b| {
             let name = |n: &Network| n.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
             name(a).cmp(&name(b))
@@ -306,6 +317,7 @@ impl ControlApi {
         mut spec: NetworkSpec,
     ) -> Result<Network, ControlError> {
         validate_network(&spec).map_err(bad)?;
+        caller.may_name("network", &spec.name, &spec.labels)?;
         if spec.driver.is_empty() {
             spec.driver = OVERLAY.into();
         }
@@ -374,7 +386,7 @@ impl ControlApi {
         caller: &ControlCaller,
         reference: &str,
     ) -> Result<(), ControlError> {
-        let n = self.find_network(reference)?;
+        let n = self.get_network(caller, reference)?;
         let name = n.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
         let uses = |c: Option<&ContainerSpec>| {
             c.is_some_and(|c| c.networks.iter().any(|a| a.target == n.id))

@@ -244,6 +244,19 @@ impl ControlApi {
         }
     }
 
+    /// A secret or config by name, ID or unique ID prefix, if in the caller's scope.
+    fn find_secret_for(
+        &self,
+        caller: &ControlCaller,
+        kind: Kind,
+        reference: &str,
+    ) -> Result<Secret, ControlError> {
+        let s = self.find_secret(kind, reference)?;
+        let spec = s.spec.clone().unwrap_or_default();
+        caller.in_scope(kind.name(), &spec.name, &spec.labels)?;
+        Ok(s)
+    }
+
     fn secret_view(&self, kind: Kind, s: Secret) -> Result<SecretView, ControlError> {
         let uses = uses_of(kind, &s.id, &self.services()?);
         Ok(SecretView {
@@ -254,21 +267,29 @@ impl ControlApi {
 
     pub fn get_secret(
         &self,
-        _caller: &ControlCaller,
+        caller: &ControlCaller,
         kind: Kind,
         reference: &str,
     ) -> Result<SecretView, ControlError> {
-        let s = self.find_secret(kind, reference)?;
+        let s = self.find_secret_for(caller, kind, reference)?;
         self.secret_view(kind, s)
     }
 
     pub fn list_secrets(
         &self,
-        _caller: &ControlCaller,
+        caller: &ControlCaller,
         kind: Kind,
     ) -> Result<Vec<SecretView>, ControlError> {
         let services = self.services()?;
         let mut all = self.secrets_of(kind)?;
+        all.retain(|s| {
+            caller.sees(
+                &s.spec
+                    .as_ref()
+                    .map(|x| x.labels.clone())
+                    .unwrap_or_default(),
+            )
+        });
         let name = |s: &Secret| s.spec.as_ref().map(|x| x.name.clone()).unwrap_or_default();
         all.sort_by_key(name);
         Ok(all
@@ -292,6 +313,7 @@ impl ControlApi {
         shoal_proto::limits::check_labels(&format!("{k} label"), &spec.labels)
             .map_err(|e| bad(e.0))?;
         check_data(kind, &data).map_err(bad)?;
+        caller.may_name(k, &spec.name, &spec.labels)?;
         if self
             .secrets_of(kind)?
             .iter()
@@ -331,7 +353,7 @@ impl ControlApi {
     ) -> Result<SecretView, ControlError> {
         let k = kind.name();
         check_data(kind, &data).map_err(bad)?;
-        let id = self.find_secret(kind, reference)?.id;
+        let id = self.find_secret_for(caller, kind, reference)?.id;
         let cur = self
             .get::<Secret>(&id)?
             .ok_or_else(|| ControlError::Conflict(format!("the {k} was removed meanwhile")))?;
@@ -469,7 +491,7 @@ impl ControlApi {
         reference: &str,
     ) -> Result<(), ControlError> {
         let k = kind.name();
-        let s = self.find_secret(kind, reference)?;
+        let s = self.find_secret_for(caller, kind, reference)?;
         let name = s.spec.as_ref().map(|x| x.name.clone()).unwrap_or_default();
         let mut users: Vec<String> = uses_of(kind, &s.id, &self.services()?)
             .into_iter()

@@ -3,8 +3,10 @@
 //! takes the [`ControlCaller`] that check made, and nothing else can make one. Each call
 //! runs in a `control` span naming the call and its caller.
 
+use super::roles::Limits;
 use super::secrets::Kind;
 use super::ControlApi;
+use super::ControlError;
 use crate::security::auth::{authorize, Caller};
 use shoal_pki::Role;
 use shoal_proto::control::control_server::Control;
@@ -23,6 +25,7 @@ use shoal_proto::control::{
     UpdateNodeRequest, UpdateSecretRequest, UpdateServiceRequest,
 };
 use shoal_proto::objects::{Network, Service, Task};
+use std::collections::HashMap;
 use std::future::Future;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -47,6 +50,10 @@ pub const FORWARDED_HEADER: &str = "shoal-forwarded-for";
 /// field is private to this module), so a handler that takes one cannot run unchecked.
 pub struct ControlCaller {
     who: Who,
+    /// The call being made.
+    call: &'static str,
+    /// A user's role and scope (none: the local administrator, or a manager).
+    limits: Option<Limits>,
 }
 
 /// See [`ControlCaller::who`].
@@ -78,17 +85,26 @@ impl ControlCaller {
         if req.extensions().get::<LocalAdmin>().is_some() {
             return Ok(ControlCaller {
                 who: Who::LocalAdmin,
+                call,
+                limits: None,
             });
         }
         let peer = req.extensions().get::<crate::security::auth::PeerInfo>();
         if peer.is_some_and(|p| p.user.is_some() && p.identity.is_none()) {
             let user = crate::security::auth::authorize_user(req, call)?;
-            admins_only(call, user.id.name().as_str(), user.grant.role)?;
+            let limits = Limits {
+                name: user.id.name().to_string(),
+                grant: user.grant.clone(),
+            };
+            limits.check_role(call)?;
             return Ok(ControlCaller {
                 who: Who::User(user),
+                call,
+                limits: Some(limits),
             });
         }
         let caller = authorize(req, call, MANAGERS)?;
+        let mut limits = None;
         let who = match req.metadata().get(FORWARDED_HEADER).map(|v| v.to_str()) {
             None => Who::Node(caller),
             Some(Ok(LOCAL_ADMIN)) => Who::Forwarded { by: caller },
@@ -102,7 +118,12 @@ impl ControlCaller {
                     .access()
                     .check_user_serial(name, serial)
                     .map_err(|r| r.status_for(call, name, serial))?;
-                admins_only(call, name, grant.role)?;
+                let l = Limits {
+                    name: name.to_string(),
+                    grant,
+                };
+                l.check_role(call)?;
+                limits = Some(l);
                 Who::ForwardedUser {
                     by: caller,
                     name: name.to_string(),
@@ -115,7 +136,60 @@ impl ControlCaller {
                 )))
             }
         };
-        Ok(ControlCaller { who })
+        Ok(ControlCaller { who, call, limits })
+    }
+
+    /// The call being made.
+    pub fn call(&self) -> &'static str {
+        self.call
+    }
+
+    /// A user's role and scope; none for the local administrator and managers.
+    pub fn limits(&self) -> Option<&Limits> {
+        self.limits.as_ref()
+    }
+
+    /// Whether the caller may see an object with these labels (lists leave out the
+    /// others).
+    pub fn sees(&self, labels: &HashMap<String, String>) -> bool {
+        self.limits.as_ref().is_none_or(|l| l.sees(labels))
+    }
+
+    /// Refuses an object outside the caller's scope.
+    pub fn in_scope(
+        &self,
+        kind: &str,
+        name: &str,
+        labels: &HashMap<String, String>,
+    ) -> Result<(), ControlError> {
+        self.limits
+            .as_ref()
+            .map_or(Ok(()), |l| l.in_scope(self.call, kind, name, labels))
+    }
+
+    /// Refuses a new or renamed object outside the caller's scope or misnamed for it.
+    pub fn may_name(
+        &self,
+        kind: &str,
+        name: &str,
+        labels: &HashMap<String, String>,
+    ) -> Result<(), ControlError> {
+        self.limits
+            .as_ref()
+            .map_or(Ok(()), |l| l.may_name(self.call, kind, name, labels))
+    }
+
+    /// Refuses a spec that reaches the host to a caller whose role does not allow it.
+    pub fn may_reach_host(
+        &self,
+        kind: &str,
+        name: &str,
+        spec: &shoal_proto::objects::ServiceSpec,
+        nodes: &[shoal_proto::objects::Node],
+    ) -> Result<(), ControlError> {
+        self.limits.as_ref().map_or(Ok(()), |l| {
+            l.may_reach_host(self.call, kind, name, spec, nodes)
+        })
     }
 
     /// The value of [`FORWARDED_HEADER`] that forwards this caller's call to another
@@ -165,26 +239,15 @@ fn parse_forwarded_user(v: &str) -> Option<(&str, &str)> {
     (parts.next().is_none() && !name.is_empty() && !serial.is_empty()).then_some((name, serial))
 }
 
-/// Until the checks of each role and scope are in place (issue #24), a user's calls are
-/// served only for administrators.
-fn admins_only(call: &str, name: &str, role: shoal_proto::objects::UserRole) -> Result<(), Status> {
-    if role == shoal_proto::objects::UserRole::Admin {
-        return Ok(());
-    }
-    Err(Status::permission_denied(format!(
-        "{call} refused: user {name} is a {}, and this version of shoal serves only administrators remotely (the checks of each role are not in place yet); work through an administrator",
-        crate::controlapi::users::role_name(role)
-    )))
-}
-
 /// `out`, cut the moment its caller would be refused a new call: a node (or the
 /// manager that forwarded the call) by its certificate, a user by the store's record of
 /// them (removed, certificate revoked or expired, role narrowed).
 fn guarded<T: Send + 'static>(
     c: &ControlCaller,
-    call: &'static str,
+    stack: Option<String>,
     out: tokio::sync::mpsc::Receiver<Result<T, Status>>,
 ) -> tokio::sync::mpsc::Receiver<Result<T, Status>> {
+    let call = c.call;
     use crate::security::auth::{guard, StreamUser};
     let out = match c.node() {
         Some(node) => guard(node.clone(), out),
@@ -195,7 +258,10 @@ fn guarded<T: Send + 'static>(
         serial,
         call,
         access: std::sync::Arc::clone(access),
-        allows: |g| g.role == shoal_proto::objects::UserRole::Admin,
+        allows: {
+            let stack = stack.clone();
+            Box::new(move |g| Limits::still_allows(g, call, stack.as_deref()))
+        },
     };
     match c.who() {
         Who::User(u) => guard(
@@ -259,7 +325,7 @@ impl Control for ControlService {
                 .and_then(|m| m.start)
                 .ok_or_else(|| Status::invalid_argument("an exec starts with what to run"))?;
             let (tx, rx) = tokio::sync::mpsc::channel(64);
-            let out = api.task_exec(&c, start, rx).await?;
+            let (out, stack) = api.task_exec(&c, start, rx).await?;
             // The user's input, until they go (the end of their stream ends the exec).
             tokio::spawn(async move {
                 while let Ok(Some(m)) = input.message().await {
@@ -268,7 +334,7 @@ impl Control for ControlService {
                     }
                 }
             });
-            let out = guarded(&c, "TaskExec", out);
+            let out = guarded(&c, stack, out);
             Ok(tokio_stream::wrappers::ReceiverStream::new(out))
         })
         .await
@@ -548,9 +614,10 @@ impl Control for ControlService {
         req: Request<TaskLogsRequest>,
     ) -> Result<Response<TaskLogsStream>, Status> {
         self.serve(req, "TaskLogs", |api, c, r| async move {
-            let rx = api.task_logs(&c, &r.reference, r.follow, r.tail).await?;
-            // A node's stream is cut as soon as that node would be refused.
-            let rx = guarded(&c, "TaskLogs", rx);
+            let (rx, stack) = api.task_logs(&c, &r.reference, r.follow, r.tail).await?;
+            // A node's stream is cut as soon as that node would be refused; a user's,
+            // as soon as their role or scope no longer covers the task.
+            let rx = guarded(&c, stack, rx);
             Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
         })
         .await
@@ -696,7 +763,7 @@ mod tests {
     }
 
     #[test]
-    fn a_forwarded_user_is_named_exactly_and_only_administrators_pass_for_now() {
+    fn a_forwarded_user_is_named_exactly() {
         assert_eq!(
             parse_forwarded_user("user alice 4f00"),
             Some(("alice", "4f00"))
@@ -709,13 +776,6 @@ mod tests {
             "local-admin",
         ] {
             assert_eq!(parse_forwarded_user(bad), None, "{bad}");
-        }
-        use shoal_proto::objects::UserRole;
-        assert!(admins_only("ListUsers", "alice", UserRole::Admin).is_ok());
-        for r in [UserRole::Viewer, UserRole::Deployer, UserRole::Operator] {
-            let e = admins_only("ListUsers", "alice", r).unwrap_err();
-            assert_eq!(e.code(), tonic::Code::PermissionDenied);
-            assert!(e.message().contains("user alice is a"), "{}", e.message());
         }
     }
 }

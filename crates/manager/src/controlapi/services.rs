@@ -164,7 +164,18 @@ impl ControlApi {
     /// A service by ID, unique ID prefix, or name.
     pub fn get_service(
         &self,
-        _caller: &ControlCaller,
+        caller: &ControlCaller,
+        reference: &str,
+    ) -> Result<shoal_store::Versioned<Service>, ControlError> {
+        let s = self.find_service(reference)?;
+        let spec = s.value.spec.clone().unwrap_or_default();
+        caller.in_scope("service", &spec.name, &spec.labels)?;
+        Ok(s)
+    }
+
+    /// A service by ID, unique ID prefix, or name, whoever asks.
+    fn find_service(
+        &self,
         reference: &str,
     ) -> Result<shoal_store::Versioned<Service>, ControlError> {
         if let Some(s) = self.get::<Service>(reference)? {
@@ -190,6 +201,17 @@ impl ControlApi {
                 many.len(),
             )),
         }
+    }
+
+    /// Refuses a service spec the caller may not deploy: one that reaches the host
+    /// (below operator), or that uses a network, secret or config outside their scope.
+    fn may_deploy(&self, caller: &ControlCaller, spec: &ServiceSpec) -> Result<(), ControlError> {
+        if caller.limits().is_none() {
+            return Ok(());
+        }
+        let nodes: Vec<Node> = self.list::<Node>()?.into_iter().map(|v| v.value).collect();
+        caller.may_reach_host("service", &spec.name, spec, &nodes)?;
+        self.refs_in_scope(caller, spec.container.as_ref())
     }
 
     fn name_taken(&self, name: &str, except: &str) -> Result<bool, ControlError> {
@@ -233,6 +255,8 @@ impl ControlApi {
         self.resolve_networks(spec.container.get_or_insert_with(Default::default), false)?;
         self.resolve_secrets(spec.container.get_or_insert_with(Default::default))?;
         self.refuse_ambiguous_hostnames(&spec)?;
+        caller.may_name("service", &spec.name, &spec.labels)?;
+        self.may_deploy(caller, &spec)?;
         if self.name_taken(&spec.name, "")? {
             return Err(ControlError::Exists(format!(
                 "a service named {} already exists",
@@ -273,6 +297,13 @@ impl ControlApi {
         self.resolve_secrets(spec.container.get_or_insert_with(Default::default))?;
         self.refuse_ambiguous_hostnames(&spec)?;
         let cur = self.get_service(caller, &req.reference)?;
+        let old_name = cur.value.spec.as_ref().map(|s| s.name.as_str());
+        if old_name == Some(spec.name.as_str()) {
+            caller.in_scope("service", &spec.name, &spec.labels)?;
+        } else {
+            caller.may_name("service", &spec.name, &spec.labels)?;
+        }
+        self.may_deploy(caller, &spec)?;
         if req.spec_version != 0 && req.spec_version != cur.value.spec_version {
             return Err(ControlError::Conflict(format!(
                 "service {} changed meanwhile (version {} now, {} when read): run the update again",
@@ -388,6 +419,8 @@ impl ControlApi {
                 "service {name} is a job: jobs do not roll back"
             )));
         }
+        caller.in_scope("service", &prev.name, &prev.labels)?;
+        self.may_deploy(caller, &prev)?;
         next.previous_spec = next.spec.replace(prev);
         next.spec_version += 1;
         next.updated_at_unix = unix_now();
@@ -413,12 +446,20 @@ impl ControlApi {
 
     pub fn list_services(
         &self,
-        _caller: &ControlCaller,
+        caller: &ControlCaller,
     ) -> Result<ListServicesResponse, ControlError> {
         let services: Vec<Service> = self
             .list::<Service>()?
             .into_iter()
             .map(|v| v.value)
+            .filter(|s| {
+                caller.sees(
+                    &s.spec
+                        .as_ref()
+                        .map(|x| x.labels.clone())
+                        .unwrap_or_default(),
+                )
+            })
             .collect();
         let tasks: Vec<Task> = self.list::<Task>()?.into_iter().map(|v| v.value).collect();
         let nodes: Vec<Node> = self.list::<Node>()?.into_iter().map(|v| v.value).collect();

@@ -1,14 +1,34 @@
 //! Tasks: one-off tasks (`shoal task run`), their list, removal and logs.
+use super::roles::stack_of;
 use super::{runtime_error, validate_spec, ControlApi, ControlCaller, ControlError};
 use shoal_proto::control::{CreateTaskRequest, ListTasksResponse};
-use shoal_proto::objects::{Availability, Node, NodeState, Task, TaskState, TaskStatus};
+use shoal_proto::objects::{Availability, Node, NodeState, Service, Task, TaskState, TaskStatus};
 use shoal_proto::HOST_NETWORK;
 use shoal_store::{Batch, Expect, StoreError};
+use std::collections::HashMap;
 use tonic::Status;
 
 impl ControlApi {
     /// A task by ID, unique ID prefix, or name.
-    pub fn get_task(&self, _caller: &ControlCaller, reference: &str) -> Result<Task, ControlError> {
+    pub fn get_task(&self, caller: &ControlCaller, reference: &str) -> Result<Task, ControlError> {
+        let t = self.find_task(reference)?;
+        caller.in_scope("task", &t.name, &self.task_labels(&t))?;
+        Ok(t)
+    }
+
+    /// The labels that put a task in a stack: its service's, or (a one-off task, or one
+    /// whose service is gone) its container's.
+    pub(crate) fn task_labels(&self, t: &Task) -> HashMap<String, String> {
+        if let Ok(Some(s)) = self.get::<Service>(&t.service_id) {
+            return s.value.spec.map(|x| x.labels).unwrap_or_default();
+        }
+        t.spec
+            .as_ref()
+            .map(|c| c.labels.clone())
+            .unwrap_or_default()
+    }
+
+    fn find_task(&self, reference: &str) -> Result<Task, ControlError> {
         if let Some(t) = self.get::<Task>(reference)? {
             return Ok(t.value);
         }
@@ -43,6 +63,8 @@ impl ControlApi {
         validate_spec(&spec)?;
         self.resolve_networks(&mut spec, true)?;
         self.resolve_secrets(&mut spec)?;
+        caller.in_scope("task", &req.name, &spec.labels)?;
+        self.refs_in_scope(caller, Some(&spec))?;
         if !req.name.is_empty() {
             shoal_proto::limits::check_name("task name", &req.name)
                 .map_err(ControlError::BadRequest)?;
@@ -149,6 +171,7 @@ impl ControlApi {
             .map(|v| v.value)
             .filter(|t| node_id.as_ref().is_none_or(|n| &t.node_id == n))
             .filter(|t| service_id.is_empty() || t.service_id == service_id)
+            .filter(|t| caller.limits().is_none() || caller.sees(&self.task_labels(t)))
             .collect();
         tasks.sort_by(|a, b| {
             a.name
@@ -202,9 +225,10 @@ impl ControlApi {
         reference: &str,
         follow: bool,
         tail: u64,
-    ) -> Result<crate::dispatcher::logs::LogStream, Status> {
+    ) -> Result<(crate::dispatcher::logs::LogStream, Option<String>), Status> {
         let task = self.get_task(caller, reference)?;
-        self.logs.subscribe(&task, follow, tail).await
+        let stack = stack_of(&self.task_labels(&task)).map(str::to_string);
+        Ok((self.logs.subscribe(&task, follow, tail).await?, stack))
     }
 
     /// Runs `start` in a running task's container, relayed through its node; `input`
@@ -214,7 +238,7 @@ impl ControlApi {
         caller: &ControlCaller,
         start: shoal_proto::dispatcher::ExecStart,
         input: tokio::sync::mpsc::Receiver<shoal_proto::dispatcher::ExecInput>,
-    ) -> Result<crate::dispatcher::exec::ExecStream, Status> {
+    ) -> Result<(crate::dispatcher::exec::ExecStream, Option<String>), Status> {
         if start.cmd.is_empty() {
             return Err(Status::invalid_argument("exec needs a command to run"));
         }
@@ -229,6 +253,7 @@ impl ControlApi {
                     .unwrap_or_default()
             )));
         }
-        self.logs.exec_open(&task, start, input).await
+        let stack = stack_of(&self.task_labels(&task)).map(str::to_string);
+        Ok((self.logs.exec_open(&task, start, input).await?, stack))
     }
 }

@@ -149,8 +149,8 @@ pub struct StreamUser {
     pub serial: String,
     pub call: &'static str,
     pub access: Arc<AccessList>,
-    /// Whether a grant still allows the stream.
-    pub allows: fn(&crate::security::access::UserGrant) -> bool,
+    /// Whether a grant still allows the stream (its role and scope).
+    pub allows: Box<dyn Fn(&crate::security::access::UserGrant) -> bool + Send + Sync>,
 }
 
 impl StreamUser {

@@ -1,0 +1,463 @@
+//! Issue #24: what each role may do, and what a scope lets a user reach. Every user
+//! works from a workstation of their own (a network namespace with no shoal daemon),
+//! through the leader and through a follower.
+
+mod common;
+
+use common::*;
+use shoal_testbed::{CliOutput, Testbed};
+
+/// Makes user `name` with `role` (and scopes) on the socket, and logs them in on a new
+/// workstation; returns the workstation.
+fn user_on_workstation(tb: &mut Testbed, name: &str, role: &str, scopes: &[&str]) -> usize {
+    let mut args = vec!["user", "create", name, "--role", role, "-q"];
+    for s in scopes {
+        args.extend(["--scope", s]);
+    }
+    let token = tb.cli_ok(0, &args).unwrap().trim().to_string();
+    let ws = tb.add_workstation().unwrap();
+    let leader = tb.nodes[0].ip.clone();
+    let o = tb.ws_cli(ws, &["login", "--token", &token, &leader]);
+    assert!(o.success, "login of {name}: {}", o.stderr);
+    ws
+}
+
+/// `shoal -H tcp://ADDR ARGS` on workstation `ws`.
+fn remote(tb: &Testbed, ws: usize, addr: &str, args: &[&str]) -> CliOutput {
+    let host = format!("tcp://{addr}");
+    let mut full = vec!["-H", host.as_str()];
+    full.extend_from_slice(args);
+    tb.ws_cli(ws, &full)
+}
+
+const ROLES: [&str; 4] = ["viewer", "deployer", "operator", "admin"];
+
+fn rank(role: &str) -> usize {
+    ROLES.iter().position(|r| *r == role).unwrap()
+}
+
+#[test]
+fn each_role_does_what_it_may_through_the_leader_and_a_follower() {
+    let mut tb = ha_cluster(2, 1);
+    import_busybox(&tb, 2);
+    let worker = tb.nodes[2].name.clone();
+    // What the operations work on, made by the administrator on the socket.
+    tb.cli_ok(
+        0,
+        &[
+            "service",
+            "create",
+            "--name",
+            "app",
+            "--constraint",
+            "node.role==worker",
+            "--stop-grace-period",
+            "300ms",
+            "busybox",
+            "sh",
+            "-c",
+            "while true; do echo tick; sleep 0.5; done",
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
+    let task = tb.cli_ok(0, &["service", "ps", "-q", "app"]).unwrap();
+    let task = task.lines().next().unwrap().trim().to_string();
+    let secret_file = tb.dir().join("secret.txt");
+    std::fs::write(&secret_file, "s3cret-value").unwrap();
+    let secret_file = secret_file.to_str().unwrap().to_string();
+    tb.cli_ok(0, &["secret", "create", "db_pw", &secret_file])
+        .unwrap();
+
+    let mut users = Vec::new();
+    for role in ROLES {
+        let ws = user_on_workstation(&mut tb, role, role, &[]);
+        users.push((role, ws));
+    }
+    let managers = [
+        ("leader", tb.nodes[0].ip.clone()),
+        ("follower", tb.nodes[1].ip.clone()),
+    ];
+
+    for (via, addr) in &managers {
+        for (role, ws) in &users {
+            let u = format!("{role}-{via}");
+            let svc = format!("web-{u}");
+            // (what, arguments, the least role, what a refusal says)
+            let ops: Vec<(&str, Vec<String>, &str, &str)> = vec![
+                ("service ls", args(&["service", "ls"]), "viewer", ""),
+                ("logs", args(&["task", "logs", &task]), "viewer", ""),
+                (
+                    "secret inspect",
+                    args(&["secret", "inspect", "db_pw"]),
+                    "viewer",
+                    "",
+                ),
+                (
+                    "service create",
+                    args(&[
+                        "service",
+                        "create",
+                        "-d",
+                        "--replicas",
+                        "0",
+                        "--name",
+                        &svc,
+                        "busybox",
+                    ]),
+                    "deployer",
+                    "needs the deployer role",
+                ),
+                (
+                    "service update",
+                    args(&[
+                        "service",
+                        "update",
+                        "-d",
+                        "--label-add",
+                        &format!("by={u}"),
+                        "app",
+                    ]),
+                    "deployer",
+                    "needs the deployer role",
+                ),
+                (
+                    "service rm",
+                    args(&["service", "rm", &svc]),
+                    "deployer",
+                    "needs the deployer role",
+                ),
+                (
+                    "secret create",
+                    args(&["secret", "create", &format!("pw-{u}"), &secret_file]),
+                    "deployer",
+                    "needs the deployer role",
+                ),
+                (
+                    "bind mount",
+                    args(&[
+                        "service",
+                        "create",
+                        "-d",
+                        "--replicas",
+                        "0",
+                        "--name",
+                        &format!("bind-{u}"),
+                        "--mount",
+                        "type=bind,source=/etc,target=/host-etc",
+                        "busybox",
+                    ]),
+                    "operator",
+                    "reaches the host (a bind mount of host path /etc)",
+                ),
+                (
+                    "host network",
+                    args(&[
+                        "service",
+                        "create",
+                        "-d",
+                        "--replicas",
+                        "0",
+                        "--name",
+                        &format!("hostnet-{u}"),
+                        "--network",
+                        "host",
+                        "busybox",
+                    ]),
+                    "operator",
+                    "reaches the host (--network host)",
+                ),
+                (
+                    "cap-add",
+                    args(&[
+                        "service",
+                        "create",
+                        "-d",
+                        "--replicas",
+                        "0",
+                        "--name",
+                        &format!("caps-{u}"),
+                        "--cap-add",
+                        "NET_ADMIN",
+                        "busybox",
+                    ]),
+                    "operator",
+                    "reaches the host (--cap-add CAP_NET_ADMIN)",
+                ),
+                (
+                    "node update",
+                    args(&["node", "update", "--label-add", &format!("by={u}"), &worker]),
+                    "operator",
+                    "needs the operator role",
+                ),
+                (
+                    "task exec",
+                    args(&["task", "exec", &task, "echo", "inside"]),
+                    "operator",
+                    "needs the operator role",
+                ),
+                (
+                    "user create",
+                    args(&[
+                        "user",
+                        "create",
+                        &format!("u-{u}"),
+                        "--role",
+                        "viewer",
+                        "-q",
+                    ]),
+                    "admin",
+                    "needs the admin role",
+                ),
+                (
+                    "join-token",
+                    args(&["join-token", "worker"]),
+                    "admin",
+                    "needs the admin role",
+                ),
+            ];
+            for (what, a, least, refusal) in ops {
+                let a: Vec<&str> = a.iter().map(String::as_str).collect();
+                let o = remote(&tb, *ws, addr, &a);
+                let allowed = rank(role) >= rank(least);
+                assert_eq!(
+                    o.success, allowed,
+                    "{what} as {role} through the {via}: {}{}",
+                    o.stdout, o.stderr
+                );
+                if !allowed {
+                    // A viewer is refused a write before its spec is looked at.
+                    let refusal = if *role == "viewer" && refusal.starts_with("reaches") {
+                        "needs the deployer role"
+                    } else {
+                        refusal
+                    };
+                    assert!(
+                        o.stderr.contains(refusal) && o.stderr.contains(&format!("user {role}")),
+                        "{what} as {role} through the {via}: {}",
+                        o.stderr
+                    );
+                }
+                if allowed && what == "task exec" {
+                    assert!(o.stdout.contains("inside"), "{}", o.stdout);
+                }
+                if allowed && what == "logs" {
+                    assert!(o.stdout.contains("tick"), "{}", o.stdout);
+                }
+                if allowed && what == "secret inspect" {
+                    assert!(!o.stdout.contains("s3cret-value"), "{}", o.stdout);
+                }
+            }
+        }
+    }
+    // What the allowed calls did is there; nothing refused left a trace.
+    let ls = tb.cli_ok(0, &["service", "ls"]).unwrap();
+    for (role, _) in &users {
+        let made = rank(role) >= rank("operator");
+        for via in ["leader", "follower"] {
+            assert_eq!(ls.contains(&format!("bind-{role}-{via}")), made, "{ls}");
+            assert!(!ls.contains(&format!("web-{role}-{via}")), "removed: {ls}");
+        }
+    }
+    let users_ls = tb.cli_ok(0, &["user", "ls", "-q"]).unwrap();
+    assert!(users_ls.contains("u-admin-leader") && users_ls.contains("u-admin-follower"));
+    assert!(!users_ls.contains("u-operator"), "{users_ls}");
+
+    // The CA's rotation: an administrator's alone (last: it retires the root that
+    // signed every user's certificate).
+    let follower = managers[1].1.clone();
+    for (role, ws) in &users[..3] {
+        let o = remote(&tb, *ws, &follower, &["ca", "--rotate", "--detach"]);
+        assert!(
+            !o.success
+                && o.stderr.contains("RotateCa refused")
+                && o.stderr.contains("needs the admin role"),
+            "{role}: {}",
+            o.stderr
+        );
+    }
+    let o = remote(&tb, users[3].1, &follower, &["ca", "--rotate", "--detach"]);
+    assert!(o.success, "{}", o.stderr);
+}
+
+fn args(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
+}
+
+const SHOP: &str = "
+services:
+  web:
+    image: busybox
+    command: sleep 1000
+    deploy:
+      replicas: 0
+    secrets: [pw]
+secrets:
+  pw:
+    file: ./pw.txt
+";
+
+const BLOG: &str = "
+services:
+  web:
+    image: busybox
+    command: sleep 1000
+    deploy:
+      replicas: 0
+";
+
+#[test]
+fn a_deployer_of_one_stack_deploys_it_and_reaches_nothing_else() {
+    let mut tb = ha_cluster(1, 0);
+    let dir = tb.dir().to_path_buf();
+    std::fs::write(dir.join("pw.txt"), "pw").unwrap();
+    std::fs::write(dir.join("shop.yml"), SHOP).unwrap();
+    std::fs::write(dir.join("blog.yml"), BLOG).unwrap();
+    let file = |n: &str| dir.join(n).to_str().unwrap().to_string();
+    // The administrator's: the blog stack, and a service in no stack.
+    tb.cli_ok(
+        0,
+        &["stack", "deploy", "-d", "-c", &file("blog.yml"), "blog"],
+    )
+    .unwrap();
+    tb.cli_ok(
+        0,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--replicas",
+            "0",
+            "--name",
+            "plain",
+            "busybox",
+        ],
+    )
+    .unwrap();
+    let ws = user_on_workstation(&mut tb, "sam", "deployer", &["shop"]);
+    let leader = tb.nodes[0].ip.clone();
+    let run = |a: &[&str]| remote(&tb, ws, &leader, a);
+
+    // Their own stack: deployed, listed, changed.
+    let o = run(&["stack", "deploy", "-d", "-c", &file("shop.yml"), "shop"]);
+    assert!(o.success, "{}", o.stderr);
+    let ls = run(&["service", "ls"]);
+    assert!(ls.success, "{}", ls.stderr);
+    assert!(ls.stdout.contains("shop_web"), "{}", ls.stdout);
+    // Lists leave out what is not theirs.
+    assert!(
+        !ls.stdout.contains("blog_web") && !ls.stdout.contains("plain"),
+        "{}",
+        ls.stdout
+    );
+    let secrets = run(&["secret", "ls"]).stdout;
+    assert!(secrets.contains("shop_pw"), "{secrets}");
+    assert!(run(&["service", "update", "-d", "--replicas", "1", "shop_web"]).success);
+
+    // Another stack's objects, and objects in no stack: refused, saying why.
+    let refused = |a: &[&str], says: &str| {
+        let o = run(a);
+        assert!(!o.success, "{a:?} was allowed: {}", o.stdout);
+        assert!(
+            o.stderr.contains("user sam may act only in stack shop"),
+            "{a:?}: {}",
+            o.stderr
+        );
+        assert!(o.stderr.contains(says), "{a:?}: {}", o.stderr);
+    };
+    refused(
+        &["service", "rm", "blog_web"],
+        "service blog_web is in stack blog",
+    );
+    refused(
+        &["service", "inspect", "blog_web"],
+        "service blog_web is in stack blog",
+    );
+    refused(
+        &["service", "update", "-d", "--replicas", "2", "plain"],
+        "service plain is in no stack",
+    );
+    refused(
+        &[
+            "service",
+            "create",
+            "-d",
+            "--replicas",
+            "0",
+            "--name",
+            "web",
+            "busybox",
+        ],
+        "service web is in no stack",
+    );
+    refused(
+        &[
+            "service",
+            "create",
+            "-d",
+            "--replicas",
+            "0",
+            "--name",
+            "blog_api",
+            "--label",
+            "com.docker.stack.namespace=blog",
+            "busybox",
+        ],
+        "service blog_api is in stack blog",
+    );
+    refused(
+        &["stack", "deploy", "-d", "-c", &file("blog.yml"), "blog"],
+        "is in stack blog",
+    );
+    refused(
+        &["network", "rm", "blog_default"],
+        "network blog_default is in stack blog",
+    );
+    // Their stack's label on a service cannot reach another stack's network.
+    refused(
+        &[
+            "service",
+            "create",
+            "-d",
+            "--replicas",
+            "0",
+            "--name",
+            "shop_spy",
+            "--label",
+            "com.docker.stack.namespace=shop",
+            "--network",
+            "blog_default",
+            "busybox",
+        ],
+        "network blog_default is in stack blog",
+    );
+    // A name another stack will need is not theirs to take.
+    let o = run(&[
+        "service",
+        "create",
+        "-d",
+        "--replicas",
+        "0",
+        "--name",
+        "blog_x",
+        "--label",
+        "com.docker.stack.namespace=shop",
+        "busybox",
+    ]);
+    assert!(
+        !o.success && o.stderr.contains("only shop_<name>"),
+        "{}",
+        o.stderr
+    );
+    // Nothing of blog's changed.
+    let inspect = tb.cli_ok(0, &["service", "inspect", "blog_web"]).unwrap();
+    assert!(!inspect.contains("shop"), "{inspect}");
+    assert!(tb.cli_ok(0, &["service", "ls"]).unwrap().contains("plain"));
+
+    // Their own stack goes as it came.
+    let o = run(&["stack", "rm", "-d", "shop"]);
+    assert!(o.success, "{}", o.stderr);
+    assert!(!tb
+        .cli_ok(0, &["service", "ls"])
+        .unwrap()
+        .contains("shop_web"));
+}
