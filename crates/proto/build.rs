@@ -9,6 +9,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/shoal/raft.proto",
     ];
     let fds = protox::compile(files, ["proto"])?;
+    // The descriptors themselves, for what reads a message by its schema (the audit
+    // log records a control request as JSON, secrets redacted by field).
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("shoal.fds"), prost::Message::encode_to_vec(&fds))?;
     // Secret data never reaches a log through Debug (lib.rs implements it, redacted).
     tonic_prost_build::configure()
         .skip_debug(["shoal.objects.SecretVersion", "shoal.dispatcher.SecretData"])

@@ -97,8 +97,10 @@ pub async fn init_cluster(
             snapshot_interval: params.snapshot_interval,
             election_timeout_ms: params.election_timeout.as_millis() as u64,
             autolock: params.unlock_key.is_some(),
-            // 0: the default (12 hours).
+            // 0: the defaults (12 hours; 64 MiB and 10 files of audit log).
             user_cert_expiry_secs: 0,
+            audit_max_bytes: 0,
+            audit_keep: 0,
         }),
         unlock_key: params
             .unlock_key

@@ -15,6 +15,7 @@
 //! cluster.
 
 pub mod allocator;
+pub mod audit;
 pub mod bootstrap;
 pub mod ca_server;
 pub mod cluster;

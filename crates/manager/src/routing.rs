@@ -9,6 +9,7 @@
 //! write even when its name reads like a read. A method missing from the table goes to
 //! the leader, which is always correct, only slower.
 
+use crate::audit::{self, AuditLog};
 use crate::cluster::leader_addr;
 use crate::controlapi::{ControlService, LocalAdmin, FORWARDED_HEADER, LOCAL_ADMIN};
 use crate::listener::IdentityHandle;
@@ -132,6 +133,8 @@ pub struct ControlRouter {
     view: ClusterView,
     local: ControlServer<ControlService>,
     leader: Arc<LeaderLink>,
+    /// Where a forwarded call is recorded (the leader records it too, by the same ID).
+    audit: Arc<AuditLog>,
 }
 
 /// The channel to the leader, kept while the leader's address and this manager's
@@ -156,11 +159,13 @@ impl ControlRouter {
         local: ControlServer<ControlService>,
         identity: IdentityHandle,
         dial: Dial,
+        audit: Arc<AuditLog>,
     ) -> ControlRouter {
         ControlRouter {
             store,
             view,
             local,
+            audit,
             leader: Arc::new(LeaderLink {
                 identity,
                 dial,
@@ -172,15 +177,27 @@ impl ControlRouter {
     /// Serves one control call of this node's local administrator (the unix socket's
     /// server calls this; nothing from the network reaches it).
     pub async fn serve_local(&self, req: HttpRequest) -> HttpResponse {
-        self.serve(req, Front::Local).await
+        // The peer's user ID, for the audit log.
+        let uid = req
+            .extensions()
+            .get::<tonic::transport::server::UdsConnectInfo>()
+            .and_then(|i| i.peer_cred)
+            .map(|c| c.uid());
+        self.serve(req, Front::Local(uid)).await
     }
 
     /// Serves one control call of a user over mTLS (the listener verified their
     /// certificate and attached it to `req`); a write on a follower goes to the leader
     /// naming the user, who is checked there again.
     pub async fn serve_user(&self, req: HttpRequest, name: &str, serial: &str) -> HttpResponse {
-        self.serve(req, Front::User(format!("user {name} {serial}")))
-            .await
+        self.serve(
+            req,
+            Front::User {
+                name: name.to_string(),
+                serial: serial.to_string(),
+            },
+        )
+        .await
     }
 
     async fn serve(&self, req: HttpRequest, front: Front) -> HttpResponse {
@@ -219,8 +236,8 @@ impl ControlRouter {
         front: &Front,
         stale: Option<String>,
     ) -> HttpResponse {
-        if matches!(front, Front::Local) {
-            req.extensions_mut().insert(LocalAdmin);
+        if let Front::Local(uid) = front {
+            req.extensions_mut().insert(LocalAdmin { uid: *uid });
         }
         let mut svc = self.local.clone();
         let Ok(mut resp) = tonic::codegen::Service::call(&mut svc, req).await;
@@ -230,17 +247,85 @@ impl ControlRouter {
         resp
     }
 
-    async fn forward(&self, mut req: HttpRequest, front: &Front, addr: &str) -> HttpResponse {
+    /// Forwards a call to the leader, recording it here under the audit ID the
+    /// leader's record of it will carry.
+    async fn forward(&self, req: HttpRequest, front: &Front, addr: &str) -> HttpResponse {
+        let started = std::time::Instant::now();
+        let id = audit::new_id();
+        let mut rec = audit::Record {
+            time: audit::now(),
+            audit_id: id.clone(),
+            method: req
+                .uri()
+                .path()
+                .rsplit('/')
+                .next()
+                .unwrap_or("")
+                .to_string(),
+            forwarded_to: addr.to_string(),
+            decision: "forward",
+            rule: "a write goes to the leader, which decides".into(),
+            ..Default::default()
+        };
+        match front {
+            Front::Local(uid) => {
+                rec.principal = uid.map_or("local-admin".into(), |u| format!("local uid {u}"))
+            }
+            Front::User { name, serial } => {
+                rec.principal = format!("user {name}");
+                rec.serial = serial.clone();
+            }
+        }
+        (rec.kind, _) = audit::object_of(&rec.method, None);
+        if let Err(s) = self.audit.admit() {
+            return s.into_http();
+        }
+        let mut resp = self.forward_call(req, front, addr, &id).await;
+        // An error before any message comes as headers only (a success's status
+        // comes in the trailers, after the body this manager passes on).
+        match Status::from_header_map(resp.headers()).filter(|s| s.code() != tonic::Code::Ok) {
+            None => rec.outcome = "ok".into(),
+            Some(s) => {
+                rec.outcome = format!("{:?}", s.code());
+                rec.error = s.message().to_string();
+            }
+        }
+        rec.latency_us = started.elapsed().as_micros() as u64;
+        let (max_bytes, keep) =
+            audit::settings(self.view.current().cluster().and_then(|c| c.value.spec));
+        if let Err(e) = self.audit.write(&rec, max_bytes, keep) {
+            tracing::error!(error = e.message(), audit_id = %id, "a forwarded call's audit record was not written");
+        }
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            resp.headers_mut()
+                .entry(audit::AUDIT_ID_HEADER)
+                .or_insert(v);
+        }
+        resp
+    }
+
+    async fn forward_call(
+        &self,
+        mut req: HttpRequest,
+        front: &Front,
+        addr: &str,
+        audit_id: &str,
+    ) -> HttpResponse {
         let who = match front {
-            Front::Local => HeaderValue::from_static(LOCAL_ADMIN),
-            Front::User(v) => match HeaderValue::from_str(v) {
-                Ok(v) => v,
-                Err(_) => {
-                    return Status::invalid_argument("a user name that is not text").into_http()
+            Front::Local(_) => HeaderValue::from_static(LOCAL_ADMIN),
+            Front::User { name, serial } => {
+                match HeaderValue::from_str(&format!("user {name} {serial}")) {
+                    Ok(v) => v,
+                    Err(_) => {
+                        return Status::invalid_argument("a user name that is not text").into_http()
+                    }
                 }
-            },
+            }
         };
         req.headers_mut().insert(FORWARDED_HEADER, who);
+        if let Ok(v) = HeaderValue::from_str(audit_id) {
+            req.headers_mut().insert(audit::AUDIT_ID_HEADER, v);
+        }
         let unreachable = |why: String| {
             Status::unavailable(format!(
                 "this manager is a follower and cannot reach the leader at {addr}: {why}"
@@ -281,10 +366,10 @@ impl ControlRouter {
 
 /// Where a call came in.
 enum Front {
-    /// The node's unix socket: its local administrator.
-    Local,
-    /// A user over mTLS: the forwarded-for header value naming them.
-    User(String),
+    /// The node's unix socket: its local administrator (by user ID, when known).
+    Local(Option<u32>),
+    /// A user over mTLS, by name and certificate serial.
+    User { name: String, serial: String },
 }
 
 impl LeaderLink {

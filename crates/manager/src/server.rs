@@ -34,6 +34,8 @@ pub struct ManagerConfig {
     pub key_pkcs8: Vec<u8>,
     /// How a follower reaches the leader to forward its local administrator's writes.
     pub dial: crate::routing::Dial,
+    /// Where the audit log is kept (`<state dir>/audit`).
+    pub audit_dir: std::path::PathBuf,
 }
 
 /// A running manager. Dropping it does not stop it: call [`Manager::shutdown`].
@@ -54,6 +56,11 @@ pub enum ManagerError {
     Store(#[from] shoal_store::StoreError),
     #[error("the cluster's root CA in the store is unusable: {0}")]
     Pki(#[from] shoal_pki::PkiError),
+    #[error("cannot open the audit log in {dir}: {source} (a manager does not serve calls it cannot record)")]
+    Audit {
+        dir: std::path::PathBuf,
+        source: io::Error,
+    },
 }
 
 /// The listener of a manager that is joining the Raft group: until its store holds the
@@ -145,7 +152,18 @@ impl Manager {
 
         let (terms_tx, terms) = tokio::sync::watch::channel(None);
         let dispatcher = Dispatcher::new(cfg.store.clone(), view.clone(), ca.clone(), terms);
-        let control = ControlApi::new(cfg.store.clone(), view.clone(), dispatcher.logs.clone());
+        let audit =
+            crate::audit::AuditLog::open(&cfg.audit_dir).map_err(|source| ManagerError::Audit {
+                dir: cfg.audit_dir.clone(),
+                source,
+            })?;
+        tasks.spawn(audit.clone().run_flusher(cancel.clone()));
+        let control = ControlApi::new(
+            cfg.store.clone(),
+            view.clone(),
+            dispatcher.logs.clone(),
+            audit.clone(),
+        );
         let loops = leader_loops(&cfg.store, &view, &dispatcher);
         let leadership = crate::leader::follow_store(&cfg.store, cancel.clone());
         tasks.spawn(crate::leader::supervise(
@@ -161,6 +179,7 @@ impl Manager {
             control_server.clone(),
             identity.clone(),
             cfg.dial,
+            audit,
         );
         let grpc = tonic::transport::Server::builder()
             .add_service(CaRpcServer::new(CaServer::new(

@@ -33,6 +33,9 @@ pub mod raft {
 pub mod limits;
 pub mod options;
 
+/// Every message and service of shoal's protocol, as an encoded `FileDescriptorSet`.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/shoal.fds"));
+
 /// The network a service names to keep its tasks in their node's own network namespace
 /// (the manager allocates nothing for it; the agent attaches nothing).
 pub const HOST_NETWORK: &str = "host";

@@ -40,6 +40,12 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// A size like 64MiB, 100MB or 1048576 (bytes).
+fn parse_size(s: &str) -> Result<u64, String> {
+    shoal_proto::options::parse_bytes(s)
+        .and_then(|b| u64::try_from(b).map_err(|_| format!("{s:?} is not a size")))
+}
+
 pub(crate) fn parse_duration_pub(s: &str) -> Result<Duration, String> {
     parse_duration(s)
 }
@@ -187,6 +193,12 @@ enum Cmd {
         /// Life of user certificates issued from now on (default 12h, at most 90d).
         #[arg(long, value_parser = parse_duration)]
         user_cert_expiry: Option<Duration>,
+        /// The size at which each manager's audit log is rotated (default 64MiB), e.g. 128MiB.
+        #[arg(long, value_parser = parse_size)]
+        audit_max_size: Option<u64>,
+        /// How many rotated audit log files each manager keeps (default 10).
+        #[arg(long)]
+        audit_keep: Option<u32>,
     },
     /// Unlock a manager that restarted locked: reads the unlock key from standard input.
     Unlock,
@@ -198,6 +210,24 @@ enum Cmd {
         /// Replace the key; managers need the new one from their next restart.
         #[arg(long)]
         rotate: bool,
+    },
+    /// Read this manager's audit log: one record per control call it took.
+    Audit {
+        /// Only records since this time: a duration ago (10m, 2h) or an RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only this user's calls.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only calls on this object (a name, an ID or an ID prefix).
+        #[arg(long)]
+        object: Option<String>,
+        /// Go on printing records as they are written.
+        #[arg(short, long)]
+        follow: bool,
+        /// "json": the records as the log holds them, one JSON object per line.
+        #[arg(long)]
+        format: Option<String>,
     },
     /// Show this node's cluster membership.
     Info {
@@ -518,6 +548,7 @@ fn node_only(cmd: &Cmd) -> Option<&'static str> {
         Cmd::Join { .. } => "join",
         Cmd::Leave { .. } => "leave",
         Cmd::Info { .. } => "info",
+        Cmd::Audit { .. } => "audit",
         Cmd::Unlock => "unlock",
         Cmd::Backup { .. } => "backup",
         Cmd::Image { .. } => "image",
@@ -660,12 +691,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Cmd::Leave { force } => c.leave(force).await,
             Cmd::Info { format } => c.info(format.as_deref()).await,
+            Cmd::Audit {
+                since,
+                user,
+                object,
+                follow,
+                format,
+            } => {
+                c.audit(cli::audit::AuditArgs {
+                    since,
+                    user,
+                    object,
+                    follow,
+                    format,
+                })
+                .await
+            }
             Cmd::Update {
                 cert_expiry,
                 snapshot_interval,
                 election_timeout,
                 autolock,
                 user_cert_expiry,
+                audit_max_size,
+                audit_keep,
             } => {
                 c.update_cluster(cli::cluster::ClusterUpdate {
                     cert_expiry,
@@ -673,6 +722,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     election_timeout,
                     autolock,
                     user_cert_expiry,
+                    audit_max_size,
+                    audit_keep,
                 })
                 .await
             }

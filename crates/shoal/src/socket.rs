@@ -190,6 +190,45 @@ impl Local for LocalApi {
             reclaimed_bytes,
         }))
     }
+
+    type AuditStream =
+        tokio_stream::wrappers::ReceiverStream<Result<shoal_proto::local::AuditRecord, Status>>;
+
+    async fn audit(
+        &self,
+        req: Request<shoal_proto::local::AuditRequest>,
+    ) -> Result<Response<Self::AuditStream>, Status> {
+        let r = req.into_inner();
+        let dir = self.0.opts.state_dir.join("audit");
+        if !dir.join(shoal_manager::audit::FILE).exists() {
+            return Err(Status::failed_precondition(
+                "this node keeps no audit log: it has never been a manager; run 'shoal audit' on a manager",
+            ));
+        }
+        let filter = shoal_manager::audit::Filter {
+            since_unix_ms: r.since_unix_ms,
+            user: r.user,
+            object: r.object,
+        };
+        let (lines_tx, mut lines) = tokio::sync::mpsc::channel::<String>(256);
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        std::thread::spawn(move || {
+            if let Err(e) = shoal_manager::audit::read(&dir, &filter, r.follow, &lines_tx) {
+                tracing::warn!(error = %e, "reading the audit log");
+            }
+        });
+        tokio::spawn(async move {
+            while let Some(line) = lines.recv().await {
+                let rec = shoal_proto::local::AuditRecord { line };
+                if tx.send(Ok(rec)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
 }
 
 async fn volume_blocking<T: Send + 'static>(

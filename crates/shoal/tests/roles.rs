@@ -78,6 +78,7 @@ fn each_role_does_what_it_may_through_the_leader_and_a_follower() {
         ("follower", tb.nodes[1].ip.clone()),
     ];
 
+    let mut calls = Vec::new();
     for (via, addr) in &managers {
         for (role, ws) in &users {
             let u = format!("{role}-{via}");
@@ -102,6 +103,8 @@ fn each_role_does_what_it_may_through_the_leader_and_a_follower() {
                         "0",
                         "--name",
                         &svc,
+                        "-e",
+                        "API_KEY=hunter2",
                         "busybox",
                     ]),
                     "deployer",
@@ -219,6 +222,12 @@ fn each_role_does_what_it_may_through_the_leader_and_a_follower() {
                 let a: Vec<&str> = a.iter().map(String::as_str).collect();
                 let o = remote(&tb, *ws, addr, &a);
                 let allowed = rank(role) >= rank(least);
+                calls.push(Call {
+                    role,
+                    method: method_of(what),
+                    allowed,
+                    audit_id: audit_id_in(&o.stderr),
+                });
                 assert_eq!(
                     o.success, allowed,
                     "{what} as {role} through the {via}: {}{}",
@@ -262,6 +271,109 @@ fn each_role_does_what_it_may_through_the_leader_and_a_follower() {
     assert!(users_ls.contains("u-admin-leader") && users_ls.contains("u-admin-follower"));
     assert!(!users_ls.contains("u-operator"), "{users_ls}");
 
+    // Every call above is in the audit log of the manager that took it (and of the
+    // leader, for a write a follower forwarded), refusals too; no secret or
+    // environment value is.
+    let logs: Vec<Vec<serde_json::Value>> = (0..2).map(|i| audit_lines(&tb, i)).collect();
+    let all: Vec<&serde_json::Value> = logs.iter().flatten().collect();
+    for c in &calls {
+        let principal = format!("user {}", c.role);
+        if c.allowed {
+            assert!(
+                all.iter().any(|r| r["principal"] == principal.as_str()
+                    && r["method"] == c.method
+                    && r["decision"] == "allow"
+                    && r["outcome"] == "ok"),
+                "no record of {} by {principal}",
+                c.method
+            );
+            continue;
+        }
+        let id = c.audit_id.as_deref().unwrap_or_else(|| {
+            panic!(
+                "the refusal of {} to {principal} names no audit ID",
+                c.method
+            )
+        });
+        let lines: Vec<&&serde_json::Value> = all.iter().filter(|r| r["audit_id"] == id).collect();
+        let denied = lines.iter().filter(|r| r["decision"] == "deny").count();
+        let forwarded = lines.iter().filter(|r| r["decision"] == "forward").count();
+        assert_eq!(
+            (denied, lines.len() - denied - forwarded),
+            (1, 0),
+            "{id}: {lines:?}"
+        );
+        assert!(forwarded <= 1, "{lines:?}");
+        let deny = lines.iter().find(|r| r["decision"] == "deny").unwrap();
+        assert_eq!(deny["principal"], principal.as_str());
+        assert_eq!(deny["method"], c.method);
+        assert!(deny["rule"].as_str().unwrap().contains("refused"), "{deny}");
+    }
+    for (i, log) in logs.iter().enumerate() {
+        let text: String = log.iter().map(|r| r.to_string()).collect();
+        assert!(
+            !text.contains("s3cret-value") && !text.contains("hunter2"),
+            "manager {i}"
+        );
+        assert!(
+            log.iter()
+                .all(|r| r["time"].is_string() && r["latency_us"].is_u64()),
+            "manager {i}"
+        );
+    }
+    assert!(all
+        .iter()
+        .any(|r| r["principal"] == "local uid 0" && r["method"] == "CreateSecret"));
+    assert!(all
+        .iter()
+        .any(|r| r["request"].to_string().contains("API_KEY=<redacted>")));
+    // A forwarded write: the follower's record and the leader's share the audit ID.
+    let fwd = logs[1]
+        .iter()
+        .find(|r| r["decision"] == "forward")
+        .expect("a forwarded call");
+    assert!(
+        logs[0]
+            .iter()
+            .any(|r| r["audit_id"] == fwd["audit_id"] && !r["forwarded_by"].is_null()),
+        "{fwd}"
+    );
+    // 'shoal audit' reads it on a manager, filtered.
+    let out = tb
+        .cli_ok(0, &["audit", "--user", "viewer", "--since", "1h"])
+        .unwrap();
+    assert!(
+        out.contains("user viewer") && out.contains("CreateService"),
+        "{out}"
+    );
+    assert!(!out.contains("user deployer"), "{out}");
+    let json = tb
+        .cli_ok(
+            0,
+            &[
+                "audit",
+                "--object",
+                "web-deployer-leader",
+                "--format",
+                "json",
+            ],
+        )
+        .unwrap();
+    let methods: Vec<String> = json
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["method"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(
+        methods.contains(&"CreateService".to_string())
+            && methods.contains(&"RemoveService".to_string()),
+        "{methods:?}"
+    );
+
     // The CA's rotation: an administrator's alone (last: it retires the root that
     // signed every user's certificate).
     let follower = managers[1].1.clone();
@@ -277,6 +389,66 @@ fn each_role_does_what_it_may_through_the_leader_and_a_follower() {
     }
     let o = remote(&tb, users[3].1, &follower, &["ca", "--rotate", "--detach"]);
     assert!(o.success, "{}", o.stderr);
+}
+
+struct Call {
+    role: &'static str,
+    method: &'static str,
+    allowed: bool,
+    audit_id: Option<String>,
+}
+
+/// The control call each operation of the table refuses or records.
+fn method_of(what: &str) -> &'static str {
+    match what {
+        "service ls" => "ListServices",
+        "logs" => "TaskLogs",
+        "secret inspect" => "GetSecret",
+        "service create" | "bind mount" | "host network" | "cap-add" => "CreateService",
+        "service update" => "UpdateService",
+        "service rm" => "RemoveService",
+        "secret create" => "CreateSecret",
+        "node update" => "UpdateNode",
+        "task exec" => "TaskExec",
+        "user create" => "CreateUser",
+        "join-token" => "GetJoinToken",
+        other => panic!("{other}"),
+    }
+}
+
+/// The audit ID a refusal names: "(audit ID 0123456789abcdef)".
+fn audit_id_in(stderr: &str) -> Option<String> {
+    let rest = stderr.split("(audit ID ").nth(1)?;
+    Some(rest.split(')').next()?.to_string())
+}
+
+/// Every record of manager `i`'s audit log, oldest first.
+fn audit_lines(tb: &Testbed, i: usize) -> Vec<serde_json::Value> {
+    let dir = tb.nodes[i].state_dir.join("audit");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("audit.log")
+        })
+        .collect();
+    files.sort();
+    files.reverse();
+    files
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 fn args(a: &[&str]) -> Vec<String> {
@@ -460,4 +632,88 @@ fn a_deployer_of_one_stack_deploys_it_and_reaches_nothing_else() {
         .cli_ok(0, &["service", "ls"])
         .unwrap()
         .contains("shop_web"));
+}
+
+/// Runs `c`, returning its standard output; panics, saying what, when it fails.
+fn run_ok(mut c: std::process::Command) -> String {
+    let o = c.output().unwrap();
+    assert!(
+        o.status.success(),
+        "{c:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn a_full_audit_disk_fails_calls_instead_of_skipping_their_records() {
+    let mut tb = ha_cluster(1, 0);
+    let dir = tb.nodes[0].state_dir.join("audit");
+    let d = dir.to_str().unwrap().to_string();
+    // The manager's audit directory on a small file system of its own, filled up.
+    tb.stop(0).unwrap();
+    run_ok(tb.command_in(0, &["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", &d]));
+    let _ = tb
+        .command_in(
+            0,
+            &["dd", "if=/dev/zero", &format!("of={d}/filler"), "bs=64k"],
+        )
+        .output();
+    tb.start(0).unwrap();
+
+    for args in [
+        vec!["service", "ls"],
+        vec![
+            "service",
+            "create",
+            "-d",
+            "--replicas",
+            "0",
+            "--name",
+            "web",
+            "busybox",
+        ],
+    ] {
+        let o = tb.cli(0, &args);
+        assert!(!o.success, "{args:?} ran unrecorded");
+        assert!(
+            o.stderr
+                .contains(&format!("the audit log in {d} cannot be written"))
+                && o.stderr.contains("No space left on device")
+                && o.stderr.contains("the call was not made"),
+            "{}",
+            o.stderr
+        );
+    }
+    // Room again: calls are served and recorded; what was refused did not happen.
+    run_ok(tb.command_in(0, &["rm", &format!("{d}/filler")]));
+    let ls = tb.cli_ok(0, &["service", "ls"]).unwrap();
+    assert!(!ls.contains("web"), "{ls}");
+    tb.cli_ok(
+        0,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--replicas",
+            "0",
+            "--name",
+            "web",
+            "busybox",
+        ],
+    )
+    .unwrap();
+    let log = run_ok(tb.command_in(0, &["cat", &format!("{d}/audit.log")]));
+    let records: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let created: Vec<_> = records
+        .iter()
+        .filter(|r| r["method"] == "CreateService")
+        .collect();
+    assert_eq!(created.len(), 1, "{log}");
+    assert_eq!(created[0]["object"], "web");
+    assert_eq!(created[0]["outcome"], "ok");
+    assert_eq!(created[0]["principal"], "local uid 0");
 }

@@ -53,6 +53,18 @@ impl ControlApi {
                 ));
             }
         }
+        if req.audit_max_bytes != 0 && !(1 << 20..=1 << 40).contains(&req.audit_max_bytes) {
+            return bad(format!(
+                "--audit-max-size {} bytes: use between 1MiB and 1TiB",
+                req.audit_max_bytes
+            ));
+        }
+        if req.audit_keep > 1000 {
+            return bad(format!(
+                "--audit-keep {}: keep at most 1000 rotated files",
+                req.audit_keep
+            ));
+        }
         check_raft_settings(req.snapshot_interval, req.election_timeout_ms)
             .map_err(ControlError::BadRequest)?;
         let autolock = match req.autolock.as_str() {
@@ -71,6 +83,12 @@ impl ControlApi {
             }
             if req.user_cert_expiry_secs != 0 {
                 spec.user_cert_expiry_secs = req.user_cert_expiry_secs;
+            }
+            if req.audit_max_bytes != 0 {
+                spec.audit_max_bytes = req.audit_max_bytes;
+            }
+            if req.audit_keep != 0 {
+                spec.audit_keep = req.audit_keep;
             }
             if req.snapshot_interval != 0 {
                 spec.snapshot_interval = req.snapshot_interval;

@@ -112,6 +112,8 @@ pub struct ControlApi {
     /// and decrypted per call).
     view: crate::view::ClusterView,
     logs: Arc<crate::dispatcher::logs::LogBroker>,
+    /// Where every call is recorded.
+    audit: Arc<crate::audit::AuditLog>,
 }
 
 /// Why a node says it cannot run containers (empty: it can).
@@ -246,8 +248,24 @@ impl ControlApi {
         store: Store,
         view: crate::view::ClusterView,
         logs: Arc<crate::dispatcher::logs::LogBroker>,
+        audit: Arc<crate::audit::AuditLog>,
     ) -> Self {
-        ControlApi { store, view, logs }
+        ControlApi {
+            store,
+            view,
+            logs,
+            audit,
+        }
+    }
+
+    /// This manager's audit log.
+    pub(crate) fn audit(&self) -> &Arc<crate::audit::AuditLog> {
+        &self.audit
+    }
+
+    /// The audit log's rotation size and count of kept files, by the cluster's settings.
+    pub(crate) fn audit_settings(&self) -> (u64, u32) {
+        crate::audit::settings(self.view.current().cluster().and_then(|c| c.value.spec))
     }
 
     /// Every object of type `T`, in ID order, from this manager's view.
@@ -304,13 +322,13 @@ impl ControlApi {
         for a in &spec.networks {
             if let Some(n) = self.get::<shoal_proto::objects::Network>(&a.target)? {
                 let ns = n.value.spec.unwrap_or_default();
-                caller.in_scope("network", &ns.name, &ns.labels)?;
+                caller.in_scope("network", &n.value.id, &ns.name, &ns.labels)?;
             }
         }
         for r in spec.secrets.iter().chain(&spec.configs) {
             if let Some(x) = self.get::<shoal_proto::objects::Secret>(&r.secret_id)? {
                 let xs = x.value.spec.unwrap_or_default();
-                caller.in_scope(&x.value.kind, &xs.name, &xs.labels)?;
+                caller.in_scope(&x.value.kind, &x.value.id, &xs.name, &xs.labels)?;
             }
         }
         Ok(())

@@ -264,7 +264,7 @@ impl ControlApi {
     ) -> Result<Network, ControlError> {
         let n = self.find_network(reference)?;
         let spec = n.spec.clone().unwrap_or_default();
-        caller.in_scope("network", &spec.name, &spec.labels)?;
+        caller.in_scope("network", &n.id, &spec.name, &spec.labels)?;
         Ok(n)
     }
 

@@ -253,7 +253,7 @@ impl ControlApi {
     ) -> Result<Secret, ControlError> {
         let s = self.find_secret(kind, reference)?;
         let spec = s.spec.clone().unwrap_or_default();
-        caller.in_scope(kind.name(), &spec.name, &spec.labels)?;
+        caller.in_scope(kind.name(), &s.id, &spec.name, &spec.labels)?;
         Ok(s)
     }
 

@@ -7,6 +7,7 @@ use super::roles::Limits;
 use super::secrets::Kind;
 use super::ControlApi;
 use super::ControlError;
+use crate::audit;
 use crate::security::auth::{authorize, Caller};
 use shoal_pki::Role;
 use shoal_proto::control::control_server::Control;
@@ -27,6 +28,7 @@ use shoal_proto::control::{
 use shoal_proto::objects::{Network, Service, Task};
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -40,7 +42,10 @@ const MANAGERS: &[Role] = &[Role::Manager];
 /// Marks a request that came in on the node's unix socket. Only the socket's server
 /// inserts it; nothing that arrives over the network can.
 #[derive(Clone, Copy, Debug)]
-pub struct LocalAdmin;
+pub struct LocalAdmin {
+    /// The peer's user ID (`SO_PEERCRED`), for the audit log.
+    pub uid: Option<u32>,
+}
 
 /// The header a follower adds when it forwards its local administrator's call to the
 /// leader. Believed only from a manager certificate, and never forwarded again.
@@ -54,6 +59,17 @@ pub struct ControlCaller {
     call: &'static str,
     /// A user's role and scope (none: the local administrator, or a manager).
     limits: Option<Limits>,
+    /// The first object the call looked up or made, for its audit record.
+    touched: Arc<Mutex<Option<Touched>>>,
+}
+
+/// An object a call is about, as its audit record names it.
+#[derive(Clone, Debug, Default)]
+pub struct Touched {
+    pub kind: String,
+    pub id: String,
+    pub name: String,
+    pub stack: String,
 }
 
 /// See [`ControlCaller::who`].
@@ -69,8 +85,8 @@ pub enum Who {
         name: String,
         serial: String,
     },
-    /// Whoever may open the node's unix socket (root or the socket's group).
-    LocalAdmin,
+    /// Whoever may open the node's unix socket (root or the socket's group), by user ID.
+    LocalAdmin { uid: Option<u32> },
     /// A manager node, verified and checked like every node call.
     Node(Caller),
     /// The local administrator of another manager, whose call that manager (a follower)
@@ -82,11 +98,12 @@ impl ControlCaller {
     /// The caller of a control API request: the local administrator, or a manager whose
     /// certificate passes every check. A request with neither is refused.
     fn check<T>(req: &Request<T>, call: &'static str) -> Result<ControlCaller, Status> {
-        if req.extensions().get::<LocalAdmin>().is_some() {
+        if let Some(local) = req.extensions().get::<LocalAdmin>() {
             return Ok(ControlCaller {
-                who: Who::LocalAdmin,
+                who: Who::LocalAdmin { uid: local.uid },
                 call,
                 limits: None,
+                touched: Default::default(),
             });
         }
         let peer = req.extensions().get::<crate::security::auth::PeerInfo>();
@@ -101,6 +118,7 @@ impl ControlCaller {
                 who: Who::User(user),
                 call,
                 limits: Some(limits),
+                touched: Default::default(),
             });
         }
         let caller = authorize(req, call, MANAGERS)?;
@@ -136,12 +154,57 @@ impl ControlCaller {
                 )))
             }
         };
-        Ok(ControlCaller { who, call, limits })
+        Ok(ControlCaller {
+            who,
+            call,
+            limits,
+            touched: Default::default(),
+        })
     }
 
     /// The call being made.
     pub fn call(&self) -> &'static str {
         self.call
+    }
+
+    /// Fills in who the caller is in an audit record, and the rule that let them call.
+    fn describe(&self, rec: &mut audit::Record) {
+        rec.decision = "allow";
+        let user_rule = |l: Option<&Limits>| match l {
+            Some(l) => format!(
+                "role {} (scope {}) may make {}",
+                super::users::role_name(l.grant.role),
+                l.grant.scopes.join(","),
+                self.call
+            ),
+            None => String::new(),
+        };
+        match &self.who {
+            Who::LocalAdmin { uid } => {
+                rec.principal = local_principal(*uid);
+                rec.rule = "the local administrator (the node's socket)".into();
+            }
+            Who::User(u) => {
+                rec.principal = format!("user {}", u.id.name());
+                rec.serial = u.id.serial().to_string();
+                rec.rule = user_rule(self.limits.as_ref());
+            }
+            Who::ForwardedUser { by, name, serial } => {
+                rec.principal = format!("user {name}");
+                rec.serial = serial.clone();
+                rec.forwarded_by = by.node_id().to_string();
+                rec.rule = user_rule(self.limits.as_ref());
+            }
+            Who::Node(c) => {
+                rec.principal = format!("node {}", c.node_id());
+                rec.rule = "a manager's certificate".into();
+            }
+            Who::Forwarded { by } => {
+                rec.principal = format!("local-admin of {}", by.node_id());
+                rec.forwarded_by = by.node_id().to_string();
+                rec.rule = "the local administrator of a manager".into();
+            }
+        }
     }
 
     /// A user's role and scope; none for the local administrator and managers.
@@ -155,13 +218,30 @@ impl ControlCaller {
         self.limits.as_ref().is_none_or(|l| l.sees(labels))
     }
 
-    /// Refuses an object outside the caller's scope.
+    /// Notes the object the call is about (the first one it names) for its record.
+    pub fn touch(&self, kind: &str, id: &str, name: &str, labels: &HashMap<String, String>) {
+        let mut t = self.touched.lock().unwrap_or_else(|e| e.into_inner());
+        if t.is_none() {
+            *t = Some(Touched {
+                kind: kind.to_string(),
+                id: id.to_string(),
+                name: name.to_string(),
+                stack: super::roles::stack_of(labels)
+                    .unwrap_or_default()
+                    .to_string(),
+            });
+        }
+    }
+
+    /// Refuses an object (by kind, ID, name and labels) outside the caller's scope.
     pub fn in_scope(
         &self,
         kind: &str,
+        id: &str,
         name: &str,
         labels: &HashMap<String, String>,
     ) -> Result<(), ControlError> {
+        self.touch(kind, id, name, labels);
         self.limits
             .as_ref()
             .map_or(Ok(()), |l| l.in_scope(self.call, kind, name, labels))
@@ -174,6 +254,7 @@ impl ControlCaller {
         name: &str,
         labels: &HashMap<String, String>,
     ) -> Result<(), ControlError> {
+        self.touch(kind, "", name, labels);
         self.limits
             .as_ref()
             .map_or(Ok(()), |l| l.may_name(self.call, kind, name, labels))
@@ -209,7 +290,7 @@ impl ControlCaller {
     /// The node whose certificate made the call (none for the local administrator).
     pub fn node(&self) -> Option<&Caller> {
         match &self.who {
-            Who::LocalAdmin | Who::User(_) => None,
+            Who::LocalAdmin { .. } | Who::User(_) => None,
             Who::Node(c) | Who::Forwarded { by: c } | Who::ForwardedUser { by: c, .. } => Some(c),
         }
     }
@@ -218,7 +299,7 @@ impl ControlCaller {
 impl std::fmt::Display for ControlCaller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.who {
-            Who::LocalAdmin => write!(f, "local-admin"),
+            Who::LocalAdmin { .. } => write!(f, "local-admin"),
             Who::Node(c) => write!(f, "node {}", c.node_id()),
             Who::Forwarded { by } => write!(f, "local-admin of {}", by.node_id()),
             Who::User(u) => write!(f, "user {}", u.id.name()),
@@ -280,7 +361,7 @@ fn guarded<T: Send + 'static>(
 }
 
 impl ControlService {
-    /// Checks the caller of `call`, then runs the handler with it in the call's span.
+    /// Serves `call` as [`ControlService::audited`] does, recording its request.
     async fn serve<T, R, F, Fut>(
         &self,
         req: Request<T>,
@@ -288,21 +369,169 @@ impl ControlService {
         handler: F,
     ) -> Result<Response<R>, Status>
     where
+        T: prost::Message,
         F: FnOnce(ControlApi, ControlCaller, T) -> Fut,
         Fut: Future<Output = Result<R, Status>>,
     {
-        let caller = ControlCaller::check(&req, call)?;
-        let span = tracing::debug_span!("control", call, caller = %caller);
+        let body = req.get_ref().encode_to_vec();
+        self.audited(req, call, Some(body), handler).await
+    }
+
+    /// Checks the caller of `call`, makes sure the audit log has room for its record
+    /// (else the call is refused before it runs), runs the handler with the caller in
+    /// the call's span, and records the call: who, what, the decision and the rule that
+    /// made it, the outcome and the latency. The audit ID goes back in the response's
+    /// header, or in the error's metadata.
+    async fn audited<T, R, F, Fut>(
+        &self,
+        req: Request<T>,
+        call: &'static str,
+        body: Option<Vec<u8>>,
+        handler: F,
+    ) -> Result<Response<R>, Status>
+    where
+        F: FnOnce(ControlApi, ControlCaller, T) -> Fut,
+        Fut: Future<Output = Result<R, Status>>,
+    {
+        let started = std::time::Instant::now();
+        let mut rec = audit::Record {
+            time: audit::now(),
+            method: call.to_string(),
+            peer: crate::security::auth::remote_addr(&req)
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            ..Default::default()
+        };
+        let forwarded_id = req
+            .metadata()
+            .get(audit::AUDIT_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| audit::is_id(v))
+            .map(str::to_string);
+        let checked = ControlCaller::check(&req, call);
+        // An ID the forwarding manager chose is kept: its record and this one share it.
+        rec.audit_id = match (&checked, forwarded_id) {
+            (Ok(c), Some(id)) if c.node().is_some() => id,
+            _ => audit::new_id(),
+        };
         let api = self.0.clone();
-        async move {
-            let r = handler(api, caller, req.into_inner()).await;
-            if let Err(e) = &r {
-                tracing::debug!(code = ?e.code(), error = e.message(), "refused");
-            }
-            r.map(Response::new)
+        let log = api.audit().clone();
+        if let Err(s) = log.admit() {
+            return Err(tagged(s, &rec.audit_id));
         }
-        .instrument(span)
-        .await
+        let request = body.as_deref().and_then(|b| audit::request_json(call, b));
+        let result = match checked {
+            Err(s) => {
+                (rec.principal, rec.serial, rec.forwarded_by) = principal_of(&req);
+                rec.decision = "deny";
+                rec.rule = s.message().to_string();
+                Err(s)
+            }
+            Ok(caller) => {
+                caller.describe(&mut rec);
+                let touched = caller.touched.clone();
+                let span = tracing::debug_span!("control", call, caller = %caller);
+                let r = async move {
+                    let r = handler(api, caller, req.into_inner()).await;
+                    if let Err(e) = &r {
+                        tracing::debug!(code = ?e.code(), error = e.message(), "refused");
+                    }
+                    r
+                }
+                .instrument(span)
+                .await;
+                if let Some(t) = touched.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    (rec.kind, rec.object_id, rec.object, rec.stack) =
+                        (t.kind, t.id, t.name, t.stack);
+                }
+                if let Err(e) = &r {
+                    if e.code() == tonic::Code::PermissionDenied {
+                        rec.decision = "deny";
+                        rec.rule = e.message().to_string();
+                    }
+                }
+                r
+            }
+        };
+        if rec.kind.is_empty() {
+            (rec.kind, rec.object) = audit::object_of(call, request.as_ref());
+        }
+        if crate::routing::route(call) == crate::routing::Route::Leader {
+            rec.request = request;
+        }
+        match &result {
+            Ok(_) => rec.outcome = "ok".into(),
+            Err(e) => {
+                rec.outcome = format!("{:?}", e.code());
+                if rec.decision != "deny" {
+                    rec.error = e.message().to_string();
+                }
+            }
+        }
+        rec.latency_us = started.elapsed().as_micros() as u64;
+        let (max_bytes, keep) = self.0.audit_settings();
+        if let Err(e) = log.write(&rec, max_bytes, keep) {
+            // Room was reserved before the call ran: this is an I/O error.
+            tracing::error!(error = e.message(), audit_id = %rec.audit_id, "a control call's audit record was not written");
+        }
+        match result {
+            Ok(r) => {
+                let mut resp = Response::new(r);
+                if let Ok(v) = rec.audit_id.parse() {
+                    resp.metadata_mut().insert(audit::AUDIT_ID_HEADER, v);
+                }
+                Ok(resp)
+            }
+            Err(s) => Err(tagged(s, &rec.audit_id)),
+        }
+    }
+}
+
+/// `s`, carrying the call's audit ID.
+fn tagged(mut s: Status, id: &str) -> Status {
+    if let Ok(v) = id.parse() {
+        s.metadata_mut().insert(audit::AUDIT_ID_HEADER, v);
+    }
+    s
+}
+
+/// Who made a call that was refused before a caller was made (principal, certificate
+/// serial, forwarding manager): the certificate the listener verified and whom a
+/// forwarding manager names, or the socket's peer.
+fn principal_of<T>(req: &Request<T>) -> (String, String, String) {
+    if let Some(l) = req.extensions().get::<LocalAdmin>() {
+        return (local_principal(l.uid), String::new(), String::new());
+    }
+    let peer = req.extensions().get::<crate::security::auth::PeerInfo>();
+    match peer.map(|p| (&p.user, &p.identity)) {
+        Some((Some(u), _)) => (
+            format!("user {}", u.name()),
+            u.serial().to_string(),
+            String::new(),
+        ),
+        Some((None, Some(n))) => {
+            let by = n.node_id().to_string();
+            match req
+                .metadata()
+                .get(FORWARDED_HEADER)
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(LOCAL_ADMIN) => (format!("local-admin of {by}"), String::new(), by),
+                Some(v) => match parse_forwarded_user(v) {
+                    Some((name, serial)) => (format!("user {name}"), serial.to_string(), by),
+                    None => (format!("node {by}"), String::new(), String::new()),
+                },
+                None => (format!("node {by}"), String::new(), String::new()),
+            }
+        }
+        _ => ("anonymous".into(), String::new(), String::new()),
+    }
+}
+
+fn local_principal(uid: Option<u32>) -> String {
+    match uid {
+        Some(uid) => format!("local uid {uid}"),
+        None => "local-admin".into(),
     }
 }
 
@@ -318,7 +547,8 @@ impl Control for ControlService {
         &self,
         req: Request<tonic::Streaming<shoal_proto::dispatcher::ExecInput>>,
     ) -> Result<Response<Self::TaskExecStream>, Status> {
-        self.serve(req, "TaskExec", |api, c, mut input| async move {
+        // The command comes on the stream: the record names the task it runs in.
+        self.audited(req, "TaskExec", None, |api, c, mut input| async move {
             let start = input
                 .message()
                 .await?
@@ -750,9 +980,9 @@ mod tests {
         assert!(e.message().contains("RemoveNode"), "{}", e.message());
         // The unix socket's mark (inserted by the socket's server, never by the wire).
         let mut local = Request::new(());
-        local.extensions_mut().insert(LocalAdmin);
+        local.extensions_mut().insert(LocalAdmin { uid: Some(0) });
         let c = ControlCaller::check(&local, "ListNodes").unwrap();
-        assert!(matches!(c.who(), Who::LocalAdmin) && c.node().is_none());
+        assert!(matches!(c.who(), Who::LocalAdmin { uid: Some(0) }) && c.node().is_none());
         assert_eq!(c.to_string(), "local-admin");
         // A forwarded user's header, without a manager's certificate, proves nothing.
         let mut user = Request::new(());

@@ -169,7 +169,7 @@ impl ControlApi {
     ) -> Result<shoal_store::Versioned<Service>, ControlError> {
         let s = self.find_service(reference)?;
         let spec = s.value.spec.clone().unwrap_or_default();
-        caller.in_scope("service", &spec.name, &spec.labels)?;
+        caller.in_scope("service", &s.value.id, &spec.name, &spec.labels)?;
         Ok(s)
     }
 
@@ -299,7 +299,7 @@ impl ControlApi {
         let cur = self.get_service(caller, &req.reference)?;
         let old_name = cur.value.spec.as_ref().map(|s| s.name.as_str());
         if old_name == Some(spec.name.as_str()) {
-            caller.in_scope("service", &spec.name, &spec.labels)?;
+            caller.in_scope("service", &cur.value.id, &spec.name, &spec.labels)?;
         } else {
             caller.may_name("service", &spec.name, &spec.labels)?;
         }
@@ -419,7 +419,7 @@ impl ControlApi {
                 "service {name} is a job: jobs do not roll back"
             )));
         }
-        caller.in_scope("service", &prev.name, &prev.labels)?;
+        caller.in_scope("service", &cur.value.id, &prev.name, &prev.labels)?;
         self.may_deploy(caller, &prev)?;
         next.previous_spec = next.spec.replace(prev);
         next.spec_version += 1;

@@ -12,7 +12,7 @@ impl ControlApi {
     /// A task by ID, unique ID prefix, or name.
     pub fn get_task(&self, caller: &ControlCaller, reference: &str) -> Result<Task, ControlError> {
         let t = self.find_task(reference)?;
-        caller.in_scope("task", &t.name, &self.task_labels(&t))?;
+        caller.in_scope("task", &t.id, &t.name, &self.task_labels(&t))?;
         Ok(t)
     }
 
@@ -63,7 +63,7 @@ impl ControlApi {
         validate_spec(&spec)?;
         self.resolve_networks(&mut spec, true)?;
         self.resolve_secrets(&mut spec)?;
-        caller.in_scope("task", &req.name, &spec.labels)?;
+        caller.in_scope("task", "", &req.name, &spec.labels)?;
         self.refs_in_scope(caller, Some(&spec))?;
         if !req.name.is_empty() {
             shoal_proto::limits::check_name("task name", &req.name)

@@ -26,6 +26,8 @@ pub struct ClusterUpdate {
     pub election_timeout: Option<Duration>,
     pub autolock: Option<bool>,
     pub user_cert_expiry: Option<Duration>,
+    pub audit_max_size: Option<u64>,
+    pub audit_keep: Option<u32>,
 }
 
 impl Client {
@@ -252,14 +254,21 @@ impl Client {
             election_timeout,
             autolock,
             user_cert_expiry,
+            audit_max_size,
+            audit_keep,
         } = u;
         if cert_expiry.is_none()
             && snapshot_interval.is_none()
             && election_timeout.is_none()
             && autolock.is_none()
             && user_cert_expiry.is_none()
+            && audit_max_size.is_none()
+            && audit_keep.is_none()
         {
-            bail!("nothing to change: give --cert-expiry, --snapshot-interval, --election-timeout, --autolock or --user-cert-expiry");
+            bail!("nothing to change: give --cert-expiry, --snapshot-interval, --election-timeout, --autolock, --user-cert-expiry, --audit-max-size or --audit-keep");
+        }
+        if audit_keep == Some(0) {
+            bail!("--audit-keep 0: keep at least 1 rotated file");
         }
         if snapshot_interval == Some(0) {
             bail!("--snapshot-interval 0: use at least 10 entries");
@@ -276,6 +285,8 @@ impl Client {
                 autolock: autolock.map(|b| b.to_string()).unwrap_or_default(),
                 rotate_unlock_key: false,
                 user_cert_expiry_secs: user_cert_expiry.map(|d| d.as_secs().max(1)).unwrap_or(0),
+                audit_max_bytes: audit_max_size.map(|b| b.max(1)).unwrap_or(0),
+                audit_keep: audit_keep.unwrap_or(0),
             })
             .await
             .map_err(status_err)?

@@ -1,5 +1,6 @@
 //! The CLI side: talking to the local daemon and printing what swarm-mode users expect.
 
+pub mod audit;
 pub mod ca;
 pub mod cluster;
 pub mod exec;
@@ -62,8 +63,17 @@ fn warn_if_stale(
     resp
 }
 
+/// A failed call as the user reads it: the manager's message, and the audit ID under
+/// which the manager recorded the call (to find it with 'shoal audit').
 pub(crate) fn status_err(s: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{}", s.message())
+    match s
+        .metadata()
+        .get(shoal_manager::audit::AUDIT_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(id) => anyhow::anyhow!("{} (audit ID {id})", s.message()),
+        None => anyhow::anyhow!("{}", s.message()),
+    }
 }
 
 pub(crate) fn fmt_time(unix: i64) -> String {

@@ -223,6 +223,7 @@ impl Daemon {
             cert_der: cert_der.to_vec(),
             key_pkcs8: key.pkcs8_der(),
             dial: shoal_agent::connect::lazy_channel_timeout,
+            audit_dir: self.opts.state_dir.join("audit"),
         })
         .await?)
     }
