@@ -34,6 +34,9 @@ pub struct Deps {
     pub network: Arc<Networks>,
     pub secrets: Arc<crate::secrets::Secrets>,
     pub volumes: Arc<Volumes>,
+    /// Where tasks' workload identities come from (none: tasks get none, as on a node
+    /// that is not a cluster member).
+    pub identities: Option<Arc<crate::identity::Identities>>,
 }
 
 /// Removes everything a task left on this node: its container, its secrets' tmpfs, its
@@ -282,6 +285,21 @@ impl Ctl {
             .collect();
     }
 
+    /// Renews the running task's workload identity, if it has one, until the returned
+    /// guard is dropped (the task ended) or the managers refuse (it was removed).
+    fn keep_identity_renewed(&self) -> Option<AbortOnDrop> {
+        let ids = self.deps.identities.clone()?;
+        let dir = self.deps.secrets.identity_dir(&self.task.id);
+        if !dir.join("current").exists() {
+            return None;
+        }
+        Some(AbortOnDrop(tokio::spawn(crate::identity::keep_renewed(
+            ids,
+            self.task.id.clone(),
+            dir,
+        ))))
+    }
+
     /// Removes the task's container and network state.
     async fn remove(&self) -> Result<(), String> {
         let (rt, net, sec, vol, id) = (
@@ -315,24 +333,39 @@ impl Ctl {
         let files = self.deps.secrets.files_for(&spec)?;
         let images = self.deps.images.clone();
         let reference = spec.image.clone();
-        let found = tokio::task::spawn_blocking({
-            let images = images.clone();
-            let r = reference.clone();
-            move || images.resolve(&r)
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-        let image = match found {
-            Some(i) => i,
-            None => {
-                let creds = self.deps.creds.get(&registry_of(&reference));
-                images
-                    .pull(&reference, creds.as_ref())
-                    .await
-                    .map_err(|e| format!("cannot pull image {reference}: {e}"))?
+        let image = async {
+            let found = tokio::task::spawn_blocking({
+                let images = images.clone();
+                let r = reference.clone();
+                move || images.resolve(&r)
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+            match found {
+                Some(i) => Ok::<_, String>(i),
+                None => {
+                    let creds = self.deps.creds.get(&registry_of(&reference));
+                    images
+                        .pull(&reference, creds.as_ref())
+                        .await
+                        .map_err(|e| format!("cannot pull image {reference}: {e}"))
+                }
             }
         };
+        // The task's workload identity is issued while the image is found.
+        let identity = async {
+            match self.deps.identities.as_ref().filter(|_| !spec.no_identity) {
+                Some(ids) => ids
+                    .issue(&self.task.id)
+                    .await
+                    .map(Some)
+                    .map_err(|e| e.to_string()),
+                None => Ok(None),
+            }
+        };
+        let (image, issued) = tokio::join!(image, identity);
+        let (image, issued) = (image?, issued?);
         let cfg = &image.config;
         self.health = crate::health::effective(spec.healthcheck.as_ref(), cfg.healthcheck.as_ref());
         self.stop_signal = stop_signal(&spec.stop_signal, Some(&cfg.stop_signal));
@@ -449,6 +482,18 @@ impl Ctl {
                     });
                 }
                 drop(files);
+                if let Some(issued) = &issued {
+                    let dir = secrets.install_identity(&container.id, issued)?;
+                    container.mounts.push(MountSpec {
+                        kind: MountKind::Bind,
+                        source: dir.display().to_string(),
+                        target: crate::identity::IDENTITY_DIR.to_string(),
+                        readonly: true,
+                        size_bytes: 0,
+                        mode: 0,
+                    });
+                }
+                drop(issued);
                 let attached = match mode {
                     NetMode::Host => None,
                     NetMode::Own { overlays, outbound } => {
@@ -697,7 +742,10 @@ impl Ctl {
                 self.find_addresses().await;
                 self.report(TaskState::Running, "running", "", None, pid)
                     .await;
-                return self.supervise(pid).await;
+                let renewing = self.keep_identity_renewed();
+                self.supervise(pid).await;
+                drop(renewing);
+                return;
             }
             ContainerStatus::Exited(x) => {
                 self.report(TaskState::Running, "running", "", None, 0)
@@ -757,7 +805,9 @@ impl Ctl {
                     startup_ms = self.received.elapsed().as_secs_f64() * 1000.0,
                     "container running"
                 );
+                let renewing = self.keep_identity_renewed();
                 self.supervise(pid).await;
+                drop(renewing);
             }
             Err(e) => {
                 let x = Exit {
@@ -768,6 +818,15 @@ impl Ctl {
                 self.finish(x, false).await;
             }
         }
+    }
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -16,6 +16,7 @@ pub mod describe;
 pub mod exec;
 pub mod health;
 pub mod heartbeat;
+pub mod identity;
 pub mod image;
 pub mod logs;
 pub mod managers;

@@ -128,24 +128,8 @@ impl Secrets {
         }
         let dir = self.task_dir(task_id);
         self.remove(task_id);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let total: usize = files.iter().map(|f| f.data.len()).sum();
-        let size = total + 64 * 1024;
-        use nix::mount::MsFlags;
-        nix::mount::mount(
-            Some("tmpfs"),
-            &dir,
-            Some("tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-            Some(format!("mode=0700,size={size}").as_str()),
-        )
-        .map_err(|e| {
-            format!(
-                "cannot mount a tmpfs for the task's secrets at {}: {e}",
-                dir.display()
-            )
-        })?;
+        self.mount_tmpfs(&dir, total)?;
         let mut out = Vec::new();
         for (i, f) in files.iter().enumerate() {
             let path = dir.join(i.to_string());
@@ -169,6 +153,58 @@ impl Secrets {
             out.push((path, f.target.clone()));
         }
         Ok(out)
+    }
+
+    /// Mounts the task's own tmpfs at `dir` (mode 0700), with room for `bytes` of files
+    /// and the task's identity.
+    fn mount_tmpfs(&self, dir: &Path, bytes: usize) -> Result<(), String> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let size = bytes + 64 * 1024;
+        use nix::mount::MsFlags;
+        nix::mount::mount(
+            Some("tmpfs"),
+            dir,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some(format!("mode=0700,size={size}").as_str()),
+        )
+        .map_err(|e| {
+            format!(
+                "cannot mount a tmpfs for the task's secrets at {}: {e}",
+                dir.display()
+            )
+        })
+    }
+
+    /// Where a task's workload identity is kept, on its tmpfs.
+    pub fn identity_dir(&self, task_id: &str) -> PathBuf {
+        crate::identity::dir_of(&self.task_dir(task_id))
+    }
+
+    /// Writes a task's workload identity on its tmpfs (mounted now if its secrets did
+    /// not), and returns the directory to bind-mount read-only at
+    /// [`crate::identity::IDENTITY_DIR`]. Blocks.
+    pub fn install_identity(
+        &self,
+        task_id: &str,
+        issued: &crate::identity::Issued,
+    ) -> Result<PathBuf, String> {
+        let dir = self.task_dir(task_id);
+        let mounted = std::fs::metadata(&dir)
+            .ok()
+            .zip(std::fs::metadata(&self.root).ok())
+            .is_some_and(|(d, r)| {
+                use std::os::unix::fs::MetadataExt;
+                d.dev() != r.dev()
+            });
+        if !mounted {
+            self.mount_tmpfs(&dir, 0)?;
+        }
+        let id_dir = crate::identity::dir_of(&dir);
+        crate::identity::install(&id_dir, issued)
+            .map_err(|e| format!("cannot write the task's workload identity: {e}"))?;
+        Ok(id_dir)
     }
 
     /// Unmounts a task's tmpfs (its secrets go with it). Nothing if it has none.

@@ -101,6 +101,7 @@ pub async fn init_cluster(
             user_cert_expiry_secs: 0,
             audit_max_bytes: 0,
             audit_keep: 0,
+            workload_cert_expiry_secs: 0,
         }),
         unlock_key: params
             .unlock_key

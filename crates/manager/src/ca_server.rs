@@ -4,6 +4,7 @@
 //! only its public key.
 
 mod users;
+pub mod workloads;
 
 use crate::bootstrap::load_cluster;
 use crate::cluster::store_status;
@@ -373,6 +374,13 @@ impl Ca for CaServer {
         self.issue_user(remote, &req.csr_der, &req.token)
             .await
             .map(Response::new)
+    }
+
+    async fn issue_workload_certificate(
+        &self,
+        req: Request<shoal_proto::ca::IssueWorkloadCertificateRequest>,
+    ) -> Result<Response<shoal_proto::ca::IssueWorkloadCertificateResponse>, Status> {
+        self.issue_workload(req).map(Response::new)
     }
 
     async fn renew_user_certificate(

@@ -310,6 +310,39 @@ impl RootCa {
         )
     }
 
+    /// Signs a task's CSR: an X.509-SVID (one URI SAN, `spiffe://<cluster>/stack/<stack
+    /// or _>/service/<service>`, no host name, server and client use), CN the service,
+    /// OU `shoal-workload`. Neither a node nor a user certificate: their checks refuse
+    /// it by its OU.
+    pub fn sign_workload(
+        &self,
+        csr_der: &[u8],
+        cluster: &ClusterId,
+        stack: Option<&str>,
+        service: &str,
+        validity: Duration,
+    ) -> Result<IssuedCert, PkiError> {
+        if let Some(s) = stack.filter(|s| !s.is_empty()) {
+            crate::workload::check_segment("stack", s)?;
+        }
+        crate::workload::check_segment("service", service)?;
+        self.sign(
+            csr_der,
+            Subject {
+                cn: service,
+                ou: crate::workload::WORKLOAD_OU,
+                cluster,
+                dns: Vec::new(),
+                uri: crate::workload::spiffe_id(cluster, stack, service),
+                usages: vec![
+                    ExtendedKeyUsagePurpose::ServerAuth,
+                    ExtendedKeyUsagePurpose::ClientAuth,
+                ],
+            },
+            validity,
+        )
+    }
+
     fn sign(
         &self,
         csr_der: &[u8],

@@ -268,6 +268,12 @@ fn node_from(n: Names) -> Result<NodeIdentity, PkiError> {
             n.cn
         )));
     }
+    if n.ou == crate::workload::WORKLOAD_OU {
+        return Err(PkiError::BadCert(format!(
+            "it is the workload certificate of service {}, which cannot act as a node",
+            n.cn
+        )));
+    }
     let node_id = NodeId::parse(&n.cn)?;
     let role = Role::from_ou(&n.ou)
         .ok_or_else(|| PkiError::BadCert(format!("unknown role OU {:?}", n.ou)))?;
@@ -311,6 +317,12 @@ fn user_from(n: Names) -> Result<UserIdentity, PkiError> {
         return Err(PkiError::BadUserCert(format!(
             "it is the certificate of {role} node {}, which cannot act as a user: work on a \
              manager's own socket, or get a user certificate with 'shoal login'",
+            n.cn
+        )));
+    }
+    if n.ou == crate::workload::WORKLOAD_OU {
+        return Err(PkiError::BadUserCert(format!(
+            "it is the workload certificate of service {}, which cannot act as a user",
             n.cn
         )));
     }

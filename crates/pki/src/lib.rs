@@ -17,6 +17,7 @@ mod role;
 mod tls;
 mod token;
 mod user;
+mod workload;
 
 pub use ca::{
     cert_key_digest, csr_key_digest, csr_matches_cert, IssuedCert, RootCa, CERT_BACKDATE,
@@ -34,6 +35,7 @@ pub use tls::{
 };
 pub use token::{EnrollmentToken, JoinToken, ENROLLMENT_PREFIX, TOKEN_PREFIX};
 pub use user::{UserIdentity, UserName, USER_OU};
+pub use workload::{spiffe_id, NO_STACK, WORKLOAD_OU};
 
 /// SHA-256 of a DER certificate, as the lower-case base36 string join tokens carry.
 pub fn cert_digest(der: &[u8]) -> String {

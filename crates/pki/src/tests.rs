@@ -657,3 +657,84 @@ fn a_user_certificate_is_accepted_as_a_client_and_cannot_serve() {
     let e = handshake(client(&mgr, &mkey), server(&user, &ukey)).unwrap_err();
     assert!(e.starts_with("client:"), "{e}");
 }
+
+#[test]
+fn a_workload_certificate_is_an_svid_and_neither_a_node_nor_a_user() {
+    let ca = RootCa::generate(DAY).unwrap();
+    let cluster = ClusterId::generate();
+    let trust = ClusterTrust::new(cluster.clone(), &[ca.cert_der().to_vec()]).unwrap();
+    let key = NodeKey::generate().unwrap();
+    let issued = ca
+        .sign_workload(
+            &key.csr_der().unwrap(),
+            &cluster,
+            Some("shop"),
+            "shop_web",
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+    let (_, cert) = X509Certificate::from_der(&issued.cert_der).unwrap();
+    let san = cert.subject_alternative_name().unwrap().unwrap();
+    let names: Vec<String> = san
+        .value
+        .general_names
+        .iter()
+        .map(|g| g.to_string())
+        .collect();
+    assert_eq!(
+        names,
+        [format!(
+            "URI(spiffe://{cluster}/stack/shop/service/shop_web)"
+        )]
+    );
+    let eku = cert.extended_key_usage().unwrap().unwrap().value;
+    assert!(eku.client_auth && eku.server_auth);
+    assert!(!cert.is_ca());
+    let ku = cert.key_usage().unwrap().unwrap().value;
+    assert!(ku.digital_signature() && !ku.key_cert_sign() && !ku.crl_sign());
+    // A task in no stack: "_".
+    let plain = ca
+        .sign_workload(
+            &key.csr_der().unwrap(),
+            &cluster,
+            None,
+            "web",
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+    let (_, c) = X509Certificate::from_der(&plain.cert_der).unwrap();
+    let san = c.subject_alternative_name().unwrap().unwrap();
+    assert_eq!(
+        san.value.general_names[0].to_string(),
+        format!("URI(spiffe://{cluster}/stack/_/service/web)")
+    );
+    // Never a node, never a user.
+    let now = SystemTime::now();
+    let e = trust
+        .verify(&issued.cert_der, &[], now)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("workload certificate of service shop_web")
+            && e.contains("cannot act as a node"),
+        "{e}"
+    );
+    let e = trust
+        .verify_user(&issued.cert_der, &[], now)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cannot act as a user"), "{e}");
+    assert!(trust.verify_peer(&issued.cert_der, &[], now).is_err());
+    // A name that cannot be a SPIFFE path segment is refused.
+    let e = ca
+        .sign_workload(
+            &key.csr_der().unwrap(),
+            &cluster,
+            Some("a/b"),
+            "web",
+            Duration::from_secs(3600),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cannot name a workload identity"), "{e}");
+}

@@ -199,6 +199,9 @@ enum Cmd {
         /// How many rotated audit log files each manager keeps (default 10).
         #[arg(long)]
         audit_keep: Option<u32>,
+        /// Life of tasks' workload certificates issued from now on (default 1h, at most 30d).
+        #[arg(long, value_parser = parse_duration)]
+        workload_cert_expiry: Option<Duration>,
     },
     /// Unlock a manager that restarted locked: reads the unlock key from standard input.
     Unlock,
@@ -715,8 +718,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 user_cert_expiry,
                 audit_max_size,
                 audit_keep,
+                workload_cert_expiry,
             } => {
                 c.update_cluster(cli::cluster::ClusterUpdate {
+                    workload_cert_expiry,
                     cert_expiry,
                     snapshot_interval,
                     election_timeout,

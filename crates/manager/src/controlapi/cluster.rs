@@ -59,6 +59,15 @@ impl ControlApi {
                 req.audit_max_bytes
             ));
         }
+        if req.workload_cert_expiry_secs != 0 {
+            let d = Duration::from_secs(req.workload_cert_expiry_secs);
+            if d < shoal_pki::MIN_CERT_EXPIRY || d > Duration::from_secs(30 * 24 * 3600) {
+                return bad(format!(
+                    "--workload-cert-expiry {}s: use between 1 minute and 30 days",
+                    req.workload_cert_expiry_secs
+                ));
+            }
+        }
         if req.audit_keep > 1000 {
             return bad(format!(
                 "--audit-keep {}: keep at most 1000 rotated files",
@@ -83,6 +92,9 @@ impl ControlApi {
             }
             if req.user_cert_expiry_secs != 0 {
                 spec.user_cert_expiry_secs = req.user_cert_expiry_secs;
+            }
+            if req.workload_cert_expiry_secs != 0 {
+                spec.workload_cert_expiry_secs = req.workload_cert_expiry_secs;
             }
             if req.audit_max_bytes != 0 {
                 spec.audit_max_bytes = req.audit_max_bytes;

@@ -28,6 +28,7 @@ pub struct ClusterUpdate {
     pub user_cert_expiry: Option<Duration>,
     pub audit_max_size: Option<u64>,
     pub audit_keep: Option<u32>,
+    pub workload_cert_expiry: Option<Duration>,
 }
 
 impl Client {
@@ -256,6 +257,7 @@ impl Client {
             user_cert_expiry,
             audit_max_size,
             audit_keep,
+            workload_cert_expiry,
         } = u;
         if cert_expiry.is_none()
             && snapshot_interval.is_none()
@@ -264,8 +266,9 @@ impl Client {
             && user_cert_expiry.is_none()
             && audit_max_size.is_none()
             && audit_keep.is_none()
+            && workload_cert_expiry.is_none()
         {
-            bail!("nothing to change: give --cert-expiry, --snapshot-interval, --election-timeout, --autolock, --user-cert-expiry, --audit-max-size or --audit-keep");
+            bail!("nothing to change: give --cert-expiry, --snapshot-interval, --election-timeout, --autolock, --user-cert-expiry, --workload-cert-expiry, --audit-max-size or --audit-keep");
         }
         if audit_keep == Some(0) {
             bail!("--audit-keep 0: keep at least 1 rotated file");
@@ -287,6 +290,9 @@ impl Client {
                 user_cert_expiry_secs: user_cert_expiry.map(|d| d.as_secs().max(1)).unwrap_or(0),
                 audit_max_bytes: audit_max_size.map(|b| b.max(1)).unwrap_or(0),
                 audit_keep: audit_keep.unwrap_or(0),
+                workload_cert_expiry_secs: workload_cert_expiry
+                    .map(|d| d.as_secs().max(1))
+                    .unwrap_or(0),
             })
             .await
             .map_err(status_err)?

@@ -265,6 +265,10 @@ pub struct SpecFlags {
     /// signals and reaps zombies.
     #[arg(long)]
     no_init: bool,
+    /// Give the tasks no workload identity (by default each gets an X.509-SVID in
+    /// /run/secrets/shoal).
+    #[arg(long)]
+    no_identity: bool,
     #[command(flatten)]
     policy: crate::cli::policy::UpdateFlags,
     /// Return at once instead of waiting for the service to converge.
@@ -319,6 +323,9 @@ pub struct UpdateArgs {
     /// Run an init (tini) as PID 1 again (undoes --no-init).
     #[arg(long, conflicts_with = "no_init")]
     init: bool,
+    /// Give the tasks a workload identity again (undoes --no-identity).
+    #[arg(long, conflicts_with = "no_identity")]
+    identity: bool,
     /// Go back to the previous spec (like `service rollback`).
     #[arg(long)]
     rollback: bool,
@@ -400,6 +407,9 @@ fn apply(spec: &mut ServiceSpec, f: &SpecFlags) {
     }
     if f.no_init {
         c.no_init = true;
+    }
+    if f.no_identity {
+        c.no_identity = true;
     }
     c.mounts.extend(f.mounts.iter().cloned());
     apply_caps(c, &f.cap_add, &f.cap_drop);
@@ -872,6 +882,9 @@ impl Client {
             if a.init {
                 c.no_init = false;
             }
+            if a.identity {
+                c.no_identity = false;
+            }
             for k in &a.env_rm {
                 c.env.retain(|e| e.split('=').next() != Some(k.as_str()));
             }
@@ -1114,6 +1127,7 @@ impl Client {
                     println!(" Env:\t\t{}", c.env.join(" "));
                 }
                 println!(" Init:\t\t{}", !c.no_init);
+                println!(" Identity:\t{}", !c.no_identity);
                 crate::cli::table::print_process(&c);
                 print_security(&c);
                 match c.networks.as_slice() {
@@ -1158,7 +1172,7 @@ impl Client {
             if shoal_manager::orchestrator::is_job(&spec) {
                 job_status = json!({"JobIteration": {"Index": s.job_iteration}});
             }
-            let mut container = json!({"Image": c.image, "Command": c.command, "Args": c.args, "Env": c.env, "Dir": c.workdir, "User": c.user, "Hostname": c.hostname, "ReadOnly": c.readonly_rootfs, "Init": !c.no_init,
+            let mut container = json!({"Image": c.image, "Command": c.command, "Args": c.args, "Env": c.env, "Dir": c.workdir, "User": c.user, "Hostname": c.hostname, "ReadOnly": c.readonly_rootfs, "Init": !c.no_init, "Identity": !c.no_identity,
                 "CapabilityAdd": c.cap_add, "CapabilityDrop": c.cap_drop, "Healthcheck": health,
                 "Secrets": references_json(&c.secrets), "Configs": references_json(&c.configs)});
             crate::cli::table::add_process_json(&mut container, &c);

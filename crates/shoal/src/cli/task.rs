@@ -51,6 +51,10 @@ pub struct TaskRunArgs {
     /// signals and reaps zombies.
     #[arg(long)]
     no_init: bool,
+    /// Give the task no workload identity (by default it gets an X.509-SVID in
+    /// /run/secrets/shoal, named by the task).
+    #[arg(long)]
+    no_identity: bool,
     /// type=bind|tmpfs|volume,source=..,target=..[,readonly][,volume-nocopy]
     #[arg(long = "mount", value_parser = parse_mount)]
     mounts: Vec<Mount>,
@@ -261,6 +265,7 @@ impl Client {
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
             no_init: a.no_init,
+            no_identity: a.no_identity,
             networks: a.networks,
             ..Default::default()
         };

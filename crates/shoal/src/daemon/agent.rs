@@ -45,6 +45,9 @@ impl Daemon {
             network: self.network.clone(),
             secrets: self.secrets.clone(),
             volumes: self.volumes.clone(),
+            identities: Some(Arc::new(shoal_agent::identity::Identities::new(
+                creds.channels.subscribe(),
+            ))),
         });
         let renewer = crate::renewal::Renewer {
             creds: creds.clone(),

@@ -412,3 +412,31 @@ pub fn open_heartbeats(
     });
     rx
 }
+
+/// Asks, as `id` (a node), for task `task_id`'s workload identity with a fresh key;
+/// returns it as an identity (its key and certificate) and the answer.
+pub fn issue_workload(
+    tb: &Testbed,
+    i: usize,
+    id: &Identity,
+    task_id: &str,
+) -> Call<(Identity, shoal_proto::ca::IssueWorkloadCertificateResponse)> {
+    let root = id.root.clone();
+    let task_id = task_id.to_string();
+    with_channel(tb, i, id, |ch| async move {
+        let key = NodeKey::generate().unwrap();
+        let resp = CaClient::new(ch)
+            .issue_workload_certificate(shoal_proto::ca::IssueWorkloadCertificateRequest {
+                task_id,
+                csr_der: key.csr_der().unwrap(),
+            })
+            .await?
+            .into_inner();
+        let svid = Identity {
+            root,
+            cert: resp.cert_der.clone(),
+            key: key.pkcs8_der(),
+        };
+        Ok((svid, resp))
+    })
+}

@@ -7,6 +7,8 @@
 
 #[path = "shoal-bench/discovery.rs"]
 mod discovery;
+#[path = "shoal-bench/identity.rs"]
+mod identity;
 #[path = "shoal-bench/secrets.rs"]
 mod secrets;
 #[path = "shoal-bench/stacks.rs"]
@@ -112,6 +114,10 @@ fn main() -> Result<()> {
     }
     if std::env::var("BENCH_ONLY").as_deref() == Ok("discovery") {
         print!("{}", discovery::bench(&shoal)?);
+        return Ok(());
+    }
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("identity") {
+        print!("{}", identity::bench(&shoal, runs_containers())?);
         return Ok(());
     }
     if std::env::var("BENCH_ONLY").as_deref() == Ok("users") {
