@@ -218,7 +218,8 @@ fn two_services_authenticate_each_other_with_their_workload_identities() {
         "a workload certificate made a node's call"
     );
     assert!(
-        tb.log(0).contains("workload certificate of service tlsserver"),
+        tb.log(0)
+            .contains("workload certificate of service tlsserver"),
         "the manager does not say why it refused the SVID"
     );
     tb.cli_ok(0, &["service", "rm", "tlsserver"]).unwrap();

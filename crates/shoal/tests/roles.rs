@@ -240,6 +240,15 @@ fn each_role_does_what_it_may_through_the_leader_and_a_follower() {
                     } else {
                         refusal
                     };
+                    // The refusal names the object the request names.
+                    if what == "service create" {
+                        assert!(
+                            o.stderr
+                                .contains(&format!("CreateService (service {svc}) refused")),
+                            "{}",
+                            o.stderr
+                        );
+                    }
                     assert!(
                         o.stderr.contains(refusal) && o.stderr.contains(&format!("user {role}")),
                         "{what} as {role} through the {via}: {}",
@@ -373,6 +382,46 @@ fn each_role_does_what_it_may_through_the_leader_and_a_follower() {
             && methods.contains(&"RemoveService".to_string()),
         "{methods:?}"
     );
+
+    // 'shoal audit -f' follows: a new call's record arrives as it is written.
+    {
+        use std::io::BufRead;
+        let mut follow = tb
+            .cli_command(
+                0,
+                &[
+                    "audit", "-f", "--format", "json", "--user", "viewer", "--since", "0s",
+                ],
+            )
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = follow.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        let viewer = users[0].1;
+        assert!(remote(&tb, viewer, &managers[0].1, &["node", "ls"]).success);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut seen = false;
+        while let Ok(l) =
+            rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+        {
+            let r: serde_json::Value = serde_json::from_str(&l).unwrap();
+            assert_eq!(r["principal"], "user viewer", "{l}");
+            if r["method"] == "ListNodes" {
+                seen = true;
+                break;
+            }
+        }
+        let _ = follow.kill();
+        let _ = follow.wait();
+        assert!(seen, "'shoal audit -f' did not show the new call");
+    }
 
     // The CA's rotation: an administrator's alone (last: it retires the root that
     // signed every user's certificate).

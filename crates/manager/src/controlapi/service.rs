@@ -423,6 +423,15 @@ impl ControlService {
         let result = match checked {
             Err(s) => {
                 (rec.principal, rec.serial, rec.forwarded_by) = principal_of(&req);
+                // A refusal names the object too, when the request names one.
+                let (kind, name) = audit::object_of(call, request.as_ref());
+                let prefix = format!("{call} refused:");
+                let s = match s.message().strip_prefix(&prefix) {
+                    Some(rest) if !name.is_empty() && s.code() == tonic::Code::PermissionDenied => {
+                        Status::permission_denied(format!("{call} ({kind} {name}) refused:{rest}"))
+                    }
+                    _ => s,
+                };
                 rec.decision = "deny";
                 rec.rule = s.message().to_string();
                 Err(s)
