@@ -42,26 +42,7 @@ fn each_role_does_what_it_may_through_the_leader_and_a_follower() {
     import_busybox(&tb, 2);
     let worker = tb.nodes[2].name.clone();
     // What the operations work on, made by the administrator on the socket.
-    tb.cli_ok(
-        0,
-        &[
-            "service",
-            "create",
-            "--name",
-            "app",
-            "--constraint",
-            "node.role==worker",
-            "--stop-grace-period",
-            "300ms",
-            "busybox",
-            "sh",
-            "-c",
-            "while true; do echo tick; sleep 0.5; done",
-        ],
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
-    let task = tb.cli_ok(0, &["service", "ps", "-q", "app"]).unwrap();
-    let task = task.lines().next().unwrap().trim().to_string();
+    let task = app_on_worker(&tb, "while true; do echo tick; sleep 0.5; done");
     let secret_file = tb.dir().join("secret.txt");
     std::fs::write(&secret_file, "s3cret-value").unwrap();
     let secret_file = secret_file.to_str().unwrap().to_string();
@@ -95,18 +76,7 @@ fn each_role_does_what_it_may_through_the_leader_and_a_follower() {
                 ),
                 (
                     "service create",
-                    args(&[
-                        "service",
-                        "create",
-                        "-d",
-                        "--replicas",
-                        "0",
-                        "--name",
-                        &svc,
-                        "-e",
-                        "API_KEY=hunter2",
-                        "busybox",
-                    ]),
+                    idle_service(&svc, &["-e", "API_KEY=hunter2"]),
                     "deployer",
                     "needs the deployer role",
                 ),
@@ -137,52 +107,22 @@ fn each_role_does_what_it_may_through_the_leader_and_a_follower() {
                 ),
                 (
                     "bind mount",
-                    args(&[
-                        "service",
-                        "create",
-                        "-d",
-                        "--replicas",
-                        "0",
-                        "--name",
+                    idle_service(
                         &format!("bind-{u}"),
-                        "--mount",
-                        "type=bind,source=/etc,target=/host-etc",
-                        "busybox",
-                    ]),
+                        &["--mount", "type=bind,source=/etc,target=/host-etc"],
+                    ),
                     "operator",
                     "reaches the host (a bind mount of host path /etc)",
                 ),
                 (
                     "host network",
-                    args(&[
-                        "service",
-                        "create",
-                        "-d",
-                        "--replicas",
-                        "0",
-                        "--name",
-                        &format!("hostnet-{u}"),
-                        "--network",
-                        "host",
-                        "busybox",
-                    ]),
+                    idle_service(&format!("hostnet-{u}"), &["--network", "host"]),
                     "operator",
                     "reaches the host (--network host)",
                 ),
                 (
                     "cap-add",
-                    args(&[
-                        "service",
-                        "create",
-                        "-d",
-                        "--replicas",
-                        "0",
-                        "--name",
-                        &format!("caps-{u}"),
-                        "--cap-add",
-                        "NET_ADMIN",
-                        "busybox",
-                    ]),
+                    idle_service(&format!("caps-{u}"), &["--cap-add", "NET_ADMIN"]),
                     "operator",
                     "reaches the host (--cap-add CAP_NET_ADMIN)",
                 ),
@@ -500,6 +440,18 @@ fn audit_lines(tb: &Testbed, i: usize) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// `service create -d --replicas 0 --name NAME EXTRA... busybox`.
+fn idle_service(name: &str, extra: &[&str]) -> Vec<String> {
+    let mut a = args(&["service", "create", "-d", "--replicas", "0", "--name", name]);
+    a.extend(args(extra));
+    a.push("busybox".into());
+    a
+}
+
+fn strs(a: &[String]) -> Vec<&str> {
+    a.iter().map(String::as_str).collect()
+}
+
 fn args(a: &[&str]) -> Vec<String> {
     a.iter().map(|s| s.to_string()).collect()
 }
@@ -540,20 +492,7 @@ fn a_deployer_of_one_stack_deploys_it_and_reaches_nothing_else() {
         &["stack", "deploy", "-d", "-c", &file("blog.yml"), "blog"],
     )
     .unwrap();
-    tb.cli_ok(
-        0,
-        &[
-            "service",
-            "create",
-            "-d",
-            "--replicas",
-            "0",
-            "--name",
-            "plain",
-            "busybox",
-        ],
-    )
-    .unwrap();
+    tb.cli_ok(0, &strs(&idle_service("plain", &[]))).unwrap();
     let ws = user_on_workstation(&mut tb, "sam", "deployer", &["shop"]);
     let leader = tb.nodes[0].ip.clone();
     let run = |a: &[&str]| remote(&tb, ws, &leader, a);
@@ -598,31 +537,14 @@ fn a_deployer_of_one_stack_deploys_it_and_reaches_nothing_else() {
         "service plain is in no stack",
     );
     refused(
-        &[
-            "service",
-            "create",
-            "-d",
-            "--replicas",
-            "0",
-            "--name",
-            "web",
-            "busybox",
-        ],
+        &strs(&idle_service("web", &[])),
         "service web is in no stack",
     );
     refused(
-        &[
-            "service",
-            "create",
-            "-d",
-            "--replicas",
-            "0",
-            "--name",
+        &strs(&idle_service(
             "blog_api",
-            "--label",
-            "com.docker.stack.namespace=blog",
-            "busybox",
-        ],
+            &["--label", "com.docker.stack.namespace=blog"],
+        )),
         "service blog_api is in stack blog",
     );
     refused(
@@ -635,35 +557,22 @@ fn a_deployer_of_one_stack_deploys_it_and_reaches_nothing_else() {
     );
     // Their stack's label on a service cannot reach another stack's network.
     refused(
-        &[
-            "service",
-            "create",
-            "-d",
-            "--replicas",
-            "0",
-            "--name",
+        &strs(&idle_service(
             "shop_spy",
-            "--label",
-            "com.docker.stack.namespace=shop",
-            "--network",
-            "blog_default",
-            "busybox",
-        ],
+            &[
+                "--label",
+                "com.docker.stack.namespace=shop",
+                "--network",
+                "blog_default",
+            ],
+        )),
         "network blog_default is in stack blog",
     );
     // A name another stack will need is not theirs to take.
-    let o = run(&[
-        "service",
-        "create",
-        "-d",
-        "--replicas",
-        "0",
-        "--name",
+    let o = run(&strs(&idle_service(
         "blog_x",
-        "--label",
-        "com.docker.stack.namespace=shop",
-        "busybox",
-    ]);
+        &["--label", "com.docker.stack.namespace=shop"],
+    )));
     assert!(
         !o.success && o.stderr.contains("only shop_<name>"),
         "{}",
@@ -738,20 +647,7 @@ fn a_full_audit_disk_fails_calls_instead_of_skipping_their_records() {
     run_ok(tb.command_in(0, &["rm", &format!("{d}/filler")]));
     let ls = tb.cli_ok(0, &["service", "ls"]).unwrap();
     assert!(!ls.contains("web"), "{ls}");
-    tb.cli_ok(
-        0,
-        &[
-            "service",
-            "create",
-            "-d",
-            "--replicas",
-            "0",
-            "--name",
-            "web",
-            "busybox",
-        ],
-    )
-    .unwrap();
+    tb.cli_ok(0, &strs(&idle_service("web", &[]))).unwrap();
     let log = run_ok(tb.command_in(0, &["cat", &format!("{d}/audit.log")]));
     let records: Vec<serde_json::Value> = log
         .lines()

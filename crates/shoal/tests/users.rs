@@ -528,26 +528,7 @@ fn follow(
 fn removing_a_user_ends_their_open_streams_with_the_reason() {
     let mut tb = ha_cluster(2, 1);
     import_busybox(&tb, 2);
-    tb.cli_ok(
-        0,
-        &[
-            "service",
-            "create",
-            "--name",
-            "app",
-            "--constraint",
-            "node.role==worker",
-            "--stop-grace-period",
-            "300ms",
-            "busybox",
-            "sh",
-            "-c",
-            "while true; do echo tick; sleep 0.2; done",
-        ],
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
-    let task = tb.cli_ok(0, &["service", "ps", "-q", "app"]).unwrap();
-    let task = task.lines().next().unwrap().trim().to_string();
+    let task = app_on_worker(&tb, "while true; do echo tick; sleep 0.2; done");
     let ws = tb.add_workstation().unwrap();
     let (leader, follower) = (tb.nodes[0].ip.clone(), tb.nodes[1].ip.clone());
     let token = token_in(

@@ -298,6 +298,26 @@ pub fn host_reach(spec: &ServiceSpec, nodes: &[Node]) -> Option<String> {
     None
 }
 
+/// Every method of the Control service, as control.proto declares them: what the
+/// declared tables (routes, roles) are checked against.
+#[cfg(test)]
+pub(crate) fn control_methods() -> Vec<&'static str> {
+    let proto = include_str!("../../../proto/proto/shoal/control.proto");
+    let service = proto
+        .split("service Control")
+        .nth(1)
+        .and_then(|s| s.split('}').next())
+        .expect("the Control service");
+    let methods: Vec<&str> = service
+        .split("rpc ")
+        .skip(1)
+        .filter_map(|s| s.split('(').next())
+        .map(str::trim)
+        .collect();
+    assert!(methods.len() >= 30, "{methods:?}");
+    methods
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,19 +344,7 @@ mod tests {
 
     #[test]
     fn every_control_call_needs_a_declared_role() {
-        let proto = include_str!("../../../proto/proto/shoal/control.proto");
-        let service = proto
-            .split("service Control")
-            .nth(1)
-            .and_then(|s| s.split('}').next())
-            .expect("the Control service");
-        let methods: Vec<&str> = service
-            .split("rpc ")
-            .skip(1)
-            .filter_map(|s| s.split('(').next())
-            .map(str::trim)
-            .collect();
-        assert!(methods.len() >= 30, "{methods:?}");
+        let methods = control_methods();
         for m in &methods {
             let declared = [VIEWER, DEPLOYER, OPERATOR, ADMIN]
                 .iter()

@@ -257,8 +257,29 @@ impl ControlApi {
         Ok(s)
     }
 
-    fn secret_view(&self, kind: Kind, s: Secret) -> Result<SecretView, ControlError> {
-        let uses = uses_of(kind, &s.id, &self.services()?);
+    /// The services the caller may see (a secret's uses name no service outside their
+    /// scope).
+    fn services_seen(&self, caller: &ControlCaller) -> Result<Vec<Service>, ControlError> {
+        let mut all = self.services()?;
+        all.retain(|s| {
+            caller.limits().is_none()
+                || caller.sees(
+                    &s.spec
+                        .as_ref()
+                        .map(|x| x.labels.clone())
+                        .unwrap_or_default(),
+                )
+        });
+        Ok(all)
+    }
+
+    fn secret_view(
+        &self,
+        caller: &ControlCaller,
+        kind: Kind,
+        s: Secret,
+    ) -> Result<SecretView, ControlError> {
+        let uses = uses_of(kind, &s.id, &self.services_seen(caller)?);
         Ok(SecretView {
             secret: Some(shown(s)),
             uses,
@@ -272,7 +293,7 @@ impl ControlApi {
         reference: &str,
     ) -> Result<SecretView, ControlError> {
         let s = self.find_secret_for(caller, kind, reference)?;
-        self.secret_view(kind, s)
+        self.secret_view(caller, kind, s)
     }
 
     pub fn list_secrets(
@@ -280,7 +301,7 @@ impl ControlApi {
         caller: &ControlCaller,
         kind: Kind,
     ) -> Result<Vec<SecretView>, ControlError> {
-        let services = self.services()?;
+        let services = self.services_seen(caller)?;
         let mut all = self.secrets_of(kind)?;
         all.retain(|s| {
             caller.sees(
@@ -337,7 +358,7 @@ impl ControlApi {
         b.put(&secret, Expect::Absent);
         self.commit(b).await?;
         tracing::info!(kind = k, id = %secret.id, by = %caller, "{k} created");
-        self.secret_view(kind, secret)
+        self.secret_view(caller, kind, secret)
     }
 
     /// A new version of a secret's data; every service whose current spec uses the
@@ -364,7 +385,7 @@ impl ControlApi {
                 v.data.len() == data.len() && bool::from(v.data.ct_eq(&data))
             })
         {
-            return self.secret_view(kind, cur.value.clone());
+            return self.secret_view(caller, kind, cur.value.clone());
         }
         let mut next = cur.value.clone();
         let name = next
@@ -424,7 +445,7 @@ impl ControlApi {
             )));
         }
         let now = self.find_secret(kind, &id)?;
-        self.secret_view(kind, now)
+        self.secret_view(caller, kind, now)
     }
 
     /// Deletes every old version (not a secret's newest) that nothing uses any more:

@@ -465,7 +465,8 @@ impl ControlService {
         if rec.kind.is_empty() {
             (rec.kind, rec.object) = audit::object_of(call, request.as_ref());
         }
-        if crate::routing::route(call) == crate::routing::Route::Leader {
+        // What a viewer may call only reads: the request of anything else is recorded.
+        if super::roles::needed(call) != shoal_proto::objects::UserRole::Viewer {
             rec.request = request;
         }
         match &result {

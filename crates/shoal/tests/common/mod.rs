@@ -126,6 +126,31 @@ pub fn import_busybox(tb: &Testbed, i: usize) {
     .expect("image import");
 }
 
+/// Creates, on node 0's socket, a one-task busybox service `app` on a worker that runs
+/// `script` (`sh -c`) and stops within 300 ms; returns its task's ID once it exists.
+pub fn app_on_worker(tb: &Testbed, script: &str) -> String {
+    tb.cli_ok(
+        0,
+        &[
+            "service",
+            "create",
+            "--name",
+            "app",
+            "--constraint",
+            "node.role==worker",
+            "--stop-grace-period",
+            "300ms",
+            "busybox",
+            "sh",
+            "-c",
+            script,
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
+    let task = tb.cli_ok(0, &["service", "ps", "-q", "app"]).unwrap();
+    task.lines().next().unwrap().trim().to_string()
+}
+
 /// Creates, through node `via`, a service `name` of `replicas` busybox `sleep 3600`
 /// tasks on workers only (stopping within 300 ms), and waits until it converges.
 pub fn sleep_service_on_workers(tb: &Testbed, via: usize, name: &str, replicas: usize) {

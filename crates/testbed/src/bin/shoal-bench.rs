@@ -286,6 +286,36 @@ fn start_figures(tb: &Testbed, i: usize, keep: impl Fn(&str) -> bool) -> Vec<f64
         .collect()
 }
 
+/// The start figures (milliseconds, the agent's own: assignment received -> RUNNING
+/// reported) of `n` tasks of each of two services on node 0, started one at a time,
+/// alternating between them (`service scale` by one), after a warm-up task.
+fn alternate_starts(tb: &Testbed, a: &str, b: &str, n: usize) -> Result<(Vec<f64>, Vec<f64>)> {
+    tb.cli_ok(0, &["task", "run", "busybox", "true"])?;
+    for k in 1..=n {
+        for svc in [a, b] {
+            tb.cli_ok(0, &["service", "scale", &format!("{svc}={k}")])?;
+        }
+    }
+    let of = |svc: &str| -> Result<Vec<f64>> {
+        let ids: Vec<String> = tb
+            .cli_ok(0, &["service", "ps", "-q", svc])?
+            .lines()
+            .map(|l| l.trim().to_string())
+            .collect();
+        Ok(start_figures(tb, 0, |l| {
+            ids.iter().any(|id| l.contains(id.as_str()))
+        }))
+    };
+    let (fa, fb) = (of(a)?, of(b)?);
+    anyhow::ensure!(
+        fa.len() == n && fb.len() == n,
+        "{} and {} start figures, not {n}",
+        fa.len(),
+        fb.len()
+    );
+    Ok((fa, fb))
+}
+
 fn p(v: &[f64], q: f64) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));

@@ -8,14 +8,6 @@
 use anyhow::Result;
 use shoal_testbed::Testbed;
 
-fn task_ids(tb: &Testbed, service: &str) -> Result<Vec<String>> {
-    Ok(tb
-        .cli_ok(0, &["service", "ps", "-q", service])?
-        .lines()
-        .map(|l| l.trim().to_string())
-        .collect())
-}
-
 pub fn bench(shoal: &std::path::Path, n: usize) -> Result<String> {
     let tb = Testbed::with_nodes(shoal, 1)?;
     tb.init(0, &[])?;
@@ -28,26 +20,8 @@ pub fn bench(shoal: &std::path::Path, n: usize) -> Result<String> {
     };
     create("plain", &["--no-identity"])?;
     create("with-identity", &[])?;
-    // Warm: the image unpacked, the bridge made.
-    tb.cli_ok(0, &["task", "run", "busybox", "true"])?;
-    for k in 1..=n {
-        for svc in ["plain", "with-identity"] {
-            tb.cli_ok(0, &["service", "scale", &format!("{svc}={k}")])?;
-        }
-    }
-    let of = |svc: &str| -> Result<Vec<f64>> {
-        let ids = task_ids(&tb, svc)?;
-        Ok(super::start_figures(&tb, 0, |l| {
-            ids.iter().any(|id| l.contains(id.as_str()))
-        }))
-    };
-    let (plain, with) = (of("plain")?, of("with-identity")?);
-    anyhow::ensure!(
-        plain.len() == n && with.len() == n,
-        "{} and {} start figures, not {n}",
-        plain.len(),
-        with.len()
-    );
+    // Warm (the image unpacked, the bridge made), then one at a time.
+    let (plain, with) = super::alternate_starts(&tb, "plain", "with-identity", n)?;
     drop(tb);
     let (mp, mw) = (super::p(&plain, 0.5), super::p(&with, 0.5));
     Ok(format!(

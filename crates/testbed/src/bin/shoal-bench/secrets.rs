@@ -5,14 +5,6 @@
 use anyhow::Result;
 use shoal_testbed::Testbed;
 
-fn task_ids(tb: &Testbed, service: &str) -> Result<Vec<String>> {
-    Ok(tb
-        .cli_ok(0, &["service", "ps", "-q", service])?
-        .lines()
-        .map(|l| l.trim().to_string())
-        .collect())
-}
-
 pub fn bench(shoal: &std::path::Path, n: usize) -> Result<String> {
     let tb = Testbed::with_nodes(shoal, 1)?;
     tb.init(0, &[])?;
@@ -40,26 +32,8 @@ pub fn bench(shoal: &std::path::Path, n: usize) -> Result<String> {
     };
     create("plain", &[])?;
     create("with-secrets", &flags)?;
-    // Warm: the image unpacked, the bridge made.
-    tb.cli_ok(0, &["task", "run", "busybox", "true"])?;
-    for k in 1..=n {
-        for svc in ["plain", "with-secrets"] {
-            tb.cli_ok(0, &["service", "scale", &format!("{svc}={k}")])?;
-        }
-    }
-    let of = |svc: &str| -> Result<Vec<f64>> {
-        let ids = task_ids(&tb, svc)?;
-        Ok(super::start_figures(&tb, 0, |l| {
-            ids.iter().any(|id| l.contains(id.as_str()))
-        }))
-    };
-    let (plain, secret) = (of("plain")?, of("with-secrets")?);
-    anyhow::ensure!(
-        plain.len() == n && secret.len() == n,
-        "{} and {} start figures, not {n}",
-        plain.len(),
-        secret.len()
-    );
+    // Warm (the image unpacked, the bridge made), then one at a time.
+    let (plain, secret) = super::alternate_starts(&tb, "plain", "with-secrets", n)?;
     drop(tb);
     let (mp, ms) = (super::p(&plain, 0.5), super::p(&secret, 0.5));
     Ok(format!(
