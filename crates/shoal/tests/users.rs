@@ -320,6 +320,37 @@ fn a_user_certificate_is_no_node_and_a_node_certificate_is_no_user() {
         e.message()
     );
 
+    // A user certificate of another cluster's CA, for a user of the same name: the
+    // managers' listener ends the handshake, saying why in its log.
+    let other_ca = shoal_pki::RootCa::generate(std::time::Duration::from_secs(86400)).unwrap();
+    let other_key = shoal_pki::NodeKey::generate().unwrap();
+    let other = other_ca
+        .sign_user(
+            &other_key.csr_der().unwrap(),
+            &shoal_pki::UserName::parse("alice").unwrap(),
+            &shoal_pki::ClusterId::generate(),
+            std::time::Duration::from_secs(3600),
+        )
+        .unwrap();
+    let foreign = common::raw::Identity {
+        root: user.root.clone(),
+        cert: other.cert_der,
+        key: other_key.pkcs8_der(),
+    };
+    let refusals = || tb.log(0).matches("TLS handshake refused").count();
+    let before = refusals();
+    assert!(
+        renew_user(&tb, 1, &foreign).is_err(),
+        "another cluster's user certificate was served"
+    );
+    assert!(
+        shoal_testbed::wait_for(std::time::Duration::from_secs(5), || {
+            (refusals() > before).then_some(())
+        })
+        .is_some(),
+        "the manager does not say why it refused the foreign certificate"
+    );
+
     // A removed user's certificate is refused at once, saying so.
     tb.cli_ok(0, &["user", "rm", "alice"]).unwrap();
     let e = renew_user(&tb, 1, &user).unwrap_err();
