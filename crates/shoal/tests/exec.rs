@@ -13,25 +13,7 @@ const T: Duration = Duration::from_secs(30);
 /// A service `app` of one busybox task on the worker; its task's ID.
 fn app(tb: &shoal_testbed::Testbed) -> String {
     import_busybox(tb, 1);
-    tb.cli_ok(
-        0,
-        &[
-            "service",
-            "create",
-            "--name",
-            "app",
-            "--constraint",
-            "node.role==worker",
-            "--stop-grace-period",
-            "300ms",
-            "busybox",
-            "sleep",
-            "3600",
-        ],
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
-    let ps = tb.cli_ok(0, &["service", "ps", "-q", "app"]).unwrap();
-    ps.lines().next().unwrap().trim().to_string()
+    app_on_worker(tb, &["sleep", "3600"])
 }
 
 /// Runs `shoal task exec ARGS` on the manager: (exit code, stdout, stderr).

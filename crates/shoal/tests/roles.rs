@@ -42,7 +42,10 @@ fn each_role_does_what_it_may_through_the_leader_and_a_follower() {
     import_busybox(&tb, 2);
     let worker = tb.nodes[2].name.clone();
     // What the operations work on, made by the administrator on the socket.
-    let task = app_on_worker(&tb, "while true; do echo tick; sleep 0.5; done");
+    let task = app_on_worker(
+        &tb,
+        &["sh", "-c", "while true; do echo tick; sleep 0.5; done"],
+    );
     let secret_file = tb.dir().join("secret.txt");
     std::fs::write(&secret_file, "s3cret-value").unwrap();
     let secret_file = secret_file.to_str().unwrap().to_string();

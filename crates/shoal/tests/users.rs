@@ -559,7 +559,10 @@ fn follow(
 fn removing_a_user_ends_their_open_streams_with_the_reason() {
     let mut tb = ha_cluster(2, 1);
     import_busybox(&tb, 2);
-    let task = app_on_worker(&tb, "while true; do echo tick; sleep 0.2; done");
+    let task = app_on_worker(
+        &tb,
+        &["sh", "-c", "while true; do echo tick; sleep 0.2; done"],
+    );
     let ws = tb.add_workstation().unwrap();
     let (leader, follower) = (tb.nodes[0].ip.clone(), tb.nodes[1].ip.clone());
     let token = token_in(

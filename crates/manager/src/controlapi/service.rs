@@ -419,12 +419,16 @@ impl ControlService {
         if let Err(s) = log.admit() {
             return Err(tagged(s, &rec.audit_id));
         }
-        let request = body.as_deref().and_then(|b| audit::request_json(call, b));
+        // The request read by its schema only when the record needs it (a write's record,
+        // or an object no lookup named): a read that looked its object up skips it.
+        let parsed = std::sync::OnceLock::new();
+        let request =
+            || parsed.get_or_init(|| body.as_deref().and_then(|b| audit::request_json(call, b)));
         let result = match checked {
             Err(s) => {
                 (rec.principal, rec.serial, rec.forwarded_by) = principal_of(&req);
                 // A refusal names the object too, when the request names one.
-                let (kind, name) = audit::object_of(call, request.as_ref());
+                let (kind, name) = audit::object_of(call, request().as_ref());
                 let prefix = format!("{call} refused:");
                 let s = match s.message().strip_prefix(&prefix) {
                     Some(rest) if !name.is_empty() && s.code() == tonic::Code::PermissionDenied => {
@@ -463,11 +467,11 @@ impl ControlService {
             }
         };
         if rec.kind.is_empty() {
-            (rec.kind, rec.object) = audit::object_of(call, request.as_ref());
+            (rec.kind, rec.object) = audit::object_of(call, request().as_ref());
         }
         // What a viewer may call only reads: the request of anything else is recorded.
         if super::roles::needed(call) != shoal_proto::objects::UserRole::Viewer {
-            rec.request = request;
+            rec.request = request().clone();
         }
         match &result {
             Ok(_) => rec.outcome = "ok".into(),

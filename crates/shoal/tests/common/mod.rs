@@ -127,26 +127,22 @@ pub fn import_busybox(tb: &Testbed, i: usize) {
 }
 
 /// Creates, on node 0's socket, a one-task busybox service `app` on a worker that runs
-/// `script` (`sh -c`) and stops within 300 ms; returns its task's ID once it exists.
-pub fn app_on_worker(tb: &Testbed, script: &str) -> String {
-    tb.cli_ok(
-        0,
-        &[
-            "service",
-            "create",
-            "--name",
-            "app",
-            "--constraint",
-            "node.role==worker",
-            "--stop-grace-period",
-            "300ms",
-            "busybox",
-            "sh",
-            "-c",
-            script,
-        ],
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
+/// `cmd` and stops within 300 ms; returns its task's ID once it exists.
+pub fn app_on_worker(tb: &Testbed, cmd: &[&str]) -> String {
+    let mut args = vec![
+        "service",
+        "create",
+        "--name",
+        "app",
+        "--constraint",
+        "node.role==worker",
+        "--stop-grace-period",
+        "300ms",
+        "busybox",
+    ];
+    args.extend_from_slice(cmd);
+    tb.cli_ok(0, &args)
+        .unwrap_or_else(|e| panic!("{e}\n{}", tb.all_logs()));
     let task = tb.cli_ok(0, &["service", "ps", "-q", "app"]).unwrap();
     task.lines().next().unwrap().trim().to_string()
 }
